@@ -1,0 +1,69 @@
+"""The acceptor. Rule 1: every promise and accept rule lives in this file.
+
+Each function takes the durable state of one key and a request, and returns a ``Step``: the
+next state, whether it must be persisted, and the reply. The caller must make ``state``
+durable (fsync) BEFORE it sends ``reply`` whenever ``persist`` is true (DESIGN invariant 1),
+the same ordering rule as etcd-raft's ``Ready``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paxoskv.core.ballot import Ballot
+from paxoskv.core.messages import Accept, Accepted, Nack, Prepare, Promise, Query, QueryReply, Reply
+from paxoskv.core.register import Value
+
+__all__ = ["AcceptorState", "Step", "on_accept", "on_prepare", "on_query"]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptorState:
+    ballot_promised: Ballot
+    ballot_accepted: Ballot
+    value: Value
+
+    def __post_init__(self) -> None:
+        assert self.ballot_accepted <= self.ballot_promised, "accepted above promise"
+
+
+EMPTY_STATE = AcceptorState(Ballot.ZERO, Ballot.ZERO, Value(0, None))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    state: AcceptorState
+    persist: bool
+    """``state`` must be durable before ``reply`` leaves the node."""
+    reply: Reply
+
+
+def on_prepare(state: AcceptorState, msg: Prepare) -> Step:
+    if msg.ballot < state.ballot_promised:
+        return Step(state, False, Nack(msg.key, msg.ballot, state.ballot_promised))
+    promise = Promise(msg.key, msg.ballot, state.ballot_accepted, state.value)
+    if msg.ballot == state.ballot_promised:
+        # A duplicate of a prepare we already made durable: answer it again, write nothing.
+        return Step(state, False, promise)
+    new = AcceptorState(msg.ballot, state.ballot_accepted, state.value)
+    assert new.ballot_promised > state.ballot_promised  # invariant 2
+    assert new.ballot_accepted == state.ballot_accepted
+    return Step(new, True, promise)
+
+
+def on_accept(state: AcceptorState, msg: Accept) -> Step:
+    if msg.ballot < state.ballot_promised:
+        return Step(state, False, Nack(msg.key, msg.ballot, state.ballot_promised))
+    if msg.ballot == state.ballot_accepted:
+        # A duplicate accept: one ballot carries one value, so nothing changes.
+        assert msg.value == state.value, "two values proposed under one ballot"
+        return Step(state, False, Accepted(msg.key, msg.ballot))
+    new = AcceptorState(msg.ballot, msg.ballot, msg.value)
+    assert new.ballot_promised >= state.ballot_promised  # invariant 2
+    assert new.ballot_accepted > state.ballot_accepted
+    return Step(new, True, Accepted(msg.key, msg.ballot))
+
+
+def on_query(state: AcceptorState, msg: Query) -> QueryReply:
+    """Report the accepted value without promising: reads cost no fsync."""
+    return QueryReply(msg.key, state.ballot_accepted, state.value)

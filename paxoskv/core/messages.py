@@ -1,0 +1,182 @@
+"""Peer messages, and their wire form (plain JSON-able dicts).
+
+Messages are frozen, slotted dataclasses compared by value, so tests assert on lists of
+them. Decoding is strict: anything malformed raises ``PeerProtocolError`` (the peer is to
+blame) and never reaches the acceptor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from paxoskv.core.ballot import Ballot
+from paxoskv.core.register import Value
+
+__all__ = [
+    "Accept",
+    "Accepted",
+    "Message",
+    "Nack",
+    "PeerProtocolError",
+    "Prepare",
+    "Promise",
+    "Query",
+    "QueryReply",
+    "Reply",
+    "Request",
+    "Unavailable",
+    "from_wire",
+    "to_wire",
+]
+
+
+class PeerProtocolError(ValueError):
+    """A frame from a peer that does not follow the protocol: drop it, count it, log it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    key: str
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    key: str
+    ballot: Ballot
+    ballot_accepted: Ballot
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    key: str
+    ballot: Ballot
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    key: str
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Refusal of ``ballot`` because the acceptor has promised ``ballot_promised``."""
+
+    key: str
+    ballot: Ballot
+    ballot_promised: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Ask for the accepted value without promising anything (one-round-trip reads)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryReply:
+    key: str
+    ballot_accepted: Ballot
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The acceptor will not take part (e.g. it lost its state and has not rejoined)."""
+
+    key: str
+    reason: str
+
+
+Request = Prepare | Accept | Query
+Reply = Promise | Accepted | Nack | QueryReply | Unavailable
+Message = Request | Reply
+
+
+def _value_to_wire(value: Value) -> list[Any]:
+    data = None if value.data is None else base64.b64encode(value.data).decode("ascii")
+    return [value.version, data]
+
+
+def _value_from_wire(raw: object) -> Value:
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise PeerProtocolError("value must be [version, data]")
+    version, data = raw
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise PeerProtocolError("value version must be a non-negative integer")
+    if data is None:
+        return Value(version, None)
+    if not isinstance(data, str):
+        raise PeerProtocolError("value data must be base64 text or null")
+    try:
+        return Value(version, base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise PeerProtocolError("value data is not valid base64") from exc
+
+
+def to_wire(msg: Message) -> dict[str, Any]:
+    match msg:
+        case Prepare(key=key, ballot=b):
+            return {"t": "prepare", "k": key, "b": b.to_wire()}
+        case Promise(key=key, ballot=b, ballot_accepted=ba, value=v):
+            return {"t": "promise", "k": key, "b": b.to_wire(), "ba": ba.to_wire(),
+                    "v": _value_to_wire(v)}
+        case Accept(key=key, ballot=b, value=v):
+            return {"t": "accept", "k": key, "b": b.to_wire(), "v": _value_to_wire(v)}
+        case Accepted(key=key, ballot=b):
+            return {"t": "accepted", "k": key, "b": b.to_wire()}
+        case Nack(key=key, ballot=b, ballot_promised=bp):
+            return {"t": "nack", "k": key, "b": b.to_wire(), "bp": bp.to_wire()}
+        case Query(key=key):
+            return {"t": "query", "k": key}
+        case QueryReply(key=key, ballot_accepted=ba, value=v):
+            return {"t": "query_reply", "k": key, "ba": ba.to_wire(), "v": _value_to_wire(v)}
+        case Unavailable(key=key, reason=reason):
+            return {"t": "unavailable", "k": key, "r": reason}
+    raise AssertionError(f"unknown message {msg!r}")
+
+
+def _ballot(raw: dict[str, Any], field: str) -> Ballot:
+    try:
+        return Ballot.from_wire(raw.get(field))
+    except ValueError as exc:
+        raise PeerProtocolError(f"field {field!r}: {exc}") from exc
+
+
+def from_wire(raw: object) -> Message:
+    """Decode one message; raises PeerProtocolError on anything malformed."""
+    if not isinstance(raw, dict):
+        raise PeerProtocolError("message must be an object")
+    kind = raw.get("t")
+    key = raw.get("k")
+    if not isinstance(key, str) or not key:
+        raise PeerProtocolError("message key must be a non-empty string")
+    match kind:
+        case "prepare":
+            return Prepare(key, _ballot(raw, "b"))
+        case "promise":
+            value = _value_from_wire(raw.get("v"))
+            return Promise(key, _ballot(raw, "b"), _ballot(raw, "ba"), value)
+        case "accept":
+            return Accept(key, _ballot(raw, "b"), _value_from_wire(raw.get("v")))
+        case "accepted":
+            return Accepted(key, _ballot(raw, "b"))
+        case "nack":
+            return Nack(key, _ballot(raw, "b"), _ballot(raw, "bp"))
+        case "query":
+            return Query(key)
+        case "query_reply":
+            return QueryReply(key, _ballot(raw, "ba"), _value_from_wire(raw.get("v")))
+        case "unavailable":
+            reason = raw.get("r")
+            if not isinstance(reason, str):
+                raise PeerProtocolError("unavailable reason must be a string")
+            return Unavailable(key, reason)
+    raise PeerProtocolError(f"unknown message type {kind!r}")

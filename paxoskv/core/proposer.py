@@ -1,0 +1,235 @@
+"""The proposer's side of one round, and of one fast read, as state machines.
+
+A round is fed replies one at a time and answers with what to do next. It never sends or
+waits: the node does. Retry policy (ballot fast-forward, jittered backoff) lives in
+``ballots_after`` and the node; what a retry may safely assume about the previous attempt
+lives in ``Previous`` (see ``ProposerRound.__init__``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from paxoskv.core.ballot import Ballot
+from paxoskv.core.messages import (
+    Accept,
+    Accepted,
+    Nack,
+    Prepare,
+    Promise,
+    Query,
+    QueryReply,
+    Reply,
+    Unavailable,
+)
+from paxoskv.core.quorum import QuorumConfig
+from paxoskv.core.register import Change, Outcome, Read, Value, apply_change
+
+__all__ = [
+    "Abort",
+    "Committed",
+    "Phase",
+    "Previous",
+    "ProposerRound",
+    "QueryRound",
+    "RoundStep",
+    "SendAccept",
+    "Unknown",
+    "Wait",
+    "next_ballot",
+]
+
+
+class Phase(enum.Enum):
+    PREPARE = "prepare"
+    ACCEPT = "accept"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to do until more replies arrive."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendAccept:
+    accept: Accept
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """This attempt cannot reach a quorum; retry above ``ballot_seen``."""
+
+    phase: Phase
+    ballot_seen: Ballot
+    conflict: bool
+    """True when an acceptor refused us for a higher ballot (contention), false when
+    acceptors were merely unavailable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A previous attempt's accept may have been chosen and then built upon: whether the
+    change took effect cannot be told (DESIGN invariant 5)."""
+
+
+RoundStep = Wait | SendAccept | Committed | Abort | Unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Previous:
+    """The accept a failed earlier attempt of the same change sent out."""
+
+    ballot: Ballot
+    value: Value
+    outcome: Outcome
+
+
+class ProposerRound:
+    """One attempt of one change on one key: prepare -> quorum -> accept -> quorum."""
+
+    def __init__(
+        self,
+        key: str,
+        ballot: Ballot,
+        change: Change,
+        config: QuorumConfig,
+        previous: Previous | None = None,
+    ) -> None:
+        self.key = key
+        self.ballot = ballot
+        self.change = change
+        self.config = config
+        self.previous = previous if not isinstance(change, Read) else None
+        self.phase = Phase.PREPARE
+        self._promises: dict[int, Promise] = {}
+        self._accepted: set[int] = set()
+        self._refused: set[int] = set()
+        self._ballot_seen = ballot
+        self._conflict = False
+        self.accept: Accept | None = None
+        self.outcome: Outcome | None = None
+        if previous is not None:
+            assert previous.ballot < ballot
+
+    def prepare(self) -> Prepare:
+        return Prepare(self.key, self.ballot)
+
+    def on_reply(self, acceptor_id: int, reply: Reply) -> RoundStep:
+        if acceptor_id not in self.config.acceptors or self.phase is Phase.DONE:
+            return Wait()
+        match reply:
+            case Promise(ballot=b) if b == self.ballot and self.phase is Phase.PREPARE:
+                self._promises[acceptor_id] = reply
+                if len(self._promises) >= self.config.quorum:
+                    return self._promised()
+            case Accepted(ballot=b) if b == self.ballot and self.phase is Phase.ACCEPT:
+                self._accepted.add(acceptor_id)
+                if len(self._accepted) >= self.config.quorum:
+                    assert self.outcome is not None
+                    self.phase = Phase.DONE
+                    return Committed(self.outcome)
+            case Nack(ballot=b, ballot_promised=bp) if b == self.ballot:
+                self._conflict = True
+                self._ballot_seen = max(self._ballot_seen, bp)
+                return self._refuse(acceptor_id)
+            case Unavailable():
+                return self._refuse(acceptor_id)
+            case _:
+                pass  # stale reply of an earlier ballot or phase: ignore
+        return Wait()
+
+    def on_timeout(self) -> Abort:
+        """The node gave up waiting for this attempt."""
+        phase = self.phase
+        self.phase = Phase.DONE
+        return Abort(phase, self._ballot_seen, self._conflict)
+
+    def _refuse(self, acceptor_id: int) -> RoundStep:
+        self._refused.add(acceptor_id)
+        answered = self._accepted if self.phase is Phase.ACCEPT else self._promises.keys()
+        still_possible = len(self.config.acceptors) - len(self._refused - set(answered))
+        if not self.config.can_still_reach(still_possible):
+            return self.on_timeout()
+        return Wait()
+
+    def _promised(self) -> RoundStep:
+        highest = max(self._promises.values(), key=lambda p: p.ballot_accepted)
+        current = highest.value
+        prev = self.previous
+        if prev is not None and highest.ballot_accepted == prev.ballot:
+            # Our earlier accept is the newest value a quorum knows: finish it, do not
+            # apply the change a second time.
+            new, outcome = prev.value, prev.outcome
+        elif prev is not None and highest.ballot_accepted > prev.ballot:
+            self.phase = Phase.DONE
+            return Unknown()
+        else:
+            # No earlier accept of ours can be chosen any more: this quorum has promised
+            # above it and misses it.
+            new, outcome = apply_change(current, self.change)
+        self.phase = Phase.ACCEPT
+        self.outcome = outcome
+        self.accept = Accept(self.key, self.ballot, new)
+        self._refused.clear()
+        return SendAccept(self.accept)
+
+
+class QueryRound:
+    """A one-round-trip linearizable read.
+
+    If a quorum reports the same accepted ballot, its value is chosen, and no newer value
+    can have been chosen before the read began (that quorum would intersect this one).
+    Otherwise the caller falls back to a full identity round, which also repairs the key.
+    """
+
+    def __init__(self, key: str, config: QuorumConfig) -> None:
+        self.key = key
+        self.config = config
+        self._replies: dict[int, QueryReply] = {}
+        self._refused: set[int] = set()
+        self.done = False
+
+    def query(self) -> Query:
+        return Query(self.key)
+
+    def on_reply(self, acceptor_id: int, reply: Reply) -> Committed | Abort | Wait:
+        if acceptor_id not in self.config.acceptors or self.done:
+            return Wait()
+        if isinstance(reply, QueryReply) and reply.key == self.key:
+            self._replies[acceptor_id] = reply
+            counts: dict[Ballot, int] = {}
+            for r in self._replies.values():
+                counts[r.ballot_accepted] = counts.get(r.ballot_accepted, 0) + 1
+                if counts[r.ballot_accepted] >= self.config.quorum:
+                    self.done = True
+                    return Committed(Outcome("read", r.value))
+        else:
+            self._refused.add(acceptor_id)
+        pending = len(self.config.acceptors) - len(self._replies) - len(self._refused)
+        if not self._agreement_possible(pending):
+            self.done = True
+            return Abort(Phase.PREPARE, Ballot.ZERO, conflict=bool(self._replies))
+        return Wait()
+
+    def disagreed(self) -> bool:
+        return len({r.ballot_accepted for r in self._replies.values()}) > 1
+
+    def _agreement_possible(self, pending: int) -> bool:
+        counts: dict[Ballot, int] = {}
+        for r in self._replies.values():
+            counts[r.ballot_accepted] = counts.get(r.ballot_accepted, 0) + 1
+        best = max(counts.values(), default=0)
+        return best + pending >= self.config.quorum
+
+
+def next_ballot(counter_floor: int, seen: Ballot, node_id: int, incarnation: int) -> Ballot:
+    """The smallest ballot of ours above both our own counter and anything seen."""
+    counter = max(counter_floor, seen.counter) + 1
+    return Ballot(counter, node_id, incarnation)

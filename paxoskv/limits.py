@@ -1,0 +1,66 @@
+"""Every bound in one place, each with its reason (TigerBeetle: "put a limit on everything").
+
+Overrides come through ``Limits`` and pass ``validate()``; the module-level names are the
+defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+KEY_BYTES_MAX = 1024
+"""DESIGN.md section 3; etcd and Consul allow more, but long keys make poor register names."""
+
+VALUE_BYTES_MAX = 1024 * 1024
+"""1 MiB default, etcd's default request size is 1.5 MiB: a small-values store."""
+
+HEADER_BYTES_MAX = 4096
+"""Room for the JSON envelope of one message (ballots, key, base64 padding)."""
+
+BATCH_MESSAGES_MAX = 256
+"""Messages coalesced into one peer request: bounds a frame and the tail latency of a batch."""
+
+STORAGE_BATCH_MAX = 512
+"""Key writes committed under one fsync."""
+
+ROUNDS_INFLIGHT_MAX = 1024
+"""Concurrent client rounds a node runs before it answers 503: bounds memory under overload."""
+
+ROUND_RETRIES_MAX = 8
+"""Attempts of one change under contention before the client gets 503."""
+
+LIST_LIMIT_MAX = 10_000
+"""Keys one list call returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    key_bytes_max: int = KEY_BYTES_MAX
+    value_bytes_max: int = VALUE_BYTES_MAX
+    batch_messages_max: int = BATCH_MESSAGES_MAX
+    storage_batch_max: int = STORAGE_BATCH_MAX
+    rounds_inflight_max: int = ROUNDS_INFLIGHT_MAX
+    round_retries_max: int = ROUND_RETRIES_MAX
+    list_limit_max: int = LIST_LIMIT_MAX
+
+    @property
+    def frame_bytes_max(self) -> int:
+        """A peer frame must hold a full batch of the largest messages (base64 is 4/3)."""
+        per_message = HEADER_BYTES_MAX + self.key_bytes_max + (self.value_bytes_max * 4) // 3 + 4
+        return max(per_message * 4, 8 * 1024 * 1024)
+
+    def validate(self) -> Limits:
+        if not 1 <= self.key_bytes_max <= 64 * 1024:
+            raise ValueError("key_bytes_max must be within 1..65536")
+        if not 1 <= self.value_bytes_max <= 64 * 1024 * 1024:
+            raise ValueError("max value bytes must be within 1..67108864")
+        if self.batch_messages_max < 1 or self.storage_batch_max < 1:
+            raise ValueError("batch limits must be positive")
+        if self.rounds_inflight_max < 1 or self.round_retries_max < 1:
+            raise ValueError("round limits must be positive")
+        return self
+
+
+assert Limits().frame_bytes_max >= KEY_BYTES_MAX + VALUE_BYTES_MAX + HEADER_BYTES_MAX

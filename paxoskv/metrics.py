@@ -1,0 +1,110 @@
+"""Prometheus metrics (names in DESIGN.md section 4), behind a small interface.
+
+The node reports through ``Metrics``; the server uses ``PromMetrics`` on the process-wide
+``REGISTRY``, the simulator uses the no-op base class so many nodes can share a process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+__all__ = ["REGISTRY", "Metrics", "PromMetrics"]
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """No-op metrics: what the node reports, and when."""
+
+    def request(self, op: str, code: int, seconds: float) -> None: ...
+    def round(self, phase: str, outcome: str) -> None: ...
+    def conflict(self) -> None: ...
+    def commit(self, batch_size: int, seconds: float) -> None: ...
+    def peer(self, peer: str, up: bool, rtt_seconds: float | None) -> None: ...
+    def keys(self, count: int) -> None: ...
+    def quorum_reachable(self, ok: bool) -> None: ...
+    def amnesia(self, refusing: bool) -> None: ...
+    def repair(self, result: str) -> None: ...
+    def transport_batch(self, messages: int) -> None: ...
+
+
+class PromMetrics(Metrics):
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = registry
+        self._requests = Counter("paxoskv_requests", "Client requests by operation and HTTP code",
+                                 ["op", "code"], registry=r)
+        self._duration = Histogram("paxoskv_request_duration_seconds",
+                                   "Client request latency", ["op"], buckets=_LATENCY_BUCKETS,
+                                   registry=r)
+        self._rounds = Counter("paxoskv_paxos_rounds", "Paxos phases run by this proposer",
+                               ["phase", "outcome"], registry=r)
+        self._conflicts = Counter("paxoskv_paxos_conflicts",
+                                  "Rounds refused for a higher ballot (contention)", registry=r)
+        self._fsync = Histogram("paxoskv_storage_fsync_duration_seconds",
+                                "Duration of one storage commit including fsync",
+                                buckets=_LATENCY_BUCKETS, registry=r)
+        self._batch = Histogram("paxoskv_storage_batch_size",
+                                "Key writes committed under one fsync", buckets=_BATCH_BUCKETS,
+                                registry=r)
+        self._peer_up = Gauge("paxoskv_peer_up", "1 if the last heartbeat to the peer succeeded",
+                              ["peer"], registry=r)
+        self._peer_rtt = Gauge("paxoskv_peer_rtt_seconds", "Round-trip time of the last heartbeat",
+                               ["peer"], registry=r)
+        self._keys = Gauge("paxoskv_keys", "Keys held by this acceptor", registry=r)
+        self._quorum = Gauge("paxoskv_quorum_reachable",
+                             "1 if a quorum of acceptors answered heartbeats", registry=r)
+        self._amnesia = Gauge("paxoskv_amnesia",
+                              "1 if this node refuses to act as an acceptor because it lost its "
+                              "state (see README: rejoin)", registry=r)
+        self._repair = Counter("paxoskv_repair_keys", "Keys checked and repaired by anti-entropy",
+                               ["result"], registry=r)
+        self._transport_batch = Histogram("paxoskv_transport_batch_messages",
+                                          "Messages coalesced into one peer request",
+                                          buckets=_BATCH_BUCKETS, registry=r)
+
+    def request(self, op: str, code: int, seconds: float) -> None:
+        self._requests.labels(op, str(code)).inc()
+        self._duration.labels(op).observe(seconds)
+
+    def round(self, phase: str, outcome: str) -> None:
+        self._rounds.labels(phase, outcome).inc()
+
+    def conflict(self) -> None:
+        self._conflicts.inc()
+
+    def commit(self, batch_size: int, seconds: float) -> None:
+        self._fsync.observe(seconds)
+        self._batch.observe(batch_size)
+
+    def peer(self, peer: str, up: bool, rtt_seconds: float | None) -> None:
+        self._peer_up.labels(peer).set(1 if up else 0)
+        if rtt_seconds is not None:
+            self._peer_rtt.labels(peer).set(rtt_seconds)
+
+    def keys(self, count: int) -> None:
+        self._keys.set(count)
+
+    def quorum_reachable(self, ok: bool) -> None:
+        self._quorum.set(1 if ok else 0)
+
+    def amnesia(self, refusing: bool) -> None:
+        self._amnesia.set(1 if refusing else 0)
+
+    def repair(self, result: str) -> None:
+        self._repair.labels(result).inc()
+
+    def transport_batch(self, messages: int) -> None:
+        self._transport_batch.observe(messages)

@@ -1,0 +1,53 @@
+"""The storage interface node.py depends on; the server and the simulator each implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from paxoskv.core.acceptor import AcceptorState
+
+__all__ = ["CommitObserver", "NodeIdentity", "Storage"]
+
+CommitObserver = Callable[[int, float], None]
+"""Called with (keys in the batch, seconds the commit and fsync took)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """Who this data directory belongs to.
+
+    ``data_id`` is random, made once when the directory is first initialised: a peer that
+    remembers another ``data_id`` for our node id knows we lost our state (amnesia).
+    ``incarnation`` goes up by one, durably, at every start, so ballots never repeat.
+    ``fresh`` is true when this start created the directory's state.
+    """
+
+    cluster_id: str
+    node_id: int
+    data_id: str
+    incarnation: int
+    fresh: bool
+
+
+class Storage(Protocol):
+    def load(self, key: str) -> AcceptorState:
+        """The durable state of ``key`` (EMPTY_STATE when unknown); never blocks."""
+        ...
+
+    async def save(self, key: str, state: AcceptorState) -> None:
+        """Return only once ``state`` is durable (fsync'd)."""
+        ...
+
+    def keys(self, prefix: str, limit: int) -> list[str]: ...
+
+    def key_count(self) -> int: ...
+
+    def get_meta(self, name: str) -> str | None: ...
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Durable on return, like ``save``."""
+        ...
+
+    async def close(self) -> None: ...

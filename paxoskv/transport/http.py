@@ -1,0 +1,188 @@
+"""Peer transport over aiohttp: pooled keep-alive sessions, batching, shared-secret auth.
+
+Messages to one peer are coalesced: while up to ``inflight_max`` requests to that peer are
+on the wire, new messages queue, and the next request carries all of them (up to
+``batch_messages_max``). Under load many keys' prepares and accepts share one HTTP request;
+when idle a message leaves at once, so batching costs no latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+
+from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, to_wire
+from paxoskv.limits import Limits
+from paxoskv.metrics import Metrics
+from paxoskv.transport.base import PeerUnreachable
+
+__all__ = ["HttpTransport", "check_peer_auth", "decode_batch", "encode_replies"]
+
+log = logging.getLogger(__name__)
+
+AUTH_HEADER = "Authorization"
+FROM_HEADER = "X-Paxoskv-From"
+
+
+def check_peer_auth(header: str | None, secret: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer <secret>``."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].encode(), secret.encode())
+
+
+def decode_batch(body: bytes) -> list[Request]:
+    """Parse an /internal/batch frame; PeerProtocolError on anything malformed."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PeerProtocolError(f"frame is not JSON: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("m"), list):
+        raise PeerProtocolError("frame must be an object with a list 'm'")
+    out: list[Request] = []
+    for item in raw["m"]:
+        msg = from_wire(item)
+        if not isinstance(msg, Request):
+            raise PeerProtocolError(f"{type(msg).__name__} is not a request")
+        out.append(msg)
+    return out
+
+
+def encode_replies(replies: list[Reply]) -> bytes:
+    return orjson.dumps({"r": [to_wire(r) for r in replies]})
+
+
+class _Peer:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.queue: list[tuple[Request, asyncio.Future[Reply]]] = []
+        self.inflight = 0
+
+
+class HttpTransport:
+    """Implements ``paxoskv.transport.base.Transport``."""
+
+    def __init__(self, node_id: int, peer_urls: dict[int, str], secret: str,
+                 timeout_s: float = 2.0, limits: Limits | None = None,
+                 metrics: Metrics | None = None, inflight_max: int = 4) -> None:
+        self.node_id = node_id
+        self._peers = {pid: _Peer(url) for pid, url in peer_urls.items() if pid != node_id}
+        self._secret = secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(1.0, timeout_s))
+        self._limits = limits or Limits()
+        self._metrics = metrics or Metrics()
+        self._inflight_max = inflight_max
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _headers(self) -> dict[str, str]:
+        return {AUTH_HEADER: f"Bearer {self._secret}", FROM_HEADER: str(self.node_id),
+                "Content-Type": "application/json"}
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # One pooled keep-alive connector; per-host limit keeps each peer's pool bounded.
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._inflight_max + 4,
+                                             keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                                  json_serialize=lambda o: orjson.dumps(o).decode())
+        return self._session
+
+    def _peer(self, peer: int) -> _Peer:
+        try:
+            return self._peers[peer]
+        except KeyError:
+            raise PeerUnreachable(f"unknown peer {peer}") from None
+
+    async def send(self, peer: int, msg: Request) -> Reply:
+        p = self._peer(peer)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        p.queue.append((msg, fut))
+        self._pump(p)
+        return await fut
+
+    def _pump(self, p: _Peer) -> None:
+        while p.queue and p.inflight < self._inflight_max:
+            batch = p.queue[: self._limits.batch_messages_max]
+            del p.queue[: len(batch)]
+            p.inflight += 1
+            task = asyncio.ensure_future(self._post_batch(p, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _post_batch(self, p: _Peer, batch: list[tuple[Request, asyncio.Future[Reply]]]
+                          ) -> None:
+        self._metrics.transport_batch(len(batch))
+        try:
+            body = orjson.dumps({"m": [to_wire(m) for m, _ in batch]})
+            async with self._get_session().post(f"{p.url}/internal/batch", data=body,
+                                                headers=self._headers()) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
+            raw = orjson.loads(payload)
+            replies = raw.get("r") if isinstance(raw, dict) else None
+            if not isinstance(replies, list) or len(replies) != len(batch):
+                raise PeerUnreachable("reply frame does not match the batch")
+            for (_, fut), item in zip(batch, replies, strict=True):
+                if not fut.done():
+                    reply = from_wire(item)
+                    if not isinstance(reply, Reply):
+                        raise PeerProtocolError(f"{type(reply).__name__} is not a reply")
+                    fut.set_result(reply)
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError,
+                PeerProtocolError, PeerUnreachable) as exc:
+            err = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(
+                f"{type(exc).__name__}: {exc}")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+        finally:
+            p.inflight -= 1
+            self._pump(p)
+
+    async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
+        p = self._peer(peer)
+        try:
+            async with self._get_session().post(f"{p.url}/internal/hello",
+                                                data=orjson.dumps(info),
+                                                headers=self._headers()) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
+            result = orjson.loads(payload)
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(result, dict):
+            raise PeerUnreachable("hello reply is not an object")
+        return result
+
+    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[str]:
+        p = self._peer(peer)
+        try:
+            async with self._get_session().get(
+                    f"{p.url}/internal/keys", params={"prefix": prefix, "limit": str(limit)},
+                    headers=self._headers()) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
+            result = orjson.loads(payload)
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        keys = result.get("keys") if isinstance(result, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise PeerUnreachable("keys reply is malformed")
+        return keys
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
