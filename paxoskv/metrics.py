@@ -13,10 +13,12 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 __all__ = ["REGISTRY", "Metrics", "PromMetrics"]
 
+disable_created_metrics()  # the *_created series only add noise to every scrape
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)

@@ -1,0 +1,5 @@
+import sys
+
+from paxoskv.cli import main
+
+sys.exit(main())

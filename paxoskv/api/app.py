@@ -1,0 +1,315 @@
+"""The HTTP API (DESIGN.md section 3) and the peer endpoints, on one aiohttp application.
+
+Handlers translate HTTP to node calls and node outcomes to HTTP; no protocol logic lives
+here. Every error leaves as JSON ``{"error", "message"}`` with its status; a traceback never
+reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from paxoskv.api.openapi import openapi_document
+from paxoskv.core.messages import PeerProtocolError
+from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
+from paxoskv.limits import Limits
+from paxoskv.metrics import REGISTRY, Metrics
+from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
+from paxoskv.transport.http import check_peer_auth, decode_batch, encode_replies
+
+__all__ = ["ApiError", "make_app"]
+
+log = logging.getLogger(__name__)
+
+NODE = web.AppKey("node", Node)
+SECRET = web.AppKey("secret", str)
+LIMITS = web.AppKey("limits", Limits)
+METRICS = web.AppKey("metrics", Metrics)
+
+RETRY_AFTER_S = "1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/json")
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> web.Response:
+    return _json(status, {"error": code, "message": message, **extra}, headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+               405: "method_not_allowed", 413: "value_too_large"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+    except NoQuorum as exc:
+        return _error(503, "no_quorum", str(exc), {"Retry-After": RETRY_AFTER_S})
+    except Overloaded as exc:
+        return _error(503, "overloaded", str(exc), {"Retry-After": RETRY_AFTER_S})
+    except UnknownOutcome as exc:
+        return _error(504, "unknown_outcome",
+                      f"{exc}; the write may or may not have taken effect: read the key to "
+                      "find out")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return _error(exc.status, code, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(500, "internal", "internal error; see the server log")
+
+
+# ------------------------------------------------------------------ client API helpers
+
+def _key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    size = len(key.encode("utf-8", errors="surrogatepass"))
+    limit = request.app[LIMITS].key_bytes_max
+    if size == 0 or size > limit:
+        raise ApiError(400, "bad_key", f"key must be 1-{limit} bytes of UTF-8, got {size}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "bad_key", "key is not valid UTF-8") from None
+    return key
+
+
+def _version_header(request: web.Request, name: str) -> int | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(400, "bad_header",
+                       f'{name} must be a quoted version such as "3" (got {raw!r})')
+    return int(text)
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+async def _timed(request: web.Request, op: str,
+                 call: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await call()
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        raise
+    except (NoQuorum, Overloaded):
+        status = 503
+        raise
+    except UnknownOutcome:
+        status = 504
+        raise
+    finally:
+        request.app[METRICS].request(op, status, time.perf_counter() - started)
+
+
+def _precondition_failed(outcome: Outcome) -> web.Response:
+    current = outcome.value.version if outcome.value.exists else None
+    return _error(412, "precondition_failed",
+                  "the condition did not hold" + (f"; current version is {current}"
+                                                  if current is not None else
+                                                  "; the key does not exist"),
+                  current_version=current)
+
+
+async def put_key(request: web.Request) -> web.StreamResponse:
+    async def run() -> web.StreamResponse:
+        key = _key(request)
+        limit = request.app[LIMITS].value_bytes_max
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "value_too_large", f"value is larger than {limit} bytes")
+        data = await request.read()
+        if len(data) > limit:
+            raise ApiError(413, "value_too_large", f"value is larger than {limit} bytes")
+        expected = _version_header(request, "If-Match")
+        none_match = request.headers.get("If-None-Match")
+        change: Change
+        if none_match is not None:
+            if none_match.strip() != "*":
+                raise ApiError(400, "bad_header", "If-None-Match supports only *")
+            if expected is not None:
+                raise ApiError(400, "bad_header", "use If-Match or If-None-Match, not both")
+            change = Create(data)
+        elif expected is not None:
+            change = Cas(expected, data)
+        else:
+            change = Set(data)
+        outcome = await request.app[NODE].execute(key, change)
+        if outcome.kind != "applied":
+            return _precondition_failed(outcome)
+        version = outcome.value.version
+        return _json(200, {"key": key, "version": version}, {"ETag": _etag(version)})
+    return await _timed(request, "put", run)
+
+
+async def get_key(request: web.Request) -> web.StreamResponse:
+    async def run() -> web.StreamResponse:
+        key = _key(request)
+        consistency = request.query.get("consistency", "linearizable")
+        node = request.app[NODE]
+        if consistency == "stale":
+            outcome = node.read_local(key)
+        elif consistency == "linearizable":
+            outcome = await node.read(key)
+        else:
+            raise ApiError(400, "bad_request", "consistency must be linearizable or stale")
+        value = outcome.value
+        if value.data is None:
+            return _error(404, "not_found", f"key {key!r} does not exist")
+        return web.Response(status=200, body=value.data, headers={"ETag": _etag(value.version)},
+                            content_type="application/octet-stream")
+    return await _timed(request, "get", run)
+
+
+async def delete_key(request: web.Request) -> web.StreamResponse:
+    async def run() -> web.StreamResponse:
+        key = _key(request)
+        expected = _version_header(request, "If-Match")
+        outcome = await request.app[NODE].execute(key, Delete(expected))
+        if outcome.kind == "absent":
+            return _error(404, "not_found", f"key {key!r} does not exist")
+        if outcome.kind == "rejected":
+            return _precondition_failed(outcome)
+        return web.Response(status=204, headers={"ETag": _etag(outcome.value.version)})
+    return await _timed(request, "delete", run)
+
+
+async def list_keys(request: web.Request) -> web.StreamResponse:
+    async def run() -> web.StreamResponse:
+        prefix = request.query.get("prefix", "")
+        limits = request.app[LIMITS]
+        raw_limit = request.query.get("limit", "1000")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limits.list_limit_max:
+            raise ApiError(400, "bad_request",
+                           f"limit must be an integer within 1..{limits.list_limit_max}")
+        keys = await request.app[NODE].list_keys(prefix, int(raw_limit))
+        return _json(200, {"keys": keys, "count": len(keys), "consistency": "quorum-union"})
+    return await _timed(request, "list", run)
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    return _json(200, request.app[NODE].status())
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return _json(200, {"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    if node.stopping:
+        return _error(503, "stopping", "node is shutting down")
+    if not node.quorum_reachable():
+        return _error(503, "no_quorum", "a quorum of acceptors is not reachable",
+                      {"Retry-After": RETRY_AFTER_S})
+    return _json(200, {"status": "ready", "acceptor_mode": node.acceptor_mode})
+
+
+async def metrics_text(request: web.Request) -> web.StreamResponse:
+    request.app[NODE].metrics.keys(request.app[NODE].storage.key_count())
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return _json(200, openapi_document())
+
+
+# ------------------------------------------------------------------ peer endpoints
+
+def _authorize(request: web.Request) -> None:
+    if not check_peer_auth(request.headers.get("Authorization"), request.app[SECRET]):
+        raise ApiError(401, "unauthorized", "peer credentials missing or wrong")
+
+
+async def internal_batch(request: web.Request) -> web.StreamResponse:
+    _authorize(request)
+    body = await request.read()
+    try:
+        msgs = decode_batch(body)
+    except PeerProtocolError as exc:
+        log.warning("malformed peer frame from %s: %s", request.remote, exc)
+        raise ApiError(400, "bad_frame", str(exc)) from None
+    node = request.app[NODE]
+    replies = await asyncio.gather(*(node.handle(m) for m in msgs))
+    return web.Response(body=encode_replies(list(replies)), content_type="application/json")
+
+
+async def internal_hello(request: web.Request) -> web.StreamResponse:
+    _authorize(request)
+    try:
+        info = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "bad_frame", "hello must be a JSON object") from None
+    if not isinstance(info, dict):
+        raise ApiError(400, "bad_frame", "hello must be a JSON object")
+    return _json(200, await request.app[NODE].on_hello(info))
+
+
+async def internal_keys(request: web.Request) -> web.StreamResponse:
+    _authorize(request)
+    raw_limit = request.query.get("limit", "1000")
+    if not raw_limit.isdigit():
+        raise ApiError(400, "bad_request", "limit must be an integer")
+    keys = request.app[NODE].local_live_keys(request.query.get("prefix", ""), int(raw_limit))
+    return _json(200, {"keys": keys})
+
+
+def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware],
+                          client_max_size=limits.frame_bytes_max)
+    app[NODE] = node
+    app[SECRET] = secret
+    app[LIMITS] = limits
+    app[METRICS] = metrics
+    app.router.add_put("/v1/kv/{key:.+}", put_key)
+    app.router.add_get("/v1/kv/{key:.+}", get_key)
+    app.router.add_delete("/v1/kv/{key:.+}", delete_key)
+    app.router.add_get("/v1/kv", list_keys)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_post("/internal/batch", internal_batch)
+    app.router.add_post("/internal/hello", internal_hello)
+    app.router.add_get("/internal/keys", internal_keys)
+    return app
+

@@ -1,0 +1,100 @@
+"""The OpenAPI 3.1 document served at /v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paxoskv import __version__
+
+__all__ = ["openapi_document"]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_KEY = {"name": "key", "in": "path", "required": True,
+        "description": "1-1024 bytes of UTF-8 (slashes allowed; percent-encode others)",
+        "schema": {"type": "string", "minLength": 1}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+             "description": 'compare-and-set: apply only if the current version is this one, '
+                            'e.g. "3"', "schema": {"type": "string"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    common = {"400": _error("bad key, header or request"),
+              "503": _error("no quorum of acceptors reachable (Retry-After is set)"),
+              "504": _error("unknown outcome: the write may or may not have taken effect")}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "paxoskv", "version": __version__,
+                 "description": "Replicated key-value store; every key is a CASPaxos register."},
+        "paths": {
+            "/v1/kv/{key}": {
+                "put": {
+                    "summary": "Set, compare-and-set (If-Match) or create (If-None-Match: *)",
+                    "parameters": [_KEY, _IF_MATCH,
+                                   {"name": "If-None-Match", "in": "header", "required": False,
+                                    "description": "* = create only if absent",
+                                    "schema": {"type": "string", "enum": ["*"]}}],
+                    "requestBody": {"required": True, "content": {
+                        "application/octet-stream": {"schema": {"type": "string",
+                                                                "format": "binary"}}}},
+                    "responses": {
+                        "200": {"description": "committed; ETag holds the new version",
+                                "content": {"application/json": {"schema": {
+                                    "$ref": "#/components/schemas/Written"}}}},
+                        "412": _error("condition failed; current_version names the version"),
+                        "413": _error("value too large"), **common},
+                },
+                "get": {
+                    "summary": "Read (linearizable by default)",
+                    "parameters": [_KEY, {"name": "consistency", "in": "query",
+                                          "schema": {"type": "string",
+                                                     "enum": ["linearizable", "stale"]}}],
+                    "responses": {
+                        "200": {"description": "the value; ETag holds its version",
+                                "content": {"application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}}}},
+                        "404": _error("absent or deleted"), **common},
+                },
+                "delete": {
+                    "summary": "Delete (writes a tombstone)",
+                    "parameters": [_KEY, _IF_MATCH],
+                    "responses": {"204": {"description": "deleted"},
+                                  "404": _error("absent"),
+                                  "412": _error("condition failed"), **common},
+                },
+            },
+            "/v1/kv": {"get": {
+                "summary": "List live keys by prefix (union over a quorum; not linearizable)",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
+                "responses": {"200": {"description": "keys", "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {
+                        "keys": {"type": "array", "items": {"type": "string"}},
+                        "count": {"type": "integer"},
+                        "consistency": {"type": "string"}}}}}},
+                              "400": common["400"], "503": common["503"]}}},
+            "/v1/status": {"get": {"summary": "Node id, peers and reachability, config",
+                                   "responses": {"200": {"description": "status"}}}},
+            "/healthz": {"get": {"summary": "Process alive",
+                                 "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Ready: a quorum of acceptors is reachable",
+                                "responses": {"200": {"description": "ready"},
+                                              "503": _error("not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus text format",
+                                 "responses": {"200": {"description": "metrics"}}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "message"],
+                      "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                                     "current_version": {"type": ["integer", "null"]}}},
+            "Written": {"type": "object", "required": ["key", "version"],
+                        "properties": {"key": {"type": "string"},
+                                       "version": {"type": "integer"}}},
+        }},
+    }

@@ -1,0 +1,329 @@
+"""``paxoskv serve | local-cluster | put | get | delete | list | status``.
+
+Every flag can also come from a ``PAXOSKV_*`` environment variable (the flag's name in
+upper case with dashes as underscores), so the Helm chart configures the server through
+its environment. A flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from paxoskv import __version__
+
+__all__ = ["main"]
+
+ENV_PREFIX = "PAXOSKV_"
+
+
+class UsageError(Exception):
+    """Bad flags or configuration: printed as one line, exit 2."""
+
+
+def _env(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add(p: argparse.ArgumentParser, flag: str, help: str, default: Any = None,
+         type: Any = str, choices: list[str] | None = None) -> None:
+    env = _env(flag)
+    raw = os.environ.get(env)
+    value = default
+    if raw is not None and raw != "":
+        try:
+            value = type(raw)
+        except ValueError:
+            raise UsageError(f"{env}={raw!r} is not a valid value for {flag}") from None
+    shown = f" (env {env}" + (f", default {default}" if default not in (None, "") else "") + ")"
+    p.add_argument(flag, default=value, type=type, choices=choices, help=help + shown)
+
+
+def _add_flag(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    env = _env(flag)
+    default = os.environ.get(env, "").lower() in ("1", "true", "yes", "on")
+    p.add_argument(flag, action="store_true", default=default, help=f"{help} (env {env})")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paxoskv", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"paxoskv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run one node")
+    _add(s, "--node-id", "this node's id (>= 1; derived from POD_NAME with --statefulset)",
+         type=int)
+    _add(s, "--listen", "address to listen on, HOST:PORT", "0.0.0.0:7000")
+    _add(s, "--peers", "every node as ID=URL,... (this one included)")
+    _add(s, "--hosts", "hosts file (YAML, or TOML by .toml suffix) naming nodes and roles")
+    _add_flag(s, "--statefulset", "derive peers from POD_NAME and StatefulSet DNS")
+    _add(s, "--replicas", "StatefulSet mode: number of acceptors", type=int)
+    _add(s, "--service", "StatefulSet mode: headless Service name")
+    _add(s, "--namespace", "StatefulSet mode: namespace (else POD_NAMESPACE)")
+    _add(s, "--cluster-domain", "StatefulSet mode: cluster DNS domain", "cluster.local")
+    _add(s, "--peer-port", "StatefulSet mode: peers' port (default: the listen port)",
+         type=int)
+    _add(s, "--dns-timeout", "StatefulSet mode: seconds to wait for peer DNS names", 120.0,
+         type=float)
+    _add(s, "--data-dir", "directory for the acceptor's durable state", "./data")
+    _add(s, "--cluster-id", "cluster name, checked against the data directory and peers",
+         "paxoskv")
+    _add(s, "--peer-secret-file", "file holding the shared peer secret "
+         "(or set PAXOSKV_PEER_SECRET)")
+    _add(s, "--max-value-bytes", "largest value accepted", 1024 * 1024, type=int)
+    _add(s, "--request-timeout", "seconds before a client call ends as 503/504", 5.0,
+         type=float)
+    _add(s, "--phase-timeout", "seconds one Paxos phase waits for a quorum", 1.0, type=float)
+    _add(s, "--peer-timeout", "seconds one peer HTTP request may take", 2.0, type=float)
+    _add(s, "--heartbeat-interval", "seconds between heartbeats to each peer", 0.5, type=float)
+    _add(s, "--repair-interval", "seconds between background repair sweeps", 30.0, type=float)
+    _add(s, "--repair-rate", "keys per second the repair sweep checks", 100.0, type=float)
+    _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
+    _add(s, "--log-format", "log format", "text", choices=["text", "json"])
+    _add(s, "--log-level", "log level", "info",
+         choices=["debug", "info", "warning", "error"])
+
+    lc = sub.add_parser("local-cluster", help="run N nodes on loopback for development")
+    _add(lc, "--nodes", "number of nodes", 3, type=int)
+    _add(lc, "--base-port", "node i listens on base-port + i", 7000, type=int)
+    _add(lc, "--data-dir", "parent directory of the nodes' data directories",
+         "./data/local-cluster")
+    _add(lc, "--host", "loopback address to bind", "127.0.0.1")
+    _add(lc, "--log-format", "log format", "text", choices=["text", "json"])
+
+    for name, helptext in (("put", "set a key (value from argument or - for stdin)"),
+                           ("get", "read a key"), ("delete", "delete a key"),
+                           ("list", "list keys by prefix"), ("status", "node status")):
+        c = sub.add_parser(name, help=helptext)
+        _add(c, "--url", "node URL", "http://127.0.0.1:7001")
+        _add(c, "--timeout", "seconds", 10.0, type=float)
+        if name in ("put", "get", "delete"):
+            c.add_argument("key")
+        if name == "put":
+            c.add_argument("value")
+            c.add_argument("--if-match", type=int, help="compare-and-set on this version")
+            c.add_argument("--if-none-match", action="store_true", help="create only")
+        if name == "delete":
+            c.add_argument("--if-match", type=int, help="delete only at this version")
+        if name == "get":
+            c.add_argument("--stale", action="store_true", help="read one replica")
+        if name == "list":
+            c.add_argument("--prefix", default="")
+            c.add_argument("--limit", type=int, default=1000)
+    return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {text!r} must be HOST:PORT")
+    return host or "0.0.0.0", int(port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from paxoskv.discovery.peers import (
+        DiscoveryError,
+        parse_hosts_file,
+        parse_peers,
+        statefulset_peers,
+        wait_for_dns,
+    )
+    from paxoskv.limits import Limits
+    from paxoskv.node import NodeConfig
+    from paxoskv.server import ServeOptions, serve
+
+    _setup_logging(args.log_format, args.log_level)
+    host, port = _parse_listen(args.listen)
+    sources = sum(bool(x) for x in (args.peers, args.hosts, args.statefulset))
+    if sources > 1:
+        raise UsageError("give only one of --peers, --hosts and --statefulset")
+    node_id = args.node_id
+    try:
+        if args.statefulset:
+            pod = os.environ.get("POD_NAME", "")
+            namespace = args.namespace or os.environ.get("POD_NAMESPACE", "")
+            if not (pod and args.replicas and args.service and namespace):
+                raise UsageError("--statefulset needs POD_NAME, --replicas, --service and "
+                                 "--namespace (or POD_NAMESPACE)")
+            node_id, peers = statefulset_peers(pod, args.replicas, args.service, namespace,
+                                               args.cluster_domain, args.peer_port or port)
+        elif args.hosts:
+            peers = parse_hosts_file(Path(args.hosts))
+        elif args.peers:
+            peers = parse_peers(args.peers)
+        else:
+            if node_id is None:
+                node_id = 1
+            peers = parse_peers(f"{node_id}=http://127.0.0.1:{port}")
+    except DiscoveryError as exc:
+        raise UsageError(str(exc)) from None
+    if node_id is None:
+        raise UsageError("--node-id is required with --peers or --hosts")
+    secret = os.environ.get("PAXOSKV_PEER_SECRET", "")
+    if args.peer_secret_file:
+        try:
+            secret = Path(args.peer_secret_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--peer-secret-file: {exc}") from None
+    if len(peers) > 1 and not secret:
+        raise UsageError("set a peer secret: PAXOSKV_PEER_SECRET or --peer-secret-file")
+    try:
+        limits = Limits(value_bytes_max=args.max_value_bytes).validate()
+        config = NodeConfig(
+            node_id=node_id, peers=peers, cluster_id=args.cluster_id,
+            request_timeout_s=args.request_timeout, phase_timeout_s=args.phase_timeout,
+            heartbeat_interval_s=args.heartbeat_interval,
+            heartbeat_timeout_s=max(args.heartbeat_interval * 2, 0.2),
+            repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
+            rejoin=args.rejoin, limits=limits)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    async def main() -> None:
+        if args.statefulset:
+            await wait_for_dns(peers, node_id, args.dns_timeout)
+        await serve(ServeOptions(config, host, port, Path(args.data_dir),
+                                 secret or secrets.token_hex(16),
+                                 peer_timeout_s=args.peer_timeout))
+
+    asyncio.run(main())
+    return 0
+
+
+def _local_cluster(args: argparse.Namespace) -> int:
+    if not 1 <= args.nodes <= 9:
+        raise UsageError("--nodes must be within 1..9")
+    base = Path(args.data_dir)
+    urls = {i: f"http://{args.host}:{args.base_port + i}" for i in range(1, args.nodes + 1)}
+    peers = ",".join(f"{i}={u}" for i, u in urls.items())
+    env = dict(os.environ)
+    env.setdefault("PAXOSKV_PEER_SECRET", secrets.token_hex(16))
+    children: list[subprocess.Popen[bytes]] = []
+    for i, url in urls.items():
+        cmd = [sys.executable, "-m", "paxoskv", "serve", "--node-id", str(i),
+               "--listen", f"{args.host}:{args.base_port + i}", "--peers", peers,
+               "--data-dir", str(base / f"node{i}"), "--log-format", args.log_format]
+        children.append(subprocess.Popen(cmd, env=env))
+        print(f"node {i}: {url}  (data {base / f'node{i}'}, pid {children[-1].pid})",
+              flush=True)
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print("cluster running; Ctrl-C to stop", flush=True)
+    try:
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"node pid {child.pid} exited with {child.returncode}", flush=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        print("cluster stopped", flush=True)
+    return 0
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from paxoskv.client import Client, ClientError
+
+    client = Client(args.url, timeout_s=args.timeout)
+    try:
+        if args.command == "put":
+            value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
+            res = client.put(args.key, value, args.if_match, args.if_none_match)
+        elif args.command == "get":
+            res = client.get(args.key, args.stale)
+        elif args.command == "delete":
+            res = client.delete(args.key, args.if_match)
+        elif args.command == "list":
+            res = client.list(args.prefix, args.limit)
+        else:
+            res = client.status()
+    except ClientError as exc:
+        print(f"paxoskv: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        client.close()
+    if res.status >= 400:
+        try:
+            err = res.json()
+            print(f"paxoskv: {res.status} {err.get('error')}: {err.get('message')}",
+                  file=sys.stderr)
+        except (orjson.JSONDecodeError, AttributeError):
+            print(f"paxoskv: HTTP {res.status}", file=sys.stderr)
+        return 1
+    if args.command == "get":
+        sys.stdout.buffer.write(res.body)
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+        print(f"version {res.version}", file=sys.stderr)
+    elif args.command == "delete":
+        print(f"deleted {args.key} (version {res.version})")
+    else:
+        print(json.dumps(res.json(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _build_parser().parse_args(argv)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "local-cluster":
+            return _local_cluster(args)
+        return _client_command(args)
+    except UsageError as exc:
+        print(f"paxoskv: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

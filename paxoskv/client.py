@@ -1,0 +1,141 @@
+"""Python clients for the HTTP API: ``Client`` (sync, stdlib only) and ``AsyncClient``."""
+
+from __future__ import annotations
+
+import http.client
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+__all__ = ["AsyncClient", "Client", "ClientError", "Result"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    status: int
+    body: bytes
+    version: int | None
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class ClientError(Exception):
+    """The server could not be reached."""
+
+
+def _version(etag: str | None) -> int | None:
+    if etag is None:
+        return None
+    text = etag.strip().strip('"')
+    return int(text) if text.isdigit() else None
+
+
+def _path(key: str) -> str:
+    return "/v1/kv/" + urllib.parse.quote(key, safe="/")
+
+
+def _conditions(if_match: int | None, if_none_match: bool) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if if_match is not None:
+        headers["If-Match"] = f'"{if_match}"'
+    if if_none_match:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
+class Client:
+    """A small synchronous client; one keep-alive connection, no dependencies."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ClientError(f"{url!r} is not an http:// URL")
+        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._timeout = timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Result:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self._host, self._port,
+                                                        timeout=self._timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                hdrs = {k: v for k, v in resp.getheaders()}
+                return Result(resp.status, data, _version(resp.getheader("ETag")), hdrs)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                # a keep-alive connection the server closed: retry once on a new one
+                if attempt == 2 or not isinstance(exc, (http.client.RemoteDisconnected,
+                                                        BrokenPipeError,
+                                                        ConnectionResetError)):
+                    raise ClientError(f"{self._host}:{self._port}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, value: bytes, if_match: int | None = None,
+            if_none_match: bool = False) -> Result:
+        return self.request("PUT", _path(key), value, _conditions(if_match, if_none_match))
+
+    def get(self, key: str, stale: bool = False) -> Result:
+        return self.request("GET", _path(key) + ("?consistency=stale" if stale else ""))
+
+    def delete(self, key: str, if_match: int | None = None) -> Result:
+        return self.request("DELETE", _path(key), None, _conditions(if_match, False))
+
+    def list(self, prefix: str = "", limit: int = 1000) -> Result:
+        query = urllib.parse.urlencode({"prefix": prefix, "limit": limit})
+        return self.request("GET", f"/v1/kv?{query}")
+
+    def status(self) -> Result:
+        return self.request("GET", "/v1/status")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class AsyncClient:
+    """An asyncio client on one pooled aiohttp session."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> Result:
+        try:
+            async with self._session.request(method, self._url + path, data=body,
+                                             headers=headers) as resp:
+                data = await resp.read()
+                return Result(resp.status, data, _version(resp.headers.get("ETag")),
+                              dict(resp.headers))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ClientError(f"{self._url}: {type(exc).__name__}: {exc}") from exc
+
+    async def put(self, key: str, value: bytes, if_match: int | None = None,
+                  if_none_match: bool = False) -> Result:
+        return await self.request("PUT", _path(key), value, _conditions(if_match, if_none_match))
+
+    async def get(self, key: str, stale: bool = False) -> Result:
+        return await self.request("GET", _path(key) + ("?consistency=stale" if stale else ""))
+
+    async def delete(self, key: str, if_match: int | None = None) -> Result:
+        return await self.request("DELETE", _path(key), None, _conditions(if_match, False))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,83 @@
+"""Runs one node for real: SQLite storage, aiohttp transport and API, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from paxoskv.api.app import make_app
+from paxoskv.limits import Limits
+from paxoskv.metrics import PromMetrics
+from paxoskv.node import Node, NodeConfig, open_identity
+from paxoskv.storage.sqlite import SqliteStorage
+from paxoskv.transport.http import HttpTransport
+
+__all__ = ["ServeOptions", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    config: NodeConfig
+    host: str
+    port: int
+    data_dir: Path
+    secret: str
+    peer_timeout_s: float = 2.0
+    shutdown_timeout_s: float = 10.0
+
+
+async def serve(opts: ServeOptions) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop taking requests, finish rounds in
+    flight, close storage cleanly."""
+    metrics = PromMetrics()
+    limits: Limits = opts.config.limits
+    storage = SqliteStorage(opts.data_dir, observer=metrics.commit,
+                            batch_max=limits.storage_batch_max)
+    identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id)
+    log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
+             identity.cluster_id, identity.incarnation, identity.data_id,
+             ", new data directory" if identity.fresh else "")
+    transport = HttpTransport(opts.config.node_id,
+                              {pid: p.url for pid, p in opts.config.peers.items()},
+                              opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
+                              metrics=metrics)
+    node = Node(opts.config, identity, storage, transport, metrics)
+    app = make_app(node, opts.secret, limits, metrics)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
+                           handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
+    await site.start()
+    log.info("listening on http://%s:%d", opts.host, opts.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node_task = asyncio.ensure_future(node.run())
+    try:
+        done, _ = await asyncio.wait({node_task, asyncio.ensure_future(stop.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if node_task in done:
+            node_task.result()  # a background loop died: surface it
+        log.info("shutting down: draining requests in flight")
+        node.stopping = True
+        await runner.shutdown()
+        await runner.cleanup()
+    finally:
+        node.stopping = True
+        node_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await node_task
+        await node.stop()
+        await transport.close()
+        await storage.close()
+        log.info("stopped cleanly")
