@@ -13,6 +13,7 @@ from paxoskv.check.linearizability import (
     check,
     check_key,
 )
+from paxoskv.check.report import render_html, render_text, write_report
 
 __all__ = [
     "STEPS_MAX_PER_KEY",
@@ -27,4 +28,7 @@ __all__ = [
     "check_key",
     "dump_ops",
     "load_ops",
+    "render_html",
+    "render_text",
+    "write_report",
 ]
