@@ -1,0 +1,126 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{- define "paxoskv.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name; also the StatefulSet name. Pod names are <fullname>-<ordinal> and each pod derives
+its peers from its own name, so it is capped to leave room for the ordinal (and for the
+controller-revision-hash label Kubernetes adds: name + "-" + 10 chars <= 63).
+*/}}
+{{- define "paxoskv.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "paxoskv.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "paxoskv.headlessName" -}}
+{{- printf "%s-headless" (include "paxoskv.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "paxoskv.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "paxoskv.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "paxoskv.labels" -}}
+helm.sh/chart: {{ include "paxoskv.chart" . }}
+{{ include "paxoskv.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: paxoskv
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "paxoskv.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "paxoskv.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "paxoskv.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "paxoskv.clusterId" -}}
+{{- default (printf "%s-%s" .Release.Namespace (include "paxoskv.fullname" .)) .Values.clusterId -}}
+{{- end -}}
+
+{{- define "paxoskv.secretName" -}}
+{{- if .Values.peerSecret.existingSecret -}}
+{{- .Values.peerSecret.existingSecret -}}
+{{- else -}}
+{{- printf "%s-peer" (include "paxoskv.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "paxoskv.secretKey" -}}
+{{- if .Values.peerSecret.existingSecret -}}
+{{- .Values.peerSecret.existingSecretKey -}}
+{{- else -}}
+peer-secret
+{{- end -}}
+{{- end -}}
+
+{{- define "paxoskv.clientLabel" -}}
+{{- default (printf "%s-client" (include "paxoskv.fullname" .)) .Values.networkPolicy.clientLabel -}}
+{{- end -}}
+
+{{/* Quorum of the configured acceptor set: floor(replicas / 2) + 1. */}}
+{{- define "paxoskv.quorum" -}}
+{{- add (div (int .Values.replicas) 2) 1 -}}
+{{- end -}}
+
+{{/*
+PDB maxUnavailable: replicas - quorum, the most nodes that may be down while a quorum remains.
+An explicit value above that is refused (it would let a drain break quorum).
+*/}}
+{{- define "paxoskv.pdbMaxUnavailable" -}}
+{{- $replicas := int .Values.replicas -}}
+{{- $safe := sub $replicas (int (include "paxoskv.quorum" .)) -}}
+{{- $v := .Values.podDisruptionBudget.maxUnavailable -}}
+{{- if or (eq (toString $v) "") (eq (toString $v) "<nil>") -}}
+{{- $safe -}}
+{{- else if gt (int $v) (int $safe) -}}
+{{- fail (printf "podDisruptionBudget.maxUnavailable=%v would let %v of %v nodes go while the quorum is %v; the most that keeps quorum is %v" $v $v $replicas (include "paxoskv.quorum" .) $safe) -}}
+{{- else -}}
+{{- int $v -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Release-wide checks that fail rendering early with a clear message. */}}
+{{- define "paxoskv.validate" -}}
+{{- if lt (int .Values.replicas) 1 -}}
+{{- fail "replicas must be >= 1" -}}
+{{- end -}}
+{{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
+{{- fail (printf "podAntiAffinity must be soft, hard or none (got %q)" .Values.podAntiAffinity) -}}
+{{- end -}}
+{{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
+{{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Series selector of this release for the alert rules. The ServiceMonitor and the PodMonitor set
+jobLabel to app.kubernetes.io/instance, so job = the release name.
+*/}}
+{{- define "paxoskv.ruleSelector" -}}
+namespace="{{ .Release.Namespace }}", job="{{ .Release.Name }}"
+{{- end -}}

@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Generate the chart's Grafana dashboard, deploy/helm/paxoskv/dashboards/paxoskv.json.
+
+Goal: one reviewed source for the dashboard instead of hand-edited JSON. Run it after a change
+and commit both files; tests/deploy/test_chart.py checks that the JSON is what this script
+writes, and tests/deploy/test_metric_names.py that every paxoskv_* name exists in the server.
+
+    python3 deploy/scripts/gen_dashboard.py            # rewrite the JSON
+    python3 deploy/scripts/gen_dashboard.py --check    # exit 1 if the JSON is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parents[1] / "helm" / "paxoskv" / "dashboards" / "paxoskv.json"
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'namespace="$namespace", job="$job", pod=~"$pod"'
+RATE = "$__rate_interval"
+
+
+class Layout:
+    """Places panels left to right on Grafana's 24-column grid, with rows."""
+
+    def __init__(self) -> None:
+        self.panels: list[dict[str, Any]] = []
+        self.y = 0
+        self.x = 0
+        self.row_h = 0
+        self.next_id = 1
+
+    def _id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self.panels.append(
+            {
+                "type": "row",
+                "id": self._id(),
+                "title": title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+                "panels": [],
+            }
+        )
+        self.y += 1
+
+    def _newline(self) -> None:
+        if self.x:
+            self.y += self.row_h
+            self.x = 0
+            self.row_h = 0
+
+    def add(self, panel: dict[str, Any], w: int, h: int) -> None:
+        if self.x + w > 24:
+            self._newline()
+        panel["id"] = self._id()
+        panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
+        panel["datasource"] = DS
+        self.panels.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+
+def target(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
+    return {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref, "range": True}
+
+
+def timeseries(
+    title: str, description: str, targets: list[dict[str, Any]], unit: str, **opts: Any
+) -> dict[str, Any]:
+    refs = "ABCDEFGH"
+    for t, ref in zip(targets, refs, strict=False):
+        t["refId"] = ref
+    custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+    custom.update(opts.pop("custom", {}))
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "targets": targets,
+        "fieldConfig": {
+            "defaults": {"unit": unit, "custom": custom, **opts.pop("defaults", {})},
+            "overrides": [],
+        },
+        "options": {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "calcs": ["lastNotNull", "max"],
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+
+
+def stat(
+    title: str, description: str, expr: str, unit: str, steps: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "targets": [{"datasource": DS, "expr": expr, "refId": "A", "instant": True}],
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "thresholds": {"mode": "absolute", "steps": steps},
+                "color": {"mode": "thresholds"},
+            },
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "background",
+            "graphMode": "none",
+            "textMode": "value",
+        },
+    }
+
+
+def quantile(q: str, metric: str, by: str) -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{SEL}}}[{RATE}])))"
+
+
+GREEN = {"color": "green", "value": None}
+RED = {"color": "red", "value": None}
+
+
+def build() -> dict[str, Any]:
+    L = Layout()
+
+    L.row("Overview")
+    L.add(
+        stat(
+            "Nodes scraped up",
+            "Targets of this job that answered the last scrape (Prometheus `up`).",
+            f"sum(up{{{SEL}}})",
+            "none",
+            [RED, {"color": "green", "value": 2}],
+        ),
+        w=6,
+        h=4,
+    )
+    L.add(
+        stat(
+            "Nodes with quorum",
+            "Nodes that reach a quorum of acceptors (paxoskv_quorum_reachable); "
+            "0 means the store is unavailable.",
+            f"sum(paxoskv_quorum_reachable{{{SEL}}})",
+            "none",
+            [RED, {"color": "green", "value": 1}],
+        ),
+        w=6,
+        h=4,
+    )
+    L.add(
+        stat(
+            "Amnesiac nodes",
+            "Nodes that refuse to act as acceptors because their data dir is empty for a formed "
+            "cluster; they need the rejoin procedure.",
+            f"sum(paxoskv_amnesia{{{SEL}}})",
+            "none",
+            [GREEN, {"color": "red", "value": 1}],
+        ),
+        w=6,
+        h=4,
+    )
+    L.add(
+        stat(
+            "Keys",
+            "Keys held by the fullest node (paxoskv_keys, tombstones included).",
+            f"max(paxoskv_keys{{{SEL}}})",
+            "short",
+            [{"color": "blue", "value": None}],
+        ),
+        w=6,
+        h=4,
+    )
+
+    L.row("Requests")
+    L.add(
+        timeseries(
+            "Request rate by op",
+            "Client requests per second, by operation.",
+            [target(f"sum by (op) (rate(paxoskv_requests_total{{{SEL}}}[{RATE}]))", "{{op}}")],
+            "reqps",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Errors by op and code",
+            "Requests per second answered 4xx or 5xx. 503 = no quorum, 504 = unknown outcome, "
+            "412 = failed condition (a normal CAS outcome).",
+            [
+                target(
+                    f'sum by (op, code) (rate(paxoskv_requests_total{{{SEL}, code=~"[45].."}}'
+                    f"[{RATE}]))",
+                    "{{op}} {{code}}",
+                )
+            ],
+            "reqps",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Latency p50 by op",
+            "Median request latency, by operation.",
+            [target(quantile("0.5", "paxoskv_request_duration_seconds", "op"), "{{op}} p50")],
+            "s",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Latency p99 by op",
+            "99th percentile request latency, by operation. The floor is one peer RTT plus "
+            "one fsync for a write.",
+            [target(quantile("0.99", "paxoskv_request_duration_seconds", "op"), "{{op}} p99")],
+            "s",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "5xx error ratio",
+            "Share of requests answered 5xx (the PaxosKVHighErrorRatio alert).",
+            [
+                target(
+                    f'sum(rate(paxoskv_requests_total{{{SEL}, code=~"5.."}}[{RATE}])) / '
+                    f"sum(rate(paxoskv_requests_total{{{SEL}}}[{RATE}]))",
+                    "5xx ratio",
+                )
+            ],
+            "percentunit",
+        ),
+        w=24,
+        h=6,
+    )
+
+    L.row("Paxos")
+    L.add(
+        timeseries(
+            "Paxos rounds by phase and outcome",
+            "Prepare and accept phases per second: ok, nack (a higher ballot was seen) or timeout.",
+            [
+                target(
+                    f"sum by (phase, outcome) (rate(paxoskv_paxos_rounds_total{{{SEL}}}[{RATE}]))",
+                    "{{phase}} {{outcome}}",
+                )
+            ],
+            "ops",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Paxos conflicts",
+            "Rounds that lost to a competing proposer on the same key, per second and node. "
+            "A steady rate means clients write one key through several nodes.",
+            [
+                target(
+                    f"sum by (pod) (rate(paxoskv_paxos_conflicts_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}}",
+                )
+            ],
+            "ops",
+        ),
+        w=12,
+        h=8,
+    )
+
+    L.row("Storage")
+    L.add(
+        timeseries(
+            "fsync p99 by node",
+            "99th percentile fsync latency. Alerts: warning above 0.5 s, critical above 1 s.",
+            [
+                target(
+                    quantile("0.99", "paxoskv_storage_fsync_duration_seconds", "pod"), "{{pod}} p99"
+                ),
+                target(
+                    quantile("0.5", "paxoskv_storage_fsync_duration_seconds", "pod"), "{{pod}} p50"
+                ),
+            ],
+            "s",
+            defaults={
+                "thresholds": {
+                    "mode": "absolute",
+                    "steps": [
+                        GREEN,
+                        {"color": "orange", "value": 0.5},
+                        {"color": "red", "value": 1},
+                    ],
+                }
+            },
+            custom={"thresholdsStyle": {"mode": "line"}},
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Group commit batch size",
+            "Changes written per fsync (mean and p99): higher means the group commit is "
+            "amortising the fsync over more writes.",
+            [
+                target(
+                    f"sum by (pod) (rate(paxoskv_storage_batch_size_sum{{{SEL}}}[{RATE}])) / "
+                    f"sum by (pod) (rate(paxoskv_storage_batch_size_count{{{SEL}}}[{RATE}]))",
+                    "{{pod}} mean",
+                ),
+                target(quantile("0.99", "paxoskv_storage_batch_size", "pod"), "{{pod}} p99"),
+            ],
+            "short",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Keys by node",
+            "Keys (registers) held by each node.",
+            [target(f"max by (pod) (paxoskv_keys{{{SEL}}})", "{{pod}}")],
+            "short",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Repaired keys",
+            "Keys brought up to date by background repair, per second.",
+            [
+                target(
+                    f"sum by (pod) (rate(paxoskv_repair_keys_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}}",
+                )
+            ],
+            "ops",
+        ),
+        w=12,
+        h=8,
+    )
+
+    L.row("Peers")
+    L.add(
+        timeseries(
+            "Peer up (seen from each node)",
+            "1 when the node reached the peer at its last heartbeat.",
+            [target(f"max by (pod, peer) (paxoskv_peer_up{{{SEL}}})", "{{pod}} -> {{peer}}")],
+            "none",
+            defaults={"min": 0, "max": 1},
+            custom={"drawStyle": "line", "lineInterpolation": "stepAfter", "fillOpacity": 0},
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Peer RTT",
+            "Round-trip time of the last heartbeat to each peer; every round waits for the "
+            "quorum's slowest member.",
+            [
+                target(
+                    f"max by (pod, peer) (paxoskv_peer_rtt_seconds{{{SEL}}})",
+                    "{{pod}} -> {{peer}}",
+                )
+            ],
+            "s",
+        ),
+        w=12,
+        h=8,
+    )
+
+    L.row("Process")
+    L.add(
+        timeseries(
+            "Resident memory",
+            "RSS of each node's Python process.",
+            [target(f"max by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}}")],
+            "bytes",
+        ),
+        w=8,
+        h=7,
+    )
+    L.add(
+        timeseries(
+            "CPU",
+            "CPU seconds per second; one Python process uses at most one core.",
+            [
+                target(
+                    f"sum by (pod) (rate(process_cpu_seconds_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}}",
+                )
+            ],
+            "percentunit",
+        ),
+        w=8,
+        h=7,
+    )
+    L.add(
+        timeseries(
+            "Open file descriptors",
+            "Open fds per node (sockets to peers and clients, data files).",
+            [target(f"max by (pod) (process_open_fds{{{SEL}}})", "{{pod}}")],
+            "short",
+        ),
+        w=8,
+        h=7,
+    )
+
+    def var(name: str, label: str, query: str, multi: bool) -> dict[str, Any]:
+        v: dict[str, Any] = {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": DS,
+            "query": {"query": query, "refId": f"{name}-var"},
+            "definition": query,
+            "refresh": 2,
+            "sort": 1,
+            "multi": multi,
+            "includeAll": multi,
+            "current": {},
+            "hide": 0,
+        }
+        if multi:
+            v["allValue"] = ".*"
+        return v
+
+    return {
+        "title": "paxoskv",
+        "uid": "paxoskv-overview",
+        "description": "paxoskv: requests, latency, Paxos rounds, storage, peers. "
+        "Shipped with the paxoskv Helm chart.",
+        "tags": ["paxoskv", "database", "consensus"],
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "",
+        "annotations": {"list": []},
+        "links": [],
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                },
+                var("namespace", "Namespace", "label_values(paxoskv_keys, namespace)", False),
+                var("job", "Job", 'label_values(paxoskv_keys{namespace="$namespace"}, job)', False),
+                var(
+                    "pod",
+                    "Pod",
+                    'label_values(paxoskv_keys{namespace="$namespace", job="$job"}, pod)',
+                    True,
+                ),
+            ]
+        },
+        "panels": L.panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail if the JSON file is stale")
+    args = ap.parse_args()
+    text = render()
+    if args.check:
+        if not OUT.exists() or OUT.read_text() != text:
+            print(f"{OUT} is stale: run python3 {Path(__file__).as_posix()}", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
