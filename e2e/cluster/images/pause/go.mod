@@ -1,0 +1,3 @@
+module paxoskv.local/pause
+
+go 1.24
