@@ -408,11 +408,14 @@ def _shrink(key: str, ops: Sequence[Op]) -> Violation:
     minimal = not shrinker.exhausted
     if minimal:
         # Exhausting the budgets above is rare; a final check confirms the result fails.
-        assert _search(
-            [*core, *context_for(history, core)],
-            shrinker.step,
-            SHRINK_CHECK_STEPS_MAX,
-        )[0] is not Verdict.LINEARIZABLE
+        assert (
+            _search(
+                [*core, *context_for(history, core)],
+                shrinker.step,
+                SHRINK_CHECK_STEPS_MAX,
+            )[0]
+            is not Verdict.LINEARIZABLE
+        )
     return Violation(key, tuple(core), len(ops), explanation, minimal)
 
 

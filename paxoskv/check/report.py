@@ -214,9 +214,7 @@ def _context(violation: Violation, ops: Sequence[Op]) -> list[Op]:
     """The key's ops overlapping the counterexample's time window, at most CONTEXT_OPS_MAX."""
     start, end = _span(violation.ops)
     inside = [
-        op
-        for op in ops
-        if op.key == violation.key and op.invoke <= end and op.complete >= start
+        op for op in ops if op.key == violation.key and op.invoke <= end and op.complete >= start
     ]
     inside.sort(key=lambda op: (op.invoke, op.complete))
     return inside[:CONTEXT_OPS_MAX]
@@ -257,8 +255,7 @@ def write_report(result: CheckResult, ops: Sequence[Op], directory: str | Path) 
             f"<h2>Counterexample: {len(violation.ops)} of {violation.key_ops} ops</h2>"
             + _html_timeline(violation.ops, frozenset())
             + f"<h2>Context: the key's ops overlapping that window ({len(context)} shown; "
-            "counterexample outlined)</h2>"
-            + _html_timeline(context, frozenset(violation.ops))
+            "counterexample outlined)</h2>" + _html_timeline(context, frozenset(violation.ops))
         )
         html_path = out / f"{stem}.html"
         html_path.write_text(_html_page(f"violation: {violation.key}", body), encoding="utf-8")
