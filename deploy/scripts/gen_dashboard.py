@@ -284,6 +284,25 @@ def build() -> dict[str, Any]:
         h=8,
     )
 
+    L.add(
+        timeseries(
+            "Peer message coalescing",
+            "Messages carried per peer request (mean and p99): many keys' prepares and "
+            "accepts to one peer share one HTTP request.",
+            [
+                target(
+                    f"sum by (pod) (rate(paxoskv_transport_batch_messages_sum{{{SEL}}}[{RATE}])) / "
+                    f"sum by (pod) (rate(paxoskv_transport_batch_messages_count{{{SEL}}}[{RATE}]))",
+                    "{{pod}} mean",
+                ),
+                target(quantile("0.99", "paxoskv_transport_batch_messages", "pod"), "{{pod}} p99"),
+            ],
+            "short",
+        ),
+        w=24,
+        h=7,
+    )
+
     L.row("Storage")
     L.add(
         timeseries(

@@ -1,0 +1,592 @@
+"""Static tests of the Helm chart (deploy/helm/paxoskv): render with `helm template` under
+several value sets and assert the properties the design depends on.
+
+Method: no cluster. helm renders the manifests; the tests parse them and check fields. Schema
+validity of the same renders is `make chart-check` (kubeconform); this file checks meaning.
+Skips (with the reason) when helm is absent; `make chart-tools` installs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from chart_helpers import (
+    CHART,
+    HELM,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    SKIP_REASON,
+    helm_template,
+    kinds,
+    only,
+    render,
+)
+
+pytestmark = pytest.mark.skipif(HELM is None, reason=SKIP_REASON)
+
+FULLNAME = f"{RELEASE}-paxoskv"
+HEADLESS = f"{FULLNAME}-headless"
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict[str, Any]]:
+    return render()
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return only(docs, "StatefulSet")["spec"]["template"]["spec"]
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = pod_spec(docs)["containers"]
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+# ---- what is rendered -------------------------------------------------------------------
+
+
+def test_default_render_kinds(default_docs: list[dict[str, Any]]) -> None:
+    """Defaults: the core objects, and none of the opt-in monitoring or policy objects."""
+    assert kinds(default_docs) == sorted(
+        [
+            "ConfigMap",
+            "Pod",
+            "PodDisruptionBudget",
+            "Secret",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "StatefulSet",
+        ]
+    )
+
+
+def test_all_features_render_kinds() -> None:
+    docs = render(yaml.safe_load((CHART / "ci" / "all-features-values.yaml").read_text()))
+    assert kinds(docs) == sorted(
+        [
+            "ConfigMap",
+            "NetworkPolicy",
+            "Pod",
+            "PodDisruptionBudget",
+            "PodMonitor",
+            "PrometheusRule",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+            "StatefulSet",
+        ]
+    )
+    assert "Secret" not in kinds(docs)  # existingSecret replaces the generated one
+
+
+# ---- StatefulSet and Services -----------------------------------------------------------
+
+
+def test_statefulset_parallel_and_headless(default_docs: list[dict[str, Any]]) -> None:
+    sts = only(default_docs, "StatefulSet")
+    assert sts["metadata"]["name"] == FULLNAME
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["serviceName"] == HEADLESS
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+
+
+def test_headless_service_publishes_not_ready(default_docs: list[dict[str, Any]]) -> None:
+    svc = only(default_docs, "Service", "-headless")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    client = only(default_docs, "Service", FULLNAME)
+    assert client["metadata"]["name"] == FULLNAME
+    assert "publishNotReadyAddresses" not in client["spec"]  # clients only reach ready pods
+    sel = only(default_docs, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"] == sel
+    assert client["spec"]["selector"] == sel
+
+
+def test_env_contract(default_docs: list[dict[str, Any]]) -> None:
+    """Every setting of the server contract is passed, with the chart's values."""
+    c = container(default_docs)
+    assert c["command"] == ["paxoskv"]
+    assert c["args"][0] == "serve"
+    env = env_of(c)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["PAXOSKV_STATEFULSET"] == "true"
+    assert env["PAXOSKV_REPLICAS"] == "3"
+    assert env["PAXOSKV_SERVICE"] == HEADLESS
+    assert env["PAXOSKV_CLUSTER_DOMAIN"] == "cluster.local"
+    assert env["PAXOSKV_LISTEN"] == "0.0.0.0:7000"
+    assert env["PAXOSKV_DATA_DIR"] == "/data"
+    assert env["PAXOSKV_PEER_SECRET_FILE"] == "/etc/paxoskv/peer/peer-secret"
+    assert env["PAXOSKV_CLUSTER_ID"] == f"{NAMESPACE}-{FULLNAME}"
+    assert env["PAXOSKV_MAX_VALUE_BYTES"] == "1048576"
+    assert env["PAXOSKV_LOG_FORMAT"] == "json"
+    assert env["PAXOSKV_LOG_LEVEL"] == "info"
+    assert "PAXOSKV_PEER_SECRET" not in env  # the secret is a file, not an env var
+    # Service links would add PAXOSKV_PORT & co. for a Service named "paxoskv".
+    assert pod_spec(default_docs)["enableServiceLinks"] is False
+
+
+def test_env_follows_values() -> None:
+    docs = render(
+        {
+            "replicas": 5,
+            "port": 7100,
+            "clusterDomain": "example.internal",
+            "clusterId": "prod-a",
+            "maxValueBytes": 4194304,
+            "log": {"format": "text", "level": "debug"},
+        }
+    )
+    env = env_of(container(docs))
+    assert env["PAXOSKV_REPLICAS"] == "5"
+    assert env["PAXOSKV_LISTEN"] == "0.0.0.0:7100"
+    assert env["PAXOSKV_CLUSTER_DOMAIN"] == "example.internal"
+    assert env["PAXOSKV_CLUSTER_ID"] == "prod-a"
+    assert env["PAXOSKV_MAX_VALUE_BYTES"] == "4194304"
+    assert env["PAXOSKV_LOG_FORMAT"] == "text"
+    assert env["PAXOSKV_LOG_LEVEL"] == "debug"
+    assert container(docs)["ports"] == [{"name": "http", "containerPort": 7100, "protocol": "TCP"}]
+    assert only(docs, "StatefulSet")["spec"]["replicas"] == 5
+
+
+def test_pod_name_leaves_room_for_ordinal() -> None:
+    """The StatefulSet name (peers are derived from it) is capped at 52 characters."""
+    docs = render(release="r" * 53)  # helm allows release names up to 53
+    name = only(docs, "StatefulSet")["metadata"]["name"]
+    assert len(name) <= 52
+    assert env_of(container(docs))["PAXOSKV_SERVICE"] == f"{name}-headless"
+
+
+# ---- probes -----------------------------------------------------------------------------
+
+
+def test_probes(default_docs: list[dict[str, Any]]) -> None:
+    c = container(default_docs)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # The startup budget outlasts the server's 120 s bounded DNS wait.
+    sp = c["startupProbe"]
+    assert sp["periodSeconds"] * sp["failureThreshold"] > 120
+
+
+def test_liveness_never_checks_quorum() -> None:
+    """Whatever the values, liveness stays on /healthz (kubernetes#96886)."""
+    docs = render({"livenessProbe": {"periodSeconds": 30}, "readinessProbe": {"enabled": False}})
+    c = container(docs)
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "readinessProbe" not in c
+
+
+# ---- PodDisruptionBudget ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("replicas", "max_unavailable"), [(1, 0), (3, 1), (4, 1), (5, 2), (7, 3)])
+def test_pdb_keeps_quorum(replicas: int, max_unavailable: int) -> None:
+    pdb = only(render({"replicas": replicas}), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == max_unavailable
+    quorum = replicas // 2 + 1
+    assert replicas - pdb["spec"]["maxUnavailable"] >= quorum
+
+
+def test_pdb_refuses_unsafe_override() -> None:
+    res = helm_template({"replicas": 3, "podDisruptionBudget": {"maxUnavailable": 2}}, check=False)
+    assert res.returncode != 0
+    assert "the most that keeps quorum is 1" in res.stderr
+    lower = only(
+        render({"replicas": 5, "podDisruptionBudget": {"maxUnavailable": 1}}), "PodDisruptionBudget"
+    )
+    assert lower["spec"]["maxUnavailable"] == 1
+
+
+# ---- security -----------------------------------------------------------------------------
+
+
+def test_security_context(default_docs: list[dict[str, Any]]) -> None:
+    spec = pod_spec(default_docs)
+    psc = spec["securityContext"]
+    assert psc["runAsNonRoot"] is True
+    assert psc["runAsUser"] != 0
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    csc = container(default_docs)["securityContext"]
+    assert csc["runAsNonRoot"] is True
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"] == {"drop": ["ALL"]}
+    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    sa = only(default_docs, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_only_data_and_tmp_writable(default_docs: list[dict[str, Any]]) -> None:
+    mounts = {m["mountPath"]: m for m in container(default_docs)["volumeMounts"]}
+    writable = sorted(p for p, m in mounts.items() if not m.get("readOnly"))
+    assert writable == ["/data", "/tmp"]
+    assert mounts["/etc/paxoskv/peer"]["readOnly"] is True
+
+
+def test_test_pod_is_hardened_too(default_docs: list[dict[str, Any]]) -> None:
+    pod = only(default_docs, "Pod")
+    csc = pod["spec"]["containers"][0]["securityContext"]
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+# ---- peer secret --------------------------------------------------------------------------
+
+
+def test_secret_generated_once_and_kept() -> None:
+    """The template looks up the existing Secret before generating one (kept on upgrade)."""
+    src = (CHART / "templates" / "secret.yaml").read_text()
+    assert re.search(r'lookup\s+"v1"\s+"Secret"\s+\.Release\.Namespace\s+\$name', src)
+    assert "randAlphaNum" in src
+    # The generated branch: one key, 48 random characters by default.
+    secret = only(render(), "Secret")
+    raw = base64.b64decode(secret["data"]["peer-secret"]).decode()
+    assert len(raw) == 48
+    assert raw.isalnum()
+    # Two renders without a cluster to look up differ: the value is random, not derived.
+    again = only(render(), "Secret")
+    assert again["data"]["peer-secret"] != secret["data"]["peer-secret"]
+
+
+def test_existing_secret() -> None:
+    docs = render({"peerSecret": {"existingSecret": "mine", "existingSecretKey": "tok"}})
+    assert "Secret" not in kinds(docs)
+    vols = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert vols["peer-secret"]["secret"]["secretName"] == "mine"
+    assert vols["peer-secret"]["secret"]["items"] == [{"key": "tok", "path": "tok"}]
+    assert env_of(container(docs))["PAXOSKV_PEER_SECRET_FILE"] == "/etc/paxoskv/peer/tok"
+
+
+def test_secret_volume_matches_generated_secret(default_docs: list[dict[str, Any]]) -> None:
+    secret = only(default_docs, "Secret")
+    vols = {v["name"]: v for v in pod_spec(default_docs)["volumes"]}
+    assert vols["peer-secret"]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+# ---- scheduling ---------------------------------------------------------------------------
+
+
+def test_anti_affinity_soft_by_default(default_docs: list[dict[str, Any]]) -> None:
+    aa = pod_spec(default_docs)["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in aa
+    (term,) = aa["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_anti_affinity_hard_and_none() -> None:
+    aa = pod_spec(render({"podAntiAffinity": "hard"}))["affinity"]["podAntiAffinity"]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in aa
+    (term,) = aa["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    assert "affinity" not in pod_spec(render({"podAntiAffinity": "none"}))
+
+
+def test_topology_spread_gets_selector() -> None:
+    tsc = {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+    }
+    (got,) = pod_spec(render({"topologySpreadConstraints": [tsc]}))["topologySpreadConstraints"]
+    assert got["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "paxoskv"
+    assert got["topologyKey"] == "topology.kubernetes.io/zone"
+
+
+# ---- storage ------------------------------------------------------------------------------
+
+
+def test_volume_claims_and_retention(default_docs: list[dict[str, Any]]) -> None:
+    sts = only(default_docs, "StatefulSet")
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    (vct,) = sts["spec"]["volumeClaimTemplates"]
+    assert vct["metadata"]["name"] == "data"
+    assert vct["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in vct["spec"]
+    docs = render(
+        {"persistence": {"retentionPolicy": {"whenDeleted": "Delete"}, "storageClass": "-"}}
+    )
+    sts = only(docs, "StatefulSet")
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == ""
+
+
+def test_no_persistence_uses_emptydir() -> None:
+    docs = render({"persistence": {"enabled": False}})
+    sts = only(docs, "StatefulSet")
+    assert "volumeClaimTemplates" not in sts["spec"]
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["data"] == {"name": "data", "emptyDir": {}}
+
+
+# ---- network policy -----------------------------------------------------------------------
+
+
+def test_network_policy() -> None:
+    docs = render({"networkPolicy": {"enabled": True}})
+    np = only(docs, "NetworkPolicy")
+    own = only(docs, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    assert np["spec"]["podSelector"]["matchLabels"] == own
+    peers, clients = np["spec"]["ingress"]
+    assert peers["from"] == [{"podSelector": {"matchLabels": own}}]
+    assert clients["from"] == [{"podSelector": {"matchLabels": {f"{FULLNAME}-client": "true"}}}]
+    # The helm test pod carries the client label, so `helm test` passes under the policy.
+    assert only(docs, "Pod")["metadata"]["labels"][f"{FULLNAME}-client"] == "true"
+    egress_ports = [p["port"] for rule in np["spec"]["egress"] for p in rule["ports"]]
+    assert 53 in egress_ports and 7000 in egress_ports
+    open_docs = render({"networkPolicy": {"enabled": True, "allowExternal": True}})
+    _, open_clients = only(open_docs, "NetworkPolicy")["spec"]["ingress"]
+    assert "from" not in open_clients  # any source may reach the client port
+
+
+# ---- monitoring ---------------------------------------------------------------------------
+
+
+def test_service_monitor_scrapes_all_pods() -> None:
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    sm = only(docs, "ServiceMonitor")
+    headless = only(docs, "Service", "-headless")
+    client = only(docs, "Service", FULLNAME)
+    sel = sm["spec"]["selector"]["matchLabels"]
+    # Selects the headless Service (lists not-ready pods too), not the client Service.
+    assert all(headless["metadata"]["labels"].get(k) == v for k, v in sel.items())
+    assert not all(client["metadata"]["labels"].get(k) == v for k, v in sel.items())
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == "http"
+    assert ep["path"] == "/metrics"
+    assert sm["spec"]["jobLabel"] == "app.kubernetes.io/instance"
+
+
+def test_pod_monitor() -> None:
+    pm = only(render({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    assert (ep["port"], ep["path"]) == ("http", "/metrics")
+    assert pm["spec"]["jobLabel"] == "app.kubernetes.io/instance"
+
+
+def test_prometheus_rule_alerts() -> None:
+    docs = render({"prometheusRule": {"enabled": True, "additionalAlertLabels": {"team": "db"}}})
+    (group,) = only(docs, "PrometheusRule")["spec"]["groups"]
+    rules = group["rules"]
+    names = {r["alert"] for r in rules}
+    assert {
+        "PaxosKVNoQuorum",
+        "PaxosKVPeerDown",
+        "PaxosKVFsyncSlow",
+        "PaxosKVHighErrorRatio",
+        "PaxosKVAmnesia",
+    } <= names
+    fsync = {r["labels"]["severity"]: r["expr"] for r in rules if r["alert"] == "PaxosKVFsyncSlow"}
+    assert fsync["warning"].rstrip().endswith("> 0.5")
+    assert fsync["critical"].rstrip().endswith("> 1")
+    for r in rules:
+        assert r["labels"]["team"] == "db"
+        assert r["labels"]["severity"] in ("warning", "critical")
+        assert r["annotations"]["summary"]
+        # Scoped to this release's series, and Prometheus' own templates survived Helm.
+        for selector in re.findall(r"paxoskv_\w+\{([^}]*)\}", r["expr"]):
+            assert f'namespace="{NAMESPACE}"' in selector
+            assert f'job="{RELEASE}"' in selector
+        assert "{{" not in r["expr"]
+    described = " ".join(r["annotations"]["description"] for r in rules)
+    assert "{{ $labels.pod }}" in described
+    # Quorum in the no-quorum rule follows replicas.
+    no_quorum = next(r for r in rules if r["alert"] == "PaxosKVNoQuorum")
+    assert "< 2" in no_quorum["expr"]
+    docs5 = render({"replicas": 5, "prometheusRule": {"enabled": True}})
+    rules5 = only(docs5, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert "< 3" in next(r for r in rules5 if r["alert"] == "PaxosKVNoQuorum")["expr"]
+
+
+def test_dashboard_configmap(default_docs: list[dict[str, Any]]) -> None:
+    cm = only(default_docs, "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(cm["data"]["paxoskv.json"])
+    on_disk = json.loads((CHART / "dashboards" / "paxoskv.json").read_text())
+    assert shipped == on_disk
+    titles = {p["title"] for p in shipped["panels"]}
+    for needed in (
+        "Request rate by op",
+        "Errors by op and code",
+        "Latency p50 by op",
+        "Latency p99 by op",
+        "Paxos rounds by phase and outcome",
+        "Paxos conflicts",
+        "fsync p99 by node",
+        "Group commit batch size",
+        "Peer up (seen from each node)",
+        "Peer RTT",
+        "Keys by node",
+    ):
+        assert needed in titles
+    ids = [p["id"] for p in shipped["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_json_is_generated() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "scripts" / "gen_dashboard.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+# ---- helm test ----------------------------------------------------------------------------
+
+
+def test_helm_test_pod(default_docs: list[dict[str, Any]]) -> None:
+    pod = only(default_docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == container(default_docs)["image"]  # the paxoskv image itself
+    script = c["args"][0]
+    assert 'paxoskv put "$key" "$value" --url "$PAXOSKV_URL"' in script
+    assert 'paxoskv get "$key" --url "$PAXOSKV_URL"' in script
+    url = next(e["value"] for e in c["env"] if e["name"] == "PAXOSKV_URL")
+    assert url == f"http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:7000"
+    assert "helmTest" in (CHART / "values.yaml").read_text()
+    assert "Pod" not in kinds(render({"helmTest": {"enabled": False}}))
+
+
+# ---- image --------------------------------------------------------------------------------
+
+
+def test_image_defaults_and_override(default_docs: list[dict[str, Any]]) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    c = container(default_docs)
+    assert c["image"] == f"paxoskv:{app_version}"
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    c2 = container(render({"image": {"repository": "reg.example/pkv", "tag": "dev"}}))
+    assert c2["image"] == "reg.example/pkv:dev"
+
+
+# ---- values schema and README ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicas": 0}, "/replicas"),
+        ({"podAntiAffinity": "sometimes"}, "/podAntiAffinity"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"replica": 3}, "replica"),
+        ({"log": {"format": "xml"}}, "/log/format"),
+        ({"persistence": {"retentionPolicy": {"whenScaled": "Keep"}}}, "whenScaled"),
+        ({"prometheusRule": {"noQuorumFor": "one minute"}}, "/prometheusRule/noQuorumFor"),
+    ],
+)
+def test_values_schema_rejects(values: dict[str, Any], message: str) -> None:
+    res = helm_template(values, check=False)
+    assert res.returncode != 0
+    assert message in res.stderr
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        out = []
+        for k, v in node.items():
+            out += _leaf_paths(v, f"{prefix}.{k}" if prefix else k)
+        return out
+    return [prefix]
+
+
+def test_readme_documents_every_value() -> None:
+    """Each value (or an ancestor documented as a whole, e.g. securityContext) has a README row."""
+    readme = (CHART / "README.md").read_text().split("\n## Values\n", 1)[1]
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.M))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = []
+    for path in _leaf_paths(values):
+        parts = path.split(".")
+        if not any(".".join(parts[:i]) in documented for i in range(1, len(parts) + 1)):
+            missing.append(path)
+    assert not missing, f"values missing from the README table: {missing}"
+    stale = [d for d in documented if _lookup(values, d) is _MISSING]
+    assert not stale, f"README rows for values that do not exist: {stale}"
+
+
+_MISSING = object()
+
+
+def _lookup(values: dict[str, Any], path: str) -> Any:
+    node: Any = values
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def test_schema_covers_every_top_level_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) <= set(schema["properties"])
+
+
+# ---- acceptor-set guards and rejoin -------------------------------------------------------
+
+
+def test_replica_change_is_guarded() -> None:
+    """On upgrade the StatefulSet template compares replicas with the live object (lookup)."""
+    src = (CHART / "templates" / "statefulset.yaml").read_text()
+    assert re.search(r'lookup\s+"apps/v1"\s+"StatefulSet"\s+\.Release\.Namespace\s+\$fullname', src)
+    assert "allowReplicaChange" in src
+    assert "fail" in src
+
+
+def test_rejoin_wrapper_sets_flag_only_for_listed_ordinals(tmp_path: Any) -> None:
+    """Run the rendered wrapper script with a stand-in `paxoskv` that prints what it got."""
+    docs = render({"rejoinOrdinals": [2, 4], "extraArgs": ["--log-level", "debug"]})
+    c = container(docs)
+    assert env_of(c)["REJOIN_ORDINALS"] == "2 4"
+    shell, flag, script, argv0 = c["command"]
+    assert (shell, flag, argv0) == ("/bin/sh", "-ec", "paxoskv")
+    fake = tmp_path / "paxoskv"
+    fake.write_text('#!/bin/sh\necho "rejoin=${PAXOSKV_REJOIN:-unset} args=$*"\n')
+    fake.chmod(0o755)
+    for pod, expected in (
+        ("t-paxoskv-2", "true"),
+        ("t-paxoskv-3", "unset"),
+        ("t-paxoskv-4", "true"),
+        ("t-paxoskv-12", "unset"),
+    ):
+        env = {
+            "PATH": f"{tmp_path}:/usr/bin:/bin",
+            "POD_NAME": pod,
+            "REJOIN_ORDINALS": env_of(c)["REJOIN_ORDINALS"],
+        }
+        res = subprocess.run(
+            ["/bin/sh", flag, script, argv0, *c["args"]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        assert res.stdout.strip() == f"rejoin={expected} args=serve --log-level debug", pod
+    # Without rejoinOrdinals the container runs paxoskv directly.
+    assert container(render())["command"] == ["paxoskv"]
