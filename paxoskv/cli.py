@@ -102,6 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
          "./data/local-cluster")
     _add(lc, "--host", "loopback address to bind", "127.0.0.1")
     _add(lc, "--log-format", "log format", "text", choices=["text", "json"])
+    _add_flag(lc, "--demo", "once the nodes are ready, show a put, a get and a compare-and-set")
+    _add_flag(lc, "--exit-after-demo", "stop the cluster after the demo (for scripts and CI)")
 
     for name, helptext in (("put", "set a key (value from argument or - for stdin)"),
                            ("get", "read a key"), ("delete", "delete a key"),
@@ -246,8 +248,13 @@ def _local_cluster(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print("cluster running; Ctrl-C to stop", flush=True)
     try:
+        if args.demo or args.exit_after_demo:
+            _demo(urls)
+            if args.exit_after_demo:
+                stopping = True
+        if not stopping:
+            print("cluster running; Ctrl-C to stop", flush=True)
         while not stopping:
             for child in children:
                 if child.poll() is not None:
@@ -267,6 +274,55 @@ def _local_cluster(args: argparse.Namespace) -> int:
                 child.wait()
         print("cluster stopped", flush=True)
     return 0
+
+
+def _wait_ready(url: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise UsageError(f"{url} not ready after {timeout_s:.0f}s; see the node logs above")
+        time.sleep(0.2)
+
+
+def _demo(urls: dict[int, str]) -> None:
+    """A short transcript against the running cluster, with the curl line for each step."""
+    from paxoskv.client import Client
+
+    for url in urls.values():
+        _wait_ready(url, 30)
+    first, second = urls[1], urls[len(urls)]
+    print("\n--- demo ---", flush=True)
+
+    def show(curl: str, res_status: int, body: bytes, etag: int | None) -> None:
+        text = body.decode("utf-8", errors="replace")
+        print(f"$ {curl}\n  -> {res_status} ETag={etag} {text}", flush=True)
+
+    a, b = Client(first), Client(second)
+    r = a.put("demo/greeting", b"hello")
+    show(f"curl -X PUT --data hello {first}/v1/kv/demo/greeting", r.status, r.body, r.version)
+    r = b.get("demo/greeting")
+    show(f"curl {second}/v1/kv/demo/greeting   # another node", r.status, r.body, r.version)
+    v = r.version
+    r = a.put("demo/greeting", b"hello, paxos", if_match=v)
+    show(f"curl -X PUT -H 'If-Match: \"{v}\"' --data 'hello, paxos' {first}/v1/kv/demo/greeting",
+         r.status, r.body, r.version)
+    r = b.put("demo/greeting", b"lost update", if_match=v)
+    show(f"curl -X PUT -H 'If-Match: \"{v}\"' --data 'lost update' {second}/v1/kv/demo/greeting"
+         "   # stale version", r.status, r.body, r.version)
+    r = b.get("demo/greeting")
+    show(f"curl {second}/v1/kv/demo/greeting", r.status, r.body, r.version)
+    a.close()
+    b.close()
+    print("--- demo done ---\n", flush=True)
 
 
 def _client_command(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from prometheus_client import (
 
 __all__ = ["REGISTRY", "Metrics", "PromMetrics"]
 
-disable_created_metrics()  # the *_created series only add noise to every scrape
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
