@@ -1,22 +1,30 @@
-# paxoskv — every target installs what it needs into .venv first.
+# paxoskv — every target installs what it needs (into .venv, or cached tool dirs) first.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+SEEDS  ?= 1000
+OPS    ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint test unit run chaos sim bench clean
+.PHONY: help venv lint test unit run demo chaos sim bench clean
 
 help:
-	@echo "make run     start a local 3-node cluster and run a demo"
-	@echo "make test    lint + unit, property, simulation, integration and chaos tests"
-	@echo "make lint    ruff + mypy --strict on paxoskv/core"
-	@echo "make chaos   chaos test on real processes only"
-	@echo "make sim     python -m paxoskv.sim (SEEDS=, OPS=, PAXOSKV_SIM_SEED=)"
-	@echo "make bench   benchmark with ratios against a baseline run"
+	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
+	@echo "make test    lint, chart checks, unit/property/simulation/integration/chaos tests"
+	@echo "make lint    ruff + mypy --strict"
+	@echo "make chaos   only the chaos tests on real processes"
+	@echo "make sim     python -m paxoskv.sim --seeds \$$SEEDS --ops \$$OPS"
+	@echo "make bench   benchmark, with ratios against a baseline run in the same invocation"
+	@echo "make image / chart-check / cluster-up / e2e: see README"
 
+# Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "paxoskv needs Python 3.11+"'
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,dev]'
@@ -25,14 +33,32 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check paxoskv tests e2e
-	$(VENV)/bin/mypy --strict paxoskv/core paxoskv/check
+	$(VENV)/bin/ruff check paxoskv tests
+	$(VENV)/bin/mypy --strict paxoskv
 
-test: lint
-	$(PY) -m pytest -q tests
+test: lint chart-check
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/core tests/check tests/storage tests/transport tests/api
+
+run: $(STAMP)
+	$(VENV)/bin/paxoskv local-cluster --nodes 3 --base-port 7000 --data-dir data/local-cluster --demo
+
+demo: $(STAMP)
+	$(VENV)/bin/paxoskv local-cluster --nodes 3 --base-port 7000 --data-dir data/local-cluster --exit-after-demo
+
+chaos: $(STAMP)
+	$(PY) -m pytest -q -m chaos $(PYTEST_ARGS) tests/chaos
+
+sim: $(STAMP)
+	$(PY) -m paxoskv.sim --seeds $(SEEDS) --ops $(OPS)
+
+bench: $(STAMP)
+	$(PY) -m paxoskv.bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data reports
 
 -include e2e/cluster/cluster.mk
 -include deploy/deploy.mk
