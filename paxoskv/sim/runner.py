@@ -1,0 +1,545 @@
+"""One simulated run: a cluster of real nodes, faults, clients, and the linearizability check.
+
+Everything in a run derives from its seed: the master ``random.Random(seed)`` hands out the
+seeds of the network's, each disk's, each node process's, each client's and the fault
+scheduler's generators, and the event loop's clock is virtual (`SimLoop`), so one seed
+replays bit for bit.
+
+A run has two phases (TigerBeetle's VOPR):
+
+1. Safety: clients issue ``ops`` operations over ``keys`` keys against random nodes while
+   the fault scheduler crashes and restarts nodes, pauses them, partitions the network
+   (symmetric and one-way), and the network drops, duplicates and reorders messages.
+2. Liveness: every fault is healed (crashed nodes restart, partitions heal, paused nodes
+   resume, no more message faults). Within ``liveness_s_max`` virtual seconds every client
+   must finish its last operation and a final read of every key must succeed.
+
+Then the whole history goes through `paxoskv.check.check`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import hashlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+from paxoskv.check import CheckResult, History, Op, OpKind, check
+from paxoskv.check.history import op_to_json
+from paxoskv.core.quorum import QuorumConfig
+from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
+from paxoskv.metrics import Metrics
+from paxoskv.node import (
+    AcceptorRules,
+    NodeConfig,
+    NoQuorum,
+    Overloaded,
+    PeerSpec,
+    UnknownOutcome,
+    open_identity,
+)
+from paxoskv.node import Node as RealNode
+from paxoskv.sim.loop import run_virtual
+from paxoskv.sim.mutants import MUTANTS, NO_PROMISE_CHECK_RULES
+from paxoskv.sim.network import Host, SimNetwork, SimNetworkOptions, SimTransport
+from paxoskv.sim.storage import DiskOptions, SimStorage, StorageCrashed
+from paxoskv.transport.base import PeerUnreachable
+
+__all__ = ["RunResult", "SimOptions", "run_seed"]
+
+CLUSTER_ID: Final = "paxoskv-sim"
+
+_EXPECTED_ERRORS: Final = (StorageCrashed, PeerUnreachable, NoQuorum, UnknownOutcome,
+                           Overloaded)
+"""Exceptions a task of a crashing or partitioned node may end with; anything else is a bug."""
+
+_READY_S_MAX: Final = 30.0
+"""Virtual seconds the fresh cluster may take to verify its acceptors and see a quorum."""
+
+_KIND_WEIGHTS: Final[dict[OpKind, int]] = {"set": 25, "cas": 25, "create": 10, "delete": 10,
+                                             "read": 30}
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """The shape of one run; every field is part of a failing seed's repro line."""
+
+    nodes: int = 3
+    clients: int = 4
+    ops: int = 500
+    keys: int = 3
+    """Few keys: clients contend on each one."""
+    fault_interval_ms_mean: float = 150.0
+    """Mean time between fault ticks (exponential) in the safety phase."""
+    crash_probability: float = 0.35
+    """At each fault tick, the chance that a node crashes (restarted after a downtime)."""
+    pause_probability: float = 0.15
+    down_ms_min: float = 1.0
+    down_ms_max: float = 1500.0
+    pause_ms_max: float = 1000.0
+    nodes_down_max: int | None = None
+    """Nodes down at once; default ``nodes - 1`` (a majority may go down)."""
+    think_ms_max: float = 8.0
+    retry_after_ms_max: float = 300.0
+    """Extra pause of a client after a failed or unknown call (HTTP 503 ``Retry-After``)."""
+    safety_s_max: float = 600.0
+    """Virtual seconds after which the safety phase ends even if ops are left."""
+    liveness_s_max: float = 60.0
+    repair_interval_s: float = 2.0
+    network: SimNetworkOptions = field(default_factory=SimNetworkOptions)
+    disk: DiskOptions = field(default_factory=DiskOptions)
+    mutant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.clients < 1 or self.ops < 0 or self.keys < 1:
+            raise ValueError("nodes, clients and keys must be positive, ops non-negative")
+        if self.mutant is not None and self.mutant not in MUTANTS:
+            raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
+        if self.mutant == "small-quorum" and self.nodes < 2:
+            raise ValueError("small-quorum needs at least two nodes")
+        for name in ("crash_probability", "pause_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be within 0..1")
+
+    @property
+    def down_max(self) -> int:
+        return self.nodes - 1 if self.nodes_down_max is None else self.nodes_down_max
+
+
+@dataclass(slots=True)
+class RunResult:
+    seed: int
+    options: SimOptions
+    ops: list[Op]
+    check: CheckResult
+    faults: Counter[str]
+    statuses: Counter[str]
+    liveness_failures: list[str]
+    node_errors: list[str]
+    virtual_s: float
+
+    @property
+    def violated(self) -> bool:
+        """A safety violation: the checker's, or a node's own assertion."""
+        return bool(self.check.violations) or bool(self.node_errors)
+
+    @property
+    def failed(self) -> bool:
+        return self.violated or bool(self.check.inconclusive) or bool(self.liveness_failures)
+
+    def digest(self) -> str:
+        """A fingerprint of the history: equal digests mean the runs were identical."""
+        h = hashlib.sha256()
+        for op in self.ops:
+            h.update(orjson.dumps(op_to_json(op), option=orjson.OPT_SORT_KEYS))
+        return h.hexdigest()[:16]
+
+
+class _SimMetrics(Metrics):
+    """Counts what the simulator asserts on; everything else is a no-op."""
+
+    def __init__(self, sim: _Simulation, node_id: int) -> None:
+        self._sim = sim
+        self._node_id = node_id
+
+    def amnesia(self, refusing: bool) -> None:
+        if refusing:
+            # No fault of the simulator loses a whole disk, so amnesia is a false alarm.
+            self._sim.node_errors.append(f"node {self._node_id}: reported amnesia")
+
+
+class _Simulation:
+    def __init__(self, seed: int, options: SimOptions) -> None:
+        self.seed = seed
+        self.options = options
+        self.rng = random.Random(seed)
+        self.faults: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+        self.network = SimNetwork(self._fork(), options.network, self.faults)
+        self.ids = list(range(1, options.nodes + 1))
+        self.keys = [f"k{i}" for i in range(options.keys)]
+        disk = options.disk
+        if options.mutant == "no-fsync":
+            disk = dataclasses.replace(disk, ack_before_fsync=True)
+        self.storages = {i: SimStorage(self._fork(), disk) for i in self.ids}
+        self.hosts: dict[int, Host] = {}
+        for i in self.ids:
+            host = Host(i, on_error=self._on_task_error)
+            self.hosts[i] = host
+            self.network.add_host(host)
+        self.peers = {i: PeerSpec(i, f"sim://node-{i}") for i in self.ids}
+        self.config = {i: NodeConfig(node_id=i, peers=self.peers, cluster_id=CLUSTER_ID,
+                                     repair_interval_s=options.repair_interval_s)
+                       for i in self.ids}
+        self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
+            else AcceptorRules()
+        acceptors = frozenset(self.ids)
+        self.quorum = QuorumConfig.of(acceptors)
+        if options.mutant == "small-quorum":
+            self.quorum = QuorumConfig(acceptors, self.quorum.quorum - 1)
+        self.first_incarnation: dict[int, int] = {}
+        self.node_errors: list[str] = []
+        self.liveness_failures: list[str] = []
+        self.phase: Literal["safety", "liveness"] = "safety"
+        self.ops_issued = 0
+        self.budget_spent = asyncio.Event()
+        self.restarts: dict[int, asyncio.Task[None]] = {}
+        self.restarting: set[int] = set()
+        self.background: list[asyncio.Task[Any]] = []
+        self.history = History(clock=asyncio.get_running_loop().time)
+
+    def _fork(self) -> random.Random:
+        return random.Random(self.rng.getrandbits(64))
+
+    def _on_task_error(self, node_id: int, exc: BaseException) -> None:
+        for leaf in _leaves(exc):
+            if not isinstance(leaf, _EXPECTED_ERRORS):
+                self.node_errors.append(f"node {node_id}: {type(leaf).__name__}: {leaf}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.background.append(task)
+        return task
+
+    # -------------------------------------------------------------- node processes
+
+    async def boot(self, node_id: int) -> None:
+        host = self.hosts[node_id]
+        assert not host.up
+        storage = self.storages[node_id]
+        storage.restart()
+        identity = await open_identity(storage, CLUSTER_ID, node_id)
+        first = self.first_incarnation.setdefault(node_id, identity.incarnation)
+        if self.options.mutant == "reuse-ballot":
+            identity = dataclasses.replace(identity, incarnation=first)
+        transport = SimTransport(self.network, node_id, host.generation)
+        node = RealNode(self.config[node_id], identity, storage, transport,
+                        metrics=_SimMetrics(self, node_id), rng=self._fork(), rules=self.rules,
+                        quorum=self.quorum)
+        host.node = node
+        host.up = True
+        host.spawn(node.run())
+
+    async def crash(self, node_id: int) -> None:
+        """Kill the process at this virtual instant: unsynced writes and all its tasks die."""
+        host = self.hosts[node_id]
+        node = host.node
+        assert host.up and node is not None
+        host.up = False
+        host.node = None
+        host.generation += 1
+        host.paused = False
+        host.held.clear()
+        self.storages[node_id].crash()
+        tasks = list(host.tasks)
+        for task in tasks:
+            task.cancel()
+        await node.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.faults["crash"] += 1
+
+    async def _restart_later(self, node_id: int, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self.restarting.add(node_id)
+        await self.boot(node_id)
+        self.restarting.discard(node_id)
+        self.faults["restart"] += 1
+
+    # -------------------------------------------------------------- faults
+
+    def in_safety_phase(self) -> bool:
+        return self.phase == "safety"
+
+    async def inject_faults(self) -> None:
+        options = self.options
+        rng = self._fork()
+        net = options.network
+        while self.in_safety_phase():
+            await asyncio.sleep(rng.expovariate(1000.0 / options.fault_interval_ms_mean))
+            if not self.in_safety_phase():
+                return
+            roll = rng.random()
+            if roll < options.crash_probability:
+                await self._fault_crash(rng)
+            elif roll < options.crash_probability + net.partition_probability:
+                self._fault_partition(rng)
+            elif roll < options.crash_probability + net.partition_probability \
+                    + options.pause_probability:
+                self._fault_pause(rng)
+
+    async def _fault_crash(self, rng: random.Random) -> None:
+        up = [i for i in self.ids if self.hosts[i].up]
+        if len(self.ids) - len(up) >= self.options.down_max or not up:
+            return
+        victim = rng.choice(up)
+        await self.crash(victim)
+        downtime_s = rng.uniform(self.options.down_ms_min, self.options.down_ms_max) / 1000
+        self.restarts[victim] = self._spawn(self._restart_later(victim, downtime_s))
+
+    def _fault_partition(self, rng: random.Random) -> None:
+        net = self.options.network
+        if len(self.ids) < 2:
+            return
+        if rng.random() < net.partition_one_way_probability:
+            src = rng.choice(self.ids)
+            others = [i for i in self.ids if i != src]
+            cut = rng.sample(others, rng.randint(1, len(others)))
+            links = [(src, dst) for dst in sorted(cut)]
+            if rng.random() < 0.5:
+                links = [(dst, src) for src, dst in links]
+            self.faults["partition_one_way"] += 1
+        else:
+            order = list(self.ids)
+            rng.shuffle(order)
+            split = rng.randint(1, len(order) - 1)
+            left, right = order[:split], order[split:]
+            links = [(a, b) for a in left for b in right] + [(b, a) for a in left for b in right]
+            self.faults["partition_symmetric"] += 1
+        self.network.block(links)
+        duration_s = rng.uniform(net.partition_ms_min, net.partition_ms_max) / 1000
+
+        async def heal_later() -> None:
+            await asyncio.sleep(duration_s)
+            self.network.unblock(links)
+
+        self._spawn(heal_later())
+
+    def _fault_pause(self, rng: random.Random) -> None:
+        candidates = [i for i in self.ids if self.hosts[i].up and not self.hosts[i].paused]
+        if not candidates:
+            return
+        victim = rng.choice(candidates)
+        self.network.pause(victim)
+        self.faults["pause"] += 1
+        generation = self.hosts[victim].generation
+        duration_s = rng.uniform(0, self.options.pause_ms_max) / 1000
+
+        async def resume_later() -> None:
+            await asyncio.sleep(duration_s)
+            host = self.hosts[victim]
+            if host.generation == generation and host.paused:
+                self.network.resume(victim)
+
+        self._spawn(resume_later())
+
+    async def heal(self) -> None:
+        """Enter the liveness phase: no more faults, and every fault in place is undone."""
+        self.phase = "liveness"
+        self.network.message_faults = False
+        for task in self.background:
+            if task not in self.restarts.values():
+                task.cancel()
+        self.network.unblock_all()
+        for i in self.ids:
+            if self.hosts[i].paused:
+                self.network.resume(i)
+        for i, task in sorted(self.restarts.items()):
+            if i not in self.restarting:
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if not self.hosts[i].up:
+                await self.boot(i)
+                self.faults["restart"] += 1
+        for i in self.ids:
+            if not self.hosts[i].up:  # its crash was cut short by the end of the phase
+                await self.boot(i)
+                self.faults["restart"] += 1
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait (bounded) until every node serves as an acceptor and sees a quorum."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            nodes = [self.hosts[i].node for i in self.ids]
+            if all(n is not None and n.acceptor_mode == "normal" and n.quorum_reachable()
+                   for n in nodes):
+                return
+            await asyncio.sleep(0.05)
+        self.liveness_failures.append(f"cluster not ready {timeout_s}s after boot")
+
+    # -------------------------------------------------------------- clients
+
+    async def client(self, client_id: int, rng: random.Random) -> None:
+        known: dict[str, int] = {}
+        kinds = list(_KIND_WEIGHTS)
+        weights = list(_KIND_WEIGHTS.values())
+        seq = 0
+        while self.in_safety_phase() and self.ops_issued < self.options.ops:
+            up = [i for i in self.ids if self.hosts[i].up]
+            if not up:
+                await asyncio.sleep(0.01)
+                continue
+            self.ops_issued += 1
+            if self.ops_issued >= self.options.ops:
+                self.budget_spent.set()
+            seq += 1
+            kind = rng.choices(kinds, weights)[0]
+            key = rng.choice(self.keys)
+            status = await self.one_op(client_id, rng.choice(up), key, kind, rng, known, seq)
+            pause_ms = rng.uniform(0, self.options.think_ms_max)
+            if status in ("failed", "unknown"):
+                pause_ms += rng.uniform(0, self.options.retry_after_ms_max)
+            await asyncio.sleep(pause_ms / 1000)
+
+    async def one_op(self, client_id: int, node_id: int, key: str, kind: OpKind,
+                     rng: random.Random, known: dict[str, int], seq: int) -> str:
+        """Run one call as a client sees it, record it in the history, return its status."""
+        host = self.hosts[node_id]
+        node = host.node
+        assert node is not None
+        value = f"c{client_id}.{seq}".encode()
+        expected: int | None = None
+        change: Change | None = None
+        if kind == "set":
+            change = Set(value)
+        elif kind == "cas":
+            expected = max(0, known.get(key, 1) + rng.choice((0, 0, 0, -1, 1)))
+            change = Cas(expected, value)
+        elif kind == "create":
+            change = Create(value)
+        elif kind == "delete":
+            if rng.random() < 0.3:
+                expected = max(0, known.get(key, 1) + rng.choice((0, 0, -1)))
+            change = Delete(expected)
+        op_value = value if kind in ("set", "cas", "create") else None
+        op_id = self.history.invoke(client_id, key, kind, op_value, expected)
+        if change is None:
+            call = host.spawn(node.read(key), report_errors=False)
+        else:
+            call = host.spawn(node.execute(key, change), report_errors=False)
+        await asyncio.wait([call])
+        status = self._complete(op_id, node_id, call)
+        self.statuses[f"{kind}:{status}"] += 1
+        return status
+
+    def _complete(self, op_id: int, node_id: int, call: asyncio.Task[Outcome]) -> str:
+        if call.cancelled():
+            self.history.complete(op_id, "unknown")
+            return "unknown"
+        exc = call.exception()
+        if isinstance(exc, NoQuorum | Overloaded):
+            self.history.complete(op_id, "failed")
+            return "failed"
+        if exc is not None:
+            if not isinstance(exc, UnknownOutcome):
+                self._on_task_error(node_id, exc)
+            self.history.complete(op_id, "unknown")
+            return "unknown"
+        outcome = call.result()
+        value = outcome.value
+        match outcome.kind:
+            case "applied":
+                self.history.complete(op_id, "ok", out_version=value.version)
+                return "ok"
+            case "rejected":
+                version = value.version if value.exists else None
+                self.history.complete(op_id, "rejected", out_version=version)
+                return "rejected"
+            case "absent":
+                self.history.complete(op_id, "rejected")
+                return "rejected"
+            case "read":
+                version = value.version if value.exists else None
+                self.history.complete(op_id, "ok", out_version=version, out_value=value.data)
+                return "ok"
+        raise AssertionError(f"unknown outcome {outcome!r}")
+
+    async def final_reads(self, rng: random.Random, deadline: float) -> None:
+        """Liveness: a read of every key must succeed once everything is healed."""
+        loop = asyncio.get_running_loop()
+        reader = self.options.clients  # a client id of its own
+        for n, key in enumerate(self.keys):
+            while True:
+                up = [i for i in self.ids if self.hosts[i].up]
+                status = "failed"
+                if up:
+                    status = await self.one_op(reader, rng.choice(up), key, "read", rng, {}, n)
+                if status == "ok":
+                    break
+                if loop.time() >= deadline:
+                    self.liveness_failures.append(f"final read of {key!r} never succeeded")
+                    break
+                await asyncio.sleep(0.1)
+
+    # -------------------------------------------------------------- the run
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(self.boot(i) for i in self.ids))
+        await self.wait_ready(_READY_S_MAX)
+        if self.options.ops == 0:
+            self.budget_spent.set()
+        faults = self._spawn(self.inject_faults())
+        clients = [asyncio.ensure_future(self.client(c, self._fork()))
+                   for c in range(self.options.clients)]
+        reader_rng = self._fork()
+        try:
+            async with asyncio.timeout(self.options.safety_s_max):
+                await self.budget_spent.wait()
+        except TimeoutError:
+            pass
+        faults.cancel()
+        await asyncio.gather(faults, return_exceptions=True)
+        await self.heal()
+        deadline = loop.time() + self.options.liveness_s_max
+        _, pending = await asyncio.wait(clients, timeout=self.options.liveness_s_max)
+        for task in pending:
+            self.liveness_failures.append("a client did not finish its last operation")
+            task.cancel()
+        await self.final_reads(reader_rng, deadline)
+        for task in [*clients, *self.background]:
+            task.cancel()
+        await asyncio.gather(*clients, *self.background, return_exceptions=True)
+        for i in self.ids:
+            if self.hosts[i].up:
+                await self.crash(i)
+        self.faults["crash"] -= len(self.ids)  # shutting down is not a fault
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def run_seed(seed: int, options: SimOptions) -> RunResult:
+    """Run one seed to the end and check its history."""
+    logging.getLogger("paxoskv.node").setLevel(logging.CRITICAL)
+    errors: list[str] = []
+
+    async def main() -> _Simulation:
+        loop = asyncio.get_running_loop()
+
+        def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            leaves = _leaves(exc) if exc is not None else []
+            if not all(isinstance(e, _EXPECTED_ERRORS | asyncio.CancelledError)
+                       for e in leaves) or not leaves:
+                errors.append(f"event loop: {context.get('message')}: {exc!r}")
+
+        loop.set_exception_handler(on_loop_error)
+        sim = _Simulation(seed, options)
+        await sim.run()
+        gc.collect()  # surface "exception never retrieved" of the run's orphaned tasks
+        return sim
+
+    sim_box: list[_Simulation] = []
+
+    async def boxed() -> float:
+        sim_box.append(await main())
+        return asyncio.get_running_loop().time()
+
+    virtual_s = run_virtual(boxed())
+    sim = sim_box[0]
+    ops = sim.history.ops()
+    result = check(ops)
+    return RunResult(seed, options, ops, result, sim.faults, sim.statuses,
+                     sim.liveness_failures, sim.node_errors + errors, virtual_s)

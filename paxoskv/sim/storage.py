@@ -1,0 +1,186 @@
+"""A simulated disk: durable only after a seeded fsync delay, and a crash loses the rest.
+
+One `SimStorage` is one node's data directory; it outlives the node's processes. It keeps
+two views of the acceptor state and the meta table:
+
+- ``durable``: what survives a crash. A write joins it when its fsync lands.
+- ``memory``: what the running process reads (``load``/``get_meta``), like the SQLite
+  storage's cache. A crash resets it to ``durable``.
+
+Writes land in submission order (one disk, one queue, like group commit): a write's fsync
+lands at ``max(now + delay, previous landing)``. In the correct mode ``save`` returns when its
+write has landed, and ``memory`` takes the write at that moment. In the ``no-fsync`` mutant
+``save`` returns at once with ``memory`` updated, and durability lands later (or never, if a
+crash comes first): DESIGN invariant 1 broken on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
+
+__all__ = ["DiskOptions", "SimStorage", "StorageCrashed", "StorageStats"]
+
+_CLOCK_SLACK_S = 1e-9
+"""asyncio fires a timer up to its clock resolution early; a write due within it has landed."""
+
+
+class StorageCrashed(Exception):
+    """The process using this storage crashed; it can no longer write."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskOptions:
+    fsync_ms_min: float = 0.2
+    fsync_ms_max: float = 4.0
+    fsync_slow_probability: float = 0.02
+    """A write whose fsync takes ``fsync_slow_ms`` more (a stalled disk)."""
+    fsync_slow_ms: float = 40.0
+    ack_before_fsync: bool = False
+    """The ``no-fsync`` mutant: acknowledge writes before they are durable."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fsync_ms_min <= self.fsync_ms_max:
+            raise ValueError("need 0 <= fsync_ms_min <= fsync_ms_max")
+        if not 0 <= self.fsync_slow_probability <= 1:
+            raise ValueError("fsync_slow_probability must be a probability")
+
+
+@dataclass(slots=True)
+class _Write:
+    key: str | None
+    state: AcceptorState | None
+    meta: tuple[str, str] | None
+    waiter: asyncio.Future[None] | None
+    landing: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class StorageStats:
+    writes: int = 0
+    writes_lost: int = 0
+    """Writes submitted but not durable when the process crashed."""
+    acked_writes_lost: int = 0
+    """Of those, writes already acknowledged (only the ``no-fsync`` mutant has any)."""
+    slow_fsyncs: int = 0
+
+
+@dataclass(slots=True)
+class _Tables:
+    states: dict[str, AcceptorState] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> _Tables:
+        return _Tables(dict(self.states), dict(self.meta))
+
+
+class SimStorage:
+    """The `Storage` protocol over a simulated disk; see the module docstring."""
+
+    def __init__(self, rng: random.Random, options: DiskOptions) -> None:
+        self._rng = rng
+        self._options = options
+        self._durable = _Tables()
+        self._memory = _Tables()
+        self._queue: list[_Write] = []
+        self._last_landing = 0.0
+        self._crashed = False
+        self.stats = StorageStats()
+
+    # -------------------------------------------------------------- the Storage protocol
+
+    def load(self, key: str) -> AcceptorState:
+        return self._memory.states.get(key, EMPTY_STATE)
+
+    def keys(self, prefix: str, limit: int) -> list[str]:
+        return sorted(k for k in self._memory.states if k.startswith(prefix))[:limit]
+
+    def key_count(self) -> int:
+        return len(self._memory.states)
+
+    def get_meta(self, name: str) -> str | None:
+        return self._memory.meta.get(name)
+
+    async def save(self, key: str, state: AcceptorState) -> None:
+        await self._submit(_Write(key, state, None, None))
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._submit(_Write(None, None, (name, value), None))
+
+    async def close(self) -> None:
+        return None
+
+    # -------------------------------------------------------------- the simulated disk
+
+    def crash(self) -> None:
+        """The process died: unsynced writes are lost, and nobody waits for them any more."""
+        for write in self._queue:
+            self.stats.writes_lost += 1
+            if write.waiter is None:
+                self.stats.acked_writes_lost += 1
+            if write.timer is not None:
+                write.timer.cancel()
+            if write.waiter is not None and not write.waiter.done():
+                write.waiter.cancel()
+        self._queue.clear()
+        self._memory = self._durable.copy()
+        self._crashed = True
+
+    def restart(self) -> None:
+        """A new process opens the data directory: it sees exactly the durable state."""
+        assert not self._queue
+        assert self._memory == self._durable
+        self._crashed = False
+
+    def durable_state(self, key: str) -> AcceptorState:
+        return self._durable.states.get(key, EMPTY_STATE)
+
+    async def _submit(self, write: _Write) -> None:
+        if self._crashed:
+            raise StorageCrashed("write after crash")
+        loop = asyncio.get_running_loop()
+        options = self._options
+        delay_s = self._rng.uniform(options.fsync_ms_min, options.fsync_ms_max) / 1000
+        if self._rng.random() < options.fsync_slow_probability:
+            delay_s += options.fsync_slow_ms / 1000
+            self.stats.slow_fsyncs += 1
+        landing = max(loop.time() + delay_s, self._last_landing)
+        self._last_landing = landing
+        self.stats.writes += 1
+        if options.ack_before_fsync:
+            self._apply(self._memory, write)
+        else:
+            write.waiter = loop.create_future()
+        write.landing = landing
+        write.timer = loop.call_at(landing, self._land)
+        self._queue.append(write)
+        if write.waiter is not None:
+            await write.waiter
+
+    def _land(self) -> None:
+        """Land every queued write that is due, in submission order.
+
+        Timers with equal deadlines may fire in any order, so each timer lands the whole
+        due prefix of the queue rather than "its" write.
+        """
+        now = asyncio.get_running_loop().time()
+        while self._queue and self._queue[0].landing <= now + _CLOCK_SLACK_S:
+            write = self._queue.pop(0)
+            self._apply(self._durable, write)
+            if not self._options.ack_before_fsync:
+                self._apply(self._memory, write)
+            if write.waiter is not None and not write.waiter.done():
+                write.waiter.set_result(None)
+
+    @staticmethod
+    def _apply(tables: _Tables, write: _Write) -> None:
+        if write.meta is not None:
+            name, value = write.meta
+            tables.meta[name] = value
+        else:
+            assert write.key is not None and write.state is not None
+            tables.states[write.key] = write.state
