@@ -1,5 +1,6 @@
 # deploy.mk: image and chart targets, included by the top-level Makefile.
 #   make image          build the server image (IMAGE=paxoskv:dev, BASE_IMAGE= to force a base)
+#   make image-smoke    run the chart's pods as Docker containers (needs a daemon, helm)
 #   make base-image     build the local debootstrap base (paxoskv-base:bookworm), cached
 #   make chart-tools    install pinned helm + kubeconform into $(PAXOSKV_TOOLS)/bin (cached)
 #   make chart-check    helm lint + helm template | kubeconform -strict, for every value set
@@ -19,11 +20,14 @@ HELM               := $(PAXOSKV_TOOLS)/bin/helm
 KUBECONFORM        := $(PAXOSKV_TOOLS)/bin/kubeconform
 PAXOSKV_APP_VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 
-.PHONY: image base-image chart-tools chart-check chart-schemas dashboard
+.PHONY: image image-smoke base-image chart-tools chart-check chart-schemas dashboard
 
 image:
 	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) EXTRA_TAGS="paxoskv:$(PAXOSKV_APP_VERSION)" \
 	  deploy/scripts/build-image.sh
+
+image-smoke: $(STAMP) chart-tools
+	PAXOSKV_TOOLS=$(PAXOSKV_TOOLS) $(PY) deploy/scripts/docker_smoke.py --image $(IMAGE)
 
 base-image:
 	deploy/base-image/build.sh
