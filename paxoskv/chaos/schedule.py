@@ -1,0 +1,154 @@
+"""The seeded fault schedule: which fault, on which nodes, for how long.
+
+The schedule is a pure function of ``(seed, nodes, duration)``: the same seed gives the same
+sequence of episodes. (The interleaving with client requests and the servers' own timers is
+wall-clock and is not reproduced; the faults are.)
+
+An episode is one fault held for ``hold_s``, then healed, then ``gap_s`` of quiet. Minority
+faults leave a quorum working, so writes keep committing; majority faults (a quorum killed,
+paused, or every link cut) are kept short (1-2.5 s) and rare: they exist to exercise the
+503 (no quorum) and 504 (unknown outcome) paths. Every kind the cluster size allows appears
+at least once (when the duration leaves room), then kinds are drawn by weight.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["MAJORITY_KINDS", "MINORITY_KINDS", "Episode", "make_schedule"]
+
+MINORITY_KINDS: Final = ("kill", "pause", "isolate", "split", "oneway", "bridge", "slow",
+                         "double")
+MAJORITY_KINDS: Final = ("majority-kill", "majority-pause", "total-partition")
+
+_WEIGHTS: Final = {"kill": 5, "pause": 4, "isolate": 4, "split": 3, "oneway": 3, "bridge": 2,
+                   "slow": 2, "double": 3}
+
+MAJORITY_EVERY_S: Final = 40.0
+"""About one majority fault per this many seconds of run (at least one per run)."""
+
+HOLD_S: Final = {"minority": (2.0, 7.0), "pause": (1.5, 5.0), "majority": (1.0, 2.5)}
+GAP_S: Final = (1.0, 3.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    kind: str
+    targets: tuple[int, ...] = ()
+    """Nodes killed / paused / isolated / slowed (for ``double``: killed, then isolated)."""
+    groups: tuple[tuple[int, ...], ...] = ()
+    """For ``split`` and ``bridge``: the sides of the partition."""
+    cut: tuple[tuple[int, int], ...] = ()
+    """For ``oneway``: the directed links cut."""
+    mode: str = "blackhole"
+    """``blackhole`` or ``refuse`` for link faults."""
+    delay_s: float = 0.0
+    hold_s: float = 0.0
+    gap_s: float = 0.0
+    params: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def majority(self) -> bool:
+        return self.kind in MAJORITY_KINDS
+
+    def describe(self) -> str:
+        parts = [self.kind]
+        if self.targets:
+            parts.append("nodes=" + ",".join(map(str, self.targets)))
+        if self.groups:
+            parts.append("groups=" + "|".join(",".join(map(str, g)) for g in self.groups))
+        if self.cut:
+            parts.append("cut=" + ",".join(f"{a}->{b}" for a, b in self.cut))
+        if self.kind in ("isolate", "split", "oneway", "bridge", "double", "total-partition"):
+            parts.append(f"mode={self.mode}")
+        if self.delay_s:
+            parts.append(f"delay={self.delay_s * 1000:.0f}ms")
+        parts.append(f"hold={self.hold_s:.1f}s gap={self.gap_s:.1f}s")
+        return " ".join(parts)
+
+
+def _kinds_for(n: int) -> list[str]:
+    kinds = ["kill", "pause", "isolate", "split", "oneway", "bridge", "slow"]
+    if n >= 5:
+        kinds.append("double")
+    return kinds
+
+
+def _episode(rng: random.Random, kind: str, nodes: list[int]) -> Episode:
+    n = len(nodes)
+    quorum = n // 2 + 1
+    shuffled = nodes[:]
+    rng.shuffle(shuffled)
+    mode = "refuse" if rng.random() < 0.3 else "blackhole"
+    gap = round(rng.uniform(*GAP_S), 2)
+    if kind in MAJORITY_KINDS:
+        hold = round(rng.uniform(*HOLD_S["majority"]), 2)
+    elif kind == "pause":
+        hold = round(rng.uniform(*HOLD_S["pause"]), 2)
+    else:
+        hold = round(rng.uniform(*HOLD_S["minority"]), 2)
+    if kind in ("kill", "pause", "isolate", "slow"):
+        delay = round(rng.uniform(0.05, 0.4), 3) if kind == "slow" else 0.0
+        return Episode(kind, targets=(shuffled[0],), mode=mode, delay_s=delay, hold_s=hold,
+                       gap_s=gap)
+    if kind == "split":
+        minority = tuple(sorted(shuffled[: (n - 1) // 2]))
+        majority = tuple(sorted(shuffled[(n - 1) // 2:]))
+        return Episode(kind, groups=(minority, majority), mode=mode, hold_s=hold, gap_s=gap)
+    if kind == "oneway":
+        node = shuffled[0]
+        others = sorted(shuffled[1:])
+        if rng.random() < 0.5:
+            cut = tuple((node, o) for o in others)   # node cannot call anyone
+        else:
+            cut = tuple((o, node) for o in others)   # nobody can call node
+        return Episode(kind, targets=(node,), cut=cut, mode=mode, hold_s=hold, gap_s=gap)
+    if kind == "bridge":
+        bridge = shuffled[0]
+        rest = shuffled[1:]
+        half = len(rest) // 2
+        left, right = tuple(sorted(rest[:half])), tuple(sorted(rest[half:]))
+        return Episode(kind, targets=(bridge,), groups=(left, right), mode=mode, hold_s=hold,
+                       gap_s=gap)
+    if kind == "double":
+        assert n >= 5
+        return Episode(kind, targets=(shuffled[0], shuffled[1]), mode=mode, hold_s=hold,
+                       gap_s=gap)
+    if kind in ("majority-kill", "majority-pause"):
+        return Episode(kind, targets=tuple(sorted(shuffled[:quorum])), hold_s=hold, gap_s=gap)
+    if kind == "total-partition":
+        return Episode(kind, mode=mode, hold_s=hold, gap_s=gap)
+    raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def make_schedule(seed: int, nodes: list[int], duration_s: float,
+                  warmup_s: float = 2.0) -> list[Episode]:
+    """Episodes filling about ``duration_s - warmup_s`` seconds; the runner stops at its
+    deadline, so the tail may not be reached."""
+    if len(nodes) < 3:
+        raise ValueError("chaos needs at least 3 nodes")
+    rng = random.Random(f"paxoskv-chaos-schedule:{seed}:{len(nodes)}")
+    kinds = _kinds_for(len(nodes))
+    first = kinds[:]
+    rng.shuffle(first)
+    majority_total = max(1, round(duration_s / MAJORITY_EVERY_S))
+    episodes: list[Episode] = []
+    elapsed = warmup_s
+    majority_done = 0
+    while elapsed < duration_s and len(episodes) < 10_000:
+        # Spread the majority faults: the next one is due once this share of the run passed.
+        due = (majority_done + 0.5) / majority_total * duration_s
+        if majority_done < majority_total and elapsed >= due:
+            kind = rng.choice(MAJORITY_KINDS)
+            majority_done += 1
+        elif first:
+            kind = first.pop()
+        else:
+            kind = rng.choices(kinds, weights=[_WEIGHTS[k] for k in kinds])[0]
+        episode = _episode(rng, kind, nodes)
+        episodes.append(episode)
+        # A kill's restart and wait for the node to come back take about 1-2 s more.
+        elapsed += episode.hold_s + episode.gap_s + (1.5 if "kill" in kind else 0.3)
+    return episodes
