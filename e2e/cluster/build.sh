@@ -54,12 +54,18 @@ build_k8s() {
   log "kubernetes $K8S_VERSION: built into $K8S_BIN"
 }
 
+# etcd: its modules carry replace lines (to sibling directories), so `go install mod@v` refuses
+# them too; a wrapper module that just requires the release builds server and etcdctl.
 build_etcd() {
   if have_all "$ETCD_BIN" etcd etcdctl; then log "etcd $ETCD_VERSION: cached in $ETCD_BIN"; return; fi
   log "etcd $ETCD_VERSION: building"
+  local src=$CACHE/src/etcd-$ETCD_VERSION
+  mkdir -p "$src"
+  printf 'module paxoskv.local/etcdbuild\n\ngo 1.24\n\nrequire (\n\tgo.etcd.io/etcd/server/v3 %s\n\tgo.etcd.io/etcd/etcdctl/v3 %s\n)\n' \
+    "$ETCD_VERSION" "$ETCD_VERSION" >"$src/go.mod"
   rm -rf "$ETCD_BIN.tmp"; mkdir -p "$ETCD_BIN.tmp"
-  GOBIN=$ETCD_BIN.tmp "$GO" install -trimpath -ldflags "-s -w" \
-    go.etcd.io/etcd/server/v3@"$ETCD_VERSION" go.etcd.io/etcd/etcdctl/v3@"$ETCD_VERSION"
+  (cd "$src" && "$GO" build -mod=mod -trimpath -ldflags "-s -w" -o "$ETCD_BIN.tmp/" \
+    go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3)
   mv "$ETCD_BIN.tmp/server" "$ETCD_BIN.tmp/etcd"
   rm -rf "$ETCD_BIN"; mv "$ETCD_BIN.tmp" "$ETCD_BIN"
   log "etcd $ETCD_VERSION: built into $ETCD_BIN"

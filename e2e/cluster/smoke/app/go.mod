@@ -1,0 +1,3 @@
+module paxoskv.local/smokepod
+
+go 1.24
