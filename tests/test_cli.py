@@ -52,3 +52,23 @@ def test_client_reports_an_unreachable_server() -> None:
     assert res.returncode == 3
     assert "cannot reach" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_every_serve_flag_and_env_var_is_documented_in_the_readme() -> None:
+    """Goal: docs for every knob: each `serve` and `local-cluster` flag, and its PAXOSKV_*
+    variable, appears in README.md."""
+    import argparse
+    from pathlib import Path
+
+    from paxoskv.cli import _build_parser, _env
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    parser = _build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("serve", "local-cluster"):
+        for action in subparsers.choices[command]._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert f"`{flag}`" in readme, flag
+                    if command == "serve":
+                        assert _env(flag) in readme, _env(flag)
