@@ -15,6 +15,15 @@ DEFAULT_BASE=python:3.11-slim
 LOCAL_BASE=${LOCAL_BASE:-paxoskv-base:bookworm}
 NETWORK=${DOCKER_BUILD_NETWORK:-host}
 
+# No daemon at DOCKER_HOST / the default socket: use (and if needed start) the project's
+# private dockerd, e2e/docker.sh (idempotent; stopped with `e2e/docker.sh down`).
+if ! docker version >/dev/null 2>&1 && [[ -z ${DOCKER_HOST:-} && -x e2e/docker.sh ]]; then
+  eval "$(e2e/docker.sh env)"
+  if ! docker version >/dev/null 2>&1; then
+    echo "build-image: no docker daemon; starting the private one (e2e/docker.sh up)" >&2
+    e2e/docker.sh up
+  fi
+fi
 docker version >/dev/null 2>&1 || {
   echo "build-image: no docker daemon reachable (DOCKER_HOST=${DOCKER_HOST:-unset});" \
     'start one with: e2e/docker.sh up && eval "$(e2e/docker.sh env)"' >&2
