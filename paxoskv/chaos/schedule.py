@@ -131,8 +131,9 @@ def make_schedule(seed: int, nodes: list[int], duration_s: float,
         raise ValueError("chaos needs at least 3 nodes")
     rng = random.Random(f"paxoskv-chaos-schedule:{seed}:{len(nodes)}")
     kinds = _kinds_for(len(nodes))
-    first = kinds[:]
+    first = [k for k in kinds if k not in ("kill", "pause")]
     rng.shuffle(first)
+    first += ["pause", "kill"]  # popped from the end: a kill, then a pause, come first
     majority_total = max(1, round(duration_s / MAJORITY_EVERY_S))
     episodes: list[Episode] = []
     elapsed = warmup_s
