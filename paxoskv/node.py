@@ -173,6 +173,13 @@ class _KeyedLocks:
 
 
 @dataclass
+class _Progress:
+    """How far one client request got: whether any accept of it left this node."""
+
+    accept_sent: bool = False
+
+
+@dataclass
 class PeerHealth:
     up: bool = False
     misses: int = 0
@@ -342,22 +349,26 @@ class Node:
         if self._inflight >= self.config.limits.rounds_inflight_max:
             raise Overloaded(f"{self._inflight} rounds in flight")
         self._inflight += 1
+        progress = _Progress()
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.config.request_timeout_s
             async with asyncio.timeout(self.config.request_timeout_s):
                 async with self._proposer_locks.hold(key):
-                    return await self._execute(key, change, deadline)
+                    return await self._execute(key, change, deadline, progress)
         except TimeoutError:
-            raise UnknownOutcome("request timed out") from None
+            if progress.accept_sent and not isinstance(change, Read):
+                raise UnknownOutcome("request timed out after its accept was sent") from None
+            # Nothing of this request reached an acceptor's accept: it did not happen.
+            raise NoQuorum("request timed out before a quorum answered") from None
         finally:
             self._inflight -= 1
 
-    async def _execute(self, key: str, change: Change, deadline: float) -> Outcome:
+    async def _execute(self, key: str, change: Change, deadline: float,
+                       progress: _Progress) -> Outcome:
         loop = asyncio.get_running_loop()
         previous: Previous | None = None
         seen = Ballot.ZERO
-        accept_sent = False
         last_abort: Abort | None = None
         for attempt in range(self.config.limits.round_retries_max):
             if attempt:
@@ -370,7 +381,7 @@ class Node:
                 step = rnd.on_timeout()
             if isinstance(step, SendAccept):
                 self.metrics.round("prepare", "ok")
-                accept_sent = True
+                progress.accept_sent = True
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
                 if step is None:
@@ -393,7 +404,7 @@ class Node:
                 previous = Previous(rnd.accept.ballot, rnd.accept.value, rnd.outcome)
             if not step.conflict and not self.quorum_reachable():
                 break  # fail fast: the failure detector sees no quorum
-        if accept_sent and not isinstance(change, Read):
+        if progress.accept_sent and not isinstance(change, Read):
             raise UnknownOutcome("accept sent but not confirmed by a quorum")
         if last_abort is not None and last_abort.conflict:
             raise NoQuorum("contention: gave up after repeated conflicts")
