@@ -45,7 +45,7 @@ from paxoskv.core.register import Change, Outcome, Read
 from paxoskv.limits import Limits
 from paxoskv.metrics import Metrics
 from paxoskv.storage.base import NodeIdentity, Storage
-from paxoskv.transport.base import PeerUnreachable, Transport
+from paxoskv.transport.base import KeyEntry, PeerUnreachable, Transport
 
 __all__ = [
     "AcceptorRules",
@@ -427,16 +427,23 @@ class Node:
         return Outcome("read", self.storage.load(key).value)
 
     async def list_keys(self, prefix: str, limit: int) -> list[str]:
-        """Union of live keys over a quorum of acceptors (not linearizable)."""
-        found: set[str] = set()
-        answered = 0
+        """Live keys by prefix, merged over a quorum of acceptors.
 
-        async def one(acceptor_id: int) -> list[str] | None:
+        For each key the entry with the highest accepted ballot wins, so a write or delete
+        committed before the call began is reflected (its accept quorum intersects ours);
+        writes in flight may or may not be. Each acceptor answers at most ``limit`` entries
+        in key order, tombstones included; past the first truncated answer's last key the
+        merge would be incomplete, so the result stops there.
+        """
+        answered = 0
+        best: dict[str, tuple[Ballot, bool]] = {}
+        horizon: str | None = None
+
+        async def one(acceptor_id: int) -> list[KeyEntry] | None:
             if acceptor_id == self.config.node_id:
                 if self.acceptor_mode != "normal":
                     return None
-                return [k for k in self.storage.keys(prefix, limit * 2)
-                        if self.storage.load(k).value.exists][:limit]
+                return self.local_key_entries(prefix, limit)
             if not self._usable(acceptor_id):
                 return None
             try:
@@ -445,19 +452,32 @@ class Node:
                 return None
 
         results = await asyncio.gather(*(one(a) for a in sorted(self.quorum.acceptors)))
-        for keys in results:
-            if keys is not None:
-                answered += 1
-                found.update(keys)
+        for entries in results:
+            if entries is None:
+                continue
+            answered += 1
+            for key, ballot, live in entries:
+                if key not in best or best[key][0] < ballot:
+                    best[key] = (ballot, live)
+            if len(entries) >= limit and entries:
+                last = entries[-1][0]
+                horizon = last if horizon is None else min(horizon, last)
         if answered < self.quorum.quorum:
             raise NoQuorum("no quorum of acceptors answered the list")
-        return sorted(found)[:limit]
+        live_keys = sorted(k for k, (_, live) in best.items()
+                           if live and (horizon is None or k <= horizon))
+        return live_keys[:limit]
 
-    def local_live_keys(self, prefix: str, limit: int) -> list[str]:
-        if self.acceptor_mode != "normal":
+    def local_key_entries(self, prefix: str, limit: int) -> list[KeyEntry]:
+        """This acceptor's keys under ``prefix`` (tombstones included), in key order."""
+        if self.acceptor_mode not in ("normal",):
             return []
-        keys = self.storage.keys(prefix, self.config.limits.list_limit_max)
-        return [k for k in keys if self.storage.load(k).value.exists][:limit]
+        out: list[KeyEntry] = []
+        for key in self.storage.keys(prefix, limit):
+            state = self.storage.load(key)
+            if not state.ballot_accepted.is_zero():
+                out.append((key, state.ballot_accepted, state.value.exists))
+        return out
 
     # ---------------------------------------------------------------- health
 
@@ -590,7 +610,8 @@ class Node:
             answered = 0
             for pid in others:
                 try:
-                    keys.update(await self.transport.list_keys(pid, "", 10**9))
+                    entries = await self.transport.list_keys(pid, "", 10**9)
+                    keys.update(key for key, _, _ in entries)
                     answered += 1
                 except PeerUnreachable:
                     continue

@@ -288,8 +288,9 @@ async def internal_keys(request: web.Request) -> web.StreamResponse:
     raw_limit = request.query.get("limit", "1000")
     if not raw_limit.isdigit():
         raise ApiError(400, "bad_request", "limit must be an integer")
-    keys = request.app[NODE].local_live_keys(request.query.get("prefix", ""), int(raw_limit))
-    return _json(200, {"keys": keys})
+    entries = request.app[NODE].local_key_entries(request.query.get("prefix", ""),
+                                                  int(raw_limit))
+    return _json(200, {"keys": [[k, b.to_wire(), live] for k, b, live in entries]})
 
 
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.Application:

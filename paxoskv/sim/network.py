@@ -12,7 +12,7 @@ clock).
 
 A sender whose request gets no reply within ``transport_timeout_s`` raises
 `PeerUnreachable`, like the HTTP transport. ``hello`` and ``list_keys`` take the same path
-and call the target node's ``on_hello`` and ``local_live_keys``.
+and call the target node's ``on_hello`` and ``local_key_entries``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from paxoskv.core.messages import Reply, Request
 from paxoskv.node import Node
-from paxoskv.transport.base import PeerUnreachable
+from paxoskv.transport.base import KeyEntry, PeerUnreachable
 
 __all__ = ["Host", "SimNetwork", "SimNetworkOptions", "SimTransport"]
 
@@ -252,9 +252,9 @@ class SimTransport:
 
         return await self._network.call(self._node_id, self._generation, peer, serve)
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[str]:
-        async def serve(node: Node) -> list[str]:
-            return node.local_live_keys(prefix, limit)
+    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
+        async def serve(node: Node) -> list[KeyEntry]:
+            return node.local_key_entries(prefix, limit)
 
         return await self._network.call(self._node_id, self._generation, peer, serve)
 

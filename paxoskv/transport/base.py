@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Reply, Request
 
-__all__ = ["PeerUnreachable", "Transport"]
+__all__ = ["KeyEntry", "PeerUnreachable", "Transport"]
+
+KeyEntry = tuple[str, Ballot, bool]
+"""A key an acceptor holds: (key, ballot of its accepted value, value is live)."""
 
 
 class PeerUnreachable(Exception):
@@ -22,8 +26,9 @@ class Transport(Protocol):
         """Exchange identities (heartbeat); raise PeerUnreachable."""
         ...
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[str]:
-        """Keys the peer holds as live values; raise PeerUnreachable."""
+    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
+        """The first ``limit`` keys (tombstones included) the peer's acceptor holds under
+        ``prefix``, in key order; raise PeerUnreachable."""
         ...
 
     async def close(self) -> None: ...

@@ -16,10 +16,11 @@ from typing import Any
 import aiohttp
 import orjson
 
+from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, to_wire
 from paxoskv.limits import Limits
 from paxoskv.metrics import Metrics
-from paxoskv.transport.base import PeerUnreachable
+from paxoskv.transport.base import KeyEntry, PeerUnreachable
 
 __all__ = ["HttpTransport", "check_peer_auth", "decode_batch", "encode_replies"]
 
@@ -162,7 +163,7 @@ class HttpTransport:
             raise PeerUnreachable("hello reply is not an object")
         return result
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[str]:
+    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
         p = self._peer(peer)
         try:
             async with self._get_session().get(
@@ -174,10 +175,18 @@ class HttpTransport:
             result = orjson.loads(payload)
         except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
             raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from exc
-        keys = result.get("keys") if isinstance(result, dict) else None
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        entries = result.get("keys") if isinstance(result, dict) else None
+        if not isinstance(entries, list):
             raise PeerUnreachable("keys reply is malformed")
-        return keys
+        out: list[KeyEntry] = []
+        try:
+            for key, ballot, live in entries:
+                if not isinstance(key, str) or not isinstance(live, bool):
+                    raise ValueError("bad entry")
+                out.append((key, Ballot.from_wire(ballot), live))
+        except (ValueError, TypeError) as exc:
+            raise PeerUnreachable(f"keys reply is malformed: {exc}") from exc
+        return out
 
     async def close(self) -> None:
         for task in list(self._tasks):
