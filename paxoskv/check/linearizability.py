@@ -42,12 +42,14 @@ from paxoskv.check.model import (
     INITIAL,
     KIND_CODES,
     OK,
+    READ,
     REJECTED,
     UNKNOWN,
     EncodedOp,
     State,
     step_exact,
     step_open,
+    version_bound,
 )
 
 __all__ = [
@@ -79,6 +81,9 @@ BITSET_OPS_MAX: Final = 4_096
 """Above this many ops in one key, the set of linearized ops is memoized as a 128-bit XOR of
 random words instead of an exact bitset: an exact bitset per cache entry would cost
 O(ops^2) memory. Two distinct sets collide with probability about 2^-128 per pair."""
+
+VERSION_UNBOUNDED: Final = 2**63
+"""Stands for "no bound" among version bounds."""
 
 StepFn = Callable[[State, EncodedOp], State | None]
 
@@ -162,6 +167,24 @@ def _encode(op: Op) -> EncodedOp:
     return (kind, status, op.value, op.expected_version, op.out_version, op.out_value)
 
 
+def _canonical(encoded: list[EncodedOp]) -> list[EncodedOp]:
+    """Replace every written value no read returned by one stand-in.
+
+    The model compares data only with what reads returned, and with None. A value no read
+    returned compares unequal to all of them, like the stand-in, so this changes no verdict;
+    it lets states that differ only in such values share a cache entry, and makes unknown
+    writes of unread values interchangeable.
+    """
+    observed = {o[5] for o in encoded if o[0] == READ and o[5] is not None}
+    stand_in = b"\x00unread"
+    while stand_in in observed:
+        stand_in += b"\x00"
+    return [
+        o if o[2] is None or o[2] in observed else (o[0], o[1], stand_in, o[3], o[4], o[5])
+        for o in encoded
+    ]
+
+
 def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, int]:
     """Wing-Gong / Lowe search of one key's ops; returns the verdict and the steps used.
 
@@ -172,7 +195,7 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
     is only linearized when nothing definite fits, which keeps the common case (most unknown
     writes never observed) from exploring their subsets. Each loop iteration is one step.
     """
-    encoded = [_encode(op) for op in ops]
+    encoded = _canonical([_encode(op) for op in ops])
     events: list[tuple[float, int, int]] = []
     unknowns: list[tuple[float, int]] = []
     remaining = 0
@@ -217,6 +240,29 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
         u_prv[u_tail] = u_head
     u_op = [i for _, i in unknowns]
     u_time = [t for t, _ in unknowns] + [math.inf, math.inf]
+    # Unknown ops with the same encoding are interchangeable; only the earliest one not yet
+    # linearized is a candidate, so the ones linearized are always a prefix of the class.
+    class_of: dict[EncodedOp, int] = {}
+    u_class = [class_of.setdefault(encoded[i], len(class_of)) for i in u_op]
+    class_members: list[list[int]] = [[] for _ in class_of]
+    for entry, c in enumerate(u_class):
+        class_members[c].append(entry)
+    class_used = [0] * len(class_of)
+
+    # Definite ops by the highest version they tolerate (see `version_bound`): an unknown
+    # op may not push the version past the lowest bound of the definite ops still to come.
+    bounded = sorted(
+        (b, i)
+        for i, o in enumerate(encoded)
+        if o[1] != UNKNOWN and (b := version_bound(o)) is not None
+    )
+    bound_value = [b for b, _ in bounded] + [VERSION_UNBOUNDED]
+    bound_op = [i for _, i in bounded]
+    bound_pos = [-1] * len(ops)
+    for pos, i in enumerate(bound_op):
+        bound_pos[i] = pos
+    done = [False] * len(ops)
+    bound_next = 0  # no op before this position of bound_op is still to be linearized
 
     if len(ops) <= BITSET_OPS_MAX:
         marks = [1 << i for i in range(len(ops))]
@@ -243,6 +289,10 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                 continue
             i = ent_op[e]
         else:
+            c = u_class[u] if u < n_unknown else -1
+            if c >= 0 and class_members[c][class_used[c]] != u:
+                u = u_nxt[u]  # a twin sent earlier is still unused: this one adds nothing
+                continue
             if u_time[u] > frontier:  # also true at the tail: nothing left to try here
                 if not stack:
                     return Verdict.VIOLATION, steps
@@ -250,8 +300,13 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                 if from_unknown:
                     u_nxt[u_prv[e]] = e
                     u_prv[u_nxt[e]] = e
+                    class_used[u_class[e]] -= 1
                     u = u_nxt[e]
                 else:
+                    i = ent_op[e]
+                    done[i] = False
+                    if 0 <= bound_pos[i] < bound_next:
+                        bound_next = bound_pos[i]
                     r = ent_ret[e]
                     nxt[prv[r]] = r
                     prv[nxt[r]] = r
@@ -263,6 +318,11 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                 continue
             i = u_op[u]
         new_state = step(state, encoded[i])
+        if new_state is not None and u >= 0:
+            while done[bound_op[bound_next]] if bound_next < len(bound_op) else False:
+                bound_next += 1
+            if new_state[0] > bound_value[bound_next]:
+                new_state = None  # some definite op still to come could never fit
         if new_state is not None:
             new_linearized = linearized ^ marks[i]
             memo = (new_linearized, new_state)
@@ -280,11 +340,13 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                     remaining -= 1
                     if remaining == 0:
                         return Verdict.LINEARIZABLE, steps
+                    done[i] = True
                 else:
                     stack.append((u, True, state, linearized, frontier))
                     before, after = u_prv[u], u_nxt[u]
                     u_nxt[before] = after
                     u_prv[after] = before
+                    class_used[u_class[u]] += 1
                 state = new_state
                 linearized = new_linearized
                 e = nxt[head]

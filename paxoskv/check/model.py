@@ -49,6 +49,7 @@ __all__ = [
     "State",
     "step_exact",
     "step_open",
+    "version_bound",
 ]
 
 
@@ -198,4 +199,22 @@ def step_open(state: State, op: EncodedOp) -> State | None:
         return None
     if (expected == version and _may_exist(data)) or expected > version:
         return (expected + 1, new_data)
+    return None
+
+
+def version_bound(op: EncodedOp) -> int | None:
+    """The highest version the register may have just before ``op`` is linearized, if any.
+
+    Versions never decrease in either model, so once the version passes an op's bound that
+    op can no longer be linearized: the search uses this to prune.
+    """
+    kind, status, _, expected, out_version, _ = op
+    if status == UNKNOWN:
+        return None
+    if status == REJECTED or kind == READ:
+        return out_version
+    if out_version is not None:
+        return out_version - 1
+    if kind == CAS or (kind == DELETE and expected is not None):
+        return expected
     return None

@@ -327,11 +327,14 @@ def test_only_the_violating_key_is_reported() -> None:
 
 
 def test_search_budget_makes_a_key_inconclusive_not_hang() -> None:
-    """Goal: exponential keys stop at the budget. Method: 24 concurrent unknown sets and a
-    read of a version nothing can explain force an exhaustive search; with a budget of 2,000
-    steps the key is reported inconclusive within a bounded time."""
+    """Goal: exponential keys stop at the budget. Method: 24 concurrent unknown sets of
+    distinct values, then reads without versions that see u0, u1 and u0 again: no subset
+    explains the second u0 (each write happens at most once), and the search must try every
+    subset of the other writes to be sure. With a budget of 2,000 steps the key is reported
+    inconclusive, not a violation, within a bounded time."""
     ops = [op(c, "set", 0, INF, "unknown", value=f"u{c}".encode()) for c in range(24)]
-    ops.append(get(99, 1, 2, b"zzz", 12))
+    ops += [get(99, 1, 2, b"u0"), get(99, 3, 4, b"u1"), get(99, 5, 6, b"u0")]
+    ops += [get(98, 7, 8, f"u{c}".encode()) for c in range(2, 24)]  # every value is read
     started = time.perf_counter()
     result = check(ops, steps_max_per_key=2_000)
     assert result.inconclusive == ["k"]
@@ -480,3 +483,102 @@ def test_scale_100k_ops_1k_keys() -> None:
     assert result.ok, result.summary()
     assert result.keys_checked == 1_000
     assert result.ops_checked == 100_000
+
+
+def _brute_force(ops: list[Op], step: object) -> bool:
+    """Linearizable iff some subset of the unknown ops, together with every definite op,
+    has an order that respects real time (a before b when a completes before b is invoked)
+    and that the model accepts from the initial state."""
+    from itertools import combinations, permutations
+
+    from paxoskv.check.linearizability import _encode
+
+    step_fn = step_exact if step is step_exact else step_open
+    live = [
+        o for o in ops if o.status != "failed" and not (o.status == "unknown" and o.kind == "read")
+    ]
+    definite = [o for o in live if o.status != "unknown"]
+    unknown = [o for o in live if o.status == "unknown"]
+    for k in range(len(unknown) + 1):
+        for chosen in combinations(unknown, k):
+            group = definite + list(chosen)
+            for order in permutations(group):
+                if any(
+                    later.complete < earlier.invoke
+                    for n, earlier in enumerate(order)
+                    for later in order[n + 1 :]
+                ):
+                    continue
+                state: State | None = (0, None)
+                for o in order:
+                    assert state is not None
+                    state = step_fn(state, _encode(o))
+                    if state is None:
+                        break
+                if state is not None:
+                    return True
+    return False
+
+
+@st.composite
+def _small_histories(draw: st.DrawFn) -> list[Op]:
+    """Up to six ops on one key with small times, values and versions, so that both
+    linearizable and non-linearizable histories are common."""
+    ops: list[Op] = []
+    for client in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["set", "cas", "create", "delete", "read"]))
+        status = draw(st.sampled_from(["ok", "ok", "rejected", "unknown", "failed"]))
+        if kind == "set" and status == "rejected":
+            status = "ok"
+        invoke = float(draw(st.integers(0, 6)))
+        complete = INF if status == "unknown" else invoke + draw(st.integers(0, 4))
+        value = draw(st.sampled_from([b"a", b"b"])) if kind in ("set", "cas", "create") else None
+        expected = None
+        if kind == "cas":
+            expected = draw(st.integers(0, 3))
+        elif kind == "delete":
+            expected = draw(st.none() | st.integers(0, 3))
+        out_version = None if status == "unknown" else draw(st.none() | st.integers(0, 4))
+        out_value = None
+        if kind == "read" and status == "ok":
+            out_value = draw(st.sampled_from([None, b"a", b"b"]))
+        ops.append(
+            op(
+                client,
+                kind,
+                invoke,
+                complete,
+                status,
+                value=value,
+                expected=expected,
+                out_version=out_version,
+                out_value=out_value,
+            )
+        )
+    return ops
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=_small_histories())
+def test_search_agrees_with_brute_force_on_small_histories(history: list[Op]) -> None:
+    """Goal: the search (with its pruning: memoization, interchangeable unknown ops, version
+    bounds, unread values merged) decides exactly like the definition. Method: for random
+    histories of up to six ops, compare its verdict, under both models, with an exhaustive
+    enumeration of subsets of unknown ops and orders that respect real time."""
+    from paxoskv.check.linearizability import _search
+
+    live = [
+        o
+        for o in history
+        if o.status != "failed" and not (o.status == "unknown" and o.kind == "read")
+    ]
+    for step in (step_exact, step_open):
+        ops = live if step is step_exact else [o for o in live if o.status != "unknown"]
+        verdict, _ = _search(ops, step, 1_000_000)
+        assert verdict is not Verdict.INCONCLUSIVE
+        assert (verdict is Verdict.LINEARIZABLE) == _brute_force(ops, step), (step, ops)
+    verdict, _, violation = check_key("k", history)
+    if violation is not None:
+        # The shrunk counterexample is a subset of the history that still cannot be linearized.
+        assert set(violation.ops) <= set(history)
+        assert not _brute_force(list(violation.ops), step_exact)
