@@ -236,6 +236,14 @@ class _Faults:
         elif ep.kind == "double":
             await self.kill(ep.targets[0])
             self.network.isolate(ep.targets[1], mode)
+        elif ep.kind == "kill-cycle":
+            for node, down_s in zip(ep.targets, ep.downtimes_s, strict=True):
+                await self.kill(node)
+                await asyncio.sleep(down_s)
+                self.cluster.nodes[node].start()
+                self.killed.discard(node)
+                await self._wait_alive(node)
+                await asyncio.sleep(0.3)
         elif ep.kind == "total-partition":
             self.network.partition([[n] for n in nodes], mode)
         else:
@@ -279,7 +287,8 @@ class _Faults:
             if time.monotonic() + ep.hold_s + 1.0 > deadline:
                 break
             await self.apply(ep)
-            await asyncio.sleep(ep.hold_s)
+            if ep.kind != "kill-cycle":  # a cycle takes its time inside apply
+                await asyncio.sleep(ep.hold_s)
             await self.heal()
             await asyncio.sleep(min(ep.gap_s, max(0.0, deadline - time.monotonic())))
 

@@ -14,22 +14,24 @@ at least once (when the duration leaves room), then kinds are drawn by weight.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["MAJORITY_KINDS", "MINORITY_KINDS", "Episode", "make_schedule"]
 
 MINORITY_KINDS: Final = ("kill", "pause", "isolate", "split", "oneway", "bridge", "slow",
-                         "double")
+                         "double", "kill-cycle")
 MAJORITY_KINDS: Final = ("majority-kill", "majority-pause", "total-partition")
 
 _WEIGHTS: Final = {"kill": 5, "pause": 4, "isolate": 4, "split": 3, "oneway": 3, "bridge": 2,
-                   "slow": 2, "double": 3}
+                   "slow": 2, "double": 3, "kill-cycle": 3}
 
 MAJORITY_EVERY_S: Final = 40.0
 """About one majority fault per this many seconds of run (at least one per run)."""
 
-HOLD_S: Final = {"minority": (2.0, 7.0), "pause": (1.5, 5.0), "majority": (1.0, 2.5)}
+HOLD_S: Final = {"minority": (2.0, 7.0), "pause": (1.5, 8.0), "majority": (1.0, 2.5)}
+"""A pause may outlast the client timeout (6 s) and the server's request timeout (4 s): the
+paused node's rounds in flight then resume late, after the others moved on."""
 GAP_S: Final = (1.0, 3.0)
 
 
@@ -37,7 +39,8 @@ GAP_S: Final = (1.0, 3.0)
 class Episode:
     kind: str
     targets: tuple[int, ...] = ()
-    """Nodes killed / paused / isolated / slowed (for ``double``: killed, then isolated)."""
+    """Nodes killed / paused / isolated / slowed (for ``double``: killed, then isolated; for
+    ``kill-cycle``: killed one after the other, each restarted before the next is killed)."""
     groups: tuple[tuple[int, ...], ...] = ()
     """For ``split`` and ``bridge``: the sides of the partition."""
     cut: tuple[tuple[int, int], ...] = ()
@@ -45,9 +48,10 @@ class Episode:
     mode: str = "blackhole"
     """``blackhole`` or ``refuse`` for link faults."""
     delay_s: float = 0.0
+    downtimes_s: tuple[float, ...] = ()
+    """For ``kill-cycle``: how long each target stays dead."""
     hold_s: float = 0.0
     gap_s: float = 0.0
-    params: dict[str, float] = field(default_factory=dict)
 
     @property
     def majority(self) -> bool:
@@ -65,12 +69,14 @@ class Episode:
             parts.append(f"mode={self.mode}")
         if self.delay_s:
             parts.append(f"delay={self.delay_s * 1000:.0f}ms")
+        if self.downtimes_s:
+            parts.append("down=" + ",".join(f"{d:.1f}s" for d in self.downtimes_s))
         parts.append(f"hold={self.hold_s:.1f}s gap={self.gap_s:.1f}s")
         return " ".join(parts)
 
 
 def _kinds_for(n: int) -> list[str]:
-    kinds = ["kill", "pause", "isolate", "split", "oneway", "bridge", "slow"]
+    kinds = ["kill", "pause", "isolate", "split", "oneway", "bridge", "slow", "kill-cycle"]
     if n >= 5:
         kinds.append("double")
     return kinds
@@ -112,6 +118,14 @@ def _episode(rng: random.Random, kind: str, nodes: list[int]) -> Episode:
         left, right = tuple(sorted(rest[:half])), tuple(sorted(rest[half:]))
         return Episode(kind, targets=(bridge,), groups=(left, right), mode=mode, hold_s=hold,
                        gap_s=gap)
+    if kind == "kill-cycle":
+        # Rolling kill -9: each node restarted (alive, not waited ready) before the next dies;
+        # hold_s estimates the restarts (about 2 s each) too.
+        steps = rng.randint(3, 6)
+        targets = tuple(rng.choice(nodes) for _ in range(steps))
+        downtimes = tuple(round(rng.uniform(0.2, 1.5), 2) for _ in range(steps))
+        return Episode(kind, targets=targets, downtimes_s=downtimes,
+                       hold_s=round(sum(downtimes) + 2.3 * steps, 2), gap_s=gap)
     if kind == "double":
         assert n >= 5
         return Episode(kind, targets=(shuffled[0], shuffled[1]), mode=mode, hold_s=hold,
