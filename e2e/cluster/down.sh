@@ -61,7 +61,7 @@ fi
 stop containerd
 # containerd's shims outlive it by design: find the ones bound to our socket, by their command line.
 for d in /proc/[0-9]*; do
-  cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+  cmd=$(tr "\0" " " 2>/dev/null <"$d/cmdline") || continue
   if [[ $cmd == *containerd-shim* && $cmd == *"-address $CTRD_SOCK "* ]]; then
     pid=${d#/proc/}
     log "killing leftover shim $pid and its container processes"

@@ -135,6 +135,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   tolerate_missing_hugepages_controller = true
+  # This machine's capability bounding set lacks CAP_SYS_RESOURCE, so no process may lower its
+  # oom_score_adj: clamp the sandbox's -998 (and the kubelet's negative scores) to containerd's own.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -231,6 +234,7 @@ clusterDomain: $CLUSTER_DOMAIN
 resolvConf: /etc/resolv.conf
 podLogsDir: $STATE/pod-logs
 healthzBindAddress: 127.0.0.1
+oomScoreAdj: 0
 # A test node on a shared machine: never evict for disk, never garbage-collect imported images.
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
@@ -248,6 +252,7 @@ hostnameOverride: $NODE_NAME
 bindAddress: 0.0.0.0
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
+oomScoreAdj: 0
 # Leave the machine's conntrack sysctls alone.
 conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
