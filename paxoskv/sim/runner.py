@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import hashlib
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Coroutine
@@ -75,15 +76,19 @@ class SimOptions:
     nodes: int = 3
     clients: int = 4
     ops: int = 500
-    keys: int = 3
-    """Few keys: clients contend on each one."""
-    fault_interval_ms_mean: float = 150.0
+    keys: int = 6
+    """Few keys, so clients contend on each one; more per key and the checker's search
+    (exponential in the unknown ops that overlap) gets slow."""
+    fault_interval_ms_mean: float = 400.0
     """Mean time between fault ticks (exponential) in the safety phase."""
     crash_probability: float = 0.35
     """At each fault tick, the chance that a node crashes (restarted after a downtime)."""
+    power_loss_probability: float = 0.03
+    """At each fault tick, the chance that every node crashes at the same instant."""
     pause_probability: float = 0.15
     down_ms_min: float = 1.0
-    down_ms_max: float = 1500.0
+    down_ms_max: float = 2000.0
+    """Downtimes are log-uniform between these: many quick restarts, some long outages."""
     pause_ms_max: float = 1000.0
     nodes_down_max: int | None = None
     """Nodes down at once; default ``nodes - 1`` (a majority may go down)."""
@@ -105,9 +110,11 @@ class SimOptions:
             raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
         if self.mutant == "small-quorum" and self.nodes < 2:
             raise ValueError("small-quorum needs at least two nodes")
-        for name in ("crash_probability", "pause_probability"):
+        for name in ("crash_probability", "power_loss_probability", "pause_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within 0..1")
+        if not 0 < self.down_ms_min <= self.down_ms_max:
+            raise ValueError("need 0 < down_ms_min <= down_ms_max")
 
     @property
     def down_max(self) -> int:
@@ -228,23 +235,32 @@ class _Simulation:
         host.up = True
         host.spawn(node.run())
 
-    async def crash(self, node_id: int) -> None:
-        """Kill the process at this virtual instant: unsynced writes and all its tasks die."""
-        host = self.hosts[node_id]
-        node = host.node
-        assert host.up and node is not None
-        host.up = False
-        host.node = None
-        host.generation += 1
-        host.paused = False
-        host.held.clear()
-        self.storages[node_id].crash()
-        tasks = list(host.tasks)
-        for task in tasks:
-            task.cancel()
-        await node.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.faults["crash"] += 1
+    async def crash(self, *node_ids: int) -> None:
+        """Kill processes at this virtual instant: unsynced writes and all their tasks die.
+
+        Every victim is dead (down, storage reset, tasks cancelled) before the first
+        ``await``, so nothing runs between the deaths of several victims.
+        """
+        dead: list[tuple[RealNode, list[asyncio.Task[Any]]]] = []
+        for node_id in node_ids:
+            host = self.hosts[node_id]
+            node = host.node
+            assert host.up and node is not None
+            host.up = False
+            host.node = None
+            host.generation += 1
+            host.paused = False
+            host.held.clear()
+            self.storages[node_id].crash()
+            node.stopping = True
+            tasks = list(host.tasks)
+            for task in tasks:
+                task.cancel()
+            dead.append((node, tasks))
+            self.faults["crash"] += 1
+        for node, tasks in dead:
+            await node.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _restart_later(self, node_id: int, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
@@ -267,6 +283,10 @@ class _Simulation:
             if not self.in_safety_phase():
                 return
             roll = rng.random()
+            if roll < options.power_loss_probability:
+                await self._fault_power_loss(rng)
+                continue
+            roll -= options.power_loss_probability
             if roll < options.crash_probability:
                 await self._fault_crash(rng)
             elif roll < options.crash_probability + net.partition_probability:
@@ -281,8 +301,24 @@ class _Simulation:
             return
         victim = rng.choice(up)
         await self.crash(victim)
-        downtime_s = rng.uniform(self.options.down_ms_min, self.options.down_ms_max) / 1000
-        self.restarts[victim] = self._spawn(self._restart_later(victim, downtime_s))
+        self.restarts[victim] = self._spawn(self._restart_later(victim, self._downtime_s(rng)))
+
+    async def _fault_power_loss(self, rng: random.Random) -> None:
+        """Every node that is up dies at one instant: only fsync'd state survives anywhere."""
+        up = [i for i in self.ids if self.hosts[i].up]
+        if not up:
+            return
+        await self.crash(*up)
+        self.faults["power_loss"] += 1
+        downtime_s = self._downtime_s(rng)
+        for victim in up:
+            self.restarts[victim] = self._spawn(
+                self._restart_later(victim, downtime_s * rng.uniform(1.0, 1.5)))
+
+    def _downtime_s(self, rng: random.Random) -> float:
+        low = math.log(self.options.down_ms_min)
+        high = math.log(self.options.down_ms_max)
+        return math.exp(rng.uniform(low, high)) / 1000
 
     def _fault_partition(self, rng: random.Random) -> None:
         net = self.options.network
@@ -498,9 +534,7 @@ class _Simulation:
         for task in [*clients, *self.background]:
             task.cancel()
         await asyncio.gather(*clients, *self.background, return_exceptions=True)
-        for i in self.ids:
-            if self.hosts[i].up:
-                await self.crash(i)
+        await self.crash(*self.ids)
         self.faults["crash"] -= len(self.ids)  # shutting down is not a fault
 
 
@@ -521,7 +555,7 @@ def run_seed(seed: int, options: SimOptions) -> RunResult:
         def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             exc = context.get("exception")
             leaves = _leaves(exc) if exc is not None else []
-            if not all(isinstance(e, _EXPECTED_ERRORS | asyncio.CancelledError)
+            if not all(isinstance(e, (*_EXPECTED_ERRORS, asyncio.CancelledError))
                        for e in leaves) or not leaves:
                 errors.append(f"event loop: {context.get('message')}: {exc!r}")
 

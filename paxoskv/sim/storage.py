@@ -34,8 +34,8 @@ class StorageCrashed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DiskOptions:
-    fsync_ms_min: float = 0.2
-    fsync_ms_max: float = 4.0
+    fsync_ms_min: float = 0.5
+    fsync_ms_max: float = 10.0
     fsync_slow_probability: float = 0.02
     """A write whose fsync takes ``fsync_slow_ms`` more (a stalled disk)."""
     fsync_slow_ms: float = 40.0
