@@ -3,9 +3,8 @@
 # outside the clone, skipping any binary already cached at its pinned version.
 #   PAXOSKV_TOOLS   cache dir (default /var/cache/paxoskv-tools); binaries land in $PAXOSKV_TOOLS/bin
 #   HELM_VERSION, KUBECONFORM_VERSION  pins (defaults below; deploy.mk passes its own)
-# The version of each cached binary is recorded in $PAXOSKV_TOOLS/bin/<tool>.version, because
-# `helm version` of a `go install` build does not report the tag (no -ldflags), so the stamp is the
-# only reliable record.
+# The version of each cached binary (and the build recipe) is recorded in
+# $PAXOSKV_TOOLS/bin/<tool>.version; a cached binary is reused only when that stamp matches.
 set -euo pipefail
 TOOLS=${PAXOSKV_TOOLS:-/var/cache/paxoskv-tools}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
@@ -13,19 +12,42 @@ KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
 BIN="$TOOLS/bin"
 mkdir -p "$BIN"
 
-install_one() { # name module version
-  local name=$1 module=$2 version=$3
-  if [[ -x $BIN/$name && -f $BIN/$name.version && $(cat "$BIN/$name.version") == "$version" ]]; then
+# Bump when the build recipe below changes, so cached binaries are rebuilt.
+RECIPE=2
+
+install_one() { # name module version [ldflags]
+  local name=$1 module=$2 version=$3 ldflags=${4:-}
+  local stamp="$version recipe=$RECIPE"
+  if [[ -x $BIN/$name && -f $BIN/$name.version && $(cat "$BIN/$name.version") == "$stamp" ]]; then
     return 0
   fi
   command -v go >/dev/null || { echo "install-tools: go not found (needed to build $name)" >&2; exit 1; }
   echo "install-tools: go install $module@$version -> $BIN" >&2
   local start=$SECONDS
   # CGO off: static binaries, no C toolchain needed. -trimpath: reproducible paths.
-  CGO_ENABLED=0 GOBIN="$BIN" GOFLAGS="${GOFLAGS:-} -trimpath" go install "$module@$version"
-  echo "$version" >"$BIN/$name.version"
+  CGO_ENABLED=0 GOBIN="$BIN" GOFLAGS="${GOFLAGS:-} -trimpath" \
+    go install -ldflags "-s -w $ldflags" "$module@$version"
+  echo "$stamp" >"$BIN/$name.version"
   echo "install-tools: $name $version built in $((SECONDS - start)) s" >&2
 }
 
-install_one helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
-install_one kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+# helm's own release build stamps its version and the Kubernetes version it assumes when no
+# cluster is asked (helm template, lint, --dry-run=client): the minor of its k8s.io/client-go
+# (v0.34.x -> 1.34). A plain `go install` leaves "v1.20.0", which would fail the chart's
+# kubeVersion constraint; do what helm's Makefile does.
+helm_ldflags() {
+  local mod minor
+  mod=$(cd / && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  minor=$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$mod" | head -n1)
+  [[ -n $minor ]] || { echo "install-tools: cannot read helm's client-go version" >&2; exit 1; }
+  local p=helm.sh/helm/v3
+  echo "-X $p/internal/version.version=$HELM_VERSION -X $p/internal/version.gitTreeState=clean" \
+    "-X $p/pkg/chartutil.k8sVersionMajor=1 -X $p/pkg/chartutil.k8sVersionMinor=$minor" \
+    "-X $p/pkg/lint/rules.k8sVersionMajor=1 -X $p/pkg/lint/rules.k8sVersionMinor=$minor"
+}
+
+if ! [[ -x $BIN/helm && -f $BIN/helm.version && $(cat "$BIN/helm.version") == "$HELM_VERSION recipe=$RECIPE" ]]; then
+  install_one helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$(helm_ldflags)"
+fi
+install_one kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" \
+  "-X main.version=$KUBECONFORM_VERSION"
