@@ -188,13 +188,25 @@ def _canonical(encoded: list[EncodedOp]) -> list[EncodedOp]:
 def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, int]:
     """Wing-Gong / Lowe search of one key's ops; returns the verdict and the steps used.
 
-    ``ops`` holds only ``ok``, ``rejected`` and ``unknown`` ops. Ops with a return event (call
-    and return entries, in time order) live in one linked list, unknown ops (call only, by
-    invoke time) in a second one. At each point the candidates are the calls before the first
-    return, tried first, then the unknown ops sent no later than that return: an unknown op
-    is only linearized when nothing definite fits, which keeps the common case (most unknown
-    writes never observed) from exploring their subsets. Each loop iteration is one step.
+    ``ops`` holds only ``ok``, ``rejected`` and ``unknown`` ops. Ops with a return event live
+    as call and return entries, in time order, in one linked list. At each point the
+    candidates are the calls before the first return, tried first; only when none fits are
+    unknown ops sent no later than that return tried, so an unknown op is linearized only
+    when something definite needs it.
+
+    Pruning, each exact (`test_search_agrees_with_brute_force_on_small_histories`):
+
+    - memoization of (linearized ops, state), as Lowe and Porcupine do;
+    - written values no read returned are merged into one (`_canonical`);
+    - unknown ops with equal encodings are twins: only the earliest unused one is tried;
+    - a conditional unknown op is tried only at its expected version, and no unknown op may
+      push the version past `model.version_bound` of a definite op still to come (versions
+      never decrease). The first rule holds for the exact model only: with `step_open`,
+      ``ops`` must hold no unknown op (`_shrink` drops them; the open model subsumes them).
+
+    Each loop iteration is one step.
     """
+    assert step is step_exact or all(op.status != "unknown" for op in ops)
     encoded = _canonical([_encode(op) for op in ops])
     events: list[tuple[float, int, int]] = []
     unknowns: list[tuple[float, int]] = []
@@ -228,40 +240,58 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
             ret_of_op[i] = e
     ent_ret = [ret_of_op[i] if is_call[e] else -1 for e, i in enumerate(ent_op)]
 
-    # Unknown list: entries 0..m-1, tail m, head m + 1.
-    n_unknown = len(unknowns)
-    u_tail = n_unknown
-    u_head = n_unknown + 1
-    u_nxt = [*range(1, n_unknown + 1), -1, 0]
-    u_prv = [*range(-1, n_unknown - 1), n_unknown - 1, -1]
-    if n_unknown:
-        u_prv[0] = u_head
-    else:
-        u_prv[u_tail] = u_head
-    u_op = [i for _, i in unknowns]
-    u_time = [t for t, _ in unknowns] + [math.inf, math.inf]
-    # Unknown ops with the same encoding are interchangeable; only the earliest one not yet
-    # linearized is a candidate, so the ones linearized are always a prefix of the class.
+    # Unknown ops in classes of twins, each class in invoke order; class_used[c] members of
+    # class c are linearized, always the first ones. Conditional classes are indexed by
+    # their expected version (sorted), the others are always tried.
     class_of: dict[EncodedOp, int] = {}
-    u_class = [class_of.setdefault(encoded[i], len(class_of)) for i in u_op]
-    class_members: list[list[int]] = [[] for _ in class_of]
-    for entry, c in enumerate(u_class):
-        class_members[c].append(entry)
-    class_used = [0] * len(class_of)
+    members: list[list[int]] = []
+    member_time: list[list[float]] = []
+    for t, i in unknowns:
+        c = class_of.setdefault(encoded[i], len(class_of))
+        if c == len(members):
+            members.append([])
+            member_time.append([])
+        members[c].append(i)
+        member_time[c].append(t)
+    class_used = [0] * len(members)
+    class_of_op = {i: c for c, ms in enumerate(members) for i in ms}
+    # Unconditional classes by the invoke time of their first member, in a linked list from
+    # which a class is unlinked while all its members are linearized.
+    free_order = sorted(
+        (c for o, c in class_of.items() if o[3] is None), key=lambda c: member_time[c][0]
+    )
+    n_free = len(free_order)
+    free_pos = [-1] * len(members)
+    for pos, c in enumerate(free_order):
+        free_pos[c] = pos
+    free_first = [member_time[c][0] for c in free_order]
+    f_tail = n_free
+    f_head = n_free + 1
+    f_nxt = [*range(1, n_free + 1), -1, 0]
+    f_prv = [*range(-1, n_free - 1), n_free - 1, -1]
+    if n_free:
+        f_prv[0] = f_head
+    else:
+        f_prv[f_tail] = f_head
+    by_expected: dict[int, list[int]] = {}
+    for o, c in class_of.items():
+        if o[3] is not None:
+            by_expected.setdefault(o[3], []).append(c)
 
-    # Definite ops by the highest version they tolerate (see `version_bound`): an unknown
-    # op may not push the version past the lowest bound of the definite ops still to come.
+    # Definite ops by the highest version they tolerate: an unknown op may not push the
+    # version past the lowest bound of the definite ops still to come.
     bounded = sorted(
         (b, i)
         for i, o in enumerate(encoded)
         if o[1] != UNKNOWN and (b := version_bound(o)) is not None
     )
     bound_value = [b for b, _ in bounded] + [VERSION_UNBOUNDED]
-    bound_op = [i for _, i in bounded]
+    bound_op = [i for _, i in bounded] + [-1]
     bound_pos = [-1] * len(ops)
-    for pos, i in enumerate(bound_op):
+    for pos, i in enumerate(bound_op[:-1]):
         bound_pos[i] = pos
-    done = [False] * len(ops)
+    done = [False] * (len(ops) + 1)
+    done[-1] = False  # the sentinel at the end of bound_op is never done
     bound_next = 0  # no op before this position of bound_op is still to be linearized
 
     if len(ops) <= BITSET_OPS_MAX:
@@ -271,55 +301,72 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
         marks = [rng.getrandbits(128) for _ in range(len(ops))]
 
     cache: set[tuple[int, State]] = set()
-    # (entry, from the unknown list?, state before, linearized before, frontier time)
-    stack: list[tuple[int, bool, State, int, float]] = []
+    # Each choice: (definite call entry, or -1 - position in cands for an unknown op; the
+    # unknown candidates then; state and linearized set before the choice).
+    stack: list[tuple[int, list[int], State, int]] = []
+    no_cands: list[int] = []
+    cands = no_cands  # unknown ops to try at the current point, once the definite ones failed
+    k = -1  # >= 0 while trying cands[k]
     state: State = INITIAL
     linearized = 0
     e = nxt[head]
-    u = -1  # >= 0 while scanning the unknown list
-    frontier = 0.0  # time of the first return, while scanning the unknown list
     steps = 0
     while steps < steps_max:
         steps += 1
-        if u < 0:
+        if k < 0:
             assert e != tail, "ran past the last return with ops left to linearize"
             if not is_call[e]:
+                # Nothing definite fits here: the unknown ops sent by now are the candidates.
                 frontier = ent_time[e]
-                u = u_nxt[u_head]
+                version = state[0]
+                cands = []
+                pos = f_nxt[f_head]
+                while pos != f_tail and free_first[pos] <= frontier:
+                    c = free_order[pos]
+                    used = class_used[c]
+                    if member_time[c][used] <= frontier:
+                        cands.append(members[c][used])
+                    pos = f_nxt[pos]
+                for c in by_expected.get(version, no_cands):
+                    used = class_used[c]
+                    if used < len(members[c]) and member_time[c][used] <= frontier:
+                        cands.append(members[c][used])
+                k = 0
                 continue
             i = ent_op[e]
+        elif k < len(cands):
+            i = cands[k]
         else:
-            c = u_class[u] if u < n_unknown else -1
-            if c >= 0 and class_members[c][class_used[c]] != u:
-                u = u_nxt[u]  # a twin sent earlier is still unused: this one adds nothing
-                continue
-            if u_time[u] > frontier:  # also true at the tail: nothing left to try here
-                if not stack:
-                    return Verdict.VIOLATION, steps
-                e, from_unknown, state, linearized, frontier = stack.pop()
-                if from_unknown:
-                    u_nxt[u_prv[e]] = e
-                    u_prv[u_nxt[e]] = e
-                    class_used[u_class[e]] -= 1
-                    u = u_nxt[e]
-                else:
-                    i = ent_op[e]
-                    done[i] = False
-                    if 0 <= bound_pos[i] < bound_next:
-                        bound_next = bound_pos[i]
-                    r = ent_ret[e]
-                    nxt[prv[r]] = r
-                    prv[nxt[r]] = r
-                    remaining += 1
-                    nxt[prv[e]] = e
-                    prv[nxt[e]] = e
-                    e = nxt[e]
-                    u = -1
-                continue
-            i = u_op[u]
+            if not stack:
+                return Verdict.VIOLATION, steps
+            choice, cands, state, linearized = stack.pop()
+            if choice < 0:
+                k = -1 - choice
+                c = class_of_op[cands[k]]
+                pos = free_pos[c]
+                if pos >= 0 and class_used[c] == len(members[c]):
+                    f_nxt[f_prv[pos]] = pos
+                    f_prv[f_nxt[pos]] = pos
+                class_used[c] -= 1
+                k += 1
+            else:
+                e = choice
+                i = ent_op[e]
+                done[i] = False
+                if 0 <= bound_pos[i] < bound_next:
+                    bound_next = bound_pos[i]
+                r = ent_ret[e]
+                nxt[prv[r]] = r
+                prv[nxt[r]] = r
+                remaining += 1
+                nxt[prv[e]] = e
+                prv[nxt[e]] = e
+                e = nxt[e]
+                k = -1
+            continue
         new_state = step(state, encoded[i])
-        if new_state is not None and u >= 0:
-            while done[bound_op[bound_next]] if bound_next < len(bound_op) else False:
+        if new_state is not None and k >= 0:
+            while done[bound_op[bound_next]]:
                 bound_next += 1
             if new_state[0] > bound_value[bound_next]:
                 new_state = None  # some definite op still to come could never fit
@@ -328,8 +375,8 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
             memo = (new_linearized, new_state)
             if memo not in cache:
                 cache.add(memo)
-                if u < 0:
-                    stack.append((e, False, state, linearized, frontier))
+                if k < 0:
+                    stack.append((e, cands, state, linearized))
                     before, after = prv[e], nxt[e]
                     nxt[before] = after
                     prv[after] = before
@@ -342,20 +389,24 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                         return Verdict.LINEARIZABLE, steps
                     done[i] = True
                 else:
-                    stack.append((u, True, state, linearized, frontier))
-                    before, after = u_prv[u], u_nxt[u]
-                    u_nxt[before] = after
-                    u_prv[after] = before
-                    class_used[u_class[u]] += 1
+                    stack.append((-1 - k, cands, state, linearized))
+                    c = class_of_op[i]
+                    class_used[c] += 1
+                    pos = free_pos[c]
+                    if pos >= 0 and class_used[c] == len(members[c]):
+                        before, after = f_prv[pos], f_nxt[pos]
+                        f_nxt[before] = after
+                        f_prv[after] = before
                 state = new_state
                 linearized = new_linearized
+                cands = no_cands
                 e = nxt[head]
-                u = -1
+                k = -1
                 continue
-        if u < 0:
+        if k < 0:
             e = nxt[e]
         else:
-            u = u_nxt[u]
+            k += 1
     return Verdict.INCONCLUSIVE, steps
 
 
