@@ -590,3 +590,90 @@ def test_rejoin_wrapper_sets_flag_only_for_listed_ordinals(tmp_path: Any) -> Non
         assert res.stdout.strip() == f"rejoin={expected} args=serve --log-level debug", pod
     # Without rejoinOrdinals the container runs paxoskv directly.
     assert container(render())["command"] == ["paxoskv"]
+
+
+# ---- Pod Security Standard "restricted" ---------------------------------------------------
+
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def _restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """The checks of the Kubernetes Pod Security Standard `restricted` (v1.34 policy)."""
+    bad = []
+    psc = spec.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            bad.append(flag)
+    for v in spec.get("volumes", []):
+        kinds_ = set(v) - {"name"}
+        if not kinds_ <= RESTRICTED_VOLUME_TYPES:
+            bad.append(f"volume {v['name']}: {kinds_}")
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation must be false")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            bad.append(f"{name}: must drop ALL capabilities")
+        if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            bad.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile {seccomp}")
+        for p in c.get("ports", []):
+            if p.get("hostPort"):
+                bad.append(f"{name}: hostPort")
+    return bad
+
+
+@pytest.mark.parametrize(
+    "values_file", ["default-values.yaml", "all-features-values.yaml", "minimal-values.yaml"]
+)
+def test_pods_meet_restricted_pod_security(values_file: str) -> None:
+    docs = render(yaml.safe_load((CHART / "ci" / values_file).read_text()))
+    specs = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "StatefulSet"]
+    specs += [d["spec"] for d in docs if d["kind"] == "Pod"]
+    assert specs
+    for spec in specs:
+        assert _restricted_violations(spec) == []
+
+
+def test_chart_upgrade_does_not_roll_pods() -> None:
+    """Pod template labels carry no chart or app version (a roll costs fault tolerance)."""
+    labels = only(render(), "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert "helm.sh/chart" not in labels
+    assert "app.kubernetes.io/version" not in labels
+
+
+def test_restricted_check_can_fail() -> None:
+    bad = {
+        "hostNetwork": True,
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "c", "securityContext": {"privileged": True}}],
+    }
+    found = " ".join(_restricted_violations(bad))
+    for word in (
+        "hostNetwork",
+        "hostPath",
+        "privileged",
+        "allowPrivilegeEscalation",
+        "drop ALL",
+        "runAsNonRoot",
+        "seccompProfile",
+    ):
+        assert word in found
