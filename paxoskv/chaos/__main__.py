@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of faults and client load (default 120)")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--keys", type=int, default=50)
+    p.add_argument("--hot-keys", type=int, default=10,
+                   help="half the ops go to this many keys (default 10)")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra flag for every paxoskv serve, repeatable, e.g. "
+                        "--server-arg=--repair-interval --server-arg=2")
     p.add_argument("--base-dir", type=Path, default=None,
                    help="data dirs and node logs (default: a temporary dir, removed on "
                         "success)")
@@ -31,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.nodes < 3:
         p.error("--nodes must be at least 3")
-    if args.clients < 1 or args.keys < 1 or args.duration <= 0:
-        p.error("--clients, --keys and --duration must be positive")
+    if args.clients < 1 or args.keys < 1 or args.hot_keys < 1 or args.duration <= 0:
+        p.error("--clients, --keys, --hot-keys and --duration must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     base = args.base_dir or Path(tempfile.mkdtemp(prefix=f"paxoskv-chaos-{seed}-"))
     opts = ChaosOptions(seed=seed, base_dir=base, nodes=args.nodes, duration_s=args.duration,
-                        clients=args.clients, keys=args.keys, report_dir=args.report_dir,
+                        clients=args.clients, keys=args.keys, hot_keys=args.hot_keys,
+                        server_args=tuple(args.server_arg), report_dir=args.report_dir,
                         save_history=args.save_history)
     result = asyncio.run(run_chaos(opts))
     if result.ok and args.base_dir is None:

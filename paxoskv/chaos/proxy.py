@@ -3,8 +3,10 @@
 Every peer link ``i -> j`` (node i's transport calling node j) goes through its own
 `LinkProxy` on 127.0.0.1. A link is in one `Mode` at a time:
 
-- ``PASS``: bytes are forwarded both ways, after ``delay_s`` if one is set (each chunk is
-  held until ``arrival + delay_s``; order is kept and delays do not add up).
+- ``PASS``: bytes are forwarded both ways, after a delay if ``delay_s`` is set: each
+  connection draws a factor in [``1 - jitter``, 1] when it opens and holds every chunk until
+  ``arrival + factor * delay_s``. Order within a connection is kept and delays do not add
+  up; messages on different connections of one link can overtake each other.
 - ``BLACKHOLE``: connections are accepted but nothing is forwarded either way, like a network
   partition that drops packets. A connection that lost bytes this way is *tainted*: its byte
   stream is broken, so it is never forwarded again and is reset on `heal`.
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import socket
 import struct
 from collections.abc import Iterable
@@ -67,8 +70,10 @@ class LinkStats:
 
 
 class _Conn:
-    def __init__(self, client: asyncio.StreamWriter) -> None:
+    def __init__(self, client: asyncio.StreamWriter, draw: float) -> None:
         self.client = client
+        self.draw = draw
+        """Uniform in [0, 1), drawn at accept: this connection's share of the jitter."""
         self.upstream: asyncio.StreamWriter | None = None
         self.tainted = False
         self.tasks: list[asyncio.Task[None]] = []
@@ -85,24 +90,27 @@ class LinkProxy:
     """Proxy for the directed link ``src -> dst``: listens on ``sock``, forwards to
     ``127.0.0.1:target_port``."""
 
-    def __init__(self, src: int, dst: int, target_port: int, sock: socket.socket) -> None:
+    def __init__(self, src: int, dst: int, target_port: int, sock: socket.socket,
+                 seed: int = 0) -> None:
         self.src, self.dst, self.target_port = src, dst, target_port
         self._sock = sock
         self.port: int = sock.getsockname()[1]
         self.mode = Mode.PASS
         self.delay_s = 0.0
+        self.jitter = 0.0
         self.stats = LinkStats()
+        self._rng = random.Random(f"paxoskv-chaos-link:{seed}:{src}:{dst}")
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
 
     @classmethod
-    def bind(cls, src: int, dst: int, target_port: int) -> LinkProxy:
+    def bind(cls, src: int, dst: int, target_port: int, seed: int = 0) -> LinkProxy:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         sock.setblocking(False)
-        return cls(src, dst, target_port, sock)
+        return cls(src, dst, target_port, sock, seed)
 
     @property
     def url(self) -> str:
@@ -143,6 +151,7 @@ class LinkProxy:
         """Back to PASS without delay; connections that lost bytes are reset."""
         self.mode = Mode.PASS
         self.delay_s = 0.0
+        self.jitter = 0.0
         for conn in list(self._conns):
             if conn.tainted:
                 self.stats.reset_on_heal += 1
@@ -156,7 +165,7 @@ class LinkProxy:
             reset_writer(writer)
             return
         self.stats.accepted += 1
-        conn = _Conn(writer)
+        conn = _Conn(writer, self._rng.random())
         self._conns.add(conn)
         try:
             if self.mode is Mode.BLACKHOLE:
@@ -208,7 +217,8 @@ class LinkProxy:
                     conn.tainted = True
                     self.stats.chunks_dropped += 1
                     continue
-                queue.put_nowait((loop.time() + self.delay_s, data))
+                factor = 1.0 - self.jitter * conn.draw
+                queue.put_nowait((loop.time() + factor * self.delay_s, data))
                 if sender is not None and sender.done():
                     break
         finally:
@@ -237,7 +247,8 @@ class LinkProxy:
 class Network:
     """One `LinkProxy` per directed link between ``nodes``; partitions are link modes."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self.links: dict[tuple[int, int], LinkProxy] = {}
 
     def bind(self, src: int, dst: int, target_port: int) -> str:
@@ -245,7 +256,7 @@ class Network:
 
         Has the signature of the ``peer_url`` hook of ``tests/procs.py``'s ``Cluster``.
         """
-        proxy = LinkProxy.bind(src, dst, target_port)
+        proxy = LinkProxy.bind(src, dst, target_port, self.seed)
         self.links[(src, dst)] = proxy
         return proxy.url
 
@@ -288,12 +299,16 @@ class Network:
         """Cut exactly these directed links (e.g. one direction only)."""
         return self._set(pairs, mode)
 
-    def slow(self, node: int, delay_s: float) -> int:
-        """Delay every byte on the links to and from ``node``."""
+    def slow(self, node: int, delay_s: float, jitter: float = 0.0) -> int:
+        """Delay every byte on the links to and from ``node`` by up to ``delay_s`` (at least
+        ``(1 - jitter) * delay_s``, drawn per connection)."""
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError("jitter must be within [0, 1]")
         count = 0
         for pair, proxy in self.links.items():
             if node in pair:
                 proxy.delay_s = delay_s
+                proxy.jitter = jitter
                 count += 1
         return count
 

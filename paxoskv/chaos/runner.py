@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import shlex
 import sys
 import time
 from collections import Counter
@@ -77,6 +78,11 @@ class ChaosOptions:
     duration_s: float = 120.0
     clients: int = 10
     keys: int = 50
+    hot_keys: int = 10
+    """Half the ops go to this many keys (fewer = more dueling proposers per key)."""
+    server_args: tuple[str, ...] = ()
+    """Extra ``paxoskv serve`` flags for every node (later flags win), e.g.
+    ``("--repair-interval", "2")``."""
     report_dir: Path | None = None
     """Where a failing run writes its report; default ``reports/chaos-<seed>``."""
     save_history: bool = False
@@ -87,8 +93,11 @@ class ChaosOptions:
 
 
 def repro_command(opts: ChaosOptions) -> str:
+    extra = f" --hot-keys {opts.hot_keys}" if opts.hot_keys != 10 else ""
+    extra += "".join(f" --server-arg={shlex.quote(a)}" for a in opts.server_args)
     return (f"python -m paxoskv.chaos --seed {opts.seed} --nodes {opts.nodes} "
-            f"--duration {opts.duration_s:g} --clients {opts.clients} --keys {opts.keys}")
+            f"--duration {opts.duration_s:g} --clients {opts.clients} --keys {opts.keys}"
+            + extra)
 
 
 @dataclass(slots=True)
@@ -232,7 +241,7 @@ class _Faults:
             pairs = [(a, b) for a in left for b in right] + [(b, a) for a in left for b in right]
             self.network.cut(pairs, mode)
         elif ep.kind == "slow":
-            self.network.slow(ep.targets[0], ep.delay_s)
+            self.network.slow(ep.targets[0], ep.delay_s, ep.jitter)
         elif ep.kind == "double":
             await self.kill(ep.targets[0])
             self.network.isolate(ep.targets[1], mode)
@@ -348,16 +357,18 @@ async def run_chaos(opts: ChaosOptions, cluster_class: Any = None,
     result = ChaosResult(opts)
     log(f"chaos: seed={opts.seed} nodes={opts.nodes} duration={opts.duration_s:g}s; "
         f"repro: {repro_command(opts)}")
-    network = Network()
+    network = Network(opts.seed)
     opts.base_dir.mkdir(parents=True, exist_ok=True)
-    cluster = cluster_class(opts.nodes, opts.base_dir, peer_url=network.bind)
+    cluster = cluster_class(opts.nodes, opts.base_dir, peer_url=network.bind,
+                            extra=list(opts.server_args))
     nodes = sorted(cluster.nodes)
     warmup_s = 2.0
     episodes = make_schedule(opts.seed, nodes, opts.duration_s, warmup_s)
     result.episodes_planned = len(episodes)
     history = History()
     workload = Workload({n: cluster.nodes[n].url for n in nodes}, history, opts.seed,
-                        WorkloadOptions(clients=opts.clients, keys=opts.keys))
+                        WorkloadOptions(clients=opts.clients, keys=opts.keys,
+                                        hot_keys=opts.hot_keys))
     t_start = time.monotonic()
     try:
         await network.start()

@@ -48,6 +48,8 @@ class Episode:
     mode: str = "blackhole"
     """``blackhole`` or ``refuse`` for link faults."""
     delay_s: float = 0.0
+    jitter: float = 0.0
+    """For ``slow``: per-connection spread of the delay (0 = every connection the same)."""
     downtimes_s: tuple[float, ...] = ()
     """For ``kill-cycle``: how long each target stays dead."""
     hold_s: float = 0.0
@@ -68,7 +70,7 @@ class Episode:
         if self.kind in ("isolate", "split", "oneway", "bridge", "double", "total-partition"):
             parts.append(f"mode={self.mode}")
         if self.delay_s:
-            parts.append(f"delay={self.delay_s * 1000:.0f}ms")
+            parts.append(f"delay={self.delay_s * 1000:.0f}ms jitter={self.jitter:.2f}")
         if self.downtimes_s:
             parts.append("down=" + ",".join(f"{d:.1f}s" for d in self.downtimes_s))
         parts.append(f"hold={self.hold_s:.1f}s gap={self.gap_s:.1f}s")
@@ -97,8 +99,9 @@ def _episode(rng: random.Random, kind: str, nodes: list[int]) -> Episode:
         hold = round(rng.uniform(*HOLD_S["minority"]), 2)
     if kind in ("kill", "pause", "isolate", "slow"):
         delay = round(rng.uniform(0.05, 0.4), 3) if kind == "slow" else 0.0
-        return Episode(kind, targets=(shuffled[0],), mode=mode, delay_s=delay, hold_s=hold,
-                       gap_s=gap)
+        jitter = round(rng.uniform(0.0, 0.9), 2) if kind == "slow" else 0.0
+        return Episode(kind, targets=(shuffled[0],), mode=mode, delay_s=delay, jitter=jitter,
+                       hold_s=hold, gap_s=gap)
     if kind == "split":
         minority = tuple(sorted(shuffled[: (n - 1) // 2]))
         majority = tuple(sorted(shuffled[(n - 1) // 2:]))

@@ -291,3 +291,19 @@ def test_read_back_of_a_delete_and_of_a_key_never_written() -> None:
     checked, problems = acknowledged_read_back(ops)
     assert checked == 2
     assert len(problems) == 1 and "'j'" in problems[0]  # a failed write must not appear
+
+
+def test_jitter_spreads_the_delay_across_connections() -> None:
+    async def body(proxy: LinkProxy) -> None:
+        proxy.delay_s, proxy.jitter = 0.3, 1.0
+        rtts = []
+        for i in range(6):
+            reader, writer = await _connect(proxy)
+            started = time.monotonic()
+            assert await _roundtrip(reader, writer, b"%d" % i) == b"%d" % i
+            rtts.append(time.monotonic() - started)
+            writer.close()
+        assert all(rtt < 0.3 * 2 + 0.3 for rtt in rtts), rtts
+        assert max(rtts) - min(rtts) > 0.1, rtts  # connections differ: they can reorder
+
+    _run(body)
