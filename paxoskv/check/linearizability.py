@@ -197,6 +197,7 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
     Pruning, each exact (`test_search_agrees_with_brute_force_on_small_histories`):
 
     - memoization of (linearized ops, state), as Lowe and Porcupine do;
+    - an op that fits and leaves the state unchanged is taken at once and never revisited;
     - written values no read returned are merged into one (`_canonical`);
     - unknown ops with equal encodings are twins: only the earliest unused one is tried;
     - a conditional unknown op is tried only at its expected version, and no unknown op may
@@ -305,6 +306,10 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
     # unknown candidates then; state and linearized set before the choice).
     stack: list[tuple[int, list[int], State, int]] = []
     no_cands: list[int] = []
+    # Marks a definite op that left the state unchanged (a read, a rejected op). Taking such
+    # an op as soon as it fits is never worse than taking it later: the rest of the search
+    # is the same with one constraint fewer. So it is never a choice to revisit.
+    forced: list[int] = []
     cands = no_cands  # unknown ops to try at the current point, once the definite ones failed
     k = -1  # >= 0 while trying cands[k]
     state: State = INITIAL
@@ -361,8 +366,13 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                 remaining += 1
                 nxt[prv[e]] = e
                 prv[nxt[e]] = e
-                e = nxt[e]
-                k = -1
+                if cands is forced:
+                    # The state did not change, so not taking this op here cannot do better.
+                    cands = no_cands
+                    k = 0
+                else:
+                    e = nxt[e]
+                    k = -1
             continue
         new_state = step(state, encoded[i])
         if new_state is not None and k >= 0:
@@ -373,10 +383,15 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
         if new_state is not None:
             new_linearized = linearized ^ marks[i]
             memo = (new_linearized, new_state)
-            if memo not in cache:
+            if memo in cache:
+                if k < 0 and new_state == state:
+                    cands = no_cands  # that config failed and it dominates this one
+                    k = 0
+                    continue
+            else:
                 cache.add(memo)
                 if k < 0:
-                    stack.append((e, cands, state, linearized))
+                    stack.append((e, forced if new_state == state else no_cands, state, linearized))
                     before, after = prv[e], nxt[e]
                     nxt[before] = after
                     prv[after] = before

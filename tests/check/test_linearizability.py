@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 
@@ -558,7 +559,11 @@ def _small_histories(draw: st.DrawFn) -> list[Op]:
     return ops
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("CHECK_BRUTE_EXAMPLES", "800")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(history=_small_histories())
 def test_search_agrees_with_brute_force_on_small_histories(history: list[Op]) -> None:
     """Goal: the search (with its pruning: memoization, interchangeable unknown ops, version
