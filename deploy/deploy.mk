@@ -2,7 +2,7 @@
 #   make image          build the server image (IMAGE=paxoskv:dev, BASE_IMAGE= to force a base)
 #   make image-smoke    run the chart's pods as Docker containers (needs a daemon, helm)
 #   make base-image     build the local debootstrap base (paxoskv-base:bookworm), cached
-#   make chart-tools    install pinned helm + kubeconform into $(PAXOSKV_TOOLS)/bin (cached)
+#   make chart-tools    install pinned helm, kubeconform, promtool into $(PAXOSKV_TOOLS)/bin (cached)
 #   make chart-check    helm lint + helm template | kubeconform -strict, for every value set
 #   make chart-schemas  regenerate deploy/schemas/ from the Go module proxy (after a bump)
 #   make dashboard      regenerate the Grafana dashboard JSON from deploy/scripts/gen_dashboard.py
@@ -12,6 +12,7 @@ BASE_IMAGE         ?=
 PAXOSKV_TOOLS      ?= /var/cache/paxoskv-tools
 HELM_VERSION       ?= v3.19.5
 KUBECONFORM_VERSION ?= v0.7.0
+PROMETHEUS_MODULE_VERSION ?= v0.316.0
 # Kubernetes version the chart is rendered and validated for (= deploy/schemas/kubernetes/).
 CHART_KUBE_VERSION ?= 1.34.4
 CHART_DIR          := deploy/helm/paxoskv
@@ -34,7 +35,8 @@ base-image:
 
 chart-tools:
 	@PAXOSKV_TOOLS=$(PAXOSKV_TOOLS) HELM_VERSION=$(HELM_VERSION) \
-	  KUBECONFORM_VERSION=$(KUBECONFORM_VERSION) deploy/scripts/install-tools.sh
+	  KUBECONFORM_VERSION=$(KUBECONFORM_VERSION) \
+	  PROMETHEUS_MODULE_VERSION=$(PROMETHEUS_MODULE_VERSION) deploy/scripts/install-tools.sh
 
 # kubeconform gets only local schema locations: the Kubernetes kinds and the
 # prometheus-operator CRDs vendored in deploy/schemas/ (see gen_schemas.py). A kind without a

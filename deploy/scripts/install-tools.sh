@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Install the pinned chart tools (helm, kubeconform) from the Go module proxy into a cache
+# Install the pinned chart tools (helm, kubeconform, promtool) from the Go module proxy into a cache
 # outside the clone, skipping any binary already cached at its pinned version.
 #   PAXOSKV_TOOLS   cache dir (default /var/cache/paxoskv-tools); binaries land in $PAXOSKV_TOOLS/bin
-#   HELM_VERSION, KUBECONFORM_VERSION  pins (defaults below; deploy.mk passes its own)
+#   HELM_VERSION, KUBECONFORM_VERSION, PROMETHEUS_MODULE_VERSION  pins (defaults below;
+#   deploy.mk passes its own)
 # The version of each cached binary (and the build recipe) is recorded in
 # $PAXOSKV_TOOLS/bin/<tool>.version; a cached binary is reused only when that stamp matches.
 set -euo pipefail
 TOOLS=${PAXOSKV_TOOLS:-/var/cache/paxoskv-tools}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 KUBECONFORM_VERSION=${KUBECONFORM_VERSION:-v0.7.0}
+# promtool (alert rule checks and unit tests) from the Prometheus Go module; its module
+# versions are v0.<minor*100+...>: v0.316.0 is Prometheus 3.16.0.
+PROMETHEUS_MODULE_VERSION=${PROMETHEUS_MODULE_VERSION:-v0.316.0}
 BIN="$TOOLS/bin"
 mkdir -p "$BIN"
 
@@ -51,3 +55,11 @@ if ! [[ -x $BIN/helm && -f $BIN/helm.version && $(cat "$BIN/helm.version") == "$
 fi
 install_one kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" \
   "-X main.version=$KUBECONFORM_VERSION"
+# Prometheus' Go module v0.MMmm.p is release M.mm.p (v0.316.0 = 3.16.0).
+prom_release() { local v=${1#v0.}; local m=${v%%.*}; echo "$((m / 100)).$((m % 100)).${v#*.}"; }
+# promtool only feeds tests/deploy/test_alert_rules.py (which skips without it), so a failed
+# build warns instead of failing chart-check.
+( install_one promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_MODULE_VERSION" \
+  "-X github.com/prometheus/common/version.Version=$(prom_release "$PROMETHEUS_MODULE_VERSION")" ) ||
+  echo "install-tools: WARNING: promtool $PROMETHEUS_MODULE_VERSION did not build;" \
+    "the alert rule tests will be skipped" >&2

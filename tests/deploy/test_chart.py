@@ -677,3 +677,65 @@ def test_restricted_check_can_fail() -> None:
         "seccompProfile",
     ):
         assert word in found
+
+
+# ---- NOTES.txt ----------------------------------------------------------------------------
+
+
+def render_notes(tmp_path: Any, values: dict[str, Any]) -> str:
+    """helm template never prints NOTES.txt; render it from a copy of the chart in which it
+    is wrapped into a named template and emitted as a string."""
+    import shutil
+
+    chart = tmp_path / "paxoskv"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        '{{- define "test.notes" -}}\n' + notes + "\n{{- end -}}\n"
+        'notes: {{ include "test.notes" . | toJson }}\n'
+    )
+    assert HELM is not None
+    out = subprocess.run(
+        [
+            HELM,
+            "template",
+            RELEASE,
+            str(chart),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            "1.34.4",
+            "--show-only",
+            "templates/zz-notes.yaml",
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump(values),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return str(yaml.safe_load(out)["notes"])
+
+
+def test_notes(tmp_path: Any) -> None:
+    plain = render_notes(tmp_path / "a", {})
+    assert "Quorum: 2 of 3; up to 1 node(s) may fail." in plain
+    assert f"rollout status statefulset/{FULLNAME}" in plain
+    assert f"helm test {RELEASE} -n {NAMESPACE}" in plain
+    assert "WARNING" not in plain
+    risky = render_notes(
+        tmp_path / "b",
+        {
+            "replicas": 4,
+            "persistence": {"enabled": False},
+            "networkPolicy": {"enabled": True},
+            "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        },
+    )
+    assert "replicas=4 is even" in risky
+    assert "persistence is disabled" in risky
+    assert "scraped twice" in risky
+    assert f"--labels={FULLNAME}-client=true" in risky
