@@ -1,0 +1,138 @@
+"""The HTTP layer (paxoskv/api/app.py) over a one-node cluster with in-memory storage.
+
+Method: aiohttp's TestServer on loopback with a real Node whose Storage is a dict; this
+isolates header parsing, status mapping and error bodies from the network and the disk
+(the real-process tests in tests/integration cover those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient, TestServer
+
+from paxoskv.api.app import make_app
+from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
+from paxoskv.limits import Limits
+from paxoskv.metrics import Metrics
+from paxoskv.node import Node, NodeConfig, PeerSpec
+from paxoskv.storage.base import NodeIdentity
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self.data: dict[str, AcceptorState] = {}
+        self.meta: dict[str, str] = {"verified": "1"}
+
+    def load(self, key: str) -> AcceptorState:
+        return self.data.get(key, EMPTY_STATE)
+
+    async def save(self, key: str, state: AcceptorState) -> None:
+        self.data[key] = state
+
+    def keys(self, prefix: str, limit: int) -> list[str]:
+        return sorted(k for k in self.data if k.startswith(prefix))[:limit]
+
+    def key_count(self) -> int:
+        return len(self.data)
+
+    def get_meta(self, name: str) -> str | None:
+        return self.meta.get(name)
+
+    async def set_meta(self, name: str, value: str) -> None:
+        self.meta[name] = value
+
+    async def close(self) -> None:
+        return None
+
+
+class NoPeers:
+    async def send(self, peer: int, msg: Any) -> Any:
+        raise AssertionError("single node: no peer traffic")
+
+    async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("single node: no peer traffic")
+
+    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[Any]:
+        raise AssertionError("single node: no peer traffic")
+
+    async def close(self) -> None:
+        return None
+
+
+def with_client(test: Callable[[TestClient[Any, Any]], Awaitable[None]],
+                value_bytes_max: int = 1024) -> None:
+    async def run() -> None:
+        limits = Limits(value_bytes_max=value_bytes_max)
+        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
+        node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
+        app = make_app(node, "secret", limits, Metrics())
+        async with TestClient(TestServer(app)) as client:
+            await test(client)
+    asyncio.run(run())
+
+
+def test_keys_with_slashes_unicode_and_escapes() -> None:
+    """Goal: keys are UTF-8 paths; percent-encoding and slashes round-trip."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        for key in ("a/b/c", "ключ", "with%20space", "x" * 1024):
+            r = await c.put(f"/v1/kv/{key}", data=b"v")
+            assert r.status == 200, key
+            r = await c.get(f"/v1/kv/{key}")
+            assert (r.status, await r.read()) == (200, b"v")
+        r = await c.put("/v1/kv/" + "x" * 1025, data=b"v")
+        assert r.status == 400
+        assert (await r.json())["error"] == "bad_key"
+    with_client(t)
+
+
+def test_if_match_accepts_weak_and_unquoted_forms() -> None:
+    """Goal: If-Match "1", W/"1" and 1 are the same version; garbage is a 400."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        await c.put("/v1/kv/k", data=b"0")
+        for i, header in enumerate(('"1"', 'W/"2"', "3")):
+            r = await c.put("/v1/kv/k", data=f"{i}".encode(), headers={"If-Match": header})
+            assert r.status == 200, header
+        for bad in ('"-1"', '"1.5"', "", '"99999999999999999999"'):
+            r = await c.put("/v1/kv/k", data=b"x", headers={"If-Match": bad})
+            assert r.status == 400, bad
+        r = await c.put("/v1/kv/k", data=b"x", headers={"If-Match": '"1"', "If-None-Match": "*"})
+        assert r.status == 400
+    with_client(t)
+
+
+def test_value_limit_is_enforced_with_413() -> None:
+    """Goal: a value one byte over --max-value-bytes is refused with a JSON 413."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        assert (await c.put("/v1/kv/k", data=b"x" * 1024)).status == 200
+        r = await c.put("/v1/kv/k", data=b"x" * 1025)
+        assert r.status == 413
+        assert orjson.loads(await r.read())["error"] == "value_too_large"
+    with_client(t)
+
+
+def test_unknown_path_and_method_are_json_errors() -> None:
+    """Goal: routing errors also come as JSON, never HTML or a traceback."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        r = await c.get("/nope")
+        assert r.status == 404
+        assert (await r.json())["error"] == "not_found"
+        r = await c.patch("/v1/kv/k", data=b"x")
+        assert r.status == 405
+        assert (await r.json())["error"] == "method_not_allowed"
+    with_client(t)
+
+
+def test_delete_then_create_and_versions() -> None:
+    """Goal: delete bumps the version; create after delete continues from it."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        r = await c.put("/v1/kv/k", data=b"a")
+        assert r.headers["ETag"] == '"1"'
+        r = await c.delete("/v1/kv/k")
+        assert (r.status, r.headers["ETag"]) == (204, '"2"')
+        r = await c.put("/v1/kv/k", data=b"b", headers={"If-None-Match": "*"})
+        assert (r.status, r.headers["ETag"]) == (200, '"3"')
+    with_client(t)
