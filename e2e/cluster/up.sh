@@ -200,6 +200,10 @@ start kube-apiserver kube-apiserver --advertise-address "$NODE_IP" --secure-port
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range "$SERVICE_CIDR"
 wait_for "kube-apiserver /readyz" 120 $K get --raw /readyz || { need_alive kube-apiserver; die "apiserver not ready"; }
+# What `kubeadm init` would do: admin.conf's user is in group kubeadm:cluster-admins, which only
+# a binding made with super-admin.conf (system:masters) turns into cluster-admin.
+kubectl --kubeconfig "$STATE/etc/super-admin.conf" create clusterrolebinding kubeadm:cluster-admins \
+  --clusterrole cluster-admin --group kubeadm:cluster-admins >/dev/null
 
 common_auth=(--authentication-kubeconfig "$STATE/etc/controller-manager.conf"
   --authorization-kubeconfig "$STATE/etc/controller-manager.conf")
