@@ -70,6 +70,17 @@ for d in /proc/[0-9]*; do
   fi
 done
 if [[ -x $K8S_BIN/kube-proxy ]]; then "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+# What `kube-proxy --cleanup` leaves: the kubelet's KUBE-FIREWALL, KUBE-KUBELET-CANARY and
+# KUBE-IPTABLES-HINT chains (and any other KUBE-* chain): drop the jumps to them, then them.
+for ipt in iptables ip6tables; do
+  for table in filter nat mangle; do
+    "$ipt" -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' | grep -vE '^-A KUBE-' \
+      | while read -r _ rule; do eval "$ipt -t $table -D $rule" 2>/dev/null || true; done
+    chains=$("$ipt" -t "$table" -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^KUBE-/ {print $2}')
+    for c in $chains; do "$ipt" -t "$table" -F "$c" 2>/dev/null; done
+    for c in $chains; do "$ipt" -t "$table" -X "$c" 2>/dev/null; done
+  done
+done
 
 # 3. Mounts under the state dir (kubelet volumes, container rootfs, sandbox shm), deepest first.
 for i in 1 2 3; do
