@@ -116,6 +116,8 @@ class ChaosResult:
     lost: list[str] = field(default_factory=list)
     """Explicit check failures: an acknowledged write not read back."""
     unexpected: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Why client calls failed or ended unknown (status and message, or client error)."""
     check: CheckResult | None = None
     report_paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -337,7 +339,9 @@ def _write_artifacts(result: ChaosResult, directory: Path) -> list[Path]:
     dump_ops(result.ops, history)
     summary = directory / "summary.txt"
     lines = [result.summary(), "", "repro: " + repro_command(result.options), "",
-             "faults:", *result.fault_log, ""]
+             "faults:", *result.fault_log, "",
+             "calls not ok, by reason:",
+             *(f"  {n:6d} {r}" for r, n in result.reasons.most_common()), ""]
     if result.check is not None:
         lines += ["check:", result.check.summary(), ""]
     for title, items in (("lost (acknowledged write not read back)", result.lost),
@@ -415,6 +419,7 @@ async def run_chaos(opts: ChaosOptions, cluster_class: Any = None,
     result.ops = history.ops()
     result.counts = workload.counts
     result.unexpected = workload.unexpected
+    result.reasons = workload.reasons
     t3 = time.monotonic()
     result.check = check(result.ops)
     result.read_back_keys, result.lost = acknowledged_read_back(result.ops)
@@ -423,6 +428,9 @@ async def run_chaos(opts: ChaosOptions, cluster_class: Any = None,
     if not result.ok or opts.save_history:
         result.report_paths = _write_artifacts(result, opts.reports())
     log(result.summary())
+    if result.reasons:
+        log("chaos: not ok because: " + "; ".join(f"{r} x{n}"
+                                                  for r, n in result.reasons.most_common()))
     if result.check is not None and not result.check.ok:
         log(result.check.summary())
     for line in (result.lost + result.unreadable + result.unexpected)[:20]:

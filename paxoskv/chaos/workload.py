@@ -135,6 +135,18 @@ def classify(kind: OpKind, result: Result | None, error: BaseException | None,
     return Outcome("failed" if is_read else "unknown", unexpected=note)
 
 
+def _reason(result: Result | None, error: BaseException | None) -> str:
+    if result is None:
+        cause = error.__cause__ if error is not None else None
+        return f"client {type(cause or error).__name__}"
+    try:
+        body = orjson.loads(result.body)
+        message = str(body.get("message", "")).split(";")[0] if isinstance(body, dict) else ""
+    except orjson.JSONDecodeError:
+        message = ""
+    return f"{result.status} {message}".strip()
+
+
 class Workload:
     def __init__(self, urls: dict[int, str], history: History, seed: int,
                  options: WorkloadOptions = WorkloadOptions()) -> None:
@@ -146,6 +158,8 @@ class Workload:
         self.once_keys: list[str] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self.unexpected: list[str] = []
+        self.reasons: Counter[str] = Counter()
+        """Why calls did not succeed: HTTP status and error message, or the client error."""
         self._clients: dict[int, AsyncClient] = {}
         self._single_attempt: dict[int, bool] = {}
         self._avoid: dict[tuple[int, int], float] = {}
@@ -186,6 +200,8 @@ class Workload:
                               out_value=outcome.out_value)
         if count:
             self.counts[(kind, outcome.status)] += 1
+            if outcome.status in ("failed", "unknown"):
+                self.reasons[_reason(result, error)] += 1
         if outcome.unexpected is not None:
             self.unexpected.append(f"node {node}: {outcome.unexpected}")
         return outcome
