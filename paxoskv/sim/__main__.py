@@ -7,8 +7,9 @@
 
 Exit status: 0 when every run passed (or, with ``--mutant``, when the mutant was caught: a
 run whose history the linearizability checker rejects); 1 otherwise; 2 on bad arguments.
-A node's own assertion (e.g. "two values proposed under one ballot") fails a run of the real
-node, but does not count as catching a mutant: the checker must see the damage.
+A node's own assertion (e.g. "two values proposed under one ballot") or the state checker's
+finding (`paxoskv.sim.invariants`) fails a run of the real node, but does not count as
+catching a mutant: the linearizability checker must see the damage reach clients.
 """
 
 from __future__ import annotations
@@ -119,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mutant:
         if caught is not None:
             asserted = sum(1 for s in failures if s.node_errors)
+            flagged = [s.seed for s in failures if s.invariant_failures]
             print(f"mutant {args.mutant!r} CAUGHT by the checker at seed {caught.seed} "
-                  f"(runs with a node assertion on the way: {asserted})")
+                  f"(on the way: {asserted} run(s) with a node assertion, state checker "
+                  f"first flagged seed {flagged[0] if flagged else None})")
             return 0
         print(f"mutant {args.mutant!r} NOT caught in {runs} seed(s)")
         return 1
@@ -134,6 +137,8 @@ def _print_failure(summary: Summary, options: SimOptions) -> None:
         print(f"  {line}")
     for error in summary.node_errors[:5]:
         print(f"  node error: {error}")
+    for error in summary.invariant_failures[:5]:
+        print(f"  state checker: {error}")
     for failure in summary.liveness_failures[:5]:
         print(f"  liveness: {failure}")
     print(f"  repro: {repro_command(summary.seed, options)}")

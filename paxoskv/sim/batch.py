@@ -32,6 +32,7 @@ class Summary:
     inconclusive: int
     liveness_failures: list[str]
     node_errors: list[str]
+    invariant_failures: list[str]
     check_summary: str
     digest: str
     virtual_s: float
@@ -40,7 +41,7 @@ class Summary:
 
     @property
     def violated(self) -> bool:
-        return self.violations > 0 or bool(self.node_errors)
+        return self.violations > 0 or bool(self.node_errors) or bool(self.invariant_failures)
 
     @property
     def failed(self) -> bool:
@@ -74,6 +75,7 @@ def _write_failure(result: RunResult, directory: Path) -> list[str]:
         f"repro: {repro_command(result.seed, result.options)}",
         f"history digest: {result.digest()}",
         *(f"node error: {e}" for e in result.node_errors),
+        *(f"state checker: {e}" for e in result.invariant_failures),
         *(f"liveness: {e}" for e in result.liveness_failures),
     ]
     (out / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -96,6 +98,7 @@ def _run_one(job: tuple[int, SimOptions, str | None]) -> Summary:
         inconclusive=len(result.check.inconclusive),
         liveness_failures=result.liveness_failures,
         node_errors=result.node_errors,
+        invariant_failures=result.invariant_failures,
         check_summary=result.check.summary(),
         digest=result.digest(),
         virtual_s=result.virtual_s,

@@ -116,6 +116,8 @@ class SimNetwork:
         self._blocked: Counter[tuple[int, int]] = Counter()
         self.message_faults = True
         """False in the liveness phase: no more drops, duplicates or reorders."""
+        self.observer: Callable[[int, Request, Reply], None] | None = None
+        """Sees every acceptor reply as it leaves the acceptor (the state checker)."""
 
     # -------------------------------------------------------------- topology
 
@@ -243,10 +245,15 @@ class SimTransport:
         self._generation = generation
 
     async def send(self, peer: int, msg: Request) -> Reply:
-        async def serve(node: Node) -> Reply:
-            return await node.handle(msg)
+        network = self._network
 
-        return await self._network.call(self._node_id, self._generation, peer, serve)
+        async def serve(node: Node) -> Reply:
+            reply = await node.handle(msg)
+            if network.observer is not None:
+                network.observer(peer, msg, reply)
+            return reply
+
+        return await network.call(self._node_id, self._generation, peer, serve)
 
     async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
         async def serve(node: Node) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from paxoskv.node import (
     open_identity,
 )
 from paxoskv.node import Node as RealNode
+from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import MUTANTS, NO_PROMISE_CHECK_RULES
 from paxoskv.sim.network import Host, SimNetwork, SimNetworkOptions, SimTransport
@@ -131,12 +132,14 @@ class RunResult:
     statuses: Counter[str]
     liveness_failures: list[str]
     node_errors: list[str]
+    invariant_failures: list[str]
     virtual_s: float
 
     @property
     def violated(self) -> bool:
-        """A safety violation: the checker's, or a node's own assertion."""
-        return bool(self.check.violations) or bool(self.node_errors)
+        """A safety violation: the checker's, the state checker's, or a node's assertion."""
+        return bool(self.check.violations) or bool(self.node_errors) \
+            or bool(self.invariant_failures)
 
     @property
     def failed(self) -> bool:
@@ -171,6 +174,8 @@ class _Simulation:
         self.faults: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.network = SimNetwork(self._fork(), options.network, self.faults)
+        self.state_checker = StateChecker()
+        self.network.observer = self.state_checker.on_reply
         self.ids = list(range(1, options.nodes + 1))
         self.keys = [f"k{i}" for i in range(options.keys)]
         disk = options.disk
@@ -223,6 +228,7 @@ class _Simulation:
         assert not host.up
         storage = self.storages[node_id]
         storage.restart()
+        self.state_checker.on_restart(node_id, storage)
         identity = await open_identity(storage, CLUSTER_ID, node_id)
         first = self.first_incarnation.setdefault(node_id, identity.incarnation)
         if self.options.mutant == "reuse-ballot":
@@ -576,4 +582,5 @@ def run_seed(seed: int, options: SimOptions) -> RunResult:
     ops = sim.history.ops()
     result = check(ops)
     return RunResult(seed, options, ops, result, sim.faults, sim.statuses,
-                     sim.liveness_failures, sim.node_errors + errors, virtual_s)
+                     sim.liveness_failures, sim.node_errors + errors,
+                     sim.state_checker.failures, virtual_s)
