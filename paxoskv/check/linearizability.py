@@ -200,6 +200,11 @@ def _canonical(encoded: list[EncodedOp]) -> list[EncodedOp]:
     ]
 
 
+def _without_version(state: State, op: EncodedOp) -> State | None:
+    after = step_exact(state, op)
+    return None if after is None else (0, after[1])
+
+
 def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, int]:
     """Wing-Gong / Lowe search of one key's ops; returns the verdict and the steps used.
 
@@ -215,6 +220,8 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
     - an op that fits and leaves the state unchanged is taken at once and never revisited;
     - written values no read returned are merged into one (`_canonical`);
     - unknown ops with equal encodings are twins: only the earliest unused one is tried;
+    - an unknown op is not taken where the state it leads to was reached without it;
+    - when no op names a version (no cas, no reported version), versions are dropped;
     - a conditional unknown op is tried only at its expected version, and no unknown op may
       push the version past `model.version_bound` of a definite op still to come (versions
       never decrease). The first rule holds for the exact model only: with `step_open`,
@@ -224,6 +231,10 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
     """
     assert step is step_exact or all(op.status != "unknown" for op in ops)
     encoded = _canonical([_encode(op) for op in ops])
+    if step is step_exact and all(o[3] is None and o[4] is None for o in encoded):
+        # No op names a version, so the version cannot matter: drop it, and states that
+        # differ only in how many writes happened merge.
+        step = _without_version
     events: list[tuple[float, int, int]] = []
     unknowns: list[tuple[float, int]] = []
     remaining = 0
@@ -316,7 +327,7 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
         rng = random.Random(len(ops))
         marks = [rng.getrandbits(128) for _ in range(len(ops))]
 
-    cache: set[tuple[int, State]] = set()
+    cache: set[tuple[int, State]] = {(0, INITIAL)}
     # Each choice: (definite call entry, or -1 - position in cands for an unknown op; the
     # unknown candidates then; state and linearized set before the choice).
     stack: list[tuple[int, list[int], State, int]] = []
@@ -395,6 +406,10 @@ def _search(ops: Sequence[Op], step: StepFn, steps_max: int) -> tuple[Verdict, i
                 bound_next += 1
             if new_state[0] > bound_value[bound_next]:
                 new_state = None  # some definite op still to come could never fit
+            elif (linearized, new_state) in cache:
+                # Reaching this state without the unknown op (and so keeping it for later)
+                # was tried already, or is where we stand.
+                new_state = None
         if new_state is not None:
             new_linearized = linearized ^ marks[i]
             memo = (new_linearized, new_state)

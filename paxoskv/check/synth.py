@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from paxoskv.check.history import Op, OpKind, Status
 
@@ -28,6 +28,8 @@ class SynthOptions:
     ``2 * spread`` calls of one key are in flight at once."""
     unknown_probability: float = 0.05
     failed_probability: float = 0.02
+    versions: bool = True
+    """Whether answers carry versions (False: a client that ignores ETags)."""
 
     def __post_init__(self) -> None:
         assert self.keys >= 1
@@ -50,6 +52,8 @@ def linearizable_history(rng: random.Random, options: SynthOptions = SynthOption
         per_key[k] += 1
     for k, count in enumerate(per_key):
         ops.extend(_key_history(rng, f"k{k}", count, options))
+    if not options.versions:
+        ops = [replace(op, out_version=None) for op in ops]
     return ops
 
 
