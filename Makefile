@@ -9,7 +9,7 @@ SEEDS  ?= 1000
 OPS    ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint test unit run demo chaos sim bench clean
+.PHONY: help venv lint test unit run demo chaos sim bench clean e2e e2e-tests
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check paxoskv tests
+	$(VENV)/bin/ruff check paxoskv tests e2e
 	$(VENV)/bin/mypy --strict paxoskv
 
 test: lint chart-check
@@ -56,6 +56,22 @@ sim: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m paxoskv.bench
+
+# End to end on a real cluster: image, cluster, load, the eight steps, teardown.
+# E2E_KEEP_CLUSTER=1 leaves the cluster up afterwards.
+e2e: $(STAMP)
+	@set -e; started=$$(date +%s); \
+	$(MAKE) --no-print-directory image; \
+	$(MAKE) --no-print-directory cluster-up; \
+	rc=0; \
+	$(MAKE) --no-print-directory cluster-load IMAGE=$(IMAGE) && \
+	$(MAKE) --no-print-directory e2e-tests || rc=$$?; \
+	if [ "$(E2E_KEEP_CLUSTER)" != 1 ]; then $(MAKE) --no-print-directory cluster-down || true; fi; \
+	echo "e2e: finished in $$(( $$(date +%s) - started )) s with status $$rc"; exit $$rc
+
+e2e-tests: $(STAMP)
+	KUBECONFIG_E2E=$(KUBECONFIG_E2E) PAXOSKV_E2E_IMAGE=$(IMAGE) \
+	  $(PY) -m pytest -v -s -p no:cacheprovider e2e $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data reports

@@ -1,0 +1,191 @@
+"""A small driver for the end-to-end suite: the kubernetes client, helm, exec, and waits.
+
+Every wait is bounded and prints progress; every failure message says what was seen.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import stream
+
+RELEASE = "kv"
+FULLNAME = "kv"  # fullnameOverride: pods are kv-0, kv-1, kv-2
+HEADLESS = f"{FULLNAME}-headless"
+PORT = 7000
+
+
+class Kube:
+    def __init__(self, kubeconfig: str, helm: str, namespace: str, image: str,
+                 chart: Path) -> None:
+        self.kubeconfig, self.helm_bin, self.ns, self.chart = kubeconfig, helm, namespace, chart
+        self.repository, _, self.tag = image.rpartition(":")
+        config.load_kube_config(config_file=kubeconfig)
+        self.core = client.CoreV1Api()
+        self.apps = client.AppsV1Api()
+
+    # ------------------------------------------------------------------ basics
+
+    def create_namespace(self) -> None:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+            name=self.ns, labels={"paxoskv.io/e2e": "true"})))
+        print(f"e2e: namespace {self.ns}")
+
+    def teardown(self) -> None:
+        subprocess.run([self.helm_bin, "uninstall", RELEASE, "-n", self.ns, "--wait",
+                        "--timeout", "2m"], env=self.env(), capture_output=True, timeout=180)
+        try:
+            self.core.delete_namespace(self.ns)
+        except ApiException as exc:
+            print(f"e2e: namespace delete: {exc.reason}")
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": self.kubeconfig}
+
+    def helm(self, *args: str, check: bool = True, timeout_s: float = 600
+             ) -> subprocess.CompletedProcess[str]:
+        cmd = [self.helm_bin, *args, "-n", self.ns]
+        print("e2e: $ helm " + " ".join(args))
+        res = subprocess.run(cmd, env=self.env(), capture_output=True, text=True,
+                             timeout=timeout_s)
+        if check and res.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({res.returncode}):\n"
+                                 f"{res.stdout}\n{res.stderr}")
+        return res
+
+    def base_values(self) -> list[str]:
+        return ["--set", f"fullnameOverride={FULLNAME}",
+                "--set", f"image.repository={self.repository}",
+                "--set", f"image.tag={self.tag}",
+                "--set", "persistence.size=64Mi",
+                "--set", "resources.requests.cpu=50m",
+                "--set", "resources.requests.memory=128Mi",
+                "--set", "resources.limits.memory=256Mi",
+                "--set", "minReadySeconds=2"]
+
+    def pod_names(self) -> list[str]:
+        return [f"{FULLNAME}-{i}" for i in range(3)]
+
+    def dns(self, pod: str) -> str:
+        return f"http://{pod}.{HEADLESS}.{self.ns}.svc.cluster.local:{PORT}"
+
+    def service_url(self) -> str:
+        return f"http://{FULLNAME}.{self.ns}.svc.cluster.local:{PORT}"
+
+    # ------------------------------------------------------------------ waits
+
+    def wait(self, what: str, check: Callable[[], tuple[bool, str]], timeout_s: float,
+             interval_s: float = 2.0) -> float:
+        started = time.monotonic()
+        last_print = 0.0
+        detail = ""
+        while True:
+            try:
+                ok, detail = check()
+            except ApiException as exc:
+                ok, detail = False, f"API: {exc.reason}"
+            elapsed = time.monotonic() - started
+            if ok:
+                print(f"e2e: {what}: done in {elapsed:.0f}s ({detail})")
+                return elapsed
+            if elapsed > timeout_s:
+                self.print_state(f"timeout waiting for {what}")
+                raise AssertionError(f"{what}: not done after {timeout_s:.0f}s: {detail}")
+            if elapsed - last_print >= 15:
+                print(f"e2e: waiting for {what} ({elapsed:.0f}/{timeout_s:.0f}s): {detail}")
+                last_print = elapsed
+            time.sleep(interval_s)
+
+    def statefulset_ready(self) -> tuple[bool, str]:
+        sts = self.apps.read_namespaced_stateful_set(FULLNAME, self.ns)
+        st = sts.status
+        want = sts.spec.replicas
+        ok = ((st.ready_replicas or 0) == want and (st.updated_replicas or 0) == want
+              and st.current_revision == st.update_revision
+              and (st.observed_generation or 0) >= sts.metadata.generation)
+        return ok, (f"ready {st.ready_replicas}/{want}, updated {st.updated_replicas}, "
+                    f"revision {st.current_revision} -> {st.update_revision}")
+
+    def wait_rollout(self, timeout_s: float = 300) -> float:
+        return self.wait("rollout", self.statefulset_ready, timeout_s)
+
+    def pod_ready(self, name: str, uid_not: str | None = None) -> tuple[bool, str]:
+        pod = self.core.read_namespaced_pod(name, self.ns)
+        if uid_not is not None and pod.metadata.uid == uid_not:
+            return False, "old pod still there"
+        conds = {c.type: c.status for c in (pod.status.conditions or [])}
+        return conds.get("Ready") == "True", f"phase {pod.status.phase}, ready {conds.get('Ready')}"
+
+    # ------------------------------------------------------------------ exec
+
+    def exec(self, pod: str, command: list[str], check: bool = True) -> str:
+        out: str = stream(self.core.connect_get_namespaced_pod_exec, pod, self.ns,
+                          command=command, container="paxoskv", stderr=True, stdin=False,
+                          stdout=True, tty=False, _preload_content=True)
+        return out
+
+    def cli(self, pod: str, *args: str) -> str:
+        """Run the paxoskv CLI inside ``pod``; returns stdout+stderr."""
+        return self.exec(pod, ["paxoskv", *args])
+
+    # ------------------------------------------------------------------ pods that run Python
+
+    def run_pod(self, name: str, script: str, timeout_s: float) -> str:
+        """Run ``python -c script`` in a pod of the paxoskv image; return its log."""
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name, labels={
+                f"{FULLNAME}-client": "true", "paxoskv.io/e2e-client": "true"}),
+            spec=client.V1PodSpec(
+                restart_policy="Never",
+                automount_service_account_token=False,
+                containers=[client.V1Container(
+                    name="paxoskv", image=f"{self.repository}:{self.tag}",
+                    image_pull_policy="IfNotPresent",
+                    command=["python", "-c", script])]))
+        self.core.create_namespaced_pod(self.ns, pod)
+        return name
+
+    def wait_pod_done(self, name: str, timeout_s: float) -> str:
+        def done() -> tuple[bool, str]:
+            phase = self.core.read_namespaced_pod(name, self.ns).status.phase
+            return phase in ("Succeeded", "Failed"), f"phase {phase}"
+        self.wait(f"pod {name} to finish", done, timeout_s)
+        log: str = self.core.read_namespaced_pod_log(name, self.ns, container="paxoskv")
+        phase = self.core.read_namespaced_pod(name, self.ns).status.phase
+        if phase != "Succeeded":
+            raise AssertionError(f"pod {name} {phase}; log tail:\n{log[-3000:]}")
+        return log
+
+    # ------------------------------------------------------------------ printing
+
+    def print_state(self, title: str) -> None:
+        print(f"\n=== kubectl get pods,pvc -n {self.ns} ({title})")
+        try:
+            for pod in self.core.list_namespaced_pod(self.ns).items:
+                conds = {c.type: c.status for c in (pod.status.conditions or [])}
+                restarts = sum(cs.restart_count for cs in (pod.status.container_statuses or []))
+                print(f"pod/{pod.metadata.name:28} {pod.status.phase:10} "
+                      f"ready={conds.get('Ready', '-'):5} restarts={restarts} "
+                      f"node={pod.spec.node_name} ip={pod.status.pod_ip}")
+            for pvc in self.core.list_namespaced_persistent_volume_claim(self.ns).items:
+                print(f"pvc/{pvc.metadata.name:28} {pvc.status.phase:10} "
+                      f"volume={pvc.spec.volume_name} class={pvc.spec.storage_class_name}")
+        except ApiException as exc:
+            print(f"(cannot list: {exc.reason})")
+        print()
+
+    def pod_ips(self) -> dict[str, str]:
+        return {p.metadata.name: p.status.pod_ip
+                for p in self.core.list_namespaced_pod(
+                    self.ns, label_selector="app.kubernetes.io/instance=kv").items
+                if p.status.pod_ip and not p.metadata.name.startswith("kv-test")}
+
+    def raw(self) -> Any:
+        return client

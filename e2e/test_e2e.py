@@ -1,0 +1,368 @@
+"""End to end: the real image on a real Kubernetes cluster through the Helm chart.
+
+The eight steps run in order against one release; each prints what it saw. Client traffic
+runs inside the cluster (exec into pods, or pods of the paxoskv image running the chaos
+workload), so the suite works the same on kind and on the host-process cluster of
+`make cluster-up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kube import FULLNAME, PORT, RELEASE, Kube
+
+from paxoskv.chaos.runner import acknowledged_read_back
+from paxoskv.check import History, check, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = ROOT / "reports" / "e2e"
+
+WORKLOAD = """
+import asyncio, orjson, sys
+from paxoskv.check import History
+from paxoskv.chaos.workload import Workload, WorkloadOptions
+url, duration, seed = {url!r}, {duration}, {seed}
+history = History()
+work = Workload({{1: url}}, history, seed, WorkloadOptions(clients={clients}, keys=20, hot_keys=5))
+async def main():
+    await work.run(duration)
+    for key in work.all_keys():
+        for _ in range(30):
+            if (await work.call(100001, 1, "read", key, count=False)).status == "ok":
+                break
+            await asyncio.sleep(1)
+    await work.close()
+asyncio.run(main())
+history.save("/tmp/history.jsonl")
+print("COUNTS " + orjson.dumps({{f"{{k}}/{{s}}": n for (k, s), n in work.counts.items()}}).decode())
+print("UNEXPECTED " + orjson.dumps(work.unexpected).decode())
+print("HISTORY-BEGIN")
+sys.stdout.write(open("/tmp/history.jsonl").read())
+print("HISTORY-END")
+"""
+
+PROBER = """
+import time, http.client, json
+host, port, duration = {host!r}, {port}, {duration}
+end = time.monotonic() + duration
+samples = []
+i = 0
+while time.monotonic() < end:
+    i += 1
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=3)
+        c.request("PUT", f"/v1/kv/probe/{{i % 10}}", body=b"x")
+        ok = c.getresponse().status == 200
+        c.close()
+    except OSError:
+        ok = False
+    samples.append([round(t, 3), ok])
+    time.sleep(0.2)
+print("SAMPLES " + json.dumps(samples))
+"""
+
+
+def section(log: str, begin: str, end: str) -> str:
+    start = log.index(begin) + len(begin)
+    return log[start:log.index(end, start)].strip("\n")
+
+
+def line_value(log: str, prefix: str) -> str:
+    for line in log.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    raise AssertionError(f"no {prefix!r} line in:\n{log[-2000:]}")
+
+
+def check_history(log: str, name: str) -> None:
+    """Run the project's linearizability checker over a workload pod's history."""
+    print(f"e2e: workload counts {line_value(log, 'COUNTS ')}")
+    unexpected = json.loads(line_value(log, "UNEXPECTED "))
+    assert not unexpected, f"answers outside the HTTP contract: {unexpected[:5]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.jsonl"
+        path.write_text(section(log, "HISTORY-BEGIN\n", "HISTORY-END") + "\n")
+        ops = History.load(path).ops()
+    result = check(ops)
+    checked, missing = acknowledged_read_back(ops)
+    print(f"e2e: {name}: {len(ops)} ops, {result.keys_checked} keys, violations "
+          f"{len(result.violations)}, inconclusive {len(result.inconclusive)}, "
+          f"acknowledged writes read back {checked - len(missing)}/{checked}")
+    if not result.ok:
+        paths = write_report(result, ops, REPORTS / name)
+        pytest.fail(f"{name}: linearizability violations; reports: {[str(p) for p in paths]}")
+    assert not missing, f"acknowledged writes not read back: {missing[:10]}"
+
+
+@pytest.fixture(scope="module")
+def release(kube: Kube) -> Kube:
+    return kube
+
+
+def test_1_install_and_rollout(release: Kube) -> None:
+    """Goal: `helm install` brings up 3 ready pods of the image with bound PVCs."""
+    k = release
+    k.helm("install", RELEASE, str(k.chart), *k.base_values(), "--timeout", "5m")
+    k.wait_rollout(600)
+    k.print_state("after install")
+    pvcs = k.core.list_namespaced_persistent_volume_claim(k.ns).items
+    assert len(pvcs) == 3
+    assert all(p.status.phase == "Bound" for p in pvcs)
+    status = json.loads(k.exec(f"{FULLNAME}-0", ["paxoskv", "status", "--url",
+                                                 f"http://127.0.0.1:{PORT}"]))
+    assert status["quorum"]["reachable"] is True
+    assert status["quorum"]["size"] == 2
+    assert all(p["up"] for p in status["peers"].values()), status["peers"]
+
+
+def test_2_put_get_via_service_and_every_pod(release: Kube) -> None:
+    """Goal: a write through the client Service is read back from every pod by its headless
+    DNS name (the peers found each other through DNS)."""
+    k = release
+    out = k.cli(f"{FULLNAME}-0", "put", "e2e/greeting", "hello-k8s", "--url", k.service_url())
+    assert '"version": 1' in out, out
+    for pod in k.pod_names():
+        got = k.cli(f"{FULLNAME}-1", "get", "e2e/greeting", "--url", k.dns(pod))
+        assert got.startswith("hello-k8s"), (pod, got)
+        stale = k.cli(pod, "get", "e2e/greeting", "--stale", "--url", f"http://127.0.0.1:{PORT}")
+        print(f"e2e: {pod} local replica: {stale.splitlines()[0] if stale else stale!r}")
+
+
+def test_3_deleted_pod_comes_back_with_its_data(release: Kube) -> None:
+    """Goal: a deleted pod is recreated on the same PVC and still holds its acceptor state."""
+    k = release
+    victim = f"{FULLNAME}-2"
+    k.cli(f"{FULLNAME}-0", "put", "e2e/durable", "on-disk", "--url", k.service_url())
+    # every acceptor holds it once the repair/accept reaches it; read it on the victim first
+    k.wait("victim holds the key locally", lambda: (
+        k.cli(victim, "get", "e2e/durable", "--stale", "--url",
+              f"http://127.0.0.1:{PORT}").startswith("on-disk"), "stale read"), 60)
+    pvc_uid = k.core.read_namespaced_persistent_volume_claim(f"data-{victim}", k.ns).metadata.uid
+    old_uid = k.core.read_namespaced_pod(victim, k.ns).metadata.uid
+    k.core.delete_namespaced_pod(victim, k.ns)
+    k.wait(f"{victim} recreated and ready", lambda: k.pod_ready(victim, uid_not=old_uid), 300)
+    assert k.core.read_namespaced_persistent_volume_claim(
+        f"data-{victim}", k.ns).metadata.uid == pvc_uid
+    local = k.cli(victim, "get", "e2e/durable", "--stale", "--url", f"http://127.0.0.1:{PORT}")
+    assert local.startswith("on-disk"), local
+    status = json.loads(k.cli(victim, "status", "--url", f"http://127.0.0.1:{PORT}"))
+    assert status["acceptor_mode"] == "normal"
+    assert status["incarnation"] >= 2
+
+
+def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
+    """Goal: pods deleted one at a time while 6 clients write and read: the history is
+    linearizable (project checker) and every acknowledged write is read back."""
+    k = release
+    duration = int(os.environ.get("PAXOSKV_E2E_LOAD_SECONDS", "75"))
+    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=4, clients=6)
+    pod = k.run_pod("e2e-workload", script, duration + 300)
+    k.wait("workload running", lambda: (
+        k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
+        "phase"), 120)
+    time.sleep(5)
+    for victim in k.pod_names():
+        old = k.core.read_namespaced_pod(victim, k.ns).metadata.uid
+        k.core.delete_namespaced_pod(victim, k.ns)
+        k.wait(f"{victim} back", lambda v=victim, o=old: k.pod_ready(v, uid_not=o), 300)
+        k.wait_rollout(300)
+        time.sleep(3)
+    log = k.wait_pod_done(pod, duration + 400)
+    check_history(log, "rolling-deletes")
+
+
+def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
+    """Goal: `helm upgrade` with a changed setting rolls every pod, and writes through the
+    client Service fail for no longer than the readiness window while it does."""
+    k = release
+    before = {p.metadata.name: p.metadata.uid for p in k.core.list_namespaced_pod(
+        k.ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+              if p.metadata.name in k.pod_names()}
+    duration = 150
+    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
+    k.run_pod("e2e-prober", PROBER.format(host=host, port=PORT, duration=duration), duration)
+    k.wait("prober running", lambda: (
+        k.core.read_namespaced_pod("e2e-prober", k.ns).status.phase == "Running", "phase"), 120)
+    time.sleep(5)
+    k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set", "log.level=debug",
+           "--timeout", "5m")
+    rollout_s = k.wait_rollout(600)
+    after = {p.metadata.name: p.metadata.uid for p in k.core.list_namespaced_pod(
+        k.ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+             if p.metadata.name in k.pod_names()}
+    assert all(after[name] != uid for name, uid in before.items()), "not every pod rolled"
+    samples = json.loads(line_value(k.wait_pod_done("e2e-prober", duration + 120), "SAMPLES "))
+    worst, start = 0.0, None
+    for t, ok in samples:
+        if not ok and start is None:
+            start = t
+        elif ok and start is not None:
+            worst, start = max(worst, t - start), None
+    if start is not None:
+        worst = max(worst, samples[-1][0] - start)
+    failed = sum(1 for _, ok in samples if not ok)
+    window_s = 5 * 2 + 10  # readiness period x failureThreshold, plus the probe's slack
+    print(f"e2e: upgrade rolled 3 pods in {rollout_s:.0f}s; {len(samples)} probe writes, "
+          f"{failed} failed, longest outage {worst:.1f}s (allowed {window_s}s)")
+    assert worst <= window_s
+
+
+def test_6_helm_test(release: Kube) -> None:
+    """Goal: the chart's own `helm test` hook (a put and a get) passes."""
+    res = release.helm("test", RELEASE, "--timeout", "3m", "--logs")
+    print(res.stdout[-1500:])
+    assert "Phase:          Succeeded" in res.stdout or "Succeeded" in res.stdout
+
+
+def _rule_exprs(k: Kube) -> list[str]:
+    res = subprocess.run([k.helm_bin, "template", RELEASE, str(k.chart), "-n", k.ns,
+                          "--set", "prometheusRule.enabled=true",
+                          "--show-only", "templates/prometheusrule.yaml"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    doc = yaml.safe_load(res.stdout)
+    return [r["expr"] for g in doc["spec"]["groups"] for r in g["rules"]]
+
+
+def _dashboard_exprs(k: Kube) -> list[str]:
+    board = json.loads((k.chart / "dashboards" / "paxoskv.json").read_text())
+    exprs = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in (("$namespace", k.ns), ("$job", RELEASE), ("$pod", ".*"),
+                               ("$__rate_interval", "1m")):
+                expr = expr.replace(var, value)
+            exprs.append(expr)
+    return exprs
+
+
+def _query(base: str, expr: str) -> dict[str, Any]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        doc: dict[str, Any] = json.loads(resp.read())
+    return doc
+
+
+def test_7_prometheus_scrapes_and_every_query_works(release: Kube, tmp_path: Path) -> None:
+    """Goal: a real Prometheus server discovers the pods through the Kubernetes API, scrapes
+    them, and every dashboard query returns data and every alert expression evaluates."""
+    k = release
+    if os.environ.get("PAXOSKV_CLUSTER_KIND") == "kind":
+        pytest.skip("on kind, pods are not reachable from the host: install the chart with "
+                    "serviceMonitor.enabled on a prometheus-operator instead")
+    binary = os.environ.get("PAXOSKV_PROMETHEUS") or subprocess.run(
+        [str(ROOT / "e2e" / "prometheus.sh")], capture_output=True, text=True, check=True,
+        timeout=3600).stdout.strip()
+    config = {
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "scrape_configs": [{
+            "job_name": "paxoskv-pods",
+            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": k.kubeconfig,
+                                       "namespaces": {"names": [k.ns]}}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+                 "regex": "paxoskv", "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_container_port_number"],
+                 "regex": str(PORT), "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                 "target_label": "job"},
+            ],
+        }],
+    }
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([binary, f"--config.file={cfg}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def targets_up() -> tuple[bool, str]:
+            try:
+                with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as r:
+                    active = json.loads(r.read())["data"]["activeTargets"]
+            except OSError as exc:
+                return False, str(exc)
+            up = [t for t in active if t["health"] == "up"]
+            return len(up) >= 3, f"{len(up)}/{len(active)} targets up"
+        k.wait("prometheus scraping 3 pods", targets_up, 180)
+        # traffic for rates, then enough scrapes for a 1m rate window to hold two samples
+        for i in range(20):
+            k.cli(f"{FULLNAME}-0", "put", f"e2e/prom/{i}", "x", "--url", k.service_url())
+        time.sleep(20)
+        empty, errors = [], []
+        for expr in _dashboard_exprs(k):
+            doc = _query(base, expr)
+            if doc.get("status") != "success":
+                errors.append((expr, doc.get("error")))
+            elif not doc["data"]["result"]:
+                empty.append(expr)
+        for expr in _rule_exprs(k):
+            doc = _query(base, expr)
+            if doc.get("status") != "success":
+                errors.append((expr, doc.get("error")))
+        print(f"e2e: prometheus: {len(_dashboard_exprs(k))} dashboard queries, "
+              f"{len(_rule_exprs(k))} alert expressions; errors {len(errors)}, empty {len(empty)}")
+        assert not errors, errors
+        # series that only exist after an event (conflicts, repairs) may be legitimately empty
+        allowed_empty = ("paxoskv_paxos_conflicts_total", "paxoskv_repair_keys_total",
+                         'code=~"[45].."', 'code=~"5.."')
+        unexplained = [e for e in empty if not any(a in e for a in allowed_empty)]
+        assert not unexplained, unexplained
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_8_scale_down_is_refused_and_loses_nothing(release: Kube) -> None:
+    """Goal: shrinking the acceptor set through the chart is refused; a StatefulSet scaled
+    down behind the chart's back keeps serving on the configured quorum, and scaling back
+    up returns the pod with its data (no acknowledged write lost)."""
+    k = release
+    k.cli(f"{FULLNAME}-0", "put", "e2e/before-scale", "kept", "--url", k.service_url())
+    res = k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set", "replicas=2",
+                 check=False)
+    assert res.returncode != 0, "helm upgrade to 2 replicas should be refused"
+    print(f"e2e: helm refused scale-down: {res.stderr.strip().splitlines()[-1]}")
+    assert k.apps.read_namespaced_stateful_set(FULLNAME, k.ns).spec.replicas == 3
+    # behind the chart's back: the acceptor set stays 3 (PAXOSKV_REPLICAS), quorum stays 2
+    k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": 2}})
+    k.wait("kv-2 gone", lambda: (not any(p.metadata.name == f"{FULLNAME}-2" for p in
+                                         k.core.list_namespaced_pod(k.ns).items), "pods"), 180)
+    out = k.cli(f"{FULLNAME}-0", "put", "e2e/while-two", "still-quorum", "--url",
+                k.service_url())
+    assert '"version"' in out, out
+    pvc = k.core.read_namespaced_persistent_volume_claim(f"data-{FULLNAME}-2", k.ns)
+    assert pvc.status.phase == "Bound"  # retained, never deleted by a scale-down
+    k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": 3}})
+    k.wait_rollout(300)
+    for key, value in (("e2e/before-scale", "kept"), ("e2e/while-two", "still-quorum"),
+                       ("e2e/greeting", "hello-k8s")):
+        got = k.cli(f"{FULLNAME}-2", "get", key, "--url", k.dns(f"{FULLNAME}-2"))
+        assert got.startswith(value), (key, got)
+    k.print_state("after scale down and up")
