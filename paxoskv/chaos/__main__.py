@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra flag for every paxoskv serve, repeatable, e.g. "
                         "--server-arg=--repair-interval --server-arg=2")
+    p.add_argument("--no-faults", action="store_true",
+                   help="run the workload without any fault (baseline)")
     p.add_argument("--base-dir", type=Path, default=None,
                    help="data dirs and node logs (default: a temporary dir, removed on "
                         "success)")
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base_dir or Path(tempfile.mkdtemp(prefix=f"paxoskv-chaos-{seed}-"))
     opts = ChaosOptions(seed=seed, base_dir=base, nodes=args.nodes, duration_s=args.duration,
                         clients=args.clients, keys=args.keys, hot_keys=args.hot_keys,
-                        server_args=tuple(args.server_arg), report_dir=args.report_dir,
+                        server_args=tuple(args.server_arg), faults=not args.no_faults,
+                        report_dir=args.report_dir,
                         save_history=args.save_history)
     result = asyncio.run(run_chaos(opts))
     if result.ok and args.base_dir is None:

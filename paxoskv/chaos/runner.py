@@ -85,6 +85,8 @@ class ChaosOptions:
     ``("--repair-interval", "2")``."""
     report_dir: Path | None = None
     """Where a failing run writes its report; default ``reports/chaos-<seed>``."""
+    faults: bool = True
+    """False: the same workload with no fault at all (a baseline for the outcome counts)."""
     save_history: bool = False
     """Also write history and fault log when the run passes."""
 
@@ -94,6 +96,7 @@ class ChaosOptions:
 
 def repro_command(opts: ChaosOptions) -> str:
     extra = f" --hot-keys {opts.hot_keys}" if opts.hot_keys != 10 else ""
+    extra += "" if opts.faults else " --no-faults"
     extra += "".join(f" --server-arg={shlex.quote(a)}" for a in opts.server_args)
     return (f"python -m paxoskv.chaos --seed {opts.seed} --nodes {opts.nodes} "
             f"--duration {opts.duration_s:g} --clients {opts.clients} --keys {opts.keys}"
@@ -249,8 +252,10 @@ class _Faults:
             self.network.isolate(ep.targets[1], mode)
         elif ep.kind == "kill-cycle":
             for node, down_s in zip(ep.targets, ep.downtimes_s, strict=True):
+                self._note(f"  kill-cycle: kill -9 node {node}")
                 await self.kill(node)
                 await asyncio.sleep(down_s)
+                self._note(f"  kill-cycle: restart node {node}")
                 self.cluster.nodes[node].start()
                 self.killed.discard(node)
                 await self._wait_alive(node)
@@ -367,7 +372,7 @@ async def run_chaos(opts: ChaosOptions, cluster_class: Any = None,
                             extra=list(opts.server_args))
     nodes = sorted(cluster.nodes)
     warmup_s = 2.0
-    episodes = make_schedule(opts.seed, nodes, opts.duration_s, warmup_s)
+    episodes = make_schedule(opts.seed, nodes, opts.duration_s, warmup_s) if opts.faults else []
     result.episodes_planned = len(episodes)
     history = History()
     workload = Workload({n: cluster.nodes[n].url for n in nodes}, history, opts.seed,
