@@ -38,9 +38,10 @@ class _Acceptors:
         return step
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="proposer retries remember only their latest accept "
-                   "(found by chaos seed 1182905457, key k006: a create answered 412 whose "
-                   "value was chosen)")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="proposer retries remember only their latest accept (found by "
+                   "chaos seed 1182905457, key k006: a create answered 412 whose value was "
+                   "chosen)")
 def test_an_older_accept_of_the_same_request_is_not_applied_twice() -> None:
     """Chaos, 3 nodes, seed 1182905457, during a rolling kill -9: ``create('c8-237')`` was
     answered 412 (current version 39) and the key then read ``'c8-237'`` at version 39.
