@@ -375,14 +375,18 @@ def test_malformed_ops_are_rejected(bad: Op) -> None:
     keys=st.integers(1, 4),
     spread=st.sampled_from([0.0, 0.3, 1.0, 3.0]),
     unknown=st.sampled_from([0.0, 0.05, 0.2]),
+    versions=st.booleans(),
 )
 def test_histories_of_a_sequential_register_are_linearizable(
-    seed: int, ops: int, keys: int, spread: float, unknown: float
+    seed: int, ops: int, keys: int, spread: float, unknown: float, versions: bool
 ) -> None:
     """Goal: no false alarms. Method: run a sequential register, draw each op's interval
     around its linearization point (so intervals overlap), time some writes out (applied or
-    not) and fail some; the checker must find no violation."""
-    options = SynthOptions(keys=keys, ops=ops, spread=spread, unknown_probability=unknown)
+    not) and fail some, with or without versions in the answers; the checker must find no
+    violation."""
+    options = SynthOptions(
+        keys=keys, ops=ops, spread=spread, unknown_probability=unknown, versions=versions
+    )
     history = linearizable_history(random.Random(seed), options)
     result = check(history)
     assert result.violations == [], result.summary()
