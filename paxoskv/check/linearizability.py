@@ -69,8 +69,9 @@ __all__ = [
 ]
 
 STEPS_MAX_PER_KEY: Final = 2_000_000
-"""Search steps for one key before it is called inconclusive: about 2 s of CPython. A key of n
-ops with at most c calls in flight at once takes about n * c steps when nothing backtracks."""
+"""Search steps for one key before it is called inconclusive: a few seconds of CPython. A key
+of n ops with at most c calls in flight at once takes about n * c steps when nothing
+backtracks."""
 
 SHRINK_CHECK_STEPS_MAX: Final = 100_000
 """Steps for one candidate while shrinking; a candidate that runs out counts as passing."""
@@ -481,17 +482,17 @@ class _Shrinker:
     """Bounded search for a small failing subset; every candidate costs a search."""
 
     step: StepFn
-    context: list[Op]
     steps_left: int = SHRINK_STEPS_MAX
     checks_left: int = SHRINK_CHECKS_MAX
     exhausted: bool = False
 
-    def fails(self, core: Sequence[Op], context: Sequence[Op] | None = None) -> bool:
+    def fails(self, core: Sequence[Op], context: Sequence[Op]) -> bool:
+        """Whether ``core`` plus ``context`` (unknown ops) surely cannot be linearized."""
         if self.checks_left <= 0 or self.steps_left <= 0:
             self.exhausted = True
             return False
         self.checks_left -= 1
-        ops = [*core, *(self.context if context is None else context)]
+        ops = [*core, *context]
         verdict, steps = _search(ops, self.step, min(SHRINK_CHECK_STEPS_MAX, self.steps_left))
         self.steps_left -= steps
         if verdict is Verdict.INCONCLUSIVE:
@@ -515,7 +516,7 @@ def _shrink(key: str, ops: Sequence[Op]) -> Violation:
             if id(op) not in kept and _is_write(op) and op.status != "rejected"
         ]
 
-    shrinker = _Shrinker(step_open if use_open else step_exact, [])
+    shrinker = _Shrinker(step_open if use_open else step_exact)
 
     # 1. The earliest cut that already fails (failing is monotone in the cut time).
     # The cut at the last completion is the whole history but for unknown ops sent after
