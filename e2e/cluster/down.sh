@@ -20,7 +20,7 @@ ours() {
   local name=$1 pid
   [[ -f $RUN/$name.pid ]] || return 1
   pid=$(cat "$RUN/$name.pid")
-  kill -0 "$pid" 2>/dev/null || return 1
+  pid_alive "$pid" || return 1
   [[ $(tr '\0' '\n' <"/proc/$pid/cmdline" | head -n1) == *"$name" ]] || return 1
   echo "$pid"
 }
@@ -28,8 +28,8 @@ stop() {
   local name=$1 pid i
   if pid=$(ours "$name"); then
     kill -TERM "$pid"
-    for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    if kill -0 "$pid" 2>/dev/null; then log "$name (pid $pid) ignored SIGTERM: SIGKILL"; kill -KILL "$pid"; sleep 0.5; fi
+    for i in $(seq 1 40); do pid_alive "$pid" || break; sleep 0.5; done
+    if pid_alive "$pid"; then log "$name (pid $pid) ignored SIGTERM: SIGKILL"; kill -KILL "$pid"; sleep 0.5; fi
     log "stopped $name (pid $pid)"
   fi
   rm -f "$RUN/$name.pid"

@@ -61,3 +61,12 @@ wait_for() {
     sleep 2
   done
 }
+
+# pid_alive PID: the process exists and is not a zombie (our daemons are re-parented to an init
+# that may not reap them, and kill -0 succeeds on a zombie).
+pid_alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $st && $st != Z ]]
+}

@@ -15,7 +15,7 @@ if [[ $kind == host ]]; then
   for f in "$STATE"/run/*.pid; do
     [[ -e $f ]] || { ok=1; break; }
     n=$(basename "$f" .pid) pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then say "  $n: running (pid $pid)"; else say "  $n: NOT running (pid $pid)"; ok=1; fi
+    if pid_alive "$pid"; then say "  $n: running (pid $pid)"; else say "  $n: NOT running (pid $pid)"; ok=1; fi
   done
   K=("$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_E2E")
 else

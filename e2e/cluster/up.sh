@@ -77,7 +77,7 @@ start() {
   echo $! >"$RUN/$name.pid"
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
-alive() { kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+alive() { pid_alive "$(cat "$RUN/$1.pid")"; }
 need_alive() { alive "$1" || { tail -n 30 "$LOGS/$1.log" >&2; die "$1 exited"; }; }
 
 # ---- kernel settings a node needs (only set if not already right)
