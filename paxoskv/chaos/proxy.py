@@ -158,6 +158,10 @@ class LinkProxy:
                 conn.reset()
                 self._conns.discard(conn)
 
+    def _current_mode(self) -> Mode:
+        """``self.mode`` as of now (a call, so type narrowing across awaits does not lie)."""
+        return self.mode
+
     async def _on_connect(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         if self.mode is Mode.REFUSE:
@@ -182,7 +186,7 @@ class LinkProxy:
                 reset_writer(writer)
                 return
             conn.upstream = up_writer
-            if self.mode is not Mode.PASS:
+            if self._current_mode() is not Mode.PASS:  # switched while we connected
                 conn.tainted = True
             conn.tasks = [asyncio.ensure_future(self._pump(conn, reader, up_writer)),
                           asyncio.ensure_future(self._pump(conn, up_reader, writer))]
