@@ -31,6 +31,12 @@ VALUE_CHARS_MAX: Final = 24
 CONTEXT_OPS_MAX: Final = 400
 """Ops of a violating key shown around its counterexample in a report."""
 
+CONTEXT_BEFORE: Final = 10
+"""Ops of the key sent before the counterexample's window, shown with it."""
+
+CONTEXT_AFTER: Final = 5
+"""Ops of the key sent after the counterexample's window, shown with it."""
+
 
 def _show(data: bytes | None) -> str:
     if data is None:
@@ -97,13 +103,13 @@ def render_text(key: str, ops: Sequence[Op]) -> str:
         f"{'op':<32}  result",
     ]
     for op in rows:
-        left = min(BAR_COLUMNS - 1, int((op.invoke - start) * scale))
+        left = min(BAR_COLUMNS - 2, int((op.invoke - start) * scale))
         if math.isinf(op.complete):
             bar = " " * left + "[" + "-" * (BAR_COLUMNS - left - 2) + ">"
         else:
-            right = min(BAR_COLUMNS - 1, max(left, int((op.complete - start) * scale)))
-            bar = " " * left + "[" + "=" * max(0, right - left - 1)
-            bar += "]" if right > left else ""
+            # At least "[]", so that every op shows where it starts and ends.
+            right = min(BAR_COLUMNS - 1, max(left + 1, int((op.complete - start) * scale)))
+            bar = " " * left + "[" + "=" * (right - left - 1) + "]"
         bar = bar[:BAR_COLUMNS].ljust(BAR_COLUMNS)
         times = f"{_fmt_time(op.invoke)}..{_fmt_time(op.complete)}"
         lines.append(
@@ -211,13 +217,18 @@ def render_html(key: str, ops: Sequence[Op], marked: Iterable[Op] = ()) -> str:
 
 
 def _context(violation: Violation, ops: Sequence[Op]) -> list[Op]:
-    """The key's ops overlapping the counterexample's time window, at most CONTEXT_OPS_MAX."""
+    """The key's ops overlapping the counterexample's time window, with CONTEXT_BEFORE ops
+    sent before it and CONTEXT_AFTER after, at most CONTEXT_OPS_MAX in all."""
     start, end = _span(violation.ops)
-    inside = [
-        op for op in ops if op.key == violation.key and op.invoke <= end and op.complete >= start
-    ]
-    inside.sort(key=lambda op: (op.invoke, op.complete))
-    return inside[:CONTEXT_OPS_MAX]
+    key_ops = sorted(
+        (op for op in ops if op.key == violation.key), key=lambda op: (op.invoke, op.complete)
+    )
+    inside = [n for n, op in enumerate(key_ops) if op.invoke <= end and op.complete >= start]
+    if not inside:
+        return []
+    first = max(0, inside[0] - CONTEXT_BEFORE)
+    last = min(len(key_ops), inside[-1] + 1 + CONTEXT_AFTER)
+    return key_ops[first:last][:CONTEXT_OPS_MAX]
 
 
 def _file_stem(index: int, key: str) -> str:
@@ -229,8 +240,8 @@ def _file_stem(index: int, key: str) -> str:
 def write_report(result: CheckResult, ops: Sequence[Op], directory: str | Path) -> list[Path]:
     """Write ``<stem>.txt`` and ``<stem>.html`` per violating key; returns the paths written.
 
-    ``ops`` is the checked history; each report shows the counterexample and, below it, every
-    op of the key that overlaps the counterexample in time.
+    ``ops`` is the checked history; each report shows the counterexample and, below it, the
+    key's ops that overlap the counterexample in time and a few sent just before and after.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +255,7 @@ def write_report(result: CheckResult, ops: Sequence[Op], directory: str | Path) 
             f"{violation.explanation}.\n\n"
             f"counterexample ({len(violation.ops)} of {violation.key_ops} ops):\n"
             + render_text(violation.key, violation.ops)
-            + f"\ncontext: the key's ops overlapping that window ({len(context)} shown):\n"
+            + f"\ncontext: the key's ops around that window ({len(context)} shown):\n"
             + render_text(violation.key, context)
         )
         txt_path = out / f"{stem}.txt"
@@ -254,7 +265,7 @@ def write_report(result: CheckResult, ops: Sequence[Op], directory: str | Path) 
             f"{html.escape(note)}</h1><p>{html.escape(violation.explanation)}.</p>{_LEGEND}"
             f"<h2>Counterexample: {len(violation.ops)} of {violation.key_ops} ops</h2>"
             + _html_timeline(violation.ops, frozenset())
-            + f"<h2>Context: the key's ops overlapping that window ({len(context)} shown; "
+            + f"<h2>Context: the key's ops around that window ({len(context)} shown; "
             "counterexample outlined)</h2>" + _html_timeline(context, frozenset(violation.ops))
         )
         html_path = out / f"{stem}.html"
