@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from paxoskv.chaos.runner import ChaosOptions, run_chaos
+from paxoskv.chaos.schedule import MAJORITY_KINDS, MINORITY_KINDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--server-arg=--repair-interval --server-arg=2")
     p.add_argument("--no-faults", action="store_true",
                    help="run the workload without any fault (baseline)")
+    p.add_argument("--faults", default=None,
+                   help="comma-separated fault kinds to draw from (default all): "
+                        + ",".join(MINORITY_KINDS + MAJORITY_KINDS))
     p.add_argument("--base-dir", type=Path, default=None,
                    help="data dirs and node logs (default: a temporary dir, removed on "
                         "success)")
@@ -40,11 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--nodes must be at least 3")
     if args.clients < 1 or args.keys < 1 or args.hot_keys < 1 or args.duration <= 0:
         p.error("--clients, --keys, --hot-keys and --duration must be positive")
+    kinds = None
+    if args.faults is not None:
+        kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
+        bad = set(kinds) - set(MINORITY_KINDS) - set(MAJORITY_KINDS)
+        if bad or not kinds:
+            p.error(f"--faults: unknown kinds {sorted(bad)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     base = args.base_dir or Path(tempfile.mkdtemp(prefix=f"paxoskv-chaos-{seed}-"))
     opts = ChaosOptions(seed=seed, base_dir=base, nodes=args.nodes, duration_s=args.duration,
                         clients=args.clients, keys=args.keys, hot_keys=args.hot_keys,
                         server_args=tuple(args.server_arg), faults=not args.no_faults,
+                        fault_kinds=kinds,
                         report_dir=args.report_dir,
                         save_history=args.save_history)
     result = asyncio.run(run_chaos(opts))

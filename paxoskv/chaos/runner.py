@@ -86,6 +86,8 @@ class ChaosOptions:
     report_dir: Path | None = None
     """Where a failing run writes its report; default ``reports/chaos-<seed>``."""
     faults: bool = True
+    fault_kinds: tuple[str, ...] | None = None
+    """Draw faults from these kinds only (default: all; see `paxoskv.chaos.schedule`)."""
     """False: the same workload with no fault at all (a baseline for the outcome counts)."""
     save_history: bool = False
     """Also write history and fault log when the run passes."""
@@ -97,6 +99,8 @@ class ChaosOptions:
 def repro_command(opts: ChaosOptions) -> str:
     extra = f" --hot-keys {opts.hot_keys}" if opts.hot_keys != 10 else ""
     extra += "" if opts.faults else " --no-faults"
+    if opts.fault_kinds is not None:
+        extra += " --faults " + ",".join(opts.fault_kinds)
     extra += "".join(f" --server-arg={shlex.quote(a)}" for a in opts.server_args)
     return (f"python -m paxoskv.chaos --seed {opts.seed} --nodes {opts.nodes} "
             f"--duration {opts.duration_s:g} --clients {opts.clients} --keys {opts.keys}"
@@ -372,7 +376,8 @@ async def run_chaos(opts: ChaosOptions, cluster_class: Any = None,
                             extra=list(opts.server_args))
     nodes = sorted(cluster.nodes)
     warmup_s = 2.0
-    episodes = make_schedule(opts.seed, nodes, opts.duration_s, warmup_s) if opts.faults else []
+    episodes = (make_schedule(opts.seed, nodes, opts.duration_s, warmup_s, opts.fault_kinds)
+                if opts.faults else [])
     result.episodes_planned = len(episodes)
     history = History()
     workload = Workload({n: cluster.nodes[n].url for n in nodes}, history, opts.seed,

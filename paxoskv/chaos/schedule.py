@@ -14,6 +14,7 @@ at least once (when the duration leaves room), then kinds are drawn by weight.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -141,25 +142,39 @@ def _episode(rng: random.Random, kind: str, nodes: list[int]) -> Episode:
 
 
 def make_schedule(seed: int, nodes: list[int], duration_s: float,
-                  warmup_s: float = 2.0) -> list[Episode]:
+                  warmup_s: float = 2.0, only: Collection[str] | None = None) -> list[Episode]:
     """Episodes filling about ``duration_s - warmup_s`` seconds; the runner stops at its
-    deadline, so the tail may not be reached."""
+    deadline, so the tail may not be reached. ``only``: draw from these kinds alone (to
+    hammer on one fault); the default is every kind the cluster size allows."""
     if len(nodes) < 3:
         raise ValueError("chaos needs at least 3 nodes")
     rng = random.Random(f"paxoskv-chaos-schedule:{seed}:{len(nodes)}")
     kinds = _kinds_for(len(nodes))
+    majority_kinds = list(MAJORITY_KINDS)
+    if only is not None:
+        unknown = set(only) - set(kinds) - set(MAJORITY_KINDS)
+        if unknown:
+            raise ValueError(f"fault kinds not available with {len(nodes)} nodes: "
+                             f"{sorted(unknown)}")
+        kinds = [k for k in kinds if k in only]
+        majority_kinds = [k for k in majority_kinds if k in only]
+        if not kinds and not majority_kinds:
+            raise ValueError("no fault kind left")
     first = [k for k in kinds if k not in ("kill", "pause")]
     rng.shuffle(first)
-    first += ["pause", "kill"]  # popped from the end: a kill, then a pause, come first
-    majority_total = max(1, round(duration_s / MAJORITY_EVERY_S))
+    # Popped from the end: a kill, then a pause, come first.
+    first += [k for k in ("pause", "kill") if k in kinds]
+    majority_total = max(1, round(duration_s / MAJORITY_EVERY_S)) if majority_kinds else 0
+    if not kinds:  # majority faults alone: back to back, with their gaps
+        majority_total = 10_000
     episodes: list[Episode] = []
     elapsed = warmup_s
     majority_done = 0
     while elapsed < duration_s and len(episodes) < 10_000:
         # Spread the majority faults: the next one is due once this share of the run passed.
-        due = (majority_done + 0.5) / majority_total * duration_s
-        if majority_done < majority_total and elapsed >= due:
-            kind = rng.choice(MAJORITY_KINDS)
+        due = (majority_done + 0.5) / max(1, majority_total) * duration_s
+        if majority_done < majority_total and (elapsed >= due or not kinds):
+            kind = rng.choice(majority_kinds)
             majority_done += 1
         elif first:
             kind = first.pop()
