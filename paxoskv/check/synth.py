@@ -32,12 +32,10 @@ class SynthOptions:
     """Whether answers carry versions (False: a client that ignores ETags)."""
 
     def __post_init__(self) -> None:
-        assert self.keys >= 1
-        assert self.ops >= 0
-        assert self.clients >= 1
-        assert self.spread >= 0
-        assert 0 <= self.unknown_probability <= 1
-        assert 0 <= self.failed_probability <= 1
+        if self.keys < 1 or self.ops < 0 or self.clients < 1 or self.spread < 0:
+            raise ValueError(f"bad options {self!r}")
+        if not (0 <= self.unknown_probability <= 1 and 0 <= self.failed_probability <= 1):
+            raise ValueError(f"bad probabilities in {self!r}")
 
 
 _KINDS: tuple[OpKind, ...] = ("set", "cas", "create", "delete", "read")
