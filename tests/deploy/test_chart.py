@@ -514,6 +514,14 @@ def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
     return [prefix]
 
 
+def test_readme_values_table_is_generated() -> None:
+    script = ROOT / "deploy" / "scripts" / "gen_values_table.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+
+
 def test_readme_documents_every_value() -> None:
     """Each value (or an ancestor documented as a whole, e.g. securityContext) has a README row."""
     readme = (CHART / "README.md").read_text().split("\n## Values\n", 1)[1]
@@ -739,3 +747,38 @@ def test_notes(tmp_path: Any) -> None:
     assert "persistence is disabled" in risky
     assert "scraped twice" in risky
     assert f"--labels={FULLNAME}-client=true" in risky
+
+
+# ---- volume permissions (host-path provisioner) -------------------------------------------
+
+
+def test_volume_permissions_init_container() -> None:
+    assert "initContainers" not in pod_spec(render())
+    spec = pod_spec(render({"volumePermissions": {"enabled": True}}))
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["/bin/sh", "-ec", "chown 10001:10001 /data"]
+    sc = init["securityContext"]
+    assert sc["runAsUser"] == 0
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert init["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    # Only the init container departs from "restricted", and only by running as root with CHOWN.
+    problems = _restricted_violations(spec)
+    assert problems
+    assert all(p.startswith("volume-permissions: ") for p in problems)
+    custom = pod_spec(
+        render(
+            {
+                "volumePermissions": {"enabled": True},
+                "securityContext": {"runAsUser": 2000, "runAsGroup": 2000},
+                "podSecurityContext": {"fsGroup": 3000},
+            }
+        )
+    )
+    assert custom["initContainers"][0]["command"][2] == "chown 2000:3000 /data"
+    # Without a volume there is nothing to fix.
+    no_pvc = pod_spec(
+        render({"volumePermissions": {"enabled": True}, "persistence": {"enabled": False}})
+    )
+    assert "initContainers" not in no_pvc
