@@ -34,7 +34,7 @@ COPY . .
 RUN if [ -f docker-ca-bundle.crt ]; then export PIP_CERT=/src/docker-ca-bundle.crt; fi; \
     test -f README.md || touch README.md; \
     /opt/paxoskv/bin/pip install -q --no-deps . \
- && /opt/paxoskv/bin/python -c 'import paxoskv'
+ && /opt/paxoskv/bin/paxoskv --version
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
