@@ -82,6 +82,11 @@ need_alive() { alive "$1" || { tail -n 30 "$LOGS/$1.log" >&2; die "$1 exited"; }
 
 # ---- kernel settings a node needs (only set if not already right)
 sysctl_set() { [[ $(sysctl -n "$1") == "$2" ]] || sysctl -qw "$1=$2"; }
+if [[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+  modprobe br_netfilter 2>/dev/null || true
+  [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] \
+    || die "br_netfilter is not available (needed so Service traffic between pods on the bridge is NATed)"
+fi
 sysctl_set net.ipv4.ip_forward 1
 sysctl_set net.bridge.bridge-nf-call-iptables 1
 sysctl_set net.bridge.bridge-nf-call-ip6tables 1
