@@ -288,6 +288,11 @@ async def internal_keys(request: web.Request) -> web.StreamResponse:
     raw_limit = request.query.get("limit", "1000")
     if not raw_limit.isdigit():
         raise ApiError(400, "bad_request", "limit must be an integer")
+    if request.app[NODE].acceptor_mode != "normal":
+        # An acceptor without its state must not be counted as a peer that has no keys.
+        raise ApiError(503, "not_acceptor",
+                       f"this node is not serving as an acceptor "
+                       f"({request.app[NODE].acceptor_mode})")
     entries = request.app[NODE].local_key_entries(request.query.get("prefix", ""),
                                                   int(raw_limit))
     return _json(200, {"keys": [[k, b.to_wire(), live] for k, b, live in entries]})
