@@ -44,7 +44,24 @@ def log(msg: str) -> None:
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])}... failed ({res.returncode}): {res.stderr.strip()}"
+        )
+    return res
+
+
+def use_docker_daemon() -> None:
+    """Like scripts/build-image.sh: fall back to the private daemon of e2e/docker.sh."""
+    if sh("docker", "version", check=False).returncode == 0:
+        return
+    helper = ROOT / "e2e" / "docker.sh"
+    if "DOCKER_HOST" not in os.environ and helper.exists():
+        line = sh(str(helper), "env").stdout.strip()  # export DOCKER_HOST=unix://...
+        os.environ["DOCKER_HOST"] = line.split("=", 1)[1]
+    if sh("docker", "version", check=False).returncode != 0:
+        sys.exit('no docker daemon: e2e/docker.sh up && eval "$(e2e/docker.sh env)"')
 
 
 def helm() -> str:
@@ -126,6 +143,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave containers for inspection")
     args = ap.parse_args()
 
+    use_docker_daemon()
     docs = render(args.image, args.replicas)
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     test_pod = next(d for d in docs if d["kind"] == "Pod")
