@@ -461,6 +461,8 @@ def test_dashboard_json_is_generated() -> None:
 def test_helm_test_pod(default_docs: list[dict[str, Any]]) -> None:
     pod = only(default_docs, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert 0 < pod["spec"]["activeDeadlineSeconds"] <= 300
     (c,) = pod["spec"]["containers"]
     assert c["image"] == container(default_docs)["image"]  # the paxoskv image itself
     script = c["args"][0]
