@@ -34,6 +34,12 @@ spread up to two mean gaps either side of its linearization point, 5% unknown an
 writes) check in 0.35 s of CPU time, 0.5-1.0 s wall while the machine was shared (load ~12).
 The same 100,000 ops on one key take about 1.5 s wall; with five times the overlap (spread
 10) on 1,000 keys, about 1.2 s.
+
+Limits. Versions in the answers pin each write to its place, which keeps the search near
+linear. Without them, a key with about 20 calls in flight at once and cas ops in the mix
+can need exponentially many steps (every subset of the overlapping writes is a state), and
+some such keys end inconclusive: in the same 100,000-op workload with spread 10 and no
+versions, about 100 of 1,000 keys at a budget of 200,000 steps. Record versions.
 """
 
 from __future__ import annotations
