@@ -367,7 +367,7 @@ class Node:
     async def _execute(self, key: str, change: Change, deadline: float,
                        progress: _Progress) -> Outcome:
         loop = asyncio.get_running_loop()
-        previous: Previous | None = None
+        previous: list[Previous] = []
         seen = Ballot.ZERO
         last_abort: Abort | None = None
         for attempt in range(self.config.limits.round_retries_max):
@@ -401,7 +401,7 @@ class Node:
             seen = max(seen, step.ballot_seen)
             if step.phase is Phase.ACCEPT:
                 assert rnd.accept is not None and rnd.outcome is not None
-                previous = Previous(rnd.accept.ballot, rnd.accept.value, rnd.outcome)
+                previous.append(Previous(rnd.accept.ballot, rnd.accept.value, rnd.outcome))
             if not step.conflict and not self.quorum_reachable():
                 break  # fail fast: the failure detector sees no quorum
         if progress.accept_sent and not isinstance(change, Read):

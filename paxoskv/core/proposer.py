@@ -9,6 +9,7 @@ lives in ``Previous`` (see ``ProposerRound.__init__``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from paxoskv.core.ballot import Ballot
@@ -84,7 +85,7 @@ RoundStep = Wait | SendAccept | Committed | Abort | Unknown
 
 @dataclass(frozen=True, slots=True)
 class Previous:
-    """The accept a failed earlier attempt of the same change sent out."""
+    """An accept that a failed earlier attempt of the same request sent out."""
 
     ballot: Ballot
     value: Value
@@ -100,13 +101,15 @@ class ProposerRound:
         ballot: Ballot,
         change: Change,
         config: QuorumConfig,
-        previous: Previous | None = None,
+        previous: Sequence[Previous] = (),
     ) -> None:
+        """``previous``: every accept that earlier attempts of this request sent (a read
+        ignores them: applying it again is harmless)."""
         self.key = key
         self.ballot = ballot
         self.change = change
         self.config = config
-        self.previous = previous if not isinstance(change, Read) else None
+        self.previous = {p.ballot: p for p in previous} if not isinstance(change, Read) else {}
         self.phase = Phase.PREPARE
         self._promises: dict[int, Promise] = {}
         self._accepted: set[int] = set()
@@ -115,8 +118,7 @@ class ProposerRound:
         self._conflict = False
         self.accept: Accept | None = None
         self.outcome: Outcome | None = None
-        if previous is not None:
-            assert previous.ballot < ballot
+        assert all(p.ballot < ballot for p in previous)
 
     def prepare(self) -> Prepare:
         return Prepare(self.key, self.ballot)
@@ -161,19 +163,22 @@ class ProposerRound:
 
     def _promised(self) -> RoundStep:
         highest = max(self._promises.values(), key=lambda p: p.ballot_accepted)
-        current = highest.value
-        prev = self.previous
-        if prev is not None and highest.ballot_accepted == prev.ballot:
-            # Our earlier accept is the newest value a quorum knows: finish it, do not
-            # apply the change a second time.
-            new, outcome = prev.value, prev.outcome
-        elif prev is not None and highest.ballot_accepted > prev.ballot:
+        mine = self.previous.get(highest.ballot_accepted)
+        if mine is not None:
+            # One of our earlier accepts is the newest value a quorum knows: finish it, do
+            # not apply the change a second time. (Our later accepts, which this quorum
+            # misses, can never be chosen: it has promised above them.)
+            new, outcome = mine.value, mine.outcome
+        elif self.previous and highest.ballot_accepted > min(self.previous):
+            # Someone else's value, newer than our oldest accept: it may have been built on
+            # one of ours, or not.
             self.phase = Phase.DONE
             return Unknown()
         else:
-            # No earlier accept of ours can be chosen any more: this quorum has promised
-            # above it and misses it.
-            new, outcome = apply_change(current, self.change)
+            # None of our earlier accepts can be chosen any more: this quorum has promised
+            # above them and misses all of them, and no value built on one is newer than
+            # what it reports.
+            new, outcome = apply_change(highest.value, self.change)
         self.phase = Phase.ACCEPT
         self.outcome = outcome
         self.accept = Accept(self.key, self.ballot, new)

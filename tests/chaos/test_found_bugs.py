@@ -1,13 +1,7 @@
-"""Bugs the chaos runs found, each reduced to a deterministic scenario on the pure core.
-
-Each test asserts the correct behaviour and is marked ``xfail(strict=True)`` while the bug
-stands: when a fix lands the test passes, strict xfail turns that into a failure, and the
-marker must be removed, so the scenario stays as a regression test.
-"""
+"""Bugs the chaos runs found, each reduced to a deterministic scenario on the pure core,
+kept as regression tests once fixed."""
 
 from __future__ import annotations
-
-import pytest
 
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState, on_accept, on_prepare
 from paxoskv.core.ballot import Ballot
@@ -38,19 +32,16 @@ class _Acceptors:
         return step
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="proposer retries remember only their latest accept (found by "
-                   "chaos seed 1182905457, key k006: a create answered 412 whose value was "
-                   "chosen)")
 def test_an_older_accept_of_the_same_request_is_not_applied_twice() -> None:
     """Chaos, 3 nodes, seed 1182905457, during a rolling kill -9: ``create('c8-237')`` was
     answered 412 (current version 39) and the key then read ``'c8-237'`` at version 39.
 
     Reduced: attempt 1's accept reaches only A1; attempt 2 gets promises from A2 and A3 (who
     never saw attempt 1), applies the change again, and its accept is lost; attempt 3 gets
-    promises from A1 and A2. The highest accepted value is attempt 1's, below
-    ``previous.ballot`` (attempt 2), so ``_promised`` takes it for someone else's state and
-    applies the create to it: "rejected", while its own value is what gets chosen.
+    promises from A1 and A2. The highest accepted value is attempt 1's, below attempt 2's
+    ballot; when the proposer remembered only its latest accept it took attempt 1's value
+    for someone else's state and applied the create to it: "rejected", while its own value
+    was what got chosen. Fixed by remembering every accept of the request.
     """
     quorum = QuorumConfig.of([1, 2, 3])
     acceptors = _Acceptors([1, 2, 3])
@@ -62,14 +53,14 @@ def test_an_older_accept_of_the_same_request_is_not_applied_twice() -> None:
     acceptors.accept(r1, step.accept, [1])
     assert isinstance(r1.on_timeout(), Abort)
     assert r1.accept is not None and r1.outcome is not None
-    previous = Previous(r1.accept.ballot, r1.accept.value, r1.outcome)
+    previous = [Previous(r1.accept.ballot, r1.accept.value, r1.outcome)]
 
     r2 = ProposerRound("k", Ballot(2, 1), change, quorum, previous)
     step = acceptors.prepare(r2, [2, 3])
     assert isinstance(step, SendAccept)
     assert isinstance(r2.on_timeout(), Abort)  # accept lost everywhere
     assert r2.accept is not None and r2.outcome is not None
-    previous = Previous(r2.accept.ballot, r2.accept.value, r2.outcome)
+    previous.append(Previous(r2.accept.ballot, r2.accept.value, r2.outcome))
 
     r3 = ProposerRound("k", Ballot(3, 1), change, quorum, previous)
     step = acceptors.prepare(r3, [1, 2])

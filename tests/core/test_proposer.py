@@ -15,7 +15,7 @@ from paxoskv.core.proposer import (
     next_ballot,
 )
 from paxoskv.core.quorum import QuorumConfig, majority
-from paxoskv.core.register import Cas, Outcome, Read, Set, Value
+from paxoskv.core.register import Cas, Create, Outcome, Read, Set, Value
 
 Q3 = QuorumConfig.of([1, 2, 3])
 B = Ballot(5, 1, 1)
@@ -83,7 +83,7 @@ def test_retry_finishes_our_own_unconfirmed_accept_instead_of_reapplying() -> No
     prev_ballot = Ballot(4, 1, 1)
     mine = Value(3, b"mine")
     prev = Previous(prev_ballot, mine, Outcome("applied", mine))
-    rnd = ProposerRound("k", B, Cas(2, b"mine"), Q3, prev)
+    rnd = ProposerRound("k", B, Cas(2, b"mine"), Q3, [prev])
     rnd.on_reply(1, Promise("k", B, prev_ballot, mine))
     step = rnd.on_reply(2, Promise("k", B, Ballot(1, 1, 1), Value(2, b"old")))
     assert step == SendAccept(Accept("k", B, mine))
@@ -92,7 +92,7 @@ def test_retry_finishes_our_own_unconfirmed_accept_instead_of_reapplying() -> No
 def test_retry_after_a_newer_value_reports_unknown() -> None:
     """Goal: invariant 5: when a newer value may have been built on ours we cannot tell."""
     prev = Previous(Ballot(4, 1, 1), Value(3, b"m"), Outcome("applied", Value(3, b"m")))
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, prev)
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, [prev])
     rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), Value(4, b"other")))
     assert rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY)) == Unknown()
 
@@ -100,7 +100,7 @@ def test_retry_after_a_newer_value_reports_unknown() -> None:
 def test_retry_where_our_accept_was_lost_reapplies_the_change() -> None:
     """Goal: when the quorum never saw our accept it can never be chosen: apply afresh."""
     prev = Previous(Ballot(4, 1, 1), Value(3, b"m"), Outcome("applied", Value(3, b"m")))
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, prev)
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, [prev])
     rnd.on_reply(1, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base")))
     step = rnd.on_reply(2, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base")))
     assert step == SendAccept(Accept("k", B, Value(3, b"m")))
@@ -127,7 +127,7 @@ def test_query_round_falls_back_when_acceptors_disagree() -> None:
 def test_identity_round_of_a_read_ignores_previous() -> None:
     """Goal: reads may always be retried from scratch (they change nothing)."""
     prev = Previous(Ballot(4, 1, 1), Value(3, b"m"), Outcome("read", Value(3, b"m")))
-    rnd = ProposerRound("k", B, Read(), Q3, prev)
+    rnd = ProposerRound("k", B, Read(), Q3, [prev])
     rnd.on_reply(1, Promise("k", B, Ballot(9, 2, 1), Value(5, b"z")))
     step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
     assert step == SendAccept(Accept("k", B, Value(5, b"z")))
@@ -139,3 +139,28 @@ def test_next_ballot_is_above_everything_seen_and_unique_per_incarnation() -> No
     assert b == Ballot(11, 1, 4)
     assert b > Ballot(10, 2, 7)
     assert next_ballot(0, Ballot.ZERO, 1, 5) != next_ballot(0, Ballot.ZERO, 1, 6)
+
+
+def test_retry_finishes_an_older_accept_of_ours_not_just_the_latest() -> None:
+    """Goal: the chaos-found bug (seed 1182905457): with two failed attempts, a quorum whose
+    newest value is our FIRST accept finishes that value instead of applying the change
+    again on top of it."""
+    b1, b2 = Ballot(2, 1, 1), Ballot(3, 1, 1)
+    first = Value(1, b"x")
+    prevs = [Previous(b1, first, Outcome("applied", first)),
+             Previous(b2, first, Outcome("applied", first))]
+    rnd = ProposerRound("k", B, Create(b"x"), Q3, prevs)
+    rnd.on_reply(1, Promise("k", B, b1, first))
+    step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
+    assert step == SendAccept(Accept("k", B, first))
+    assert rnd.outcome == Outcome("applied", first)
+
+
+def test_retry_seeing_a_foreign_value_between_our_accepts_is_unknown() -> None:
+    """Goal: a value of someone else newer than our oldest accept may include our change."""
+    b1, b2 = Ballot(2, 1, 1), Ballot(4, 1, 1)
+    prevs = [Previous(b1, Value(1, b"x"), Outcome("applied", Value(1, b"x"))),
+             Previous(b2, Value(1, b"x"), Outcome("applied", Value(1, b"x")))]
+    rnd = ProposerRound("k", B, Create(b"x"), Q3, prevs)
+    rnd.on_reply(1, Promise("k", B, Ballot(3, 2, 1), Value(2, b"other")))
+    assert rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY)) == Unknown()
