@@ -73,10 +73,12 @@ class Client:
                 return Result(resp.status, data, _version(resp.getheader("ETag")), hdrs)
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                # a keep-alive connection the server closed: retry once on a new one
-                if attempt == 2 or not isinstance(exc, (http.client.RemoteDisconnected,
-                                                        BrokenPipeError,
-                                                        ConnectionResetError)):
+                # A keep-alive connection the server had closed: only a GET is retried on a
+                # new one. A write may have reached the server: sending it again could apply
+                # it twice, so the caller hears about it (outcome unknown).
+                stale = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
+                                         ConnectionResetError))
+                if attempt == 2 or method != "GET" or not stale:
                     raise ClientError(f"{self._host}:{self._port}: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -109,6 +111,11 @@ class AsyncClient:
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         self._url = url.rstrip("/")
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        # aiohttp resends a PUT or DELETE once when a reused connection fails, as HTTP deems
+        # them idempotent; a compare-and-set or a versioned write is not, so never resend.
+        # (A private switch: where an aiohttp lacks it, a write error means outcome unknown.)
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
 
     async def request(self, method: str, path: str, body: bytes | None = None,
                       headers: dict[str, str] | None = None) -> Result:
