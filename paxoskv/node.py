@@ -174,9 +174,9 @@ class _KeyedLocks:
 
 @dataclass
 class _Progress:
-    """How far one client request got: whether any accept of it left this node."""
+    """How far one client request got: whether an accept carrying its change left this node."""
 
-    accept_sent: bool = False
+    change_sent: bool = False
 
 
 @dataclass
@@ -357,8 +357,8 @@ class Node:
                 async with self._proposer_locks.hold(key):
                     return await self._execute(key, change, deadline, progress)
         except TimeoutError:
-            if progress.accept_sent and not isinstance(change, Read):
-                raise UnknownOutcome("request timed out after its accept was sent") from None
+            if progress.change_sent and not isinstance(change, Read):
+                raise UnknownOutcome("timed out after its change was sent") from None
             # Nothing of this request reached an acceptor's accept: it did not happen.
             raise NoQuorum("request timed out before a quorum answered") from None
         finally:
@@ -381,7 +381,9 @@ class Node:
                 step = rnd.on_timeout()
             if isinstance(step, SendAccept):
                 self.metrics.round("prepare", "ok")
-                progress.accept_sent = True
+                assert rnd.outcome is not None
+                if rnd.outcome.kind == "applied":
+                    progress.change_sent = True  # from now on a failure is "unknown"
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
                 if step is None:
@@ -401,10 +403,15 @@ class Node:
             seen = max(seen, step.ballot_seen)
             if step.phase is Phase.ACCEPT:
                 assert rnd.accept is not None and rnd.outcome is not None
-                previous.append(Previous(rnd.accept.ballot, rnd.accept.value, rnd.outcome))
+                # Only an accept that changes the value matters to a retry: an identity
+                # accept (failed condition, delete of an absent key) changes nothing whether
+                # or not it was chosen, so the retry may evaluate the change afresh.
+                if rnd.outcome.kind == "applied":
+                    previous.append(Previous(rnd.accept.ballot, rnd.accept.value,
+                                             rnd.outcome))
             if not step.conflict and not self.quorum_reachable():
                 break  # fail fast: the failure detector sees no quorum
-        if progress.accept_sent and not isinstance(change, Read):
+        if progress.change_sent and not isinstance(change, Read):
             raise UnknownOutcome("accept sent but not confirmed by a quorum")
         if last_abort is not None and last_abort.conflict:
             raise NoQuorum("contention: gave up after repeated conflicts")
