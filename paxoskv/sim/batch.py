@@ -44,6 +44,18 @@ class Summary:
         return self.violations > 0 or bool(self.node_errors) or bool(self.invariant_failures)
 
     @property
+    def caught_by(self) -> list[str]:
+        """Which detectors saw a safety violation in this run."""
+        found = []
+        if self.violations:
+            found.append("checker")
+        if self.invariant_failures:
+            found.append("state checker")
+        if self.node_errors:
+            found.append("node assertion")
+        return found
+
+    @property
     def failed(self) -> bool:
         return self.violated or self.inconclusive > 0 or bool(self.liveness_failures)
 
