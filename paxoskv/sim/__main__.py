@@ -40,6 +40,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     default = SimOptions()
     parser.add_argument("--ops", type=int, default=default.ops, help="client ops per run")
     parser.add_argument("--nodes", type=int, default=default.nodes)
+    parser.add_argument("--proposers", type=int, default=default.proposers,
+                        help="extra proposer-only nodes (default 0)")
     parser.add_argument("--clients", type=int, default=default.clients)
     parser.add_argument("--keys", type=int, default=default.keys)
     parser.add_argument("--mutant", choices=sorted(MUTANTS), default=None,
@@ -66,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{SEED_ENV}={env_seed!r} is not an integer", file=sys.stderr)
             return 2
     try:
-        options = SimOptions(nodes=args.nodes, clients=args.clients, ops=args.ops,
+        options = SimOptions(nodes=args.nodes, proposers=args.proposers,
+                             clients=args.clients, ops=args.ops,
                              keys=args.keys, mutant=args.mutant)
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
@@ -76,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no seeds to run", file=sys.stderr)
         return 2
     what = f"mutant {args.mutant!r} ({MUTANTS[args.mutant]})" if args.mutant else "the real node"
-    print(f"simulating {what}: {len(seeds)} seed(s) from {seeds[0]}, {options.nodes} nodes, "
+    print(f"simulating {what}: {len(seeds)} seed(s) from {seeds[0]}, {options.nodes} nodes "
+          f"(+{options.proposers} proposer-only), "
           f"{options.clients} clients, {options.ops} ops over {options.keys} keys, "
           f"{args.jobs} job(s)", flush=True)
 

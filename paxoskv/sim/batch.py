@@ -66,6 +66,8 @@ def repro_command(seed: int, options: SimOptions) -> str:
     parts = [f"--ops {options.ops}"]
     if options.nodes != default.nodes:
         parts.append(f"--nodes {options.nodes}")
+    if options.proposers != default.proposers:
+        parts.append(f"--proposers {options.proposers}")
     if options.clients != default.clients:
         parts.append(f"--clients {options.clients}")
     if options.keys != default.keys:

@@ -75,6 +75,9 @@ class SimOptions:
     """The shape of one run; every field is part of a failing seed's repro line."""
 
     nodes: int = 3
+    """Nodes with every role (proposer, acceptor): the acceptor set."""
+    proposers: int = 0
+    """Extra proposer-only nodes (no acceptor of their own): clients use them too."""
     clients: int = 4
     ops: int = 500
     keys: int = 6
@@ -107,6 +110,8 @@ class SimOptions:
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.clients < 1 or self.ops < 0 or self.keys < 1:
             raise ValueError("nodes, clients and keys must be positive, ops non-negative")
+        if self.proposers < 0:
+            raise ValueError("proposers must be non-negative")
         if self.mutant is not None and self.mutant not in MUTANTS:
             raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
         if self.mutant == "small-quorum" and self.nodes < 2:
@@ -176,7 +181,8 @@ class _Simulation:
         self.network = SimNetwork(self._fork(), options.network, self.faults)
         self.state_checker = StateChecker()
         self.network.observer = self.state_checker.on_reply
-        self.ids = list(range(1, options.nodes + 1))
+        self.ids = list(range(1, options.nodes + options.proposers + 1))
+        self.acceptor_ids = self.ids[:options.nodes]
         self.keys = [f"k{i}" for i in range(options.keys)]
         disk = options.disk
         if options.mutant == "no-fsync":
@@ -187,13 +193,15 @@ class _Simulation:
             host = Host(i, on_error=self._on_task_error)
             self.hosts[i] = host
             self.network.add_host(host)
-        self.peers = {i: PeerSpec(i, f"sim://node-{i}") for i in self.ids}
+        self.peers = {i: PeerSpec(i, f"sim://node-{i}") if i in self.acceptor_ids
+                      else PeerSpec(i, f"sim://node-{i}", frozenset({"proposer"}))
+                      for i in self.ids}
         self.config = {i: NodeConfig(node_id=i, peers=self.peers, cluster_id=CLUSTER_ID,
                                      repair_interval_s=options.repair_interval_s)
                        for i in self.ids}
         self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
             else AcceptorRules()
-        acceptors = frozenset(self.ids)
+        acceptors = frozenset(self.acceptor_ids)
         self.quorum = QuorumConfig.of(acceptors)
         if options.mutant == "small-quorum":
             self.quorum = QuorumConfig(acceptors, self.quorum.quorum - 1)
@@ -401,8 +409,8 @@ class _Simulation:
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             nodes = [self.hosts[i].node for i in self.ids]
-            if all(n is not None and n.acceptor_mode == "normal" and n.quorum_reachable()
-                   for n in nodes):
+            if all(n is not None and n.acceptor_mode in ("normal", "none")
+                   and n.quorum_reachable() for n in nodes):
                 return
             await asyncio.sleep(0.05)
         self.liveness_failures.append(f"cluster not ready {timeout_s}s after boot")
