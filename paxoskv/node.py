@@ -31,8 +31,6 @@ from paxoskv.core.messages import (
 from paxoskv.core.proposer import (
     Abort,
     Committed,
-    Phase,
-    Previous,
     ProposerRound,
     QueryRound,
     SendAccept,
@@ -341,11 +339,16 @@ class Node:
                   self.config.retry_backoff_s_base * (2 ** attempt))
         return self.rng.uniform(0, cap)
 
-    async def execute(self, key: str, change: Change) -> Outcome:
+    async def execute(self, key: str, change: Change, request_id: str | None = None
+                      ) -> Outcome:
         """Run ``change`` on ``key`` through full Paxos rounds until it commits.
 
-        Raises NoQuorum (definitely not applied), UnknownOutcome, or Overloaded.
+        ``request_id`` (default: a fresh random id) makes the change exactly-once across
+        this call's retries, and across calls that pass the same id. Raises NoQuorum
+        (definitely not applied), UnknownOutcome, or Overloaded.
         """
+        if request_id is None:
+            request_id = self.rng.randbytes(12).hex()
         if self._inflight >= self.config.limits.rounds_inflight_max:
             raise Overloaded(f"{self._inflight} rounds in flight")
         self._inflight += 1
@@ -355,7 +358,7 @@ class Node:
             deadline = loop.time() + self.config.request_timeout_s
             async with asyncio.timeout(self.config.request_timeout_s):
                 async with self._proposer_locks.hold(key):
-                    return await self._execute(key, change, deadline, progress)
+                    return await self._execute(key, change, deadline, progress, request_id)
         except TimeoutError:
             if progress.change_sent and not isinstance(change, Read):
                 raise UnknownOutcome("timed out after its change was sent") from None
@@ -365,16 +368,16 @@ class Node:
             self._inflight -= 1
 
     async def _execute(self, key: str, change: Change, deadline: float,
-                       progress: _Progress) -> Outcome:
+                       progress: _Progress, request_id: str) -> Outcome:
         loop = asyncio.get_running_loop()
-        previous: list[Previous] = []
         seen = Ballot.ZERO
         last_abort: Abort | None = None
         for attempt in range(self.config.limits.round_retries_max):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
             ballot = self._next_ballot(seen)
-            rnd = ProposerRound(key, ballot, change, self.quorum, previous)
+            rnd = ProposerRound(key, ballot, change, self.quorum, request_id,
+                                sent_before=progress.change_sent)
             phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
             step = await self._broadcast(rnd.prepare(), rnd.on_reply, phase_deadline)
             if step is None:
@@ -393,7 +396,8 @@ class Node:
                     return step.outcome
             if isinstance(step, Unknown):
                 self.metrics.round("prepare", "unknown")
-                raise UnknownOutcome("a newer value was chosen over our unconfirmed write")
+                raise UnknownOutcome("our unconfirmed write may have been applied, and the key "
+                                     "has since seen too many writes to tell")
             assert isinstance(step, Abort), step
             last_abort = step
             outcome = "nack" if step.conflict else "timeout"
@@ -401,14 +405,6 @@ class Node:
             if step.conflict:
                 self.metrics.conflict()
             seen = max(seen, step.ballot_seen)
-            if step.phase is Phase.ACCEPT:
-                assert rnd.accept is not None and rnd.outcome is not None
-                # Only an accept that changes the value matters to a retry: an identity
-                # accept (failed condition, delete of an absent key) changes nothing whether
-                # or not it was chosen, so the retry may evaluate the change afresh.
-                if rnd.outcome.kind == "applied":
-                    previous.append(Previous(rnd.accept.ballot, rnd.accept.value,
-                                             rnd.outcome))
             if not step.conflict and not self.quorum_reachable():
                 break  # fail fast: the failure detector sees no quorum
         if progress.change_sent and not isinstance(change, Read):

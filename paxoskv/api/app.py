@@ -115,6 +115,22 @@ def _version_header(request: web.Request, name: str) -> int | None:
     return int(text)
 
 
+_IDEMPOTENCY_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+IDEMPOTENCY_KEY_MAX = 64
+
+
+def _request_id(request: web.Request) -> str | None:
+    """``Idempotency-Key``: a retry with the same key is applied at most once."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX or not set(raw) <= _IDEMPOTENCY_CHARS:
+        raise ApiError(400, "bad_header", "Idempotency-Key must be 1-64 characters of "
+                       "letters, digits and . _ : -")
+    return "c:" + raw
+
+
 def _etag(version: int) -> str:
     return f'"{version}"'
 
@@ -171,7 +187,7 @@ async def put_key(request: web.Request) -> web.StreamResponse:
             change = Cas(expected, data)
         else:
             change = Set(data)
-        outcome = await request.app[NODE].execute(key, change)
+        outcome = await request.app[NODE].execute(key, change, _request_id(request))
         if outcome.kind != "applied":
             return _precondition_failed(outcome)
         version = outcome.value.version
@@ -202,7 +218,7 @@ async def delete_key(request: web.Request) -> web.StreamResponse:
     async def run() -> web.StreamResponse:
         key = _key(request)
         expected = _version_header(request, "If-Match")
-        outcome = await request.app[NODE].execute(key, Delete(expected))
+        outcome = await request.app[NODE].execute(key, Delete(expected), _request_id(request))
         if outcome.kind == "absent":
             return _error(404, "not_found", f"key {key!r} does not exist")
         if outcome.kind == "rejected":

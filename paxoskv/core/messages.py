@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paxoskv.core.ballot import Ballot
-from paxoskv.core.register import Value
+from paxoskv.core.register import RECENT_MAX, Value
 
 __all__ = [
     "Accept",
@@ -102,21 +102,38 @@ Message = Request | Reply
 
 def _value_to_wire(value: Value) -> list[Any]:
     data = None if value.data is None else base64.b64encode(value.data).decode("ascii")
-    return [value.version, data]
+    return [value.version, data, [[rid, v] for rid, v in value.recent]]
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _recent_from_wire(raw: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(raw, list) or len(raw) > RECENT_MAX:
+        raise PeerProtocolError(f"value recent must be a list of at most {RECENT_MAX} pairs")
+    out: list[tuple[str, int]] = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                and _is_count(pair[1])):
+            raise PeerProtocolError("value recent entries must be [request id, version]")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
 
 
 def _value_from_wire(raw: object) -> Value:
-    if not isinstance(raw, list) or len(raw) != 2:
-        raise PeerProtocolError("value must be [version, data]")
-    version, data = raw
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise PeerProtocolError("value must be [version, data, recent]")
+    version, data, recent_raw = raw
+    if not _is_count(version):
         raise PeerProtocolError("value version must be a non-negative integer")
+    recent = _recent_from_wire(recent_raw)
     if data is None:
-        return Value(version, None)
+        return Value(version, None, recent)
     if not isinstance(data, str):
         raise PeerProtocolError("value data must be base64 text or null")
     try:
-        return Value(version, base64.b64decode(data, validate=True))
+        return Value(version, base64.b64decode(data, validate=True), recent)
     except (binascii.Error, ValueError) as exc:
         raise PeerProtocolError("value data is not valid base64") from exc
 

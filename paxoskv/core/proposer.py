@@ -9,7 +9,6 @@ lives in ``Previous`` (see ``ProposerRound.__init__``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from paxoskv.core.ballot import Ballot
@@ -25,13 +24,12 @@ from paxoskv.core.messages import (
     Unavailable,
 )
 from paxoskv.core.quorum import QuorumConfig
-from paxoskv.core.register import Change, Outcome, Read, Value, apply_change
+from paxoskv.core.register import Change, Outcome, apply_change
 
 __all__ = [
     "Abort",
     "Committed",
     "Phase",
-    "Previous",
     "ProposerRound",
     "QueryRound",
     "RoundStep",
@@ -76,20 +74,12 @@ class Abort:
 
 @dataclass(frozen=True, slots=True)
 class Unknown:
-    """A previous attempt's accept may have been chosen and then built upon: whether the
-    change took effect cannot be told (DESIGN invariant 5)."""
+    """An earlier attempt of this request may have taken effect, and the newest value has
+    forgotten which requests it holds: whether the change took effect cannot be told
+    (DESIGN invariant 5)."""
 
 
 RoundStep = Wait | SendAccept | Committed | Abort | Unknown
-
-
-@dataclass(frozen=True, slots=True)
-class Previous:
-    """An accept that a failed earlier attempt of the same request sent out."""
-
-    ballot: Ballot
-    value: Value
-    outcome: Outcome
 
 
 class ProposerRound:
@@ -101,15 +91,18 @@ class ProposerRound:
         ballot: Ballot,
         change: Change,
         config: QuorumConfig,
-        previous: Sequence[Previous] = (),
+        request_id: str | None = None,
+        sent_before: bool = False,
     ) -> None:
-        """``previous``: every accept that earlier attempts of this request sent (a read
-        ignores them: applying it again is harmless)."""
+        """``request_id`` identifies the client request across retries (and across client
+        retries with an Idempotency-Key); ``sent_before``: an earlier attempt of it sent an
+        accept that applied the change, which may have taken effect."""
         self.key = key
         self.ballot = ballot
         self.change = change
         self.config = config
-        self.previous = {p.ballot: p for p in previous} if not isinstance(change, Read) else {}
+        self.request_id = request_id
+        self.sent_before = sent_before and request_id is not None
         self.phase = Phase.PREPARE
         self._promises: dict[int, Promise] = {}
         self._accepted: set[int] = set()
@@ -118,7 +111,6 @@ class ProposerRound:
         self._conflict = False
         self.accept: Accept | None = None
         self.outcome: Outcome | None = None
-        assert all(p.ballot < ballot for p in previous)
 
     def prepare(self) -> Prepare:
         return Prepare(self.key, self.ballot)
@@ -162,23 +154,18 @@ class ProposerRound:
         return Wait()
 
     def _promised(self) -> RoundStep:
-        highest = max(self._promises.values(), key=lambda p: p.ballot_accepted)
-        mine = self.previous.get(highest.ballot_accepted)
-        if mine is not None:
-            # One of our earlier accepts is the newest value a quorum knows: finish it, do
-            # not apply the change a second time. (Our later accepts, which this quorum
-            # misses, can never be chosen: it has promised above them.)
-            new, outcome = mine.value, mine.outcome
-        elif self.previous and highest.ballot_accepted > min(self.previous):
-            # Someone else's value, newer than our oldest accept: it may have been built on
-            # one of ours, or not.
+        highest = max(self._promises.values(), key=lambda p: p.ballot_accepted).value
+        if (self.sent_before and self.request_id is not None
+                and highest.applied_version(self.request_id) is None
+                and not highest.remembers_everything()):
+            # Had an earlier attempt been chosen (or picked up by another proposer), the
+            # newest value would descend from it; this one may have forgotten it.
             self.phase = Phase.DONE
             return Unknown()
-        else:
-            # None of our earlier accepts can be chosen any more: this quorum has promised
-            # above them and misses all of them, and no value built on one is newer than
-            # what it reports.
-            new, outcome = apply_change(highest.value, self.change)
+        # If the newest value remembers this request, apply_change reports its original
+        # outcome and the round re-accepts the value unchanged, which finishes it. If not,
+        # no earlier attempt can ever be chosen: this quorum promised above them all.
+        new, outcome = apply_change(highest, self.change, self.request_id)
         self.phase = Phase.ACCEPT
         self.outcome = outcome
         self.accept = Accept(self.key, self.ballot, new)

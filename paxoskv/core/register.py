@@ -4,6 +4,12 @@ A write is a function from the current value to the next one. Every change, incl
 failed condition and a read, is applied inside a full round by the proposer, so the value
 that the round accepts is the value the caller is answered from (ANCHORS pitfall 3: a
 failed CAS still finishes its round).
+
+Exactly-once: a value remembers the request ids of the last ``RECENT_MAX`` changes applied
+to it, with the version each produced. A change whose request id is already there is not
+applied again; its original outcome is reported. A retried round (or a client retrying with
+the same ``Idempotency-Key``) therefore never applies a write twice, and can tell whether
+its earlier attempt took effect.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "RECENT_MAX",
     "Cas",
     "Change",
     "Create",
@@ -25,19 +32,42 @@ __all__ = [
 ]
 
 
+RECENT_MAX = 16
+"""Request ids a value remembers. A retry happens within one request timeout (seconds), so
+16 other writes to the same key in between would mean a very hot key; then the retry
+answers "unknown outcome" rather than guess."""
+
+
 @dataclass(frozen=True, slots=True)
 class Value:
-    """A register value: ``data is None`` is absent (never written, or deleted)."""
+    """A register value: ``data is None`` is absent (never written, or deleted).
+
+    ``recent``: (request id, version it produced) of the latest applied changes, newest
+    first, at most RECENT_MAX.
+    """
 
     version: int
     data: bytes | None
+    recent: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         assert self.version >= 0
+        assert len(self.recent) <= RECENT_MAX
 
     @property
     def exists(self) -> bool:
         return self.data is not None
+
+    def applied_version(self, request_id: str) -> int | None:
+        """The version the change with ``request_id`` produced, if this value remembers it."""
+        for rid, version in self.recent:
+            if rid == request_id:
+                return version
+        return None
+
+    def remembers_everything(self) -> bool:
+        """True while no request id has been forgotten from ``recent``."""
+        return len(self.recent) < RECENT_MAX
 
 
 EMPTY = Value(0, None)
@@ -97,22 +127,40 @@ def is_identity(change: Change) -> bool:
     return isinstance(change, Read)
 
 
-def apply_change(current: Value, change: Change) -> tuple[Value, Outcome]:
-    """Return the value to accept and the outcome to report; pure and total."""
+def _next(current: Value, data: bytes | None, request_id: str | None) -> Value:
+    version = current.version + 1
+    recent = current.recent
+    if request_id is not None:
+        recent = ((request_id, version), *current.recent[: RECENT_MAX - 1])
+    return Value(version, data, recent)
+
+
+def apply_change(current: Value, change: Change, request_id: str | None = None
+                 ) -> tuple[Value, Outcome]:
+    """Return the value to accept and the outcome to report; pure and total.
+
+    With a ``request_id`` that ``current`` remembers, nothing is applied: the outcome is the
+    original one (``value.version`` is the version that change produced; ``value.data`` is
+    the current data, meaningful only when that version is still the current one).
+    """
+    if request_id is not None and not isinstance(change, Read):
+        done = current.applied_version(request_id)
+        if done is not None:
+            return current, Outcome("applied", Value(done, current.data))
     match change:
         case Read():
             return current, Outcome("read", current)
         case Set(data=data):
-            new = Value(current.version + 1, data)
+            new = _next(current, data, request_id)
             return new, Outcome("applied", new)
         case Cas(expected_version=expected, data=data):
             if current.exists and current.version == expected:
-                new = Value(current.version + 1, data)
+                new = _next(current, data, request_id)
                 return new, Outcome("applied", new)
             return current, Outcome("rejected", current)
         case Create(data=data):
             if not current.exists:
-                new = Value(current.version + 1, data)
+                new = _next(current, data, request_id)
                 return new, Outcome("applied", new)
             return current, Outcome("rejected", current)
         case Delete(expected_version=expected):
@@ -120,6 +168,6 @@ def apply_change(current: Value, change: Change) -> tuple[Value, Outcome]:
                 return current, Outcome("absent", current)
             if expected is not None and current.version != expected:
                 return current, Outcome("rejected", current)
-            new = Value(current.version + 1, None)
+            new = _next(current, None, request_id)
             return new, Outcome("applied", new)
     raise AssertionError(f"unknown change {change!r}")

@@ -21,6 +21,8 @@ import time
 import zlib
 from pathlib import Path
 
+import orjson
+
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
@@ -36,40 +38,51 @@ CREATE TABLE IF NOT EXISTS registers (
   key TEXT PRIMARY KEY,
   bp_counter INTEGER NOT NULL, bp_node INTEGER NOT NULL, bp_inc INTEGER NOT NULL,
   ba_counter INTEGER NOT NULL, ba_node INTEGER NOT NULL, ba_inc INTEGER NOT NULL,
-  version INTEGER NOT NULL, data BLOB, crc INTEGER NOT NULL
+  version INTEGER NOT NULL, data BLOB, recent TEXT NOT NULL, crc INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _UPSERT = (
-    "INSERT INTO registers VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
+    "INSERT INTO registers VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
     "bp_counter=excluded.bp_counter, bp_node=excluded.bp_node, bp_inc=excluded.bp_inc, "
     "ba_counter=excluded.ba_counter, ba_node=excluded.ba_node, ba_inc=excluded.ba_inc, "
-    "version=excluded.version, data=excluded.data, crc=excluded.crc"
+    "version=excluded.version, data=excluded.data, recent=excluded.recent, crc=excluded.crc"
 )
 
-_Row = tuple[str, int, int, int, int, int, int, int, bytes | None, int]
+_Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int]
 
 
 class CorruptRecord(RuntimeError):
     """A stored row whose checksum does not match: the disk or the code is broken."""
 
 
+def _recent_text(value: Value) -> str:
+    return orjson.dumps([[rid, v] for rid, v in value.recent]).decode()
+
+
 def _crc(key: str, state: AcceptorState) -> int:
     bp, ba, v = state.ballot_promised, state.ballot_accepted, state.value
-    head = f"{key}\0{bp}\0{ba}\0{v.version}\0{'-' if v.data is None else len(v.data)}"
+    head = (f"{key}\0{bp}\0{ba}\0{v.version}\0{'-' if v.data is None else len(v.data)}"
+            f"\0{_recent_text(v)}")
     return zlib.crc32(v.data or b"", zlib.crc32(head.encode()))
 
 
 def _to_row(key: str, state: AcceptorState) -> _Row:
     bp, ba = state.ballot_promised, state.ballot_accepted
     return (key, bp.counter, bp.node_id, bp.incarnation, ba.counter, ba.node_id,
-            ba.incarnation, state.value.version, state.value.data, _crc(key, state))
+            ba.incarnation, state.value.version, state.value.data,
+            _recent_text(state.value), _crc(key, state))
 
 
 def _from_row(row: _Row) -> tuple[str, AcceptorState]:
-    key, bpc, bpn, bpi, bac, ban, bai, version, data, crc = row
-    state = AcceptorState(Ballot(bpc, bpn, bpi), Ballot(bac, ban, bai), Value(version, data))
+    key, bpc, bpn, bpi, bac, ban, bai, version, data, recent_text, crc = row
+    try:
+        recent = tuple((str(rid), int(v)) for rid, v in orjson.loads(recent_text))
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CorruptRecord(f"unreadable request ids for key {key!r}") from exc
+    state = AcceptorState(Ballot(bpc, bpn, bpi), Ballot(bac, ban, bai),
+                          Value(version, data, recent))
     if _crc(key, state) != crc:
         raise CorruptRecord(f"checksum mismatch for key {key!r}")
     return key, state

@@ -6,7 +6,7 @@ from __future__ import annotations
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState, on_accept, on_prepare
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Accept
-from paxoskv.core.proposer import Abort, Committed, Previous, ProposerRound, SendAccept
+from paxoskv.core.proposer import Abort, Committed, ProposerRound, SendAccept
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Create, Value
 
@@ -41,34 +41,33 @@ def test_an_older_accept_of_the_same_request_is_not_applied_twice() -> None:
     promises from A1 and A2. The highest accepted value is attempt 1's, below attempt 2's
     ballot; when the proposer remembered only its latest accept it took attempt 1's value
     for someone else's state and applied the create to it: "rejected", while its own value
-    was what got chosen. Fixed by remembering every accept of the request.
+    was what got chosen. Fixed by request ids in the register: the value remembers the
+    requests applied to it, so the retry finds its own create and finishes it.
     """
     quorum = QuorumConfig.of([1, 2, 3])
     acceptors = _Acceptors([1, 2, 3])
     change = Create(b"x")
 
-    r1 = ProposerRound("k", Ballot(1, 1), change, quorum)
+    r1 = ProposerRound("k", Ballot(1, 1), change, quorum, "req")
     step = acceptors.prepare(r1, [1, 2])
     assert isinstance(step, SendAccept)
     acceptors.accept(r1, step.accept, [1])
     assert isinstance(r1.on_timeout(), Abort)
     assert r1.accept is not None and r1.outcome is not None
-    previous = [Previous(r1.accept.ballot, r1.accept.value, r1.outcome)]
 
-    r2 = ProposerRound("k", Ballot(2, 1), change, quorum, previous)
+    r2 = ProposerRound("k", Ballot(2, 1), change, quorum, "req", sent_before=True)
     step = acceptors.prepare(r2, [2, 3])
     assert isinstance(step, SendAccept)
     assert isinstance(r2.on_timeout(), Abort)  # accept lost everywhere
     assert r2.accept is not None and r2.outcome is not None
-    previous.append(Previous(r2.accept.ballot, r2.accept.value, r2.outcome))
 
-    r3 = ProposerRound("k", Ballot(3, 1), change, quorum, previous)
+    r3 = ProposerRound("k", Ballot(3, 1), change, quorum, "req", sent_before=True)
     step = acceptors.prepare(r3, [1, 2])
     if not isinstance(step, SendAccept):
         return  # e.g. Unknown (504): an honest answer
     done = acceptors.accept(r3, step.accept, [1, 2])
     assert isinstance(done, Committed)
     chosen = step.accept.value
-    assert chosen == Value(1, b"x")  # this request's create is what the key now holds
+    assert chosen == Value(1, b"x", (("req", 1),))  # this request's create is what it holds
     assert done.outcome.kind == "applied", (
         f"client told {done.outcome.kind!r} while its own write {chosen} was chosen")

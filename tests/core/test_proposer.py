@@ -6,7 +6,6 @@ from paxoskv.core.proposer import (
     Abort,
     Committed,
     Phase,
-    Previous,
     ProposerRound,
     QueryRound,
     SendAccept,
@@ -15,7 +14,7 @@ from paxoskv.core.proposer import (
     next_ballot,
 )
 from paxoskv.core.quorum import QuorumConfig, majority
-from paxoskv.core.register import Cas, Create, Outcome, Read, Set, Value
+from paxoskv.core.register import RECENT_MAX, Cas, Outcome, Read, Set, Value, apply_change
 
 Q3 = QuorumConfig.of([1, 2, 3])
 B = Ballot(5, 1, 1)
@@ -77,33 +76,53 @@ def test_stale_replies_and_strangers_are_ignored() -> None:
     assert rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY)) == Wait()
 
 
-def test_retry_finishes_our_own_unconfirmed_accept_instead_of_reapplying() -> None:
-    """Goal: a retried write whose earlier accept is the newest value is completed, not
-    applied twice (a CAS must not report 'rejected' for its own write)."""
-    prev_ballot = Ballot(4, 1, 1)
-    mine = Value(3, b"mine")
-    prev = Previous(prev_ballot, mine, Outcome("applied", mine))
-    rnd = ProposerRound("k", B, Cas(2, b"mine"), Q3, [prev])
-    rnd.on_reply(1, Promise("k", B, prev_ballot, mine))
+def test_retry_finishes_a_value_that_remembers_the_request() -> None:
+    """Goal: exactly-once: a retry whose quorum's newest value already holds this request
+    re-accepts that value unchanged and reports the original outcome (a CAS must not be
+    told 'rejected' for its own write)."""
+    mine = Value(3, b"mine", (("r1", 3),))
+    rnd = ProposerRound("k", B, Cas(2, b"mine"), Q3, "r1", sent_before=True)
+    rnd.on_reply(1, Promise("k", B, Ballot(4, 1, 1), mine))
     step = rnd.on_reply(2, Promise("k", B, Ballot(1, 1, 1), Value(2, b"old")))
     assert step == SendAccept(Accept("k", B, mine))
+    assert rnd.outcome == Outcome("applied", Value(3, b"mine"))
 
 
-def test_retry_after_a_newer_value_reports_unknown() -> None:
-    """Goal: invariant 5: when a newer value may have been built on ours we cannot tell."""
-    prev = Previous(Ballot(4, 1, 1), Value(3, b"m"), Outcome("applied", Value(3, b"m")))
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, [prev])
-    rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), Value(4, b"other")))
+def test_retry_finds_the_request_under_later_writes() -> None:
+    """Goal: a write built on top of ours still remembers ours: the outcome is ours."""
+    newer = Value(5, b"other", (("r9", 5), ("r1", 4)))
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "r1", sent_before=True)
+    rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), newer))
+    step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
+    assert step == SendAccept(Accept("k", B, newer))
+    assert rnd.outcome is not None
+    assert (rnd.outcome.kind, rnd.outcome.value.version) == ("applied", 4)
+
+
+def test_retry_where_the_newest_value_has_forgotten_requests_is_unknown() -> None:
+    """Goal: invariant 5: when the newest value no longer remembers every request and ours
+    is not there, we cannot tell whether our earlier accept took effect."""
+    full = tuple((f"r{i}", 100 - i) for i in range(RECENT_MAX))
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "mine", sent_before=True)
+    rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), Value(100, b"x", full)))
     assert rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY)) == Unknown()
 
 
-def test_retry_where_our_accept_was_lost_reapplies_the_change() -> None:
-    """Goal: when the quorum never saw our accept it can never be chosen: apply afresh."""
-    prev = Previous(Ballot(4, 1, 1), Value(3, b"m"), Outcome("applied", Value(3, b"m")))
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, [prev])
-    rnd.on_reply(1, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base")))
-    step = rnd.on_reply(2, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base")))
-    assert step == SendAccept(Accept("k", B, Value(3, b"m")))
+def test_retry_where_the_request_was_never_applied_applies_it_once() -> None:
+    """Goal: when the newest value does not hold the request (and forgot nothing), no
+    earlier attempt can be chosen any more: apply the change afresh, recording its id."""
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "r1", sent_before=True)
+    rnd.on_reply(1, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base", (("r0", 2),))))
+    step = rnd.on_reply(2, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base", (("r0", 2),))))
+    assert step == SendAccept(Accept("k", B, Value(3, b"m", (("r1", 3), ("r0", 2)))))
+
+
+def test_idempotency_key_reused_by_a_new_request_is_not_applied_again() -> None:
+    """Goal: a client retry with the same Idempotency-Key gets the first outcome."""
+    cur = Value(7, b"later", (("r5", 7), ("c:abc", 6)))
+    value, outcome = apply_change(cur, Set(b"again"), "c:abc")
+    assert value == cur
+    assert (outcome.kind, outcome.value.version) == ("applied", 6)
 
 
 def test_query_round_commits_when_a_quorum_agrees() -> None:
@@ -124,10 +143,9 @@ def test_query_round_falls_back_when_acceptors_disagree() -> None:
     assert q.disagreed()
 
 
-def test_identity_round_of_a_read_ignores_previous() -> None:
-    """Goal: reads may always be retried from scratch (they change nothing)."""
-    prev = Previous(Ballot(4, 1, 1), Value(3, b"m"), Outcome("read", Value(3, b"m")))
-    rnd = ProposerRound("k", B, Read(), Q3, [prev])
+def test_identity_round_of_a_read_records_no_request() -> None:
+    """Goal: reads change nothing, not even the remembered request ids."""
+    rnd = ProposerRound("k", B, Read(), Q3, "r1", sent_before=True)
     rnd.on_reply(1, Promise("k", B, Ballot(9, 2, 1), Value(5, b"z")))
     step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
     assert step == SendAccept(Accept("k", B, Value(5, b"z")))
@@ -139,28 +157,3 @@ def test_next_ballot_is_above_everything_seen_and_unique_per_incarnation() -> No
     assert b == Ballot(11, 1, 4)
     assert b > Ballot(10, 2, 7)
     assert next_ballot(0, Ballot.ZERO, 1, 5) != next_ballot(0, Ballot.ZERO, 1, 6)
-
-
-def test_retry_finishes_an_older_accept_of_ours_not_just_the_latest() -> None:
-    """Goal: the chaos-found bug (seed 1182905457): with two failed attempts, a quorum whose
-    newest value is our FIRST accept finishes that value instead of applying the change
-    again on top of it."""
-    b1, b2 = Ballot(2, 1, 1), Ballot(3, 1, 1)
-    first = Value(1, b"x")
-    prevs = [Previous(b1, first, Outcome("applied", first)),
-             Previous(b2, first, Outcome("applied", first))]
-    rnd = ProposerRound("k", B, Create(b"x"), Q3, prevs)
-    rnd.on_reply(1, Promise("k", B, b1, first))
-    step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
-    assert step == SendAccept(Accept("k", B, first))
-    assert rnd.outcome == Outcome("applied", first)
-
-
-def test_retry_seeing_a_foreign_value_between_our_accepts_is_unknown() -> None:
-    """Goal: a value of someone else newer than our oldest accept may include our change."""
-    b1, b2 = Ballot(2, 1, 1), Ballot(4, 1, 1)
-    prevs = [Previous(b1, Value(1, b"x"), Outcome("applied", Value(1, b"x"))),
-             Previous(b2, Value(1, b"x"), Outcome("applied", Value(1, b"x")))]
-    rnd = ProposerRound("k", B, Create(b"x"), Q3, prevs)
-    rnd.on_reply(1, Promise("k", B, Ballot(3, 2, 1), Value(2, b"other")))
-    assert rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY)) == Unknown()

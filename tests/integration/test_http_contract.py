@@ -137,7 +137,7 @@ def test_internal_endpoints_need_peer_credentials(shared_cluster: Cluster) -> No
                    {"Authorization": "Bearer wrong"})[0] == 401
     auth = {"Authorization": f"Bearer {SECRET}"}
     for frame in (b"not json", b"[]", b'{"m": [{"t": "prepare"}]}',
-                  b'{"m": [{"t": "accept", "k": "k", "b": [1, 1, 1], "v": [1, "%%"]}]}'):
+                  b'{"m": [{"t": "accept", "k": "k", "b": [1, 1, 1], "v": [1, "%%", []]}]}'):
         status, _, body = raw(url, "POST", "/internal/batch", frame, auth)
         assert status == 400, frame
         assert orjson.loads(body)["error"] == "bad_frame"
@@ -171,3 +171,19 @@ def test_status_health_ready_metrics_openapi(shared_cluster: Cluster) -> None:
     assert spec["openapi"].startswith("3.")
     assert {"/v1/kv/{key}", "/v1/kv", "/v1/status", "/healthz", "/readyz",
             "/metrics"} <= set(spec["paths"])
+
+
+def test_idempotency_key_applies_a_retried_write_once(shared_cluster: Cluster) -> None:
+    """Goal: a client that retries with the same Idempotency-Key (e.g. after a 504) gets the
+    first answer and the write is applied once; a bad key is a 400."""
+    url = shared_cluster.nodes[1].url
+    c = Client(url)
+    v1 = c.put("contract/idem", b"a").version
+    hdr = {"If-Match": f'"{v1}"', "Idempotency-Key": "retry-42"}
+    first = raw(url, "PUT", "/v1/kv/contract/idem", b"b", hdr)
+    again = raw(shared_cluster.nodes[2].url, "PUT", "/v1/kv/contract/idem", b"b", hdr)
+    assert first[0] == again[0] == 200  # not 412: the CAS is recognised as already applied
+    assert first[1]["ETag"] == again[1]["ETag"] == f'"{(v1 or 0) + 1}"'
+    assert c.get("contract/idem").version == (v1 or 0) + 1
+    bad = raw(url, "PUT", "/v1/kv/contract/idem", b"c", {"Idempotency-Key": "no spaces"})
+    assert bad[0] == 400

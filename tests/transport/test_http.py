@@ -94,4 +94,4 @@ def test_promise_round_trips_through_encode_replies() -> None:
     import orjson
     body = encode_replies([Promise("k", Ballot(2, 1), Ballot.ZERO, Value(0, None))])
     assert orjson.loads(body) == {"r": [{"t": "promise", "k": "k", "b": [2, 1, 0],
-                                         "ba": [0, 0, 0], "v": [0, None]}]}
+                                         "ba": [0, 0, 0], "v": [0, None, []]}]}
