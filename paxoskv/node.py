@@ -175,6 +175,8 @@ class _Progress:
     """How far one client request got: whether an accept carrying its change left this node."""
 
     change_sent: bool = False
+    sent_from_version: int | None = None
+    """The lowest version an accept of this request's change proposed."""
 
 
 @dataclass
@@ -377,7 +379,7 @@ class Node:
                 await asyncio.sleep(self._backoff(attempt))
             ballot = self._next_ballot(seen)
             rnd = ProposerRound(key, ballot, change, self.quorum, request_id,
-                                sent_before=progress.change_sent)
+                                progress.sent_from_version)
             phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
             step = await self._broadcast(rnd.prepare(), rnd.on_reply, phase_deadline)
             if step is None:
@@ -385,8 +387,13 @@ class Node:
             if isinstance(step, SendAccept):
                 self.metrics.round("prepare", "ok")
                 assert rnd.outcome is not None
-                if rnd.outcome.kind == "applied":
-                    progress.change_sent = True  # from now on a failure is "unknown"
+                if rnd.outcome.kind == "applied" and step.accept.value.applied_version(
+                        request_id) == step.accept.value.version:
+                    # from now on a failure is "unknown" unless a retry finds out
+                    progress.change_sent = True
+                    version = step.accept.value.version
+                    if progress.sent_from_version is None or version < progress.sent_from_version:
+                        progress.sent_from_version = version
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
                 if step is None:

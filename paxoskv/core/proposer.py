@@ -92,17 +92,18 @@ class ProposerRound:
         change: Change,
         config: QuorumConfig,
         request_id: str | None = None,
-        sent_before: bool = False,
+        sent_from_version: int | None = None,
     ) -> None:
         """``request_id`` identifies the client request across retries (and across client
-        retries with an Idempotency-Key); ``sent_before``: an earlier attempt of it sent an
-        accept that applied the change, which may have taken effect."""
+        retries with an Idempotency-Key). ``sent_from_version``: an earlier attempt sent an
+        accept applying the change, which may have taken effect; had it, the version it
+        produced would be at least this (the lowest new version any attempt proposed)."""
         self.key = key
         self.ballot = ballot
         self.change = change
         self.config = config
         self.request_id = request_id
-        self.sent_before = sent_before and request_id is not None
+        self.sent_from_version = sent_from_version if request_id is not None else None
         self.phase = Phase.PREPARE
         self._promises: dict[int, Promise] = {}
         self._accepted: set[int] = set()
@@ -155,11 +156,12 @@ class ProposerRound:
 
     def _promised(self) -> RoundStep:
         highest = max(self._promises.values(), key=lambda p: p.ballot_accepted).value
-        if (self.sent_before and self.request_id is not None
+        if (self.sent_from_version is not None and self.request_id is not None
                 and highest.applied_version(self.request_id) is None
-                and not highest.remembers_everything()):
+                and not highest.remembers_from(self.sent_from_version)):
             # Had an earlier attempt been chosen (or picked up by another proposer), the
-            # newest value would descend from it; this one may have forgotten it.
+            # newest value would descend from it; this one has forgotten requests that far
+            # back.
             self.phase = Phase.DONE
             return Unknown()
         # If the newest value remembers this request, apply_change reports its original

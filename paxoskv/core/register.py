@@ -65,9 +65,15 @@ class Value:
                 return version
         return None
 
-    def remembers_everything(self) -> bool:
-        """True while no request id has been forgotten from ``recent``."""
-        return len(self.recent) < RECENT_MAX
+    def remembers_from(self, version: int) -> bool:
+        """True if every change that produced a version >= ``version`` is in ``recent``.
+
+        Every applied change records its id and bumps the version by one, so ``recent``
+        covers a contiguous run of versions ending at ``self.version``.
+        """
+        if len(self.recent) < RECENT_MAX:
+            return True
+        return self.recent[-1][1] <= version
 
 
 EMPTY = Value(0, None)

@@ -55,13 +55,13 @@ def test_an_older_accept_of_the_same_request_is_not_applied_twice() -> None:
     assert isinstance(r1.on_timeout(), Abort)
     assert r1.accept is not None and r1.outcome is not None
 
-    r2 = ProposerRound("k", Ballot(2, 1), change, quorum, "req", sent_before=True)
+    r2 = ProposerRound("k", Ballot(2, 1), change, quorum, "req", sent_from_version=1)
     step = acceptors.prepare(r2, [2, 3])
     assert isinstance(step, SendAccept)
     assert isinstance(r2.on_timeout(), Abort)  # accept lost everywhere
     assert r2.accept is not None and r2.outcome is not None
 
-    r3 = ProposerRound("k", Ballot(3, 1), change, quorum, "req", sent_before=True)
+    r3 = ProposerRound("k", Ballot(3, 1), change, quorum, "req", sent_from_version=1)
     step = acceptors.prepare(r3, [1, 2])
     if not isinstance(step, SendAccept):
         return  # e.g. Unknown (504): an honest answer

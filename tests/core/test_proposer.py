@@ -81,7 +81,7 @@ def test_retry_finishes_a_value_that_remembers_the_request() -> None:
     re-accepts that value unchanged and reports the original outcome (a CAS must not be
     told 'rejected' for its own write)."""
     mine = Value(3, b"mine", (("r1", 3),))
-    rnd = ProposerRound("k", B, Cas(2, b"mine"), Q3, "r1", sent_before=True)
+    rnd = ProposerRound("k", B, Cas(2, b"mine"), Q3, "r1", sent_from_version=3)
     rnd.on_reply(1, Promise("k", B, Ballot(4, 1, 1), mine))
     step = rnd.on_reply(2, Promise("k", B, Ballot(1, 1, 1), Value(2, b"old")))
     assert step == SendAccept(Accept("k", B, mine))
@@ -91,7 +91,7 @@ def test_retry_finishes_a_value_that_remembers_the_request() -> None:
 def test_retry_finds_the_request_under_later_writes() -> None:
     """Goal: a write built on top of ours still remembers ours: the outcome is ours."""
     newer = Value(5, b"other", (("r9", 5), ("r1", 4)))
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, "r1", sent_before=True)
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "r1", sent_from_version=4)
     rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), newer))
     step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
     assert step == SendAccept(Accept("k", B, newer))
@@ -103,15 +103,26 @@ def test_retry_where_the_newest_value_has_forgotten_requests_is_unknown() -> Non
     """Goal: invariant 5: when the newest value no longer remembers every request and ours
     is not there, we cannot tell whether our earlier accept took effect."""
     full = tuple((f"r{i}", 100 - i) for i in range(RECENT_MAX))
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, "mine", sent_before=True)
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "mine", sent_from_version=50)
     rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), Value(100, b"x", full)))
     assert rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY)) == Unknown()
+
+
+def test_a_full_memory_that_still_covers_our_versions_is_conclusive() -> None:
+    """Goal: with 16 remembered ids whose oldest is below the version our change would have
+    produced, ours would be there had it been applied: apply it (no needless 504)."""
+    full = tuple((f"r{i}", 100 - i) for i in range(RECENT_MAX))  # versions 85..100
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "mine", sent_from_version=90)
+    rnd.on_reply(1, Promise("k", B, Ballot(4, 2, 1), Value(100, b"x", full)))
+    step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
+    assert isinstance(step, SendAccept)
+    assert step.accept.value.version == 101
 
 
 def test_retry_where_the_request_was_never_applied_applies_it_once() -> None:
     """Goal: when the newest value does not hold the request (and forgot nothing), no
     earlier attempt can be chosen any more: apply the change afresh, recording its id."""
-    rnd = ProposerRound("k", B, Set(b"m"), Q3, "r1", sent_before=True)
+    rnd = ProposerRound("k", B, Set(b"m"), Q3, "r1", sent_from_version=3)
     rnd.on_reply(1, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base", (("r0", 2),))))
     step = rnd.on_reply(2, Promise("k", B, Ballot(2, 1, 1), Value(2, b"base", (("r0", 2),))))
     assert step == SendAccept(Accept("k", B, Value(3, b"m", (("r1", 3), ("r0", 2)))))
@@ -145,7 +156,7 @@ def test_query_round_falls_back_when_acceptors_disagree() -> None:
 
 def test_identity_round_of_a_read_records_no_request() -> None:
     """Goal: reads change nothing, not even the remembered request ids."""
-    rnd = ProposerRound("k", B, Read(), Q3, "r1", sent_before=True)
+    rnd = ProposerRound("k", B, Read(), Q3, "r1", sent_from_version=5)
     rnd.on_reply(1, Promise("k", B, Ballot(9, 2, 1), Value(5, b"z")))
     step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
     assert step == SendAccept(Accept("k", B, Value(5, b"z")))
