@@ -468,6 +468,8 @@ class _Simulation:
         await asyncio.wait([call])
         status = self._complete(op_id, node_id, call)
         self.statuses[f"{kind}:{status}"] += 1
+        if not call.cancelled() and call.exception() is None:
+            known[key] = call.result().value.version  # the next cas or delete aims at it
         return status
 
     def _complete(self, op_id: int, node_id: int, call: asyncio.Task[Outcome]) -> str:
