@@ -54,11 +54,12 @@ def test_mutant_is_caught_within_default_budget(mutant: str) -> None:
 
     Method: run the CLI's default seed budget with the mutant, in seed order, until a run is
     caught; that must happen within the budget. no-fsync, no-promise-check and small-quorum
-    must be caught by the linearizability checker (the damage reaches clients). reuse-ballot
-    is caught by the state checker ("two values under one ballot") or the acceptor's own
-    assertion: on 3 nodes a restarted proposer's first prepare is nacked by its own acceptor,
-    which remembers its old promise, so its reused ballots rarely reach a quorum unseen, and
-    the linearizability checker did not see damage within the budget (measured).
+    must be caught by the linearizability checker (the damage reaches clients), and are, in
+    the first seed or two. reuse-ballot may be caught by any detector: the state checker ("two
+    values under one ballot"), the acceptor's own assertion, or the checker. A restarted
+    proposer's first prepare is nacked by its own acceptor, which remembers the old promise,
+    so a reused ballot rarely reaches a quorum unseen: measured over seeds 0-99, the checker
+    saw damage in 1 run (seed 35), the state checker in 6, the assertion in 10 (first: seed 8).
     """
     assert set(DETECTOR) == set(MUTANTS)
     options = SimOptions(mutant=mutant)
