@@ -147,12 +147,15 @@ class HttpTransport:
             p.inflight -= 1
             self._pump(p)
 
-    async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
+    async def _json_call(self, peer: int, method: str, path: str, body: bytes | None = None,
+                         params: dict[str, str] | None = None) -> dict[str, Any]:
+        """One small JSON request to a peer's /internal/ endpoint; PeerUnreachable on any
+        failure, so callers see one error type."""
         p = self._peer(peer)
         try:
-            async with self._get_session().post(f"{p.url}/internal/hello",
-                                                data=orjson.dumps(info),
-                                                headers=self._headers()) as resp:
+            async with self._get_session().request(method, f"{p.url}{path}", data=body,
+                                                   params=params,
+                                                   headers=self._headers()) as resp:
                 payload = await resp.read()
                 if resp.status != 200:
                     raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
@@ -160,22 +163,16 @@ class HttpTransport:
         except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
             raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(result, dict):
-            raise PeerUnreachable("hello reply is not an object")
+            raise PeerUnreachable(f"{path} reply is not an object")
         return result
 
+    async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
+        return await self._json_call(peer, "POST", "/internal/hello", orjson.dumps(info))
+
     async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
-        p = self._peer(peer)
-        try:
-            async with self._get_session().get(
-                    f"{p.url}/internal/keys", params={"prefix": prefix, "limit": str(limit)},
-                    headers=self._headers()) as resp:
-                payload = await resp.read()
-                if resp.status != 200:
-                    raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
-            result = orjson.loads(payload)
-        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
-            raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from exc
-        entries = result.get("keys") if isinstance(result, dict) else None
+        result = await self._json_call(peer, "GET", "/internal/keys",
+                                       params={"prefix": prefix, "limit": str(limit)})
+        entries = result.get("keys")
         if not isinstance(entries, list):
             raise PeerUnreachable("keys reply is malformed")
         out: list[KeyEntry] = []
