@@ -42,8 +42,11 @@ class ServerProcess:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
         env = dict(os.environ, PAXOSKV_PEER_SECRET=SECRET)
+        # ``peers`` is an ID=URL list, or "@" + the path of a hosts file
+        where = (["--hosts", self.peers[1:]] if self.peers.startswith("@")
+                 else ["--peers", self.peers])
         cmd = [sys.executable, "-m", "paxoskv", "serve", "--node-id", str(self.node_id),
-               "--listen", f"127.0.0.1:{self.port}", "--peers", self.peers,
+               "--listen", f"127.0.0.1:{self.port}", *where,
                "--data-dir", str(self.data_dir), "--heartbeat-interval", "0.2",
                "--request-timeout", "4", "--phase-timeout", "0.8", "--peer-timeout", "1",
                *self.extra]
