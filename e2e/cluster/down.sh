@@ -25,10 +25,10 @@ ours() {
   echo "$pid"
 }
 stop() {
-  local name=$1 pid i
+  local name=$1 pid
   if pid=$(ours "$name"); then
     kill -TERM "$pid"
-    for i in $(seq 1 40); do pid_alive "$pid" || break; sleep 0.5; done
+    for _ in $(seq 1 40); do pid_alive "$pid" || break; sleep 0.5; done
     if pid_alive "$pid"; then log "$name (pid $pid) ignored SIGTERM: SIGKILL"; kill -KILL "$pid"; sleep 0.5; fi
     log "stopped $name (pid $pid)"
   fi
@@ -83,7 +83,7 @@ for ipt in iptables ip6tables; do
 done
 
 # 3. Mounts under the state dir (kubelet volumes, container rootfs, sandbox shm), deepest first.
-for i in 1 2 3; do
+for _ in 1 2 3; do
   mapfile -t mnts < <(awk -v s="$STATE/" 'index($5, s) == 1 {print $5}' /proc/self/mountinfo | sort -r)
   (( ${#mnts[@]} )) || break
   for m in "${mnts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done

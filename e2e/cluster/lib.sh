@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings for the e2e cluster scripts. Source it; do not run it.
 # shellcheck disable=SC2034
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
