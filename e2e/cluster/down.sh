@@ -6,6 +6,7 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 RUN=$STATE/run
+e2e_lock
 
 if [[ ! -e $STATE ]]; then log "nothing to tear down ($STATE absent)"; exit 0; fi
 if [[ $(cat "$STATE/kind" 2>/dev/null) == kind ]]; then

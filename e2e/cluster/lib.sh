@@ -71,3 +71,18 @@ pid_alive() {
   st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
   [[ -n $st && $st != Z ]]
 }
+
+# e2e_lock: one cluster-up/cluster-down at a time on this machine (they share $STATE, ports and
+# the bridge). The lock is held on fd 9 until the script exits; daemons are started with fd 9
+# closed so they never hold it. Nested calls (up.sh running down.sh) skip it.
+e2e_lock() {
+  [[ -n ${PAXOSKV_E2E_LOCKED:-} ]] && return 0
+  local lockfile=${STATE%/}.lock
+  mkdir -p "$(dirname "$lockfile")"
+  exec 9>"$lockfile"
+  if ! flock -n 9; then
+    log "another cluster-up/down holds $lockfile; waiting (up to 1800 s)"
+    flock -w 1800 9 || die "gave up waiting for $lockfile"
+  fi
+  export PAXOSKV_E2E_LOCKED=1
+}

@@ -10,6 +10,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 T0=$(date +%s)
+e2e_lock
 
 choose_kind() {
   case ${PAXOSKV_CLUSTER:-auto} in
@@ -73,7 +74,7 @@ export PATH
 # start NAME COMMAND...: run in the background in its own session, log and pid file under $STATE.
 start() {
   local name=$1; shift
-  setsid nohup "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid nohup "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$RUN/$name.pid"
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
