@@ -30,6 +30,7 @@ class Kube:
         config.load_kube_config(config_file=kubeconfig)
         self.core = client.CoreV1Api()
         self.apps = client.AppsV1Api()
+        self.volume_permissions = os.environ.get("PAXOSKV_E2E_VOLUME_PERMISSIONS", "true")
 
     # ------------------------------------------------------------------ basics
 
@@ -68,7 +69,9 @@ class Kube:
                 "--set", "resources.requests.cpu=50m",
                 "--set", "resources.requests.memory=128Mi",
                 "--set", "resources.limits.memory=256Mi",
-                "--set", "minReadySeconds=2"]
+                "--set", "minReadySeconds=2",
+                # the host-path provisioner of the local cluster ignores fsGroup
+                "--set", f"volumePermissions.enabled={self.volume_permissions}"]
 
     def pod_names(self) -> list[str]:
         return [f"{FULLNAME}-{i}" for i in range(3)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +41,14 @@ async def serve(opts: ServeOptions) -> None:
     flight, close storage cleanly."""
     metrics = PromMetrics()
     limits: Limits = opts.config.limits
-    storage = SqliteStorage(opts.data_dir, observer=metrics.commit,
-                            batch_max=limits.storage_batch_max)
+    try:
+        storage = SqliteStorage(opts.data_dir, observer=metrics.commit,
+                                batch_max=limits.storage_batch_max)
+    except (OSError, sqlite3.Error) as exc:
+        raise SystemExit(
+            f"paxoskv: cannot open the data directory {opts.data_dir} as uid {os.getuid()}: "
+            f"{exc} (check that it exists and is writable; in Kubernetes, a volume plugin "
+            "that ignores fsGroup needs the chart's volumePermissions.enabled=true)") from None
     identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id)
     log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
              identity.cluster_id, identity.incarnation, identity.data_id,
