@@ -90,6 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--heartbeat-interval", "seconds between heartbeats to each peer", 0.5, type=float)
     _add(s, "--repair-interval", "seconds between background repair sweeps", 30.0, type=float)
     _add(s, "--repair-rate", "keys per second the repair sweep checks", 100.0, type=float)
+    _add(s, "--drain-seconds", "after SIGTERM, seconds to keep serving while not ready", 0.0,
+         type=float)
     _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
     _add(s, "--log-format", "log format", "text", choices=["text", "json"])
     _add(s, "--log-level", "log level", "info",
@@ -218,7 +220,8 @@ def _serve(args: argparse.Namespace) -> int:
             await wait_for_dns(peers, node_id, args.dns_timeout)
         await serve(ServeOptions(config, host, port, Path(args.data_dir),
                                  secret or secrets.token_hex(16),
-                                 peer_timeout_s=args.peer_timeout))
+                                 peer_timeout_s=args.peer_timeout,
+                                 drain_s=max(0.0, args.drain_seconds)))
 
     asyncio.run(main())
     return 0

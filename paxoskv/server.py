@@ -34,6 +34,9 @@ class ServeOptions:
     secret: str
     peer_timeout_s: float = 2.0
     shutdown_timeout_s: float = 10.0
+    drain_s: float = 0.0
+    """After SIGTERM, keep serving this long while /readyz says 503, so load balancers
+    (a Kubernetes Service) stop sending new requests before the socket closes."""
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -76,8 +79,12 @@ async def serve(opts: ServeOptions) -> None:
                                      return_when=asyncio.FIRST_COMPLETED)
         if node_task in done:
             node_task.result()  # a background loop died: surface it
-        log.info("shutting down: draining requests in flight")
         node.stopping = True
+        if opts.drain_s > 0 and node_task not in done:
+            log.info("shutting down: not ready; serving %.1fs more while clients move away",
+                     opts.drain_s)
+            await asyncio.sleep(opts.drain_s)
+        log.info("shutting down: draining requests in flight")
         await runner.shutdown()
         await runner.cleanup()
     finally:
