@@ -6,6 +6,7 @@ Every wait is bounded and prints progress; every failure message says what was s
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -135,8 +136,9 @@ class Kube:
         return out
 
     def cli(self, pod: str, *args: str) -> str:
-        """Run the paxoskv CLI inside ``pod``; returns stdout+stderr."""
-        return self.exec(pod, ["paxoskv", *args])
+        """Run the paxoskv CLI inside ``pod``; returns its stdout (stderr, where `get` puts
+        the version, would interleave unpredictably with the value)."""
+        return self.exec(pod, ["sh", "-c", shlex.join(["paxoskv", *args]) + " 2>/dev/null"])
 
     # ------------------------------------------------------------------ pods that run Python
 
