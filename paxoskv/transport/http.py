@@ -61,6 +61,7 @@ def encode_replies(replies: list[Reply]) -> bytes:
 class _Peer:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
+        self.session: aiohttp.ClientSession | None = None
         self.queue: list[tuple[Request, asyncio.Future[Reply]]] = []
         self.inflight = 0
 
@@ -78,24 +79,34 @@ class HttpTransport:
         self._limits = limits or Limits()
         self._metrics = metrics or Metrics()
         self._inflight_max = inflight_max
-        self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _headers(self) -> dict[str, str]:
         return {AUTH_HEADER: f"Bearer {self._secret}", FROM_HEADER: str(self.node_id),
                 "Content-Type": "application/json"}
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # One pooled keep-alive connector; per-host limit keeps each peer's pool bounded.
+    def _session(self, p: _Peer) -> aiohttp.ClientSession:
+        """The peer's own pooled keep-alive session (one per peer, DESIGN section 1)."""
+        if p.session is None:
             # No DNS cache: a restarted StatefulSet pod comes back under its name with a new
-            # IP, and aiohttp's default 10 s cache kept peers dialling the old one (seen as a
-            # 20 s loss of quorum in the e2e rolling upgrade).
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._inflight_max + 4,
+            # IP, and aiohttp's default 10 s cache kept peers dialling the old one.
+            connector = aiohttp.TCPConnector(limit=self._inflight_max + 4,
                                              keepalive_timeout=30, use_dns_cache=False)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  json_serialize=lambda o: orjson.dumps(o).decode())
-        return self._session
+            p.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return p.session
+
+    def _reset(self, p: _Peer) -> None:
+        """Drop every pooled connection to a peer that just failed: after a restart with a
+        new address, each stale keep-alive connection would otherwise hang until its own
+        timeout (seen as a 16 s loss of quorum in the e2e rolling upgrade)."""
+        if p.session is not None:
+            # Closing aborts requests still on it: they go to the same failing peer.
+            self._track(asyncio.ensure_future(p.session.close()))
+            p.session = None
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _peer(self, peer: int) -> _Peer:
         try:
@@ -115,17 +126,15 @@ class HttpTransport:
             batch = p.queue[: self._limits.batch_messages_max]
             del p.queue[: len(batch)]
             p.inflight += 1
-            task = asyncio.ensure_future(self._post_batch(p, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._track(asyncio.ensure_future(self._post_batch(p, batch)))
 
     async def _post_batch(self, p: _Peer, batch: list[tuple[Request, asyncio.Future[Reply]]]
                           ) -> None:
         self._metrics.transport_batch(len(batch))
         try:
             body = orjson.dumps({"m": [to_wire(m) for m, _ in batch]})
-            async with self._get_session().post(f"{p.url}/internal/batch", data=body,
-                                                headers=self._headers()) as resp:
+            async with self._session(p).post(f"{p.url}/internal/batch", data=body,
+                                             headers=self._headers()) as resp:
                 payload = await resp.read()
                 if resp.status != 200:
                     raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
@@ -141,6 +150,8 @@ class HttpTransport:
                     fut.set_result(reply)
         except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError,
                 PeerProtocolError, PeerUnreachable) as exc:
+            if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
+                self._reset(p)
             err = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(
                 f"{type(exc).__name__}: {exc}")
             for _, fut in batch:
@@ -156,14 +167,16 @@ class HttpTransport:
         failure, so callers see one error type."""
         p = self._peer(peer)
         try:
-            async with self._get_session().request(method, f"{p.url}{path}", data=body,
-                                                   params=params,
-                                                   headers=self._headers()) as resp:
+            async with self._session(p).request(method, f"{p.url}{path}", data=body,
+                                                params=params,
+                                                headers=self._headers()) as resp:
                 payload = await resp.read()
                 if resp.status != 200:
                     raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
             result = orjson.loads(payload)
         except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            if not isinstance(exc, orjson.JSONDecodeError):
+                self._reset(p)
             raise PeerUnreachable(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(result, dict):
             raise PeerUnreachable(f"{path} reply is not an object")
@@ -193,5 +206,7 @@ class HttpTransport:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        for p in self._peers.values():
+            if p.session is not None:
+                await p.session.close()
+                p.session = None
