@@ -211,6 +211,8 @@ class Node:
         self.quorum = quorum or QuorumConfig.of(config.acceptors)
         self.peer_health: dict[int, PeerHealth] = {
             pid: PeerHealth() for pid in config.peers if pid != config.node_id}
+        self.heard_from: dict[int, float] = {}
+        """When each peer's heartbeat last reached us (loop time)."""
         self._counter = 0
         self._acceptor_locks = _KeyedLocks()
         self._proposer_locks = _KeyedLocks()
@@ -275,6 +277,7 @@ class Node:
                 or not isinstance(data_id, str) or peer_id not in self.config.peers:
             reply["refused"] = "unknown cluster or node"
             return reply
+        self.heard_from[peer_id] = asyncio.get_running_loop().time()
         name = f"peer_data_id.{peer_id}"
         known = self.storage.get_meta(name)
         if known is None or (info.get("rejoin") is True and known != data_id):
@@ -498,6 +501,24 @@ class Node:
             up.add(self.config.node_id)
         return len(up) >= self.quorum.quorum
 
+    def ready(self) -> bool:
+        """Readiness: a quorum of acceptors that we reach AND that reach us.
+
+        One-way is not enough: a pod restarted under a new address reaches its peers at once,
+        but they may still resolve its old address (cluster DNS caches for up to 30 s). A
+        rolling update that took it for ready would stop the next pod and lose the quorum.
+        """
+        if not self.quorum_reachable():
+            return False
+        now = asyncio.get_running_loop().time()
+        fresh_s = self.config.heartbeat_interval_s * self.config.peer_down_after \
+            + self.config.heartbeat_timeout_s
+        mutual = {a for a in self.quorum.acceptors if a != self.config.node_id
+                  and self.peer_health[a].up and now - self.heard_from.get(a, -1e9) <= fresh_s}
+        if self.config.node_id in self.quorum.acceptors and self.acceptor_mode == "normal":
+            mutual.add(self.config.node_id)
+        return len(mutual) >= self.quorum.quorum
+
     async def heartbeat_once(self) -> None:
         loop = asyncio.get_running_loop()
 
@@ -677,7 +698,7 @@ class Node:
             "acceptor_mode": self.acceptor_mode,
             "amnesia": self.amnesia_detail,
             "quorum": {"acceptors": sorted(self.quorum.acceptors), "size": self.quorum.quorum,
-                       "reachable": self.quorum_reachable()},
+                       "reachable": self.quorum_reachable(), "ready": self.ready()},
             "peers": {
                 str(pid): {
                     "url": self.config.peers[pid].url,
@@ -686,6 +707,8 @@ class Node:
                     "rtt_seconds": h.rtt_s,
                     "seconds_since_heartbeat": None if h.last_ok is None
                     else round(loop.time() - h.last_ok, 3),
+                    "seconds_since_heard_from": None if pid not in self.heard_from
+                    else round(loop.time() - self.heard_from[pid], 3),
                     "error": h.error,
                     "version": h.version,
                 }

@@ -255,6 +255,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if not node.quorum_reachable():
         return _error(503, "no_quorum", "a quorum of acceptors is not reachable",
                       {"Retry-After": RETRY_AFTER_S})
+    if not node.ready():
+        return _error(503, "not_heard_from_quorum",
+                      "a quorum of acceptors is reachable, but not enough of them reach this "
+                      "node yet", {"Retry-After": RETRY_AFTER_S})
     return _json(200, {"status": "ready", "acceptor_mode": node.acceptor_mode})
 
 

@@ -152,7 +152,8 @@ def test_status_health_ready_metrics_openapi(shared_cluster: Cluster) -> None:
     doc = json.loads(body)
     assert status == 200
     assert doc["node_id"] == 1
-    assert doc["quorum"] == {"acceptors": [1, 2, 3], "size": 2, "reachable": True}
+    assert doc["quorum"] == {"acceptors": [1, 2, 3], "size": 2, "reachable": True,
+                             "ready": True}
     assert set(doc["peers"]) == {"2", "3"}
     assert all(p["up"] for p in doc["peers"].values())
     assert raw(url, "GET", "/healthz")[0] == 200
