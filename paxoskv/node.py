@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -719,6 +719,3 @@ class Node:
             "rounds_inflight": self._inflight,
         }
 
-
-def acceptor_ids(peers: Iterable[PeerSpec]) -> list[int]:
-    return sorted(p.node_id for p in peers if "acceptor" in p.roles)

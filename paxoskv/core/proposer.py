@@ -198,29 +198,29 @@ class QueryRound:
             return Wait()
         if isinstance(reply, QueryReply) and reply.key == self.key:
             self._replies[acceptor_id] = reply
-            counts: dict[Ballot, int] = {}
-            for r in self._replies.values():
-                counts[r.ballot_accepted] = counts.get(r.ballot_accepted, 0) + 1
-                if counts[r.ballot_accepted] >= self.config.quorum:
-                    self.done = True
-                    return Committed(Outcome("read", r.value))
         else:
             self._refused.add(acceptor_id)
+        counts = self._counts()
+        for ballot, n in counts.items():
+            if n >= self.config.quorum:
+                self.done = True
+                value = next(r.value for r in self._replies.values() if r.ballot_accepted == ballot)
+                return Committed(Outcome("read", value))
         pending = len(self.config.acceptors) - len(self._replies) - len(self._refused)
-        if not self._agreement_possible(pending):
+        if max(counts.values(), default=0) + pending < self.config.quorum:
             self.done = True
             return Abort(Phase.PREPARE, Ballot.ZERO, conflict=bool(self._replies))
         return Wait()
 
     def disagreed(self) -> bool:
-        return len({r.ballot_accepted for r in self._replies.values()}) > 1
+        return len(self._counts()) > 1
 
-    def _agreement_possible(self, pending: int) -> bool:
+    def _counts(self) -> dict[Ballot, int]:
+        """How many acceptors report each accepted ballot."""
         counts: dict[Ballot, int] = {}
         for r in self._replies.values():
             counts[r.ballot_accepted] = counts.get(r.ballot_accepted, 0) + 1
-        best = max(counts.values(), default=0)
-        return best + pending >= self.config.quorum
+        return counts
 
 
 def next_ballot(counter_floor: int, seen: Ballot, node_id: int, incarnation: int) -> Ballot:

@@ -28,7 +28,6 @@ __all__ = [
     "Set",
     "Value",
     "apply_change",
-    "is_identity",
 ]
 
 
@@ -76,7 +75,6 @@ class Value:
         return self.recent[-1][1] <= version
 
 
-EMPTY = Value(0, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +125,6 @@ class Outcome:
 
     kind: OutcomeKind
     value: Value
-
-
-def is_identity(change: Change) -> bool:
-    return isinstance(change, Read)
 
 
 def _next(current: Value, data: bytes | None, request_id: str | None) -> Value:
