@@ -93,6 +93,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--drain-seconds", "after SIGTERM, seconds to keep serving while not ready", 0.0,
          type=float)
     _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
+    _add_flag(s, "--rejoin-after-quorum-loss", "with --rejoin: a majority of acceptors lost "
+              "their disks; rejoin from whatever survived (README)")
     _add(s, "--log-format", "log format", "text", choices=["text", "json"])
     _add(s, "--log-level", "log level", "info",
          choices=["debug", "info", "warning", "error"])
@@ -157,6 +159,7 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from paxoskv.config import NodeConfig
     from paxoskv.discovery.peers import (
         DiscoveryError,
         parse_hosts_file,
@@ -165,7 +168,6 @@ def _serve(args: argparse.Namespace) -> int:
         wait_for_dns,
     )
     from paxoskv.limits import Limits
-    from paxoskv.node import NodeConfig
     from paxoskv.server import ServeOptions, serve
 
     _setup_logging(args.log_format, args.log_level)
@@ -211,7 +213,8 @@ def _serve(args: argparse.Namespace) -> int:
             heartbeat_interval_s=args.heartbeat_interval,
             heartbeat_timeout_s=max(args.heartbeat_interval * 2, 0.2),
             repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
-            rejoin=args.rejoin, limits=limits)
+            peer_timeout_s=args.peer_timeout, rejoin=args.rejoin,
+            rejoin_after_quorum_loss=args.rejoin_after_quorum_loss, limits=limits)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

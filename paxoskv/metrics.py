@@ -41,6 +41,9 @@ class Metrics:
     def amnesia(self, refusing: bool) -> None: ...
     def repair(self, result: str) -> None: ...
     def transport_batch(self, messages: int) -> None: ...
+    def identity_refused(self, refused: bool) -> None: ...
+    def peer_refused(self, peer: str, refused: bool) -> None: ...
+    def rejoin(self, result: str) -> None: ...
 
 
 class PromMetrics(Metrics):
@@ -73,6 +76,18 @@ class PromMetrics(Metrics):
                               "state (see README: rejoin)", registry=r)
         self._repair = Counter("paxoskv_repair_keys", "Keys checked and repaired by anti-entropy",
                                ["result"], registry=r)
+        self._identity_refused = Gauge(
+            "paxoskv_identity_refused",
+            "1 if peers refuse this process: its state is older than one they saw (a restored "
+            "copy), it lost its state, or its node id is in use by another process",
+            registry=r)
+        self._peer_refused = Gauge(
+            "paxoskv_peer_refused",
+            "1 if this node refuses the peer (other membership, a stale or second process)",
+            ["peer"], registry=r)
+        self._rejoin = Counter("paxoskv_rejoin_keys",
+                               "Keys a rejoining acceptor checked and caught up", ["result"],
+                               registry=r)
         self._transport_batch = Histogram("paxoskv_transport_batch_messages",
                                           "Messages coalesced into one peer request",
                                           buckets=_BATCH_BUCKETS, registry=r)
@@ -110,3 +125,12 @@ class PromMetrics(Metrics):
 
     def transport_batch(self, messages: int) -> None:
         self._transport_batch.observe(messages)
+
+    def identity_refused(self, refused: bool) -> None:
+        self._identity_refused.set(1 if refused else 0)
+
+    def peer_refused(self, peer: str, refused: bool) -> None:
+        self._peer_refused.labels(peer).set(1 if refused else 0)
+
+    def rejoin(self, result: str) -> None:
+        self._rejoin.labels(result).inc()

@@ -79,7 +79,7 @@ async def serve(opts: ServeOptions) -> None:
                                      return_when=asyncio.FIRST_COMPLETED)
         if node_task in done:
             node_task.result()  # a background loop died: surface it
-        node.stopping = True
+        node.drain()
         if opts.drain_s > 0 and node_task not in done:
             log.info("shutting down: not ready; serving %.1fs more while clients move away",
                      opts.drain_s)
@@ -88,7 +88,7 @@ async def serve(opts: ServeOptions) -> None:
         await runner.shutdown()
         await runner.cleanup()
     finally:
-        node.stopping = True
+        node.drain()
         node_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await node_task

@@ -185,6 +185,44 @@ def build() -> dict[str, Any]:
         h=4,
     )
 
+    L.row("Identity and rejoin")
+    L.add(
+        stat(
+            "Refused nodes",
+            "Nodes their peers refuse (paxoskv_identity_refused): a data directory restored "
+            "from an older copy, or a node id used by two processes.",
+            f"sum(paxoskv_identity_refused{{{SEL}}})",
+            "none",
+            [GREEN, {"color": "red", "value": 1}],
+        ),
+        w=6,
+        h=6,
+    )
+    L.add(
+        timeseries(
+            "Refused peers",
+            "Peers each node refuses (paxoskv_peer_refused): another membership, or a stale "
+            "or second process.",
+            [target(f"max by (pod, peer) (paxoskv_peer_refused{{{SEL}}})",
+                    "{{pod}} refuses {{peer}}")],
+            "none",
+        ),
+        w=9,
+        h=6,
+    )
+    L.add(
+        timeseries(
+            "Rejoin progress",
+            "Keys a rejoining acceptor checks and catches up per second "
+            "(paxoskv_rejoin_keys_total).",
+            [target(f"sum by (pod, result) (rate(paxoskv_rejoin_keys_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}} {{result}}")],
+            "ops",
+        ),
+        w=9,
+        h=6,
+    )
+
     L.row("Requests")
     L.add(
         timeseries(

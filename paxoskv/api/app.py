@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md section 3) and the peer endpoints, on one aiohttp application.
+"""The client HTTP API on aiohttp; the peer endpoints (``transport.server``) share its port.
 
 Handlers translate HTTP to node calls and node outcomes to HTTP; no protocol logic lives
 here. Every error leaves as JSON ``{"error", "message"}`` with its status; a traceback never
@@ -8,7 +8,10 @@ reaches a client.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,12 +21,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paxoskv.api.openapi import openapi_document
-from paxoskv.core.messages import PeerProtocolError
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
 from paxoskv.limits import Limits
 from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.transport.http import check_peer_auth, decode_batch, encode_replies
+from paxoskv.transport.server import PeerServer
 
 __all__ = ["ApiError", "make_app"]
 
@@ -101,6 +103,10 @@ def _key(request: web.Request) -> str:
     return key
 
 
+_DIGITS = re.compile(r"[0-9]+")
+"""ASCII digits only: ``str.isdigit`` also accepts "²", which ``int`` refuses."""
+
+
 def _version_header(request: web.Request, name: str) -> int | None:
     raw = request.headers.get(name)
     if raw is None:
@@ -109,7 +115,7 @@ def _version_header(request: web.Request, name: str) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit() or len(text) > 18:
+    if not _DIGITS.fullmatch(text) or len(text) > 18:
         raise ApiError(400, "bad_header",
                        f'{name} must be a quoted version such as "3" (got {raw!r})')
     return int(text)
@@ -227,16 +233,33 @@ async def delete_key(request: web.Request) -> web.StreamResponse:
     return await _timed(request, "delete", run)
 
 
+def _cursor(request: web.Request) -> str | None:
+    raw = request.query.get("cursor")
+    if raw is None or raw == "":
+        return None
+    try:
+        return base64.urlsafe_b64decode(raw.encode("ascii") + b"==").decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise ApiError(400, "bad_request", "cursor is not one this API returned") from None
+
+
+def _encode_cursor(key: str | None) -> str | None:
+    if key is None:
+        return None
+    return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
+
+
 async def list_keys(request: web.Request) -> web.StreamResponse:
     async def run() -> web.StreamResponse:
         prefix = request.query.get("prefix", "")
         limits = request.app[LIMITS]
         raw_limit = request.query.get("limit", "1000")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limits.list_limit_max:
+        if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= limits.list_limit_max:
             raise ApiError(400, "bad_request",
                            f"limit must be an integer within 1..{limits.list_limit_max}")
-        keys = await request.app[NODE].list_keys(prefix, int(raw_limit))
-        return _json(200, {"keys": keys, "count": len(keys), "consistency": "quorum-union"})
+        keys, last = await request.app[NODE].list_keys(prefix, int(raw_limit), _cursor(request))
+        return _json(200, {"keys": keys, "count": len(keys), "next": _encode_cursor(last),
+                           "consistency": "quorum-union"})
     return await _timed(request, "list", run)
 
 
@@ -250,8 +273,13 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
-    if node.stopping:
+    if node.draining:
         return _error(503, "stopping", "node is shutting down")
+    if not node.machine.may_propose:
+        return _error(503, "identity_" + node.machine.identity,
+                      f"this node's identity is {node.machine.identity}"
+                      + (f": {node.machine.reason}" if node.machine.reason else ""),
+                      {"Retry-After": RETRY_AFTER_S})
     if not node.quorum_reachable():
         return _error(503, "no_quorum", "a quorum of acceptors is not reachable",
                       {"Retry-After": RETRY_AFTER_S})
@@ -272,52 +300,6 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return _json(200, openapi_document())
 
 
-# ------------------------------------------------------------------ peer endpoints
-
-def _authorize(request: web.Request) -> None:
-    if not check_peer_auth(request.headers.get("Authorization"), request.app[SECRET]):
-        raise ApiError(401, "unauthorized", "peer credentials missing or wrong")
-
-
-async def internal_batch(request: web.Request) -> web.StreamResponse:
-    _authorize(request)
-    body = await request.read()
-    try:
-        msgs = decode_batch(body)
-    except PeerProtocolError as exc:
-        log.warning("malformed peer frame from %s: %s", request.remote, exc)
-        raise ApiError(400, "bad_frame", str(exc)) from None
-    node = request.app[NODE]
-    replies = await asyncio.gather(*(node.handle(m) for m in msgs))
-    return web.Response(body=encode_replies(list(replies)), content_type="application/json")
-
-
-async def internal_hello(request: web.Request) -> web.StreamResponse:
-    _authorize(request)
-    try:
-        info = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "bad_frame", "hello must be a JSON object") from None
-    if not isinstance(info, dict):
-        raise ApiError(400, "bad_frame", "hello must be a JSON object")
-    return _json(200, await request.app[NODE].on_hello(info))
-
-
-async def internal_keys(request: web.Request) -> web.StreamResponse:
-    _authorize(request)
-    raw_limit = request.query.get("limit", "1000")
-    if not raw_limit.isdigit():
-        raise ApiError(400, "bad_request", "limit must be an integer")
-    if request.app[NODE].acceptor_mode != "normal":
-        # An acceptor without its state must not be counted as a peer that has no keys.
-        raise ApiError(503, "not_acceptor",
-                       f"this node is not serving as an acceptor "
-                       f"({request.app[NODE].acceptor_mode})")
-    entries = request.app[NODE].local_key_entries(request.query.get("prefix", ""),
-                                                  int(raw_limit))
-    return _json(200, {"keys": [[k, b.to_wire(), live] for k, b, live in entries]})
-
-
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=limits.frame_bytes_max)
@@ -334,8 +316,6 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.A
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
-    app.router.add_post("/internal/batch", internal_batch)
-    app.router.add_post("/internal/hello", internal_hello)
-    app.router.add_get("/internal/keys", internal_keys)
+    PeerServer(node, secret).add_routes(app)
     return app
 

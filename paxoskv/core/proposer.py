@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import (
@@ -24,18 +25,21 @@ from paxoskv.core.messages import (
     Unavailable,
 )
 from paxoskv.core.quorum import QuorumConfig
-from paxoskv.core.register import Change, Outcome, apply_change
+from paxoskv.core.register import Change, Outcome, Read, apply_change
 
 __all__ = [
     "Abort",
     "Committed",
+    "FailureKind",
     "Phase",
     "ProposerRound",
     "QueryRound",
+    "RequestProgress",
     "RoundStep",
     "SendAccept",
     "Unknown",
     "Wait",
+    "classify_failure",
     "next_ballot",
 ]
 
@@ -227,3 +231,49 @@ def next_ballot(counter_floor: int, seen: Ballot, node_id: int, incarnation: int
     """The smallest ballot of ours above both our own counter and anything seen."""
     counter = max(counter_floor, seen.counter) + 1
     return Ballot(counter, node_id, incarnation)
+
+
+@dataclass(slots=True)
+class RequestProgress:
+    """How far one client request got across its attempts: whether an accept that applies
+    its change left this node, which decides "failed" against "unknown" (DESIGN invariant 5).
+    """
+
+    accept_sent: bool = False
+    sent_from_version: int | None = None
+    """The lowest version an accept of this request's change proposed."""
+
+    def on_send_accept(self, round_: ProposerRound, accept: Accept) -> None:
+        """Note an accept before it is sent; identity accepts (a failed condition, a read,
+        our own earlier write re-accepted) cannot apply the change and do not count."""
+        outcome = round_.outcome
+        assert outcome is not None
+        if outcome.kind != "applied" or isinstance(round_.change, Read):
+            return
+        if round_.request_id is None:
+            self.accept_sent = True
+            return
+        if accept.value.applied_version(round_.request_id) != accept.value.version:
+            return  # a retry that found its change already applied re-accepts it unchanged
+        self.accept_sent = True
+        version = accept.value.version
+        if self.sent_from_version is None or version < self.sent_from_version:
+            self.sent_from_version = version
+
+
+FailureKind = Literal["no_quorum", "contention", "unknown"]
+
+
+def classify_failure(change: Change, progress: RequestProgress, conflict: bool
+                     ) -> FailureKind:
+    """What the client is told when a request ends without a commit.
+
+    Once an accept carrying the change has left, a quorum may have accepted it even though
+    we never heard: "unknown". Before that nothing can have taken effect: "contention" when
+    acceptors refused us for higher ballots, else "no_quorum" (both: definitely not).
+    """
+    if progress.accept_sent and not isinstance(change, Read):
+        return "unknown"
+    if conflict:
+        return "contention"
+    return "no_quorum"

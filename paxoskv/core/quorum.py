@@ -35,3 +35,25 @@ class QuorumConfig:
 
     def can_still_reach(self, answered_or_pending: int) -> bool:
         return answered_or_pending >= self.quorum
+
+    def everyone(self) -> QuorumConfig:
+        """Every acceptor must answer (repair compares all copies of a key)."""
+        return QuorumConfig(self.acceptors, len(self.acceptors))
+
+    def confirmations_needed(self, node_id: int) -> int:
+        """Peers that must confirm a process's identity before it takes part: with itself,
+        a majority of the acceptors, so a node restarts with one peer of three down. Two
+        confirmations may then come from disjoint peers: a restored copy is refused only
+        once a peer that saw the newer state answers (README: identity checks, limits)."""
+        return majority(len(self.acceptors)) - (1 if node_id in self.acceptors else 0)
+
+    def survivors_needed(self) -> int:
+        """Other acceptors whose keys a rejoining acceptor must list: any value chosen
+        while it was away sits on ``quorum`` acceptors, so at least ``quorum - 1`` of the
+        others, and every set this large meets each such set."""
+        return len(self.acceptors) - self.quorum + 1
+
+    def reachable(self, up: Iterable[int]) -> bool:
+        """Whether the acceptors in ``up`` (the caller's own one included if it serves)
+        form a quorum."""
+        return self.is_quorum(up)

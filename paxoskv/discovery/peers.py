@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from paxoskv.node import ALL_ROLES, PeerSpec, Role
+from paxoskv.config import ALL_ROLES, PeerSpec, Role
 
 __all__ = ["DiscoveryError", "parse_hosts_file", "parse_peers", "statefulset_peers",
            "wait_for_dns"]

@@ -11,8 +11,9 @@ it resumes; its timers keep running (it models a stall of the process's I/O, not
 clock).
 
 A sender whose request gets no reply within ``transport_timeout_s`` raises
-`PeerUnreachable`, like the HTTP transport. ``hello`` and ``list_keys`` take the same path
-and call the target node's ``on_hello`` and ``local_key_entries``.
+`PeerUnreachable`, like the HTTP transport. Every call is encoded with the real wire codec
+and served by the target's real `PeerServer` (the one the HTTP server mounts), so frame
+checks, sender admission and message deadlines are the server's own.
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from paxoskv.core.messages import Reply, Request
-from paxoskv.node import Node
-from paxoskv.transport.base import KeyEntry, PeerUnreachable
+import orjson
 
-__all__ = ["Host", "SimNetwork", "SimNetworkOptions", "SimTransport"]
+from paxoskv.core.ballot import Ballot
+from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.node import Node
+from paxoskv.transport.base import KeyEntry, KeyPage, PeerUnreachable
+from paxoskv.transport.codec import Sender, decode_replies, encode_frame
+from paxoskv.transport.server import PeerServer
+
+__all__ = ["SIM_SECRET", "Host", "SimNetwork", "SimNetworkOptions", "SimTransport"]
+
+SIM_SECRET = "sim-peer-secret"
+_AUTH = f"Bearer {SIM_SECRET}"
 
 T = TypeVar("T")
 
@@ -77,6 +86,7 @@ class Host:
 
     node_id: int
     node: Node | None = None
+    server: PeerServer | None = None
     up: bool = False
     paused: bool = False
     generation: int = 0
@@ -194,7 +204,8 @@ class SimNetwork:
         deliver()
 
     async def call(self, src: int, generation: int, dst: int,
-                   serve: Callable[[Node], Awaitable[T]]) -> T:
+                   serve: Callable[[PeerServer], Awaitable[T]], timeout_s: float | None = None
+                   ) -> T:
         """One request/reply exchange from ``src``'s process ``generation`` to ``dst``.
 
         ``serve`` runs on the receiving node (once per delivered copy); its answer travels
@@ -209,21 +220,24 @@ class SimNetwork:
 
         def on_request() -> None:
             target = self.hosts[dst]
-            node = target.node
-            assert node is not None and target.up
-            target.spawn(self._serve(src, generation, dst, node, serve, answer))
+            server = target.server
+            assert server is not None and target.up
+            target.spawn(self._serve(src, generation, dst, server, serve, answer))
 
         self.transmit(src, dst, on_request)
+        limit_s = self.options.transport_timeout_s
+        if timeout_s is not None:
+            limit_s = min(limit_s, timeout_s)
         try:
-            async with asyncio.timeout(self.options.transport_timeout_s):
+            async with asyncio.timeout(limit_s):
                 return await answer
         except TimeoutError:
-            raise PeerUnreachable(f"no answer from {dst} within "
-                                  f"{self.options.transport_timeout_s}s") from None
+            raise PeerUnreachable(f"no answer from {dst} within {limit_s:.3f}s") from None
 
-    async def _serve(self, src: int, generation: int, dst: int, node: Node,
-                     serve: Callable[[Node], Awaitable[T]], answer: asyncio.Future[T]) -> None:
-        result = await serve(node)
+    async def _serve(self, src: int, generation: int, dst: int, server: PeerServer,
+                     serve: Callable[[PeerServer], Awaitable[T]], answer: asyncio.Future[T]
+                     ) -> None:
+        result = await serve(server)
 
         def on_reply() -> None:
             if self._alive(src, generation) and not answer.done():
@@ -237,35 +251,70 @@ class SimNetwork:
 
 
 class SimTransport:
-    """The `Transport` of one node process: every call crosses the `SimNetwork`."""
+    """The `Transport` of one node process: every call crosses the `SimNetwork` as the
+    bytes the HTTP transport would send."""
 
     def __init__(self, network: SimNetwork, node_id: int, generation: int) -> None:
         self._network = network
         self._node_id = node_id
         self._generation = generation
+        self._sender: Sender | None = None
 
-    async def send(self, peer: int, msg: Request) -> Reply:
+    def set_sender(self, sender: Sender) -> None:
+        self._sender = sender
+
+    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
         network = self._network
+        ttl_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
+        if ttl_ms <= 0:
+            raise PeerUnreachable("message expired before it was sent")
+        if self._sender is None:
+            raise PeerUnreachable("no sender identity yet")
+        frame = encode_frame(self._sender, [(msg, ttl_ms)])
 
-        async def serve(node: Node) -> Reply:
-            reply = await node.handle(msg)
-            if network.observer is not None:
-                network.observer(peer, msg, reply)
-            return reply
+        async def serve(server: PeerServer) -> tuple[int, bytes]:
+            status, body = await server.batch(_AUTH, frame)
+            if status == 200 and network.observer is not None:
+                network.observer(peer, msg, decode_replies(body, 1)[0])
+            return status, body
 
-        return await network.call(self._node_id, self._generation, peer, serve)
+        status, body = await network.call(self._node_id, self._generation, peer, serve,
+                                          timeout_s=ttl_ms / 1000)
+        if status != 200:
+            raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
+        try:
+            return decode_replies(body, 1)[0]
+        except PeerProtocolError as exc:
+            raise PeerUnreachable(str(exc)) from exc
 
     async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
-        async def serve(node: Node) -> dict[str, Any]:
-            return await node.on_hello(dict(info))
+        frame = orjson.dumps(info)
 
-        return await self._network.call(self._node_id, self._generation, peer, serve)
+        async def serve(server: PeerServer) -> tuple[int, bytes]:
+            return await server.hello(_AUTH, frame)
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
-        async def serve(node: Node) -> list[KeyEntry]:
-            return node.local_key_entries(prefix, limit)
+        status, body = await self._network.call(self._node_id, self._generation, peer, serve)
+        result = orjson.loads(body)
+        if status != 200 or not isinstance(result, dict):
+            raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
+        return result
 
-        return await self._network.call(self._node_id, self._generation, peer, serve)
+    async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int
+                        ) -> KeyPage:
+        query = {"prefix": prefix, "limit": str(limit)}
+        if after is not None:
+            query["after"] = after
+
+        async def serve(server: PeerServer) -> tuple[int, bytes]:
+            return await server.keys(_AUTH, query)
+
+        status, body = await self._network.call(self._node_id, self._generation, peer, serve)
+        result = orjson.loads(body)
+        if status != 200:
+            raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
+        entries: list[KeyEntry] = [(k, Ballot.from_wire(b), live) for k, b, live in
+                                   result["keys"]]
+        return entries, bool(result["more"])
 
     async def close(self) -> None:
         return None

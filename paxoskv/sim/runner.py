@@ -51,9 +51,10 @@ from paxoskv.node import Node as RealNode
 from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import MUTANTS, NO_PROMISE_CHECK_RULES
-from paxoskv.sim.network import Host, SimNetwork, SimNetworkOptions, SimTransport
+from paxoskv.sim.network import SIM_SECRET, Host, SimNetwork, SimNetworkOptions, SimTransport
 from paxoskv.sim.storage import DiskOptions, SimStorage, StorageCrashed
 from paxoskv.transport.base import PeerUnreachable
+from paxoskv.transport.server import PeerServer
 
 __all__ = ["RunResult", "SimOptions", "run_seed"]
 
@@ -239,13 +240,19 @@ class _Simulation:
         self.state_checker.on_restart(node_id, storage)
         identity = await open_identity(storage, CLUSTER_ID, node_id)
         first = self.first_incarnation.setdefault(node_id, identity.incarnation)
+        rng = self._fork()
+        boot_id = rng.randbytes(8).hex()
         if self.options.mutant == "reuse-ballot":
+            # The whole process identity repeats, as if the incarnation bump were lost:
+            # peers cannot tell the new process from the old one.
             identity = dataclasses.replace(identity, incarnation=first)
+            boot_id = f"first-boot-{node_id}"
         transport = SimTransport(self.network, node_id, host.generation)
         node = RealNode(self.config[node_id], identity, storage, transport,
-                        metrics=_SimMetrics(self, node_id), rng=self._fork(), rules=self.rules,
-                        quorum=self.quorum)
+                        metrics=_SimMetrics(self, node_id), rng=rng, rules=self.rules,
+                        quorum=self.quorum, boot_id=boot_id)
         host.node = node
+        host.server = PeerServer(node, SIM_SECRET)
         host.up = True
         host.spawn(node.run())
 
@@ -262,11 +269,12 @@ class _Simulation:
             assert host.up and node is not None
             host.up = False
             host.node = None
+            host.server = None
             host.generation += 1
             host.paused = False
             host.held.clear()
             self.storages[node_id].crash()
-            node.stopping = True
+            node.drain()
             tasks = list(host.tasks)
             for task in tasks:
                 task.cancel()

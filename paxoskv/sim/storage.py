@@ -96,8 +96,10 @@ class SimStorage:
     def load(self, key: str) -> AcceptorState:
         return self._memory.states.get(key, EMPTY_STATE)
 
-    def keys(self, prefix: str, limit: int) -> list[str]:
-        return sorted(k for k in self._memory.states if k.startswith(prefix))[:limit]
+    def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
+        found = sorted(k for k in self._memory.states
+                       if k.startswith(prefix) and (after is None or k > after))
+        return found[:limit]
 
     def key_count(self) -> int:
         return len(self._memory.states)

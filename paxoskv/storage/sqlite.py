@@ -114,6 +114,10 @@ class SqliteStorage:
             key, state = _from_row(row)
             self._cache[key] = state
         self._meta: dict[str, str] = dict(self._conn.execute("SELECT name, value FROM meta"))
+        # Listings read committed rows through a connection of the event loop's own (WAL
+        # lets it read while the writer thread commits).
+        self._reader = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._writer, name="paxoskv-storage", daemon=True)
@@ -124,9 +128,22 @@ class SqliteStorage:
     def load(self, key: str) -> AcceptorState:
         return self._cache.get(key, EMPTY_STATE)
 
-    def keys(self, prefix: str, limit: int) -> list[str]:
-        found = sorted(k for k in self._cache if k.startswith(prefix))
-        return found[:limit]
+    def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
+        # SQLite's BINARY order is UTF-8 byte order, which is Python's code point order.
+        start = prefix if after is None or after < prefix else after
+        rows = self._reader.execute(
+            "SELECT key FROM registers WHERE key >= ? ORDER BY key LIMIT ?",
+            (start, limit + 1))
+        out: list[str] = []
+        for (key,) in rows:
+            if not key.startswith(prefix):
+                break
+            if key == after:
+                continue
+            out.append(key)
+            if len(out) == limit:
+                break
+        return out
 
     def key_count(self) -> int:
         return len(self._cache)
@@ -198,6 +215,7 @@ class SqliteStorage:
         self._closed = True
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._reader.close()
         self._conn.close()
 
 

@@ -6,29 +6,44 @@ from typing import Any, Protocol
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Reply, Request
+from paxoskv.transport.codec import Sender
 
-__all__ = ["KeyEntry", "PeerUnreachable", "Transport"]
+__all__ = ["KeyEntry", "KeyPage", "PeerUnreachable", "Refusal", "Transport"]
 
 KeyEntry = tuple[str, Ballot, bool]
 """A key an acceptor holds: (key, ballot of its accepted value, value is live)."""
+
+KeyPage = tuple[list[KeyEntry], bool]
+"""One page of a peer's keys, and whether more follow."""
 
 
 class PeerUnreachable(Exception):
     """The peer did not answer (refused, reset, timed out, or answered garbage)."""
 
 
+class Refusal(Exception):
+    """A node will not serve this sender (an unknown process, another membership)."""
+
+
 class Transport(Protocol):
-    async def send(self, peer: int, msg: Request) -> Reply:
-        """Deliver one request and return the peer's reply; raise PeerUnreachable."""
+    def set_sender(self, sender: Sender) -> None:
+        """Who we are in every frame's header (changes when the incarnation is raised)."""
+        ...
+
+    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
+        """Deliver one request and return the peer's reply; raise PeerUnreachable. The
+        message is dropped (never sent, or not acted on by the peer) after ``deadline``
+        (event loop time)."""
         ...
 
     async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
         """Exchange identities (heartbeat); raise PeerUnreachable."""
         ...
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
-        """The first ``limit`` keys (tombstones included) the peer's acceptor holds under
-        ``prefix``, in key order; raise PeerUnreachable."""
+    async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int
+                        ) -> KeyPage:
+        """Up to ``limit`` keys (tombstones included) the peer's acceptor holds under
+        ``prefix`` and after ``after``, in key order; raise PeerUnreachable."""
         ...
 
     async def close(self) -> None: ...

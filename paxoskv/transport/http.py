@@ -9,60 +9,35 @@ when idle a message leaves at once, so batching costs no latency.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+from collections import deque
 from typing import Any
 
 import aiohttp
 import orjson
 
 from paxoskv.core.ballot import Ballot
-from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, to_wire
-from paxoskv.limits import Limits
+from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.metrics import Metrics
-from paxoskv.transport.base import KeyEntry, PeerUnreachable
+from paxoskv.transport.base import KeyEntry, KeyPage, PeerUnreachable
+from paxoskv.transport.codec import AUTH_HEADER, Sender, decode_replies, encode_frame
 
-__all__ = ["HttpTransport", "check_peer_auth", "decode_batch", "encode_replies"]
+__all__ = ["QUEUE_MESSAGES_MAX", "HttpTransport"]
 
 log = logging.getLogger(__name__)
 
-AUTH_HEADER = "Authorization"
 FROM_HEADER = "X-Paxoskv-From"
 
-
-def check_peer_auth(header: str | None, secret: str) -> bool:
-    """Constant-time check of ``Authorization: Bearer <secret>``."""
-    if not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[7:].encode(), secret.encode())
-
-
-def decode_batch(body: bytes) -> list[Request]:
-    """Parse an /internal/batch frame; PeerProtocolError on anything malformed."""
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PeerProtocolError(f"frame is not JSON: {exc}") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("m"), list):
-        raise PeerProtocolError("frame must be an object with a list 'm'")
-    out: list[Request] = []
-    for item in raw["m"]:
-        msg = from_wire(item)
-        if not isinstance(msg, Request):
-            raise PeerProtocolError(f"{type(msg).__name__} is not a request")
-        out.append(msg)
-    return out
-
-
-def encode_replies(replies: list[Reply]) -> bytes:
-    return orjson.dumps({"r": [to_wire(r) for r in replies]})
+QUEUE_MESSAGES_MAX = 8192
+"""Messages waiting for one peer; beyond it a send fails at once (the peer is too slow)."""
 
 
 class _Peer:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
-        self.queue: list[tuple[Request, asyncio.Future[Reply]]] = []
+        self.queue: deque[tuple[Request, float, asyncio.Future[Reply]]] = deque()
         self.inflight = 0
 
 
@@ -80,6 +55,11 @@ class HttpTransport:
         self._metrics = metrics or Metrics()
         self._inflight_max = inflight_max
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sender: Sender | None = None
+        self._closing: set[asyncio.Future[None]] = set()
+
+    def set_sender(self, sender: Sender) -> None:
+        self._sender = sender
 
     def _headers(self) -> dict[str, str]:
         return {AUTH_HEADER: f"Bearer {self._secret}", FROM_HEADER: str(self.node_id),
@@ -101,7 +81,9 @@ class HttpTransport:
         timeout (seen as a 16 s loss of quorum in the e2e rolling upgrade)."""
         if p.session is not None:
             # Closing aborts requests still on it: they go to the same failing peer.
-            self._track(asyncio.ensure_future(p.session.close()))
+            closing = asyncio.ensure_future(p.session.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
             p.session = None
 
     def _track(self, task: asyncio.Task[None]) -> None:
@@ -114,47 +96,68 @@ class HttpTransport:
         except KeyError:
             raise PeerUnreachable(f"unknown peer {peer}") from None
 
-    async def send(self, peer: int, msg: Request) -> Reply:
+    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
         p = self._peer(peer)
+        if len(p.queue) >= QUEUE_MESSAGES_MAX:
+            raise PeerUnreachable(f"{len(p.queue)} messages already queued for peer {peer}")
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        p.queue.append((msg, fut))
+        p.queue.append((msg, deadline, fut))
         self._pump(p)
         return await fut
 
+    def _take_batch(self, p: _Peer) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
+        """The next batch: live messages only, capped by count and by bytes."""
+        now = asyncio.get_running_loop().time()
+        batch: list[tuple[Request, int, asyncio.Future[Reply]]] = []
+        size = 0
+        bytes_max = self._limits.frame_bytes_max // 2
+        while p.queue and len(batch) < self._limits.batch_messages_max:
+            msg, deadline, fut = p.queue[0]
+            ttl_ms = int((deadline - now) * 1000)
+            if fut.done() or ttl_ms <= 0:
+                p.queue.popleft()
+                if not fut.done():
+                    fut.set_exception(PeerUnreachable("message expired before it was sent"))
+                continue
+            cost = _wire_size(msg)
+            if batch and size + cost > bytes_max:
+                break
+            p.queue.popleft()
+            batch.append((msg, ttl_ms, fut))
+            size += cost
+        return batch
+
     def _pump(self, p: _Peer) -> None:
         while p.queue and p.inflight < self._inflight_max:
-            batch = p.queue[: self._limits.batch_messages_max]
-            del p.queue[: len(batch)]
+            batch = self._take_batch(p)
+            if not batch:
+                continue
             p.inflight += 1
             self._track(asyncio.ensure_future(self._post_batch(p, batch)))
 
-    async def _post_batch(self, p: _Peer, batch: list[tuple[Request, asyncio.Future[Reply]]]
-                          ) -> None:
+    async def _post_batch(self, p: _Peer,
+                          batch: list[tuple[Request, int, asyncio.Future[Reply]]]) -> None:
         self._metrics.transport_batch(len(batch))
         try:
-            body = orjson.dumps({"m": [to_wire(m) for m, _ in batch]})
+            if self._sender is None:
+                raise PeerUnreachable("no sender identity yet")
+            body = encode_frame(self._sender, [(m, ttl) for m, ttl, _ in batch])
             async with self._session(p).post(f"{p.url}/internal/batch", data=body,
                                              headers=self._headers()) as resp:
                 payload = await resp.read()
                 if resp.status != 200:
                     raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
-            raw = orjson.loads(payload)
-            replies = raw.get("r") if isinstance(raw, dict) else None
-            if not isinstance(replies, list) or len(replies) != len(batch):
-                raise PeerUnreachable("reply frame does not match the batch")
-            for (_, fut), item in zip(batch, replies, strict=True):
+            replies = decode_replies(payload, len(batch))
+            for (_, _, fut), reply in zip(batch, replies, strict=True):
                 if not fut.done():
-                    reply = from_wire(item)
-                    if not isinstance(reply, Reply):
-                        raise PeerProtocolError(f"{type(reply).__name__} is not a reply")
                     fut.set_result(reply)
-        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError,
-                PeerProtocolError, PeerUnreachable) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, PeerProtocolError,
+                PeerUnreachable) as exc:
             if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
                 self._reset(p)
             err = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(
                 f"{type(exc).__name__}: {exc}")
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(err)
         finally:
@@ -185,11 +188,15 @@ class HttpTransport:
     async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
         return await self._json_call(peer, "POST", "/internal/hello", orjson.dumps(info))
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[KeyEntry]:
-        result = await self._json_call(peer, "GET", "/internal/keys",
-                                       params={"prefix": prefix, "limit": str(limit)})
+    async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int
+                        ) -> KeyPage:
+        params = {"prefix": prefix, "limit": str(limit)}
+        if after is not None:
+            params["after"] = after
+        result = await self._json_call(peer, "GET", "/internal/keys", params=params)
         entries = result.get("keys")
-        if not isinstance(entries, list):
+        more = result.get("more")
+        if not isinstance(entries, list) or not isinstance(more, bool):
             raise PeerUnreachable("keys reply is malformed")
         out: list[KeyEntry] = []
         try:
@@ -199,14 +206,30 @@ class HttpTransport:
                 out.append((key, Ballot.from_wire(ballot), live))
         except (ValueError, TypeError) as exc:
             raise PeerUnreachable(f"keys reply is malformed: {exc}") from exc
-        return out
+        return out, more
 
     async def close(self) -> None:
+        # Let retired sessions finish closing (cancelling them left "Unclosed client
+        # session" warnings); cancel only batches still on the wire.
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         for p in self._peers.values():
+            for _, _, fut in p.queue:
+                if not fut.done():
+                    fut.set_exception(PeerUnreachable("transport closed"))
+            p.queue.clear()
             if p.session is not None:
                 await p.session.close()
                 p.session = None
+
+
+def _wire_size(msg: Request) -> int:
+    """Bytes a message takes in a frame, near enough to cap a batch."""
+    value = getattr(msg, "value", None)
+    data = value.data if value is not None else None
+    return HEADER_BYTES_MAX // 8 + len(msg.key) + (len(data) * 4 // 3 if data else 0)
+

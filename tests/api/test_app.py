@@ -33,8 +33,9 @@ class MemoryStorage:
     async def save(self, key: str, state: AcceptorState) -> None:
         self.data[key] = state
 
-    def keys(self, prefix: str, limit: int) -> list[str]:
-        return sorted(k for k in self.data if k.startswith(prefix))[:limit]
+    def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
+        return sorted(k for k in self.data
+                      if k.startswith(prefix) and (after is None or k > after))[:limit]
 
     def key_count(self) -> int:
         return len(self.data)
@@ -50,13 +51,16 @@ class MemoryStorage:
 
 
 class NoPeers:
-    async def send(self, peer: int, msg: Any) -> Any:
+    def set_sender(self, sender: Any) -> None:
+        return None
+
+    async def send(self, peer: int, msg: Any, deadline: float) -> Any:
         raise AssertionError("single node: no peer traffic")
 
     async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError("single node: no peer traffic")
 
-    async def list_keys(self, peer: int, prefix: str, limit: int) -> list[Any]:
+    async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int) -> Any:
         raise AssertionError("single node: no peer traffic")
 
     async def close(self) -> None:
@@ -69,6 +73,7 @@ def with_client(test: Callable[[TestClient[Any, Any]], Awaitable[None]],
         limits = Limits(value_bytes_max=value_bytes_max)
         config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
         node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
+        await node.start()
         app = make_app(node, "secret", limits, Metrics())
         async with TestClient(TestServer(app)) as client:
             await test(client)

@@ -125,7 +125,7 @@ def test_partition_makes_sender_time_out() -> None:
 
     async def main() -> None:
         net, faults = _network(options)
-        net.hosts[1].node = net.hosts[2].node = object()  # type: ignore[assignment]
+        net.hosts[1].server = net.hosts[2].server = object()  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
 
         served: list[int] = []
@@ -161,7 +161,7 @@ def test_down_host_answers_nothing_and_pause_holds_messages() -> None:
 
     async def main() -> None:
         net, faults = _network(options)
-        net.hosts[1].node = net.hosts[2].node = object()  # type: ignore[assignment]
+        net.hosts[1].server = net.hosts[2].server = object()  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
 
         async def serve(_: object) -> Prepare:

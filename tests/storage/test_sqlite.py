@@ -28,7 +28,10 @@ def test_saved_state_survives_reopen(tmp_path: Path) -> None:
         assert s2.load("k") == STATE
         assert s2.load("tomb").value == Value(2, None)
         assert s2.load("missing") == EMPTY_STATE
-        assert s2.keys("", 10) == ["k", "tomb"]
+        assert s2.keys("", None, 10) == ["k", "tomb"]
+        assert s2.keys("", "k", 10) == ["tomb"]
+        assert s2.keys("t", None, 10) == ["tomb"]
+        assert s2.keys("", None, 1) == ["k"]
         assert s2.key_count() == 2
         await s2.close()
     asyncio.run(run())

@@ -1,0 +1,95 @@
+"""The node's configuration: who the members are, their roles, and every timeout.
+
+One module so that the server, the CLI, discovery and the simulator build the same thing,
+and so that the membership fingerprint (what two nodes must agree on before they talk) is
+computed in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from paxoskv.limits import Limits
+
+__all__ = ["ALL_ROLES", "NodeConfig", "PeerSpec", "Role"]
+
+Role = Literal["proposer", "acceptor", "learner"]
+ALL_ROLES: frozenset[Role] = frozenset({"proposer", "acceptor", "learner"})
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    node_id: int
+    url: str
+    roles: frozenset[Role] = ALL_ROLES
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    peers: dict[int, PeerSpec]
+    """Every node of the cluster, this one included."""
+    cluster_id: str = "paxoskv"
+    request_timeout_s: float = 5.0
+    phase_timeout_s: float = 1.0
+    peer_timeout_s: float = 2.0
+    """One peer HTTP request (the transport's own timeout)."""
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 1.0
+    peer_down_after: int = 3
+    """Missed heartbeats after which a peer is reported down."""
+    retry_backoff_s_base: float = 0.005
+    retry_backoff_s_max: float = 0.2
+    repair_interval_s: float = 30.0
+    repair_keys_per_second: float = 100.0
+    rejoin: bool = False
+    rejoin_after_quorum_loss: bool = False
+    """Rejoin trusting whatever acceptors survive (README: two disks lost at once)."""
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.peers:
+            raise ValueError(f"node id {self.node_id} is not among the configured peers")
+        if not self.acceptors:
+            raise ValueError("the cluster has no acceptor")
+        if self.phase_timeout_s > self.request_timeout_s:
+            raise ValueError("phase timeout must not exceed the request timeout")
+        if self.rejoin_after_quorum_loss and not self.rejoin:
+            raise ValueError("--rejoin-after-quorum-loss needs --rejoin")
+
+    @property
+    def acceptors(self) -> frozenset[int]:
+        return frozenset(p.node_id for p in self.peers.values() if "acceptor" in p.roles)
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return self.peers[self.node_id].roles
+
+    @property
+    def is_acceptor(self) -> bool:
+        return self.node_id in self.acceptors
+
+    @property
+    def message_lifetime_s(self) -> float:
+        """How long a peer message of ours can still be acted on after it was created: a
+        round never outlives the request timeout, and a message in flight is dropped by its
+        receiver once its time-to-live has passed (plus one transit, bounded by the peer
+        timeout). A rejoining acceptor's fence waits out twice the largest of these."""
+        return self.request_timeout_s + self.peer_timeout_s
+
+    @property
+    def down_after_s(self) -> float:
+        """Silence after which a peer counts as gone (heartbeats missed, plus one timeout)."""
+        return self.heartbeat_interval_s * self.peer_down_after + self.heartbeat_timeout_s
+
+    def fingerprint(self) -> str:
+        """What every member must agree on: cluster id, node ids and their roles.
+
+        URLs are left out on purpose: nodes may reach one another under different names.
+        """
+        parts = [self.cluster_id]
+        for pid in sorted(self.peers):
+            parts.append(f"{pid}:{','.join(sorted(self.peers[pid].roles))}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,363 @@
+"""Who this node is, and whether it may take part. Rule 1: every identity rule lives here.
+
+Two questions decide whether a node may touch the protocol, and both are answered from
+what its peers durably remember about it:
+
+* **Identity** (every node): may this process issue ballots? Ballots are unique only if no
+  other process ever used this node id with this incarnation, so a process waits until
+  enough peers have confirmed its ``(data_id, incarnation, boot_id)`` is newer than
+  anything they saw from its node id. ``verifying -> verified``, or ``refused``.
+* **Acceptor mode** (acceptors only): may it answer prepares and accepts? An acceptor whose
+  durable state was lost or rolled back would break quorum intersection (DESIGN invariants
+  4 and 6), so it refuses until a rejoin, itself durable at every step, has brought it back.
+
+``TRANSITIONS`` is the whole acceptor state machine as data. ``IdentityMachine.apply`` is the
+only way the mode changes; it returns the meta records that must be durable BEFORE the new
+mode takes effect (like ``acceptor.Step.persist``). ``judge_hello`` is the receiving side:
+what a peer concludes from another node's hello. No clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+__all__ = [
+    "SERVES",
+    "TRANSITIONS",
+    "CaughtUp",
+    "Confirmed",
+    "Event",
+    "FenceElapsed",
+    "HelloClaim",
+    "IdentityMachine",
+    "IdentityState",
+    "InUse",
+    "LostState",
+    "Mode",
+    "PeerRecord",
+    "RaiseIncarnation",
+    "Refused",
+    "Transition",
+    "Verdict",
+    "Welcome",
+    "judge_frame",
+    "judge_hello",
+]
+
+META_REJOIN: Final = "rejoin"
+"""``"1"``: a rejoin is in progress; ``"rebuild"``: one after a quorum loss; ``""``: none.
+Written before a rejoin does anything else, cleared as its last step."""
+META_REFUSED: Final = "refused"
+"""Why this data directory may never vote again without a rejoin; ``""`` when it may."""
+META_VERIFIED: Final = "verified"
+
+
+class Mode(enum.Enum):
+    NONE = "none"
+    """Not an acceptor (a proposer-only front end)."""
+    VERIFYING = "verifying"
+    """Waiting until enough peers confirm this state is the newest they know of ours."""
+    NORMAL = "normal"
+    AMNESIA = "amnesia"
+    """A peer remembers another data directory of this node: the state was lost."""
+    FENCING = "fencing"
+    """Rejoining: waiting out every round that may hold a promise of the lost state."""
+    CATCHING_UP = "catching_up"
+    """Rejoining: accept-only while an identity round runs on every key the others hold."""
+    REBUILDING = "rebuilding"
+    """Rejoining after a quorum of acceptors lost their disks: serve as an empty acceptor
+    and catch up from whatever survived (README: two disks lost at once)."""
+    REFUSED = "refused"
+    """This state is older than one peers have seen (a restored copy) or is used by another
+    process: never vote again without ``--rejoin``."""
+
+
+Request = Literal["prepare", "accept", "query", "list"]
+
+SERVES: Final[dict[Mode, frozenset[Request]]] = {
+    Mode.NONE: frozenset(),
+    Mode.VERIFYING: frozenset(),
+    Mode.NORMAL: frozenset({"prepare", "accept", "query", "list"}),
+    Mode.AMNESIA: frozenset(),
+    Mode.FENCING: frozenset(),
+    # Accepts only: prepare quorums come from the other acceptors, and each accept quorum
+    # still intersects them; promising with an empty state could forget a lost promise.
+    Mode.CATCHING_UP: frozenset({"accept"}),
+    # The operator has declared the lost promises gone (a majority of disks is lost).
+    Mode.REBUILDING: frozenset({"prepare", "accept"}),
+    Mode.REFUSED: frozenset(),
+}
+"""Which peer requests each mode answers; everything else gets ``Unavailable``."""
+
+
+# ---------------------------------------------------------------------------- events
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """Enough peers accepted this process's identity as the newest of its node id."""
+
+
+@dataclass(frozen=True, slots=True)
+class LostState:
+    """A peer remembers another data directory of this node (amnesia)."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A peer saw a newer state of this node, or the same incarnation from another process."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class InUse:
+    """A live process already holds this node id; retried, since it may be gone later."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class FenceElapsed:
+    """Every round that could hold a promise of the lost state has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """This acceptor holds the chosen value of every key the surviving acceptors list."""
+
+
+Event = Confirmed | LostState | Refused | InUse | FenceElapsed | CaughtUp
+
+TRANSITIONS: Final[dict[Mode, dict[type[Event], Mode]]] = {
+    Mode.NONE: {Refused: Mode.NONE},
+    Mode.VERIFYING: {Confirmed: Mode.NORMAL, LostState: Mode.AMNESIA, Refused: Mode.REFUSED},
+    Mode.NORMAL: {LostState: Mode.AMNESIA, Refused: Mode.REFUSED},
+    Mode.AMNESIA: {},
+    Mode.FENCING: {FenceElapsed: Mode.CATCHING_UP, Refused: Mode.REFUSED},
+    Mode.CATCHING_UP: {CaughtUp: Mode.NORMAL, Refused: Mode.REFUSED},
+    Mode.REBUILDING: {CaughtUp: Mode.NORMAL, Refused: Mode.REFUSED},
+    Mode.REFUSED: {},
+}
+"""Acceptor mode changes. An event missing from a mode's row leaves the mode unchanged
+(``Confirmed`` while fencing, a late ``LostState`` while rejoining); ``FenceElapsed`` and
+``CaughtUp`` anywhere but their own row are our bugs (``apply`` asserts)."""
+
+_ONLY_IN: Final[dict[type[Event], frozenset[Mode]]] = {
+    FenceElapsed: frozenset({Mode.FENCING}),
+    CaughtUp: frozenset({Mode.CATCHING_UP, Mode.REBUILDING}),
+}
+
+IdentityState = Literal["verifying", "verified", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    mode: Mode
+    identity: IdentityState
+    persist: tuple[tuple[str, str], ...] = ()
+    """Meta records to make durable, in order, BEFORE ``mode`` takes effect."""
+
+
+@dataclass(slots=True)
+class IdentityMachine:
+    """The node's identity and acceptor mode; changed only through ``apply``."""
+
+    mode: Mode
+    identity: IdentityState = "verifying"
+    reason: str | None = None
+    """Why the node is refused or in amnesia, for logs and ``/v1/status``."""
+    rebuild: bool = False
+    """This rejoin follows a quorum loss (``--rejoin-after-quorum-loss``)."""
+    permanent: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        if self.mode in (Mode.AMNESIA, Mode.REFUSED):
+            self.identity = "refused"
+        if self.mode is Mode.REFUSED:
+            self.permanent = True
+
+    @staticmethod
+    def start(is_acceptor: bool, rejoin_flag: bool, rebuild_flag: bool,
+              meta_rejoin: str | None, meta_refused: str | None
+              ) -> tuple[IdentityMachine, tuple[tuple[str, str], ...]]:
+        """The mode a process starts in, and what to persist before anything else.
+
+        A rejoin in progress (on disk) continues whether or not the flag is given again: a
+        crash in the middle of a rejoin must not bring the node back as a normal acceptor
+        with half its state. A refusal on disk holds until ``--rejoin``.
+        """
+        if not is_acceptor:
+            return IdentityMachine(Mode.NONE), ()
+        if rejoin_flag:
+            marker = "rebuild" if rebuild_flag else "1"
+            machine = IdentityMachine(Mode.FENCING, rebuild=rebuild_flag)
+            return machine, ((META_REJOIN, marker), (META_REFUSED, ""))
+        if meta_rejoin in ("1", "rebuild"):
+            return IdentityMachine(Mode.FENCING, rebuild=meta_rejoin == "rebuild"), ()
+        if meta_refused:
+            return IdentityMachine(Mode.REFUSED, "refused", meta_refused, permanent=True), ()
+        return IdentityMachine(Mode.VERIFYING), ()
+
+    def apply(self, event: Event) -> Transition:
+        """The transition ``event`` causes; the caller persists, then calls ``commit``."""
+        only = _ONLY_IN.get(type(event))
+        assert only is None or self.mode in only, f"{event!r} in mode {self.mode}"
+        mode = TRANSITIONS[self.mode].get(type(event), self.mode)
+        identity = self.identity
+        persist: tuple[tuple[str, str], ...] = ()
+        match event:
+            case Confirmed():
+                if mode not in (Mode.AMNESIA, Mode.REFUSED):
+                    identity = "verified"
+                if self.mode is Mode.VERIFYING and mode is Mode.NORMAL:
+                    persist = ((META_VERIFIED, "1"),)
+            case LostState():
+                if mode is Mode.AMNESIA:
+                    identity = "refused"
+            case Refused(detail=detail):
+                identity = "refused"
+                if mode is Mode.REFUSED:
+                    persist = ((META_REFUSED, detail),)
+            case InUse():
+                if identity != "verified":
+                    identity = "refused"
+            case FenceElapsed():
+                if self.rebuild:
+                    mode = Mode.REBUILDING
+            case CaughtUp():
+                # verified first: a crash between the two leaves the rejoin marker, so the
+                # next start rejoins again rather than serving half caught up.
+                persist = ((META_VERIFIED, "1"), (META_REJOIN, ""))
+        if self.permanent:
+            identity = "refused"
+        return Transition(mode, identity, persist)
+
+    def commit(self, event: Event, transition: Transition) -> None:
+        """Take ``transition`` (its ``persist`` records are durable now)."""
+        self.mode = transition.mode
+        self.identity = transition.identity
+        match event:
+            case LostState(detail=detail) if transition.mode is Mode.AMNESIA:
+                self.reason = detail
+            case Refused(detail=detail):
+                self.reason = detail
+                self.permanent = True
+            case InUse(detail=detail) if transition.identity == "refused":
+                self.reason = detail
+            case Confirmed() if not self.permanent:
+                self.reason = None
+            case _:
+                pass
+        if self.mode in (Mode.AMNESIA, Mode.REFUSED):
+            assert self.identity == "refused"
+
+    def serves(self, request: Request) -> bool:
+        return request in SERVES[self.mode]
+
+    @property
+    def counts_as_acceptor(self) -> bool:
+        """Whether this node's own acceptor counts towards its quorum and readiness."""
+        return self.mode is Mode.NORMAL
+
+    @property
+    def may_propose(self) -> bool:
+        return self.identity == "verified"
+
+    @property
+    def may_raise_incarnation(self) -> bool:
+        """Only before any ballot of this process left it."""
+        return self.identity != "verified" and not self.permanent
+
+    @property
+    def rejoining(self) -> bool:
+        return self.mode in (Mode.FENCING, Mode.CATCHING_UP, Mode.REBUILDING)
+
+
+# ---------------------------------------------------------------------------- peers' side
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """What a node durably remembers about another node id's newest process."""
+
+    data_id: str
+    incarnation: int
+    boot_id: str
+
+    def to_meta(self) -> str:
+        return f"{self.data_id} {self.incarnation} {self.boot_id}"
+
+    @staticmethod
+    def from_meta(text: str) -> PeerRecord | None:
+        parts = text.split(" ")
+        if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit():
+            return None
+        return PeerRecord(parts[0], int(parts[1]), parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class HelloClaim:
+    """What a hello says about its sender."""
+
+    record: PeerRecord
+    acceptor: bool
+    rejoin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The sender is the newest process of its node id: remember it (durably) and answer."""
+
+    record: PeerRecord
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseIncarnation:
+    """The sender may take over this node id once its incarnation exceeds ``floor``."""
+
+    floor: int
+
+
+Verdict = Welcome | RaiseIncarnation | LostState | Refused | InUse
+
+
+def judge_hello(known: PeerRecord | None, claim: HelloClaim, known_alive: bool) -> Verdict:
+    """What a node concludes from another node's hello, given what it remembers of that id.
+
+    ``known_alive``: the remembered process was heard from recently, so a different data
+    directory claiming its id is a second process, not a replacement.
+    """
+    new = claim.record
+    if known is None or new == known:
+        return Welcome(new, known is None)
+    if new.data_id == known.data_id:
+        if new.incarnation > known.incarnation:
+            return Welcome(new, True)  # a restart of the same data directory
+        if claim.rejoin:
+            return RaiseIncarnation(known.incarnation)
+        return Refused(
+            f"incarnation {new.incarnation} of data {new.data_id} is not newer than "
+            f"incarnation {known.incarnation} seen before: this data directory was restored "
+            "from an older copy, or another process runs on it")
+    if known_alive:
+        return InUse(f"node id in use by a live process (data {known.data_id}, "
+                     f"incarnation {known.incarnation})")
+    if claim.acceptor and not claim.rejoin:
+        return LostState(
+            f"peers remember this node with state {known.data_id}, but this data directory "
+            f"holds {new.data_id}: the state was lost or replaced")
+    # A rejoining acceptor, or a proposer-only node that lost its directory (it held no
+    # acceptor state): it may take over, with ballots above any the old state issued.
+    if new.incarnation > known.incarnation:
+        return Welcome(new, True)
+    return RaiseIncarnation(known.incarnation)
+
+
+def judge_frame(known: PeerRecord | None, sender: PeerRecord) -> bool:
+    """Serve a peer's messages only from the process its hello made us remember: anything
+    else may be a restored copy or a second process reusing ballots."""
+    return known is not None and known == sender

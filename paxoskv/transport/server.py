@@ -1,0 +1,146 @@
+"""The peer endpoints (``/internal/``), served the same way in both worlds.
+
+``PeerServer`` turns bytes into calls on a ``PeerHandler`` (the node) and answers bytes:
+the real server mounts it on aiohttp, the simulator's network calls it directly with the
+frames its transport encoded, so the two cannot drift apart. It imports nothing above the
+transport layer. Every answer is ``(status, JSON body)``; a rejected frame changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.transport.base import KeyEntry, Refusal
+from paxoskv.transport.codec import (
+    AUTH_HEADER,
+    Sender,
+    check_peer_auth,
+    decode_frame,
+    encode_replies,
+)
+
+__all__ = ["KEYS_PAGE_MAX", "PeerHandler", "PeerServer", "Refusal"]
+
+log = logging.getLogger(__name__)
+
+KEYS_PAGE_MAX = 1000
+"""Entries one ``/internal/keys`` page holds: a page of the largest keys stays about 1 MiB,
+well inside one peer timeout."""
+
+Answer = tuple[int, bytes]
+
+
+class PeerHandler(Protocol):
+    @property
+    def message_ttl_ms_max(self) -> int:
+        """The longest time-to-live a message may claim (the cluster's round lifetime)."""
+        ...
+
+    def admit(self, sender: Sender) -> None:
+        """Raise ``Refusal`` unless ``sender`` is the process this node remembers."""
+        ...
+
+    async def handle(self, msg: Request, deadline: float) -> Reply:
+        """Answer one request; ``deadline`` is loop time after which it must not act."""
+        ...
+
+    async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]: ...
+
+    def key_page(self, prefix: str, after: str | None, limit: int) -> list[KeyEntry] | None:
+        """Up to ``limit`` entries after ``after``; None when not serving as an acceptor."""
+        ...
+
+
+def _json(status: int, body: dict[str, Any]) -> Answer:
+    return status, orjson.dumps(body)
+
+
+def _error(status: int, code: str, message: str) -> Answer:
+    return _json(status, {"error": code, "message": message})
+
+
+class PeerServer:
+    def __init__(self, handler: PeerHandler, secret: str) -> None:
+        self._handler = handler
+        self._secret = secret
+
+    def _authorized(self, auth: str | None) -> bool:
+        return check_peer_auth(auth, self._secret)
+
+    async def batch(self, auth: str | None, body: bytes) -> Answer:
+        if not self._authorized(auth):
+            return _error(401, "unauthorized", "peer credentials missing or wrong")
+        try:
+            sender, items = decode_frame(body, self._handler.message_ttl_ms_max)
+        except PeerProtocolError as exc:
+            log.warning("malformed peer frame: %s", exc)
+            return _error(400, "bad_frame", str(exc))
+        try:
+            self._handler.admit(sender)
+        except Refusal as exc:
+            return _error(409, "refused", str(exc))
+        now = asyncio.get_running_loop().time()
+        replies = await asyncio.gather(
+            *(self._handler.handle(msg, now + ttl_ms / 1000) for msg, ttl_ms in items))
+        return 200, encode_replies(list(replies))
+
+    async def hello(self, auth: str | None, body: bytes) -> Answer:
+        if not self._authorized(auth):
+            return _error(401, "unauthorized", "peer credentials missing or wrong")
+        try:
+            info = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "bad_frame", "hello must be a JSON object")
+        if not isinstance(info, dict):
+            return _error(400, "bad_frame", "hello must be a JSON object")
+        return _json(200, await self._handler.on_hello(info))
+
+    async def keys(self, auth: str | None, query: Mapping[str, str]) -> Answer:
+        if not self._authorized(auth):
+            return _error(401, "unauthorized", "peer credentials missing or wrong")
+        raw_limit = query.get("limit", str(KEYS_PAGE_MAX))
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or \
+                not 1 <= int(raw_limit) <= KEYS_PAGE_MAX:
+            return _error(400, "bad_request", f"limit must be an integer within "
+                                              f"1..{KEYS_PAGE_MAX}")
+        prefix = query.get("prefix", "")
+        after = query.get("after")
+        limit = int(raw_limit)
+        entries = self._handler.key_page(prefix, after, limit + 1)
+        if entries is None:
+            # An acceptor without its state must not be counted as one that has no keys.
+            return _error(503, "not_acceptor", "this node is not serving as an acceptor")
+        more = len(entries) > limit
+        page = entries[:limit]
+        return _json(200, {"keys": [[k, b.to_wire(), live] for k, b, live in page],
+                           "more": more})
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount the endpoints on an aiohttp application (the real server)."""
+        async def batch(request: web.Request) -> web.StreamResponse:
+            return _response(await self.batch(request.headers.get(AUTH_HEADER),
+                                              await request.read()))
+
+        async def hello(request: web.Request) -> web.StreamResponse:
+            return _response(await self.hello(request.headers.get(AUTH_HEADER),
+                                              await request.read()))
+
+        async def keys(request: web.Request) -> web.StreamResponse:
+            return _response(await self.keys(request.headers.get(AUTH_HEADER),
+                                             request.query))
+
+        app.router.add_post("/internal/batch", batch)
+        app.router.add_post("/internal/hello", hello)
+        app.router.add_get("/internal/keys", keys)
+
+
+def _response(answer: Answer) -> web.Response:
+    status, body = answer
+    return web.Response(status=status, body=body, content_type="application/json")

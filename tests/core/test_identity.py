@@ -1,0 +1,170 @@
+"""The identity rules (paxoskv/core/identity.py): the acceptor mode machine and hellos."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paxoskv.core.identity import (
+    SERVES,
+    TRANSITIONS,
+    CaughtUp,
+    Confirmed,
+    Event,
+    FenceElapsed,
+    HelloClaim,
+    IdentityMachine,
+    InUse,
+    LostState,
+    Mode,
+    PeerRecord,
+    RaiseIncarnation,
+    Refused,
+    Welcome,
+    judge_frame,
+    judge_hello,
+)
+
+
+def _run(machine: IdentityMachine, *events: Event) -> list[tuple[tuple[str, str], ...]]:
+    persisted = []
+    for event in events:
+        step = machine.apply(event)
+        persisted.append(step.persist)
+        machine.commit(event, step)
+    return persisted
+
+
+def test_every_mode_has_a_row_and_only_normal_counts() -> None:
+    """Goal: the table is total over modes; only a normal acceptor counts in a quorum, and
+    a catching-up one answers accepts only."""
+    assert set(TRANSITIONS) == set(Mode) == set(SERVES)
+    assert SERVES[Mode.CATCHING_UP] == frozenset({"accept"})
+    assert not SERVES[Mode.FENCING]
+    assert [m for m in Mode if IdentityMachine(m).counts_as_acceptor] == [Mode.NORMAL]
+
+
+def test_start_modes() -> None:
+    """Goal: the flag or a marker on disk starts a rejoin (the flag's marker is persisted
+    first); a refusal on disk holds; otherwise every start verifies."""
+    m, persist = IdentityMachine.start(True, True, False, None, "old refusal")
+    assert m.mode is Mode.FENCING
+    assert persist == (("rejoin", "1"), ("refused", ""))
+    m, persist = IdentityMachine.start(True, False, False, "1", None)
+    assert (m.mode, persist) == (Mode.FENCING, ())
+    m, _ = IdentityMachine.start(True, False, False, "rebuild", None)
+    assert m.rebuild
+    m, _ = IdentityMachine.start(True, False, False, "", "restored copy")
+    assert (m.mode, m.identity, m.reason) == (Mode.REFUSED, "refused", "restored copy")
+    m, _ = IdentityMachine.start(True, False, False, "", "")
+    assert m.mode is Mode.VERIFYING
+    m, _ = IdentityMachine.start(False, True, False, "1", "x")
+    assert m.mode is Mode.NONE
+
+
+def test_rejoin_path_persists_verified_before_clearing_the_marker() -> None:
+    """Goal: fencing -> catching up -> normal, and the marker is cleared last, so a crash
+    in between restarts the rejoin rather than serving half caught up."""
+    m, _ = IdentityMachine.start(True, True, False, None, None)
+    persisted = _run(m, Confirmed(), FenceElapsed(), CaughtUp())
+    assert m.mode is Mode.NORMAL
+    assert m.identity == "verified"
+    assert persisted[-1] == (("verified", "1"), ("rejoin", ""))
+
+
+def test_rebuild_serves_prepares_after_the_fence() -> None:
+    """Goal: after a quorum loss the operator's flag makes the fence end in rebuilding,
+    which answers prepares (there is no other quorum to take them)."""
+    m, _ = IdentityMachine.start(True, True, True, None, None)
+    _run(m, Confirmed(), FenceElapsed())
+    assert m.mode is Mode.REBUILDING
+    assert m.serves("prepare")
+
+
+def test_refusals() -> None:
+    """Goal: a refusal is permanent and durable; amnesia keeps the identity refused even if
+    a peer that never knew us confirms; "in use" is transient."""
+    m = IdentityMachine(Mode.NORMAL, "verified")
+    assert _run(m, Refused("restored"), Confirmed()) == [(("refused", "restored"),), ()]
+    assert (m.mode, m.identity) == (Mode.REFUSED, "refused")
+    m = IdentityMachine(Mode.VERIFYING)
+    _run(m, LostState("lost"), Confirmed())
+    assert (m.mode, m.identity) == (Mode.AMNESIA, "refused")
+    m = IdentityMachine(Mode.VERIFYING)
+    _run(m, InUse("busy"))
+    assert (m.mode, m.identity, m.reason) == (Mode.VERIFYING, "refused", "busy")
+    _run(m, Confirmed())
+    assert (m.mode, m.identity, m.reason) == (Mode.NORMAL, "verified", None)
+
+
+_EVENTS = st.sampled_from([Confirmed(), LostState("l"), Refused("r"), InUse("u")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(Mode)), st.lists(_EVENTS, max_size=12))
+def test_refused_and_amnesia_never_vote_again(start: Mode, events: list[Event]) -> None:
+    """Property: once refused or in amnesia, no sequence of peer verdicts makes the node
+    serve prepares or accepts again (only a rejoin, a new process, can)."""
+    m = IdentityMachine(start)
+    locked = False
+    for event in events:
+        _run(m, event)
+        locked = locked or m.mode in (Mode.REFUSED, Mode.AMNESIA)
+        if locked:
+            assert not m.serves("prepare")
+            assert not m.serves("accept")
+            assert not m.may_propose
+
+
+A = PeerRecord("d", 5, "boot-a")
+
+
+def _claim(record: PeerRecord, acceptor: bool = True, rejoin: bool = False) -> HelloClaim:
+    return HelloClaim(record, acceptor, rejoin)
+
+
+def test_judge_hello_table() -> None:
+    """Goal: every case of what a peer remembers against what a hello claims."""
+    assert judge_hello(None, _claim(A), False) == Welcome(A, True)
+    assert judge_hello(A, _claim(A), True) == Welcome(A, False)
+    restart = PeerRecord("d", 6, "boot-b")
+    assert judge_hello(A, _claim(restart), True) == Welcome(restart, True)
+    assert isinstance(judge_hello(A, _claim(PeerRecord("d", 5, "boot-b")), False), Refused)
+    assert isinstance(judge_hello(A, _claim(PeerRecord("d", 4, "boot-b")), False), Refused)
+    assert judge_hello(A, _claim(PeerRecord("d", 5, "b"), rejoin=True), False) == \
+        RaiseIncarnation(5)
+    lost = PeerRecord("e", 1, "boot-c")
+    assert isinstance(judge_hello(A, _claim(lost), True), InUse)
+    assert isinstance(judge_hello(A, _claim(lost), False), LostState)
+    assert judge_hello(A, _claim(lost, rejoin=True), False) == RaiseIncarnation(5)
+    assert judge_hello(A, _claim(lost, acceptor=False), False) == RaiseIncarnation(5)
+    fresh = PeerRecord("e", 6, "boot-c")
+    assert judge_hello(A, _claim(fresh, rejoin=True), False) == Welcome(fresh, True)
+
+
+def test_judge_frame() -> None:
+    """Goal: frames only from the remembered process, exactly."""
+    assert judge_frame(A, A)
+    assert not judge_frame(None, A)
+    assert not judge_frame(A, PeerRecord("d", 5, "other"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("de"), st.integers(0, 6), st.sampled_from("abc"),
+                          st.booleans(), st.booleans()), max_size=15))
+def test_remembered_incarnations_never_go_back(hellos: list[tuple[str, int, str, bool,
+                                                                  bool]]) -> None:
+    """Property: whatever hellos arrive, the record a peer keeps for a node id has an
+    incarnation that never decreases, and one (data, incarnation) pair is never welcomed
+    from two boots; so two processes can never both issue ballots of one incarnation."""
+    known: PeerRecord | None = None
+    welcomed: dict[tuple[str, int], str] = {}
+    for data, inc, boot, acceptor, rejoin in hellos:
+        verdict = judge_hello(known, _claim(PeerRecord(data, inc, boot), acceptor, rejoin),
+                              False)
+        if isinstance(verdict, Welcome):
+            if known is not None:
+                assert verdict.record.incarnation >= known.incarnation
+            slot = (verdict.record.data_id, verdict.record.incarnation)
+            assert welcomed.setdefault(slot, boot) == boot
+            known = verdict.record

@@ -1,0 +1,224 @@
+"""The node (paxoskv/node.py) with in-memory storage and a scripted transport.
+
+Method: no sockets; the transport answers hellos the way a peer would, so these tests pin
+what the node does with verdicts, frames and deadlines. The real-process tests in
+tests/integration cover the same paths end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from paxoskv.config import NodeConfig, PeerSpec
+from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
+from paxoskv.core.ballot import Ballot
+from paxoskv.core.identity import PeerRecord
+from paxoskv.core.messages import Accept, Accepted, Prepare, Unavailable
+from paxoskv.core.register import Value
+from paxoskv.node import Node
+from paxoskv.storage.base import NodeIdentity
+from paxoskv.transport.base import Refusal
+from paxoskv.transport.codec import Sender
+
+
+class _Storage:
+    def __init__(self, meta: dict[str, str] | None = None) -> None:
+        self.meta = dict(meta or {})
+        self.data: dict[str, AcceptorState] = {}
+        self.fail = False
+
+    def load(self, key: str) -> AcceptorState:
+        return self.data.get(key, EMPTY_STATE)
+
+    async def save(self, key: str, state: AcceptorState) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        self.data[key] = state
+
+    def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
+        return sorted(k for k in self.data if k.startswith(prefix)
+                      and (after is None or k > after))[:limit]
+
+    def key_count(self) -> int:
+        return len(self.data)
+
+    def get_meta(self, name: str) -> str | None:
+        return self.meta.get(name)
+
+    async def set_meta(self, name: str, value: str) -> None:
+        self.meta[name] = value
+
+    async def close(self) -> None: ...
+
+
+class _Transport:
+    """Answers every heartbeat with ``verdict`` (as a peer of the same membership)."""
+
+    def __init__(self, fingerprint: str, verdict: str = "ok", **extra: Any) -> None:
+        self.fingerprint, self.verdict, self.extra = fingerprint, verdict, extra
+        self.sender: Sender | None = None
+
+    def set_sender(self, sender: Sender) -> None:
+        self.sender = sender
+
+    async def send(self, peer: int, msg: Any, deadline: float) -> Any:
+        raise AssertionError("unused")
+
+    async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
+        return {"cluster_id": "c", "node_id": peer, "fingerprint": self.fingerprint,
+                "verdict": self.verdict, "detail": "scripted", "version": "x", **self.extra}
+
+    async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int) -> Any:
+        return [], False
+
+    async def close(self) -> None: ...
+
+
+PEERS = {i: PeerSpec(i, f"http://127.0.0.1:{7000 + i}") for i in (1, 2, 3)}
+
+
+def _node(verdict: str = "ok", meta: dict[str, str] | None = None, rejoin: bool = False,
+          **extra: Any) -> tuple[Node, _Storage, _Transport]:
+    config = NodeConfig(1, PEERS, cluster_id="c", rejoin=rejoin)
+    storage = _Storage(meta)
+    transport = _Transport(config.fingerprint(), verdict, **extra)
+    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), storage, transport)
+    return node, storage, transport
+
+
+def _hello(node: Node, peer: int, data: str, incarnation: int, boot: str,
+           **over: Any) -> dict[str, Any]:
+    return {"cluster_id": "c", "node_id": peer, "data_id": data, "incarnation": incarnation,
+            "boot_id": boot, "fingerprint": node.fingerprint, "acceptor": True,
+            "rejoin": False, **over}
+
+
+def test_ready_needs_peers_that_reach_us_too() -> None:
+    """Goal: a restarted pod that reaches its peers, while they cannot reach it yet (stale
+    DNS), is not ready; once one peer's heartbeat arrives it is (quorum 2 of 3)."""
+    async def run() -> None:
+        node, _, _ = _node()
+        await node.start()
+        await node.heartbeat_once()
+        assert node.acceptor_mode == "normal"
+        assert node.quorum_reachable()
+        assert not node.ready()
+        reply = await node.on_hello(_hello(node, 2, "d2", 1, "b2"))
+        assert reply["verdict"] == "ok"
+        assert node.ready()
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("verdict", "mode", "identity"), [
+    ("ok", "normal", "verified"),
+    ("amnesia", "amnesia", "refused"),
+    ("refused", "refused", "refused"),
+    ("in_use", "verifying", "refused"),
+])
+def test_hello_verdicts_drive_the_identity_machine(verdict: str, mode: str,
+                                                   identity: str) -> None:
+    """Goal: what peers say about this process decides its mode; a permanent refusal is
+    written to disk so a restart cannot shake it off."""
+    async def run() -> None:
+        node, storage, _ = _node(verdict)
+        await node.start()
+        await node.heartbeat_once()
+        assert (node.acceptor_mode, node.machine.identity) == (mode, identity)
+        assert bool(storage.meta.get("refused")) == (verdict == "refused")
+    asyncio.run(run())
+
+
+def test_raise_verdict_lifts_the_incarnation_before_any_ballot() -> None:
+    """Goal: peers that remember incarnation 9 of this node id make it take 10, durably,
+    and its frames carry the new one."""
+    async def run() -> None:
+        node, storage, transport = _node("raise", floor=9)
+        await node.start()
+        await node.heartbeat_once()
+        assert node.identity.incarnation == 10
+        assert storage.meta["incarnation"] == "10"
+        assert transport.sender is not None and transport.sender.record.incarnation == 10
+        assert node.machine.identity == "verifying"
+    asyncio.run(run())
+
+
+def test_frames_only_from_the_remembered_process() -> None:
+    """Goal: a frame is served only from the exact process a hello made us remember: not
+    from another boot of the same incarnation, nor from another membership."""
+    async def run() -> None:
+        node, _, _ = _node()
+        with pytest.raises(Refusal):
+            node.admit(Sender(2, PeerRecord("d2", 1, "b2"), node.fingerprint))
+        await node.on_hello(_hello(node, 2, "d2", 1, "b2"))
+        node.admit(Sender(2, PeerRecord("d2", 1, "b2"), node.fingerprint))
+        with pytest.raises(Refusal):
+            node.admit(Sender(2, PeerRecord("d2", 1, "other"), node.fingerprint))
+        with pytest.raises(Refusal):
+            node.admit(Sender(2, PeerRecord("d2", 1, "b2"), "another-membership"))
+    asyncio.run(run())
+
+
+def test_hello_from_a_restored_copy_is_refused() -> None:
+    """Goal: a peer presenting an incarnation it already used (another boot) is refused,
+    and so are its frames; a genuine restart (higher incarnation) is welcome."""
+    async def run() -> None:
+        node, storage, _ = _node()
+        assert (await node.on_hello(_hello(node, 3, "d3", 5, "a")))["verdict"] == "ok"
+        assert storage.meta["peer.3"] == "d3 5 a"
+        node.heard_from.clear()  # the old process has gone quiet
+        assert (await node.on_hello(_hello(node, 3, "d3", 5, "b")))["verdict"] == "refused"
+        assert node.peer_health[3].refused
+        assert (await node.on_hello(_hello(node, 3, "d3", 6, "c")))["verdict"] == "ok"
+        assert node.peer_health[3].refused is None
+    asyncio.run(run())
+
+
+def test_fencing_acceptor_answers_nothing_and_expired_messages_are_dropped() -> None:
+    """Goal: a rejoining acceptor refuses accepts and prepares while it fences (the rejoin
+    marker is on disk first); a normal one drops a message whose deadline has passed."""
+    async def run() -> None:
+        node, storage, _ = _node(rejoin=True)
+        await node.start()
+        assert storage.meta["rejoin"] == "1"
+        loop = asyncio.get_running_loop()
+        accept = Accept("k", Ballot(1, 2, 1), Value(1, b"v"))
+        reply = await node.handle(accept, loop.time() + 5)
+        assert isinstance(reply, Unavailable)
+        assert "fencing" in reply.reason
+        normal, _, _ = _node()
+        await normal.start()
+        await normal.heartbeat_once()
+        reply = await normal.handle(Prepare("k", Ballot(1, 2, 1)), loop.time() - 0.001)
+        assert isinstance(reply, Unavailable)
+        assert "expired" in reply.reason
+        reply = await normal.handle(accept, loop.time() + 5)
+        assert reply == Accepted("k", Ballot(1, 2, 1))
+    asyncio.run(run())
+
+
+def test_a_rejoin_marker_on_disk_survives_a_restart_without_the_flag() -> None:
+    """Goal: a rejoin interrupted by a crash continues at the next start, flag or not."""
+    async def run() -> None:
+        node, _, _ = _node(meta={"rejoin": "1"})
+        assert node.acceptor_mode == "fencing"
+        done, _, _ = _node(meta={"rejoin": "", "refused": "restored copy"})
+        assert done.acceptor_mode == "refused"
+    asyncio.run(run())
+
+
+def test_own_storage_failure_is_unavailable_not_a_crash() -> None:
+    """Goal: our own acceptor's disk error is an Unavailable reply to our proposer (so an
+    accept that may have gone out ends as "unknown", 504), never an exception."""
+    async def run() -> None:
+        node, storage, _ = _node()
+        await node.start()
+        await node.heartbeat_once()
+        storage.fail = True
+        loop = asyncio.get_running_loop()
+        _, reply = await node._ask(1, Prepare("k", Ballot(1, 1, 1)), loop.time() + 1)
+        assert isinstance(reply, Unavailable)
+        assert "storage" in reply.reason
+    asyncio.run(run())
