@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,9 @@ LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
 
 RETRY_AFTER_S = "1"
+
+_DIGITS = re.compile(r"[0-9]+")
+"""ASCII digits only: ``str.isdigit`` also accepts "²" and other digits ``int`` refuses."""
 
 
 class ApiError(Exception):
@@ -109,7 +113,7 @@ def _version_header(request: web.Request, name: str) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit() or len(text) > 18:
+    if not _DIGITS.fullmatch(text) or len(text) > 18:
         raise ApiError(400, "bad_header",
                        f'{name} must be a quoted version such as "3" (got {raw!r})')
     return int(text)
@@ -232,7 +236,7 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
         prefix = request.query.get("prefix", "")
         limits = request.app[LIMITS]
         raw_limit = request.query.get("limit", "1000")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limits.list_limit_max:
+        if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= limits.list_limit_max:
             raise ApiError(400, "bad_request",
                            f"limit must be an integer within 1..{limits.list_limit_max}")
         keys = await request.app[NODE].list_keys(prefix, int(raw_limit))
@@ -306,7 +310,7 @@ async def internal_hello(request: web.Request) -> web.StreamResponse:
 async def internal_keys(request: web.Request) -> web.StreamResponse:
     _authorize(request)
     raw_limit = request.query.get("limit", "1000")
-    if not raw_limit.isdigit():
+    if not _DIGITS.fullmatch(raw_limit):
         raise ApiError(400, "bad_request", "limit must be an integer")
     if request.app[NODE].acceptor_mode != "normal":
         # An acceptor without its state must not be counted as a peer that has no keys.

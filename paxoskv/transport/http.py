@@ -31,10 +31,15 @@ FROM_HEADER = "X-Paxoskv-From"
 
 
 def check_peer_auth(header: str | None, secret: str) -> bool:
-    """Constant-time check of ``Authorization: Bearer <secret>``."""
+    """Constant-time check of ``Authorization: Bearer <secret>``.
+
+    Compared as bytes: a header with bytes that are not UTF-8 reaches us with surrogates
+    (aiohttp decodes with ``surrogateescape``), which a plain ``encode()`` refuses; with
+    ``surrogatepass`` any str encodes, and such a header simply does not match."""
     if not header or not header.startswith("Bearer "):
         return False
-    return hmac.compare_digest(header[7:].encode(), secret.encode())
+    return hmac.compare_digest(header[7:].encode("utf-8", "surrogatepass"),
+                               secret.encode("utf-8", "surrogatepass"))
 
 
 def decode_batch(body: bytes) -> list[Request]:
