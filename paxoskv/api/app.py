@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paxoskv.api.openapi import openapi_document
@@ -322,6 +322,20 @@ async def internal_keys(request: web.Request) -> web.StreamResponse:
     return _json(200, {"keys": [[k, b.to_wire(), live] for k, b, live in entries]})
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect``: 100-continue, else 417. aiohttp's default handler puts the header's value
+    into its error text, which fails to encode (a 500, outside the middleware) when the value
+    holds bytes that are not UTF-8. Every route must be added with this handler."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    return _error(417, "expectation_failed", "only Expect: 100-continue is supported")
+
+
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=limits.frame_bytes_max)
@@ -329,17 +343,17 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.A
     app[SECRET] = secret
     app[LIMITS] = limits
     app[METRICS] = metrics
-    app.router.add_put("/v1/kv/{key:.+}", put_key)
-    app.router.add_get("/v1/kv/{key:.+}", get_key)
-    app.router.add_delete("/v1/kv/{key:.+}", delete_key)
-    app.router.add_get("/v1/kv", list_keys)
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/openapi.json", openapi)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_text)
-    app.router.add_post("/internal/batch", internal_batch)
-    app.router.add_post("/internal/hello", internal_hello)
-    app.router.add_get("/internal/keys", internal_keys)
+    app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=expect_handler)
+    app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
+    app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
+    app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
+    app.router.add_get("/v1/status", status, expect_handler=expect_handler)
+    app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
+    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
+    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
+    app.router.add_post("/internal/batch", internal_batch, expect_handler=expect_handler)
+    app.router.add_post("/internal/hello", internal_hello, expect_handler=expect_handler)
+    app.router.add_get("/internal/keys", internal_keys, expect_handler=expect_handler)
     return app
 

@@ -111,3 +111,19 @@ def test_list_limit_with_non_ascii_digits_is_400(limit: str) -> None:
             assert r.status == 400, limit
         assert (await c.get("/v1/kv", params={"limit": "5"})).status == 200
     with_client(t)
+
+
+def test_expect_header_that_is_not_utf8_is_417_not_500() -> None:
+    """Goal: an Expect header other than 100-continue is a JSON 417 on every route; aiohttp's
+    default handler answered 500 when the value was not UTF-8 (found by test_fuzz.py)."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        port = c.server.port
+        assert port is not None
+        for method, path in ((b"GET", b"/v1/kv/k"), (b"PUT", b"/v1/kv/k"), (b"GET", b"/v1/kv"),
+                             (b"POST", b"/internal/batch"), (b"GET", b"/healthz")):
+            for value in (b"\x80", b"\xff\xfe", b"nonsense"):
+                status = await raw_status(port, _request(method, path, [b"Expect: " + value]))
+                assert status == 417, (method, path, value)
+        r = await c.put("/v1/kv/k", data=b"v", headers={"Expect": "100-continue"})
+        assert r.status == 200
+    with_client(t)
