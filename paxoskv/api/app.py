@@ -25,7 +25,7 @@ from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
 from paxoskv.limits import Limits
 from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.transport.server import PeerServer
+from paxoskv.transport.server import PeerServer, expect_handler
 
 __all__ = ["ApiError", "make_app"]
 
@@ -37,6 +37,9 @@ LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
 
 RETRY_AFTER_S = "1"
+
+_DIGITS = re.compile(r"[0-9]+")
+"""ASCII digits only: ``str.isdigit`` also accepts "²" and other digits ``int`` refuses."""
 
 
 class ApiError(Exception):
@@ -101,10 +104,6 @@ def _key(request: web.Request) -> str:
     except UnicodeEncodeError:
         raise ApiError(400, "bad_key", "key is not valid UTF-8") from None
     return key
-
-
-_DIGITS = re.compile(r"[0-9]+")
-"""ASCII digits only: ``str.isdigit`` also accepts "²", which ``int`` refuses."""
 
 
 def _version_header(request: web.Request, name: str) -> int | None:
@@ -307,15 +306,15 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.A
     app[SECRET] = secret
     app[LIMITS] = limits
     app[METRICS] = metrics
-    app.router.add_put("/v1/kv/{key:.+}", put_key)
-    app.router.add_get("/v1/kv/{key:.+}", get_key)
-    app.router.add_delete("/v1/kv/{key:.+}", delete_key)
-    app.router.add_get("/v1/kv", list_keys)
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/openapi.json", openapi)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_text)
+    app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=expect_handler)
+    app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
+    app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
+    app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
+    app.router.add_get("/v1/status", status, expect_handler=expect_handler)
+    app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
+    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
+    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
     PeerServer(node, secret).add_routes(app)
     return app
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import shlex
+import shutil
 import sys
 import time
 from collections import Counter
@@ -50,6 +52,8 @@ __all__ = [
 
 READY_TIMEOUT_S: Final = 30.0
 RESTART_ALIVE_TIMEOUT_S: Final = 20.0
+REJOIN_TIMEOUT_S: Final = 60.0
+"""A disk-loss episode waits this long for the rejoining node to serve as an acceptor."""
 FINAL_READS_TIMEOUT_S: Final = 90.0
 FINAL_READ_CONCURRENCY: Final = 12
 
@@ -128,6 +132,8 @@ class ChaosResult:
     check: CheckResult | None = None
     report_paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    rejoins: list[str] = field(default_factory=list)
+    """Disk-loss episodes: how each rejoin ended (seconds to acceptor_mode normal, or not)."""
     error: str | None = None
     leftover_pids: list[int] = field(default_factory=list)
     """Server processes still alive after the orderly stop (killed, and a failure)."""
@@ -135,7 +141,8 @@ class ChaosResult:
     @property
     def ok(self) -> bool:
         return (self.error is None and not self.leftover_pids and self.check is not None
-                and self.check.ok and not self.lost and not self.unreadable and not self.unexpected)
+                and self.check.ok and not self.lost and not self.unreadable and not self.unexpected
+                and not any(r.startswith("FAILED") for r in self.rejoins))
 
     def outcome_counts(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}
@@ -157,6 +164,9 @@ class ChaosResult:
                 f"violations={violations} inconclusive={inconclusive} lost={len(self.lost)} "
                 f"unreadable={len(self.unreadable)} unexpected={len(self.unexpected)} "
                 + " ".join(f"{k}={v:.1f}s" for k, v in self.timings.items())
+                + (f" rejoins={len(self.rejoins)}" if self.rejoins else "")
+                + (f" rejoin_failed={sum(r.startswith('FAILED') for r in self.rejoins)}"
+                   if any(r.startswith("FAILED") for r in self.rejoins) else "")
                 + (f" error={self.error}" if self.error else "")
                 + (f" leftover_pids={self.leftover_pids}" if self.leftover_pids else ""))
 
@@ -264,10 +274,54 @@ class _Faults:
                 self.killed.discard(node)
                 await self._wait_alive(node)
                 await asyncio.sleep(0.3)
+        elif ep.kind == "disk_loss":
+            await self.disk_loss(ep.targets[0])
         elif ep.kind == "total-partition":
             self.network.partition([[n] for n in nodes], mode)
         else:
             raise ValueError(f"unknown fault kind {ep.kind!r}")
+
+    async def disk_loss(self, node: int) -> None:
+        """kill -9 ``node``, delete its data directory, restart it with ``--rejoin`` and wait
+        (bounded) until it serves as an acceptor again. Only with every node up and ready:
+        the other disks (a majority) must hold every acknowledged write."""
+        if self.killed or self.paused:
+            raise RuntimeError(f"disk_loss with nodes down: killed {sorted(self.killed)} "
+                               f"paused {sorted(self.paused)}")
+        proc = self.cluster.nodes[node]
+        others = [n for n in sorted(self.cluster.nodes) if n != node]
+        for other in others:
+            await asyncio.to_thread(self.cluster.nodes[other].wait_ready, READY_TIMEOUT_S)
+        await self.kill(node)
+        self._note(f"  disk_loss: kill -9 node {node}, rm -rf {proc.data_dir}")
+        await asyncio.to_thread(shutil.rmtree, proc.data_dir, True)
+        plain = list(proc.extra)
+        proc.extra = [*plain, "--rejoin"]
+        proc.start()
+        self.killed.discard(node)
+        self._note(f"  disk_loss: restart node {node} with --rejoin")
+        await self._wait_alive(node)
+        started = time.monotonic()
+        mode = "?"
+        while time.monotonic() - started < REJOIN_TIMEOUT_S:
+            code, body = await asyncio.to_thread(proc.get, "/v1/status", 1.0)
+            if code == 200:
+                mode = str(json.loads(body).get("acceptor_mode"))
+                if mode == "normal":
+                    break
+            if not proc.alive():
+                mode = f"exited ({proc.proc.returncode})"
+                break
+            await asyncio.sleep(0.25)
+        took = time.monotonic() - started
+        if mode == "normal":
+            proc.extra = plain  # later restarts are ordinary ones
+            line = f"node {node}: rejoined in {took:.1f}s"
+        else:
+            # left with --rejoin: a later restart continues the rejoin
+            line = f"FAILED node {node}: not an acceptor {took:.1f}s after the restart ({mode})"
+        self.result.rejoins.append(line)
+        self._note("  disk_loss: " + line)
 
     async def heal(self, restart: bool = True) -> None:
         """Heal every link, SIGCONT every paused node, restart every killed one."""
@@ -307,7 +361,7 @@ class _Faults:
             if time.monotonic() + ep.hold_s + 1.0 > deadline:
                 break
             await self.apply(ep)
-            if ep.kind != "kill-cycle":  # a cycle takes its time inside apply
+            if ep.kind not in ("kill-cycle", "disk_loss"):  # these take their time in apply
                 await asyncio.sleep(ep.hold_s)
             await self.heal()
             await asyncio.sleep(min(ep.gap_s, max(0.0, deadline - time.monotonic())))
@@ -353,7 +407,8 @@ def _write_artifacts(result: ChaosResult, directory: Path) -> list[Path]:
              *(f"  {n:6d} {r}" for r, n in result.reasons.most_common()), ""]
     if result.check is not None:
         lines += ["check:", result.check.summary(), ""]
-    for title, items in (("lost (acknowledged write not read back)", result.lost),
+    for title, items in (("disk_loss rejoins", result.rejoins),
+                         ("lost (acknowledged write not read back)", result.lost),
                          ("unreadable after heal", result.unreadable),
                          ("unexpected answers", result.unexpected)):
         if items:

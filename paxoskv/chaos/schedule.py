@@ -21,11 +21,11 @@ from typing import Final
 __all__ = ["MAJORITY_KINDS", "MINORITY_KINDS", "Episode", "make_schedule"]
 
 MINORITY_KINDS: Final = ("kill", "pause", "isolate", "split", "oneway", "bridge", "slow",
-                         "double", "kill-cycle")
+                         "double", "kill-cycle", "disk_loss")
 MAJORITY_KINDS: Final = ("majority-kill", "majority-pause", "total-partition")
 
 _WEIGHTS: Final = {"kill": 5, "pause": 4, "isolate": 4, "split": 3, "oneway": 3, "bridge": 2,
-                   "slow": 2, "double": 3, "kill-cycle": 3}
+                   "slow": 2, "double": 3, "kill-cycle": 3, "disk_loss": 1}
 
 MAJORITY_EVERY_S: Final = 40.0
 """About one majority fault per this many seconds of run (at least one per run)."""
@@ -35,13 +35,20 @@ HOLD_S: Final = {"minority": (2.0, 7.0), "pause": (1.5, 8.0), "majority": (1.0, 
 paused node's rounds in flight then resume late, after the others moved on."""
 GAP_S: Final = (1.0, 3.0)
 
+DISK_LOSS_HOLD_S: Final = 14.0
+"""Schedule estimate of one disk loss: the rejoining node waits out 2 x the request timeout
+(8 s with tests/procs.py's flags) before it catches up; the runner waits for the catch-up
+inside the episode (bounded), so this only keeps the schedule's clock honest."""
+
 
 @dataclass(frozen=True, slots=True)
 class Episode:
     kind: str
     targets: tuple[int, ...] = ()
     """Nodes killed / paused / isolated / slowed (for ``double``: killed, then isolated; for
-    ``kill-cycle``: killed one after the other, each restarted before the next is killed)."""
+    ``kill-cycle``: killed one after the other, each restarted before the next is killed;
+    for ``disk_loss``: the one node killed, its data directory deleted, restarted with
+    ``--rejoin``)."""
     groups: tuple[tuple[int, ...], ...] = ()
     """For ``split`` and ``bridge``: the sides of the partition."""
     cut: tuple[tuple[int, int], ...] = ()
@@ -79,7 +86,8 @@ class Episode:
 
 
 def _kinds_for(n: int) -> list[str]:
-    kinds = ["kill", "pause", "isolate", "split", "oneway", "bridge", "slow", "kill-cycle"]
+    kinds = ["kill", "pause", "isolate", "split", "oneway", "bridge", "slow", "kill-cycle",
+             "disk_loss"]
     if n >= 5:
         kinds.append("double")
     return kinds
@@ -130,6 +138,10 @@ def _episode(rng: random.Random, kind: str, nodes: list[int]) -> Episode:
         downtimes = tuple(round(rng.uniform(0.2, 1.5), 2) for _ in range(steps))
         return Episode(kind, targets=targets, downtimes_s=downtimes,
                        hold_s=round(sum(downtimes) + 2.3 * steps, 2), gap_s=gap)
+    if kind == "disk_loss":
+        # One node only, and (episodes never overlap) never while another is down: the
+        # other n - 1 >= quorum disks survive and hold every acknowledged write.
+        return Episode(kind, targets=(shuffled[0],), hold_s=DISK_LOSS_HOLD_S, gap_s=gap)
     if kind == "double":
         assert n >= 5
         return Episode(kind, targets=(shuffled[0], shuffled[1]), mode=mode, hold_s=hold,
@@ -183,5 +195,6 @@ def make_schedule(seed: int, nodes: list[int], duration_s: float,
         episode = _episode(rng, kind, nodes)
         episodes.append(episode)
         # A kill's restart and wait for the node to come back take about 1-2 s more.
-        elapsed += episode.hold_s + episode.gap_s + (1.5 if "kill" in kind else 0.3)
+        elapsed += episode.hold_s + episode.gap_s + (
+            1.5 if "kill" in kind or kind == "disk_loss" else 0.3)
     return episodes

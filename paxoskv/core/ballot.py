@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-__all__ = ["Ballot"]
+__all__ = ["WIRE_INT_MAX", "Ballot"]
+
+WIRE_INT_MAX = 2**62
+"""Largest ballot part or version a peer may send. SQLite stores at most 2**63 - 1: a frame
+with a counter of 2**63 made the whole group commit fail (a 500, and the other writes of
+that batch failed with it); the headroom leaves 2**62 increments to proposers that outbid
+the largest ballot allowed."""
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -40,8 +46,9 @@ class Ballot:
             raise ValueError("ballot must be a list of three integers")
         counter, node_id, incarnation = raw
         for part in (counter, node_id, incarnation):
-            if not isinstance(part, int) or isinstance(part, bool) or part < 0:
-                raise ValueError("ballot parts must be non-negative integers")
+            if not isinstance(part, int) or isinstance(part, bool) or not (
+                    0 <= part <= WIRE_INT_MAX):
+                raise ValueError(f"ballot parts must be integers within 0..{WIRE_INT_MAX}")
         return Ballot(counter, node_id, incarnation)
 
     def __str__(self) -> str:

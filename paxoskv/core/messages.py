@@ -12,7 +12,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from paxoskv.core.ballot import Ballot
+from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
 from paxoskv.core.register import RECENT_MAX, Value
 
 __all__ = [
@@ -106,7 +106,7 @@ def _value_to_wire(value: Value) -> list[Any]:
 
 
 def _is_count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= WIRE_INT_MAX
 
 
 def _recent_from_wire(raw: object) -> tuple[tuple[str, int], ...]:
@@ -126,7 +126,7 @@ def _value_from_wire(raw: object) -> Value:
         raise PeerProtocolError("value must be [version, data, recent]")
     version, data, recent_raw = raw
     if not _is_count(version):
-        raise PeerProtocolError("value version must be a non-negative integer")
+        raise PeerProtocolError(f"value version must be an integer within 0..{WIRE_INT_MAX}")
     recent = _recent_from_wire(recent_raw)
     if data is None:
         return Value(version, None, recent)

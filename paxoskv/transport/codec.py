@@ -62,11 +62,12 @@ class Sender:
 
 def check_peer_auth(header: str | None, secret: str) -> bool:
     """Constant-time check of ``Authorization: Bearer <secret>``; any bytes are safe (a
-    header aiohttp could not decode arrives with surrogate escapes)."""
+    header aiohttp could not decode arrives with surrogates, which ``surrogatepass``
+    encodes, and which then simply do not match)."""
     if not header or not header.startswith("Bearer "):
         return False
-    given = header[7:].encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, secret.encode())
+    given = header[7:].encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, secret.encode("utf-8", "surrogatepass"))
 
 
 def encode_frame(sender: Sender, messages: list[tuple[Request, int]]) -> bytes:

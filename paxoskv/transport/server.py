@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
 from paxoskv.transport.base import KeyEntry, Refusal
@@ -26,7 +26,7 @@ from paxoskv.transport.codec import (
     encode_replies,
 )
 
-__all__ = ["KEYS_PAGE_MAX", "PeerHandler", "PeerServer", "Refusal"]
+__all__ = ["KEYS_PAGE_MAX", "PeerHandler", "PeerServer", "Refusal", "expect_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,25 @@ class PeerServer:
             return _response(await self.keys(request.headers.get(AUTH_HEADER),
                                              request.query))
 
-        app.router.add_post("/internal/batch", batch)
-        app.router.add_post("/internal/hello", hello)
-        app.router.add_get("/internal/keys", keys)
+        app.router.add_post("/internal/batch", batch, expect_handler=expect_handler)
+        app.router.add_post("/internal/hello", hello, expect_handler=expect_handler)
+        app.router.add_get("/internal/keys", keys, expect_handler=expect_handler)
 
 
 def _response(answer: Answer) -> web.Response:
     status, body = answer
     return web.Response(status=status, body=body, content_type="application/json")
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect``: 100-continue, else 417. aiohttp's default handler puts the header's value
+    into its error text, which fails to encode (a 500, outside any middleware) when the value
+    holds bytes that are not UTF-8. Every route of the server is added with this handler."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    return _response(_error(417, "expectation_failed", "only Expect: 100-continue is supported"))

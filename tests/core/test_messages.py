@@ -70,3 +70,19 @@ def test_ballot_order_is_total_and_zero_is_least() -> None:
     assert Ballot(1, 1, 5) < Ballot(1, 2, 0)
     assert Ballot(1, 1, 1) < Ballot(1, 1, 2)
     assert Ballot(0, 0, 1) > Ballot.ZERO
+
+
+def test_ballot_parts_and_versions_beyond_sqlite_integers_are_refused() -> None:
+    """Goal: a peer frame with a ballot part or a version SQLite cannot store (2**63 and up)
+    is a protocol error, not a failed group commit (found by tests/api/test_fuzz.py: a
+    prepare with counter 2**63 answered 500 and failed every write of its batch)."""
+    from paxoskv.core.ballot import WIRE_INT_MAX
+
+    ok = {"t": "prepare", "k": "k", "b": [WIRE_INT_MAX, 1, 0]}
+    assert from_wire(ok) == Prepare("k", Ballot(WIRE_INT_MAX, 1, 0))
+    for ballot in ([2**63, 1, 0], [1, 2**63, 0], [1, 1, 2**64 - 1], [WIRE_INT_MAX + 1, 1, 0]):
+        with pytest.raises(PeerProtocolError):
+            from_wire({"t": "prepare", "k": "k", "b": ballot})
+    for value in ([2**63, None, []], [1, None, [["r", 2**63]]]):
+        with pytest.raises(PeerProtocolError):
+            from_wire({"t": "accept", "k": "k", "b": [1, 1, 0], "v": value})
