@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from paxoskv.core.idempotency import Claim, Finish, Release, apply_record_change
+
 __all__ = [
     "RECENT_MAX",
     "Cas",
@@ -109,7 +111,8 @@ class Read:
     pass
 
 
-Change = Set | Cas | Create | Delete | Read
+Change = Set | Cas | Create | Delete | Read | Claim | Finish | Release
+"""Claim / Finish / Release act on idempotency records (core/idempotency.py)."""
 
 OutcomeKind = Literal["applied", "rejected", "absent", "read"]
 
@@ -169,5 +172,12 @@ def apply_change(current: Value, change: Change, request_id: str | None = None
             if expected is not None and current.version != expected:
                 return current, Outcome("rejected", current)
             new = _next(current, None, request_id)
+            return new, Outcome("applied", new)
+        case Claim() | Finish() | Release():
+            # "rejected": the record is unchanged, and ``value`` is the record found
+            changed, record = apply_record_change(current.data, change)
+            if not changed:
+                return current, Outcome("rejected", current)
+            new = _next(current, record, request_id)
             return new, Outcome("applied", new)
     raise AssertionError(f"unknown change {change!r}")
