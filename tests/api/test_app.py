@@ -208,3 +208,14 @@ def test_reserved_keys_are_refused() -> None:
             assert r.status == 400, method
             assert (await r.json())["error"] == "bad_key"
     with_client(t)
+
+
+def test_openapi_documents_the_idempotency_key() -> None:
+    """Goal: the OpenAPI document names the header and its 409 / 422 answers on writes."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        spec = await (await c.get("/v1/openapi.json")).json()
+        for method in ("put", "delete"):
+            op = spec["paths"]["/v1/kv/{key}"][method]
+            assert "Idempotency-Key" in {p["name"] for p in op["parameters"]}
+            assert {"409", "422"} <= set(op["responses"])
+    with_client(t)
