@@ -172,3 +172,29 @@ def test_outcomes_are_kept_for_the_window_only(short_window_cluster: Cluster) ->
     assert (status, orjson.loads(body)["version"]) == (200, 2)
     assert "Idempotent-Replayed" not in headers
     assert call(url, "GET", "win")[2] == b"b"
+
+
+def test_concurrent_copies_of_one_request_apply_once(shared_cluster: Cluster) -> None:
+    """Goal: copies of one request sent at once to all nodes are applied once: each copy
+    gets the one outcome (200, same version) or 409 while it is running, never a second
+    write."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = shared_cluster.urls()
+    assert call(urls[0], "PUT", "idem/race", b"before")[0] == 200
+    hdr = {"Idempotency-Key": "race-1"}
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        futures = [pool.submit(call, urls[i % 3], "PUT", "idem/race", b"raced", hdr)
+                   for i in range(9)]
+        answers = [f.result(timeout=30) for f in futures]
+    statuses = sorted(status for status, _, _ in answers)
+    assert set(statuses) <= {200, 409}, answers
+    assert 200 in statuses
+    assert {orjson.loads(body)["version"] for status, _, body in answers if status == 200} == {2}
+    for status, headers, _ in answers:
+        if status == 409:
+            assert int(headers["Retry-After"]) >= 1
+    status, headers, got = call(urls[1], "GET", "idem/race")
+    assert (status, headers["ETag"], got) == (200, '"2"', b"raced")
+    # once finished, every copy is answered with the outcome
+    assert call(urls[2], "PUT", "idem/race", b"raced", hdr)[0] == 200
