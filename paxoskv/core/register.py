@@ -7,9 +7,10 @@ failed CAS still finishes its round).
 
 Exactly-once: a value remembers the request ids of the last ``RECENT_MAX`` changes applied
 to it, with the version each produced. A change whose request id is already there is not
-applied again; its original outcome is reported. A retried round (or a client retrying with
-the same ``Idempotency-Key``) therefore never applies a write twice, and can tell whether
-its earlier attempt took effect.
+applied again; its original outcome is reported. A retried round therefore never applies a
+write twice, and can tell whether its earlier attempt took effect. A client retrying with an
+``Idempotency-Key`` is covered beyond that bound by a record register per key
+(``core/idempotency.py``, whose changes Claim / Finish / Release are applied here too).
 """
 
 from __future__ import annotations
