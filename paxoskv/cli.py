@@ -92,6 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--repair-rate", "keys per second the repair sweep checks", 100.0, type=float)
     _add(s, "--drain-seconds", "after SIGTERM, seconds to keep serving while not ready", 0.0,
          type=float)
+    _add(s, "--idempotency-window", "seconds an Idempotency-Key's outcome is kept",
+         86400.0, type=float)
     _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
     _add_flag(s, "--rejoin-after-quorum-loss", "with --rejoin: a majority of acceptors lost "
               "their disks; rejoin from whatever survived (README)")
@@ -203,6 +205,8 @@ def _serve(args: argparse.Namespace) -> int:
             secret = Path(args.peer_secret_file).read_text().strip()
         except OSError as exc:
             raise UsageError(f"--peer-secret-file: {exc}") from None
+    if not 0 < args.idempotency_window < float("inf"):
+        raise UsageError("--idempotency-window must be a positive number of seconds")
     if len(peers) > 1 and not secret:
         raise UsageError("set a peer secret: PAXOSKV_PEER_SECRET or --peer-secret-file")
     try:
@@ -224,7 +228,8 @@ def _serve(args: argparse.Namespace) -> int:
         await serve(ServeOptions(config, host, port, Path(args.data_dir),
                                  secret or secrets.token_hex(16),
                                  peer_timeout_s=args.peer_timeout,
-                                 drain_s=max(0.0, args.drain_seconds)))
+                                 drain_s=max(0.0, args.drain_seconds),
+                                 idempotency_window_s=args.idempotency_window))
 
     asyncio.run(main())
     return 0

@@ -34,6 +34,11 @@ ROUND_RETRIES_MAX = 8
 LIST_LIMIT_MAX = 10_000
 """Keys one list call returns."""
 
+KEYS_PAGE_MAX = 1000
+"""Entries one peer key-listing page holds: a page of the largest keys stays about 1 MiB,
+well inside one peer timeout. Listings, rejoin and repair page through keys this many at a
+time; nothing loads all keys."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

@@ -59,6 +59,7 @@ from paxoskv.core.proposer import (
 )
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Change, Outcome, Read
+from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.metrics import Metrics
 from paxoskv.storage.base import NodeIdentity, Storage
 from paxoskv.transport.base import KeyEntry, PeerUnreachable, Refusal, Transport
@@ -291,7 +292,8 @@ class Node:
         self.metrics.identity_refused(self.machine.identity == "refused")
 
     async def _raise_incarnation(self, floor: int) -> None:
-        """Take ballots above every one an older state of this node id may have issued."""
+        """Take ballots above every one an older state of this node id may have issued;
+        peers that already know this process welcome the higher incarnation as a restart."""
         if not self.machine.may_raise_incarnation or self.identity.incarnation > floor:
             return
         incarnation = floor + 1
@@ -619,8 +621,9 @@ class Node:
         await self.wait_may_propose()
         live: list[str] = []
         cursor = after
-        for _ in range(LIST_PAGES_MAX):
-            pages = await asyncio.gather(*(self._page_from(a, prefix, cursor, limit)
+        page_keys = min(limit, KEYS_PAGE_MAX)
+        for _ in range(LIST_PAGES_MAX + limit // page_keys):
+            pages = await asyncio.gather(*(self._page_from(a, prefix, cursor, page_keys)
                                            for a in sorted(self.quorum.acceptors)))
             answered = [p for p in pages if p is not None]
             if not self.quorum.can_still_reach(len(answered)):
@@ -641,8 +644,6 @@ class Node:
             if horizon is None:
                 return live, None
             cursor = horizon
-            if live:
-                return live, cursor
         return live, cursor
 
     # ---------------------------------------------------------------- health
@@ -718,11 +719,14 @@ class Node:
         self.metrics.quorum_reachable(self.quorum_reachable())
         confirmed = 0
         floor = 0
+        objections = 0
         for pid, info in zip(sorted(self.peer_health), replies, strict=True):
             if info is None:
                 continue
             detail = f"peer {pid}: {info.get('detail')}"
-            match info.get("verdict"):
+            verdict = info.get("verdict")
+            objections += verdict in ("raise", "amnesia", "refused", "in_use")
+            match verdict:
                 case "ok":
                     if pid in self.quorum.acceptors:
                         confirmed += 1
@@ -742,7 +746,8 @@ class Node:
                     pass
         if floor:
             await self._raise_incarnation(floor)
-        elif confirmed >= self.quorum.confirmations_needed(self.config.node_id):
+        elif not objections and \
+                confirmed >= self.quorum.confirmations_needed(self.config.node_id):
             await self._transition(Confirmed())
 
     async def heartbeat_loop(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from paxoskv.api.app import make_app
+from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
 from paxoskv.node import Node, NodeConfig, open_identity
@@ -37,6 +38,8 @@ class ServeOptions:
     drain_s: float = 0.0
     """After SIGTERM, keep serving this long while /readyz says 503, so load balancers
     (a Kubernetes Service) stop sending new requests before the socket closes."""
+    idempotency_window_s: float = DEFAULT_WINDOW_S
+    """How long an Idempotency-Key's outcome is kept (paxoskv/idempotency.py)."""
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -61,7 +64,7 @@ async def serve(opts: ServeOptions) -> None:
                               opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
                               metrics=metrics)
     node = Node(opts.config, identity, storage, transport, metrics)
-    app = make_app(node, opts.secret, limits, metrics)
+    app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
                            handle_signals=False)
     await runner.setup()

@@ -25,6 +25,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     (["serve", "--peers", "garbage"], "not ID=URL"),
     (["serve", "--statefulset"], "needs POD_NAME"),
     (["serve", "--node-id", "1", "--max-value-bytes", "0"], "max value bytes"),
+    (["serve", "--node-id", "1", "--idempotency-window", "0"], "--idempotency-window"),
+    (["serve", "--node-id", "1", "--idempotency-window", "inf"], "--idempotency-window"),
     (["local-cluster", "--nodes", "0"], "--nodes"),
 ])
 def test_bad_configuration_is_one_line_exit_2(args: list[str], message: str,

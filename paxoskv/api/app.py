@@ -21,7 +21,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paxoskv.api.openapi import openapi_document
-from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
+from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
+from paxoskv.core.register import Cas, Change, Create, Delete, Set
+from paxoskv.idempotency import DEFAULT_WINDOW_S, InProgress, KeyReused, run_idempotent, summarize
 from paxoskv.limits import Limits
 from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
@@ -35,6 +37,7 @@ NODE = web.AppKey("node", Node)
 SECRET = web.AppKey("secret", str)
 LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
+IDEMPOTENCY_WINDOW = web.AppKey("idempotency_window_s", float)
 
 RETRY_AFTER_S = "1"
 
@@ -79,6 +82,11 @@ async def errors_middleware(request: web.Request,
         return _error(504, "unknown_outcome",
                       f"{exc}; the write may or may not have taken effect: read the key to "
                       "find out")
+    except KeyReused as exc:
+        return _error(422, "idempotency_key_reused", str(exc))
+    except InProgress as exc:
+        return _error(409, "idempotency_in_progress", str(exc),
+                      {"Retry-After": str(exc.retry_after_s)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -103,6 +111,8 @@ def _key(request: web.Request) -> str:
         key.encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(400, "bad_key", "key is not valid UTF-8") from None
+    if key.startswith(RESERVED_PREFIX):
+        raise ApiError(400, "bad_key", "keys starting with U+10FFFF are reserved")
     return key
 
 
@@ -125,15 +135,30 @@ _IDEMPOTENCY_CHARS = frozenset(
 IDEMPOTENCY_KEY_MAX = 64
 
 
-def _request_id(request: web.Request) -> str | None:
-    """``Idempotency-Key``: a retry with the same key is applied at most once."""
+def _idempotency_key(request: web.Request) -> str | None:
+    """``Idempotency-Key``: a retry with the same key gets the first request's outcome
+    (paxoskv/idempotency.py)."""
     raw = request.headers.get("Idempotency-Key")
     if raw is None:
         return None
     if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX or not set(raw) <= _IDEMPOTENCY_CHARS:
         raise ApiError(400, "bad_header", "Idempotency-Key must be 1-64 characters of "
                        "letters, digits and . _ : -")
-    return "c:" + raw
+    return raw
+
+
+async def _execute(request: web.Request, key: str, change: Change, body: bytes,
+                   if_match: int | None, if_none_match: bool) -> tuple[RecordOutcome, bool]:
+    """Run a write; with an Idempotency-Key at most once per key and window. Returns the
+    outcome and whether it was replayed from an earlier request."""
+    node = request.app[NODE]
+    idem = _idempotency_key(request)
+    if idem is None:
+        return summarize(await node.execute(key, change)), False
+    fp = fingerprint(request.method, key, body, if_match, if_none_match)
+    result = await run_idempotent(node, idem, fp, key, change,
+                                  request.app[IDEMPOTENCY_WINDOW])
+    return result.outcome, result.replayed
 
 
 def _etag(version: int) -> str:
@@ -157,17 +182,27 @@ async def _timed(request: web.Request, op: str,
     except UnknownOutcome:
         status = 504
         raise
+    except KeyReused:
+        status = 422
+        raise
+    except InProgress:
+        status = 409
+        raise
     finally:
         request.app[METRICS].request(op, status, time.perf_counter() - started)
 
 
-def _precondition_failed(outcome: Outcome) -> web.Response:
-    current = outcome.value.version if outcome.value.exists else None
+def _precondition_failed(outcome: RecordOutcome, headers: dict[str, str]) -> web.Response:
+    current = outcome.version
     return _error(412, "precondition_failed",
                   "the condition did not hold" + (f"; current version is {current}"
                                                   if current is not None else
                                                   "; the key does not exist"),
-                  current_version=current)
+                  headers, current_version=current)
+
+
+def _replay_headers(replayed: bool) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if replayed else {}
 
 
 async def put_key(request: web.Request) -> web.StreamResponse:
@@ -192,11 +227,14 @@ async def put_key(request: web.Request) -> web.StreamResponse:
             change = Cas(expected, data)
         else:
             change = Set(data)
-        outcome = await request.app[NODE].execute(key, change, _request_id(request))
-        if outcome.kind != "applied":
-            return _precondition_failed(outcome)
-        version = outcome.value.version
-        return _json(200, {"key": key, "version": version}, {"ETag": _etag(version)})
+        outcome, replayed = await _execute(request, key, change, data, expected,
+                                           none_match is not None)
+        headers = _replay_headers(replayed)
+        if outcome.kind != "applied" or outcome.version is None:
+            return _precondition_failed(outcome, headers)
+        version = outcome.version
+        return _json(200, {"key": key, "version": version},
+                     {"ETag": _etag(version), **headers})
     return await _timed(request, "put", run)
 
 
@@ -223,12 +261,14 @@ async def delete_key(request: web.Request) -> web.StreamResponse:
     async def run() -> web.StreamResponse:
         key = _key(request)
         expected = _version_header(request, "If-Match")
-        outcome = await request.app[NODE].execute(key, Delete(expected), _request_id(request))
+        outcome, replayed = await _execute(request, key, Delete(expected), b"", expected,
+                                           False)
+        headers = _replay_headers(replayed)
         if outcome.kind == "absent":
-            return _error(404, "not_found", f"key {key!r} does not exist")
-        if outcome.kind == "rejected":
-            return _precondition_failed(outcome)
-        return web.Response(status=204, headers={"ETag": _etag(outcome.value.version)})
+            return _error(404, "not_found", f"key {key!r} does not exist", headers)
+        if outcome.kind == "rejected" or outcome.version is None:
+            return _precondition_failed(outcome, headers)
+        return web.Response(status=204, headers={"ETag": _etag(outcome.version), **headers})
     return await _timed(request, "delete", run)
 
 
@@ -257,6 +297,9 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
             raise ApiError(400, "bad_request",
                            f"limit must be an integer within 1..{limits.list_limit_max}")
         keys, last = await request.app[NODE].list_keys(prefix, int(raw_limit), _cursor(request))
+        # reserved keys (idempotency records) sort after every client key, so they only
+        # ever fill the tail of a listing, and are dropped from it
+        keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
         return _json(200, {"keys": keys, "count": len(keys), "next": _encode_cursor(last),
                            "consistency": "quorum-union"})
     return await _timed(request, "list", run)
@@ -299,13 +342,15 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return _json(200, openapi_document())
 
 
-def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics) -> web.Application:
+def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
+             idempotency_window_s: float = DEFAULT_WINDOW_S) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=limits.frame_bytes_max)
     app[NODE] = node
     app[SECRET] = secret
     app[LIMITS] = limits
     app[METRICS] = metrics
+    app[IDEMPOTENCY_WINDOW] = idempotency_window_s
     app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=expect_handler)
     app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
     app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)

@@ -15,11 +15,26 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _KEY = {"name": "key", "in": "path", "required": True,
-        "description": "1-1024 bytes of UTF-8 (slashes allowed; percent-encode others)",
+        "description": "1-1024 bytes of UTF-8 (slashes allowed; percent-encode others); "
+                       "keys starting with U+10FFFF are reserved",
         "schema": {"type": "string", "minLength": 1}}
 _IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
              "description": 'compare-and-set: apply only if the current version is this one, '
                             'e.g. "3"', "schema": {"type": "string"}}
+
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "apply at most once: a retry with the same key (on any node) within the "
+                   "idempotency window (--idempotency-window, default 24 h) gets the first "
+                   "request's outcome, marked Idempotent-Replayed: true. A request is method, "
+                   "key, body and If-Match / If-None-Match; the key on another request is 422",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}}
+_IDEMPOTENCY_ERRORS = {
+    "409": _error("idempotency_in_progress: the request with this Idempotency-Key is still "
+                  "running; Retry-After says when to ask again"),
+    "422": _error("idempotency_key_reused: the Idempotency-Key was used for a different "
+                  "request (method, key, body or conditions)")}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -37,7 +52,8 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_KEY, _IF_MATCH,
                                    {"name": "If-None-Match", "in": "header", "required": False,
                                     "description": "* = create only if absent",
-                                    "schema": {"type": "string", "enum": ["*"]}}],
+                                    "schema": {"type": "string", "enum": ["*"]}},
+                                   _IDEMPOTENCY_KEY],
                     "requestBody": {"required": True, "content": {
                         "application/octet-stream": {"schema": {"type": "string",
                                                                 "format": "binary"}}}},
@@ -46,7 +62,7 @@ def openapi_document() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": {
                                     "$ref": "#/components/schemas/Written"}}}},
                         "412": _error("condition failed; current_version names the version"),
-                        "413": _error("value too large"), **common},
+                        "413": _error("value too large"), **_IDEMPOTENCY_ERRORS, **common},
                 },
                 "get": {
                     "summary": "Read (linearizable by default)",
@@ -61,10 +77,11 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "delete": {
                     "summary": "Delete (writes a tombstone)",
-                    "parameters": [_KEY, _IF_MATCH],
+                    "parameters": [_KEY, _IF_MATCH, _IDEMPOTENCY_KEY],
                     "responses": {"204": {"description": "deleted"},
                                   "404": _error("absent"),
-                                  "412": _error("condition failed"), **common},
+                                  "412": _error("condition failed"), **_IDEMPOTENCY_ERRORS,
+                                  **common},
                 },
             },
             "/v1/kv": {"get": {

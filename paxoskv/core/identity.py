@@ -269,8 +269,9 @@ class IdentityMachine:
 
     @property
     def may_raise_incarnation(self) -> bool:
-        """Only before any ballot of this process left it."""
-        return self.identity != "verified" and not self.permanent
+        """A new, never used incarnation keeps every later ballot unique whenever it is
+        taken (a peer that never knew the old state may have confirmed us first)."""
+        return not self.permanent
 
     @property
     def rejoining(self) -> bool:

@@ -7,15 +7,18 @@ failed CAS still finishes its round).
 
 Exactly-once: a value remembers the request ids of the last ``RECENT_MAX`` changes applied
 to it, with the version each produced. A change whose request id is already there is not
-applied again; its original outcome is reported. A retried round (or a client retrying with
-the same ``Idempotency-Key``) therefore never applies a write twice, and can tell whether
-its earlier attempt took effect.
+applied again; its original outcome is reported. A retried round therefore never applies a
+write twice, and can tell whether its earlier attempt took effect. A client retrying with an
+``Idempotency-Key`` is covered beyond that bound by a record register per key
+(``core/idempotency.py``, whose changes Claim / Finish / Release are applied here too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from paxoskv.core.idempotency import Claim, Finish, Release, apply_record_change
 
 __all__ = [
     "RECENT_MAX",
@@ -109,7 +112,8 @@ class Read:
     pass
 
 
-Change = Set | Cas | Create | Delete | Read
+Change = Set | Cas | Create | Delete | Read | Claim | Finish | Release
+"""Claim / Finish / Release act on idempotency records (core/idempotency.py)."""
 
 OutcomeKind = Literal["applied", "rejected", "absent", "read"]
 
@@ -169,5 +173,12 @@ def apply_change(current: Value, change: Change, request_id: str | None = None
             if expected is not None and current.version != expected:
                 return current, Outcome("rejected", current)
             new = _next(current, None, request_id)
+            return new, Outcome("applied", new)
+        case Claim() | Finish() | Release():
+            # "rejected": the record is unchanged, and ``value`` is the record found
+            changed, record = apply_record_change(current.data, change)
+            if not changed:
+                return current, Outcome("rejected", current)
+            new = _next(current, record, request_id)
             return new, Outcome("applied", new)
     raise AssertionError(f"unknown change {change!r}")

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import HttpVersion11, web
 
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.transport.base import KeyEntry, Refusal
 from paxoskv.transport.codec import (
     AUTH_HEADER,
@@ -29,10 +30,6 @@ from paxoskv.transport.codec import (
 __all__ = ["KEYS_PAGE_MAX", "PeerHandler", "PeerServer", "Refusal", "expect_handler"]
 
 log = logging.getLogger(__name__)
-
-KEYS_PAGE_MAX = 1000
-"""Entries one ``/internal/keys`` page holds: a page of the largest keys stays about 1 MiB,
-well inside one peer timeout."""
 
 Answer = tuple[int, bytes]
 

@@ -14,8 +14,17 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
-from paxoskv.api.app import make_app
+from paxoskv.api.app import NODE, make_app
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
+from paxoskv.core.idempotency import (
+    Claim,
+    Record,
+    RecordOutcome,
+    decode_record,
+    fingerprint,
+    record_key,
+)
+from paxoskv.core.register import Set
 from paxoskv.limits import Limits
 from paxoskv.metrics import Metrics
 from paxoskv.node import Node, NodeConfig, PeerSpec
@@ -140,4 +149,78 @@ def test_delete_then_create_and_versions() -> None:
         assert (r.status, r.headers["ETag"]) == (204, '"2"')
         r = await c.put("/v1/kv/k", data=b"b", headers={"If-None-Match": "*"})
         assert (r.status, r.headers["ETag"]) == (200, '"3"')
+    with_client(t)
+
+
+# ------------------------------------------------------------------ Idempotency-Key, step 4
+# A pending record (its request crashed, or is still running) is made with the same Claim a
+# request would run, through the node's real rounds.
+
+async def _pending_claim(c: TestClient[Any, Any], idem: str, key: str, body: bytes,
+                         age_ms: int) -> Record:
+    import time
+
+    fp = fingerprint("PUT", key, body, None, False)
+    now = int(time.time() * 1000) - age_ms
+    out = await c.server.app[NODE].execute(record_key(idem),
+                                           Claim(fp, "crashed", now, 86_400_000))
+    record = decode_record(out.value.data)
+    assert out.kind == "applied" and record is not None
+    return record
+
+
+def test_pending_idempotency_key_answers_409_then_504_never_reapplies() -> None:
+    """Goal: a retry that finds its key's request pending, and no trace of it on the data
+    key, answers 409 idempotency_in_progress (Retry-After) while that request may still be
+    running, and 504 unknown_outcome after; it never runs the write itself."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        await _pending_claim(c, "young", "k", b"v", age_ms=0)
+        r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "young"})
+        assert r.status == 409
+        assert (await r.json())["error"] == "idempotency_in_progress"
+        assert 1 <= int(r.headers["Retry-After"]) <= 12  # 2 x 5 s request timeout + 1 s
+        await _pending_claim(c, "old", "k", b"v", age_ms=60_000)
+        r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "old"})
+        assert r.status == 504
+        assert (await r.json())["error"] == "unknown_outcome"
+        assert (await c.get("/v1/kv/k")).status == 404  # neither retry wrote
+    with_client(t)
+
+
+def test_pending_idempotency_key_is_finished_from_the_data_register() -> None:
+    """Goal: if the pending request's write did happen (the data register remembers its
+    request id), a retry answers that outcome and records it for later retries."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        record = await _pending_claim(c, "half", "k", b"v", age_ms=60_000)
+        node = c.server.app[NODE]
+        await node.execute("k", Set(b"v"), record.request_id("half"))  # crashed after this
+        await c.put("/v1/kv/k", data=b"newer")
+        for _ in range(2):
+            r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "half"})
+            assert (r.status, r.headers["ETag"]) == (200, '"1"')
+        stored = decode_record(node.storage.load(record_key("half")).value.data)
+        assert stored is not None and stored.state == "done"
+        assert stored.outcome == RecordOutcome("applied", 1)
+        assert await (await c.get("/v1/kv/k")).read() == b"newer"
+    with_client(t)
+
+
+def test_reserved_keys_are_refused() -> None:
+    """Goal: client keys in the reserved namespace (U+10FFFF...) are 400 bad_key."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        for method in ("PUT", "GET", "DELETE"):
+            r = await c.request(method, "/v1/kv/%F4%8F%BF%BFidem/x", data=b"v")
+            assert r.status == 400, method
+            assert (await r.json())["error"] == "bad_key"
+    with_client(t)
+
+
+def test_openapi_documents_the_idempotency_key() -> None:
+    """Goal: the OpenAPI document names the header and its 409 / 422 answers on writes."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        spec = await (await c.get("/v1/openapi.json")).json()
+        for method in ("put", "delete"):
+            op = spec["paths"]["/v1/kv/{key}"][method]
+            assert "Idempotency-Key" in {p["name"] for p in op["parameters"]}
+            assert {"409", "422"} <= set(op["responses"])
     with_client(t)
