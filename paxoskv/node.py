@@ -417,11 +417,12 @@ class Node:
         serve as an acceptor (it must not be counted as one that has no keys)."""
         if not self._serves("list"):
             return None
+        # Every stored key, even one only promised (ballot zero, not live): a page must hold
+        # exactly the keys storage returned, or "more" and the cursor would skip the rest.
         out: list[KeyEntry] = []
         for key in self.storage.keys(prefix, after, limit):
             state = self.storage.load(key)
-            if not state.ballot_accepted.is_zero():
-                out.append((key, state.ballot_accepted, state.value.exists))
+            out.append((key, state.ballot_accepted, state.value.exists))
         return out
 
     # ---------------------------------------------------------------- proposer side

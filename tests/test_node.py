@@ -222,3 +222,36 @@ def test_own_storage_failure_is_unavailable_not_a_crash() -> None:
         assert isinstance(reply, Unavailable)
         assert "storage" in reply.reason
     asyncio.run(run())
+
+
+def test_key_pages_never_drop_keys_that_were_only_promised() -> None:
+    """Goal: a page holds every key storage returned, even one with a promise and no
+    accepted value; otherwise "more" says false too early and a rejoin stops listing half
+    way (found by the chaos suite: acknowledged writes lost after a disk loss).
+
+    Method: keys a, b (promised only), c; pages of 2 through the real PeerServer."""
+    from paxoskv.transport.server import PeerServer
+
+    async def run() -> None:
+        node, storage, _ = _node()
+        await node.start()
+        await node.heartbeat_once()
+        value = Value(1, b"v")
+        storage.data["a"] = AcceptorState(Ballot(1, 1, 1), Ballot(1, 1, 1), value)
+        storage.data["b"] = AcceptorState(Ballot(2, 1, 1), Ballot.ZERO, Value(0, None))
+        storage.data["c"] = AcceptorState(Ballot(1, 1, 1), Ballot(1, 1, 1), value)
+        server = PeerServer(node, "s")
+        seen: list[str] = []
+        after: str | None = None
+        for _ in range(5):
+            query = {"limit": "2"} if after is None else {"limit": "2", "after": after}
+            status, body = await server.keys("Bearer s", query)
+            assert status == 200
+            import orjson
+            page = orjson.loads(body)
+            seen += [k for k, _, _ in page["keys"]]
+            if not page["more"]:
+                break
+            after = page["keys"][-1][0]
+        assert seen == ["a", "b", "c"]
+    asyncio.run(run())
