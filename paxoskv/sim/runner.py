@@ -655,8 +655,8 @@ class _Simulation:
         """Liveness: every node ends normal (an acceptor) or none (proposer-only)."""
         loop = asyncio.get_running_loop()
         while True:
-            modes = {i: self.hosts[i].node.acceptor_mode if self.hosts[i].node else "down"
-                     for i in self.ids}
+            nodes = {i: self.hosts[i].node for i in self.ids}
+            modes = {i: "down" if n is None else n.acceptor_mode for i, n in nodes.items()}
             if all(m in ("normal", "none") for m in modes.values()):
                 return
             if loop.time() >= deadline:
