@@ -10,9 +10,16 @@ A run has two phases (TigerBeetle's VOPR):
 1. Safety: clients issue ``ops`` operations over ``keys`` keys against random nodes while
    the fault scheduler crashes and restarts nodes, pauses them, partitions the network
    (symmetric and one-way), and the network drops, duplicates and reorders messages.
+   Identity faults, one node at a time and only while every node is up and normal: a
+   lost disk (``disk_loss``: an empty directory, ``--rejoin``, maybe a crash mid-rejoin
+   and a restart without the flag), an old copy of a directory put back
+   (``restore_old_copy``: peers must refuse it), and, per run, one node booted with another
+   membership (``mismatched_config``, fixed at the heal). The simulated operator restarts
+   a node in amnesia or refused with ``--rejoin``.
 2. Liveness: every fault is healed (crashed nodes restart, partitions heal, paused nodes
-   resume, no more message faults). Within ``liveness_s_max`` virtual seconds every client
-   must finish its last operation and a final read of every key must succeed.
+   resume, no more message faults, the odd membership is fixed, nodes in amnesia or refused
+   rejoin). Within ``liveness_s_max`` virtual seconds every client must finish its last
+   operation, a final read of every key must succeed, and every node must be normal.
 
 Then the whole history goes through `paxoskv.check.check`.
 """
