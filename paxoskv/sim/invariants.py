@@ -10,11 +10,18 @@ client. This checker sees the acceptors' answers as they leave (TigerBeetle's
    durable promise is at or above every ballot it acknowledged.
 3. One ballot carries one value: no two acceptors accept different values under the same
    ballot (ballots are unique per proposer and incarnation).
+4. An acceptor whose state was lost or rolled back (a new data directory, or an old copy
+   put back, while it had acknowledged promises the state no longer holds) promises
+   nothing within a fence (twice the message lifetime) of each of its restarts until the
+   simulated operator's recovery is over (DESIGN invariants 4 and 6: a rejoin must wait out
+   every round its lost promises could still take part in).
 
 Replies an acceptor gives its own proposer do not cross the network and are not seen.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Accept, Accepted, Nack, Promise, Reply, Request
@@ -29,11 +36,19 @@ class StateChecker:
         self.failures: list[str] = []
         self._promised: dict[tuple[int, str], Ballot] = {}
         self._values: dict[tuple[str, Ballot], Value] = {}
+        self._fenced_until: dict[int, float] = {}
+        self.clock: Callable[[], float] | None = None
 
     def on_reply(self, acceptor_id: int, request: Request, reply: Reply) -> None:
         """An acceptor sent ``reply`` to ``request`` (whether or not it arrives)."""
         slot = (acceptor_id, request.key)
         before = self._promised.get(slot, Ballot.ZERO)
+        fenced = self._fenced_until.get(acceptor_id)
+        if isinstance(reply, Promise) and fenced is not None and self.clock is not None \
+                and self.clock() < fenced:
+            self._fail(f"acceptor {acceptor_id} promised {reply.ballot} on {request.key!r} "
+                       f"with a lost or rolled-back state, {fenced - self.clock():.1f}s before "
+                       "its fence ends")
         match reply:
             case Promise(ballot=ballot) | Accepted(ballot=ballot):
                 if ballot < before:
@@ -60,6 +75,23 @@ class StateChecker:
                 self._fail(f"acceptor {acceptor_id} restarted with promise {durable} on {key!r} "
                            f"but had acknowledged {ballot}")
                 self._promised[(node_id, key)] = durable  # report each loss once
+
+    def lost_acknowledged(self, acceptor_id: int, storage: SimStorage) -> bool:
+        """Whether ``storage`` lacks a promise ``acceptor_id`` acknowledged (state lost)."""
+        return any(storage.durable_state(key).ballot_promised < ballot
+                   for (node_id, key), ballot in self._promised.items()
+                   if node_id == acceptor_id)
+
+    def fence(self, acceptor_id: int, until: float) -> None:
+        """``acceptor_id`` restarted with a lost or rolled-back state: no promise before
+        ``until`` (rule 4)."""
+        self._fenced_until[acceptor_id] = until
+
+    def forget(self, acceptor_id: int) -> None:
+        """``acceptor_id``'s state was declared lost (a new data directory, or a rejoin):
+        what it acknowledged before binds it no more; the rejoin protocol answers for it."""
+        for slot in [s for s in self._promised if s[0] == acceptor_id]:
+            del self._promised[slot]
 
     def _check_one_value(self, acceptor_id: int, accept: Accept) -> None:
         known = self._values.setdefault((accept.key, accept.ballot), accept.value)

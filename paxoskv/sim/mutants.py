@@ -9,17 +9,35 @@ from __future__ import annotations
 from typing import Final
 
 from paxoskv.core.acceptor import AcceptorState, Step
+from paxoskv.core.identity import (
+    META_REJOIN,
+    SERVES,
+    HelloClaim,
+    IdentityMachine,
+    Mode,
+    PeerRecord,
+    Refused,
+    Verdict,
+    Welcome,
+    judge_hello,
+)
 from paxoskv.core.messages import Accept, Accepted, Prepare, Promise
-from paxoskv.node import AcceptorRules
+from paxoskv.node import AcceptorRules, IdentityRules
 
-__all__ = ["MUTANTS", "NO_PROMISE_CHECK_RULES"]
+__all__ = ["IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES"]
 
 MUTANTS: Final[dict[str, str]] = {
     "no-fsync": "storage acknowledges a write before it is durable; a crash loses it",
     "no-promise-check": "acceptors promise every prepare and accept below their promise",
     "small-quorum": "quorum size is one less than a majority",
     "reuse-ballot": "a restarted node keeps its first incarnation, so reuses its old ballots",
+    "rejoin-accepts-early": "a fencing (rejoining) acceptor answers prepares and accepts",
+    "rejoin-not-durable": "the rejoin marker is not persisted: a restart mid-rejoin without "
+                          "--rejoin serves with a half-empty state",
+    "no-incarnation-check": "a hello that should be refused (a restored old copy) is welcomed",
+    "no-config-check": "nodes with another membership (acceptor set) take part",
 }
+"""Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
 
 def _promise_always(state: AcceptorState, msg: Prepare) -> Step:
@@ -39,3 +57,30 @@ def _accept_always(state: AcceptorState, msg: Accept) -> Step:
 
 NO_PROMISE_CHECK_RULES: Final = AcceptorRules(on_prepare=_promise_always,
                                               on_accept=_accept_always)
+
+
+def _start_without_marker(is_acceptor: bool, rejoin_flag: bool, rebuild_flag: bool,
+                          meta_rejoin: str | None, meta_refused: str | None
+                          ) -> tuple[IdentityMachine, tuple[tuple[str, str], ...]]:
+    """Broken rule: the rejoin marker is left out of what a start persists."""
+    machine, persist = IdentityMachine.start(is_acceptor, rejoin_flag, rebuild_flag,
+                                             meta_rejoin, meta_refused)
+    return machine, tuple(record for record in persist if record[0] != META_REJOIN)
+
+
+def _judge_welcoming(known: PeerRecord | None, claim: HelloClaim, known_alive: bool) -> Verdict:
+    """Broken rule: no incarnation check; what would be refused is welcomed."""
+    verdict = judge_hello(known, claim, known_alive)
+    if isinstance(verdict, Refused):
+        return Welcome(claim.record, True)
+    return verdict
+
+
+IDENTITY_MUTANT_RULES: Final[dict[str, IdentityRules]] = {
+    "rejoin-accepts-early": IdentityRules(
+        serves={**SERVES, Mode.FENCING: frozenset({"prepare", "accept"})}),
+    "rejoin-not-durable": IdentityRules(start=_start_without_marker),
+    "no-incarnation-check": IdentityRules(judge_hello=_judge_welcoming),
+    "no-config-check": IdentityRules(check_membership=False),
+}
+"""The identity mutants, each one rule swapped through the `IdentityRules` seam."""

@@ -138,6 +138,23 @@ class SimStorage:
         assert self._memory == self._durable
         self._crashed = False
 
+    def wipe(self) -> None:
+        """A new, empty data directory replaces this one (a lost disk); the process is down."""
+        assert self._crashed and not self._queue
+        self._durable = _Tables()
+        self._memory = _Tables()
+
+    def snapshot(self) -> _Tables:
+        """A copy of the durable tables (of a stopped node: a copy of its data directory)."""
+        assert self._crashed and not self._queue
+        return self._durable.copy()
+
+    def restore(self, copy: _Tables) -> None:
+        """Put an old copy of the data directory back; the process is down."""
+        assert self._crashed and not self._queue
+        self._durable = copy.copy()
+        self._memory = copy.copy()
+
     def durable_state(self, key: str) -> AcceptorState:
         return self._durable.states.get(key, EMPTY_STATE)
 
