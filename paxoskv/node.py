@@ -581,10 +581,16 @@ class Node:
     async def read(self, key: str) -> Outcome:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
         await self.wait_may_propose()
+        if self._inflight >= self.config.limits.rounds_inflight_max:
+            raise Overloaded(f"{self._inflight} rounds in flight")
         loop = asyncio.get_running_loop()
         rnd = QueryRound(key, self.quorum)
         deadline = loop.time() + self.config.phase_timeout_s
-        step = await self._broadcast(rnd.query(), rnd.on_reply, deadline)
+        self._inflight += 1
+        try:
+            step = await self._broadcast(rnd.query(), rnd.on_reply, deadline)
+        finally:
+            self._inflight -= 1
         if isinstance(step, Committed):
             self.metrics.round("query", "ok")
             return step.outcome
