@@ -43,6 +43,7 @@ from paxoskv.core.identity import (
     Welcome,
     judge_frame,
     judge_hello,
+    supersedes,
 )
 from paxoskv.core.messages import Accept, Prepare, Query, Reply, Request, Unavailable
 from paxoskv.core.proposer import (
@@ -222,6 +223,7 @@ class Node:
             config.is_acceptor, config.rejoin, config.rejoin_after_quorum_loss,
             storage.get_meta(_META_REJOIN), storage.get_meta(_META_REFUSED))
         self._started = False
+        self._started_at = 0.0
         self._counter = 0
         self._acceptor_locks = _KeyedLocks()
         self._proposer_locks = _KeyedLocks()
@@ -263,6 +265,7 @@ class Node:
         if self._started:
             return
         self._started = True
+        self._started_at = asyncio.get_running_loop().time()
         for name, value in self._initial_persist:
             await self.storage.set_meta(name, value)
         if self.machine.rejoining:
@@ -360,7 +363,24 @@ class Node:
             "rejoin": self.machine.rejoining,
             "lifetime_s": self.config.message_lifetime_s,
             "version": __version__,
+            "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
         }
+
+    async def _learn_records(self, table: object, told_by: int) -> None:
+        """Adopt records of other nodes that a peer has seen newer than we have."""
+        if not isinstance(table, dict):
+            return
+        for raw_pid, text in table.items():
+            if not (isinstance(raw_pid, str) and raw_pid.isascii() and raw_pid.isdigit()
+                    and isinstance(text, str)):
+                continue
+            pid = int(raw_pid)
+            record = PeerRecord.from_meta(text)
+            if pid == self.config.node_id or pid == told_by or pid not in self.peer_health \
+                    or record is None or not supersedes(self._records.get(pid), record):
+                continue
+            await self.storage.set_meta(f"peer.{pid}", record.to_meta())
+            self._records[pid] = record
 
     def _reply(self, verdict: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
         return {**self.hello_info(), "verdict": verdict, "detail": detail, **extra}
@@ -378,6 +398,7 @@ class Node:
             self._refuse_peer(peer_id, "membership differs (acceptor set, roles or cluster id)")
             return self._reply("config", "membership differs (acceptor set, roles or "
                                          "cluster id)")
+        await self._learn_records(info.get("records"), peer_id)
         now = asyncio.get_running_loop().time()
         known = self._records.get(peer_id)
         alive = known is not None and now - self.heard_from.get(peer_id, -1e18) \
@@ -709,6 +730,7 @@ class Node:
         if health.refused and health.refused.startswith("membership"):
             health.refused = None
             self.metrics.peer_refused(str(pid), False)
+        await self._learn_records(info.get("records"), pid)
         if not health.up:
             log.info("peer %s is up", pid)
         health.up, health.misses, health.error = True, 0, None
@@ -751,10 +773,14 @@ class Node:
                     await self._transition(InUse(detail))
                 case _:
                     pass
+        silent = sum(1 for pid, info in zip(sorted(self.peer_health), replies, strict=True)
+                     if info is None and pid in self.quorum.acceptors)
+        waited = asyncio.get_running_loop().time() - self._started_at
         if floor:
             await self._raise_incarnation(floor)
         elif not objections and \
-                confirmed >= self.quorum.confirmations_needed(self.config.node_id):
+                confirmed >= self.quorum.confirmations_needed(self.config.node_id) and \
+                (not silent or waited >= self.config.down_after_s):
             await self._transition(Confirmed())
 
     async def heartbeat_loop(self) -> None:

@@ -255,3 +255,25 @@ def test_key_pages_never_drop_keys_that_were_only_promised() -> None:
             after = page["keys"][-1][0]
         assert seen == ["a", "b", "c"]
     asyncio.run(run())
+
+
+def test_records_passed_on_by_peers_refuse_a_restored_copy() -> None:
+    """Goal: a node that never heard node 3's newer start still refuses node 3's restored
+    older copy, because node 2 passed on what it saw (the gap the 1000-seed simulation
+    found when the only peer that knew was cut off).
+
+    Method: node 1 knows node 3 at incarnation 5; node 2's hello says it saw incarnation 7;
+    node 3 then says hello with incarnation 6 from a new boot (the restored copy)."""
+    async def run() -> None:
+        node, storage, _ = _node()
+        assert (await node.on_hello(_hello(node, 3, "d3", 5, "a")))["verdict"] == "ok"
+        node.heard_from.clear()
+        hello2 = _hello(node, 2, "d2", 1, "b2", records={"3": "d3 7 c", "1": "d1 9 x"})
+        assert (await node.on_hello(hello2))["verdict"] == "ok"
+        assert storage.meta["peer.3"] == "d3 7 c"
+        assert node.identity.incarnation == 2  # what peers say of us is not taken as gossip
+        assert (await node.on_hello(_hello(node, 3, "d3", 6, "r")))["verdict"] == "refused"
+        older = _hello(node, 2, "d2", 1, "b2", records={"3": "d3 4 old"})
+        await node.on_hello(older)
+        assert storage.meta["peer.3"] == "d3 7 c"  # an older record never replaces a newer
+    asyncio.run(run())

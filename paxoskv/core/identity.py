@@ -44,6 +44,7 @@ __all__ = [
     "Welcome",
     "judge_frame",
     "judge_hello",
+    "supersedes",
 ]
 
 META_REJOIN: Final = "rejoin"
@@ -356,6 +357,17 @@ def judge_hello(known: PeerRecord | None, claim: HelloClaim, known_alive: bool) 
     if new.incarnation > known.incarnation:
         return Welcome(new, True)
     return RaiseIncarnation(known.incarnation)
+
+
+def supersedes(known: PeerRecord | None, heard: PeerRecord) -> bool:
+    """Whether a record another peer passed on is newer than ours for that node id.
+
+    Every legitimate process of a node id has a higher incarnation than any before it (a
+    restart bumps it, a rejoin raises it above what peers remember), so the highest one
+    is the newest. Passing records on closes most of the gap a partition leaves: a peer
+    that never heard a node's newer start still learns of it, and refuses an older copy.
+    """
+    return known is None or heard.incarnation > known.incarnation
 
 
 def judge_frame(known: PeerRecord | None, sender: PeerRecord) -> bool:

@@ -168,3 +168,13 @@ def test_remembered_incarnations_never_go_back(hellos: list[tuple[str, int, str,
             slot = (verdict.record.data_id, verdict.record.incarnation)
             assert welcomed.setdefault(slot, boot) == boot
             known = verdict.record
+
+
+def test_supersedes_takes_only_a_higher_incarnation() -> None:
+    """Goal: a record passed on replaces ours only when its incarnation is higher; the
+    highest incarnation is the newest process of a node id."""
+    from paxoskv.core.identity import supersedes
+    assert supersedes(None, A)
+    assert supersedes(A, PeerRecord("e", 6, "x"))
+    assert not supersedes(A, PeerRecord("d", 5, "other"))
+    assert not supersedes(A, PeerRecord("d", 4, "x"))

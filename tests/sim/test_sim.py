@@ -128,13 +128,13 @@ def test_simulator_injects_identity_faults() -> None:
     (rejoin, some cut by a crash and resumed without the flag), an old copy of a directory
     put back (refused, then rejoined by the operator), a node booted with another membership.
 
-    Method: four seeds with the disk faults at 0.05 per tick and every rejoin cut by a crash,
+    Method: four seeds with the disk faults at 0.1 per tick and every rejoin cut by a crash,
     then two seeds where one node always boots with another membership; every run passes
     (linearizable, every node normal at the end, final reads succeed) and every new counter
     is > 0.
     """
     faults: Counter[str] = Counter()
-    disks = SimOptions(ops=300, disk_loss_probability=0.05, restore_probability=0.05,
+    disks = SimOptions(ops=300, disk_loss_probability=0.1, restore_probability=0.1,
                        mid_rejoin_crash_probability=1.0)
     config = SimOptions(ops=300, mismatched_config_probability=1.0)
     for seed, options in [(0, disks), (1, disks), (2, disks), (3, disks), (0, config),
