@@ -89,18 +89,24 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [
                     {"name": "prefix", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                     "description": "the `next` of the previous page"}],
                 "responses": {"200": {"description": "keys", "content": {"application/json": {
                     "schema": {"type": "object", "properties": {
                         "keys": {"type": "array", "items": {"type": "string"}},
                         "count": {"type": "integer"},
+                        "next": {"type": ["string", "null"],
+                                 "description": "cursor of the next page; null at the end "
+                                                "(a page may be short, even empty, before it)"},
                         "consistency": {"type": "string"}}}}}},
                               "400": common["400"], "503": common["503"]}}},
             "/v1/status": {"get": {"summary": "Node id, peers and reachability, config",
                                    "responses": {"200": {"description": "status"}}}},
             "/healthz": {"get": {"summary": "Process alive",
                                  "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Ready: a quorum of acceptors is reachable",
+            "/readyz": {"get": {"summary": "Ready: peers confirmed this node's identity, and a "
+                                           "quorum of acceptors is reachable both ways",
                                 "responses": {"200": {"description": "ready"},
                                               "503": _error("not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus text format",
