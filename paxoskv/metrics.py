@@ -88,6 +88,8 @@ class PromMetrics(Metrics):
         self._rejoin = Counter("paxoskv_rejoin_keys",
                                "Keys a rejoining acceptor checked and caught up", ["result"],
                                registry=r)
+        for result in ("checked", "caught_up"):
+            self._rejoin.labels(result)  # exported at 0, so dashboards show a flat line
         self._transport_batch = Histogram("paxoskv_transport_batch_messages",
                                           "Messages coalesced into one peer request",
                                           buckets=_BATCH_BUCKETS, registry=r)

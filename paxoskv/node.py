@@ -237,6 +237,8 @@ class Node:
         self._publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
+        for pid in self.peer_health:
+            self.metrics.peer_refused(str(pid), False)
         self.metrics.keys(storage.key_count())
 
     # ---------------------------------------------------------------- identity
@@ -415,6 +417,7 @@ class Node:
                 self.heard_from[peer_id] = now
                 if health.refused and health.refused.startswith("a process of"):
                     health.refused = None
+                    self.metrics.peer_refused(str(peer_id), False)
                 return self._reply("ok", your_data_id=record.data_id)
             case RaiseIncarnation(floor=floor):
                 return self._reply("raise", f"incarnation must exceed {floor}", floor=floor)

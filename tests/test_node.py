@@ -277,3 +277,23 @@ def test_records_passed_on_by_peers_refuse_a_restored_copy() -> None:
         await node.on_hello(older)
         assert storage.meta["peer.3"] == "d3 7 c"  # an older record never replaces a newer
     asyncio.run(run())
+
+
+def test_refusal_and_rejoin_series_exist_from_the_start() -> None:
+    """Goal: dashboards and alerts see 0, not "no data", for paxoskv_peer_refused and
+    paxoskv_rejoin_keys_total before anything happened (the e2e Prometheus step requires
+    every dashboard query to return data)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from paxoskv.metrics import PromMetrics
+
+    registry = CollectorRegistry()
+    metrics = PromMetrics(registry)
+    config = NodeConfig(1, PEERS, cluster_id="c")
+    Node(config, NodeIdentity("c", 1, "d1", 2, False), _Storage(),
+         _Transport(config.fingerprint()), metrics=metrics)
+    text = generate_latest(registry).decode()
+    assert 'paxoskv_peer_refused{peer="2"} 0.0' in text
+    assert 'paxoskv_peer_refused{peer="3"} 0.0' in text
+    assert 'paxoskv_rejoin_keys_total{result="checked"} 0.0' in text
+    assert 'paxoskv_rejoin_keys_total{result="caught_up"} 0.0' in text
