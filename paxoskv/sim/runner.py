@@ -93,6 +93,9 @@ _SHADOW_S_MIN: Final = 2.0
 _SHADOW_S_MAX: Final = 12.0
 """How long (virtual seconds, uniform) a duplicate_id shadow runs before it is stopped."""
 
+_SHADOW_SETTLE_S: Final = 20.0
+"""After a duplicate_id shadow stops, its original must be normal and verified within this."""
+
 _SHADOW_OPS_MAX: Final = 4
 """Client calls sent to a shadow, at most, during its life."""
 
@@ -612,13 +615,22 @@ class _Simulation:
             if client is not None:
                 await asyncio.gather(client, return_exceptions=True)
             self.identity_victim = None
+        # The original must be (or soon be again) normal and verified: a proposer-only
+        # original that was still verifying when the shadow came is refused (InUse) until
+        # peers stop hearing the shadow; a shadow of a proposer-only id that peers took for
+        # its replacement (they had not heard the original lately) made the original wait.
         original = self.hosts[victim].node
+        deadline = loop.time() + _SHADOW_SETTLE_S
+        while original is not None and loop.time() < deadline and not (
+                original.acceptor_mode in ("normal", "none")
+                and original.machine.identity == "verified"):
+            await asyncio.sleep(0.1)
         if original is None or original.acceptor_mode not in ("normal", "none") \
                 or original.machine.identity != "verified":
             mode = "down" if original is None else \
                 f"{original.acceptor_mode}/{original.machine.identity}"
             self.liveness_failures.append(
-                f"node {victim}: {mode} after a duplicate of its id ran")
+                f"node {victim}: {mode} {_SHADOW_SETTLE_S}s after a duplicate of its id ran")
 
     async def _shadow_client(self, victim: int, host: Host, rng: random.Random,
                              end: float) -> None:
