@@ -14,6 +14,7 @@ from paxoskv.core.identity import (
     SERVES,
     HelloClaim,
     IdentityMachine,
+    InUse,
     Mode,
     PeerRecord,
     Refused,
@@ -36,6 +37,7 @@ MUTANTS: Final[dict[str, str]] = {
                           "--rejoin serves with a half-empty state",
     "no-incarnation-check": "a hello that should be refused (a restored old copy) is welcomed",
     "no-config-check": "nodes with another membership (acceptor set) take part",
+    "no-duplicate-check": "a second process claiming a live node's id is welcomed",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
@@ -76,11 +78,21 @@ def _judge_welcoming(known: PeerRecord | None, claim: HelloClaim, known_alive: b
     return verdict
 
 
+def _judge_no_duplicate_check(known: PeerRecord | None, claim: HelloClaim,
+                              known_alive: bool) -> Verdict:
+    """Broken rule: a different data directory under a live process's id is welcomed."""
+    verdict = judge_hello(known, claim, known_alive)
+    if isinstance(verdict, InUse):
+        return Welcome(claim.record, True)
+    return verdict
+
+
 IDENTITY_MUTANT_RULES: Final[dict[str, IdentityRules]] = {
     "rejoin-accepts-early": IdentityRules(
         serves={**SERVES, Mode.FENCING: frozenset({"prepare", "accept"})}),
     "rejoin-not-durable": IdentityRules(start=_start_without_marker),
     "no-incarnation-check": IdentityRules(judge_hello=_judge_welcoming),
     "no-config-check": IdentityRules(check_membership=False),
+    "no-duplicate-check": IdentityRules(judge_hello=_judge_no_duplicate_check),
 }
 """The identity mutants, each one rule swapped through the `IdentityRules` seam."""

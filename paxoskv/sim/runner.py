@@ -14,8 +14,12 @@ A run has two phases (TigerBeetle's VOPR):
    lost disk (``disk_loss``: an empty directory, ``--rejoin``, maybe a crash mid-rejoin
    and a restart without the flag), an old copy of a directory put back
    (``restore_old_copy``: peers must refuse it), and, per run, one node booted with another
-   membership (``mismatched_config``, fixed at the heal). The simulated operator restarts
-   a node in amnesia or refused with ``--rejoin``.
+   membership (``mismatched_config``, fixed at the heal), and a second process claiming
+   the id of a live node with a fresh directory (``duplicate_id``: a "shadow" host of its
+   own, 1000 + the id, runs a real node configured with that id; peers must refuse it,
+   its client calls fail or stay linearizable, then it is stopped and the original must
+   still be normal). The simulated operator restarts a node in amnesia or refused with
+   ``--rejoin``.
 2. Liveness: every fault is healed (crashed nodes restart, partitions heal, paused nodes
    resume, no more message faults, the odd membership is fixed, nodes in amnesia or refused
    rejoin). Within ``liveness_s_max`` virtual seconds every client must finish its last
@@ -82,6 +86,19 @@ _REJOIN_STUCK_S: Final = 25.0
 """In the liveness phase, a node still rejoining this long after the heal (or after its
 last such restart) is restarted by the operator (see `_Simulation.operate`)."""
 
+SHADOW_HOST_BASE: Final = 1000
+"""A duplicate_id shadow of node ``i`` is network host ``SHADOW_HOST_BASE + i``."""
+
+_SHADOW_S_MIN: Final = 2.0
+_SHADOW_S_MAX: Final = 12.0
+"""How long (virtual seconds, uniform) a duplicate_id shadow runs before it is stopped."""
+
+_SHADOW_SETTLE_S: Final = 20.0
+"""After a duplicate_id shadow stops, its original must be normal and verified within this."""
+
+_SHADOW_OPS_MAX: Final = 4
+"""Client calls sent to a shadow, at most, during its life."""
+
 _KIND_WEIGHTS: Final[dict[OpKind, int]] = {"set": 25, "cas": 25, "create": 10, "delete": 10,
                                              "read": 30}
 
@@ -131,6 +148,9 @@ class SimOptions:
     """Of disk losses, the share whose rejoin is cut by a crash, restarted without the flag."""
     mismatched_config_probability: float = 0.1
     """The chance that a run boots one node with another membership than the others'."""
+    duplicate_id_probability: float = 0.02
+    """At each fault tick, the chance that a second process with a fresh data directory
+    starts under the id of a live node (duplicate_id), if every node is up and normal."""
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -149,7 +169,8 @@ class SimOptions:
             object.__setattr__(self, "nodes", 5)
         for name in ("crash_probability", "power_loss_probability", "pause_probability",
                      "disk_loss_probability", "restore_probability",
-                     "mid_rejoin_crash_probability", "mismatched_config_probability"):
+                     "mid_rejoin_crash_probability", "mismatched_config_probability",
+                     "duplicate_id_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within 0..1")
         if not 0 < self.down_ms_min <= self.down_ms_max:
@@ -205,6 +226,18 @@ class _SimMetrics(Metrics):
             self._sim.node_errors.append(f"node {self._node_id}: reported amnesia")
 
 
+class _ShadowMetrics(Metrics):
+    """The metrics of a duplicate_id shadow: it may legitimately see amnesia (a peer that
+    has not heard from the original for a while takes the shadow for its lost state)."""
+
+    def __init__(self, sim: _Simulation) -> None:
+        self._sim = sim
+
+    def amnesia(self, refusing: bool) -> None:
+        if refusing:
+            self._sim.faults["duplicate_id_amnesia"] += 1
+
+
 class _Simulation:
     def __init__(self, seed: int, options: SimOptions) -> None:
         self.seed = seed
@@ -240,6 +273,7 @@ class _Simulation:
         # small-quorum, an option the mutant sets), so the default budget catches it.
         self.disk_loss_p = options.disk_loss_probability
         self.restore_p = options.restore_probability
+        self.duplicate_p = options.duplicate_id_probability
         self.mid_rejoin_p = options.mid_rejoin_crash_probability
         mismatched_p = options.mismatched_config_probability
         if options.mutant in ("rejoin-accepts-early", "rejoin-not-durable"):
@@ -250,6 +284,11 @@ class _Simulation:
             self.restore_p = max(self.restore_p, 0.05)
         if options.mutant == "no-config-check":
             mismatched_p = 1.0
+        if options.mutant == "no-duplicate-check":
+            self.duplicate_p = max(self.duplicate_p, 0.05)
+        self.shadow_hosts: dict[int, Host] = {}
+        """duplicate_id: the shadow host of each node id duplicated so far (reused)."""
+        self.shadow_seq = 0
         self.stale_storage: set[int] = set()
         """Nodes running on an old copy of their directory (restore_old_copy) until a
         rejoin: the state checker's restart check would only report the copy's age."""
@@ -404,10 +443,15 @@ class _Simulation:
             if not self.in_safety_phase():
                 return
             roll = rng.random()
-            if roll < self.disk_loss_p + self.restore_p and self._identity_fault_allowed():
+            if roll < self.disk_loss_p + self.restore_p + self.duplicate_p \
+                    and self._identity_fault_allowed():
                 victim = rng.choice(self.ids)
-                fault = self._fault_disk_loss if roll < self.disk_loss_p \
-                    else self._fault_restore_old_copy
+                if roll < self.disk_loss_p:
+                    fault = self._fault_disk_loss
+                elif roll < self.disk_loss_p + self.restore_p:
+                    fault = self._fault_restore_old_copy
+                else:
+                    fault = self._fault_duplicate_id
                 self.identity_victim = victim
                 self.identity_task = asyncio.ensure_future(fault(victim, self._fork()))
                 continue
@@ -517,6 +561,111 @@ class _Simulation:
             await self._operate_until_normal(victim, rng)
         finally:
             self.identity_victim = None
+
+    async def _fault_duplicate_id(self, victim: int, rng: random.Random) -> None:
+        """duplicate_id: a second process claims the id of the live node ``victim`` with a
+        fresh data directory (a copied pod, two front ends given one id).
+
+        It runs on a shadow host of its own (``SHADOW_HOST_BASE + victim``): its frames and
+        hellos carry ``victim``'s node id, replies come back to the shadow host, and nothing
+        is ever addressed to it. Peers must refuse it while the original lives (``InUse``:
+        identity refused, no ballots, its client calls fail with NoQuorum; or, where a peer
+        has not heard from the original for a while, amnesia). A client sends it a few calls,
+        recorded in the history like any other. After a bounded time it is stopped, and the
+        original must still be normal and verified."""
+        host = self.shadow_hosts.get(victim)
+        if host is None:
+            host = Host(SHADOW_HOST_BASE + victim, on_error=self._on_task_error)
+            self.shadow_hosts[victim] = host
+            self.network.add_host(host)
+        storage = SimStorage(self._fork(), self.options.disk)
+        client_rng = self._fork()
+        loop = asyncio.get_running_loop()
+        client: asyncio.Task[None] | None = None
+        try:
+            identity = await open_identity(storage, CLUSTER_ID, victim)
+            transport = SimTransport(self.network, host.node_id, host.generation)
+            shadow = RealNode(self.config[victim], identity, storage, transport,
+                              metrics=_ShadowMetrics(self), rng=self._fork(), rules=self.rules,
+                              quorum=self.quorum, identity_rules=self.identity_rules,
+                              boot_id=rng.randbytes(8).hex())
+            host.node = shadow
+            host.server = PeerServer(shadow, SIM_SECRET)
+            host.up = True
+            host.spawn(shadow.run())
+            self.faults["duplicate_id"] += 1
+            if victim not in self.acceptor_ids:
+                self.faults["duplicate_id_proposer_only"] += 1
+            end = loop.time() + rng.uniform(_SHADOW_S_MIN, _SHADOW_S_MAX)
+            client = asyncio.ensure_future(self._shadow_client(victim, host, client_rng, end))
+            confirmed = False
+            while self.in_safety_phase() and loop.time() < end:
+                confirmed = confirmed or shadow.machine.identity == "verified"
+                await self._sleep_in_safety(0.1)
+            if confirmed and victim in self.acceptor_ids:
+                self.faults["duplicate_id_confirmed"] += 1
+            self.faults[f"duplicate_id_ended_{shadow.machine.identity}"] += 1
+        finally:
+            if client is not None:
+                # Let its call in flight end (bounded by the node's own timeouts), so the
+                # history holds what the shadow answered; the stop cuts whatever remains.
+                await asyncio.wait([client], timeout=2 * self.config[victim].request_timeout_s)
+            if host.up:
+                await self._stop_shadow(host, storage)
+            if client is not None:
+                await asyncio.gather(client, return_exceptions=True)
+            self.identity_victim = None
+        # The original must be (or soon be again) normal and verified: a proposer-only
+        # original that was still verifying when the shadow came is refused (InUse) until
+        # peers stop hearing the shadow; a shadow of a proposer-only id that peers took for
+        # its replacement (they had not heard the original lately) made the original wait.
+        original = self.hosts[victim].node
+        deadline = loop.time() + _SHADOW_SETTLE_S
+        while original is not None and loop.time() < deadline and not (
+                original.acceptor_mode in ("normal", "none")
+                and original.machine.identity == "verified"):
+            await asyncio.sleep(0.1)
+        if original is None or original.acceptor_mode not in ("normal", "none") \
+                or original.machine.identity != "verified":
+            mode = "down" if original is None else \
+                f"{original.acceptor_mode}/{original.machine.identity}"
+            self.liveness_failures.append(
+                f"node {victim}: {mode} {_SHADOW_SETTLE_S}s after a duplicate of its id ran")
+
+    async def _shadow_client(self, victim: int, host: Host, rng: random.Random,
+                             end: float) -> None:
+        """A client of the duplicate: a few calls, one at a time, until ``end``."""
+        loop = asyncio.get_running_loop()
+        client_id = self.options.clients + 1  # a client id of its own (the reader's + 1)
+        kinds = list(_KIND_WEIGHTS)
+        weights = list(_KIND_WEIGHTS.values())
+        known: dict[str, int] = {}
+        for _ in range(rng.randint(1, _SHADOW_OPS_MAX)):
+            await asyncio.sleep(rng.uniform(0, 1.5))
+            if not self.in_safety_phase() or loop.time() >= end or not host.up:
+                return
+            self.shadow_seq += 1
+            kind = rng.choices(kinds, weights)[0]
+            status = await self.one_op(client_id, victim, rng.choice(self.keys), kind, rng,
+                                       known, self.shadow_seq, host=host)
+            self.faults[f"duplicate_id_client_{status}"] += 1
+
+    async def _stop_shadow(self, host: Host, storage: SimStorage) -> None:
+        node = host.node
+        assert node is not None
+        host.up = False
+        host.node = None
+        host.server = None
+        host.generation += 1
+        host.paused = False
+        host.held.clear()
+        storage.crash()
+        node.drain()
+        tasks = list(host.tasks)
+        for task in tasks:
+            task.cancel()
+        await node.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _operate_until_normal(self, victim: int, rng: random.Random) -> None:
         """The operator: a node in amnesia or refused is restarted with ``--rejoin`` (after
@@ -711,9 +860,12 @@ class _Simulation:
             await asyncio.sleep(pause_ms / 1000)
 
     async def one_op(self, client_id: int, node_id: int, key: str, kind: OpKind,
-                     rng: random.Random, known: dict[str, int], seq: int) -> str:
-        """Run one call as a client sees it, record it in the history, return its status."""
-        host = self.hosts[node_id]
+                     rng: random.Random, known: dict[str, int], seq: int,
+                     host: Host | None = None) -> str:
+        """Run one call as a client sees it, record it in the history, return its status.
+
+        ``host``: the process to call, if not node ``node_id``'s (a duplicate_id shadow)."""
+        host = self.hosts[node_id] if host is None else host
         node = host.node
         assert node is not None
         value = f"c{client_id}.{seq}".encode()
