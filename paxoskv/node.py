@@ -517,11 +517,14 @@ class Node:
         return self.rng.uniform(0, cap)
 
     async def wait_may_propose(self) -> None:
-        """Wait (up to one phase timeout) until peers have confirmed this process: a node
-        that just started serves its first requests a heartbeat later, not with a 503."""
+        """Wait until peers have confirmed this process, as long as confirmation can take
+        (the failure-detection window and one heartbeat, within half the request timeout):
+        a node that just started serves its first requests late, not with a 503."""
         if not self.machine.may_propose and self.machine.identity == "verifying":
+            wait_s = min(self.config.down_after_s + self.config.heartbeat_interval_s,
+                         self.config.request_timeout_s / 2)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.phase_timeout_s):
+                async with asyncio.timeout(wait_s):
                     await self._verified.wait()
         self._check_may_propose()
 
