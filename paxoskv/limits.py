@@ -11,7 +11,7 @@ from dataclasses import dataclass
 __all__ = ["Limits"]
 
 KEY_BYTES_MAX = 1024
-"""DESIGN.md section 3; etcd and Consul allow more, but long keys make poor register names."""
+"""the README's HTTP API; etcd and Consul allow more, but long keys make poor register names."""
 
 VALUE_BYTES_MAX = 1024 * 1024
 """1 MiB default, etcd's default request size is 1.5 MiB: a small-values store."""

@@ -1,4 +1,4 @@
-"""Prometheus metrics (names in DESIGN.md section 4), behind a small interface.
+"""Prometheus metrics (names in the README's metrics table), behind a small interface.
 
 The node reports through ``Metrics``; the server uses ``PromMetrics`` on the process-wide
 ``REGISTRY``, the simulator uses the no-op base class so many nodes can share a process.

@@ -258,7 +258,7 @@ class Network:
     def bind(self, src: int, dst: int, target_port: int) -> str:
         """Bind the proxy for ``src -> dst`` now; returns the URL ``src`` must use.
 
-        Has the signature of the ``peer_url`` hook of ``tests/procs.py``'s ``Cluster``.
+        Has the signature of the ``peer_url`` hook of ``paxoskv.chaos.processes.Cluster``.
         """
         proxy = LinkProxy.bind(src, dst, target_port, self.seed)
         self.links[(src, dst)] = proxy

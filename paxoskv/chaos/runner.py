@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import shlex
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -59,19 +57,10 @@ FINAL_READ_CONCURRENCY: Final = 12
 
 
 def load_cluster_class() -> Any:
-    """``Cluster`` from ``tests/procs.py`` of this checkout (the process launcher the tests
-    use), loaded by path: ``tests`` is not an installed package."""
-    path = Path(__file__).resolve().parents[2] / "tests" / "procs.py"
-    if not path.is_file():
-        raise RuntimeError(f"{path} not found: run from a paxoskv source checkout")
-    spec = importlib.util.spec_from_file_location("paxoskv_tests_procs", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module.Cluster
+    """The process launcher the tests use too (``paxoskv.chaos.processes.Cluster``)."""
+    from paxoskv.chaos.processes import Cluster
+
+    return Cluster
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,10 @@ paused node's rounds in flight then resume late, after the others moved on."""
 GAP_S: Final = (1.0, 3.0)
 
 DISK_LOSS_HOLD_S: Final = 14.0
-"""Schedule estimate of one disk loss: the rejoining node waits out 2 x the request timeout
-(8 s with tests/procs.py's flags) before it catches up; the runner waits for the catch-up
-inside the episode (bounded), so this only keeps the schedule's clock honest."""
+"""Schedule estimate of one disk loss: the rejoining node waits out its fence (2 x the
+request plus peer timeout: 10 s with the flags of paxoskv.chaos.processes) before it catches
+up; the runner waits for the catch-up inside the episode (bounded), so this only keeps the
+schedule's clock honest."""
 
 
 @dataclass(frozen=True, slots=True)

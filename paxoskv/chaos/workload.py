@@ -48,7 +48,7 @@ from paxoskv.client import AsyncClient, ClientError, Result
 __all__ = ["Outcome", "Workload", "WorkloadOptions", "classify"]
 
 CLIENT_TIMEOUT_S: Final = 6.0
-"""Above the servers' request timeout (4 s in tests/procs.py), so a 504 normally arrives
+"""Above the servers' request timeout (4 s in paxoskv.chaos.processes), so a 504 normally arrives
 before the client gives up; a SIGSTOPped node is the usual reason for a client timeout."""
 
 UNREACHABLE_BACKOFF_S: Final = 0.5

@@ -2,7 +2,7 @@
 
 Each function takes the durable state of one key and a request, and returns a ``Step``: the
 next state, whether it must be persisted, and the reply. The caller must make ``state``
-durable (fsync) BEFORE it sends ``reply`` whenever ``persist`` is true (DESIGN invariant 1),
+durable (fsync) BEFORE it sends ``reply`` whenever ``persist`` is true (docs/design.md invariant 1),
 the same ordering rule as etcd-raft's ``Ready``.
 """
 

@@ -3,7 +3,7 @@
 A ballot is ``(counter, node_id, incarnation)``. ``node_id`` makes ballots of different
 proposers distinct; ``incarnation`` (bumped and fsync'd at every process start) makes a
 restarted proposer's ballots distinct from those it issued before the restart, even if its
-in-memory counter starts again from a low value (ANCHORS pitfall 4).
+in-memory counter starts again from a low value (docs/design.md pitfall 4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Errors by blame and by what the client may conclude (h11's split of who is at fault).
 
 ``NoQuorum`` and ``Overloaded``: the change definitely did not take effect (503).
-``UnknownOutcome``: it may or may not have (504, DESIGN invariant 5). The proposer decides
+``UnknownOutcome``: it may or may not have (504, docs/design.md invariant 5). The proposer decides
 which applies (``paxoskv.core.proposer.classify_failure``); the node only raises it.
 """
 

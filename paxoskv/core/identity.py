@@ -8,8 +8,9 @@ what its peers durably remember about it:
   enough peers have confirmed its ``(data_id, incarnation, boot_id)`` is newer than
   anything they saw from its node id. ``verifying -> verified``, or ``refused``.
 * **Acceptor mode** (acceptors only): may it answer prepares and accepts? An acceptor whose
-  durable state was lost or rolled back would break quorum intersection (DESIGN invariants
-  4 and 6), so it refuses until a rejoin, itself durable at every step, has brought it back.
+  durable state was lost or rolled back would break quorum intersection (docs/design.md,
+  invariants 4 and 6), so it refuses until a rejoin, itself durable at every step, has
+  brought it back.
 
 ``TRANSITIONS`` is the whole acceptor state machine as data. ``IdentityMachine.apply`` is the
 only way the mode changes; it returns the meta records that must be durable BEFORE the new

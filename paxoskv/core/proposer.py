@@ -80,7 +80,7 @@ class Abort:
 class Unknown:
     """An earlier attempt of this request may have taken effect, and the newest value has
     forgotten which requests it holds: whether the change took effect cannot be told
-    (DESIGN invariant 5)."""
+    (docs/design.md invariant 5)."""
 
 
 RoundStep = Wait | SendAccept | Committed | Abort | Unknown
@@ -236,7 +236,8 @@ def next_ballot(counter_floor: int, seen: Ballot, node_id: int, incarnation: int
 @dataclass(slots=True)
 class RequestProgress:
     """How far one client request got across its attempts: whether an accept that applies
-    its change left this node, which decides "failed" against "unknown" (DESIGN invariant 5).
+    its change left this node, which decides "failed" against "unknown" (docs/design.md,
+    invariant 5).
     """
 
     accept_sent: bool = False

@@ -1,4 +1,4 @@
-"""What a quorum is. This file alone decides it (DESIGN invariant 3).
+"""What a quorum is. This file alone decides it (docs/design.md invariant 3).
 
 Quorums come from the configured acceptor set, never from whoever answered discovery.
 """

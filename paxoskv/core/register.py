@@ -2,7 +2,7 @@
 
 A write is a function from the current value to the next one. Every change, including a
 failed condition and a read, is applied inside a full round by the proposer, so the value
-that the round accepts is the value the caller is answered from (ANCHORS pitfall 3: a
+that the round accepts is the value the caller is answered from (docs/design.md pitfall 3: a
 failed CAS still finishes its round).
 
 Exactly-once: a value remembers the request ids of the last ``RECENT_MAX`` changes applied

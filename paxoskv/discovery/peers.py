@@ -1,7 +1,7 @@
 """Who the peers are: a --peers list, a hosts file, or StatefulSet DNS names.
 
 Discovery only names the configured members; the quorum always comes from that configured
-acceptor set (DESIGN invariant 3), never from who happens to answer.
+acceptor set (docs/design.md invariant 3), never from who happens to answer.
 """
 
 from __future__ import annotations

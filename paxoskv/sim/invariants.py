@@ -4,7 +4,7 @@ The linearizability checker sees only what clients saw; it finds damage once it 
 client. This checker sees the acceptors' answers as they leave (TigerBeetle's
 ``state_checker``), so it names the broken rule at the moment it breaks:
 
-1. An acceptor's promises never go down (DESIGN invariant 2): every Promise, Accepted or
+1. An acceptor's promises never go down (docs/design.md invariant 2): every Promise, Accepted or
    Nack it sends is for a ballot at or above every promise it acknowledged before.
 2. What an acceptor acknowledged survives its crashes (invariant 1): when it restarts, its
    durable promise is at or above every ballot it acknowledged.
@@ -13,7 +13,7 @@ client. This checker sees the acceptors' answers as they leave (TigerBeetle's
 4. An acceptor whose state was lost or rolled back (a new data directory, or an old copy
    put back, while it had acknowledged promises the state no longer holds) promises
    nothing within a fence (twice the message lifetime) of each of its restarts until the
-   simulated operator's recovery is over (DESIGN invariants 4 and 6: a rejoin must wait out
+   simulated operator's recovery is over (docs/design.md invariants 4 and 6: a rejoin must wait out
    every round its lost promises could still take part in).
 
 Replies an acceptor gives its own proposer do not cross the network and are not seen.

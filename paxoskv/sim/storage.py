@@ -11,7 +11,7 @@ Writes land in submission order (one disk, one queue, like group commit): a writ
 lands at ``max(now + delay, previous landing)``. In the correct mode ``save`` returns when its
 write has landed, and ``memory`` takes the write at that moment. In the ``no-fsync`` mutant
 ``save`` returns at once with ``memory`` updated, and durability lands later (or never, if a
-crash comes first): DESIGN invariant 1 broken on purpose.
+crash comes first): docs/design.md invariant 1 broken on purpose.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class HttpTransport:
                 "Content-Type": "application/json"}
 
     def _session(self, p: _Peer) -> aiohttp.ClientSession:
-        """The peer's own pooled keep-alive session (one per peer, DESIGN section 1)."""
+        """The peer's own pooled keep-alive session (one per peer)."""
         if p.session is None:
             # No DNS cache: a restarted StatefulSet pod comes back under its name with a new
             # IP, and aiohttp's default 10 s cache kept peers dialling the old one.

@@ -1,6 +1,6 @@
 """The chaos pipeline (workload -> history -> final reads -> checks -> report) must pass a
 correct store and must catch broken ones. The store here is an in-process fake speaking the
-HTTP contract of DESIGN.md section 3, so no server process is involved: this tests the
+HTTP contract of the README, so no server process is involved: this tests the
 harness, not paxoskv."""
 
 from __future__ import annotations

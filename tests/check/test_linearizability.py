@@ -297,7 +297,7 @@ def test_rejected_cas_reporting_an_impossible_version_fails() -> None:
 
 
 def test_rejected_cas_whose_condition_held_fails() -> None:
-    """Goal: a cas rejected while its condition held is an anomaly (ANCHORS pitfall 3).
+    """Goal: a cas rejected while its condition held is an anomaly (docs/design.md pitfall 3).
     Method: set v1, then a cas on version 1 rejected reporting version 1."""
     rejected = op(2, "cas", 2, 3, "rejected", value=b"x", expected=1, out_version=1)
     counterexample = violation_of([put(1, 0, 1, b"a", 1), rejected])

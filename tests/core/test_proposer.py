@@ -40,7 +40,7 @@ def test_happy_round_applies_change_to_highest_accepted_value() -> None:
 
 
 def test_failed_cas_still_runs_the_accept_phase() -> None:
-    """Goal: ANCHORS pitfall 3: a failed condition accepts the current value, so two reads
+    """Goal: docs/design.md pitfall 3: a failed condition accepts the current value, so two reads
     in a row can never disagree."""
     rnd = ProposerRound("k", B, Cas(9, b"x"), Q3)
     cur = Value(2, b"cur")

@@ -1,4 +1,4 @@
-"""Every row of the HTTP contract (DESIGN.md section 3) against three real processes."""
+"""Every row of the HTTP contract (the README's API tables) against three real processes."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ DETECTOR = {
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_mutant_is_caught_within_default_budget(mutant: str) -> None:
-    """Goal: each deliberately broken protocol variant is caught (DESIGN section 5).
+    """Goal: each deliberately broken protocol variant is caught (docs/design.md, testing).
 
     Method: run the CLI's default seed budget with the mutant, in seed order, until a run is
     caught; that must happen within the budget. no-fsync, no-promise-check and small-quorum
@@ -113,7 +113,7 @@ def test_simulator_injects_every_kind_of_fault() -> None:
 
     Method: run three seeds and sum the fault counters: crashes and restarts, symmetric and
     one-way partitions, pauses, message drops, duplicates and reorders must all be > 0, and
-    some client calls must end unknown (the crash or timeout case of DESIGN invariant 5).
+    some client calls must end unknown (the crash or timeout case of docs/design.md invariant 5).
     """
     faults: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
