@@ -60,7 +60,6 @@ class PeerHealth:
     """The longest a message of its can live (its request plus peer timeout)."""
 
 
-
 class Membership:
     """The node's view of its peers and of its own identity.
 
