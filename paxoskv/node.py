@@ -4,7 +4,9 @@ Decisions live in ``core/``: what the acceptor answers (``acceptor``), what a ro
 next and how a failed request is reported (``proposer``), what a quorum is (``quorum``),
 and who this node is and whether it may take part (``identity``). This file only runs
 them: it sends, waits, persists, sleeps and retries. It reads time from the running event
-loop alone, so the simulator runs this very file on a virtual clock.
+loop alone, so the simulator runs this very file on a virtual clock. The node's peers and
+identity (``membership.py``) and its repair and rejoin (``recovery.py``) live apart, in
+objects the node owns; every name callers use stays on ``Node``.
 """
 
 from __future__ import annotations
@@ -23,27 +25,14 @@ from paxoskv.config import ALL_ROLES, NodeConfig, PeerSpec, Role
 from paxoskv.core import acceptor as acceptor_rules
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.core.identity import META_REFUSED as _META_REFUSED
-from paxoskv.core.identity import META_REJOIN as _META_REJOIN
 from paxoskv.core.identity import (
     SERVES,
-    CaughtUp,
-    Confirmed,
-    Event,
-    FenceElapsed,
     HelloClaim,
     IdentityMachine,
-    InUse,
-    LostState,
     Mode,
     PeerRecord,
-    RaiseIncarnation,
-    Refused,
     Verdict,
-    Welcome,
-    judge_frame,
     judge_hello,
-    supersedes,
 )
 from paxoskv.core.messages import Accept, Prepare, Query, Reply, Request, Unavailable
 from paxoskv.core.proposer import (
@@ -61,9 +50,11 @@ from paxoskv.core.proposer import (
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Change, Outcome, Read
 from paxoskv.limits import KEYS_PAGE_MAX
+from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
+from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
-from paxoskv.transport.base import KeyEntry, PeerUnreachable, Refusal, Transport
+from paxoskv.transport.base import KeyEntry, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
 
 __all__ = [
@@ -86,8 +77,6 @@ T = TypeVar("T")
 
 LOOP_ERROR_PAUSE_S: Final = 1.0
 """A background loop that hit an unexpected error waits this long before trying again."""
-REJOIN_PAGE_KEYS: Final = 500
-REPAIR_PAGE_KEYS: Final = 500
 LIST_PAGES_MAX: Final = 8
 """Pages of tombstones a list call skips before it answers with a cursor and no keys."""
 
@@ -159,19 +148,6 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-@dataclass
-class PeerHealth:
-    up: bool = False
-    misses: int = 0
-    rtt_s: float | None = None
-    last_ok: float | None = None
-    version: str | None = None
-    error: str | None = None
-    refused: str | None = None
-    """Why we do not talk to this peer (other membership, a stale or second process)."""
-    lifetime_s: float | None = None
-    """The longest a message of its can live (its request plus peer timeout)."""
-
 
 def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
     match msg:
@@ -209,21 +185,7 @@ class Node:
         self.identity_rules = identity_rules or IdentityRules()
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
-        self.peer_health: dict[int, PeerHealth] = {
-            pid: PeerHealth() for pid in config.peers if pid != config.node_id}
-        self.heard_from: dict[int, float] = {}
-        """When the remembered process of each peer last said hello to us (loop time)."""
-        self._records: dict[int, PeerRecord] = {}
-        for pid in self.peer_health:
-            text = storage.get_meta(f"peer.{pid}")
-            record = PeerRecord.from_meta(text) if text else None
-            if record is not None:
-                self._records[pid] = record
-        self.machine, self._initial_persist = self.identity_rules.start(
-            config.is_acceptor, config.rejoin, config.rejoin_after_quorum_loss,
-            storage.get_meta(_META_REJOIN), storage.get_meta(_META_REFUSED))
-        self._started = False
-        self._started_at = 0.0
+        self.membership = Membership(self)
         self._counter = 0
         self._acceptor_locks = _KeyedLocks()
         self._proposer_locks = _KeyedLocks()
@@ -231,10 +193,8 @@ class Node:
         self._group: asyncio.TaskGroup | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
         self.draining = False
-        self._verified = asyncio.Event()
-        self.repair_progress: dict[str, int] = {"checked": 0, "repaired": 0, "sweeps": 0}
-        self.rejoin_progress: dict[str, Any] = {}
-        self._publish_sender()
+        self.recovery = Recovery(self)
+        self.membership.publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
         for pid in self.peer_health:
@@ -255,58 +215,22 @@ class Node:
         """Stop being ready (the server keeps serving until it closes its socket)."""
         self.draining = True
 
-    def _record(self) -> PeerRecord:
-        return PeerRecord(self.identity.data_id, self.identity.incarnation, self.boot_id)
+    @property
+    def machine(self) -> IdentityMachine:
+        return self.membership.machine
 
-    def _publish_sender(self) -> None:
-        self.transport.set_sender(Sender(self.config.node_id, self._record(), self.fingerprint))
+    @property
+    def peer_health(self) -> dict[int, PeerHealth]:
+        return self.membership.peer_health
+
+    @property
+    def heard_from(self) -> dict[int, float]:
+        """When the remembered process of each peer last said hello to us (loop time)."""
+        return self.membership.heard_from
 
     async def start(self) -> None:
-        """Make the starting mode durable before anything else (a rejoin marker first of
-        all), and confirm at once when there is no peer to ask."""
-        if self._started:
-            return
-        self._started = True
-        self._started_at = asyncio.get_running_loop().time()
-        for name, value in self._initial_persist:
-            await self.storage.set_meta(name, value)
-        if self.machine.rejoining:
-            log.warning("rejoin: in progress (durable); this node answers no peer request "
-                        "until its fence ends")
-        if self.quorum.confirmations_needed(self.config.node_id) == 0:
-            await self._transition(Confirmed())
-
-    async def _transition(self, event: Event) -> None:
-        before = (self.machine.mode, self.machine.identity)
-        step = self.machine.apply(event)
-        for name, value in step.persist:
-            await self.storage.set_meta(name, value)
-        self.machine.commit(event, step)
-        if self.machine.may_propose:
-            self._verified.set()
-        else:
-            self._verified.clear()
-        after = (self.machine.mode, self.machine.identity)
-        if after == before:
-            return
-        level = logging.ERROR if self.machine.identity == "refused" else logging.INFO
-        alarm = {Mode.AMNESIA: "AMNESIA: ", Mode.REFUSED: "REFUSED: "}.get(after[0], "")
-        log.log(level, "%sacceptor mode %s, identity %s%s", alarm, after[0].value, after[1],
-                f": {self.machine.reason}" if self.machine.reason else "")
-        self.metrics.amnesia(self.machine.mode is Mode.AMNESIA)
-        self.metrics.identity_refused(self.machine.identity == "refused")
-
-    async def _raise_incarnation(self, floor: int) -> None:
-        """Take ballots above every one an older state of this node id may have issued;
-        peers that already know this process welcome the higher incarnation as a restart."""
-        if not self.machine.may_raise_incarnation or self.identity.incarnation > floor:
-            return
-        incarnation = floor + 1
-        await self.storage.set_meta("incarnation", str(incarnation))
-        self.identity = NodeIdentity(self.identity.cluster_id, self.identity.node_id,
-                                     self.identity.data_id, incarnation, self.identity.fresh)
-        self._publish_sender()
-        log.warning("incarnation raised to %d above one peers remember", incarnation)
+        """Make the starting mode durable (``Membership.start``)."""
+        await self.membership.start()
 
     # ---------------------------------------------------------------- acceptor side
 
@@ -315,13 +239,8 @@ class Node:
         return int(self.config.request_timeout_s * 1000)
 
     def admit(self, sender: Sender) -> None:
-        """Serve frames only from the process of a peer whose hello we accepted."""
-        if not self._same_membership(sender.fingerprint):
-            raise Refusal("membership differs (acceptor set, roles or cluster id)")
-        if sender.node_id not in self.peer_health:
-            raise Refusal(f"node {sender.node_id} is not a peer of this node")
-        if not judge_frame(self._records.get(sender.node_id), sender.record):
-            raise Refusal(f"unknown process of node {sender.node_id}: hello first")
+        """Serve frames only from a peer process whose hello was accepted (``Membership``)."""
+        self.membership.admit(sender)
 
     async def handle(self, msg: Request, deadline: float) -> Reply:
         """Answer one peer request; the reply leaves only after its state is durable."""
@@ -350,91 +269,12 @@ class Node:
     def _serves(self, request: str) -> bool:
         return request in self.identity_rules.serves[self.machine.mode]
 
-    def _same_membership(self, fingerprint: object) -> bool:
-        return fingerprint == self.fingerprint or not self.identity_rules.check_membership
-
     def hello_info(self) -> dict[str, Any]:
-        return {
-            "cluster_id": self.identity.cluster_id,
-            "node_id": self.identity.node_id,
-            "data_id": self.identity.data_id,
-            "incarnation": self.identity.incarnation,
-            "boot_id": self.boot_id,
-            "fingerprint": self.fingerprint,
-            "acceptor": self.config.is_acceptor,
-            "rejoin": self.machine.rejoining,
-            "lifetime_s": self.config.message_lifetime_s,
-            "version": __version__,
-            "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
-        }
-
-    async def _learn_records(self, table: object, told_by: int) -> None:
-        """Adopt records of other nodes that a peer has seen newer than we have."""
-        if not isinstance(table, dict):
-            return
-        for raw_pid, text in table.items():
-            if not (isinstance(raw_pid, str) and raw_pid.isascii() and raw_pid.isdigit()
-                    and isinstance(text, str)):
-                continue
-            pid = int(raw_pid)
-            record = PeerRecord.from_meta(text)
-            if pid == self.config.node_id or pid == told_by or pid not in self.peer_health \
-                    or record is None or not supersedes(self._records.get(pid), record):
-                continue
-            await self.storage.set_meta(f"peer.{pid}", record.to_meta())
-            self._records[pid] = record
-
-    def _reply(self, verdict: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
-        return {**self.hello_info(), "verdict": verdict, "detail": detail, **extra}
+        return self.membership.hello_info()
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]:
-        """A peer's heartbeat: judge its identity against what we remember of its id."""
-        claim = _parse_hello(info)
-        if claim is None or info.get("cluster_id") != self.identity.cluster_id:
-            return self._reply("foreign", "unknown cluster or malformed hello")
-        peer_id, hello = claim
-        health = self.peer_health.get(peer_id)
-        if health is None:
-            return self._reply("foreign", f"node {peer_id} is not a member here")
-        if not self._same_membership(info.get("fingerprint")):
-            self._refuse_peer(peer_id, "membership differs (acceptor set, roles or cluster id)")
-            return self._reply("config", "membership differs (acceptor set, roles or "
-                                         "cluster id)")
-        await self._learn_records(info.get("records"), peer_id)
-        now = asyncio.get_running_loop().time()
-        known = self._records.get(peer_id)
-        alive = known is not None and now - self.heard_from.get(peer_id, -1e18) \
-            <= self.config.down_after_s
-        verdict = self.identity_rules.judge_hello(known, hello, alive)
-        match verdict:
-            case Welcome(record=record, changed=changed):
-                if changed:
-                    await self.storage.set_meta(f"peer.{peer_id}", record.to_meta())
-                    if known is not None and known.data_id != record.data_id:
-                        log.warning("node %s now has state %s (was %s)", peer_id,
-                                    record.data_id, known.data_id)
-                self._records[peer_id] = record
-                self.heard_from[peer_id] = now
-                if health.refused and health.refused.startswith("a process of"):
-                    health.refused = None
-                    self.metrics.peer_refused(str(peer_id), False)
-                return self._reply("ok", your_data_id=record.data_id)
-            case RaiseIncarnation(floor=floor):
-                return self._reply("raise", f"incarnation must exceed {floor}", floor=floor)
-            case LostState(detail=detail):
-                return self._reply("amnesia", detail, your_data_id=known and known.data_id)
-            case Refused(detail=detail):
-                self._refuse_peer(peer_id, f"a process of node {peer_id} was refused: {detail}")
-                return self._reply("refused", detail)
-            case InUse(detail=detail):
-                return self._reply("in_use", detail)
-
-    def _refuse_peer(self, peer_id: int, reason: str) -> None:
-        health = self.peer_health[peer_id]
-        if health.refused != reason:
-            log.error("refusing peer %s: %s", peer_id, reason)
-        health.refused = reason
-        self.metrics.peer_refused(str(peer_id), True)
+        """A peer's heartbeat, judged in ``Membership.on_hello``."""
+        return await self.membership.on_hello(info)
 
     def key_page(self, prefix: str, after: str | None, limit: int) -> list[KeyEntry] | None:
         """This acceptor's keys (tombstones included) in key order, or None if it does not
@@ -456,13 +296,6 @@ class Node:
         self._counter = ballot.counter
         return ballot
 
-    def _usable(self, acceptor_id: int) -> bool:
-        if acceptor_id == self.config.node_id:
-            return True
-        health = self.peer_health.get(acceptor_id)
-        return health is None or (health.misses < self.config.peer_down_after
-                                  and health.refused is None)
-
     async def _ask(self, acceptor_id: int, msg: Request, deadline: float
                    ) -> tuple[int, Reply]:
         if acceptor_id == self.config.node_id:
@@ -473,7 +306,7 @@ class Node:
             except Exception as exc:  # our own disk failed: the round must not say "ok"
                 log.error("local acceptor failed on %r: %s", msg.key, exc)
                 return acceptor_id, Unavailable(msg.key, f"local storage error: {exc}")
-        if not self._usable(acceptor_id):
+        if not self.membership.usable(acceptor_id):
             return acceptor_id, Unavailable(msg.key, "peer down or refused")
         try:
             return acceptor_id, await self.transport.send(acceptor_id, msg, deadline)
@@ -525,7 +358,7 @@ class Node:
                          self.config.request_timeout_s / 2)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
-                    await self._verified.wait()
+                    await self.membership.verified.wait()
         self._check_may_propose()
 
     def _check_may_propose(self) -> None:
@@ -633,7 +466,7 @@ class Node:
         if acceptor_id == self.config.node_id:
             entries = self.key_page(prefix, after, limit + 1)
             return None if entries is None else (entries[:limit], len(entries) > limit)
-        if not self._usable(acceptor_id):
+        if not self.membership.usable(acceptor_id):
             return None
         try:
             return await self.transport.list_keys(acceptor_id, prefix, after, limit)
@@ -682,112 +515,15 @@ class Node:
 
     # ---------------------------------------------------------------- health
 
-    def _up_acceptors(self, mutual: bool) -> set[int]:
-        now = asyncio.get_running_loop().time()
-        fresh_s = self.config.down_after_s
-        up = {a for a in self.quorum.acceptors if a != self.config.node_id
-              and self._usable(a) and self.peer_health[a].up
-              and (not mutual or now - self.heard_from.get(a, -1e18) <= fresh_s)}
-        if self.config.node_id in self.quorum.acceptors and self.machine.counts_as_acceptor:
-            up.add(self.config.node_id)
-        return up
-
     def quorum_reachable(self) -> bool:
-        return self.quorum.reachable(self._up_acceptors(mutual=False))
+        return self.membership.quorum_reachable()
 
     def ready(self) -> bool:
-        """Readiness: this node's identity is confirmed, and a quorum of acceptors that
-        agree on the membership is reachable both ways.
-
-        One-way is not enough: a pod restarted under a new address reaches its peers at once,
-        but they may still resolve its old address (cluster DNS caches for up to 30 s). A
-        rolling update that took it for ready would stop the next pod and lose the quorum.
-        """
-        return self.machine.may_propose and not self.draining \
-            and self.quorum.reachable(self._up_acceptors(mutual=True))
-
-    async def _beat(self, pid: int) -> dict[str, Any] | None:
-        """One heartbeat to ``pid``; its reply, or None if it did not answer as a member."""
-        loop = asyncio.get_running_loop()
-        health = self.peer_health[pid]
-        started = loop.time()
-        try:
-            async with asyncio.timeout(self.config.heartbeat_timeout_s):
-                info = await self.transport.hello(pid, self.hello_info())
-        except (PeerUnreachable, TimeoutError) as exc:
-            health.misses += 1
-            health.error = str(exc) or type(exc).__name__
-            if health.misses >= self.config.peer_down_after:
-                if health.up:
-                    log.warning("peer %s is down: %s", pid, health.error)
-                health.up = False
-            self.metrics.peer(str(pid), health.up, None)
-            return None
-        verdict = info.get("verdict")
-        if info.get("cluster_id") != self.identity.cluster_id or verdict in ("foreign", None):
-            health.up, health.error = False, f"foreign peer: {info.get('detail') or info}"
-            self.metrics.peer(str(pid), False, None)
-            return None
-        if verdict == "config" or not self._same_membership(info.get("fingerprint")):
-            self._refuse_peer(pid, "membership differs (acceptor set, roles or cluster id)")
-            health.up = False
-            self.metrics.peer(str(pid), False, None)
-            return None
-        if health.refused and health.refused.startswith("membership"):
-            health.refused = None
-            self.metrics.peer_refused(str(pid), False)
-        await self._learn_records(info.get("records"), pid)
-        if not health.up:
-            log.info("peer %s is up", pid)
-        health.up, health.misses, health.error = True, 0, None
-        health.rtt_s = loop.time() - started
-        health.last_ok = loop.time()
-        health.version = str(info.get("version"))
-        lifetime = info.get("lifetime_s")
-        if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
-            health.lifetime_s = float(lifetime)
-        self.metrics.peer(str(pid), True, health.rtt_s)
-        return info
+        """Readiness; why a quorum must be reachable both ways: ``Membership.ready``."""
+        return self.membership.ready()
 
     async def heartbeat_once(self) -> None:
-        replies = await asyncio.gather(*(self._beat(pid) for pid in sorted(self.peer_health)))
-        self.metrics.quorum_reachable(self.quorum_reachable())
-        confirmed = 0
-        floor = 0
-        objections = 0
-        for pid, info in zip(sorted(self.peer_health), replies, strict=True):
-            if info is None:
-                continue
-            detail = f"peer {pid}: {info.get('detail')}"
-            verdict = info.get("verdict")
-            objections += verdict in ("raise", "amnesia", "refused", "in_use")
-            match verdict:
-                case "ok":
-                    if pid in self.quorum.acceptors:
-                        confirmed += 1
-                case "raise":
-                    raw = info.get("floor")
-                    if isinstance(raw, int) and not isinstance(raw, bool):
-                        floor = max(floor, raw)
-                case "amnesia":
-                    await self._transition(LostState(
-                        f"{detail}. Refusing to act as an acceptor; see README 'Recovering a "
-                        "node that lost its disk' (paxoskv serve --rejoin)"))
-                case "refused":
-                    await self._transition(Refused(detail))
-                case "in_use":
-                    await self._transition(InUse(detail))
-                case _:
-                    pass
-        silent = sum(1 for pid, info in zip(sorted(self.peer_health), replies, strict=True)
-                     if info is None and pid in self.quorum.acceptors)
-        waited = asyncio.get_running_loop().time() - self._started_at
-        if floor:
-            await self._raise_incarnation(floor)
-        elif not objections and \
-                confirmed >= self.quorum.confirmations_needed(self.config.node_id) and \
-                (not silent or waited >= self.config.down_after_s):
-            await self._transition(Confirmed())
+        await self.membership.heartbeat_once()
 
     async def heartbeat_loop(self) -> None:
         await self.start()
@@ -809,131 +545,19 @@ class Node:
 
     # ---------------------------------------------------------------- repair
 
-    async def repair_key(self, key: str) -> bool:
-        """Check one key on every acceptor; run an identity round if they disagree."""
-        rnd = QueryRound(key, self.quorum.everyone())
-        loop = asyncio.get_running_loop()
-        step = await self._broadcast(rnd.query(), rnd.on_reply,
-                                     loop.time() + self.config.phase_timeout_s)
-        self.repair_progress["checked"] += 1
-        self.metrics.repair("checked")
-        if isinstance(step, Committed) or not rnd.disagreed():
-            return False  # all agree, or someone did not answer: nothing to compare
-        try:
-            await self.execute(key, Read())
-        except (NoQuorum, UnknownOutcome, Overloaded) as exc:
-            log.info("repair of %r postponed: %s", key, exc)
-            return False
-        self.repair_progress["repaired"] += 1
-        self.metrics.repair("repaired")
-        return True
+    @property
+    def repair_progress(self) -> dict[str, int]:
+        return self.recovery.repair_progress
 
-    async def repair_sweep(self) -> None:
-        """Check every key this acceptor holds, page by page, at the configured rate."""
-        pause = 1.0 / self.config.repair_keys_per_second
-        after: str | None = None
-        while True:
-            page = self.storage.keys("", after, REPAIR_PAGE_KEYS)
-            for key in page:
-                if not (self.machine.counts_as_acceptor and self.quorum_reachable()):
-                    return
-                await self.repair_key(key)
-                await asyncio.sleep(pause)
-            if len(page) < REPAIR_PAGE_KEYS:
-                break
-            after = page[-1]
-        self.repair_progress["sweeps"] += 1
+    @property
+    def rejoin_progress(self) -> dict[str, Any]:
+        return self.recovery.rejoin_progress
 
     async def repair_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.repair_interval_s)
             if self.machine.counts_as_acceptor and self.quorum_reachable():
-                await self._guarded("repair sweep", self.repair_sweep())
-
-    # ---------------------------------------------------------------- rejoin
-
-    def _fence_s(self) -> float:
-        lifetimes = [h.lifetime_s for h in self.peer_health.values() if h.lifetime_s]
-        return 2 * max([self.config.message_lifetime_s, *lifetimes])
-
-    async def rejoin(self) -> None:
-        """Bring back an acceptor whose state was lost or rolled back (README: rejoin).
-
-        1. Fence: answer nothing until every round that could hold a promise of the lost
-           state has ended (twice the longest message lifetime any member announced), and
-           until peers have accepted this process (with an incarnation above any they saw).
-        2. Catch up: answer accepts only while an identity round runs on every key the
-           surviving acceptors list (page by page, keys already caught up skipped), so this
-           acceptor holds each chosen value; then serve as a full acceptor.
-        The rejoin marker on disk makes a crash at any point resume here at the next start.
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self.rejoin_progress = {"phase": "fencing", "fence_seconds": self._fence_s()}
-        while self.machine.mode is Mode.FENCING:
-            fence = self._fence_s()
-            self.rejoin_progress["fence_seconds"] = fence
-            if loop.time() - started >= fence and self.machine.may_propose:
-                await self._transition(FenceElapsed())
-                break
-            await asyncio.sleep(min(0.5, self.config.heartbeat_interval_s))
-        if not self.machine.rejoining:
-            return  # refused while fencing
-        log.warning("rejoin: fence of %.1fs over; catching up", self._fence_s())
-        self.rejoin_progress.update(phase="catching_up", peers_listed=0, keys_checked=0,
-                                    keys_caught_up=0)
-        needed = 1 if self.machine.mode is Mode.REBUILDING else self.quorum.survivors_needed()
-        listed: set[int] = set()
-        others = sorted(a for a in self.quorum.acceptors if a != self.config.node_id)
-        while len(listed) < needed:
-            for pid in others:
-                if pid in listed or len(listed) >= needed:
-                    continue
-                if await self._catch_up_from(pid):
-                    listed.add(pid)
-                    self.rejoin_progress["peers_listed"] = len(listed)
-            if len(listed) < needed:
-                log.warning("rejoin: %d of %d surviving acceptors listed; retrying",
-                            len(listed), needed)
-                await asyncio.sleep(1.0)
-        await self._transition(CaughtUp())
-        self.rejoin_progress["phase"] = "done"
-        log.warning("rejoin: complete (%d keys checked, %d caught up); serving as an "
-                    "acceptor", self.rejoin_progress["keys_checked"],
-                    self.rejoin_progress["keys_caught_up"])
-
-    async def _catch_up_from(self, pid: int) -> bool:
-        """Run an identity round on every key ``pid`` lists; False if it stopped answering."""
-        after: str | None = None
-        while True:
-            page = await self._page_from(pid, "", after, REJOIN_PAGE_KEYS)
-            if page is None:
-                return False
-            entries, more = page
-            for key, ballot, _ in entries:
-                self.rejoin_progress["keys_checked"] += 1
-                self.metrics.rejoin("checked")
-                if self.storage.load(key).ballot_accepted >= ballot:
-                    continue  # caught up before a restart, or by a client's write
-                await self._catch_up_key(key)
-                self.rejoin_progress["keys_caught_up"] += 1
-                self.metrics.rejoin("caught_up")
-            if entries:
-                after = entries[-1][0]
-                log.info("rejoin: %d keys checked (peer %s, at %r)",
-                         self.rejoin_progress["keys_checked"], pid, after)
-            if not more:
-                return True
-
-    async def _catch_up_key(self, key: str) -> None:
-        for attempt in range(1, 1_000_000):
-            try:
-                await self.execute(key, Read())
-                return
-            except (NoQuorum, UnknownOutcome, Overloaded) as exc:
-                log.info("rejoin: %r: %s; retrying", key, exc)
-                await asyncio.sleep(min(5.0, 0.1 * attempt))
-        raise AssertionError("rejoin retried one key a million times")
+                await self._guarded("repair sweep", self.recovery.repair_sweep())
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -953,7 +577,7 @@ class Node:
 
     async def _guarded_rejoin(self) -> None:
         while self.machine.rejoining:
-            await self._guarded("rejoin", self.rejoin())
+            await self._guarded("rejoin", self.recovery.rejoin())
 
     async def stop(self) -> None:
         """Cancel work started outside ``run`` (``run`` itself is cancelled by its owner)."""
@@ -999,19 +623,3 @@ class Node:
             "rejoin": dict(self.rejoin_progress) or None,
             "rounds_inflight": self._inflight,
         }
-
-
-def _parse_hello(info: dict[str, Any]) -> tuple[int, HelloClaim] | None:
-    node_id, data_id, incarnation, boot_id = (info.get(k) for k in (
-        "node_id", "data_id", "incarnation", "boot_id"))
-    acceptor, rejoin = info.get("acceptor"), info.get("rejoin")
-    if not (isinstance(node_id, int) and isinstance(incarnation, int)
-            and not isinstance(incarnation, bool) and incarnation >= 0):
-        return None
-    for part in (data_id, boot_id):
-        if not isinstance(part, str) or not 1 <= len(part) <= 64 or " " in part:
-            return None
-    if not isinstance(acceptor, bool) or not isinstance(rejoin, bool):
-        return None
-    assert isinstance(data_id, str) and isinstance(boot_id, str)
-    return node_id, HelloClaim(PeerRecord(data_id, incarnation, boot_id), acceptor, rejoin)

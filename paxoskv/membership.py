@@ -1,0 +1,379 @@
+"""Who this node talks to and whether it may take part: peer health, hellos, peer records.
+
+The rules (what a hello's verdict is, which frame comes from a known process, when this
+node's identity is confirmed) live in ``core/identity.py`` and ``core/quorum.py``; this
+module carries them out for the node: it sends and answers heartbeats, persists peer
+records and identity transitions, and raises the incarnation. It is split from
+``node.py`` so that file reads as the acceptor and the proposer; the node owns one
+``Membership`` and delegates to it, so callers still see every name on the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from paxoskv import __version__
+from paxoskv.core.identity import META_REFUSED as _META_REFUSED
+from paxoskv.core.identity import META_REJOIN as _META_REJOIN
+from paxoskv.core.identity import (
+    Confirmed,
+    Event,
+    HelloClaim,
+    IdentityMachine,
+    InUse,
+    LostState,
+    Mode,
+    PeerRecord,
+    RaiseIncarnation,
+    Refused,
+    Welcome,
+    judge_frame,
+    supersedes,
+)
+from paxoskv.storage.base import NodeIdentity
+from paxoskv.transport.base import PeerUnreachable, Refusal
+from paxoskv.transport.codec import Sender
+
+if TYPE_CHECKING:
+    from paxoskv.node import Node
+
+__all__ = ["Membership", "PeerHealth"]
+
+log = logging.getLogger("paxoskv.node")
+"""The node's logger, as before the split: the simulator and log filters name it."""
+
+
+@dataclass
+class PeerHealth:
+    up: bool = False
+    misses: int = 0
+    rtt_s: float | None = None
+    last_ok: float | None = None
+    version: str | None = None
+    error: str | None = None
+    refused: str | None = None
+    """Why we do not talk to this peer (other membership, a stale or second process)."""
+    lifetime_s: float | None = None
+    """The longest a message of its can live (its request plus peer timeout)."""
+
+
+class Membership:
+    """The node's view of its peers and of its own identity.
+
+    It keeps the node's wiring (config, storage, transport, metrics, quorum, rules: never
+    replaced after construction) and reads the node's ``identity`` and ``draining``, which
+    change; ``identity`` is written back here when the incarnation is raised.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        config, storage = node.config, node.storage
+        self.config = config
+        self.storage = storage
+        self.transport = node.transport
+        self.metrics = node.metrics
+        self.quorum = node.quorum
+        self.identity_rules = node.identity_rules
+        self.boot_id = node.boot_id
+        self.fingerprint = node.fingerprint
+        self.peer_health: dict[int, PeerHealth] = {
+            pid: PeerHealth() for pid in config.peers if pid != config.node_id}
+        self.heard_from: dict[int, float] = {}
+        """When the remembered process of each peer last said hello to us (loop time)."""
+        self._records: dict[int, PeerRecord] = {}
+        for pid in self.peer_health:
+            text = storage.get_meta(f"peer.{pid}")
+            record = PeerRecord.from_meta(text) if text else None
+            if record is not None:
+                self._records[pid] = record
+        self.machine: IdentityMachine
+        self.machine, self._initial_persist = self.identity_rules.start(
+            config.is_acceptor, config.rejoin, config.rejoin_after_quorum_loss,
+            storage.get_meta(_META_REJOIN), storage.get_meta(_META_REFUSED))
+        self._started = False
+        self._started_at = 0.0
+        self.verified = asyncio.Event()
+        """Set while the identity machine lets this node propose."""
+
+    def _record(self) -> PeerRecord:
+        return PeerRecord(self._node.identity.data_id, self._node.identity.incarnation,
+                          self.boot_id)
+
+    def publish_sender(self) -> None:
+        self.transport.set_sender(Sender(self.config.node_id, self._record(), self.fingerprint))
+
+    async def start(self) -> None:
+        """Make the starting mode durable before anything else (a rejoin marker first of
+        all), and confirm at once when there is no peer to ask."""
+        if self._started:
+            return
+        self._started = True
+        self._started_at = asyncio.get_running_loop().time()
+        for name, value in self._initial_persist:
+            await self.storage.set_meta(name, value)
+        if self.machine.rejoining:
+            log.warning("rejoin: in progress (durable); this node answers no peer request "
+                        "until its fence ends")
+        if self.quorum.confirmations_needed(self.config.node_id) == 0:
+            await self.transition(Confirmed())
+
+    async def transition(self, event: Event) -> None:
+        before = (self.machine.mode, self.machine.identity)
+        step = self.machine.apply(event)
+        for name, value in step.persist:
+            await self.storage.set_meta(name, value)
+        self.machine.commit(event, step)
+        if self.machine.may_propose:
+            self.verified.set()
+        else:
+            self.verified.clear()
+        after = (self.machine.mode, self.machine.identity)
+        if after == before:
+            return
+        level = logging.ERROR if self.machine.identity == "refused" else logging.INFO
+        alarm = {Mode.AMNESIA: "AMNESIA: ", Mode.REFUSED: "REFUSED: "}.get(after[0], "")
+        log.log(level, "%sacceptor mode %s, identity %s%s", alarm, after[0].value, after[1],
+                f": {self.machine.reason}" if self.machine.reason else "")
+        self.metrics.amnesia(self.machine.mode is Mode.AMNESIA)
+        self.metrics.identity_refused(self.machine.identity == "refused")
+
+    async def _raise_incarnation(self, floor: int) -> None:
+        """Take ballots above every one an older state of this node id may have issued;
+        peers that already know this process welcome the higher incarnation as a restart."""
+        if not self.machine.may_raise_incarnation or self._node.identity.incarnation > floor:
+            return
+        incarnation = floor + 1
+        await self.storage.set_meta("incarnation", str(incarnation))
+        old = self._node.identity
+        self._node.identity = NodeIdentity(old.cluster_id, old.node_id, old.data_id, incarnation,
+                                           old.fresh)
+        self.publish_sender()
+        log.warning("incarnation raised to %d above one peers remember", incarnation)
+
+    def admit(self, sender: Sender) -> None:
+        """Serve frames only from the process of a peer whose hello we accepted."""
+        if not self._same_membership(sender.fingerprint):
+            raise Refusal("membership differs (acceptor set, roles or cluster id)")
+        if sender.node_id not in self.peer_health:
+            raise Refusal(f"node {sender.node_id} is not a peer of this node")
+        if not judge_frame(self._records.get(sender.node_id), sender.record):
+            raise Refusal(f"unknown process of node {sender.node_id}: hello first")
+
+    def _same_membership(self, fingerprint: object) -> bool:
+        return fingerprint == self.fingerprint or not self.identity_rules.check_membership
+
+    def hello_info(self) -> dict[str, Any]:
+        return {
+            "cluster_id": self._node.identity.cluster_id,
+            "node_id": self._node.identity.node_id,
+            "data_id": self._node.identity.data_id,
+            "incarnation": self._node.identity.incarnation,
+            "boot_id": self.boot_id,
+            "fingerprint": self.fingerprint,
+            "acceptor": self.config.is_acceptor,
+            "rejoin": self.machine.rejoining,
+            "lifetime_s": self.config.message_lifetime_s,
+            "version": __version__,
+            "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
+        }
+
+    async def _learn_records(self, table: object, told_by: int) -> None:
+        """Adopt records of other nodes that a peer has seen newer than we have."""
+        if not isinstance(table, dict):
+            return
+        for raw_pid, text in table.items():
+            if not (isinstance(raw_pid, str) and raw_pid.isascii() and raw_pid.isdigit()
+                    and isinstance(text, str)):
+                continue
+            pid = int(raw_pid)
+            record = PeerRecord.from_meta(text)
+            if pid == self.config.node_id or pid == told_by or pid not in self.peer_health \
+                    or record is None or not supersedes(self._records.get(pid), record):
+                continue
+            await self.storage.set_meta(f"peer.{pid}", record.to_meta())
+            self._records[pid] = record
+
+    def _reply(self, verdict: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
+        return {**self.hello_info(), "verdict": verdict, "detail": detail, **extra}
+
+    async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A peer's heartbeat: judge its identity against what we remember of its id."""
+        claim = _parse_hello(info)
+        if claim is None or info.get("cluster_id") != self._node.identity.cluster_id:
+            return self._reply("foreign", "unknown cluster or malformed hello")
+        peer_id, hello = claim
+        health = self.peer_health.get(peer_id)
+        if health is None:
+            return self._reply("foreign", f"node {peer_id} is not a member here")
+        if not self._same_membership(info.get("fingerprint")):
+            self._refuse_peer(peer_id, "membership differs (acceptor set, roles or cluster id)")
+            return self._reply("config", "membership differs (acceptor set, roles or "
+                                         "cluster id)")
+        await self._learn_records(info.get("records"), peer_id)
+        now = asyncio.get_running_loop().time()
+        known = self._records.get(peer_id)
+        alive = known is not None and now - self.heard_from.get(peer_id, -1e18) \
+            <= self.config.down_after_s
+        verdict = self.identity_rules.judge_hello(known, hello, alive)
+        match verdict:
+            case Welcome(record=record, changed=changed):
+                if changed:
+                    await self.storage.set_meta(f"peer.{peer_id}", record.to_meta())
+                    if known is not None and known.data_id != record.data_id:
+                        log.warning("node %s now has state %s (was %s)", peer_id,
+                                    record.data_id, known.data_id)
+                self._records[peer_id] = record
+                self.heard_from[peer_id] = now
+                if health.refused and health.refused.startswith("a process of"):
+                    health.refused = None
+                    self.metrics.peer_refused(str(peer_id), False)
+                return self._reply("ok", your_data_id=record.data_id)
+            case RaiseIncarnation(floor=floor):
+                return self._reply("raise", f"incarnation must exceed {floor}", floor=floor)
+            case LostState(detail=detail):
+                return self._reply("amnesia", detail, your_data_id=known and known.data_id)
+            case Refused(detail=detail):
+                self._refuse_peer(peer_id, f"a process of node {peer_id} was refused: {detail}")
+                return self._reply("refused", detail)
+            case InUse(detail=detail):
+                return self._reply("in_use", detail)
+
+    def _refuse_peer(self, peer_id: int, reason: str) -> None:
+        health = self.peer_health[peer_id]
+        if health.refused != reason:
+            log.error("refusing peer %s: %s", peer_id, reason)
+        health.refused = reason
+        self.metrics.peer_refused(str(peer_id), True)
+
+    def usable(self, acceptor_id: int) -> bool:
+        if acceptor_id == self.config.node_id:
+            return True
+        health = self.peer_health.get(acceptor_id)
+        return health is None or (health.misses < self.config.peer_down_after
+                                  and health.refused is None)
+
+    def _up_acceptors(self, mutual: bool) -> set[int]:
+        now = asyncio.get_running_loop().time()
+        fresh_s = self.config.down_after_s
+        up = {a for a in self.quorum.acceptors if a != self.config.node_id
+              and self.usable(a) and self.peer_health[a].up
+              and (not mutual or now - self.heard_from.get(a, -1e18) <= fresh_s)}
+        if self.config.node_id in self.quorum.acceptors and self.machine.counts_as_acceptor:
+            up.add(self.config.node_id)
+        return up
+
+    def quorum_reachable(self) -> bool:
+        return self.quorum.reachable(self._up_acceptors(mutual=False))
+
+    def ready(self) -> bool:
+        """Readiness: this node's identity is confirmed, and a quorum of acceptors that
+        agree on the membership is reachable both ways.
+
+        One-way is not enough: a pod restarted under a new address reaches its peers at once,
+        but they may still resolve its old address (cluster DNS caches for up to 30 s). A
+        rolling update that took it for ready would stop the next pod and lose the quorum.
+        """
+        return self.machine.may_propose and not self._node.draining \
+            and self.quorum.reachable(self._up_acceptors(mutual=True))
+
+    async def _beat(self, pid: int) -> dict[str, Any] | None:
+        """One heartbeat to ``pid``; its reply, or None if it did not answer as a member."""
+        loop = asyncio.get_running_loop()
+        health = self.peer_health[pid]
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.config.heartbeat_timeout_s):
+                info = await self.transport.hello(pid, self.hello_info())
+        except (PeerUnreachable, TimeoutError) as exc:
+            health.misses += 1
+            health.error = str(exc) or type(exc).__name__
+            if health.misses >= self.config.peer_down_after:
+                if health.up:
+                    log.warning("peer %s is down: %s", pid, health.error)
+                health.up = False
+            self.metrics.peer(str(pid), health.up, None)
+            return None
+        verdict = info.get("verdict")
+        if info.get("cluster_id") != self._node.identity.cluster_id or verdict in ("foreign", None):
+            health.up, health.error = False, f"foreign peer: {info.get('detail') or info}"
+            self.metrics.peer(str(pid), False, None)
+            return None
+        if verdict == "config" or not self._same_membership(info.get("fingerprint")):
+            self._refuse_peer(pid, "membership differs (acceptor set, roles or cluster id)")
+            health.up = False
+            self.metrics.peer(str(pid), False, None)
+            return None
+        if health.refused and health.refused.startswith("membership"):
+            health.refused = None
+            self.metrics.peer_refused(str(pid), False)
+        await self._learn_records(info.get("records"), pid)
+        if not health.up:
+            log.info("peer %s is up", pid)
+        health.up, health.misses, health.error = True, 0, None
+        health.rtt_s = loop.time() - started
+        health.last_ok = loop.time()
+        health.version = str(info.get("version"))
+        lifetime = info.get("lifetime_s")
+        if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
+            health.lifetime_s = float(lifetime)
+        self.metrics.peer(str(pid), True, health.rtt_s)
+        return info
+
+    async def heartbeat_once(self) -> None:
+        replies = await asyncio.gather(*(self._beat(pid) for pid in sorted(self.peer_health)))
+        self.metrics.quorum_reachable(self.quorum_reachable())
+        confirmed = 0
+        floor = 0
+        objections = 0
+        for pid, info in zip(sorted(self.peer_health), replies, strict=True):
+            if info is None:
+                continue
+            detail = f"peer {pid}: {info.get('detail')}"
+            verdict = info.get("verdict")
+            objections += verdict in ("raise", "amnesia", "refused", "in_use")
+            match verdict:
+                case "ok":
+                    if pid in self.quorum.acceptors:
+                        confirmed += 1
+                case "raise":
+                    raw = info.get("floor")
+                    if isinstance(raw, int) and not isinstance(raw, bool):
+                        floor = max(floor, raw)
+                case "amnesia":
+                    await self.transition(LostState(
+                        f"{detail}. Refusing to act as an acceptor; see README 'Recovering a "
+                        "node that lost its disk' (paxoskv serve --rejoin)"))
+                case "refused":
+                    await self.transition(Refused(detail))
+                case "in_use":
+                    await self.transition(InUse(detail))
+                case _:
+                    pass
+        silent = sum(1 for pid, info in zip(sorted(self.peer_health), replies, strict=True)
+                     if info is None and pid in self.quorum.acceptors)
+        waited = asyncio.get_running_loop().time() - self._started_at
+        if floor:
+            await self._raise_incarnation(floor)
+        elif not objections and \
+                confirmed >= self.quorum.confirmations_needed(self.config.node_id) and \
+                (not silent or waited >= self.config.down_after_s):
+            await self.transition(Confirmed())
+
+
+def _parse_hello(info: dict[str, Any]) -> tuple[int, HelloClaim] | None:
+    node_id, data_id, incarnation, boot_id = (info.get(k) for k in (
+        "node_id", "data_id", "incarnation", "boot_id"))
+    acceptor, rejoin = info.get("acceptor"), info.get("rejoin")
+    if not (isinstance(node_id, int) and isinstance(incarnation, int)
+            and not isinstance(incarnation, bool) and incarnation >= 0):
+        return None
+    for part in (data_id, boot_id):
+        if not isinstance(part, str) or not 1 <= len(part) <= 64 or " " in part:
+            return None
+    if not isinstance(acceptor, bool) or not isinstance(rejoin, bool):
+        return None
+    assert isinstance(data_id, str) and isinstance(boot_id, str)
+    return node_id, HelloClaim(PeerRecord(data_id, incarnation, boot_id), acceptor, rejoin)

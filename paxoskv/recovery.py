@@ -1,0 +1,161 @@
+"""Bringing an acceptor's state back in line: the repair sweep and the rejoin.
+
+Both run identity rounds through the node's proposer (``Node.execute``) on keys the
+acceptors disagree on or that this acceptor may have lost; what a round does, and which
+mode this node is in, is decided in ``core/``. Split from ``node.py`` so the long-running
+recovery work reads apart from the request path; the node owns one ``Recovery``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
+from paxoskv.core.identity import CaughtUp, FenceElapsed, Mode
+from paxoskv.core.proposer import Committed, QueryRound
+from paxoskv.core.register import Read
+
+if TYPE_CHECKING:
+    from paxoskv.node import Node
+
+__all__ = ["REJOIN_PAGE_KEYS", "REPAIR_PAGE_KEYS", "Recovery"]
+
+log = logging.getLogger("paxoskv.node")
+"""The node's logger, as before the split: the simulator and log filters name it."""
+
+REJOIN_PAGE_KEYS: Final = 500
+REPAIR_PAGE_KEYS: Final = 500
+
+
+class Recovery:
+    """The node's repair sweep and rejoin, and the progress ``/v1/status`` shows of each."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.config = node.config
+        self.storage = node.storage
+        self.metrics = node.metrics
+        self.quorum = node.quorum
+        self.repair_progress: dict[str, int] = {"checked": 0, "repaired": 0, "sweeps": 0}
+        self.rejoin_progress: dict[str, Any] = {}
+
+    async def repair_key(self, key: str) -> bool:
+        """Check one key on every acceptor; run an identity round if they disagree."""
+        rnd = QueryRound(key, self.quorum.everyone())
+        loop = asyncio.get_running_loop()
+        step = await self._node._broadcast(rnd.query(), rnd.on_reply,
+                                           loop.time() + self.config.phase_timeout_s)
+        self.repair_progress["checked"] += 1
+        self.metrics.repair("checked")
+        if isinstance(step, Committed) or not rnd.disagreed():
+            return False  # all agree, or someone did not answer: nothing to compare
+        try:
+            await self._node.execute(key, Read())
+        except (NoQuorum, UnknownOutcome, Overloaded) as exc:
+            log.info("repair of %r postponed: %s", key, exc)
+            return False
+        self.repair_progress["repaired"] += 1
+        self.metrics.repair("repaired")
+        return True
+
+    async def repair_sweep(self) -> None:
+        """Check every key this acceptor holds, page by page, at the configured rate."""
+        pause = 1.0 / self.config.repair_keys_per_second
+        after: str | None = None
+        while True:
+            page = self.storage.keys("", after, REPAIR_PAGE_KEYS)
+            for key in page:
+                if not (self._node.machine.counts_as_acceptor and self._node.quorum_reachable()):
+                    return
+                await self.repair_key(key)
+                await asyncio.sleep(pause)
+            if len(page) < REPAIR_PAGE_KEYS:
+                break
+            after = page[-1]
+        self.repair_progress["sweeps"] += 1
+
+    def fence_s(self) -> float:
+        lifetimes = [h.lifetime_s for h in self._node.peer_health.values() if h.lifetime_s]
+        return 2 * max([self.config.message_lifetime_s, *lifetimes])
+
+    async def rejoin(self) -> None:
+        """Bring back an acceptor whose state was lost or rolled back (README: rejoin).
+
+        1. Fence: answer nothing until every round that could hold a promise of the lost
+           state has ended (twice the longest message lifetime any member announced), and
+           until peers have accepted this process (with an incarnation above any they saw).
+        2. Catch up: answer accepts only while an identity round runs on every key the
+           surviving acceptors list (page by page, keys already caught up skipped), so this
+           acceptor holds each chosen value; then serve as a full acceptor.
+        The rejoin marker on disk makes a crash at any point resume here at the next start.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.rejoin_progress = {"phase": "fencing", "fence_seconds": self.fence_s()}
+        while self._node.machine.mode is Mode.FENCING:
+            fence = self.fence_s()
+            self.rejoin_progress["fence_seconds"] = fence
+            if loop.time() - started >= fence and self._node.machine.may_propose:
+                await self._node.membership.transition(FenceElapsed())
+                break
+            await asyncio.sleep(min(0.5, self.config.heartbeat_interval_s))
+        if not self._node.machine.rejoining:
+            return  # refused while fencing
+        log.warning("rejoin: fence of %.1fs over; catching up", self.fence_s())
+        self.rejoin_progress.update(phase="catching_up", peers_listed=0, keys_checked=0,
+                                    keys_caught_up=0)
+        needed = 1 if self._node.machine.mode is Mode.REBUILDING \
+            else self.quorum.survivors_needed()
+        listed: set[int] = set()
+        others = sorted(a for a in self.quorum.acceptors if a != self.config.node_id)
+        while len(listed) < needed:
+            for pid in others:
+                if pid in listed or len(listed) >= needed:
+                    continue
+                if await self._catch_up_from(pid):
+                    listed.add(pid)
+                    self.rejoin_progress["peers_listed"] = len(listed)
+            if len(listed) < needed:
+                log.warning("rejoin: %d of %d surviving acceptors listed; retrying",
+                            len(listed), needed)
+                await asyncio.sleep(1.0)
+        await self._node.membership.transition(CaughtUp())
+        self.rejoin_progress["phase"] = "done"
+        log.warning("rejoin: complete (%d keys checked, %d caught up); serving as an "
+                    "acceptor", self.rejoin_progress["keys_checked"],
+                    self.rejoin_progress["keys_caught_up"])
+
+    async def _catch_up_from(self, pid: int) -> bool:
+        """Run an identity round on every key ``pid`` lists; False if it stopped answering."""
+        after: str | None = None
+        while True:
+            page = await self._node._page_from(pid, "", after, REJOIN_PAGE_KEYS)
+            if page is None:
+                return False
+            entries, more = page
+            for key, ballot, _ in entries:
+                self.rejoin_progress["keys_checked"] += 1
+                self.metrics.rejoin("checked")
+                if self.storage.load(key).ballot_accepted >= ballot:
+                    continue  # caught up before a restart, or by a client's write
+                await self._catch_up_key(key)
+                self.rejoin_progress["keys_caught_up"] += 1
+                self.metrics.rejoin("caught_up")
+            if entries:
+                after = entries[-1][0]
+                log.info("rejoin: %d keys checked (peer %s, at %r)",
+                         self.rejoin_progress["keys_checked"], pid, after)
+            if not more:
+                return True
+
+    async def _catch_up_key(self, key: str) -> None:
+        for attempt in range(1, 1_000_000):
+            try:
+                await self._node.execute(key, Read())
+                return
+            except (NoQuorum, UnknownOutcome, Overloaded) as exc:
+                log.info("rejoin: %r: %s; retrying", key, exc)
+                await asyncio.sleep(min(5.0, 0.1 * attempt))
+        raise AssertionError("rejoin retried one key a million times")
