@@ -24,6 +24,7 @@ Nothing here is protocol: every step is one ``Node.execute`` (or ``Node.read``) 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -94,6 +95,11 @@ def summarize(outcome: Outcome) -> RecordOutcome:
     raise AssertionError(f"not a write outcome: {outcome!r}")
 
 
+FINISH_ATTEMPTS = 3
+"""Tries to record an outcome: a retry of a request whose record stayed pending can only
+learn an applied write from the data register's last 16 changes, and nothing else."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -101,10 +107,13 @@ def _now_ms() -> int:
 async def _finish(node: Node, rkey: str, token: str, outcome: RecordOutcome) -> None:
     """Record ``outcome``; if that fails, a retry still learns an applied write from the
     data register (step 4), so the answer does not wait for it."""
-    try:
-        await node.execute(rkey, Finish(token, outcome))
-    except (NoQuorum, UnknownOutcome, Overloaded) as exc:
-        log.warning("idempotency record %r not finished: %s", rkey, exc)
+    for attempt in range(FINISH_ATTEMPTS):
+        try:
+            await node.execute(rkey, Finish(token, outcome))
+            return
+        except (NoQuorum, UnknownOutcome, Overloaded) as exc:
+            log.warning("idempotency record %r not finished (attempt %d of %d): %s", rkey,
+                        attempt + 1, FINISH_ATTEMPTS, exc)
 
 
 async def run_idempotent(node: Node, idempotency_key: str, fp: str, key: str,
@@ -117,7 +126,17 @@ async def run_idempotent(node: Node, idempotency_key: str, fp: str, key: str,
     rkey = record_key(idempotency_key)
     token = secrets.token_hex(8)
     now = _now_ms()
-    claim = await node.execute(rkey, Claim(fp, token, now, max(1, int(window_s * 1000))))
+    try:
+        claim = await node.execute(rkey, Claim(fp, token, now, max(1, int(window_s * 1000))))
+    except UnknownOutcome:
+        # Our claim may stand with no write behind it: withdraw it (best effort), so that
+        # retries are not told "unknown" for a write that never ran. This request's write
+        # certainly did not run, whatever became of the claim.
+        with contextlib.suppress(NoQuorum, UnknownOutcome, Overloaded, TimeoutError):
+            async with asyncio.timeout(node.config.phase_timeout_s * 2):
+                await node.execute(rkey, Release(token))
+        raise NoQuorum("the Idempotency-Key could not be claimed in time; nothing was "
+                       "written") from None
     record = decode_record(claim.value.data)
     if record is None:
         raise AssertionError(f"claim on {rkey!r} left no record: {claim!r}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from paxoskv import __version__
 from paxoskv.core.identity import META_REFUSED as _META_REFUSED
 from paxoskv.core.identity import META_REJOIN as _META_REJOIN
+from paxoskv.core.identity import META_VERIFIED as _META_VERIFIED
 from paxoskv.core.identity import (
     Confirmed,
     Event,
@@ -95,6 +96,9 @@ class Membership:
             storage.get_meta(_META_REJOIN), storage.get_meta(_META_REFUSED))
         self._started = False
         self._started_at = 0.0
+        self._new_identity = storage.get_meta(_META_VERIFIED) != "1" or self.machine.rejoining
+        """This process's identity is new to the cluster (a fresh directory, a rejoin, or,
+        once raised, a new incarnation): its confirmation must meet every earlier one."""
         self.verified = asyncio.Event()
         """Set while the identity machine lets this node propose."""
 
@@ -150,6 +154,7 @@ class Membership:
         old = self._node.identity
         self._node.identity = NodeIdentity(old.cluster_id, old.node_id, old.data_id, incarnation,
                                            old.fresh)
+        self._new_identity = True
         self.publish_sender()
         log.warning("incarnation raised to %d above one peers remember", incarnation)
 
@@ -175,6 +180,7 @@ class Membership:
             "fingerprint": self.fingerprint,
             "acceptor": self.config.is_acceptor,
             "rejoin": self.machine.rejoining,
+            "refused": self.machine.permanent or self.machine.mode is Mode.AMNESIA,
             "lifetime_s": self.config.message_lifetime_s,
             "version": __version__,
             "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
@@ -213,6 +219,10 @@ class Membership:
             return self._reply("config", "membership differs (acceptor set, roles or "
                                          "cluster id)")
         await self._learn_records(info.get("records"), peer_id)
+        if info.get("refused") is True:
+            # A refused or amnesic process (it may keep restarting, each time with a higher
+            # incarnation) must never displace the record of the node's real process.
+            return self._reply("refused", "this process is refused; restart it with --rejoin")
         now = asyncio.get_running_loop().time()
         known = self._records.get(peer_id)
         alive = known is not None and now - self.heard_from.get(peer_id, -1e18) \
@@ -357,17 +367,24 @@ class Membership:
         waited = asyncio.get_running_loop().time() - self._started_at
         if floor:
             await self._raise_incarnation(floor)
-        elif not objections and \
-                confirmed >= self.quorum.confirmations_needed(self.config.node_id) and \
+        elif not objections and confirmed >= self._confirmations_needed() and \
                 (not silent or waited >= self.config.down_after_s):
             await self.transition(Confirmed())
+
+    def _confirmations_needed(self) -> int:
+        if self.machine.rebuild:
+            return min(1, self.quorum.confirmations_needed(self.config.node_id))
+        if self._new_identity:
+            return self.quorum.intersecting_confirmations()
+        return self.quorum.confirmations_needed(self.config.node_id)
 
 
 def _parse_hello(info: dict[str, Any]) -> tuple[int, HelloClaim] | None:
     node_id, data_id, incarnation, boot_id = (info.get(k) for k in (
         "node_id", "data_id", "incarnation", "boot_id"))
     acceptor, rejoin = info.get("acceptor"), info.get("rejoin")
-    if not (isinstance(node_id, int) and isinstance(incarnation, int)
+    if not (isinstance(node_id, int) and not isinstance(node_id, bool)
+            and isinstance(incarnation, int)
             and not isinstance(incarnation, bool) and incarnation >= 0):
         return None
     for part in (data_id, boot_id):

@@ -109,7 +109,9 @@ async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> Node
     """Read this data directory's identity and durably bump the incarnation."""
     stored_cluster = storage.get_meta("cluster_id")
     stored_node = storage.get_meta("node_id")
-    fresh = stored_cluster is None
+    # The data id is written last: a crash part way through the first start leaves a
+    # directory without one, which the next start initialises again.
+    fresh = storage.get_meta("data_id") is None
     if fresh:
         await storage.set_meta("cluster_id", cluster_id)
         await storage.set_meta("node_id", str(node_id))

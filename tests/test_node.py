@@ -297,3 +297,55 @@ def test_refusal_and_rejoin_series_exist_from_the_start() -> None:
     assert 'paxoskv_peer_refused{peer="3"} 0.0' in text
     assert 'paxoskv_rejoin_keys_total{result="checked"} 0.0' in text
     assert 'paxoskv_rejoin_keys_total{result="caught_up"} 0.0' in text
+
+
+class _SplitTransport(_Transport):
+    """Peer 2 answers ``verdict``; peer 3 does not answer at all."""
+
+    async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
+        if peer == 3:
+            from paxoskv.transport.base import PeerUnreachable
+            raise PeerUnreachable("down")
+        return await super().hello(peer, info)
+
+
+def _split_node(meta: dict[str, str]) -> Node:
+    config = NodeConfig(1, PEERS, cluster_id="c")
+    return Node(config, NodeIdentity("c", 1, "d1", 2, False), _Storage(meta),
+                _SplitTransport(config.fingerprint()))
+
+
+def test_a_fresh_directory_needs_confirmations_that_meet_every_earlier_one() -> None:
+    """Goal: an acceptor on a directory never confirmed before is not let in by one peer
+    that happens to have no record of it while the peer that remembers it is silent (it
+    could be an empty disk of a node that voted before); a known directory restarting with
+    one peer down is (quorum 2 of 3 with itself).
+
+    Method: peer 2 says ok, peer 3 is unreachable, the silent-peer wait is over."""
+    async def run() -> None:
+        fresh = _split_node({})
+        await fresh.start()
+        fresh.membership._started_at = -1e9
+        await fresh.heartbeat_once()
+        assert (fresh.acceptor_mode, fresh.machine.identity) == ("verifying", "verifying")
+        known = _split_node({"verified": "1"})
+        await known.start()
+        known.membership._started_at = -1e9
+        await known.heartbeat_once()
+        assert (known.acceptor_mode, known.machine.identity) == ("normal", "verified")
+    asyncio.run(run())
+
+
+def test_a_refused_process_never_displaces_the_real_one() -> None:
+    """Goal: a refused copy that keeps restarting (each start raises its incarnation) is
+    refused by peers and never recorded, so it can never evict the node's real process;
+    a hello whose node id is a boolean is not taken for node 1."""
+    async def run() -> None:
+        node, storage, _ = _node()
+        assert (await node.on_hello(_hello(node, 3, "d3", 5, "a")))["verdict"] == "ok"
+        node.heard_from.clear()
+        reply = await node.on_hello(_hello(node, 3, "d3", 99, "copy", refused=True))
+        assert reply["verdict"] == "refused"
+        assert storage.meta["peer.3"] == "d3 5 a"
+        assert (await node.on_hello(_hello(node, True, "d", 1, "b")))["verdict"] == "foreign"
+    asyncio.run(run())

@@ -198,10 +198,10 @@ class IdentityMachine:
             marker = "rebuild" if rebuild_flag else "1"
             machine = IdentityMachine(Mode.FENCING, rebuild=rebuild_flag)
             return machine, ((META_REJOIN, marker), (META_REFUSED, ""))
+        if meta_refused:  # a refusal met during a rejoin holds too, until --rejoin again
+            return IdentityMachine(Mode.REFUSED, "refused", meta_refused, permanent=True), ()
         if meta_rejoin in ("1", "rebuild"):
             return IdentityMachine(Mode.FENCING, rebuild=meta_rejoin == "rebuild"), ()
-        if meta_refused:
-            return IdentityMachine(Mode.REFUSED, "refused", meta_refused, permanent=True), ()
         return IdentityMachine(Mode.VERIFYING), ()
 
     def apply(self, event: Event) -> Transition:
@@ -222,8 +222,8 @@ class IdentityMachine:
                     identity = "refused"
             case Refused(detail=detail):
                 identity = "refused"
-                if mode is Mode.REFUSED:
-                    persist = ((META_REFUSED, detail),)
+                if mode is Mode.REFUSED and self.mode is not Mode.REFUSED:
+                    persist = ((META_REFUSED, detail),)  # the first reason is the cause
             case InUse():
                 if identity != "verified":
                     identity = "refused"
@@ -246,7 +246,8 @@ class IdentityMachine:
             case LostState(detail=detail) if transition.mode is Mode.AMNESIA:
                 self.reason = detail
             case Refused(detail=detail):
-                self.reason = detail
+                if not self.permanent:
+                    self.reason = detail
                 self.permanent = True
             case InUse(detail=detail) if transition.identity == "refused":
                 self.reason = detail
@@ -340,6 +341,9 @@ def judge_hello(known: PeerRecord | None, claim: HelloClaim, known_alive: bool) 
     if new.data_id == known.data_id:
         if new.incarnation > known.incarnation:
             return Welcome(new, True)  # a restart of the same data directory
+        if known_alive:
+            return InUse(f"node id in use by a live process (data {known.data_id}, "
+                         f"incarnation {known.incarnation}) with this very data directory")
         if claim.rejoin:
             return RaiseIncarnation(known.incarnation)
         return Refused(

@@ -47,6 +47,15 @@ class QuorumConfig:
         once a peer that saw the newer state answers (README: identity checks, limits)."""
         return majority(len(self.acceptors)) - (1 if node_id in self.acceptors else 0)
 
+    def intersecting_confirmations(self) -> int:
+        """Peers that must confirm a process whose identity is new to the cluster (a fresh
+        data directory, a rejoin, a raised incarnation): enough that the set meets every
+        earlier confirmation of that node id (``confirmations_needed``), so some peer that
+        remembers an older state, or a higher incarnation, is always among them. Counted from
+        majorities like ``confirmations_needed`` (not from the quorum size)."""
+        n = len(self.acceptors)
+        return n - majority(n) + 1
+
     def survivors_needed(self) -> int:
         """Other acceptors whose keys a rejoining acceptor must list: any value chosen
         while it was away sits on ``quorum`` acceptors, so at least ``quorum - 1`` of the

@@ -224,3 +224,35 @@ def test_openapi_documents_the_idempotency_key() -> None:
             assert "Idempotency-Key" in {p["name"] for p in op["parameters"]}
             assert {"409", "422"} <= set(op["responses"])
     with_client(t)
+
+
+def test_a_claim_with_an_unknown_outcome_is_withdrawn_and_answers_503() -> None:
+    """Goal: when the claim of an Idempotency-Key times out after it may have landed, the
+    request answers 503 (its write never ran) and withdraws the claim, so the retry runs
+    the write instead of being told 409/504 for the rest of the window.
+
+    Method: the node's execute is wrapped so the first claim lands and then reports
+    UnknownOutcome, as a lost accept acknowledgement would."""
+    from paxoskv.core.idempotency import Claim
+    from paxoskv.node import UnknownOutcome
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+        real = node.execute
+        hits: list[str] = []
+
+        async def flaky(key: str, change: Any, request_id: str | None = None) -> Any:
+            outcome = await real(key, change, request_id)
+            if isinstance(change, Claim) and not hits:
+                hits.append(key)
+                raise UnknownOutcome("claim acknowledged too late")
+            return outcome
+
+        node.execute = flaky  # type: ignore[method-assign]
+        r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "lost-ack"})
+        assert r.status == 503, await r.text()
+        assert (await c.get("/v1/kv/k")).status == 404
+        assert node.storage.load(record_key("lost-ack")).value.data is None  # withdrawn
+        r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "lost-ack"})
+        assert (r.status, r.headers["ETag"]) == (200, '"1"')
+    with_client(t)

@@ -133,6 +133,10 @@ def test_judge_hello_table() -> None:
     assert isinstance(judge_hello(A, _claim(PeerRecord("d", 4, "boot-b")), False), Refused)
     assert judge_hello(A, _claim(PeerRecord("d", 5, "b"), rejoin=True), False) == \
         RaiseIncarnation(5)
+    # a second copy of the directory while the first still runs: in use, even to a rejoin
+    assert isinstance(judge_hello(A, _claim(PeerRecord("d", 5, "b"), rejoin=True), True),
+                      InUse)
+    assert isinstance(judge_hello(A, _claim(PeerRecord("d", 4, "b")), True), InUse)
     lost = PeerRecord("e", 1, "boot-c")
     assert isinstance(judge_hello(A, _claim(lost), True), InUse)
     assert isinstance(judge_hello(A, _claim(lost), False), LostState)

@@ -165,13 +165,18 @@ def test_node_with_a_different_acceptor_set_is_refused_both_ways(tmp_path: Path)
     ports = free_ports(4)
     base = ",".join(f"{i}=http://127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3))
     odd = base + f",4=http://127.0.0.1:{ports[3]}"
-    nodes = [ServerProcess(i, ports[i - 1], odd if i == 3 else base, tmp_path / f"n{i}",
+    nodes = [ServerProcess(i, ports[i - 1], base, tmp_path / f"n{i}",
                            tmp_path / f"n{i}.log", list(NO_REPAIR)) for i in (1, 2, 3)]
     try:
+        # The cluster forms with one membership (a brand-new directory is only confirmed by
+        # peers that can vouch for it); then node 3 restarts with another.
         for n in nodes:
             n.start()
-        nodes[0].wait_ready(30)
-        nodes[1].wait_ready(30)
+        for n in nodes:
+            n.wait_ready(30)
+        nodes[2].kill9()
+        nodes[2].peers = odd
+        nodes[2].start()
 
         def peer3_refused(s: dict[str, Any]) -> bool:
             refused = s["peers"]["3"].get("refused")

@@ -96,3 +96,19 @@ def test_identity_is_made_once_and_incarnation_grows(tmp_path: Path) -> None:
         asyncio.run(start(cluster="other"))
     with pytest.raises(SystemExit):
         asyncio.run(start(node=2))
+
+
+def test_identity_after_a_crash_during_the_first_start(tmp_path: Path) -> None:
+    """Goal: a crash between the first start's meta writes (cluster id written, data id not
+    yet) does not leave a directory that can never start: the next start initialises it."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.set_meta("cluster_id", "c")
+        await s.close()
+        s2 = SqliteStorage(tmp_path)
+        identity = await open_identity(s2, "c", 4)
+        assert identity.fresh
+        assert s2.get_meta("node_id") == "4"
+        assert s2.get_meta("data_id") == identity.data_id
+        await s2.close()
+    asyncio.run(run())
