@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_COMPARE_ARGS ?=
 SEEDS  ?= 1000
 OPS    ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint test unit run demo chaos sim bench clean e2e e2e-tests
+.PHONY: help venv lint test unit run demo chaos sim bench bench-compare clean e2e e2e-tests
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -18,6 +19,8 @@ help:
 	@echo "make chaos   only the chaos tests on real processes"
 	@echo "make sim     python -m paxoskv.sim --seeds \$$SEEDS --ops \$$OPS"
 	@echo "make bench   benchmark, with ratios against a baseline run in the same invocation"
+	@echo "make bench-compare  3 etcd members vs 3 paxoskv nodes, same wrk workloads (~7 min;"
+	@echo "             installs etcd-server and wrk from Debian; table + reports/bench-compare.json)"
 	@echo "make image / chart-check / cluster-up / e2e: see README"
 
 # Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
@@ -58,6 +61,12 @@ sim: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m paxoskv.bench
+
+# etcd 3.4 and wrk come from Debian by package name when missing (run as root).
+bench-compare: $(STAMP)
+	@command -v etcd >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk)
+	$(PY) -m paxoskv.bench_compare $(BENCH_COMPARE_ARGS)
 
 # End to end on a real cluster: image, cluster, load, the eight steps, teardown.
 # E2E_KEEP_CLUSTER=1 leaves the cluster up afterwards.

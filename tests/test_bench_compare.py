@@ -1,0 +1,119 @@
+"""paxoskv/bench_compare.py without servers: wrk output parsing, merging, table and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from paxoskv.bench_compare import (
+    QUANTILES,
+    WORKLOADS,
+    Cell,
+    Side,
+    WrkRun,
+    format_table,
+    lua_script,
+    merge_quantiles,
+    parse_wrk_output,
+    side_from_runs,
+    split_connections,
+    to_json,
+)
+
+
+def wrk_line(ok: int = 100, bad: int = 0, won: int = 0, conflict: int = 0,
+             timeout: int = 0, statuses: str = "", quantile_us: int = 1000) -> str:
+    qs = ",".join(str(quantile_us) for _ in range(4))
+    return ("Running 5s test @ http://127.0.0.1:1\n  2 threads and 16 connections\n"
+            f'WRKJSON {{"duration_us":2000000,"requests":{ok + bad},"ok":{ok},"bad":{bad},'
+            f'"won":{won},"conflict":{conflict},"socket_errors":{{"connect":0,"read":0,'
+            f'"write":0,"timeout":{timeout}}},"bad_statuses":{{{statuses}}},'
+            f'"quantiles_us":[{qs}]}}\n')
+
+
+def test_parse_wrk_output_reads_the_done_line() -> None:
+    run = parse_wrk_output(wrk_line(ok=90, bad=3, timeout=2, statuses='"503":3'))
+    assert run.duration_s == 2.0
+    assert (run.ok, run.bad, run.socket_errors) == (90, 3, 2)
+    assert run.bad_statuses == {"503": 3}
+    assert run.quantiles_ms == [1.0] * 4
+
+
+def test_parse_wrk_output_without_the_line_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no WRKJSON"):
+        parse_wrk_output("Usage: wrk <options> <url>\n")
+
+
+def test_merge_quantiles_pools_runs_by_their_request_counts() -> None:
+    fast = WrkRun(1, 300, 300, 0, 0, 0, 0, {}, [1.0] * 10)
+    slow = WrkRun(1, 100, 100, 0, 0, 0, 0, {}, [9.0] * 10)
+    p50, p80 = merge_quantiles([fast, slow], (50, 80))
+    assert p50 == 1.0
+    assert p80 == 9.0
+    assert all(math.isnan(x) for x in merge_quantiles([], (50,)))
+
+
+def test_errors_are_never_throughput() -> None:
+    runs = [parse_wrk_output(wrk_line(ok=100, bad=10, timeout=5, statuses='"500":10')),
+            parse_wrk_output(wrk_line(ok=100))]
+    side = side_from_runs(runs, cas=False)
+    assert side.rps == 100.0  # 200 ok over 2 s
+    assert side.errors == 15
+    assert side.error_statuses == {"500": 10, "socket": 5}
+    assert side.cas_won_per_s is None
+
+
+def test_cas_side_reports_won_rate() -> None:
+    side = side_from_runs([parse_wrk_output(wrk_line(ok=100, won=40, conflict=60))], cas=True)
+    assert side.rps == 50.0
+    assert side.cas_won_per_s == 20.0
+
+
+def test_split_connections() -> None:
+    assert split_connections(16, 3) == [6, 5, 5]
+    assert split_connections(128, 3) == [43, 43, 42]
+    assert split_connections(16, 1) == [16]
+
+
+def cells() -> list[Cell]:
+    good = Side(rps=1000.0, p50_ms=1.0, p99_ms=5.0, p999_ms=9.0, requests_ok=5000,
+                seconds=5.0, wrk_cpu_s=1.0, server_cpu_s=5.0)
+    bad = Side(rps=500.0, p50_ms=2.0, p99_ms=8.0, p999_ms=12.0, requests_ok=2500, errors=7,
+               error_statuses={"503": 7}, seconds=5.0)
+    return [Cell("put", 16, "one", good, bad),
+            Cell("cas-hot", 128, "all", Side(skipped="--no-etcd-cas"),
+                 Side(rps=200.0, cas_won_per_s=50.0, seconds=5.0))]
+
+
+def test_format_table_shows_ratio_errors_and_skips() -> None:
+    text = format_table(cells())
+    row = next(line for line in text.splitlines() if line.startswith("put"))
+    assert "0.50x" in row and "7!" in row and "1000" in row
+    assert "put c=16 one: paxoskv HAD ERRORS: 7" in text
+    assert "cas-hot c=128 all: etcd skipped (--no-etcd-cas)" in text
+    assert "paxoskv CAS won 50/s of 200 attempts/s" in text
+    cpu_row = [line for line in text.splitlines() if line.startswith("put")][-1]
+    assert cpu_row.split()[4:6] == ["100", "20"]  # etcd server 5 s / 5 s, wrk 1 s / 5 s
+
+
+def test_to_json_is_strict_json_with_ratios() -> None:
+    data = json.loads(to_json(cells(), {"cpus": 2}))
+    assert data["meta"] == {"cpus": 2}
+    first, second = data["cells"]
+    assert first["ratio_rps_paxoskv_over_etcd"] == 0.5
+    assert first["paxoskv"]["errors"] == 7
+    assert second["ratio_rps_paxoskv_over_etcd"] is None
+    assert second["etcd"]["rps"] is None
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("system", ["etcd", "paxoskv"])
+def test_lua_script_sets_the_workload(system: str, workload: str) -> None:
+    script = lua_script(system, workload, 10, b"v" * 100)
+    assert f"NQ = {QUANTILES}" in script and "NKEYS = 10" in script
+    assert ("CAS = true" in script) == (workload == "cas-hot")
+    assert ("STALE = true" in script) == (workload == "get-stale")
+    assert ("/v3/kv/" in script) == (system == "etcd")
+    assert "function done(" in script and "function response(" in script
