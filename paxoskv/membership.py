@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from paxoskv import __version__
 from paxoskv.core.identity import META_REFUSED as _META_REFUSED
@@ -47,6 +47,12 @@ log = logging.getLogger("paxoskv.node")
 """The node's logger, as before the split: the simulator and log filters name it."""
 
 
+RefusalKind = Literal["membership", "process"]
+"""A peer refused for another membership, or a process of it refused (stale, second)."""
+
+MEMBERSHIP_DIFFERS: Final = "membership differs (acceptor set, roles or cluster id)"
+
+
 @dataclass
 class PeerHealth:
     up: bool = False
@@ -57,6 +63,8 @@ class PeerHealth:
     error: str | None = None
     refused: str | None = None
     """Why we do not talk to this peer (other membership, a stale or second process)."""
+    refused_for: RefusalKind | None = None
+    """Which check refused it: only that check, passing again, lifts the refusal."""
     lifetime_s: float | None = None
     """The longest a message of its can live (its request plus peer timeout)."""
 
@@ -161,7 +169,7 @@ class Membership:
     def admit(self, sender: Sender) -> None:
         """Serve frames only from the process of a peer whose hello we accepted."""
         if not self._same_membership(sender.fingerprint):
-            raise Refusal("membership differs (acceptor set, roles or cluster id)")
+            raise Refusal(MEMBERSHIP_DIFFERS)
         if sender.node_id not in self.peer_health:
             raise Refusal(f"node {sender.node_id} is not a peer of this node")
         if not judge_frame(self._records.get(sender.node_id), sender.record):
@@ -215,9 +223,8 @@ class Membership:
         if health is None:
             return self._reply("foreign", f"node {peer_id} is not a member here")
         if not self._same_membership(info.get("fingerprint")):
-            self._refuse_peer(peer_id, "membership differs (acceptor set, roles or cluster id)")
-            return self._reply("config", "membership differs (acceptor set, roles or "
-                                         "cluster id)")
+            self._refuse_peer(peer_id, "membership", MEMBERSHIP_DIFFERS)
+            return self._reply("config", MEMBERSHIP_DIFFERS)
         await self._learn_records(info.get("records"), peer_id)
         if info.get("refused") is True:
             # A refused or amnesic process (it may keep restarting, each time with a higher
@@ -237,26 +244,31 @@ class Membership:
                                     record.data_id, known.data_id)
                 self._records[peer_id] = record
                 self.heard_from[peer_id] = now
-                if health.refused and health.refused.startswith("a process of"):
-                    health.refused = None
-                    self.metrics.peer_refused(str(peer_id), False)
+                self._lift_refusal(peer_id, "process")
                 return self._reply("ok", your_data_id=record.data_id)
             case RaiseIncarnation(floor=floor):
                 return self._reply("raise", f"incarnation must exceed {floor}", floor=floor)
             case LostState(detail=detail):
                 return self._reply("amnesia", detail, your_data_id=known and known.data_id)
             case Refused(detail=detail):
-                self._refuse_peer(peer_id, f"a process of node {peer_id} was refused: {detail}")
+                self._refuse_peer(peer_id, "process",
+                                  f"a process of node {peer_id} was refused: {detail}")
                 return self._reply("refused", detail)
             case InUse(detail=detail):
                 return self._reply("in_use", detail)
 
-    def _refuse_peer(self, peer_id: int, reason: str) -> None:
+    def _refuse_peer(self, peer_id: int, kind: RefusalKind, reason: str) -> None:
         health = self.peer_health[peer_id]
         if health.refused != reason:
             log.error("refusing peer %s: %s", peer_id, reason)
-        health.refused = reason
+        health.refused, health.refused_for = reason, kind
         self.metrics.peer_refused(str(peer_id), True)
+
+    def _lift_refusal(self, peer_id: int, kind: RefusalKind) -> None:
+        health = self.peer_health[peer_id]
+        if health.refused_for == kind:
+            health.refused, health.refused_for = None, None
+            self.metrics.peer_refused(str(peer_id), False)
 
     def usable(self, acceptor_id: int) -> bool:
         if acceptor_id == self.config.node_id:
@@ -312,13 +324,11 @@ class Membership:
             self.metrics.peer(str(pid), False, None)
             return None
         if verdict == "config" or not self._same_membership(info.get("fingerprint")):
-            self._refuse_peer(pid, "membership differs (acceptor set, roles or cluster id)")
+            self._refuse_peer(pid, "membership", MEMBERSHIP_DIFFERS)
             health.up = False
             self.metrics.peer(str(pid), False, None)
             return None
-        if health.refused and health.refused.startswith("membership"):
-            health.refused = None
-            self.metrics.peer_refused(str(pid), False)
+        self._lift_refusal(pid, "membership")
         await self._learn_records(info.get("records"), pid)
         if not health.up:
             log.info("peer %s is up", pid)

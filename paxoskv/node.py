@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
@@ -54,7 +54,7 @@ from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
 from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
-from paxoskv.transport.base import KeyEntry, PeerUnreachable, Transport
+from paxoskv.transport.base import KeyEntry, KeyPage, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
 
 __all__ = [
@@ -209,10 +209,6 @@ class Node:
     def acceptor_mode(self) -> str:
         return self.machine.mode.value
 
-    @property
-    def stopping(self) -> bool:
-        return self.draining
-
     def drain(self) -> None:
         """Stop being ready (the server keeps serving until it closes its socket)."""
         self.draining = True
@@ -278,18 +274,20 @@ class Node:
         """A peer's heartbeat, judged in ``Membership.on_hello``."""
         return await self.membership.on_hello(info)
 
-    def key_page(self, prefix: str, after: str | None, limit: int) -> list[KeyEntry] | None:
-        """This acceptor's keys (tombstones included) in key order, or None if it does not
-        serve as an acceptor (it must not be counted as one that has no keys)."""
+    def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
+        """Up to ``limit`` of this acceptor's keys (tombstones included) after ``after`` in
+        key order, and whether more follow; None if it does not serve as an acceptor (it
+        must not be counted as one that has no keys)."""
         if not self._serves("list"):
             return None
         # Every stored key, even one only promised (ballot zero, not live): a page must hold
         # exactly the keys storage returned, or "more" and the cursor would skip the rest.
+        keys = self.storage.keys(prefix, after, limit + 1)
         out: list[KeyEntry] = []
-        for key in self.storage.keys(prefix, after, limit):
+        for key in keys[:limit]:
             state = self.storage.load(key)
             out.append((key, state.ballot_accepted, state.value.exists))
-        return out
+        return out, len(keys) > limit
 
     # ---------------------------------------------------------------- proposer side
 
@@ -351,6 +349,18 @@ class Node:
                   self.config.retry_backoff_s_base * (2 ** attempt))
         return self.rng.uniform(0, cap)
 
+    @contextlib.contextmanager
+    def _round_slot(self) -> Iterator[None]:
+        """One of the ``rounds_inflight_max`` rounds this node runs at once (reads and
+        writes alike); beyond them a request is refused at once (Overloaded, 503)."""
+        if self._inflight >= self.config.limits.rounds_inflight_max:
+            raise Overloaded(f"{self._inflight} rounds in flight")
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+
     async def wait_may_propose(self) -> None:
         """Wait until peers have confirmed this process, as long as confirmation can take
         (the failure-detection window and one heartbeat, within half the request timeout):
@@ -380,21 +390,18 @@ class Node:
         await self.wait_may_propose()
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
-        if self._inflight >= self.config.limits.rounds_inflight_max:
-            raise Overloaded(f"{self._inflight} rounds in flight")
-        self._inflight += 1
         progress = RequestProgress()
         try:
-            deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
-            async with asyncio.timeout(self.config.request_timeout_s):
-                async with self._proposer_locks.hold(key):
-                    return await self._execute(key, change, deadline, progress, request_id)
+            with self._round_slot():
+                deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
+                async with asyncio.timeout(self.config.request_timeout_s):
+                    async with self._proposer_locks.hold(key):
+                        return await self._execute(key, change, deadline, progress,
+                                                   request_id)
         except TimeoutError:
             if classify_failure(change, progress, conflict=False) == "unknown":
                 raise UnknownOutcome("timed out after its change was sent") from None
             raise NoQuorum("request timed out before a quorum answered") from None
-        finally:
-            self._inflight -= 1
 
     async def _execute(self, key: str, change: Change, deadline: float,
                        progress: RequestProgress, request_id: str) -> Outcome:
@@ -443,16 +450,10 @@ class Node:
     async def read(self, key: str) -> Outcome:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
         await self.wait_may_propose()
-        if self._inflight >= self.config.limits.rounds_inflight_max:
-            raise Overloaded(f"{self._inflight} rounds in flight")
-        loop = asyncio.get_running_loop()
-        rnd = QueryRound(key, self.quorum)
-        deadline = loop.time() + self.config.phase_timeout_s
-        self._inflight += 1
-        try:
+        with self._round_slot():
+            rnd = QueryRound(key, self.quorum)
+            deadline = asyncio.get_running_loop().time() + self.config.phase_timeout_s
             step = await self._broadcast(rnd.query(), rnd.on_reply, deadline)
-        finally:
-            self._inflight -= 1
         if isinstance(step, Committed):
             self.metrics.round("query", "ok")
             return step.outcome
@@ -464,10 +465,9 @@ class Node:
         return Outcome("read", self.storage.load(key).value)
 
     async def _page_from(self, acceptor_id: int, prefix: str, after: str | None, limit: int
-                         ) -> tuple[list[KeyEntry], bool] | None:
+                         ) -> KeyPage | None:
         if acceptor_id == self.config.node_id:
-            entries = self.key_page(prefix, after, limit + 1)
-            return None if entries is None else (entries[:limit], len(entries) > limit)
+            return self.key_page(prefix, after, limit)
         if not self.membership.usable(acceptor_id):
             return None
         try:
@@ -528,7 +528,6 @@ class Node:
         await self.membership.heartbeat_once()
 
     async def heartbeat_loop(self) -> None:
-        await self.start()
         while True:
             if self.peer_health:
                 await self._guarded("heartbeat", self.heartbeat_once())

@@ -258,9 +258,6 @@ class IdentityMachine:
         if self.mode in (Mode.AMNESIA, Mode.REFUSED):
             assert self.identity == "refused"
 
-    def serves(self, request: Request) -> bool:
-        return request in SERVES[self.mode]
-
     @property
     def counts_as_acceptor(self) -> bool:
         """Whether this node's own acceptor counts towards its quorum and readiness."""

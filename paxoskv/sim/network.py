@@ -27,11 +27,16 @@ from typing import Any, TypeVar
 
 import orjson
 
-from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
 from paxoskv.node import Node
-from paxoskv.transport.base import KeyEntry, KeyPage, PeerUnreachable
-from paxoskv.transport.codec import Sender, decode_replies, encode_frame
+from paxoskv.transport.base import KeyPage, PeerUnreachable
+from paxoskv.transport.codec import (
+    Sender,
+    decode_key_page,
+    decode_replies,
+    encode_frame,
+    key_page_query,
+)
 from paxoskv.transport.server import PeerServer
 
 __all__ = ["SIM_SECRET", "Host", "SimNetwork", "SimNetworkOptions", "SimTransport"]
@@ -301,20 +306,18 @@ class SimTransport:
 
     async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int
                         ) -> KeyPage:
-        query = {"prefix": prefix, "limit": str(limit)}
-        if after is not None:
-            query["after"] = after
+        query = key_page_query(prefix, after, limit)
 
         async def serve(server: PeerServer) -> tuple[int, bytes]:
             return await server.keys(_AUTH, query)
 
         status, body = await self._network.call(self._node_id, self._generation, peer, serve)
-        result = orjson.loads(body)
         if status != 200:
             raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
-        entries: list[KeyEntry] = [(k, Ballot.from_wire(b), live) for k, b, live in
-                                   result["keys"]]
-        return entries, bool(result["more"])
+        try:
+            return decode_key_page(orjson.loads(body))
+        except PeerProtocolError as exc:
+            raise PeerUnreachable(str(exc)) from exc
 
     async def close(self) -> None:
         return None

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, to_wire
 
@@ -24,9 +25,12 @@ __all__ = [
     "Sender",
     "check_peer_auth",
     "decode_frame",
+    "decode_key_page",
     "decode_replies",
     "encode_frame",
+    "encode_key_page",
     "encode_replies",
+    "key_page_query",
 ]
 
 AUTH_HEADER = "Authorization"
@@ -124,3 +128,33 @@ def decode_replies(body: bytes, count: int) -> list[Reply]:
             raise PeerProtocolError(f"{type(reply).__name__} is not a reply")
         out.append(reply)
     return out
+
+
+def key_page_query(prefix: str, after: str | None, limit: int) -> dict[str, str]:
+    """The query of a ``/internal/keys`` request for one page."""
+    query = {"prefix": prefix, "limit": str(limit)}
+    if after is not None:
+        query["after"] = after
+    return query
+
+
+def encode_key_page(entries: list[tuple[str, Ballot, bool]], more: bool) -> dict[str, Any]:
+    return {"keys": [[k, b.to_wire(), live] for k, b, live in entries], "more": more}
+
+
+def decode_key_page(raw: object) -> tuple[list[tuple[str, Ballot, bool]], bool]:
+    """Parse a ``/internal/keys`` answer; PeerProtocolError on anything malformed."""
+    entries = raw.get("keys") if isinstance(raw, dict) else None
+    more = raw.get("more") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not isinstance(more, bool):
+        raise PeerProtocolError("keys reply must be an object with 'keys' and 'more'")
+    out: list[tuple[str, Ballot, bool]] = []
+    for item in entries:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[2], bool)):
+            raise PeerProtocolError("keys reply entries must be [key, ballot, live]")
+        try:
+            out.append((item[0], Ballot.from_wire(item[1]), item[2]))
+        except ValueError as exc:
+            raise PeerProtocolError(f"keys reply ballot: {exc}") from exc
+    return out, more

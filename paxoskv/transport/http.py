@@ -16,12 +16,18 @@ from typing import Any
 import aiohttp
 import orjson
 
-from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.metrics import Metrics
-from paxoskv.transport.base import KeyEntry, KeyPage, PeerUnreachable
-from paxoskv.transport.codec import AUTH_HEADER, Sender, decode_replies, encode_frame
+from paxoskv.transport.base import KeyPage, PeerUnreachable
+from paxoskv.transport.codec import (
+    AUTH_HEADER,
+    Sender,
+    decode_key_page,
+    decode_replies,
+    encode_frame,
+    key_page_query,
+)
 
 __all__ = ["QUEUE_MESSAGES_MAX", "HttpTransport"]
 
@@ -190,23 +196,12 @@ class HttpTransport:
 
     async def list_keys(self, peer: int, prefix: str, after: str | None, limit: int
                         ) -> KeyPage:
-        params = {"prefix": prefix, "limit": str(limit)}
-        if after is not None:
-            params["after"] = after
-        result = await self._json_call(peer, "GET", "/internal/keys", params=params)
-        entries = result.get("keys")
-        more = result.get("more")
-        if not isinstance(entries, list) or not isinstance(more, bool):
-            raise PeerUnreachable("keys reply is malformed")
-        out: list[KeyEntry] = []
+        result = await self._json_call(peer, "GET", "/internal/keys",
+                                       params=key_page_query(prefix, after, limit))
         try:
-            for key, ballot, live in entries:
-                if not isinstance(key, str) or not isinstance(live, bool):
-                    raise ValueError("bad entry")
-                out.append((key, Ballot.from_wire(ballot), live))
-        except (ValueError, TypeError) as exc:
-            raise PeerUnreachable(f"keys reply is malformed: {exc}") from exc
-        return out, more
+            return decode_key_page(result)
+        except PeerProtocolError as exc:
+            raise PeerUnreachable(str(exc)) from exc
 
     async def close(self) -> None:
         # Let retired sessions finish closing (cancelling them left "Unclosed client

@@ -18,12 +18,13 @@ from aiohttp import HttpVersion11, web
 
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
 from paxoskv.limits import KEYS_PAGE_MAX
-from paxoskv.transport.base import KeyEntry, Refusal
+from paxoskv.transport.base import KeyPage, Refusal
 from paxoskv.transport.codec import (
     AUTH_HEADER,
     Sender,
     check_peer_auth,
     decode_frame,
+    encode_key_page,
     encode_replies,
 )
 
@@ -50,8 +51,9 @@ class PeerHandler(Protocol):
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]: ...
 
-    def key_page(self, prefix: str, after: str | None, limit: int) -> list[KeyEntry] | None:
-        """Up to ``limit`` entries after ``after``; None when not serving as an acceptor."""
+    def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
+        """Up to ``limit`` entries after ``after`` and whether more follow; None when not
+        serving as an acceptor."""
         ...
 
 
@@ -110,14 +112,11 @@ class PeerServer:
         prefix = query.get("prefix", "")
         after = query.get("after")
         limit = int(raw_limit)
-        entries = self._handler.key_page(prefix, after, limit + 1)
-        if entries is None:
+        found = self._handler.key_page(prefix, after, limit)
+        if found is None:
             # An acceptor without its state must not be counted as one that has no keys.
             return _error(503, "not_acceptor", "this node is not serving as an acceptor")
-        more = len(entries) > limit
-        page = entries[:limit]
-        return _json(200, {"keys": [[k, b.to_wire(), live] for k, b, live in page],
-                           "more": more})
+        return _json(200, encode_key_page(*found))
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the endpoints on an aiohttp application (the real server)."""

@@ -78,7 +78,7 @@ def test_rebuild_serves_prepares_after_the_fence() -> None:
     m, _ = IdentityMachine.start(True, True, True, None, None)
     _run(m, Confirmed(), FenceElapsed())
     assert m.mode is Mode.REBUILDING
-    assert m.serves("prepare")
+    assert "prepare" in SERVES[m.mode]
 
 
 def test_refusals() -> None:
@@ -111,8 +111,8 @@ def test_refused_and_amnesia_never_vote_again(start: Mode, events: list[Event]) 
         _run(m, event)
         locked = locked or m.mode in (Mode.REFUSED, Mode.AMNESIA)
         if locked:
-            assert not m.serves("prepare")
-            assert not m.serves("accept")
+            assert "prepare" not in SERVES[m.mode]
+            assert "accept" not in SERVES[m.mode]
             assert not m.may_propose
 
 
