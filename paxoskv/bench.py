@@ -19,17 +19,20 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+
+from paxoskv.chaos.processes import free_ports
 
 __all__ = ["main"]
 
@@ -109,18 +112,31 @@ async def load(name: str, urls: list[str], clients: int, seconds: float, op: str
     return Result(name, ops, elapsed, lat, errors)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def wait_until_up(urls: list[str], probe: Callable[[str], bool], timeout_s: float
+                  ) -> str | None:
+    """Poll ``probe(url)`` for every url until each holds; the first url still not up
+    after ``timeout_s`` (None when all are)."""
+    deadline = time.monotonic() + timeout_s
+    for url in urls:
+        while True:
+            try:
+                if probe(url):
+                    break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                return url
+            time.sleep(0.2)
+    return None
+
+
+def _ready(url: str) -> bool:
+    with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+        return bool(r.status == 200)
 
 
 def start_cluster(base: Path, n: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
-    ports = _free_ports(n)
+    ports = free_ports(n)
     peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
     env = dict(os.environ, PAXOSKV_PEER_SECRET="bench")
     procs = []
@@ -130,20 +146,10 @@ def start_cluster(base: Path, n: int) -> tuple[list[subprocess.Popen[bytes]], li
                "--log-level", "warning"]
         procs.append(subprocess.Popen(cmd, env=env))
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    deadline = time.monotonic() + 30
-    import urllib.request
-    for url in urls:
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                stop_cluster(procs)
-                raise SystemExit(f"bench: {url} did not become ready")
-            time.sleep(0.2)
+    late = wait_until_up(urls, _ready, 30)
+    if late is not None:
+        stop_cluster(procs)
+        raise SystemExit(f"bench: {late} did not become ready")
     return procs, urls
 
 

@@ -43,7 +43,8 @@ from typing import Any
 
 import aiohttp
 
-from paxoskv.bench import _free_ports, start_cluster, stop_cluster
+from paxoskv.bench import start_cluster, stop_cluster, wait_until_up
+from paxoskv.chaos.processes import free_ports
 
 __all__ = ["Cell", "Side", "format_table", "main", "merge_quantiles", "parse_wrk_output"]
 
@@ -444,7 +445,7 @@ class Procs:
 
 
 def start_etcd(base: Path, procs: Procs, n: int = 3) -> list[str]:
-    ports = _free_ports(2 * n)
+    ports = free_ports(2 * n)
     client, peer = ports[:n], ports[n:]
     cluster = ",".join(f"e{i + 1}=http://127.0.0.1:{peer[i]}" for i in range(n))
     for i in range(n):
@@ -459,19 +460,15 @@ def start_etcd(base: Path, procs: Procs, n: int = 3) -> list[str]:
                "--log-outputs", str(base / f"etcd{i + 1}.log")]
         procs.add(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     urls = [f"http://127.0.0.1:{p}" for p in client]
-    deadline = time.monotonic() + 30
-    for url in urls:
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    if json.loads(r.read()).get("health") == "true":
-                        break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"etcd at {url} did not become healthy in 30 s")
-            time.sleep(0.2)
+    late = wait_until_up(urls, _etcd_healthy, 30)
+    if late is not None:
+        raise RuntimeError(f"etcd at {late} did not become healthy in 30 s")
     return urls
+
+
+def _etcd_healthy(url: str) -> bool:
+    with urllib.request.urlopen(url + "/health", timeout=1) as r:
+        return bool(json.loads(r.read()).get("health") == "true")
 
 
 async def _preload(system: str, urls: list[str], keys: int, value: bytes,

@@ -410,23 +410,10 @@ class _Simulation:
         Every victim is dead (down, storage reset, tasks cancelled) before the first
         ``await``, so nothing runs between the deaths of several victims.
         """
-        dead: list[tuple[RealNode, list[asyncio.Task[Any]]]] = []
+        dead = []
         for node_id in node_ids:
-            host = self.hosts[node_id]
-            node = host.node
-            assert host.up and node is not None
-            host.up = False
-            host.node = None
-            host.server = None
-            host.generation += 1
-            host.paused = False
-            host.held.clear()
-            self.storages[node_id].crash()
-            node.drain()
-            tasks = list(host.tasks)
-            for task in tasks:
-                task.cancel()
-            dead.append((node, tasks))
+            assert self.hosts[node_id].up
+            dead.append(_kill(self.hosts[node_id], self.storages[node_id]))
             self.faults["crash"] += 1
         for node, tasks in dead:
             await node.stop()
@@ -661,19 +648,7 @@ class _Simulation:
             self.faults[f"duplicate_id_client_{status}"] += 1
 
     async def _stop_shadow(self, host: Host, storage: SimStorage) -> None:
-        node = host.node
-        assert node is not None
-        host.up = False
-        host.node = None
-        host.server = None
-        host.generation += 1
-        host.paused = False
-        host.held.clear()
-        storage.crash()
-        node.drain()
-        tasks = list(host.tasks)
-        for task in tasks:
-            task.cancel()
+        node, tasks = _kill(host, storage)
         await node.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -997,6 +972,25 @@ class _Simulation:
         await asyncio.gather(*clients, *self.background, return_exceptions=True)
         await self.crash(*self.ids)
         self.faults["crash"] -= len(self.ids)  # shutting down is not a fault
+
+
+def _kill(host: Host, storage: SimStorage) -> tuple[RealNode, list[asyncio.Task[Any]]]:
+    """The process on ``host`` dies at this instant, without an ``await``: down, unsynced
+    writes lost, every task cancelled. Returns the dead node and its tasks to reap."""
+    node = host.node
+    assert node is not None
+    host.up = False
+    host.node = None
+    host.server = None
+    host.generation += 1
+    host.paused = False
+    host.held.clear()
+    storage.crash()
+    node.drain()
+    tasks = list(host.tasks)
+    for task in tasks:
+        task.cancel()
+    return node, tasks
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
