@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
     _add_flag(s, "--rejoin-after-quorum-loss", "with --rejoin: a majority of acceptors lost "
               "their disks; rejoin from whatever survived (README)")
+    _add(s, "--event-loop", "asyncio event loop: uvloop (libuv, faster) or the standard "
+         "library's", "uvloop", choices=["uvloop", "asyncio"])
     _add(s, "--log-format", "log format", "text", choices=["text", "json"])
     _add(s, "--log-level", "log level", "info",
          choices=["debug", "info", "warning", "error"])
@@ -231,8 +234,19 @@ def _serve(args: argparse.Namespace) -> int:
                                  drain_s=max(0.0, args.drain_seconds),
                                  idempotency_window_s=args.idempotency_window))
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+        runner.run(main())
     return 0
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop runs the same asyncio code on libuv; its sockets, timers and futures cost
+    less CPU per peer message and per client request than the standard loop's."""
+    if name == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def _local_cluster(args: argparse.Namespace) -> int:
