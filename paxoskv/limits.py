@@ -25,6 +25,10 @@ BATCH_MESSAGES_MAX = 256
 STORAGE_BATCH_MAX = 512
 """Key writes committed under one fsync."""
 
+PREPARED_BYTES_MAX = 32 * 1024 * 1024
+"""Memory for the keys whose next ballot a quorum has promised (phase-1 skip); past it the
+least recently written keys go back to full rounds."""
+
 ROUNDS_INFLIGHT_MAX = 1024
 """Concurrent client rounds a node runs before it answers 503: bounds memory under overload."""
 
@@ -47,6 +51,7 @@ class Limits:
     batch_messages_max: int = BATCH_MESSAGES_MAX
     storage_batch_max: int = STORAGE_BATCH_MAX
     rounds_inflight_max: int = ROUNDS_INFLIGHT_MAX
+    prepared_bytes_max: int = PREPARED_BYTES_MAX
     round_retries_max: int = ROUND_RETRIES_MAX
     list_limit_max: int = LIST_LIMIT_MAX
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -38,14 +39,17 @@ from paxoskv.core.messages import Accept, Prepare, Query, Reply, Request, Unavai
 from paxoskv.core.proposer import (
     Abort,
     Committed,
+    Prepared,
     ProposerRound,
     QueryRound,
     RequestProgress,
+    RoundStep,
     SendAccept,
     Unknown,
     Wait,
     classify_failure,
     next_ballot,
+    prepared_after,
 )
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Change, Outcome, Read
@@ -66,6 +70,7 @@ __all__ = [
     "NodeConfig",
     "Overloaded",
     "PeerSpec",
+    "ProposerRules",
     "Role",
     "UnknownOutcome",
     "open_identity",
@@ -103,6 +108,49 @@ class IdentityRules:
     serves: Mapping[Mode, frozenset[str]] = field(default_factory=lambda: dict(SERVES))
     judge_hello: Callable[[PeerRecord | None, HelloClaim, bool], Verdict] = judge_hello
     check_membership: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProposerRules:
+    """The proposer's fast-path rules as values (a mutant swaps ``prepared_after``)."""
+
+    piggyback: bool = True
+    """Carry the prepare of the key's next ballot on every accept (phase-1 skip)."""
+    prepared_after: Callable[[ProposerRound, RoundStep], Prepared | None] = prepared_after
+
+
+class _PreparedKeys:
+    """Keys whose next ballot a quorum has promised us, newest last, bounded in bytes (a
+    ``Prepared`` holds the key's value, which may be large)."""
+
+    def __init__(self, bytes_max: int) -> None:
+        self._bytes_max = bytes_max
+        self._bytes = 0
+        self._entries: OrderedDict[str, Prepared] = OrderedDict()
+
+    @staticmethod
+    def _cost(key: str, prepared: Prepared) -> int:
+        return 200 + len(key) + len(prepared.value.data or b"")
+
+    def pop(self, key: str) -> Prepared | None:
+        prepared = self._entries.pop(key, None)
+        if prepared is not None:
+            self._bytes -= self._cost(key, prepared)
+        return prepared
+
+    def put(self, key: str, prepared: Prepared) -> None:
+        self.pop(key)
+        cost = self._cost(key, prepared)
+        if cost > self._bytes_max:
+            return
+        self._entries[key] = prepared
+        self._bytes += cost
+        while self._bytes > self._bytes_max:
+            old_key, old = self._entries.popitem(last=False)
+            self._bytes -= self._cost(old_key, old)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> NodeIdentity:
@@ -175,6 +223,7 @@ class Node:
         quorum: QuorumConfig | None = None,
         identity_rules: IdentityRules | None = None,
         boot_id: str | None = None,
+        proposer_rules: ProposerRules | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -185,6 +234,8 @@ class Node:
         self.rules = rules or AcceptorRules()
         self.quorum = quorum or QuorumConfig.of(config.acceptors)
         self.identity_rules = identity_rules or IdentityRules()
+        self.proposer_rules = proposer_rules or ProposerRules()
+        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
         self.membership = Membership(self)
@@ -257,6 +308,10 @@ class Node:
             if isinstance(msg, Prepare):
                 step = self.rules.on_prepare(state, msg)
             else:
+                if msg.next is not None and not self._serves("promise_next"):
+                    # A piggybacked prepare is a promise: a mode that makes none (catching
+                    # up) accepts the value alone, and its reply says so.
+                    msg = Accept(msg.key, msg.ballot, msg.value)
                 step = self.rules.on_accept(state, msg)
             if step.persist:
                 await self.storage.save(msg.key, step.state)
@@ -411,22 +466,43 @@ class Node:
         for attempt in range(self.config.limits.round_retries_max):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
-            rnd = ProposerRound(key, self._next_ballot(seen), change, self.quorum, request_id,
-                                progress.sent_from_version)
-            phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
-            step = await self._broadcast(rnd.prepare(), rnd.on_reply, phase_deadline)
-            if step is None:
-                step = rnd.on_timeout()
+            # A key this node committed last, with its next ballot promised: skip phase 1.
+            prepared = self._prepared.pop(key)
+            if prepared is not None and not self.quorum_reachable():
+                # An accept that cannot reach a quorum would leave the outcome unknown
+                # (504); a prepare fails cleanly (503, nothing written).
+                prepared = None
+            if prepared is not None:
+                ballot = prepared.ballot
+                self._counter = max(self._counter, ballot.counter)
+            else:
+                ballot = self._next_ballot(seen)
+            nxt = self._next_ballot(ballot) if self.proposer_rules.piggyback else None
+            rnd = ProposerRound(key, ballot, change, self.quorum, request_id,
+                                progress.sent_from_version, nxt, prepared)
+            step: RoundStep | Prepare | None = rnd.start()
+            if isinstance(step, Prepare):
+                phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
+                step = await self._broadcast(step, rnd.on_reply, phase_deadline)
+                if step is None:
+                    step = rnd.on_timeout()
+                if isinstance(step, SendAccept):
+                    self.metrics.round("prepare", "ok")
+            elif isinstance(step, SendAccept):
+                self.metrics.round("prepare", "skipped")
             if isinstance(step, SendAccept):
-                self.metrics.round("prepare", "ok")
                 progress.on_send_accept(rnd, step.accept)
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
                 if step is None:
                     step = rnd.on_timeout()
-                if isinstance(step, Committed):
-                    self.metrics.round("accept", "ok")
-                    return step.outcome
+            assert step is not None and not isinstance(step, Prepare)
+            kept = self.proposer_rules.prepared_after(rnd, step)
+            if kept is not None:
+                self._prepared.put(key, kept)
+            if isinstance(step, Committed):
+                self.metrics.round("accept", "ok")
+                return step.outcome
             if isinstance(step, Unknown):
                 self.metrics.round("prepare", "unknown")
                 raise UnknownOutcome("our unconfirmed write may have been applied, and the key "

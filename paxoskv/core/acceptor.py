@@ -52,16 +52,30 @@ def on_prepare(state: AcceptorState, msg: Prepare) -> Step:
 
 
 def on_accept(state: AcceptorState, msg: Accept) -> Step:
+    """Accept ``msg.value``; with ``msg.next``, also promise the proposer's next ballot in
+    the same durable step (phase-1 skip, docs/design.md invariant 8).
+
+    The promise is made only together with this accept: an acceptor that refuses the accept
+    promises nothing, and one that has already accepted this ballot (a duplicate) does not
+    promise again, since another proposer may have prepared in between.
+    """
+    if (msg.next is not None and msg.ballot == state.ballot_accepted
+            and msg.next == state.ballot_promised):
+        # A duplicate of an accept that carried a prepare, and nothing since: answer again.
+        assert msg.value == state.value, "two values proposed under one ballot"
+        return Step(state, False, Accepted(msg.key, msg.ballot, msg.next))
     if msg.ballot < state.ballot_promised:
         return Step(state, False, Nack(msg.key, msg.ballot, state.ballot_promised))
     if msg.ballot == state.ballot_accepted:
         # A duplicate accept: one ballot carries one value, so nothing changes.
         assert msg.value == state.value, "two values proposed under one ballot"
         return Step(state, False, Accepted(msg.key, msg.ballot))
-    new = AcceptorState(msg.ballot, msg.ballot, msg.value)
+    promised = msg.ballot if msg.next is None else msg.next
+    assert promised >= msg.ballot
+    new = AcceptorState(promised, msg.ballot, msg.value)
     assert new.ballot_promised >= state.ballot_promised  # invariant 2
     assert new.ballot_accepted > state.ballot_accepted
-    return Step(new, True, Accepted(msg.key, msg.ballot))
+    return Step(new, True, Accepted(msg.key, msg.ballot, msg.next))
 
 
 def on_query(state: AcceptorState, msg: Query) -> QueryReply:

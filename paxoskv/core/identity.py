@@ -76,19 +76,21 @@ class Mode(enum.Enum):
     process: never vote again without ``--rejoin``."""
 
 
-Request = Literal["prepare", "accept", "query", "list"]
+Request = Literal["prepare", "accept", "promise_next", "query", "list"]
+"""``promise_next``: the prepare an accept may carry (phase-1 skip); a mode that does not
+serve it accepts such a value without promising."""
 
 SERVES: Final[dict[Mode, frozenset[Request]]] = {
     Mode.NONE: frozenset(),
     Mode.VERIFYING: frozenset(),
-    Mode.NORMAL: frozenset({"prepare", "accept", "query", "list"}),
+    Mode.NORMAL: frozenset({"prepare", "accept", "promise_next", "query", "list"}),
     Mode.AMNESIA: frozenset(),
     Mode.FENCING: frozenset(),
     # Accepts only: prepare quorums come from the other acceptors, and each accept quorum
     # still intersects them; promising with an empty state could forget a lost promise.
     Mode.CATCHING_UP: frozenset({"accept"}),
     # The operator has declared the lost promises gone (a majority of disks is lost).
-    Mode.REBUILDING: frozenset({"prepare", "accept"}),
+    Mode.REBUILDING: frozenset({"prepare", "accept", "promise_next"}),
     Mode.REFUSED: frozenset(),
 }
 """Which peer requests each mode answers; everything else gets ``Unavailable``."""

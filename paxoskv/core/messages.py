@@ -56,12 +56,17 @@ class Accept:
     key: str
     ballot: Ballot
     value: Value
+    next: Ballot | None = None
+    """A piggybacked prepare: once ``value`` is accepted, also promise ``next`` (above
+    ``ballot``), so the proposer's next change to the key can skip phase 1."""
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     key: str
     ballot: Ballot
+    next: Ballot | None = None
+    """The piggybacked promise the acceptor made durable with the accept, if it made one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +150,17 @@ def to_wire(msg: Message) -> dict[str, Any]:
         case Promise(key=key, ballot=b, ballot_accepted=ba, value=v):
             return {"t": "promise", "k": key, "b": b.to_wire(), "ba": ba.to_wire(),
                     "v": _value_to_wire(v)}
-        case Accept(key=key, ballot=b, value=v):
-            return {"t": "accept", "k": key, "b": b.to_wire(), "v": _value_to_wire(v)}
-        case Accepted(key=key, ballot=b):
-            return {"t": "accepted", "k": key, "b": b.to_wire()}
+        case Accept(key=key, ballot=b, value=v, next=n):
+            out: dict[str, Any] = {"t": "accept", "k": key, "b": b.to_wire(),
+                                   "v": _value_to_wire(v)}
+            if n is not None:
+                out["n"] = n.to_wire()
+            return out
+        case Accepted(key=key, ballot=b, next=n):
+            out = {"t": "accepted", "k": key, "b": b.to_wire()}
+            if n is not None:
+                out["n"] = n.to_wire()
+            return out
         case Nack(key=key, ballot=b, ballot_promised=bp):
             return {"t": "nack", "k": key, "b": b.to_wire(), "bp": bp.to_wire()}
         case Query(key=key):
@@ -167,6 +179,15 @@ def _ballot(raw: dict[str, Any], field: str) -> Ballot:
         raise PeerProtocolError(f"field {field!r}: {exc}") from exc
 
 
+def _next_ballot(raw: dict[str, Any], ballot: Ballot) -> Ballot | None:
+    if "n" not in raw:
+        return None
+    nxt = _ballot(raw, "n")
+    if nxt <= ballot:
+        raise PeerProtocolError("a piggybacked prepare must be above the accept's ballot")
+    return nxt
+
+
 def from_wire(raw: object) -> Message:
     """Decode one message; raises PeerProtocolError on anything malformed."""
     if not isinstance(raw, dict):
@@ -182,9 +203,12 @@ def from_wire(raw: object) -> Message:
             value = _value_from_wire(raw.get("v"))
             return Promise(key, _ballot(raw, "b"), _ballot(raw, "ba"), value)
         case "accept":
-            return Accept(key, _ballot(raw, "b"), _value_from_wire(raw.get("v")))
+            ballot = _ballot(raw, "b")
+            nxt = _next_ballot(raw, ballot)
+            return Accept(key, ballot, _value_from_wire(raw.get("v")), nxt)
         case "accepted":
-            return Accepted(key, _ballot(raw, "b"))
+            ballot = _ballot(raw, "b")
+            return Accepted(key, ballot, _next_ballot(raw, ballot))
         case "nack":
             return Nack(key, _ballot(raw, "b"), _ballot(raw, "bp"))
         case "query":

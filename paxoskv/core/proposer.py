@@ -25,13 +25,14 @@ from paxoskv.core.messages import (
     Unavailable,
 )
 from paxoskv.core.quorum import QuorumConfig
-from paxoskv.core.register import Change, Outcome, Read, apply_change
+from paxoskv.core.register import Change, Outcome, Read, Value, apply_change
 
 __all__ = [
     "Abort",
     "Committed",
     "FailureKind",
     "Phase",
+    "Prepared",
     "ProposerRound",
     "QueryRound",
     "RequestProgress",
@@ -41,6 +42,7 @@ __all__ = [
     "Wait",
     "classify_failure",
     "next_ballot",
+    "prepared_after",
 ]
 
 
@@ -86,6 +88,17 @@ class Unknown:
 RoundStep = Wait | SendAccept | Committed | Abort | Unknown
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Phase 1 of ``ballot`` is already done for one key: a quorum promised it when it
+    accepted ``value`` (which is therefore chosen), and none of those acceptors had
+    accepted anything newer. A round at ``ballot`` may start with its accept (phase-1 skip,
+    docs/design.md invariant 8)."""
+
+    ballot: Ballot
+    value: Value
+
+
 class ProposerRound:
     """One attempt of one change on one key: prepare -> quorum -> accept -> quorum."""
 
@@ -97,28 +110,50 @@ class ProposerRound:
         config: QuorumConfig,
         request_id: str | None = None,
         sent_from_version: int | None = None,
+        next_ballot: Ballot | None = None,
+        prepared: Prepared | None = None,
     ) -> None:
         """``request_id`` identifies the client request across retries (and across client
         retries with an Idempotency-Key). ``sent_from_version``: an earlier attempt sent an
         accept applying the change, which may have taken effect; had it, the version it
-        produced would be at least this (the lowest new version any attempt proposed)."""
+        produced would be at least this (the lowest new version any attempt proposed).
+        ``next_ballot``: piggyback the prepare of this ballot on the accept, so that a
+        commit leaves ``prepared_after`` a ``Prepared`` for the key's next change.
+        ``prepared``: phase 1 of ``ballot`` is done (``Prepared``); ``start`` goes straight
+        to the accept."""
+        assert next_ballot is None or next_ballot > ballot
+        assert prepared is None or prepared.ballot == ballot
         self.key = key
         self.ballot = ballot
         self.change = change
         self.config = config
         self.request_id = request_id
         self.sent_from_version = sent_from_version if request_id is not None else None
+        self.next_ballot = next_ballot
+        self.prepared = prepared
         self.phase = Phase.PREPARE
         self._promises: dict[int, Promise] = {}
         self._accepted: set[int] = set()
+        self._promised_next: set[int] = set()
         self._refused: set[int] = set()
         self._ballot_seen = ballot
         self._conflict = False
         self.accept: Accept | None = None
         self.outcome: Outcome | None = None
 
+    def start(self) -> Prepare | SendAccept | Unknown:
+        """The round's first move: its prepare, or with ``prepared`` its accept."""
+        if self.prepared is None:
+            return self.prepare()
+        return self._accept_from(self.prepared.value)
+
     def prepare(self) -> Prepare:
         return Prepare(self.key, self.ballot)
+
+    @property
+    def next_promised(self) -> bool:
+        """Whether a quorum of the acceptors that accepted also promised ``next_ballot``."""
+        return len(self._promised_next) >= self.config.quorum
 
     def on_reply(self, acceptor_id: int, reply: Reply) -> RoundStep:
         if acceptor_id not in self.config.acceptors or self.phase is Phase.DONE:
@@ -128,8 +163,10 @@ class ProposerRound:
                 self._promises[acceptor_id] = reply
                 if len(self._promises) >= self.config.quorum:
                     return self._promised()
-            case Accepted(ballot=b) if b == self.ballot and self.phase is Phase.ACCEPT:
+            case Accepted(ballot=b, next=n) if b == self.ballot and self.phase is Phase.ACCEPT:
                 self._accepted.add(acceptor_id)
+                if n is not None and n == self.next_ballot:
+                    self._promised_next.add(acceptor_id)
                 if len(self._accepted) >= self.config.quorum:
                     assert self.outcome is not None
                     self.phase = Phase.DONE
@@ -160,6 +197,10 @@ class ProposerRound:
 
     def _promised(self) -> RoundStep:
         highest = max(self._promises.values(), key=lambda p: p.ballot_accepted).value
+        return self._accept_from(highest)
+
+    def _accept_from(self, highest: Value) -> SendAccept | Unknown:
+        """The accept of this round, given the newest value a promise quorum holds."""
         if (self.sent_from_version is not None and self.request_id is not None
                 and highest.applied_version(self.request_id) is None
                 and not highest.remembers_from(self.sent_from_version)):
@@ -174,9 +215,23 @@ class ProposerRound:
         new, outcome = apply_change(highest, self.change, self.request_id)
         self.phase = Phase.ACCEPT
         self.outcome = outcome
-        self.accept = Accept(self.key, self.ballot, new)
+        self.accept = Accept(self.key, self.ballot, new, self.next_ballot)
         self._refused.clear()
         return SendAccept(self.accept)
+
+
+def prepared_after(rnd: ProposerRound, step: RoundStep) -> Prepared | None:
+    """What a finished round leaves for the next change to its key: a ``Prepared`` only
+    when it committed and every acceptor of a quorum promised its piggybacked ballot.
+
+    Anything else (an abort, a timeout, an unknown) leaves nothing, since another proposer
+    may have prepared and written the key since, and its value must be learned by a full
+    round before anything is built on it.
+    """
+    if (isinstance(step, Committed) and rnd.next_ballot is not None and rnd.next_promised
+            and rnd.accept is not None):
+        return Prepared(rnd.next_ballot, rnd.accept.value)
+    return None
 
 
 class QueryRound:

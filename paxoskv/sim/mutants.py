@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from paxoskv.core.acceptor import AcceptorState, Step
+from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import (
     META_REJOIN,
     SERVES,
@@ -23,9 +24,12 @@ from paxoskv.core.identity import (
     judge_hello,
 )
 from paxoskv.core.messages import Accept, Accepted, Prepare, Promise
-from paxoskv.node import AcceptorRules, IdentityRules
+from paxoskv.core.proposer import Abort, Prepared, ProposerRound, RoundStep, prepared_after
+from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
-__all__ = ["IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES"]
+__all__ = [
+    "IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES",
+]
 
 MUTANTS: Final[dict[str, str]] = {
     "no-fsync": "storage acknowledges a write before it is durable; a crash loses it",
@@ -38,6 +42,8 @@ MUTANTS: Final[dict[str, str]] = {
     "no-incarnation-check": "a hello that should be refused (a restored old copy) is welcomed",
     "no-config-check": "nodes with another membership (acceptor set) take part",
     "no-duplicate-check": "a second process claiming a live node's id is welcomed",
+    "stale-piggyback-ballot": "a refused phase-1-skip accept is retried above the refusal "
+                              "on the cached value, still skipping phase 1",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
@@ -85,6 +91,24 @@ def _judge_no_duplicate_check(known: PeerRecord | None, claim: HelloClaim,
     if isinstance(verdict, InUse):
         return Welcome(claim.record, True)
     return verdict
+
+
+def _prepared_after_refusal(rnd: ProposerRound, step: RoundStep) -> Prepared | None:
+    """Broken rule: a fast accept refused for a higher ballot keeps its cached value, and
+    the retry goes straight to an accept above the refusal, never learning what the other
+    proposer wrote."""
+    kept = prepared_after(rnd, step)
+    if kept is None and isinstance(step, Abort) and rnd.prepared is not None:
+        top = max(step.ballot_seen, rnd.next_ballot or rnd.ballot)
+        return Prepared(Ballot(top.counter + 1, rnd.ballot.node_id, rnd.ballot.incarnation),
+                        rnd.prepared.value)
+    return kept
+
+
+PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
+    "stale-piggyback-ballot": ProposerRules(prepared_after=_prepared_after_refusal),
+}
+"""The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 
 
 IDENTITY_MUTANT_RULES: Final[dict[str, IdentityRules]] = {

@@ -56,13 +56,19 @@ from paxoskv.node import (
     NoQuorum,
     Overloaded,
     PeerSpec,
+    ProposerRules,
     UnknownOutcome,
     open_identity,
 )
 from paxoskv.node import Node as RealNode
 from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
-from paxoskv.sim.mutants import IDENTITY_MUTANT_RULES, MUTANTS, NO_PROMISE_CHECK_RULES
+from paxoskv.sim.mutants import (
+    IDENTITY_MUTANT_RULES,
+    MUTANTS,
+    NO_PROMISE_CHECK_RULES,
+    PROPOSER_MUTANT_RULES,
+)
 from paxoskv.sim.network import SIM_SECRET, Host, SimNetwork, SimNetworkOptions, SimTransport
 from paxoskv.sim.storage import DiskOptions, SimStorage, StorageCrashed
 from paxoskv.transport.base import PeerUnreachable
@@ -219,6 +225,10 @@ class _SimMetrics(Metrics):
         self._sim = sim
         self._node_id = node_id
 
+    def round(self, phase: str, outcome: str) -> None:
+        if (phase, outcome) == ("prepare", "skipped"):
+            self._sim.faults["phase1_skipped"] += 1
+
     def amnesia(self, refusing: bool) -> None:
         if refusing and self._node_id not in self._sim.rolled_back:
             # Only a node whose disk the simulator replaced may legitimately see amnesia
@@ -269,6 +279,7 @@ class _Simulation:
         self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
             else AcceptorRules()
         self.identity_rules = IDENTITY_MUTANT_RULES.get(options.mutant or "", IdentityRules())
+        self.proposer_rules = PROPOSER_MUTANT_RULES.get(options.mutant or "", ProposerRules())
         # Identity faults: a mutant that only they can reveal raises their rates (like
         # small-quorum, an option the mutant sets), so the default budget catches it.
         self.disk_loss_p = options.disk_loss_probability
@@ -398,7 +409,8 @@ class _Simulation:
         transport = SimTransport(self.network, node_id, host.generation)
         node = RealNode(config, identity, storage, transport,
                         metrics=_SimMetrics(self, node_id), rng=rng, rules=self.rules,
-                        quorum=quorum, identity_rules=self.identity_rules, boot_id=boot_id)
+                        quorum=quorum, identity_rules=self.identity_rules, boot_id=boot_id,
+                        proposer_rules=self.proposer_rules)
         host.node = node
         host.server = PeerServer(node, SIM_SECRET)
         host.up = True
@@ -627,7 +639,8 @@ class _Simulation:
             mode = "down" if original is None else \
                 f"{original.acceptor_mode}/{original.machine.identity}"
             self.liveness_failures.append(
-                f"node {victim}: {mode} {_SHADOW_SETTLE_S}s after a duplicate of its id ran")
+                f"node {victim}: {mode} {_SHADOW_SETTLE_S}s after a duplicate of its id ran"
+                + ("" if original is None else f" ({original.machine.reason})"))
 
     async def _shadow_client(self, victim: int, host: Host, rng: random.Random,
                              end: float) -> None:
@@ -645,7 +658,10 @@ class _Simulation:
             kind = rng.choices(kinds, weights)[0]
             status = await self.one_op(client_id, victim, rng.choice(self.keys), kind, rng,
                                        known, self.shadow_seq, host=host)
-            self.faults[f"duplicate_id_client_{status}"] += 1
+            # A shadow of a proposer-only id that peers took for its replacement may serve:
+            # it holds no acceptor state, and its ballots are above the original's.
+            role = "" if victim in self.acceptor_ids else "proposer_only_"
+            self.faults[f"duplicate_id_{role}client_{status}"] += 1
 
     async def _stop_shadow(self, host: Host, storage: SimStorage) -> None:
         node, tasks = _kill(host, storage)

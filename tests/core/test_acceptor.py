@@ -74,3 +74,38 @@ def test_query_reports_without_promising() -> None:
     """Goal: the one-round-trip read path changes no state."""
     state = AcceptorState(B3, B2, V)
     assert on_query(state, Query("k")) == QueryReply("k", B2, V)
+
+
+# ---------------------------------------------------------------- phase-1 skip (invariant 8)
+
+NEXT = Ballot(6, 1, 1)
+
+
+def test_accept_with_next_also_promises_next_in_the_same_durable_step() -> None:
+    """Goal: the piggybacked prepare is made durable with the accept, and the reply says so."""
+    state = AcceptorState(Ballot(5, 1, 1), Ballot(4, 1, 1), Value(1, b"a"))
+    step = on_accept(state, Accept("k", Ballot(5, 1, 1), Value(2, b"b"), NEXT))
+    assert step.persist
+    assert step.state == AcceptorState(NEXT, Ballot(5, 1, 1), Value(2, b"b"))
+    assert step.reply == Accepted("k", Ballot(5, 1, 1), NEXT)
+
+
+def test_refused_accept_promises_nothing() -> None:
+    """Goal: an accept below the promise is nacked and its piggybacked prepare is ignored,
+    even when ``next`` is above the promise (that would be a promise without an accept)."""
+    state = AcceptorState(Ballot(9, 2, 1), Ballot(4, 1, 1), Value(1, b"a"))
+    step = on_accept(state, Accept("k", Ballot(5, 1, 1), Value(2, b"b"), Ballot(10, 1, 1)))
+    assert not step.persist
+    assert step.state == state
+    assert step.reply == Nack("k", Ballot(5, 1, 1), Ballot(9, 2, 1))
+
+
+def test_duplicate_accept_with_next_is_answered_again_without_a_write() -> None:
+    """Goal: a duplicated fast accept finds its own promise and answers as before; once a
+    higher prepare came in between, the duplicate is nacked (no second promise)."""
+    state = AcceptorState(NEXT, Ballot(5, 1, 1), Value(2, b"b"))
+    msg = Accept("k", Ballot(5, 1, 1), Value(2, b"b"), NEXT)
+    step = on_accept(state, msg)
+    assert not step.persist and step.reply == Accepted("k", Ballot(5, 1, 1), NEXT)
+    later = AcceptorState(Ballot(7, 3, 1), Ballot(5, 1, 1), Value(2, b"b"))
+    assert on_accept(later, msg).reply == Nack("k", Ballot(5, 1, 1), Ballot(7, 3, 1))

@@ -6,12 +6,14 @@ from paxoskv.core.proposer import (
     Abort,
     Committed,
     Phase,
+    Prepared,
     ProposerRound,
     QueryRound,
     SendAccept,
     Unknown,
     Wait,
     next_ballot,
+    prepared_after,
 )
 from paxoskv.core.quorum import QuorumConfig, majority
 from paxoskv.core.register import RECENT_MAX, Cas, Outcome, Read, Set, Value, apply_change
@@ -168,3 +170,49 @@ def test_next_ballot_is_above_everything_seen_and_unique_per_incarnation() -> No
     assert b == Ballot(11, 1, 4)
     assert b > Ballot(10, 2, 7)
     assert next_ballot(0, Ballot.ZERO, 1, 5) != next_ballot(0, Ballot.ZERO, 1, 6)
+
+
+# ---------------------------------------------------------------- phase-1 skip (invariant 8)
+
+def _committed_with_next(promisers: list[int]) -> tuple[ProposerRound, object]:
+    nxt = Ballot(6, 1, 1)
+    rnd = ProposerRound("k", B, Set(b"new"), Q3, next_ballot=nxt)
+    rnd.on_reply(1, Promise("k", B, Ballot.ZERO, EMPTY))
+    step = rnd.on_reply(2, Promise("k", B, Ballot.ZERO, EMPTY))
+    assert step == SendAccept(Accept("k", B, Value(1, b"new"), nxt))
+    last: object = None
+    for a in (1, 2):
+        last = rnd.on_reply(a, Accepted("k", B, nxt if a in promisers else None))
+    return rnd, last
+
+
+def test_commit_with_a_promising_quorum_leaves_the_next_ballot_prepared() -> None:
+    """Goal: a quorum that accepted and promised ``next`` lets the next change skip phase 1,
+    starting from the value just chosen."""
+    rnd, step = _committed_with_next([1, 2])
+    assert isinstance(step, Committed)
+    assert prepared_after(rnd, step) == Prepared(Ballot(6, 1, 1), Value(1, b"new"))
+
+
+def test_commit_without_a_promising_quorum_leaves_nothing() -> None:
+    """Goal: one acceptor that accepted without promising (catching up) means no quorum
+    promised ``next``: the next change runs a full round."""
+    rnd, step = _committed_with_next([1])
+    assert isinstance(step, Committed)
+    assert prepared_after(rnd, step) is None
+
+
+def test_prepared_round_starts_with_its_accept_and_a_refusal_leaves_nothing() -> None:
+    """Goal: a prepared round sends the accept built on the cached value at once; when it is
+    refused for a higher ballot it aborts as contention and caches nothing, so the retry
+    learns the other proposer's value through a full round."""
+    prepared = Prepared(Ballot(6, 1, 1), Value(1, b"a"))
+    nxt = Ballot(7, 1, 1)
+    rnd = ProposerRound("k", prepared.ballot, Cas(1, b"b"), Q3, next_ballot=nxt,
+                        prepared=prepared)
+    first = rnd.start()
+    assert first == SendAccept(Accept("k", prepared.ballot, Value(2, b"b"), nxt))
+    assert rnd.on_reply(1, Nack("k", prepared.ballot, Ballot(9, 3, 1))) == Wait()
+    step = rnd.on_reply(2, Nack("k", prepared.ballot, Ballot(9, 3, 1)))
+    assert step == Abort(Phase.ACCEPT, Ballot(9, 3, 1), conflict=True)
+    assert prepared_after(rnd, step) is None
