@@ -29,6 +29,10 @@ PREPARED_BYTES_MAX = 32 * 1024 * 1024
 """Memory for the keys whose next ballot a quorum has promised (phase-1 skip); past it the
 least recently written keys go back to full rounds."""
 
+KEY_BATCH_MAX = 8
+"""Changes to one key one round applies together; each records its request id in the
+value's 16 recent ids, so a round of at most half of them keeps every retry checkable."""
+
 ROUNDS_INFLIGHT_MAX = 1024
 """Concurrent client rounds a node runs before it answers 503: bounds memory under overload."""
 
@@ -52,6 +56,7 @@ class Limits:
     storage_batch_max: int = STORAGE_BATCH_MAX
     rounds_inflight_max: int = ROUNDS_INFLIGHT_MAX
     prepared_bytes_max: int = PREPARED_BYTES_MAX
+    key_batch_max: int = KEY_BATCH_MAX
     round_retries_max: int = ROUND_RETRIES_MAX
     list_limit_max: int = LIST_LIMIT_MAX
 

@@ -44,6 +44,7 @@ class Metrics:
     def identity_refused(self, refused: bool) -> None: ...
     def peer_refused(self, peer: str, refused: bool) -> None: ...
     def rejoin(self, result: str) -> None: ...
+    def key_round(self, changes: int) -> None: ...
 
 
 class PromMetrics(Metrics):
@@ -56,6 +57,9 @@ class PromMetrics(Metrics):
                                    registry=r)
         self._rounds = Counter("paxoskv_paxos_rounds", "Paxos phases run by this proposer",
                                ["phase", "outcome"], registry=r)
+        self._key_round = Histogram("paxoskv_round_changes",
+                                    "Client changes one round applied to its key together",
+                                    buckets=(1, 2, 4, 8, 16), registry=r)
         self._conflicts = Counter("paxoskv_paxos_conflicts",
                                   "Rounds refused for a higher ballot (contention)", registry=r)
         self._fsync = Histogram("paxoskv_storage_fsync_duration_seconds",
@@ -136,3 +140,6 @@ class PromMetrics(Metrics):
 
     def rejoin(self, result: str) -> None:
         self._rejoin.labels(result).inc()
+
+    def key_round(self, changes: int) -> None:
+        self._key_round.observe(changes)

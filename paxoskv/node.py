@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -39,10 +39,10 @@ from paxoskv.core.messages import Accept, Prepare, Query, Reply, Request, Unavai
 from paxoskv.core.proposer import (
     Abort,
     Committed,
+    Pending,
     Prepared,
     ProposerRound,
     QueryRound,
-    RequestProgress,
     RoundStep,
     SendAccept,
     Unknown,
@@ -112,11 +112,23 @@ class IdentityRules:
 
 @dataclass(frozen=True, slots=True)
 class ProposerRules:
-    """The proposer's fast-path rules as values (a mutant swaps ``prepared_after``)."""
+    """The proposer's fast-path rules as values, so the simulator can swap in broken
+    mutants (``prepared_after``, or a round that applies a batch wrongly)."""
 
     piggyback: bool = True
     """Carry the prepare of the key's next ballot on every accept (phase-1 skip)."""
     prepared_after: Callable[[ProposerRound, RoundStep], Prepared | None] = prepared_after
+    round: type[ProposerRound] = ProposerRound
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A change waiting for its key's round, the future its caller awaits, and the loop
+    time after which its caller stops waiting."""
+
+    item: Pending
+    done: asyncio.Future[Outcome]
+    deadline: float
 
 
 class _PreparedKeys:
@@ -241,7 +253,8 @@ class Node:
         self.membership = Membership(self)
         self._counter = 0
         self._acceptor_locks = _KeyedLocks()
-        self._proposer_locks = _KeyedLocks()
+        self._key_queues: dict[str, deque[_Waiting]] = {}
+        self._key_drivers: dict[str, asyncio.Task[None]] = {}
         self._inflight = 0
         self._group: asyncio.TaskGroup | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
@@ -436,8 +449,11 @@ class Node:
 
     async def execute(self, key: str, change: Change, request_id: str | None = None
                       ) -> Outcome:
-        """Run ``change`` on ``key`` through full Paxos rounds until it commits.
+        """Run ``change`` on ``key`` through Paxos rounds until it commits.
 
+        Changes to one key queue for the key's next round, which applies every waiting one
+        in order (up to ``key_batch_max``; each caller gets its own outcome), so concurrent
+        writers of a hot key share rounds instead of queueing one round each.
         ``request_id`` (default: a fresh random id) makes the change exactly-once across
         this call's retries, and across calls that pass the same id. Raises NoQuorum
         (definitely not applied), UnknownOutcome, or Overloaded.
@@ -445,27 +461,67 @@ class Node:
         await self.wait_may_propose()
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
-        progress = RequestProgress()
-        try:
-            with self._round_slot():
-                deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
+        loop = asyncio.get_running_loop()
+        item = Pending(change, request_id)
+        done: asyncio.Future[Outcome] = loop.create_future()
+        with self._round_slot():
+            queue = self._key_queues.setdefault(key, deque())
+            queue.append(_Waiting(item, done, loop.time() + self.config.request_timeout_s))
+            if key not in self._key_drivers:
+                self._key_drivers[key] = self._spawn(self._drive(key))
+            try:
                 async with asyncio.timeout(self.config.request_timeout_s):
-                    async with self._proposer_locks.hold(key):
-                        return await self._execute(key, change, deadline, progress,
-                                                   request_id)
-        except TimeoutError:
-            if classify_failure(change, progress, conflict=False) == "unknown":
-                raise UnknownOutcome("timed out after its change was sent") from None
-            raise NoQuorum("request timed out before a quorum answered") from None
+                    return await asyncio.shield(done)
+            except TimeoutError:
+                item.abandoned = True
+                if classify_failure(change, item.progress, conflict=False) == "unknown":
+                    raise UnknownOutcome("timed out after its change was sent") from None
+                raise NoQuorum("request timed out before a quorum answered") from None
+            except asyncio.CancelledError:
+                item.abandoned = True
+                raise
 
-    async def _execute(self, key: str, change: Change, deadline: float,
-                       progress: RequestProgress, request_id: str) -> Outcome:
+    async def _drive(self, key: str) -> None:
+        """Run rounds for ``key`` while changes wait for it."""
+        queue = self._key_queues[key]
+        batch: list[_Waiting] = []
+        try:
+            while queue:
+                batch = []
+                while queue and len(batch) < self.config.limits.key_batch_max:
+                    waiting = queue.popleft()
+                    if not waiting.item.abandoned:
+                        batch.append(waiting)
+                if batch:
+                    await self._run_rounds(key, batch)
+        finally:
+            del self._key_drivers[key]
+            del self._key_queues[key]
+            for waiting in [*batch, *queue]:  # only left when the node is stopping
+                if not waiting.done.done():
+                    waiting.done.set_exception(self._failure(waiting.item, conflict=False))
+
+    def _failure(self, item: Pending, conflict: bool) -> Exception:
+        match classify_failure(item.change, item.progress, conflict):
+            case "unknown":
+                return UnknownOutcome("accept sent but not confirmed by a quorum")
+            case "contention":
+                return NoQuorum("contention: gave up after repeated conflicts")
+            case "no_quorum":
+                return NoQuorum("no quorum of acceptors reachable")
+
+    async def _run_rounds(self, key: str, batch: list[_Waiting]) -> None:
+        """Attempt rounds until every change of ``batch`` is answered or out of time."""
         loop = asyncio.get_running_loop()
         seen = Ballot.ZERO
-        last_abort: Abort | None = None
+        conflict = False
         for attempt in range(self.config.limits.round_retries_max):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
+            live = [w for w in batch if not w.item.abandoned and not w.done.done()]
+            deadline = max((w.deadline for w in live), default=0.0)
+            if not live or loop.time() >= deadline:
+                return
             # A key this node committed last, with its next ballot promised: skip phase 1.
             prepared = self._prepared.pop(key)
             if prepared is not None and not self.quorum_reachable():
@@ -478,8 +534,9 @@ class Node:
             else:
                 ballot = self._next_ballot(seen)
             nxt = self._next_ballot(ballot) if self.proposer_rules.piggyback else None
-            rnd = ProposerRound(key, ballot, change, self.quorum, request_id,
-                                progress.sent_from_version, nxt, prepared)
+            rnd = self.proposer_rules.round(key, ballot, live[0].item.change, self.quorum,
+                                next_ballot=nxt, prepared=prepared,
+                                items=[w.item for w in live])
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
@@ -490,8 +547,15 @@ class Node:
                     self.metrics.round("prepare", "ok")
             elif isinstance(step, SendAccept):
                 self.metrics.round("prepare", "skipped")
+            if isinstance(step, SendAccept | Unknown):
+                for w, result in zip(live, rnd.results, strict=True):
+                    if isinstance(result, Unknown) and not w.done.done():
+                        self.metrics.round("prepare", "unknown")
+                        w.done.set_exception(UnknownOutcome(
+                            "our unconfirmed write may have been applied, and the key has "
+                            "since seen too many writes to tell"))
             if isinstance(step, SendAccept):
-                progress.on_send_accept(rnd, step.accept)
+                rnd.note_accept_sent()
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
                 if step is None:
@@ -502,26 +566,24 @@ class Node:
                 self._prepared.put(key, kept)
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
-                return step.outcome
+                self.metrics.key_round(len(live))
+                for w, result in zip(live, rnd.results, strict=True):
+                    if isinstance(result, Outcome) and not w.done.done():
+                        w.done.set_result(result)
+                return
             if isinstance(step, Unknown):
-                self.metrics.round("prepare", "unknown")
-                raise UnknownOutcome("our unconfirmed write may have been applied, and the key "
-                                     "has since seen too many writes to tell")
+                continue  # every live change was answered "unknown" above
             assert isinstance(step, Abort), step
-            last_abort = step
+            conflict = step.conflict
             self.metrics.round(step.phase.value, "nack" if step.conflict else "timeout")
             if step.conflict:
                 self.metrics.conflict()
             seen = max(seen, step.ballot_seen)
             if not step.conflict and not self.quorum_reachable():
                 break  # fail fast: the failure detector sees no quorum
-        match classify_failure(change, progress, last_abort is not None and last_abort.conflict):
-            case "unknown":
-                raise UnknownOutcome("accept sent but not confirmed by a quorum")
-            case "contention":
-                raise NoQuorum("contention: gave up after repeated conflicts")
-            case "no_quorum":
-                raise NoQuorum("no quorum of acceptors reachable")
+        for w in batch:
+            if not w.done.done() and not w.item.abandoned:
+                w.done.set_exception(self._failure(w.item, conflict))
 
     async def read(self, key: str) -> Outcome:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""

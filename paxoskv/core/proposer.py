@@ -9,7 +9,8 @@ lives in ``Previous`` (see ``ProposerRound.__init__``).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from paxoskv.core.ballot import Ballot
@@ -31,6 +32,7 @@ __all__ = [
     "Abort",
     "Committed",
     "FailureKind",
+    "Pending",
     "Phase",
     "Prepared",
     "ProposerRound",
@@ -99,8 +101,21 @@ class Prepared:
     value: Value
 
 
+@dataclass(slots=True, eq=False)
+class Pending:
+    """One client request waiting for its key's next round; rounds apply several in order
+    (each caller gets its own outcome), so concurrent changes to a key share one round."""
+
+    change: Change
+    request_id: str | None = None
+    progress: RequestProgress = field(default_factory=lambda: RequestProgress())
+    abandoned: bool = False
+    """Its caller has been answered (timed out): no accept may apply it any more."""
+
+
 class ProposerRound:
-    """One attempt of one change on one key: prepare -> quorum -> accept -> quorum."""
+    """One attempt of one key's pending changes: prepare -> quorum -> accept -> quorum
+    (or, with ``prepared``, accept -> quorum)."""
 
     def __init__(
         self,
@@ -112,6 +127,7 @@ class ProposerRound:
         sent_from_version: int | None = None,
         next_ballot: Ballot | None = None,
         prepared: Prepared | None = None,
+        items: Sequence[Pending] | None = None,
     ) -> None:
         """``request_id`` identifies the client request across retries (and across client
         retries with an Idempotency-Key). ``sent_from_version``: an earlier attempt sent an
@@ -120,15 +136,21 @@ class ProposerRound:
         ``next_ballot``: piggyback the prepare of this ballot on the accept, so that a
         commit leaves ``prepared_after`` a ``Prepared`` for the key's next change.
         ``prepared``: phase 1 of ``ballot`` is done (``Prepared``); ``start`` goes straight
-        to the accept."""
+        to the accept. ``items``: several requests to apply in order, each with its own id
+        and progress (``change``, ``request_id`` and ``sent_from_version`` are then unused);
+        ``results`` holds each one's outcome once the accept is built."""
         assert next_ballot is None or next_ballot > ballot
         assert prepared is None or prepared.ballot == ballot
+        if items is None:
+            items = [Pending(change, request_id, RequestProgress(
+                sent_from_version=sent_from_version if request_id is not None else None))]
+        assert items
         self.key = key
         self.ballot = ballot
-        self.change = change
+        self.items = list(items)
+        self.change = self.items[0].change
+        self.request_id = self.items[0].request_id
         self.config = config
-        self.request_id = request_id
-        self.sent_from_version = sent_from_version if request_id is not None else None
         self.next_ballot = next_ballot
         self.prepared = prepared
         self.phase = Phase.PREPARE
@@ -139,7 +161,16 @@ class ProposerRound:
         self._ballot_seen = ballot
         self._conflict = False
         self.accept: Accept | None = None
-        self.outcome: Outcome | None = None
+        self._fresh: set[int] = set()
+        """Items whose change this round's accept newly applies."""
+        self.results: list[Outcome | Unknown | None] = [None] * len(self.items)
+        """Per item: its outcome in this round's accept, ``Unknown``, or None (abandoned)."""
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The first item's outcome (the whole round's, with one item)."""
+        first = self.results[0]
+        return first if isinstance(first, Outcome) else None
 
     def start(self) -> Prepare | SendAccept | Unknown:
         """The round's first move: its prepare, or with ``prepared`` its accept."""
@@ -168,9 +199,9 @@ class ProposerRound:
                 if n is not None and n == self.next_ballot:
                     self._promised_next.add(acceptor_id)
                 if len(self._accepted) >= self.config.quorum:
-                    assert self.outcome is not None
+                    assert self.accept is not None
                     self.phase = Phase.DONE
-                    return Committed(self.outcome)
+                    return Committed(self.outcome or Outcome("read", self.accept.value))
             case Nack(ballot=b, ballot_promised=bp) if b == self.ballot:
                 self._conflict = True
                 self._ballot_seen = max(self._ballot_seen, bp)
@@ -200,24 +231,49 @@ class ProposerRound:
         return self._accept_from(highest)
 
     def _accept_from(self, highest: Value) -> SendAccept | Unknown:
-        """The accept of this round, given the newest value a promise quorum holds."""
-        if (self.sent_from_version is not None and self.request_id is not None
-                and highest.applied_version(self.request_id) is None
-                and not highest.remembers_from(self.sent_from_version)):
-            # Had an earlier attempt been chosen (or picked up by another proposer), the
-            # newest value would descend from it; this one has forgotten requests that far
-            # back.
-            self.phase = Phase.DONE
+        """The accept of this round, given the newest value a promise quorum holds: every
+        live item's change applied to it in order."""
+        value = highest
+        self._fresh.clear()
+        for i, item in enumerate(self.items):
+            self.results[i] = None
+            if item.abandoned:
+                continue
+            rid, since = item.request_id, item.progress.sent_from_version
+            if (since is not None and rid is not None and highest.applied_version(rid) is None
+                    and not highest.remembers_from(since)):
+                # Had an earlier attempt been chosen (or picked up by another proposer), the
+                # newest value would descend from it; this one has forgotten requests that
+                # far back.
+                self.results[i] = Unknown()
+                continue
+            if rid is not None and (done := highest.applied_version(rid)) is not None:
+                # An earlier attempt took effect: report its outcome, change nothing (checked
+                # on the newest value itself: this round's other items may push the id out).
+                self.results[i] = Outcome("applied", Value(done, highest.data))
+                continue
+            # If not remembered, no earlier attempt can ever be chosen: this quorum promised
+            # above them all.
+            before = value
+            value, self.results[i] = apply_change(value, item.change, rid)
+            if value is not before and not isinstance(item.change, Read):
+                self._fresh.add(i)
+        if any(isinstance(r, Unknown) for r in self.results) and \
+                all(r is None or isinstance(r, Unknown) for r in self.results):
+            self.phase = Phase.DONE  # nothing left to apply
             return Unknown()
-        # If the newest value remembers this request, apply_change reports its original
-        # outcome and the round re-accepts the value unchanged, which finishes it. If not,
-        # no earlier attempt can ever be chosen: this quorum promised above them all.
-        new, outcome = apply_change(highest, self.change, self.request_id)
         self.phase = Phase.ACCEPT
-        self.outcome = outcome
-        self.accept = Accept(self.key, self.ballot, new, self.next_ballot)
+        self.accept = Accept(self.key, self.ballot, value, self.next_ballot)
         self._refused.clear()
         return SendAccept(self.accept)
+
+    def note_accept_sent(self) -> None:
+        """Record, before the accept leaves, which items it may apply (each item's
+        ``RequestProgress``): they can no longer be reported as "failed"."""
+        for i in self._fresh:
+            result = self.results[i]
+            assert isinstance(result, Outcome)
+            self.items[i].progress.on_accept_sent(result.value.version)
 
 
 def prepared_after(rnd: ProposerRound, step: RoundStep) -> Prepared | None:
@@ -299,20 +355,11 @@ class RequestProgress:
     sent_from_version: int | None = None
     """The lowest version an accept of this request's change proposed."""
 
-    def on_send_accept(self, round_: ProposerRound, accept: Accept) -> None:
-        """Note an accept before it is sent; identity accepts (a failed condition, a read,
-        our own earlier write re-accepted) cannot apply the change and do not count."""
-        outcome = round_.outcome
-        assert outcome is not None
-        if outcome.kind != "applied" or isinstance(round_.change, Read):
-            return
-        if round_.request_id is None:
-            self.accept_sent = True
-            return
-        if accept.value.applied_version(round_.request_id) != accept.value.version:
-            return  # a retry that found its change already applied re-accepts it unchanged
+    def on_accept_sent(self, version: int) -> None:
+        """Note, before it is sent, an accept that newly applies this request's change and
+        makes it ``version`` (identity accepts, a failed condition, a read, or an earlier
+        write of ours re-accepted, cannot apply it and do not count)."""
         self.accept_sent = True
-        version = accept.value.version
         if self.sent_from_version is None or version < self.sent_from_version:
             self.sent_from_version = version
 

@@ -24,7 +24,16 @@ from paxoskv.core.identity import (
     judge_hello,
 )
 from paxoskv.core.messages import Accept, Accepted, Prepare, Promise
-from paxoskv.core.proposer import Abort, Prepared, ProposerRound, RoundStep, prepared_after
+from paxoskv.core.proposer import (
+    Abort,
+    Prepared,
+    ProposerRound,
+    RoundStep,
+    SendAccept,
+    Unknown,
+    prepared_after,
+)
+from paxoskv.core.register import Value, apply_change
 from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
@@ -44,6 +53,8 @@ MUTANTS: Final[dict[str, str]] = {
     "no-duplicate-check": "a second process claiming a live node's id is welcomed",
     "stale-piggyback-ballot": "a refused phase-1-skip accept is retried above the refusal "
                               "on the cached value, still skipping phase 1",
+    "batch-from-base": "a round of several changes to one key applies each to the value it "
+                       "started from, not to the previous change's result",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
@@ -105,8 +116,25 @@ def _prepared_after_refusal(rnd: ProposerRound, step: RoundStep) -> Prepared | N
     return kept
 
 
+class _BatchFromBase(ProposerRound):
+    """Broken rule: every change of a batch is applied to the round's starting value, so
+    all but the last are lost while each caller is told it was applied."""
+
+    def _accept_from(self, highest: Value) -> SendAccept | Unknown:
+        step = super()._accept_from(highest)
+        if isinstance(step, SendAccept):
+            last = highest
+            for item in self.items:
+                if not item.abandoned:
+                    last, _ = apply_change(highest, item.change, item.request_id)
+            self.accept = Accept(self.key, self.ballot, last, self.next_ballot)
+            return SendAccept(self.accept)
+        return step
+
+
 PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "stale-piggyback-ballot": ProposerRules(prepared_after=_prepared_after_refusal),
+    "batch-from-base": ProposerRules(round=_BatchFromBase),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 

@@ -229,6 +229,10 @@ class _SimMetrics(Metrics):
         if (phase, outcome) == ("prepare", "skipped"):
             self._sim.faults["phase1_skipped"] += 1
 
+    def key_round(self, changes: int) -> None:
+        if changes > 1:
+            self._sim.faults["round_of_several_changes"] += 1
+
     def amnesia(self, refusing: bool) -> None:
         if refusing and self._node_id not in self._sim.rolled_back:
             # Only a node whose disk the simulator replaced may legitimately see amnesia

@@ -5,6 +5,7 @@ from paxoskv.core.messages import Accept, Accepted, Nack, Promise, QueryReply, U
 from paxoskv.core.proposer import (
     Abort,
     Committed,
+    Pending,
     Phase,
     Prepared,
     ProposerRound,
@@ -216,3 +217,54 @@ def test_prepared_round_starts_with_its_accept_and_a_refusal_leaves_nothing() ->
     step = rnd.on_reply(2, Nack("k", prepared.ballot, Ballot(9, 3, 1)))
     assert step == Abort(Phase.ACCEPT, Ballot(9, 3, 1), conflict=True)
     assert prepared_after(rnd, step) is None
+
+
+# ---------------------------------------------------------------- several changes per round
+
+def _promised_round(items: list[Pending], base: Value) -> tuple[ProposerRound, object]:
+    rnd = ProposerRound("k", B, items[0].change, Q3, items=items)
+    rnd.on_reply(1, Promise("k", B, Ballot(1, 2, 1), base))
+    return rnd, rnd.on_reply(2, Promise("k", B, Ballot(1, 2, 1), base))
+
+
+def test_changes_of_one_round_apply_in_order_each_with_its_own_outcome() -> None:
+    """Goal: concurrent compare-and-sets on one key share a round: the first wins, the
+    second is rejected against the first's result, a read sees it; one accept carries it."""
+    base = Value(3, b"v3")
+    items = [Pending(Cas(3, b"a"), "r1"), Pending(Cas(3, b"b"), "r2"), Pending(Read(), "r3")]
+    rnd, step = _promised_round(items, base)
+    assert isinstance(step, SendAccept)
+    assert step.accept.value == Value(4, b"a", (("r1", 4),))
+    after = Value(4, b"a", (("r1", 4),))
+    assert rnd.results == [Outcome("applied", after), Outcome("rejected", after),
+                           Outcome("read", after)]
+
+
+def test_only_changes_an_accept_newly_applies_count_as_sent() -> None:
+    """Goal: "unknown" on failure only for requests the accept really applies: a rejected
+    condition, a read, an abandoned request and a retry that finds its id already applied
+    all stay "definitely not applied" (or already known)."""
+    base = Value(5, b"x", (("done", 5),))
+    items = [Pending(Set(b"s"), "r1"), Pending(Cas(1, b"no"), "r2"), Pending(Read(), "r3"),
+             Pending(Set(b"late"), "r4", abandoned=True), Pending(Set(b"again"), "done")]
+    rnd, step = _promised_round(items, base)
+    assert isinstance(step, SendAccept)
+    rnd.note_accept_sent()
+    assert [i.progress.accept_sent for i in items] == [True, False, False, False, False]
+    assert items[0].progress.sent_from_version == 6
+    assert rnd.results[3] is None
+    assert rnd.results[4] == Outcome("applied", Value(5, b"x"))
+
+
+def test_a_request_whose_attempt_may_be_forgotten_is_unknown_alone() -> None:
+    """Goal: one request of a round is "unknown" (its earlier accept is beyond the value's
+    memory); the others still go ahead in the same accept."""
+    recent = tuple((f"o{i}", 40 - i) for i in range(RECENT_MAX))
+    base = Value(40, b"x", recent)
+    lost = Pending(Set(b"m"), "mine")
+    lost.progress.on_accept_sent(3)
+    items = [lost, Pending(Set(b"n"), "r2")]
+    rnd, step = _promised_round(items, base)
+    assert isinstance(step, SendAccept)
+    assert rnd.results[0] == Unknown()
+    assert step.accept.value.version == 41 and step.accept.value.data == b"n"

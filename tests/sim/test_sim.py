@@ -50,6 +50,7 @@ DETECTOR = {
     "no-config-check": "checker",
     "no-duplicate-check": "checker",
     "stale-piggyback-ballot": "checker",
+    "batch-from-base": "checker",
 }
 """Which detector must catch each mutant (None: any of checker, state checker, assertion)."""
 
