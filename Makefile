@@ -10,7 +10,7 @@ SEEDS  ?= 1000
 OPS    ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint test unit run demo chaos sim bench bench-compare clean e2e e2e-tests
+.PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile clean e2e e2e-tests
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench   benchmark, with ratios against a baseline run in the same invocation"
 	@echo "make bench-compare  3 etcd members vs 3 paxoskv nodes, same wrk workloads (~7 min;"
 	@echo "             installs etcd-server and wrk from Debian; table + reports/bench-compare.json)"
+	@echo "make profile py-spy on each node under a wrk load; top functions (PROFILE_ARGS)"
 	@echo "make image / chart-check / cluster-up / e2e: see README"
 
 # Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
@@ -67,6 +68,13 @@ bench-compare: $(STAMP)
 	@command -v etcd >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk)
 	$(PY) -m paxoskv.bench_compare $(BENCH_COMPARE_ARGS)
+
+# py-spy (a dev dependency) samples every node while wrk drives node 1 (run as root).
+PROFILE_ARGS ?=
+profile: $(STAMP)
+	@command -v wrk >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m paxoskv.bench_profile $(PROFILE_ARGS)
 
 # End to end on a real cluster: image, cluster, load, the eight steps, teardown.
 # E2E_KEEP_CLUSTER=1 leaves the cluster up afterwards.
