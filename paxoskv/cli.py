@@ -98,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
     _add_flag(s, "--rejoin-after-quorum-loss", "with --rejoin: a majority of acceptors lost "
               "their disks; rejoin from whatever survived (README)")
+    _add(s, "--forward-writes", "send each client write to its key's preferred proposer",
+         "on", choices=["on", "off"])
     _add(s, "--event-loop", "asyncio event loop: uvloop (libuv, faster) or the standard "
          "library's", "uvloop", choices=["uvloop", "asyncio"])
     _add(s, "--log-format", "log format", "text", choices=["text", "json"])
@@ -221,6 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
             heartbeat_timeout_s=max(args.heartbeat_interval * 2, 0.2),
             repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
             peer_timeout_s=args.peer_timeout, rejoin=args.rejoin,
+            forward_writes=args.forward_writes == "on",
             rejoin_after_quorum_loss=args.rejoin_after_quorum_loss, limits=limits)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -44,10 +44,19 @@ class NodeConfig:
     retry_backoff_s_max: float = 0.2
     repair_interval_s: float = 30.0
     repair_keys_per_second: float = 100.0
+    forward_writes: bool = True
+    """Send a client's write to its key's preferred proposer (rendezvous hashing over the
+    live proposers), so one node keeps each key's next ballot prepared."""
     rejoin: bool = False
     rejoin_after_quorum_loss: bool = False
     """Rejoin trusting whatever acceptors survive (README: two disks lost at once)."""
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def forward_timeout_s(self) -> float:
+        """How long a node waits for the preferred proposer before running a forwarded write
+        itself: half the request's time, so the fallback has the other half."""
+        return self.request_timeout_s / 2
 
     def __post_init__(self) -> None:
         if self.node_id not in self.peers:

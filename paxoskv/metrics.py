@@ -45,6 +45,7 @@ class Metrics:
     def peer_refused(self, peer: str, refused: bool) -> None: ...
     def rejoin(self, result: str) -> None: ...
     def key_round(self, changes: int) -> None: ...
+    def forward(self, result: str) -> None: ...
 
 
 class PromMetrics(Metrics):
@@ -57,6 +58,9 @@ class PromMetrics(Metrics):
                                    registry=r)
         self._rounds = Counter("paxoskv_paxos_rounds", "Paxos phases run by this proposer",
                                ["phase", "outcome"], registry=r)
+        self._forward = Counter("paxoskv_forwarded_writes",
+                                "Client writes sent to their key's preferred proposer, by "
+                                "result", ["result"], registry=r)
         self._key_round = Histogram("paxoskv_round_changes",
                                     "Client changes one round applied to its key together",
                                     buckets=(1, 2, 4, 8, 16), registry=r)
@@ -143,3 +147,6 @@ class PromMetrics(Metrics):
 
     def key_round(self, changes: int) -> None:
         self._key_round.observe(changes)
+
+    def forward(self, result: str) -> None:
+        self._forward.labels(result).inc()

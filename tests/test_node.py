@@ -8,6 +8,7 @@ tests/integration cover the same paths end to end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -15,12 +16,13 @@ import pytest
 from paxoskv.config import NodeConfig, PeerSpec
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.ballot import Ballot
+from paxoskv.core.errors import NoQuorum, UnknownOutcome
 from paxoskv.core.identity import PeerRecord
-from paxoskv.core.messages import Accept, Accepted, Prepare, Unavailable
-from paxoskv.core.register import Value
+from paxoskv.core.messages import Accept, Accepted, Forward, Forwarded, Prepare, Unavailable
+from paxoskv.core.register import Set, Value
 from paxoskv.node import Node
 from paxoskv.storage.base import NodeIdentity
-from paxoskv.transport.base import Refusal
+from paxoskv.transport.base import PeerNotReached, PeerUnreachable, Refusal
 from paxoskv.transport.codec import Sender
 
 
@@ -349,3 +351,92 @@ def test_a_refused_process_never_displaces_the_real_one() -> None:
         assert storage.meta["peer.3"] == "d3 5 a"
         assert (await node.on_hello(_hello(node, True, "d", 1, "b")))["verdict"] == "foreign"
     asyncio.run(run())
+
+
+def test_preferred_proposer_is_stable_spread_and_moves_only_a_lost_nodes_keys() -> None:
+    """Goal: rendezvous hashing: every node picks the same proposer for a key from the same
+    live set, keys spread over all live proposers, and a proposer going down moves only
+    its own keys (the others keep their prepared ballots)."""
+    node, _, _ = _node()
+    for pid in (2, 3):
+        node.peer_health[pid].up = True
+    keys = [f"k{i}" for i in range(3000)]
+    before = {k: node.preferred_proposer(k) for k in keys}
+    counts = {pid: sum(1 for v in before.values() if v == pid) for pid in (1, 2, 3)}
+    assert all(800 < c < 1200 for c in counts.values()), counts
+    node.peer_health[3].up = False
+    after = {k: node.preferred_proposer(k) for k in keys}
+    assert all(after[k] == before[k] for k in keys if before[k] != 3)
+    assert all(after[k] in (1, 2) for k in keys)
+
+
+class _ForwardTransport(_Transport):
+    """Answers forwards with a scripted reply, or raises a scripted exception."""
+
+    def __init__(self, fingerprint: str, answer: Any) -> None:
+        super().__init__(fingerprint)
+        self.answer = answer
+        self.forwards: list[Any] = []
+
+    async def send(self, peer: int, msg: Any, deadline: float) -> Any:
+        if not isinstance(msg, Forward):
+            raise PeerUnreachable("acceptors do not answer in this test")
+        self.forwards.append((peer, msg))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def _forwarding_node(answer: Any) -> tuple[Node, _ForwardTransport, str]:
+    config = NodeConfig(1, PEERS, cluster_id="c")
+    transport = _ForwardTransport(config.fingerprint(), answer)
+    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), _Storage(None), transport)
+    node.membership.machine.identity = "verified"
+    for pid in (2, 3):
+        node.peer_health[pid].up = True
+    key = next(f"k{i}" for i in range(100) if node.preferred_proposer(f"k{i}") != 1)
+    return node, transport, key
+
+
+def test_a_forwarded_write_reports_the_proposers_outcome() -> None:
+    """Goal: a write whose key another node prefers is sent there once, with the client's
+    request id, and the outcome it reports is the caller's."""
+    async def main() -> None:
+        node, transport, key = _forwarding_node(None)
+        transport.answer = Forwarded(key, "applied", 7, True)
+        outcome = await node.execute(key, Set(b"v"), "rid-1")
+        assert (outcome.kind, outcome.value.version, outcome.value.exists) == ("applied", 7, True)
+        [(peer, msg)] = transport.forwards
+        assert peer == node.preferred_proposer(key)
+        assert msg == Forward(key, Set(b"v"), "rid-1")
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (Forwarded("K", None, error="no_quorum", detail="x"), NoQuorum),
+    (Forwarded("K", None, error="unknown", detail="x"), UnknownOutcome),
+])
+def test_a_forwarded_write_that_failed_there_is_not_run_again(answer: Forwarded,
+                                                               error: type[Exception]) -> None:
+    """Goal: "definitely not applied" and "unknown" from the preferred proposer are the
+    caller's answer; the write is not run a second time here."""
+    async def main() -> None:
+        node, transport, key = _forwarding_node(None)
+        transport.answer = dataclasses.replace(answer, key=key)
+        with pytest.raises(error):
+            await node.execute(key, Set(b"v"))
+    asyncio.run(main())
+
+
+def test_a_lost_forward_makes_a_local_failure_unknown() -> None:
+    """Goal: a forward that may have reached the proposer (sent, no answer) leaves the write
+    possibly applied there: when the local attempt then fails too (no peer answers here)
+    the caller hears "unknown", never "failed"; one that certainly never left is "failed"."""
+    async def main(exc: Exception, expected: type[Exception]) -> None:
+        node, _, key = _forwarding_node(exc)
+        node.config = dataclasses.replace(node.config, request_timeout_s=0.3,
+                                          phase_timeout_s=0.1)
+        with pytest.raises(expected):
+            await node.execute(key, Set(b"v"))
+    asyncio.run(main(PeerUnreachable("timed out"), UnknownOutcome))
+    asyncio.run(main(PeerNotReached("queue full"), NoQuorum))

@@ -307,6 +307,40 @@ def build() -> dict[str, Any]:
     )
     L.add(
         timeseries(
+            "Forwarded writes by result",
+            "Client writes a node sent to their key's preferred proposer: ok, or why it ran "
+            "them itself (not_reached, lost: sent but unanswered, declined) or failed them "
+            "(no_quorum, unknown). A steady 'lost' rate means a proposer is slow or flapping.",
+            [
+                target(
+                    f"sum by (result) (rate(paxoskv_forwarded_writes_total{{{SEL}}}[{RATE}]))",
+                    "{{result}}",
+                )
+            ],
+            "ops",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Changes per round",
+            "Average client changes one round applied to its key together: above 1 when "
+            "concurrent writers of one key share rounds.",
+            [
+                target(
+                    f"sum(rate(paxoskv_round_changes_sum{{{SEL}}}[{RATE}])) / "
+                    f"sum(rate(paxoskv_round_changes_count{{{SEL}}}[{RATE}]))",
+                    "changes per round",
+                )
+            ],
+            "short",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
             "Paxos conflicts",
             "Rounds that lost to a competing proposer on the same key, per second and node. "
             "A steady rate means clients write one key through several nodes.",

@@ -10,14 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
-from paxoskv.core.register import RECENT_MAX, Value
+from paxoskv.core.register import RECENT_MAX, Cas, Create, Delete, OutcomeKind, Set, Value
 
 __all__ = [
     "Accept",
     "Accepted",
+    "ClientChange",
+    "Forward",
+    "Forwarded",
     "Message",
     "Nack",
     "PeerProtocolError",
@@ -100,8 +103,38 @@ class Unavailable:
     reason: str
 
 
-Request = Prepare | Accept | Query
-Reply = Promise | Accepted | Nack | QueryReply | Unavailable
+ClientChange = Set | Cas | Create | Delete
+"""The changes a node forwards to a key's preferred proposer (client writes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Run a client's change as the key's preferred proposer, under the client's request
+    id (so a retry elsewhere can never apply it twice)."""
+
+    key: str
+    change: ClientChange
+    request_id: str
+
+
+ForwardError = Literal["no_quorum", "unknown", "overloaded", "declined"]
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A forwarded change's outcome: its kind, the version it produced or found and whether
+    the key exists then (not the data: writers are told versions); or why it failed."""
+
+    key: str
+    kind: OutcomeKind | None
+    version: int = 0
+    exists: bool = False
+    error: ForwardError | None = None
+    detail: str = ""
+
+
+Request = Prepare | Accept | Query | Forward
+Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded
 Message = Request | Reply
 
 
@@ -169,7 +202,57 @@ def to_wire(msg: Message) -> dict[str, Any]:
             return {"t": "query_reply", "k": key, "ba": ba.to_wire(), "v": _value_to_wire(v)}
         case Unavailable(key=key, reason=reason):
             return {"t": "unavailable", "k": key, "r": reason}
+        case Forward(key=key, change=change, request_id=rid):
+            return {"t": "forward", "k": key, "c": _change_to_wire(change), "id": rid}
+        case Forwarded(key=key, kind=kind, version=version, exists=exists, error=error,
+                       detail=detail):
+            return {"t": "forwarded", "k": key, "o": kind, "ver": version, "x": exists,
+                    "e": error, "d": detail}
     raise AssertionError(f"unknown message {msg!r}")
+
+
+def _data_to_wire(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _change_to_wire(change: ClientChange) -> list[Any]:
+    match change:
+        case Set(data=data):
+            return ["set", _data_to_wire(data)]
+        case Cas(expected_version=expected, data=data):
+            return ["cas", _data_to_wire(data), expected]
+        case Create(data=data):
+            return ["create", _data_to_wire(data)]
+        case Delete(expected_version=expected):
+            return ["delete", None, expected]
+    raise AssertionError(f"not a client change: {change!r}")
+
+
+def _change_from_wire(raw: object) -> ClientChange:
+    if not isinstance(raw, list) or not 2 <= len(raw) <= 3:
+        raise PeerProtocolError("change must be [kind, data, expected version?]")
+    kind, data, *rest = raw
+    expected = rest[0] if rest else None
+    if expected is not None and not _is_count(expected):
+        raise PeerProtocolError("change's expected version must be a count or null")
+    if kind == "delete":
+        if data is not None:
+            raise PeerProtocolError("a delete carries no data")
+        return Delete(expected)
+    if not isinstance(data, str):
+        raise PeerProtocolError("change data must be base64 text")
+    try:
+        payload = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PeerProtocolError("change data is not valid base64") from exc
+    match kind:
+        case "set" if expected is None:
+            return Set(payload)
+        case "cas" if expected is not None:
+            return Cas(expected, payload)
+        case "create" if expected is None:
+            return Create(payload)
+    raise PeerProtocolError(f"unknown change {kind!r}")
 
 
 def _ballot(raw: dict[str, Any], field: str) -> Ballot:
@@ -177,6 +260,21 @@ def _ballot(raw: dict[str, Any], field: str) -> Ballot:
         return Ballot.from_wire(raw.get(field))
     except ValueError as exc:
         raise PeerProtocolError(f"field {field!r}: {exc}") from exc
+
+
+def _forwarded_from_wire(key: str, raw: dict[str, Any]) -> Forwarded:
+    kind, version, exists = raw.get("o"), raw.get("ver"), raw.get("x")
+    error, detail = raw.get("e"), raw.get("d")
+    if kind is not None and kind not in get_args(OutcomeKind):
+        raise PeerProtocolError(f"unknown outcome {kind!r}")
+    if error is not None and error not in get_args(ForwardError):
+        raise PeerProtocolError(f"unknown forward error {error!r}")
+    if (kind is None) == (error is None):
+        raise PeerProtocolError("a forwarded reply has an outcome or an error, not both")
+    if not _is_count(version) or not isinstance(exists, bool) or not isinstance(detail, str):
+        raise PeerProtocolError("forwarded version, exists or detail malformed")
+    assert isinstance(version, int)
+    return Forwarded(key, kind, version, exists, error, detail[:500])
 
 
 def _next_ballot(raw: dict[str, Any], ballot: Ballot) -> Ballot | None:
@@ -220,4 +318,11 @@ def from_wire(raw: object) -> Message:
             if not isinstance(reason, str):
                 raise PeerProtocolError("unavailable reason must be a string")
             return Unavailable(key, reason)
+        case "forward":
+            rid = raw.get("id")
+            if not isinstance(rid, str) or not 1 <= len(rid) <= 200:
+                raise PeerProtocolError("forward request id must be a short string")
+            return Forward(key, _change_from_wire(raw.get("c")), rid)
+        case "forwarded":
+            return _forwarded_from_wire(key, raw)
     raise PeerProtocolError(f"unknown message type {kind!r}")

@@ -45,6 +45,7 @@ __all__ = [
     "classify_failure",
     "next_ballot",
     "prepared_after",
+    "settle",
 ]
 
 
@@ -354,6 +355,18 @@ class RequestProgress:
     accept_sent: bool = False
     sent_from_version: int | None = None
     """The lowest version an accept of this request's change proposed."""
+    runs_elsewhere: bool = False
+    """Another proposer got this request and may still apply it (a forward it never
+    answered): an outcome here that did not apply it proves nothing (``settle``)."""
+
+    @staticmethod
+    def after_lost_forward() -> RequestProgress:
+        """A request forwarded to another proposer that never answered: it may have applied
+        the change at any version, or may still. "Unknown" if it fails here; a round that
+        finds the newest value has forgotten any of its changes (16 writes back) cannot rule
+        out applying it twice, so it answers "unknown" too; and a condition that fails here
+        may still hold there later (``settle``)."""
+        return RequestProgress(accept_sent=True, sent_from_version=1, runs_elsewhere=True)
 
     def on_accept_sent(self, version: int) -> None:
         """Note, before it is sent, an accept that newly applies this request's change and
@@ -365,6 +378,19 @@ class RequestProgress:
 
 
 FailureKind = Literal["no_quorum", "contention", "unknown"]
+
+
+def settle(outcome: Outcome, progress: RequestProgress) -> Outcome | Unknown:
+    """What the client is told of a committed round.
+
+    An applied change records its request id in the value, so any other attempt of it,
+    here or at another proposer, finds it and applies nothing. A failed condition records
+    nothing: while another proposer may still run the same request (``runs_elsewhere``),
+    it could apply it later, once the condition holds, so "rejected" would be a lie.
+    """
+    if progress.runs_elsewhere and outcome.kind != "applied":
+        return Unknown()
+    return outcome
 
 
 def classify_failure(change: Change, progress: RequestProgress, conflict: bool

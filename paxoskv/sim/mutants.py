@@ -28,6 +28,7 @@ from paxoskv.core.proposer import (
     Abort,
     Prepared,
     ProposerRound,
+    RequestProgress,
     RoundStep,
     SendAccept,
     Unknown,
@@ -55,6 +56,8 @@ MUTANTS: Final[dict[str, str]] = {
                               "on the cached value, still skipping phase 1",
     "batch-from-base": "a round of several changes to one key applies each to the value it "
                        "started from, not to the previous change's result",
+    "forward-lost-is-failed": "a write forwarded to a proposer that never answered is run "
+                              "again here as if it had never been sent",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
@@ -135,6 +138,7 @@ class _BatchFromBase(ProposerRound):
 PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "stale-piggyback-ballot": ProposerRules(prepared_after=_prepared_after_refusal),
     "batch-from-base": ProposerRules(round=_BatchFromBase),
+    "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 

@@ -233,6 +233,9 @@ class _SimMetrics(Metrics):
         if changes > 1:
             self._sim.faults["round_of_several_changes"] += 1
 
+    def forward(self, result: str) -> None:
+        self._sim.faults[f"forward_{result}"] += 1
+
     def amnesia(self, refusing: bool) -> None:
         if refusing and self._node_id not in self._sim.rolled_back:
             # Only a node whose disk the simulator replaced may legitimately see amnesia

@@ -8,7 +8,7 @@ from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Reply, Request
 from paxoskv.transport.codec import Sender
 
-__all__ = ["KeyEntry", "KeyPage", "PeerUnreachable", "Refusal", "Transport"]
+__all__ = ["KeyEntry", "KeyPage", "PeerNotReached", "PeerUnreachable", "Refusal", "Transport"]
 
 KeyEntry = tuple[str, Ballot, bool]
 """A key an acceptor holds: (key, ballot of its accepted value, value is live)."""
@@ -19,6 +19,11 @@ KeyPage = tuple[list[KeyEntry], bool]
 
 class PeerUnreachable(Exception):
     """The peer did not answer (refused, reset, timed out, or answered garbage)."""
+
+
+class PeerNotReached(PeerUnreachable):
+    """The message certainly never reached the peer (never sent, or the connection could
+    not be made): whatever it asked for did not happen there."""
 
 
 class Refusal(Exception):

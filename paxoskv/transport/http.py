@@ -19,7 +19,7 @@ import orjson
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.metrics import Metrics
-from paxoskv.transport.base import KeyPage, PeerUnreachable
+from paxoskv.transport.base import KeyPage, PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import (
     AUTH_HEADER,
     Sender,
@@ -100,12 +100,12 @@ class HttpTransport:
         try:
             return self._peers[peer]
         except KeyError:
-            raise PeerUnreachable(f"unknown peer {peer}") from None
+            raise PeerNotReached(f"unknown peer {peer}") from None
 
     async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
         p = self._peer(peer)
         if len(p.queue) >= QUEUE_MESSAGES_MAX:
-            raise PeerUnreachable(f"{len(p.queue)} messages already queued for peer {peer}")
+            raise PeerNotReached(f"{len(p.queue)} messages already queued for peer {peer}")
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         p.queue.append((msg, deadline, fut))
         self._pump(p)
@@ -123,7 +123,7 @@ class HttpTransport:
             if fut.done() or ttl_ms <= 0:
                 p.queue.popleft()
                 if not fut.done():
-                    fut.set_exception(PeerUnreachable("message expired before it was sent"))
+                    fut.set_exception(PeerNotReached("message expired before it was sent"))
                 continue
             cost = _wire_size(msg)
             if batch and size + cost > bytes_max:
@@ -146,7 +146,7 @@ class HttpTransport:
         self._metrics.transport_batch(len(batch))
         try:
             if self._sender is None:
-                raise PeerUnreachable("no sender identity yet")
+                raise PeerNotReached("no sender identity yet")
             body = encode_frame(self._sender, [(m, ttl) for m, ttl, _ in batch])
             async with self._session(p).post(f"{p.url}/internal/batch", data=body,
                                              headers=self._headers()) as resp:
@@ -161,8 +161,9 @@ class HttpTransport:
                 PeerUnreachable) as exc:
             if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
                 self._reset(p)
-            err = exc if isinstance(exc, PeerUnreachable) else PeerUnreachable(
-                f"{type(exc).__name__}: {exc}")
+            err = exc if isinstance(exc, PeerUnreachable) else (
+                PeerNotReached if isinstance(exc, aiohttp.ClientConnectorError)
+                else PeerUnreachable)(f"{type(exc).__name__}: {exc}")
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(err)

@@ -51,6 +51,7 @@ DETECTOR = {
     "no-duplicate-check": "checker",
     "stale-piggyback-ballot": "checker",
     "batch-from-base": "checker",
+    "forward-lost-is-failed": "checker",
 }
 """Which detector must catch each mutant (None: any of checker, state checker, assertion)."""
 
