@@ -25,6 +25,11 @@ BATCH_MESSAGES_MAX = 256
 STORAGE_BATCH_MAX = 512
 """Key writes committed under one fsync."""
 
+STORAGE_CACHE_BYTES = 64 * 1024 * 1024
+"""Recently used key states kept in memory (estimated Python object bytes). Values live on
+disk; this bound, not the number of keys, sets a node's memory (docs/storage.md). A miss
+costs one SQLite point read, tens of microseconds."""
+
 ROUNDS_INFLIGHT_MAX = 1024
 """Concurrent client rounds a node runs before it answers 503: bounds memory under overload."""
 
@@ -46,6 +51,7 @@ class Limits:
     value_bytes_max: int = VALUE_BYTES_MAX
     batch_messages_max: int = BATCH_MESSAGES_MAX
     storage_batch_max: int = STORAGE_BATCH_MAX
+    storage_cache_bytes: int = STORAGE_CACHE_BYTES
     rounds_inflight_max: int = ROUNDS_INFLIGHT_MAX
     round_retries_max: int = ROUND_RETRIES_MAX
     list_limit_max: int = LIST_LIMIT_MAX
@@ -63,6 +69,8 @@ class Limits:
             raise ValueError("max value bytes must be within 1..67108864")
         if self.batch_messages_max < 1 or self.storage_batch_max < 1:
             raise ValueError("batch limits must be positive")
+        if self.storage_cache_bytes < 0:
+            raise ValueError("--cache-bytes must be 0 (no cache) or more")
         if self.rounds_inflight_max < 1 or self.round_retries_max < 1:
             raise ValueError("round limits must be positive")
         return self
