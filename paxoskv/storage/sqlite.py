@@ -171,7 +171,7 @@ class SqliteStorage:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
         # The loop's own connection: point reads on a cache miss, listings, the count.
-        # Every statement on it runs to completion (fetchall/fetchone of one row), so no
+        # Every statement on it runs to completion (fetchall), so no
         # read transaction stays open and each read sees the latest commit.
         self._reader = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
@@ -198,8 +198,8 @@ class SqliteStorage:
     # ---------------------------------------------------------------- reads (event loop)
 
     def load(self, key: str) -> AcceptorState:
-        if self._done:  # only when a loop went away before applying a batch
-            self._apply_done()
+        if self._done:  # an ended batch whose report has not run yet (or never will:
+            self._apply_done()  # its loop went away): apply it before reading
         state = self._cache.get(key)
         if state is not None:
             self._cache.move_to_end(key)
