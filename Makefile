@@ -6,11 +6,13 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_COMPARE_ARGS ?=
+BENCH_MEMORY_ARGS ?=
 SEEDS  ?= 1000
 OPS    ?= 500
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile clean e2e e2e-tests
+.PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile \
+	bench-storage bench-memory clean e2e e2e-tests
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -22,6 +24,9 @@ help:
 	@echo "make bench-compare  3 etcd members vs 3 paxoskv nodes, same wrk workloads (~7 min;"
 	@echo "             installs etcd-server and wrk from Debian; table + reports/bench-compare.json)"
 	@echo "make profile py-spy on each node under a wrk load; top functions (PROFILE_ARGS)"
+	@echo "make bench-storage  group commit, SQLite vs LMDB, fsync on (~1 min; docs/storage.md)"
+	@echo "make bench-memory   RSS of 3 nodes holding 10^6 keys of 1 KiB (~5 min, ~5 GB of disk;"
+	@echo "             BENCH_MEMORY_ARGS='--keys 100000' for a smaller run)"
 	@echo "make image / chart-check / cluster-up / e2e: see README"
 
 # Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
@@ -75,6 +80,14 @@ profile: $(STAMP)
 	@command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m paxoskv.bench_profile $(PROFILE_ARGS)
+
+# lmdb is only needed here (the [bench] extra), so it is installed on first use.
+bench-storage: $(STAMP)
+	@$(PY) -c 'import lmdb' 2>/dev/null || $(PIP) install -q -e '.[bench]'
+	$(PY) -m paxoskv.bench_storage
+
+bench-memory: $(STAMP)
+	$(PY) -m paxoskv.bench_memory $(BENCH_MEMORY_ARGS)
 
 # End to end on a real cluster: image, cluster, load, the eight steps, teardown.
 # E2E_KEEP_CLUSTER=1 leaves the cluster up afterwards.

@@ -135,18 +135,22 @@ def _ready(url: str) -> bool:
         return bool(r.status == 200)
 
 
-def start_cluster(base: Path, n: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+def start_cluster(base: Path, n: int, data_dirs: list[Path] | None = None,
+                  extra_args: tuple[str, ...] = (), ready_timeout_s: float = 30
+                  ) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    """``n`` nodes on loopback over ``base/n<i>``, or over ``data_dirs`` (one per node)."""
+    dirs = data_dirs or [base / f"n{i + 1}" for i in range(n)]
     ports = free_ports(n)
     peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
     env = dict(os.environ, PAXOSKV_PEER_SECRET="bench")
     procs = []
     for i, port in enumerate(ports):
         cmd = [sys.executable, "-m", "paxoskv", "serve", "--node-id", str(i + 1), "--listen",
-               f"127.0.0.1:{port}", "--peers", peers, "--data-dir", str(base / f"n{i + 1}"),
-               "--log-level", "warning"]
+               f"127.0.0.1:{port}", "--peers", peers, "--data-dir", str(dirs[i]),
+               "--log-level", "warning", *extra_args]
         procs.append(subprocess.Popen(cmd, env=env))
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    late = wait_until_up(urls, _ready, 30)
+    late = wait_until_up(urls, _ready, ready_timeout_s)
     if late is not None:
         stop_cluster(procs)
         raise SystemExit(f"bench: {late} did not become ready")

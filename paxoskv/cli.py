@@ -84,6 +84,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--peer-secret-file", "file holding the shared peer secret "
          "(or set PAXOSKV_PEER_SECRET)")
     _add(s, "--max-value-bytes", "largest value accepted", 1024 * 1024, type=int)
+    _add(s, "--cache-bytes", "memory for recently used key states (values live on disk; "
+         "0: no cache)", 64 * 1024 * 1024, type=int)
     _add(s, "--request-timeout", "seconds before a client call ends as 503/504", 5.0,
          type=float)
     _add(s, "--phase-timeout", "seconds one Paxos phase waits for a quorum", 1.0, type=float)
@@ -215,7 +217,8 @@ def _serve(args: argparse.Namespace) -> int:
     if len(peers) > 1 and not secret:
         raise UsageError("set a peer secret: PAXOSKV_PEER_SECRET or --peer-secret-file")
     try:
-        limits = Limits(value_bytes_max=args.max_value_bytes).validate()
+        limits = Limits(value_bytes_max=args.max_value_bytes,
+                        storage_cache_bytes=args.cache_bytes).validate()
         config = NodeConfig(
             node_id=node_id, peers=peers, cluster_id=args.cluster_id,
             request_timeout_s=args.request_timeout, phase_timeout_s=args.phase_timeout,

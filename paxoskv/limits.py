@@ -33,6 +33,11 @@ KEY_BATCH_MAX = 8
 """Changes to one key one round applies together; each records its request id in the
 value's 16 recent ids, so a round of at most half of them keeps every retry checkable."""
 
+STORAGE_CACHE_BYTES = 64 * 1024 * 1024
+"""Recently used key states kept in memory (estimated Python object bytes). Values live on
+disk; this bound, not the number of keys, sets a node's memory (docs/storage.md). A miss
+costs one SQLite point read, tens of microseconds."""
+
 ROUNDS_INFLIGHT_MAX = 1024
 """Concurrent client rounds a node runs before it answers 503: bounds memory under overload."""
 
@@ -54,6 +59,7 @@ class Limits:
     value_bytes_max: int = VALUE_BYTES_MAX
     batch_messages_max: int = BATCH_MESSAGES_MAX
     storage_batch_max: int = STORAGE_BATCH_MAX
+    storage_cache_bytes: int = STORAGE_CACHE_BYTES
     rounds_inflight_max: int = ROUNDS_INFLIGHT_MAX
     prepared_bytes_max: int = PREPARED_BYTES_MAX
     key_batch_max: int = KEY_BATCH_MAX
@@ -73,6 +79,8 @@ class Limits:
             raise ValueError("max value bytes must be within 1..67108864")
         if self.batch_messages_max < 1 or self.storage_batch_max < 1:
             raise ValueError("batch limits must be positive")
+        if self.storage_cache_bytes < 0:
+            raise ValueError("--cache-bytes must be 0 (no cache) or more")
         if self.rounds_inflight_max < 1 or self.round_retries_max < 1:
             raise ValueError("round limits must be positive")
         return self

@@ -49,7 +49,8 @@ async def serve(opts: ServeOptions) -> None:
     limits: Limits = opts.config.limits
     try:
         storage = SqliteStorage(opts.data_dir, observer=metrics.commit,
-                                batch_max=limits.storage_batch_max)
+                                batch_max=limits.storage_batch_max,
+                                cache_bytes=limits.storage_cache_bytes)
     except (OSError, sqlite3.Error) as exc:
         raise SystemExit(
             f"paxoskv: cannot open the data directory {opts.data_dir} as uid {os.getuid()}: "

@@ -3,15 +3,30 @@
 Why SQLite: it ships with Python, survives power loss when its WAL is fsync'd at commit
 (``synchronous=FULL``), and one transaction can carry many keys' changes, so one fsync
 serves every request that arrived while the previous one was running (group commit). A
-single writer thread owns the connection; the event loop never blocks on the disk.
+single writer thread owns the connection; the event loop never waits for a commit.
+docs/storage.md has the measurements behind the choice (SQLite against LMDB).
+
+Values live on disk; memory holds a bounded LRU of recently used states (``cache_bytes``),
+so a node's footprint does not grow with the number of keys. A miss is a point read by
+primary key through a read connection of the event loop's own (WAL lets it read while the
+writer commits): tens of microseconds, so ``load()`` stays synchronous.
+
+What ``load()`` may return: only committed state, and after ``save()`` returns, that state
+or a newer one. SQLite makes a WAL commit visible to readers only after its fsync. The cache
+holds only committed states: it is updated on the event loop when a batch's commit is
+reported, before its waiters wake, so evicting an entry never loses anything. The writer
+does not begin the next batch until the loop has applied the previous one, so a read from
+disk can be ahead of the cache by at most the one batch whose report comes next; whatever
+such a read returns or caches is therefore never followed by an older state.
 
 Every row carries a CRC32 of its fields, computed before it is written and checked again
-when it is read back at start-up (TigerBeetle's paired assertions).
+whenever it is read back from disk (TigerBeetle's paired assertions).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -26,31 +41,58 @@ import orjson
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
-from paxoskv.limits import STORAGE_BATCH_MAX
+from paxoskv.limits import STORAGE_BATCH_MAX, STORAGE_CACHE_BYTES
 from paxoskv.storage.base import CommitObserver
 
 __all__ = ["CorruptRecord", "SqliteStorage"]
 
 log = logging.getLogger(__name__)
 
+# A rowid table with a unique key rather than WITHOUT ROWID: a 1 KiB row is larger than an
+# index b-tree cell may be on a 4 KiB page, so WITHOUT ROWID spilled every such row into an
+# overflow page of its own (4.7 KB on disk per 1 KiB value, against 1.4 KB here; measured in
+# docs/storage.md); and COUNT(*) can read the small key index instead of every value.
+# Directories made before keep their WITHOUT ROWID table: the statements below suit both.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS registers (
-  key TEXT PRIMARY KEY,
+  key TEXT NOT NULL UNIQUE,
   bp_counter INTEGER NOT NULL, bp_node INTEGER NOT NULL, bp_inc INTEGER NOT NULL,
   ba_counter INTEGER NOT NULL, ba_node INTEGER NOT NULL, ba_inc INTEGER NOT NULL,
   version INTEGER NOT NULL, data BLOB, recent TEXT NOT NULL, crc INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_COLUMNS = ("key, bp_counter, bp_node, bp_inc, ba_counter, ba_node, ba_inc, version, data, "
+            "recent, crc")
+
 _UPSERT = (
-    "INSERT INTO registers VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
+    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(key) DO UPDATE SET "
     "bp_counter=excluded.bp_counter, bp_node=excluded.bp_node, bp_inc=excluded.bp_inc, "
     "ba_counter=excluded.ba_counter, ba_node=excluded.ba_node, ba_inc=excluded.ba_inc, "
     "version=excluded.version, data=excluded.data, recent=excluded.recent, crc=excluded.crc"
 )
 
 _Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int]
+
+_IN_CHUNK = 500
+"""Keys per ``key IN (...)`` query, under SQLite's bound-parameter limit."""
+
+_ENTRY_BYTES = 400
+"""Python objects of one cached state besides its key and data (AcceptorState, two
+Ballots, Value, LRU links), measured with tracemalloc and rounded up."""
+
+_RECENT_ENTRY_BYTES = 160
+"""One remembered (request id, version) pair of ``Value.recent``, measured likewise."""
+
+
+def _charge(key: str, state: AcceptorState) -> int:
+    """What a cached state is counted as against ``cache_bytes``: an estimate of its
+    Python objects, so the bound holds for 100-byte and 1 MiB values alike."""
+    v = state.value
+    return (_ENTRY_BYTES + len(key) + len(v.data or b"")
+            + _RECENT_ENTRY_BYTES * len(v.recent))
 
 
 class CorruptRecord(RuntimeError):
@@ -81,11 +123,16 @@ def _from_row(row: _Row) -> tuple[str, AcceptorState]:
         recent = tuple((str(rid), int(v)) for rid, v in orjson.loads(recent_text))
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise CorruptRecord(f"unreadable request ids for key {key!r}") from exc
-    state = AcceptorState(Ballot(bpc, bpn, bpi), Ballot(bac, ban, bai),
-                          Value(version, data, recent))
+    try:
+        state = AcceptorState(Ballot(bpc, bpn, bpi), Ballot(bac, ban, bai),
+                              Value(version, data, recent))
+    except (AssertionError, TypeError) as exc:  # fields no save() could have written
+        raise CorruptRecord(f"impossible state stored for key {key!r}") from exc
     if _crc(key, state) != crc:
         raise CorruptRecord(f"checksum mismatch for key {key!r}")
     return key, state
+
+
 
 
 class _Write:
@@ -96,11 +143,25 @@ class _Write:
         self.key, self.state, self.meta, self.future = key, state, meta, future
 
 
+class _Done:
+    """A batch whose transaction has ended, on its way from the writer to the loop."""
+
+    __slots__ = ("batch", "error", "inserted")
+
+    def __init__(self, batch: list[_Write], error: BaseException | None, inserted: int) -> None:
+        self.batch, self.error, self.inserted = batch, error, inserted
+
+
 class SqliteStorage:
-    """Implements ``paxoskv.storage.base.Storage``."""
+    """Implements ``paxoskv.storage.base.Storage``.
+
+    ``cache_bytes`` bounds the LRU of recently used states (estimated Python object
+    bytes, ``_charge``); 0 turns it off and every ``load()`` reads the disk.
+    """
 
     def __init__(self, data_dir: Path, observer: CommitObserver | None = None,
-                 batch_max: int = STORAGE_BATCH_MAX) -> None:
+                 batch_max: int = STORAGE_BATCH_MAX,
+                 cache_bytes: int = STORAGE_CACHE_BYTES) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "paxoskv.sqlite3"
         self._observer = observer
@@ -109,31 +170,54 @@ class SqliteStorage:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
-        self._cache: dict[str, AcceptorState] = {}
-        for row in self._conn.execute("SELECT * FROM registers"):
-            key, state = _from_row(row)
-            self._cache[key] = state
-        self._meta: dict[str, str] = dict(self._conn.execute("SELECT name, value FROM meta"))
-        # Listings read committed rows through a connection of the event loop's own (WAL
-        # lets it read while the writer thread commits).
+        # The loop's own connection: point reads on a cache miss, listings, the count.
+        # Every statement on it runs to completion (fetchall), so no
+        # read transaction stays open and each read sees the latest commit.
         self._reader = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
+        # Exact without holding the keys: counted once here (the key index, not the
+        # values), then moved by the rows each committed batch inserted.
+        self._count: int = self._reader.execute("SELECT COUNT(*) FROM registers").fetchall()[0][0]
+        self._meta: dict[str, str] = dict(
+            self._reader.execute("SELECT name, value FROM meta").fetchall())
+        self._cache: collections.OrderedDict[str, AcceptorState] = collections.OrderedDict()
+        self._cache_bytes_max = max(0, cache_bytes)
+        self._cache_bytes = 0
+        # Ended batches, writer to loop; the writer waits until _applied counts each one
+        # before it begins the next.
+        self._done: collections.deque[_Done] = collections.deque()
+        self._ended = 0  # writer thread only
+        self._applied = 0
+        self._applied_cond = threading.Condition()
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._writer, name="paxoskv-storage", daemon=True)
         self._thread.start()
         self._closed = False
 
-    # reads come from memory: the cache holds only what has been committed
+    # ---------------------------------------------------------------- reads (event loop)
+
     def load(self, key: str) -> AcceptorState:
-        return self._cache.get(key, EMPTY_STATE)
+        if self._done:  # an ended batch whose report has not run yet (or never will:
+            self._apply_done()  # its loop went away): apply it before reading
+        state = self._cache.get(key)
+        if state is not None:
+            self._cache.move_to_end(key)
+            return state
+        rows = self._reader.execute(
+            f"SELECT {_COLUMNS} FROM registers WHERE key = ?", (key,)).fetchall()
+        if not rows:
+            return EMPTY_STATE  # not cached: misses would crowd out the states in use
+        _, state = _from_row(rows[0])
+        self._remember(key, state)
+        return state
 
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         # SQLite's BINARY order is UTF-8 byte order, which is Python's code point order.
         start = prefix if after is None or after < prefix else after
         rows = self._reader.execute(
             "SELECT key FROM registers WHERE key >= ? ORDER BY key LIMIT ?",
-            (start, limit + 1))
+            (start, limit + 1)).fetchall()
         out: list[str] = []
         for (key,) in rows:
             if not key.startswith(prefix):
@@ -146,18 +230,55 @@ class SqliteStorage:
         return out
 
     def key_count(self) -> int:
-        return len(self._cache)
+        if self._done:
+            self._apply_done()
+        return self._count
 
     def get_meta(self, name: str) -> str | None:
+        if self._done:
+            self._apply_done()
         return self._meta.get(name)
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(states cached, their estimated bytes)."""
+        return len(self._cache), self._cache_bytes
+
+    def verify(self, page: int = 1000) -> int:
+        """Read every row back and check its checksum (CorruptRecord if one fails); the
+        number of rows. Reads pages of ``page`` rows, never all at once."""
+        rows_seen, after = 0, ""
+        while True:
+            rows = self._reader.execute(
+                f"SELECT {_COLUMNS} FROM registers WHERE key > ? ORDER BY key LIMIT ?",
+                (after, page)).fetchall()
+            for row in rows:
+                _from_row(row)
+            rows_seen += len(rows)
+            if len(rows) < page:
+                return rows_seen
+            after = rows[-1][0]
+
+    def _remember(self, key: str, state: AcceptorState) -> None:
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= _charge(key, old)
+        cost = _charge(key, state)
+        if cost > self._cache_bytes_max:
+            return  # too large to cache: the stale copy is gone, the disk answers
+        self._cache[key] = state
+        self._cache_bytes += cost
+        while self._cache_bytes > self._cache_bytes_max:
+            # Only committed states are cached, so dropping one loses nothing.
+            evicted_key, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= _charge(evicted_key, evicted)
+
+    # ---------------------------------------------------------------- writes
 
     async def save(self, key: str, state: AcceptorState) -> None:
         await self._submit(_Write(key, state, None, self._new_future()))
-        self._cache[key] = state
 
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(_Write(name, None, value, self._new_future()))
-        self._meta[name] = value
 
     def _new_future(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -187,10 +308,12 @@ class SqliteStorage:
                 batch.append(nxt)
             started = time.perf_counter()
             error: BaseException | None = None
+            inserted = 0
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
                 if rows:
+                    inserted = self._new_keys([r[0] for r in rows])
                     self._conn.executemany(_UPSERT, rows)
                 metas = [(w.key, w.meta) for w in batch if w.meta is not None]
                 if metas:
@@ -205,9 +328,60 @@ class SqliteStorage:
             elapsed = time.perf_counter() - started
             if self._observer is not None and error is None:
                 self._observer(len(batch), elapsed)
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, batch, error)
+            self._done.append(_Done(batch, error, inserted))
+            self._ended += 1
+            self._await_applied(self._ended)
+
+    def _await_applied(self, ended: int) -> None:
+        """Have the loop apply the batch just ended, and wait until it has (module doc:
+        this keeps the disk at most one batch ahead of the cache). A loop that has gone
+        away (its ``asyncio.run`` ended) is not waited for."""
+        loop = self._loop
+        try:
+            if loop is None or loop.is_closed():
+                return
+            loop.call_soon_threadsafe(self._apply_done)
+        except RuntimeError:  # closed meanwhile
+            return
+        with self._applied_cond:
+            while not self._applied_cond.wait_for(lambda: self._applied >= ended, 0.5):
+                if loop.is_closed():
+                    return
+
+    def _new_keys(self, keys: list[str]) -> int:
+        """How many distinct ``keys`` have no row yet (inside the write transaction)."""
+        wanted = list(dict.fromkeys(keys))
+        present = 0
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i:i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            present += self._conn.execute(
+                f"SELECT COUNT(*) FROM registers WHERE key IN ({marks})", chunk).fetchall()[0][0]
+        return len(wanted) - present
+
+    def _apply_done(self) -> None:
+        """On the loop, in commit order: put what each ended batch made durable into the
+        cache, meta and count, then wake its waiters (also those no longer waiting: a
+        cancelled save may still have committed)."""
+        while self._done:
+            done = self._done.popleft()
+            if done.error is None:
+                self._count += done.inserted
+                for w in done.batch:
+                    if w.state is not None:
+                        self._remember(w.key, w.state)
+                    elif w.meta is not None:
+                        self._meta[w.key] = w.meta
+            with self._applied_cond:
+                self._applied += 1
+                self._applied_cond.notify()
+            for w in done.batch:
+                if w.future.done() or w.future.get_loop().is_closed():
+                    continue
+                if done.error is None:
+                    w.future.set_result(None)
+                else:
+                    w.future.set_exception(RuntimeError(f"storage commit failed: {done.error}"))
 
     async def close(self) -> None:
         if self._closed:
@@ -215,15 +389,6 @@ class SqliteStorage:
         self._closed = True
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._apply_done()
         self._reader.close()
         self._conn.close()
-
-
-def _resolve(batch: list[_Write], error: BaseException | None) -> None:
-    for w in batch:
-        if w.future.done():
-            continue
-        if error is None:
-            w.future.set_result(None)
-        else:
-            w.future.set_exception(RuntimeError(f"storage commit failed: {error}"))

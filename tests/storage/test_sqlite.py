@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
 from paxoskv.node import open_identity
-from paxoskv.storage.sqlite import CorruptRecord, SqliteStorage
+from paxoskv.storage import sqlite as sqlite_module
+from paxoskv.storage.sqlite import CorruptRecord, SqliteStorage, _charge
 
 STATE = AcceptorState(Ballot(3, 1, 2), Ballot(2, 1, 2), Value(4, b"\x00data"))
 
@@ -62,19 +65,26 @@ def test_uses_wal_with_full_sync(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
-def test_corrupt_row_is_refused_at_start(tmp_path: Path) -> None:
-    """Goal: paired checks: a row changed behind our back fails its checksum on read."""
+def test_corrupt_row_is_refused_when_read(tmp_path: Path) -> None:
+    """Goal: paired checks: a row changed behind our back fails its checksum when it is read
+    from disk (on a cache miss, and by verify()), not only once at start-up."""
     async def run() -> None:
         s = SqliteStorage(tmp_path)
         await s.save("k", STATE)
+        await s.save("ok", STATE)
         await s.close()
     asyncio.run(run())
     conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
-    conn.execute("UPDATE registers SET version = 99")
+    conn.execute("UPDATE registers SET version = 99 WHERE key = 'k'")
     conn.commit()
     conn.close()
+    s = SqliteStorage(tmp_path)  # no full scan at start-up
+    assert s.load("ok") == STATE
     with pytest.raises(CorruptRecord):
-        SqliteStorage(tmp_path)
+        s.load("k")
+    with pytest.raises(CorruptRecord):
+        s.verify()
+    asyncio.run(s.close())
 
 
 def test_identity_is_made_once_and_incarnation_grows(tmp_path: Path) -> None:
@@ -112,3 +122,155 @@ def test_identity_after_a_crash_during_the_first_start(tmp_path: Path) -> None:
         assert s2.get_meta("data_id") == identity.data_id
         await s2.close()
     asyncio.run(run())
+
+
+def _state(n: int, data: bytes = b"x" * 100) -> AcceptorState:
+    return AcceptorState(Ballot(n, 1), Ballot(n, 1), Value(n, data))
+
+
+def test_evicted_states_load_from_disk_as_latest(tmp_path: Path) -> None:
+    """Goal: memory is bounded by cache_bytes, not the number of keys, and a state evicted
+    from the cache comes back from disk as the latest one saved, also after updates."""
+    budget = 3 * _charge("k00", _state(1))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=budget)
+        for version in (1, 2, 3):
+            for i in range(40):
+                await s.save(f"k{i:02d}", _state(version))
+                entries, used = s.cache_stats()
+                assert entries <= 3 and used <= budget
+        for i in range(40):
+            assert s.load(f"k{i:02d}") == _state(3)
+        assert s.load("k05") == _state(3)  # twice: once from disk, once from the cache
+        assert s.verify() == 40
+        await s.close()
+        off = SqliteStorage(tmp_path, cache_bytes=0)
+        assert off.load("k07") == _state(3)
+        await off.save("k07", _state(4))
+        assert off.load("k07") == _state(4)
+        assert off.cache_stats() == (0, 0)
+        await off.close()
+    asyncio.run(run())
+
+
+def test_a_state_too_large_to_cache_replaces_its_cached_predecessor(tmp_path: Path) -> None:
+    """Goal: a save whose state does not fit the cache also drops the older cached copy, so
+    the next load reads the new state from disk instead of the stale one from memory."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=2000)
+        await s.save("k", _state(1, b"small"))
+        assert s.cache_stats()[0] == 1
+        await s.save("k", _state(2, b"x" * 5000))
+        assert s.cache_stats() == (0, 0)
+        assert s.load("k") == _state(2, b"x" * 5000)
+        await s.close()
+    asyncio.run(run())
+
+
+def test_key_count_is_exact_across_inserts_updates_and_restarts(tmp_path: Path) -> None:
+    """Goal: key_count() counts distinct keys without holding them: updates do not count,
+    a batch with the same new key twice counts it once, and a restart counts again."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        assert s.key_count() == 0
+        await s.save("a", _state(1))
+        await s.save("a", _state(2))
+        assert s.key_count() == 1
+        await asyncio.gather(s.save("b", _state(1)), s.save("b", _state(2)),
+                             s.save("a", _state(3)), *(s.save(f"c{i}", _state(1))
+                                                       for i in range(600)))
+        assert s.key_count() == 602
+        await s.set_meta("m", "1")
+        assert s.key_count() == 602
+        await s.close()
+        s2 = SqliteStorage(tmp_path, cache_bytes=0)
+        assert s2.key_count() == 602
+        await s2.save("c1", _state(5))
+        await s2.save("d", _state(1))
+        assert s2.key_count() == 603
+        await s2.close()
+    asyncio.run(run())
+
+
+def test_a_save_is_invisible_until_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Goal: while a save's transaction is open (not yet committed and fsync'd), load(),
+    key_count() and get_meta() show the previous durable state; once save() returns, the new
+    one, from the cache and, after eviction, from disk."""
+    gate = threading.Event()
+    writing = threading.Event()
+    real_to_row = sqlite_module._to_row
+
+    def held_to_row(key: str, state: AcceptorState) -> sqlite_module._Row:
+        if key == "k" and state == _state(2):
+            writing.set()
+            gate.wait()
+        return real_to_row(key, state)
+
+    monkeypatch.setattr(sqlite_module, "_to_row", held_to_row)
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.save("k", _state(1))
+        pending = asyncio.ensure_future(s.save("k", _state(2)))
+        new_key = asyncio.ensure_future(s.save("new", _state(1)))
+        meta = asyncio.ensure_future(s.set_meta("m", "v"))
+        await asyncio.get_running_loop().run_in_executor(None, writing.wait)
+        # the writer is held inside the first write's transaction; the others share it or
+        # wait behind it
+        assert s.load("k") == _state(1)
+        assert s.load("new") == EMPTY_STATE
+        assert s.key_count() == 1
+        assert s.get_meta("m") is None
+        gate.set()
+        await asyncio.gather(pending, new_key, meta)
+        assert s.load("k") == _state(2)
+        assert (s.key_count(), s.get_meta("m")) == (2, "v")
+        await s.close()
+        s2 = SqliteStorage(tmp_path, cache_bytes=0)
+        assert s2.load("k") == _state(2)
+        await s2.close()
+    asyncio.run(run())
+
+
+def test_the_disk_is_never_more_than_one_batch_ahead_of_the_cache(tmp_path: Path) -> None:
+    """Goal: the race between a cache miss and a commit not yet reported to the loop: the
+    writer does not begin a batch before the loop applied the previous one, so a state read
+    from disk (then cached) is never followed by an older one."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=10_000)
+        await s.save("k", _state(1))
+        s._cache.clear()
+        s._cache_bytes = 0
+        first = asyncio.ensure_future(s.save("k", _state(2)))
+        await asyncio.sleep(0)  # the writer takes batch 1 alone
+        second = asyncio.ensure_future(s.save("k", _state(3)))
+        # Hold the loop (no await) until batch 1 has committed and ended: batch 2 cannot
+        # even be queued, and the writer now waits for the loop to apply batch 1.
+        while not s._done:
+            time.sleep(0.001)
+        seen = s.load("k")  # a miss that reads the disk while batch 1 is unreported
+        assert seen == _state(2)
+        await first
+        assert s.load("k") == _state(2)  # batch 2 has not committed behind our back
+        await second
+        assert s.load("k") == _state(3)
+        await s.close()
+    asyncio.run(run())
+
+
+def test_new_directories_use_a_rowid_table(tmp_path: Path) -> None:
+    """Goal: 1 KiB values stay in their b-tree page instead of an overflow page each (a
+    WITHOUT ROWID table spilled them: about 4.7 KB of file per 1 KiB value)."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await asyncio.gather(*(s.save(f"k{i:04d}", _state(1, bytes(1024))) for i in range(2000)))
+        await s.close()
+    asyncio.run(run())
+    conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    assert pages * size / 2000 < 2000
