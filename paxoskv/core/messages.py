@@ -100,8 +100,10 @@ Reply = Promise | Accepted | Nack | QueryReply | Unavailable
 Message = Request | Reply
 
 
-def _value_to_wire(value: Value) -> list[Any]:
-    data = None if value.data is None else base64.b64encode(value.data).decode("ascii")
+def _value_to_wire(value: Value, raw: bool = False) -> list[Any]:
+    data: bytes | str | None = value.data
+    if value.data is not None and not raw:
+        data = base64.b64encode(value.data).decode("ascii")
     return [value.version, data, [[rid, v] for rid, v in value.recent]]
 
 
@@ -130,6 +132,8 @@ def _value_from_wire(raw: object) -> Value:
     recent = _recent_from_wire(recent_raw)
     if data is None:
         return Value(version, None, recent)
+    if isinstance(data, bytes):
+        return Value(version, data, recent)  # the binary peer codec's raw value bytes
     if not isinstance(data, str):
         raise PeerProtocolError("value data must be base64 text or null")
     try:
@@ -138,15 +142,18 @@ def _value_from_wire(raw: object) -> Value:
         raise PeerProtocolError("value data is not valid base64") from exc
 
 
-def to_wire(msg: Message) -> dict[str, Any]:
+def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
+    """The dict form; with ``raw``, value data stays ``bytes`` instead of base64 text (for
+    the binary peer codec, which carries bytes beside the metadata; ``from_wire`` takes
+    either)."""
     match msg:
         case Prepare(key=key, ballot=b):
             return {"t": "prepare", "k": key, "b": b.to_wire()}
         case Promise(key=key, ballot=b, ballot_accepted=ba, value=v):
             return {"t": "promise", "k": key, "b": b.to_wire(), "ba": ba.to_wire(),
-                    "v": _value_to_wire(v)}
+                    "v": _value_to_wire(v, raw)}
         case Accept(key=key, ballot=b, value=v):
-            return {"t": "accept", "k": key, "b": b.to_wire(), "v": _value_to_wire(v)}
+            return {"t": "accept", "k": key, "b": b.to_wire(), "v": _value_to_wire(v, raw)}
         case Accepted(key=key, ballot=b):
             return {"t": "accepted", "k": key, "b": b.to_wire()}
         case Nack(key=key, ballot=b, ballot_promised=bp):
@@ -154,7 +161,8 @@ def to_wire(msg: Message) -> dict[str, Any]:
         case Query(key=key):
             return {"t": "query", "k": key}
         case QueryReply(key=key, ballot_accepted=ba, value=v):
-            return {"t": "query_reply", "k": key, "ba": ba.to_wire(), "v": _value_to_wire(v)}
+            return {"t": "query_reply", "k": key, "ba": ba.to_wire(),
+                    "v": _value_to_wire(v, raw)}
         case Unavailable(key=key, reason=reason):
             return {"t": "unavailable", "k": key, "r": reason}
     raise AssertionError(f"unknown message {msg!r}")
