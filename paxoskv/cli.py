@@ -90,6 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
          type=float)
     _add(s, "--phase-timeout", "seconds one Paxos phase waits for a quorum", 1.0, type=float)
     _add(s, "--peer-timeout", "seconds one peer HTTP request may take", 2.0, type=float)
+    _add(s, "--peer-transport", "how batches travel to peers: one WebSocket per peer, or "
+         "one HTTP POST each", "channel", choices=["channel", "http"])
     _add(s, "--heartbeat-interval", "seconds between heartbeats to each peer", 0.5, type=float)
     _add(s, "--repair-interval", "seconds between background repair sweeps", 30.0, type=float)
     _add(s, "--repair-rate", "keys per second the repair sweep checks", 100.0, type=float)
@@ -238,7 +240,8 @@ def _serve(args: argparse.Namespace) -> int:
                                  secret or secrets.token_hex(16),
                                  peer_timeout_s=args.peer_timeout,
                                  drain_s=max(0.0, args.drain_seconds),
-                                 idempotency_window_s=args.idempotency_window))
+                                 idempotency_window_s=args.idempotency_window,
+                                 peer_transport=args.peer_transport))
 
     with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
         runner.run(main())

@@ -19,6 +19,7 @@ from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
 from paxoskv.node import Node, NodeConfig, open_identity
 from paxoskv.storage.sqlite import SqliteStorage
+from paxoskv.transport.channel import ChannelTransport
 from paxoskv.transport.http import HttpTransport
 
 __all__ = ["ServeOptions", "serve"]
@@ -40,6 +41,8 @@ class ServeOptions:
     (a Kubernetes Service) stop sending new requests before the socket closes."""
     idempotency_window_s: float = DEFAULT_WINDOW_S
     """How long an Idempotency-Key's outcome is kept (paxoskv/idempotency.py)."""
+    peer_transport: str = "channel"
+    """``channel``: batches ride one WebSocket per peer; ``http``: one POST per batch."""
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -60,7 +63,8 @@ async def serve(opts: ServeOptions) -> None:
     log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
              identity.cluster_id, identity.incarnation, identity.data_id,
              ", new data directory" if identity.fresh else "")
-    transport = HttpTransport(opts.config.node_id,
+    transport_class = ChannelTransport if opts.peer_transport == "channel" else HttpTransport
+    transport = transport_class(opts.config.node_id,
                               {pid: p.url for pid, p in opts.config.peers.items()},
                               opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
                               metrics=metrics)

@@ -360,6 +360,6 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
     app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
     app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
-    PeerServer(node, secret).add_routes(app)
+    PeerServer(node, secret, limits.frame_bytes_max).add_routes(app)
     return app
 

@@ -138,8 +138,10 @@ Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded
 Message = Request | Reply
 
 
-def _value_to_wire(value: Value) -> list[Any]:
-    data = None if value.data is None else base64.b64encode(value.data).decode("ascii")
+def _value_to_wire(value: Value, raw: bool = False) -> list[Any]:
+    data: bytes | str | None = value.data
+    if value.data is not None and not raw:
+        data = base64.b64encode(value.data).decode("ascii")
     return [value.version, data, [[rid, v] for rid, v in value.recent]]
 
 
@@ -168,6 +170,8 @@ def _value_from_wire(raw: object) -> Value:
     recent = _recent_from_wire(recent_raw)
     if data is None:
         return Value(version, None, recent)
+    if isinstance(data, bytes):
+        return Value(version, data, recent)  # the binary peer codec's raw value bytes
     if not isinstance(data, str):
         raise PeerProtocolError("value data must be base64 text or null")
     try:
@@ -176,16 +180,19 @@ def _value_from_wire(raw: object) -> Value:
         raise PeerProtocolError("value data is not valid base64") from exc
 
 
-def to_wire(msg: Message) -> dict[str, Any]:
+def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
+    """The dict form; with ``raw``, value data stays ``bytes`` instead of base64 text (for
+    the binary peer codec, which carries bytes beside the metadata; ``from_wire`` takes
+    either)."""
     match msg:
         case Prepare(key=key, ballot=b):
             return {"t": "prepare", "k": key, "b": b.to_wire()}
         case Promise(key=key, ballot=b, ballot_accepted=ba, value=v):
             return {"t": "promise", "k": key, "b": b.to_wire(), "ba": ba.to_wire(),
-                    "v": _value_to_wire(v)}
+                    "v": _value_to_wire(v, raw)}
         case Accept(key=key, ballot=b, value=v, next=n):
             out: dict[str, Any] = {"t": "accept", "k": key, "b": b.to_wire(),
-                                   "v": _value_to_wire(v)}
+                                   "v": _value_to_wire(v, raw)}
             if n is not None:
                 out["n"] = n.to_wire()
             return out
@@ -199,11 +206,12 @@ def to_wire(msg: Message) -> dict[str, Any]:
         case Query(key=key):
             return {"t": "query", "k": key}
         case QueryReply(key=key, ballot_accepted=ba, value=v):
-            return {"t": "query_reply", "k": key, "ba": ba.to_wire(), "v": _value_to_wire(v)}
+            return {"t": "query_reply", "k": key, "ba": ba.to_wire(),
+                    "v": _value_to_wire(v, raw)}
         case Unavailable(key=key, reason=reason):
             return {"t": "unavailable", "k": key, "r": reason}
         case Forward(key=key, change=change, request_id=rid):
-            return {"t": "forward", "k": key, "c": _change_to_wire(change), "id": rid}
+            return {"t": "forward", "k": key, "c": _change_to_wire(change, raw), "id": rid}
         case Forwarded(key=key, kind=kind, version=version, exists=exists, error=error,
                        detail=detail):
             return {"t": "forwarded", "k": key, "o": kind, "ver": version, "x": exists,
@@ -211,18 +219,17 @@ def to_wire(msg: Message) -> dict[str, Any]:
     raise AssertionError(f"unknown message {msg!r}")
 
 
-def _data_to_wire(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _change_to_wire(change: ClientChange, raw: bool) -> list[Any]:
+    def data_to_wire(data: bytes) -> bytes | str:
+        return data if raw else base64.b64encode(data).decode("ascii")
 
-
-def _change_to_wire(change: ClientChange) -> list[Any]:
     match change:
         case Set(data=data):
-            return ["set", _data_to_wire(data)]
+            return ["set", data_to_wire(data)]
         case Cas(expected_version=expected, data=data):
-            return ["cas", _data_to_wire(data), expected]
+            return ["cas", data_to_wire(data), expected]
         case Create(data=data):
-            return ["create", _data_to_wire(data)]
+            return ["create", data_to_wire(data)]
         case Delete(expected_version=expected):
             return ["delete", None, expected]
     raise AssertionError(f"not a client change: {change!r}")
@@ -239,12 +246,15 @@ def _change_from_wire(raw: object) -> ClientChange:
         if data is not None:
             raise PeerProtocolError("a delete carries no data")
         return Delete(expected)
-    if not isinstance(data, str):
-        raise PeerProtocolError("change data must be base64 text")
-    try:
-        payload = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise PeerProtocolError("change data is not valid base64") from exc
+    if isinstance(data, bytes):
+        payload = data  # the binary peer codec's raw bytes
+    elif isinstance(data, str):
+        try:
+            payload = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PeerProtocolError("change data is not valid base64") from exc
+    else:
+        raise PeerProtocolError("change data must be bytes or base64 text")
     match kind:
         case "set" if expected is None:
             return Set(payload)

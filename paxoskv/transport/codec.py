@@ -1,4 +1,4 @@
-"""The peer wire format, shared by the HTTP transport and the simulator's network.
+"""The peer wire format, shared by the transports and the simulator's network.
 
 A request frame is ``{"h": header, "m": [message, ...]}``: the header names the sending
 process (node id, data id, incarnation, boot id) and the membership fingerprint, so a
@@ -6,11 +6,19 @@ receiver serves only the process its hello made it remember; each message carrie
 the milliseconds its sender will still wait for it, so a receiver drops a message that has
 outlived its round (a rejoining acceptor's fence relies on that bound). A reply frame is
 ``{"r": [reply, ...]}`` in the same order. Anything malformed raises ``PeerProtocolError``.
+
+Frames travel binary: a 7-byte header (magic ``b"\xb7P"``, kind, metadata length), the
+frame above as JSON with every ``bytes`` in it (value data) replaced by ``{"$b": [offset,
+length]}``, then those bytes back to back. Which fields hold bytes is whatever
+``messages.to_wire(raw=True)`` says, so a new message type needs no codec change. The JSON
+form (values in base64) is still decoded, and answered in kind, for peers and tools that
+post it to ``/internal/batch``.
 """
 
 from __future__ import annotations
 
 import hmac
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +30,10 @@ from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, 
 
 __all__ = [
     "AUTH_HEADER",
+    "CHANNEL_PATH",
     "Sender",
+    "channel_reply",
+    "channel_request",
     "check_peer_auth",
     "decode_frame",
     "decode_key_page",
@@ -30,7 +41,10 @@ __all__ = [
     "encode_frame",
     "encode_key_page",
     "encode_replies",
+    "is_binary_frame",
     "key_page_query",
+    "parse_channel_reply",
+    "parse_channel_request",
 ]
 
 AUTH_HEADER = "Authorization"
@@ -74,23 +88,105 @@ def check_peer_auth(header: str | None, secret: str) -> bool:
     return hmac.compare_digest(given, secret.encode("utf-8", "surrogatepass"))
 
 
-def encode_frame(sender: Sender, messages: list[tuple[Request, int]]) -> bytes:
-    """``messages``: (request, ttl in milliseconds)."""
+BINARY_MAGIC = b"\xb7P"
+"""First bytes of a binary frame; a JSON frame starts with ``{`` or whitespace."""
+_HEAD = struct.Struct(">2sBI")
+"""magic, kind, length of the metadata that follows."""
+_KIND_REQUEST = 0x51
+_KIND_REPLY = 0x52
+_BLOB = "$b"
+"""Metadata stands ``{"$b": [offset, length]}`` in for ``bytes``; offsets count from the
+first byte after the metadata."""
+_NESTING_MAX = 16
+"""Message dicts are a few levels deep; a deeper frame is garbage, not a recursion error."""
+
+
+def is_binary_frame(body: bytes) -> bool:
+    return body[:2] == BINARY_MAGIC
+
+
+def _encode_binary(kind: int, meta: dict[str, Any]) -> bytes:
+    """Header, then ``meta`` as JSON with every ``bytes`` in it pulled out to the tail."""
+    blobs: list[bytes] = []
+    size = 0
+
+    def pull_out(obj: object) -> dict[str, list[int]]:
+        nonlocal size
+        if not isinstance(obj, bytes):
+            raise TypeError(f"{type(obj).__name__} in a peer frame")
+        blobs.append(obj)
+        ref = {_BLOB: [size, len(obj)]}
+        size += len(obj)
+        return ref
+
+    body = orjson.dumps(meta, default=pull_out)
+    return b"".join((_HEAD.pack(BINARY_MAGIC, kind, len(body)), body, *blobs))
+
+
+def _decode_binary(body: bytes, kind: int) -> tuple[object, memoryview]:
+    """The metadata and the blob area of a binary frame."""
+    if len(body) < _HEAD.size:
+        raise PeerProtocolError("binary frame shorter than its header")
+    magic, got_kind, length = _HEAD.unpack_from(body)
+    if magic != BINARY_MAGIC or got_kind != kind:
+        raise PeerProtocolError("binary frame of the wrong kind")
+    end = _HEAD.size + length
+    if end > len(body):
+        raise PeerProtocolError("binary frame metadata runs past its end")
+    view = memoryview(body)
+    try:
+        return orjson.loads(view[_HEAD.size:end]), view[end:]
+    except orjson.JSONDecodeError as exc:
+        raise PeerProtocolError(f"binary frame metadata is not JSON: {exc}") from exc
+
+
+def _put_back(obj: object, blobs: memoryview, depth: int = 0) -> object:
+    """``obj`` with every blob reference replaced by its bytes (in place)."""
+    if depth > _NESTING_MAX:
+        raise PeerProtocolError("peer message nested too deep")
+    if type(obj) is dict:
+        if _BLOB in obj:
+            ref = obj[_BLOB]
+            if not (len(obj) == 1 and type(ref) is list and len(ref) == 2
+                    and type(ref[0]) is int and type(ref[1]) is int
+                    and ref[0] >= 0 and ref[1] >= 0 and ref[0] + ref[1] <= len(blobs)):
+                raise PeerProtocolError("bad blob reference in a binary frame")
+            return bytes(blobs[ref[0]:ref[0] + ref[1]])
+        for k, v in obj.items():
+            if type(v) is dict or type(v) is list:
+                obj[k] = _put_back(v, blobs, depth + 1)
+    elif type(obj) is list:
+        for i, v in enumerate(obj):
+            if type(v) is dict or type(v) is list:
+                obj[i] = _put_back(v, blobs, depth + 1)
+    return obj
+
+
+def encode_frame(sender: Sender, messages: list[tuple[Request, int]],
+                 binary: bool = True) -> bytes:
+    """``messages``: (request, ttl in milliseconds). ``binary``: the compact frame (value
+    bytes raw, after the JSON metadata) rather than the JSON one (values in base64)."""
     body = []
     for msg, ttl_ms in messages:
         assert ttl_ms > 0
-        item = to_wire(msg)
+        item = to_wire(msg, raw=binary)
         item["ttl"] = ttl_ms
         body.append(item)
-    return orjson.dumps({"h": sender.to_wire(), "m": body})
+    frame = {"h": sender.to_wire(), "m": body}
+    return _encode_binary(_KIND_REQUEST, frame) if binary else orjson.dumps(frame)
 
 
 def decode_frame(body: bytes, ttl_ms_max: int) -> tuple[Sender, list[tuple[Request, int]]]:
-    """Parse a request frame; a ``ttl`` above ``ttl_ms_max`` is cut down to it."""
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PeerProtocolError(f"frame is not JSON: {exc}") from exc
+    """Parse a request frame, binary or JSON; a ``ttl`` above ``ttl_ms_max`` is cut down
+    to it."""
+    blobs: memoryview | None = None
+    if is_binary_frame(body):
+        raw, blobs = _decode_binary(body, _KIND_REQUEST)
+    else:
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise PeerProtocolError(f"frame is not JSON: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("m"), list):
         raise PeerProtocolError("frame must be an object with a list 'm'")
     sender = Sender.from_wire(raw.get("h"))
@@ -98,6 +194,8 @@ def decode_frame(body: bytes, ttl_ms_max: int) -> tuple[Sender, list[tuple[Reque
     for item in raw["m"]:
         if not isinstance(item, dict):
             raise PeerProtocolError("message must be an object")
+        if blobs is not None:
+            _put_back(item, blobs)
         ttl = item.get("ttl")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
             raise PeerProtocolError("message 'ttl' must be a positive integer (ms)")
@@ -108,26 +206,64 @@ def decode_frame(body: bytes, ttl_ms_max: int) -> tuple[Sender, list[tuple[Reque
     return sender, out
 
 
-def encode_replies(replies: list[Reply]) -> bytes:
+def encode_replies(replies: list[Reply], binary: bool = True) -> bytes:
+    """A reply frame, in the format of the request frame it answers."""
+    if binary:
+        return _encode_binary(_KIND_REPLY, {"r": [to_wire(r, raw=True) for r in replies]})
     return orjson.dumps({"r": [to_wire(r) for r in replies]})
 
 
 def decode_replies(body: bytes, count: int) -> list[Reply]:
-    """Parse a reply frame answering ``count`` messages; PeerProtocolError otherwise."""
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PeerProtocolError(f"reply frame is not JSON: {exc}") from exc
+    """Parse a reply frame (binary or JSON) answering ``count`` messages;
+    PeerProtocolError otherwise."""
+    blobs: memoryview | None = None
+    if is_binary_frame(body):
+        raw, blobs = _decode_binary(body, _KIND_REPLY)
+    else:
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise PeerProtocolError(f"reply frame is not JSON: {exc}") from exc
     items = raw.get("r") if isinstance(raw, dict) else None
     if not isinstance(items, list) or len(items) != count:
         raise PeerProtocolError("reply frame does not match the batch")
     out: list[Reply] = []
     for item in items:
+        if blobs is not None:
+            item = _put_back(item, blobs)
         reply = from_wire(item)
         if not isinstance(reply, Reply):
             raise PeerProtocolError(f"{type(reply).__name__} is not a reply")
         out.append(reply)
     return out
+
+
+CHANNEL_PATH = "/internal/channel"
+"""The peer channel: a WebSocket whose binary messages are request frames, each behind a
+request id, answered by that id, the status ``/internal/batch`` would give, and its body."""
+_CHANNEL_REQUEST = struct.Struct(">I")
+_CHANNEL_REPLY = struct.Struct(">IH")
+
+
+def channel_request(request_id: int, frame: bytes) -> bytes:
+    return _CHANNEL_REQUEST.pack(request_id) + frame
+
+
+def parse_channel_request(message: bytes) -> tuple[int, bytes]:
+    if len(message) < _CHANNEL_REQUEST.size:
+        raise PeerProtocolError("channel message shorter than its request id")
+    return _CHANNEL_REQUEST.unpack_from(message)[0], message[_CHANNEL_REQUEST.size:]
+
+
+def channel_reply(request_id: int, status: int, body: bytes) -> bytes:
+    return _CHANNEL_REPLY.pack(request_id, status) + body
+
+
+def parse_channel_reply(message: bytes) -> tuple[int, int, bytes]:
+    if len(message) < _CHANNEL_REPLY.size:
+        raise PeerProtocolError("channel reply shorter than its header")
+    request_id, status = _CHANNEL_REPLY.unpack_from(message)
+    return request_id, status, message[_CHANNEL_REPLY.size:]
 
 
 def key_page_query(prefix: str, after: str | None, limit: int) -> dict[str, str]:

@@ -148,12 +148,7 @@ class HttpTransport:
             if self._sender is None:
                 raise PeerNotReached("no sender identity yet")
             body = encode_frame(self._sender, [(m, ttl) for m, ttl, _ in batch])
-            async with self._session(p).post(f"{p.url}/internal/batch", data=body,
-                                             headers=self._headers()) as resp:
-                payload = await resp.read()
-                if resp.status != 200:
-                    raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
-            replies = decode_replies(payload, len(batch))
+            replies = decode_replies(await self._exchange(p, body), len(batch))
             for (_, _, fut), reply in zip(batch, replies, strict=True):
                 if not fut.done():
                     fut.set_result(reply)
@@ -170,6 +165,17 @@ class HttpTransport:
         finally:
             p.inflight -= 1
             self._pump(p)
+
+    async def _exchange(self, p: _Peer, frame: bytes) -> bytes:
+        """Carry one request frame to the peer and return its reply frame (subclasses
+        carry it differently); PeerUnreachable, or an aiohttp/OS error, on failure."""
+        headers = self._headers() | {"Content-Type": "application/octet-stream"}
+        async with self._session(p).post(f"{p.url}/internal/batch", data=frame,
+                                         headers=headers) as resp:
+            payload = await resp.read()
+            if resp.status != 200:
+                raise not_acted_on(resp.status)(f"HTTP {resp.status}: {payload[:200]!r}")
+        return payload
 
     async def _json_call(self, peer: int, method: str, path: str, body: bytes | None = None,
                          params: dict[str, str] | None = None) -> dict[str, Any]:
@@ -223,9 +229,15 @@ class HttpTransport:
                 p.session = None
 
 
+def not_acted_on(status: int) -> type[PeerUnreachable]:
+    """The error for a frame answered with ``status``: a frame refused as a whole (bad
+    credentials, malformed, an unknown sender) changed nothing at the peer."""
+    return PeerNotReached if status in (400, 401, 409) else PeerUnreachable
+
+
 def _wire_size(msg: Request) -> int:
-    """Bytes a message takes in a frame, near enough to cap a batch."""
+    """Bytes a message takes in a binary frame, near enough to cap a batch."""
     value = getattr(msg, "value", None)
     data = value.data if value is not None else None
-    return HEADER_BYTES_MAX // 8 + len(msg.key) + (len(data) * 4 // 3 if data else 0)
+    return HEADER_BYTES_MAX // 8 + len(msg.key) + (len(data) if data else 0)
 

@@ -3,32 +3,47 @@
 ``PeerServer`` turns bytes into calls on a ``PeerHandler`` (the node) and answers bytes:
 the real server mounts it on aiohttp, the simulator's network calls it directly with the
 frames its transport encoded, so the two cannot drift apart. It imports nothing above the
-transport layer. Every answer is ``(status, JSON body)``; a rejected frame changes nothing.
+transport layer. Every answer is ``(status, body)``: a reply frame in the format of the
+request frame (binary or JSON), else a JSON error; a rejected frame changes nothing.
+
+The peer channel (``/internal/channel``, a WebSocket) carries the same frames as
+``/internal/batch``, each behind a request id, and answers each with its id and the status
+and body ``/internal/batch`` would have given; frames are served concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
-from paxoskv.limits import KEYS_PAGE_MAX
+from paxoskv.limits import KEYS_PAGE_MAX, Limits
 from paxoskv.transport.base import KeyPage, Refusal
 from paxoskv.transport.codec import (
     AUTH_HEADER,
+    CHANNEL_PATH,
     Sender,
+    channel_reply,
     check_peer_auth,
     decode_frame,
     encode_key_page,
     encode_replies,
+    is_binary_frame,
+    parse_channel_request,
 )
 
-__all__ = ["KEYS_PAGE_MAX", "PeerHandler", "PeerServer", "Refusal", "expect_handler"]
+__all__ = ["CHANNEL_HEARTBEAT_S", "KEYS_PAGE_MAX", "PeerHandler", "PeerServer", "Refusal",
+           "expect_handler"]
+
+CHANNEL_HEARTBEAT_S = 2.0
+"""Ping a quiet peer channel this often; no pong within half of it and the socket is
+dropped. Any frame counts as a sign of life, so a busy channel sends no pings."""
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +81,12 @@ def _error(status: int, code: str, message: str) -> Answer:
 
 
 class PeerServer:
-    def __init__(self, handler: PeerHandler, secret: str) -> None:
+    def __init__(self, handler: PeerHandler, secret: str,
+                 frame_bytes_max: int = Limits().frame_bytes_max) -> None:
         self._handler = handler
         self._secret = secret
+        self._frame_bytes_max = frame_bytes_max
+        self._channels: set[web.WebSocketResponse] = set()
 
     def _authorized(self, auth: str | None) -> bool:
         return check_peer_auth(auth, self._secret)
@@ -76,6 +94,10 @@ class PeerServer:
     async def batch(self, auth: str | None, body: bytes) -> Answer:
         if not self._authorized(auth):
             return _error(401, "unauthorized", "peer credentials missing or wrong")
+        return await self.frame(body)
+
+    async def frame(self, body: bytes) -> Answer:
+        """One request frame from an authenticated peer (a POST, or a channel message)."""
         try:
             sender, items = decode_frame(body, self._handler.message_ttl_ms_max)
         except PeerProtocolError as exc:
@@ -88,7 +110,7 @@ class PeerServer:
         now = asyncio.get_running_loop().time()
         replies = await asyncio.gather(
             *(self._handler.handle(msg, now + ttl_ms / 1000) for msg, ttl_ms in items))
-        return 200, encode_replies(list(replies))
+        return 200, encode_replies(list(replies), binary=is_binary_frame(body))
 
     async def hello(self, auth: str | None, body: bytes) -> Answer:
         if not self._authorized(auth):
@@ -132,14 +154,70 @@ class PeerServer:
             return _response(await self.keys(request.headers.get(AUTH_HEADER),
                                              request.query))
 
+        async def channel(request: web.Request) -> web.StreamResponse:
+            if not self._authorized(request.headers.get(AUTH_HEADER)):
+                return _response(_error(401, "unauthorized",
+                                        "peer credentials missing or wrong"))
+            return await self._serve_channel(request)
+
+        async def close_channels(_: web.Application) -> None:
+            # Else each open channel holds the server's shutdown for its whole timeout.
+            for ws in list(self._channels):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
+
+        app.on_shutdown.append(close_channels)
+        app.router.add_get(CHANNEL_PATH, channel, expect_handler=expect_handler)
         app.router.add_post("/internal/batch", batch, expect_handler=expect_handler)
         app.router.add_post("/internal/hello", hello, expect_handler=expect_handler)
         app.router.add_get("/internal/keys", keys, expect_handler=expect_handler)
 
 
+    async def _serve_channel(self, request: web.Request) -> web.WebSocketResponse:
+        """Read frames off one peer's channel; each is served by a task of its own, so a
+        slow frame (an fsync) does not hold back the ones behind it."""
+        ws = web.WebSocketResponse(max_msg_size=self._frame_bytes_max + 64, compress=False,
+                                   heartbeat=CHANNEL_HEARTBEAT_S)
+        await ws.prepare(request)
+        self._channels.add(ws)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for message in ws:
+                if message.type is not WSMsgType.BINARY:
+                    await ws.close(code=WSCloseCode.UNSUPPORTED_DATA,
+                                   message=b"binary frames only")
+                    break
+                task = asyncio.ensure_future(self._channel_frame(ws, message.data))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            self._channels.discard(ws)
+            if tasks:  # let frames already taken finish: a shutdown waits for them
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return ws
+
+    async def _channel_frame(self, ws: web.WebSocketResponse, message: bytes) -> None:
+        try:
+            request_id, body = parse_channel_request(message)
+        except PeerProtocolError as exc:
+            log.warning("malformed peer channel message: %s", exc)
+            await ws.close(code=WSCloseCode.PROTOCOL_ERROR, message=b"bad channel message")
+            return
+        try:
+            status, answer = await self.frame(body)
+        except Exception:
+            log.exception("peer frame failed")
+            status, answer = _error(500, "internal", "the frame could not be served")
+        if ws.closed:
+            return  # the sender has given up on this socket and failed the frame itself
+        with contextlib.suppress(ConnectionError):  # closed meanwhile: same as above
+            await ws.send_bytes(channel_reply(request_id, status, answer))
+
+
 def _response(answer: Answer) -> web.Response:
     status, body = answer
-    return web.Response(status=status, body=body, content_type="application/json")
+    return web.Response(status=status, body=body,
+                        content_type="application/octet-stream" if is_binary_frame(body)
+                        else "application/json")
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
