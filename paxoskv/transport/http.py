@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.core.messages import Forward, PeerProtocolError, Reply, Request
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.metrics import Metrics
 from paxoskv.transport.base import KeyPage, PeerNotReached, PeerUnreachable
@@ -39,12 +39,30 @@ QUEUE_MESSAGES_MAX = 8192
 """Messages waiting for one peer; beyond it a send fails at once (the peer is too slow)."""
 
 
+class _Lane:
+    """Messages waiting for one peer, and the frames of theirs on the wire."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[Request, float, asyncio.Future[Reply]]] = deque()
+        self.inflight = 0
+
+
 class _Peer:
+    """A peer's two lanes: acceptor messages (answered after one fsync), and forwarded
+    writes (answered after a whole round), so a frame's replies never wait for a round."""
+
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
-        self.queue: deque[tuple[Request, float, asyncio.Future[Reply]]] = deque()
-        self.inflight = 0
+        self.acceptor = _Lane()
+        self.forward = _Lane()
+
+    def lane(self, msg: Request) -> _Lane:
+        return self.forward if isinstance(msg, Forward) else self.acceptor
+
+    @property
+    def lanes(self) -> tuple[_Lane, _Lane]:
+        return self.acceptor, self.forward
 
 
 class HttpTransport:
@@ -76,7 +94,7 @@ class HttpTransport:
         if p.session is None:
             # No DNS cache: a restarted StatefulSet pod comes back under its name with a new
             # IP, and aiohttp's default 10 s cache kept peers dialling the old one.
-            connector = aiohttp.TCPConnector(limit=self._inflight_max + 4,
+            connector = aiohttp.TCPConnector(limit=2 * self._inflight_max + 4,
                                              keepalive_timeout=30, use_dns_cache=False)
             p.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return p.session
@@ -104,44 +122,45 @@ class HttpTransport:
 
     async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
         p = self._peer(peer)
-        if len(p.queue) >= QUEUE_MESSAGES_MAX:
-            raise PeerNotReached(f"{len(p.queue)} messages already queued for peer {peer}")
+        lane = p.lane(msg)
+        if len(lane.queue) >= QUEUE_MESSAGES_MAX:
+            raise PeerNotReached(f"{len(lane.queue)} messages already queued for peer {peer}")
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        p.queue.append((msg, deadline, fut))
-        self._pump(p)
+        lane.queue.append((msg, deadline, fut))
+        self._pump(p, lane)
         return await fut
 
-    def _take_batch(self, p: _Peer) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
+    def _take_batch(self, lane: _Lane) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
         """The next batch: live messages only, capped by count and by bytes."""
         now = asyncio.get_running_loop().time()
         batch: list[tuple[Request, int, asyncio.Future[Reply]]] = []
         size = 0
         bytes_max = self._limits.frame_bytes_max // 2
-        while p.queue and len(batch) < self._limits.batch_messages_max:
-            msg, deadline, fut = p.queue[0]
+        while lane.queue and len(batch) < self._limits.batch_messages_max:
+            msg, deadline, fut = lane.queue[0]
             ttl_ms = int((deadline - now) * 1000)
             if fut.done() or ttl_ms <= 0:
-                p.queue.popleft()
+                lane.queue.popleft()
                 if not fut.done():
                     fut.set_exception(PeerNotReached("message expired before it was sent"))
                 continue
             cost = _wire_size(msg)
             if batch and size + cost > bytes_max:
                 break
-            p.queue.popleft()
+            lane.queue.popleft()
             batch.append((msg, ttl_ms, fut))
             size += cost
         return batch
 
-    def _pump(self, p: _Peer) -> None:
-        while p.queue and p.inflight < self._inflight_max:
-            batch = self._take_batch(p)
+    def _pump(self, p: _Peer, lane: _Lane) -> None:
+        while lane.queue and lane.inflight < self._inflight_max:
+            batch = self._take_batch(lane)
             if not batch:
                 continue
-            p.inflight += 1
-            self._track(asyncio.ensure_future(self._post_batch(p, batch)))
+            lane.inflight += 1
+            self._track(asyncio.ensure_future(self._post_batch(p, lane, batch)))
 
-    async def _post_batch(self, p: _Peer,
+    async def _post_batch(self, p: _Peer, lane: _Lane,
                           batch: list[tuple[Request, int, asyncio.Future[Reply]]]) -> None:
         self._metrics.transport_batch(len(batch))
         try:
@@ -163,8 +182,8 @@ class HttpTransport:
                 if not fut.done():
                     fut.set_exception(err)
         finally:
-            p.inflight -= 1
-            self._pump(p)
+            lane.inflight -= 1
+            self._pump(p, lane)
 
     async def _exchange(self, p: _Peer, frame: bytes) -> bytes:
         """Carry one request frame to the peer and return its reply frame (subclasses
@@ -220,10 +239,11 @@ class HttpTransport:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for p in self._peers.values():
-            for _, _, fut in p.queue:
-                if not fut.done():
-                    fut.set_exception(PeerUnreachable("transport closed"))
-            p.queue.clear()
+            for lane in p.lanes:
+                for _, _, fut in lane.queue:
+                    if not fut.done():
+                        fut.set_exception(PeerUnreachable("transport closed"))
+                lane.queue.clear()
             if p.session is not None:
                 await p.session.close()
                 p.session = None

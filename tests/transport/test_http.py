@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
-from paxoskv.core.messages import Prepare, Query, QueryReply
-from paxoskv.core.register import Value
-from paxoskv.transport.base import PeerUnreachable
+from paxoskv.core.messages import Forward, Forwarded, Prepare, Query, QueryReply
+from paxoskv.core.register import Set, Value
+from paxoskv.transport.base import PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import Sender, check_peer_auth, decode_frame, encode_replies
 from paxoskv.transport.http import HttpTransport
 
@@ -80,3 +81,59 @@ def test_unreachable_peer_raises_peer_unreachable() -> None:
         finally:
             await t.close()
     asyncio.run(run())
+
+
+def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
+    """Goal: a forwarded write (answered after a whole round) never shares a frame with
+    acceptor messages, so their replies never wait for it: while a slow forward is on the
+    wire, queries to the same peer are answered at once. A refused connection is
+    PeerNotReached (the peer acted on nothing)."""
+    frames: list[set[str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        _, items = decode_frame(await request.read(), ttl_ms_max=10_000)
+        msgs = [m for m, _ in items]
+        frames.append({type(m).__name__ for m in msgs})
+        replies: list[Any] = []
+        for m in msgs:
+            if isinstance(m, Forward):
+                await asyncio.sleep(0.5)
+                replies.append(Forwarded(m.key, "applied", 1, True))
+            else:
+                replies.append(QueryReply(m.key, Ballot(1, 1), Value(1, b"v")))
+        return web.Response(body=encode_replies(replies), content_type="application/json")
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_post("/internal/batch", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        t = HttpTransport(1, {2: f"http://127.0.0.1:{port}"}, "s", inflight_max=1)
+        t.set_sender(SENDER)
+        loop = asyncio.get_running_loop()
+        try:
+            forward = asyncio.ensure_future(t.send(2, Forward("f", Set(b"x"), "r"), _deadline()))
+            await asyncio.sleep(0.05)
+            started = loop.time()
+            queries = await asyncio.gather(*(t.send(2, Query(f"q{i}"), _deadline())
+                                             for i in range(5)))
+            assert loop.time() - started < 0.4
+            assert all(isinstance(q, QueryReply) for q in queries)
+            assert isinstance(await forward, Forwarded)
+        finally:
+            await t.close()
+            await runner.cleanup()
+        closed = HttpTransport(1, {2: "http://127.0.0.1:9"}, "s", timeout_s=1)
+        closed.set_sender(SENDER)
+        try:
+            with pytest.raises(PeerNotReached):
+                await closed.send(2, Forward("f", Set(b"x"), "r"), _deadline())
+        finally:
+            await closed.close()
+
+    asyncio.run(run())
+    assert {"Forward"} in frames
+    assert all(f == {"Forward"} or "Forward" not in f for f in frames)
