@@ -270,6 +270,10 @@ class Membership:
             health.refused, health.refused_for = None, None
             self.metrics.peer_refused(str(peer_id), False)
 
+    def record(self, peer_id: int) -> PeerRecord | None:
+        """The process of ``peer_id`` this node remembers (from its hellos)."""
+        return self._records.get(peer_id)
+
     def usable(self, acceptor_id: int) -> bool:
         if acceptor_id == self.config.node_id:
             return True

@@ -133,6 +133,8 @@ class ProposerRules:
     prepared_after: Callable[[ProposerRound, RoundStep], Prepared | None] = prepared_after
     round: type[ProposerRound] = ProposerRound
     after_lost_forward: Callable[[], RequestProgress] = RequestProgress.after_lost_forward
+    remember_forwards: bool = True
+    """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
 
 
 @dataclass(slots=True)
@@ -159,6 +161,31 @@ def _rendezvous(key: bytes, node_id: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+FORWARD_MEMORY_S: Final = 60.0
+"""How long a node remembers the request ids of forwarded writes it ran (far above any
+message's lifetime, the time a duplicate can still arrive)."""
+FORWARD_MEMORY_MAX: Final = 200_000
+"""...and at most this many (about 40 s of forwards at 5,000 a second)."""
+
+
+class _SeenIds:
+    """Ids seen in the last ``window_s`` (at most ``count_max`` of them)."""
+
+    def __init__(self, window_s: float, count_max: int) -> None:
+        self._window_s, self._count_max = window_s, count_max
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def admit(self, rid: str, now: float) -> bool:
+        """Record ``rid``; False if it was already seen within the window."""
+        while self._seen and (len(self._seen) >= self._count_max
+                              or next(iter(self._seen.values())) < now - self._window_s):
+            self._seen.popitem(last=False)
+        if rid in self._seen:
+            return False
+        self._seen[rid] = now
+        return True
 
 
 class _PreparedKeys:
@@ -280,6 +307,7 @@ class Node:
         self.identity_rules = identity_rules or IdentityRules()
         self.proposer_rules = proposer_rules or ProposerRules()
         self._prepared = _PreparedKeys(config.limits.prepared_bytes_max)
+        self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
         self.membership = Membership(self)
@@ -551,10 +579,13 @@ class Node:
         """Ask ``target`` to run the change. Returns its outcome, or None and the progress
         a local attempt must start from: fresh when the change certainly did not run
         there, else marked as possibly applied (``RequestProgress.after_lost_forward``)."""
+        record = self.membership.record(target)
+        if record is None:
+            return None, RequestProgress()  # no hello from it yet: nothing was sent
         deadline = asyncio.get_running_loop().time() + self.config.forward_timeout_s
         try:
-            reply = await self.transport.send(target, Forward(key, change, request_id),
-                                              deadline)
+            reply = await self.transport.send(
+                target, Forward(key, change, request_id, record.boot_id), deadline)
         except PeerNotReached:
             self.metrics.forward("not_reached")
             return None, RequestProgress()
@@ -575,10 +606,25 @@ class Node:
                 raise NoQuorum(f"node {target}: {reply.detail}")
             case "unknown":
                 raise UnknownOutcome(f"node {target}: {reply.detail}")
+            case "duplicate":
+                # The answer to a second copy, overtaking the first's: it runs there.
+                return None, self.proposer_rules.after_lost_forward()
         return None, RequestProgress()  # overloaded or declined: nothing ran there
 
     async def _serve_forward(self, msg: Forward) -> Forwarded:
-        """Run a write another node forwarded, here and only here (no second hop)."""
+        """Run a write another node forwarded, here and only here (no second hop), and at
+        most once: a message can arrive twice, and a change whose condition failed records
+        nothing in the value, so a second run could apply what the first reported as
+        rejected. Request ids served are remembered for ``FORWARD_MEMORY_S``, in memory: a
+        forward sent to an earlier process of this node (which may have run it) is not run
+        by this one. Both answer "duplicate", which the sender takes as "may run there"."""
+        if msg.to_boot != self.boot_id:
+            return Forwarded(msg.key, None, error="duplicate",
+                             detail="sent to an earlier process of this node")
+        now = asyncio.get_running_loop().time()
+        if not self._forwards_seen.admit(msg.request_id, now) and \
+                self.proposer_rules.remember_forwards:
+            return Forwarded(msg.key, None, error="duplicate", detail="already running here")
         try:
             if not self.machine.may_propose or "proposer" not in self.config.roles:
                 raise Overloaded(f"not proposing ({self.machine.identity})")

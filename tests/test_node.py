@@ -394,6 +394,7 @@ def _forwarding_node(answer: Any) -> tuple[Node, _ForwardTransport, str]:
     node.membership.machine.identity = "verified"
     for pid in (2, 3):
         node.peer_health[pid].up = True
+        node.membership._records[pid] = PeerRecord(f"d{pid}", 1, f"boot{pid}")
     key = next(f"k{i}" for i in range(100) if node.preferred_proposer(f"k{i}") != 1)
     return node, transport, key
 
@@ -408,7 +409,7 @@ def test_a_forwarded_write_reports_the_proposers_outcome() -> None:
         assert (outcome.kind, outcome.value.version, outcome.value.exists) == ("applied", 7, True)
         [(peer, msg)] = transport.forwards
         assert peer == node.preferred_proposer(key)
-        assert msg == Forward(key, Set(b"v"), "rid-1")
+        assert msg == Forward(key, Set(b"v"), "rid-1", f"boot{peer}")
     asyncio.run(main())
 
 
@@ -440,3 +441,20 @@ def test_a_lost_forward_makes_a_local_failure_unknown() -> None:
             await node.execute(key, Set(b"v"))
     asyncio.run(main(PeerUnreachable("timed out"), UnknownOutcome))
     asyncio.run(main(PeerNotReached("queue full"), NoQuorum))
+
+
+def test_a_forward_runs_at_most_once_and_only_in_the_process_it_was_sent_to() -> None:
+    """Goal: a second copy of a forwarded write, or a copy that reaches a later process of
+    the node, is not run (a rejected condition records nothing, so a second run could
+    apply it later); the answer says "duplicate", which its sender takes as "may run
+    there"."""
+    async def main() -> None:
+        node, _, _ = _node()
+        node.membership.machine.identity = "verified"
+        stale = await node.handle(Forward("k", Set(b"v"), "r1", "an-old-boot"), 1e9)
+        assert isinstance(stale, Forwarded) and stale.error == "duplicate"
+        first = await node.handle(Forward("k", Set(b"v"), "r2", node.boot_id), 1e9)
+        assert isinstance(first, Forwarded) and first.error != "duplicate"
+        again = await node.handle(Forward("k", Set(b"v"), "r2", node.boot_id), 1e9)
+        assert isinstance(again, Forwarded) and again.error == "duplicate"
+    asyncio.run(main())

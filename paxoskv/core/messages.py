@@ -110,14 +110,20 @@ ClientChange = Set | Cas | Create | Delete
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Run a client's change as the key's preferred proposer, under the client's request
-    id (so a retry elsewhere can never apply it twice)."""
+    id (so a retry elsewhere can never apply it twice). ``to_boot`` names the process of
+    the proposer it was sent to: a copy arriving at a later process is not run, since the
+    one it was meant for may have run it, and only that one remembered so."""
 
     key: str
     change: ClientChange
     request_id: str
+    to_boot: str
 
 
-ForwardError = Literal["no_quorum", "unknown", "overloaded", "declined"]
+ForwardError = Literal["no_quorum", "unknown", "overloaded", "declined", "duplicate"]
+"""``declined``: not run there at all; ``duplicate``: a second copy of a forward that is
+running or ran there (its answer may overtake the first copy's), or one sent to an
+earlier process of the node, which may have run it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +216,9 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
                     "v": _value_to_wire(v, raw)}
         case Unavailable(key=key, reason=reason):
             return {"t": "unavailable", "k": key, "r": reason}
-        case Forward(key=key, change=change, request_id=rid):
-            return {"t": "forward", "k": key, "c": _change_to_wire(change, raw), "id": rid}
+        case Forward(key=key, change=change, request_id=rid, to_boot=boot):
+            return {"t": "forward", "k": key, "c": _change_to_wire(change, raw), "id": rid,
+                    "to": boot}
         case Forwarded(key=key, kind=kind, version=version, exists=exists, error=error,
                        detail=detail):
             return {"t": "forwarded", "k": key, "o": kind, "ver": version, "x": exists,
@@ -329,10 +336,12 @@ def from_wire(raw: object) -> Message:
                 raise PeerProtocolError("unavailable reason must be a string")
             return Unavailable(key, reason)
         case "forward":
-            rid = raw.get("id")
+            rid, boot = raw.get("id"), raw.get("to")
             if not isinstance(rid, str) or not 1 <= len(rid) <= 200:
                 raise PeerProtocolError("forward request id must be a short string")
-            return Forward(key, _change_from_wire(raw.get("c")), rid)
+            if not isinstance(boot, str) or not 1 <= len(boot) <= 64:
+                raise PeerProtocolError("forward boot id must be a short string")
+            return Forward(key, _change_from_wire(raw.get("c")), rid, boot)
         case "forwarded":
             return _forwarded_from_wire(key, raw)
     raise PeerProtocolError(f"unknown message type {kind!r}")

@@ -58,6 +58,7 @@ MUTANTS: Final[dict[str, str]] = {
                        "started from, not to the previous change's result",
     "forward-lost-is-failed": "a write forwarded to a proposer that never answered is run "
                               "again here as if it had never been sent",
+    "forward-runs-twice": "a proposer runs every copy of a duplicated forwarded write",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
@@ -139,6 +140,7 @@ PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "stale-piggyback-ballot": ProposerRules(prepared_after=_prepared_after_refusal),
     "batch-from-base": ProposerRules(round=_BatchFromBase),
     "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
+    "forward-runs-twice": ProposerRules(remember_forwards=False),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 

@@ -262,7 +262,13 @@ class _Simulation:
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
-        self.network = SimNetwork(self._fork(), options.network, self.faults)
+        network_options = options.network
+        if options.mutant == "forward-runs-twice":
+            # Only a duplicated forward reveals it: duplicate ten times as often.
+            network_options = dataclasses.replace(
+                network_options, duplicate_probability=max(
+                    network_options.duplicate_probability, 0.3))
+        self.network = SimNetwork(self._fork(), network_options, self.faults)
         self.state_checker = StateChecker()
         self.network.observer = self.state_checker.on_reply
         self.ids = list(range(1, options.nodes + options.proposers + 1))

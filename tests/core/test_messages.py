@@ -6,6 +6,8 @@ from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import (
     Accept,
     Accepted,
+    Forward,
+    Forwarded,
     Nack,
     PeerProtocolError,
     Prepare,
@@ -16,7 +18,7 @@ from paxoskv.core.messages import (
     from_wire,
     to_wire,
 )
-from paxoskv.core.register import Value
+from paxoskv.core.register import Cas, Delete, Value
 
 B = Ballot(7, 2, 3)
 MESSAGES = [
@@ -28,6 +30,10 @@ MESSAGES = [
     Accepted("k", B),
     Accept("k", B, Value(1, b"v"), Ballot(8, 2, 3)),
     Accepted("k", B, Ballot(8, 2, 3)),
+    Forward("k", Cas(3, b"\x00v"), "req-1", "boot"),
+    Forward("k", Delete(None), "req-2", "boot"),
+    Forwarded("k", "rejected", 4, True),
+    Forwarded("k", None, error="duplicate", detail="x"),
     Nack("k", B, Ballot(9, 1, 1)),
     Query("k"),
     QueryReply("k", B, Value(5, None)),

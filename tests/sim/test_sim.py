@@ -52,6 +52,7 @@ DETECTOR = {
     "stale-piggyback-ballot": "checker",
     "batch-from-base": "checker",
     "forward-lost-is-failed": "checker",
+    "forward-runs-twice": "checker",
 }
 """Which detector must catch each mutant (None: any of checker, state checker, assertion)."""
 

@@ -115,7 +115,8 @@ def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
         t.set_sender(SENDER)
         loop = asyncio.get_running_loop()
         try:
-            forward = asyncio.ensure_future(t.send(2, Forward("f", Set(b"x"), "r"), _deadline()))
+            forward = asyncio.ensure_future(
+                t.send(2, Forward("f", Set(b"x"), "r", "b"), _deadline()))
             await asyncio.sleep(0.05)
             started = loop.time()
             queries = await asyncio.gather(*(t.send(2, Query(f"q{i}"), _deadline())
@@ -130,7 +131,7 @@ def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
         closed.set_sender(SENDER)
         try:
             with pytest.raises(PeerNotReached):
-                await closed.send(2, Forward("f", Set(b"x"), "r"), _deadline())
+                await closed.send(2, Forward("f", Set(b"x"), "r", "b"), _deadline())
         finally:
             await closed.close()
 
