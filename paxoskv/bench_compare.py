@@ -47,7 +47,7 @@ from paxoskv.bench import start_cluster, stop_cluster, wait_until_up
 from paxoskv.chaos.processes import free_ports
 
 __all__ = ["KEY_FORMAT", "Cell", "Side", "format_table", "key_name", "main", "merge_quantiles",
-           "parse_wrk_output"]
+           "nan_to_none", "parse_wrk_output"]
 
 QUANTILES = 2000
 WORKLOADS = ("put", "get-lin", "get-stale", "mix-90r", "mix-50r", "cas-hot")
@@ -418,17 +418,20 @@ def format_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
+def nan_to_none(x: Any) -> Any:
+    """``x`` with every NaN (a figure not measured) as None, which JSON can carry."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [nan_to_none(v) for v in x]
+    return x
+
+
 def to_json(cells: Sequence[Cell], meta: dict[str, Any]) -> str:
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and math.isnan(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
     rows = [dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio) for c in cells]
-    return json.dumps(clean({"meta": meta, "cells": rows}), indent=2)
+    return json.dumps(nan_to_none({"meta": meta, "cells": rows}), indent=2)
 
 
 def split_connections(total: int, parts: int) -> list[int]:
