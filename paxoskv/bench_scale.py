@@ -196,6 +196,13 @@ def format_table(rows: Sequence[Row]) -> str:
                      f"{_f(r.p50_ms, 7, 2)} | {_f(r.p99_ms, 7, 2)} | {_f(r.mb_per_s, 7, 2)} | "
                      f"{_f(r.rss_mb_max, 17, 1)} | {_f(r.dir_bytes_per_key, 14, 0)} | "
                      f"{err:>5}")
+    axes_of: dict[tuple[int, int, int], set[str]] = {}
+    for r in rows:
+        axes_of.setdefault((r.keys, r.value_bytes, r.nodes), set()).add(r.axis)
+    shared = [k for k, a in axes_of.items() if len(a) > 1]
+    for keys, value_bytes, nodes in shared:
+        lines.append(f"{keys:,} keys x {_size(value_bytes)} x {nodes} nodes belongs to "
+                     f"several axes and ran once: its rows repeat one measurement")
     lines.append(f"{CONNECTIONS} connections aimed at node 1; MB/s = req/s x value bytes; "
                  "RSS after the workload, highest node; data dir after the nodes stop, "
                  "largest node; err = non-2xx answers and socket errors ('!': not throughput)")
