@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_COMPARE_ARGS ?=
 BENCH_MEMORY_ARGS ?=
+BENCH_SCALE_ARGS ?=
 SEEDS  ?= 1000
 OPS    ?= 500
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile \
-	bench-storage bench-memory clean e2e e2e-tests
+	bench-storage bench-memory bench-scale clean e2e e2e-tests
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -27,6 +28,10 @@ help:
 	@echo "make bench-storage  group commit, SQLite vs LMDB, fsync on (~1 min; docs/storage.md)"
 	@echo "make bench-memory   RSS of 3 nodes holding 10^6 keys of 1 KiB (~5 min, ~5 GB of disk;"
 	@echo "             BENCH_MEMORY_ARGS='--keys 100000' for a smaller run)"
+	@echo "make bench-scale    req/s, p99, RSS and disk per key as keys (10^4..10^6), values"
+	@echo "             (100 B..100 KB) and nodes (3, 5) grow (~5 min, ~3.5 GB of disk; installs"
+	@echo "             wrk; table + reports/bench-scale.json; BENCH_SCALE_ARGS='--max-keys 100000'"
+	@echo "             or '--axes keys' for less)"
 	@echo "make image / chart-check / cluster-up / e2e: see README"
 
 # Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
@@ -88,6 +93,12 @@ bench-storage: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(PY) -m paxoskv.bench_memory $(BENCH_MEMORY_ARGS)
+
+# wrk comes from Debian by package name when missing (run as root).
+bench-scale: $(STAMP)
+	@command -v wrk >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m paxoskv.bench_scale $(BENCH_SCALE_ARGS)
 
 # End to end on a real cluster: image, cluster, load, the eight steps, teardown.
 # E2E_KEEP_CLUSTER=1 leaves the cluster up afterwards.

@@ -143,14 +143,18 @@ def start_cluster(base: Path, n: int, data_dirs: list[Path] | None = None,
     ports = free_ports(n)
     peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
     env = dict(os.environ, PAXOSKV_PEER_SECRET="bench")
-    procs = []
-    for i, port in enumerate(ports):
-        cmd = [sys.executable, "-m", "paxoskv", "serve", "--node-id", str(i + 1), "--listen",
-               f"127.0.0.1:{port}", "--peers", peers, "--data-dir", str(dirs[i]),
-               "--log-level", "warning", *extra_args]
-        procs.append(subprocess.Popen(cmd, env=env))
+    procs: list[subprocess.Popen[bytes]] = []
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    late = wait_until_up(urls, _ready, ready_timeout_s)
+    try:
+        for i, port in enumerate(ports):
+            cmd = [sys.executable, "-m", "paxoskv", "serve", "--node-id", str(i + 1),
+                   "--listen", f"127.0.0.1:{port}", "--peers", peers, "--data-dir",
+                   str(dirs[i]), "--log-level", "warning", *extra_args]
+            procs.append(subprocess.Popen(cmd, env=env))
+        late = wait_until_up(urls, _ready, ready_timeout_s)
+    except BaseException:  # Ctrl-C or SIGTERM while starting: the caller has no PIDs yet
+        stop_cluster(procs)
+        raise
     if late is not None:
         stop_cluster(procs)
         raise SystemExit(f"bench: {late} did not become ready")

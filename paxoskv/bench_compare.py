@@ -46,12 +46,21 @@ import aiohttp
 from paxoskv.bench import start_cluster, stop_cluster, wait_until_up
 from paxoskv.chaos.processes import free_ports
 
-__all__ = ["Cell", "Side", "format_table", "main", "merge_quantiles", "parse_wrk_output"]
+__all__ = ["KEY_FORMAT", "Cell", "Side", "format_table", "key_name", "main", "merge_quantiles",
+           "nan_to_none", "parse_wrk_output"]
 
 QUANTILES = 2000
 WORKLOADS = ("put", "get-lin", "get-stale", "mix-90r", "mix-50r", "cas-hot")
 MARK = "WRKJSON "
 HOT_KEY = "hot"
+KEY_FORMAT = "k%05d"
+"""Name of the i-th key, for Lua's ``string.format`` and Python's ``%`` alike: the one
+source of truth, so keys pre-loaded here are the ones wrk's scripts hit."""
+
+
+def key_name(i: int) -> str:
+    """The i-th benchmark key (k00000, k00001, ...), as every wrk script names it."""
+    return KEY_FORMAT % i
 
 # --------------------------------------------------------------------------- Lua scripts
 
@@ -78,7 +87,7 @@ function b64(data)
   end) .. ({ '', '==', '=' })[#data % 3 + 1])
 end
 
-function keyname(i) return string.format("k%05d", i) end
+function keyname(i) return string.format(KEY_FORMAT, i) end
 
 ok = 0
 bad = 0
@@ -239,7 +248,8 @@ def lua_script(system: str, workload: str, keys: int, value: bytes) -> str:
     read_fraction, stale, cas = _workload_params(workload)
     consts = (f"NQ = {QUANTILES}\nNKEYS = {keys}\nREAD_FRACTION = {read_fraction}\n"
               f"STALE = {'true' if stale else 'false'}\nCAS = {'true' if cas else 'false'}\n"
-              f"HOT = {json.dumps(HOT_KEY)}\nVALUE = {json.dumps(value.decode())}\n"
+              f"HOT = {json.dumps(HOT_KEY)}\nKEY_FORMAT = {json.dumps(KEY_FORMAT)}\n"
+              f"VALUE = {json.dumps(value.decode())}\n"
               f"VALUE_B64 = {json.dumps(base64.b64encode(value).decode())}\n")
     body = _LUA_PAXOSKV if system == "paxoskv" else _LUA_ETCD
     return consts + _LUA_COMMON + body + _LUA_TAIL
@@ -408,17 +418,20 @@ def format_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
+def nan_to_none(x: Any) -> Any:
+    """``x`` with every NaN (a figure not measured) as None, which JSON can carry."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [nan_to_none(v) for v in x]
+    return x
+
+
 def to_json(cells: Sequence[Cell], meta: dict[str, Any]) -> str:
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and math.isnan(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
     rows = [dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio) for c in cells]
-    return json.dumps(clean({"meta": meta, "cells": rows}), indent=2)
+    return json.dumps(nan_to_none({"meta": meta, "cells": rows}), indent=2)
 
 
 def split_connections(total: int, parts: int) -> list[int]:
@@ -477,7 +490,7 @@ async def _preload(system: str, urls: list[str], keys: int, value: bytes,
     todo = [*range(keys), -1]  # -1: the hot CAS key
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
         async def put(i: int, url: str) -> None:
-            name = HOT_KEY if i < 0 else f"k{i:05d}"
+            name = HOT_KEY if i < 0 else key_name(i)
             for _attempt in range(5):
                 if time.monotonic() > end:
                     raise RuntimeError(f"{system}: pre-load did not finish in {deadline_s} s")

@@ -1,12 +1,8 @@
 """``python -m paxoskv.bench_memory``: resident memory of nodes holding many keys.
 
 1. Builds one data directory of ``--keys`` keys of ``--value-bytes`` through
-   ``SqliteStorage`` itself, in large batches: each key as an acceptor holds it after one
-   accepted write (promised = accepted = ballot 1 of node 1 at incarnation 0, version 1;
-   incarnation 0 is no real process's, whose first is 1, so no proposer can reuse that
-   ballot for another value). Nodes 2 and 3 get
-   file copies of it, so all three hold the same accepted state. No identity meta is
-   written: each node creates its own at its first start, as in production.
+   ``SqliteStorage`` itself, each key as an acceptor holds it after one accepted write,
+   and file copies of it for nodes 2 and 3 (``paxoskv.bench_preload`` says how and why).
 2. Starts 3 real ``paxoskv serve`` processes over those directories and records their
    RSS once ready, then drives linearizable GETs and PUTs of random keys through the
    HTTP API for ``--seconds`` so the state cache fills.
@@ -34,29 +30,9 @@ from pathlib import Path
 import aiohttp
 
 from paxoskv.bench import start_cluster, stop_cluster
-from paxoskv.core.acceptor import AcceptorState
-from paxoskv.core.ballot import Ballot
-from paxoskv.core.register import Value
-from paxoskv.storage.sqlite import SqliteStorage
+from paxoskv.bench_preload import build_replicas, dir_bytes, proc_status
 
 __all__ = ["main"]
-
-_CHUNK = 20_000
-"""Keys per group of concurrent saves while building: one or a few commits each."""
-
-
-def _status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in bytes (0 once it has exited)."""
-    out: dict[str, int] = {"VmRSS": 0, "VmHWM": 0}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            out[name] = int(rest.split()[0]) * 1024
-    return out
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
 def _mb(n: float) -> str:
@@ -65,27 +41,6 @@ def _mb(n: float) -> str:
 
 def _key(i: int) -> str:
     return f"bench/{i:08d}"
-
-
-async def _build(path: Path, keys: int, value_bytes: int) -> None:
-    ballot = Ballot(1, 1, 0)
-    rng = random.Random(7)
-    storage = SqliteStorage(path, batch_max=_CHUNK, cache_bytes=0)
-    started = time.monotonic()
-    try:
-        for first in range(0, keys, _CHUNK):
-            await asyncio.gather(*(
-                storage.save(_key(i), AcceptorState(ballot, ballot,
-                                                    Value(1, rng.randbytes(value_bytes))))
-                for i in range(first, min(keys, first + _CHUNK))))
-            done = min(keys, first + _CHUNK)
-            if done % 100_000 == 0 or done == keys:
-                rate = done / (time.monotonic() - started)
-                print(f"bench_memory: built {done:,}/{keys:,} keys ({rate:,.0f} keys/s)",
-                      flush=True)
-        assert storage.key_count() == keys
-    finally:
-        await storage.close()
 
 
 @dataclass
@@ -129,7 +84,7 @@ async def _drive(urls: list[str], keys: int, value_bytes: int, seconds: float, c
                 dead = [i + 1 for i, p in enumerate(procs) if p.poll() is not None]
                 if dead:
                     raise SystemExit(f"bench_memory: node(s) {dead} exited during the load")
-                rss = ", ".join(_mb(_status(p.pid)["VmRSS"]) for p in procs)
+                rss = ", ".join(_mb(proc_status(p.pid)["VmRSS"]) for p in procs)
                 print(f"bench_memory: load {time.monotonic() - started:4.0f}s: "
                       f"{totals.ops:,} ok, {totals.errors:,} errors; RSS {rss}", flush=True)
 
@@ -159,16 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         procs, _ = start_cluster(base, 3, empty, extra)
         try:
             time.sleep(2)
-            baseline = [_status(p.pid)["VmRSS"] for p in procs]
+            baseline = [proc_status(p.pid)["VmRSS"] for p in procs]
         finally:
             stop_cluster(procs)
         dirs = [base / f"n{i}" for i in (1, 2, 3)]
         print(f"bench_memory: building {args.keys:,} keys of {args.value_bytes} bytes in "
               f"{dirs[0]}", flush=True)
         t0 = time.monotonic()
-        asyncio.run(_build(dirs[0], args.keys, args.value_bytes))
-        for d in dirs[1:]:
-            shutil.copytree(dirs[0], d)
+        build_replicas(dirs, args.keys, args.value_bytes, _key,
+                       lambda line: print(f"bench_memory: {line}", flush=True))
         built_s = time.monotonic() - t0
         print(f"bench_memory: 3 directories ready in {built_s:.0f}s; starting 3 nodes",
               flush=True)
@@ -176,16 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         procs, urls = start_cluster(base, 3, dirs, extra, ready_timeout_s=300)
         try:
             ready_s = time.monotonic() - t0
-            at_start = [_status(p.pid)["VmRSS"] for p in procs]
+            at_start = [proc_status(p.pid)["VmRSS"] for p in procs]
             print(f"bench_memory: ready in {ready_s:.1f}s; RSS "
                   f"{', '.join(_mb(r) for r in at_start)}; driving load for "
                   f"{args.seconds:.0f}s", flush=True)
             load = asyncio.run(_drive(urls, args.keys, args.value_bytes, args.seconds,
                                       args.clients, procs))
-            final = [_status(p.pid) for p in procs]
+            final = [proc_status(p.pid) for p in procs]
         finally:
             stop_cluster(procs)
-        disk = [_dir_bytes(d) for d in dirs]
+        disk = [dir_bytes(d) for d in dirs]
         print()
         print(f"{args.keys:,} keys of {args.value_bytes} B per node; cache-bytes "
               f"{args.cache_bytes if args.cache_bytes is not None else 'default'}; load "
