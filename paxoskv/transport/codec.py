@@ -176,17 +176,20 @@ def encode_frame(sender: Sender, messages: list[tuple[Request, int]],
     return _encode_binary(_KIND_REQUEST, frame) if binary else orjson.dumps(frame)
 
 
+def _parse(body: bytes, kind: int, what: str) -> tuple[Any, memoryview | None]:
+    """A frame's metadata and, when binary, the area its value bytes are in."""
+    if is_binary_frame(body):
+        return _decode_binary(body, kind)
+    try:
+        return orjson.loads(body), None
+    except orjson.JSONDecodeError as exc:
+        raise PeerProtocolError(f"{what} is not JSON: {exc}") from exc
+
+
 def decode_frame(body: bytes, ttl_ms_max: int) -> tuple[Sender, list[tuple[Request, int]]]:
     """Parse a request frame, binary or JSON; a ``ttl`` above ``ttl_ms_max`` is cut down
     to it."""
-    blobs: memoryview | None = None
-    if is_binary_frame(body):
-        raw, blobs = _decode_binary(body, _KIND_REQUEST)
-    else:
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise PeerProtocolError(f"frame is not JSON: {exc}") from exc
+    raw, blobs = _parse(body, _KIND_REQUEST, "frame")
     if not isinstance(raw, dict) or not isinstance(raw.get("m"), list):
         raise PeerProtocolError("frame must be an object with a list 'm'")
     sender = Sender.from_wire(raw.get("h"))
@@ -216,14 +219,7 @@ def encode_replies(replies: list[Reply], binary: bool = True) -> bytes:
 def decode_replies(body: bytes, count: int) -> list[Reply]:
     """Parse a reply frame (binary or JSON) answering ``count`` messages;
     PeerProtocolError otherwise."""
-    blobs: memoryview | None = None
-    if is_binary_frame(body):
-        raw, blobs = _decode_binary(body, _KIND_REPLY)
-    else:
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise PeerProtocolError(f"reply frame is not JSON: {exc}") from exc
+    raw, blobs = _parse(body, _KIND_REPLY, "reply frame")
     items = raw.get("r") if isinstance(raw, dict) else None
     if not isinstance(items, list) or len(items) != count:
         raise PeerProtocolError("reply frame does not match the batch")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,6 +19,26 @@ from paxoskv.transport.codec import Sender, check_peer_auth, decode_frame, encod
 from paxoskv.transport.http import HttpTransport
 
 SENDER = Sender(1, PeerRecord("d1", 1, "b1"), "fp")
+
+
+@contextlib.asynccontextmanager
+async def _peer(handler: Callable[[web.Request], Awaitable[web.Response]],
+                inflight_max: int) -> AsyncIterator[HttpTransport]:
+    """A transport from node 1 to a peer 2 whose /internal/batch is ``handler``."""
+    app = web.Application()
+    app.router.add_post("/internal/batch", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    t = HttpTransport(1, {2: f"http://127.0.0.1:{port}"}, "s", inflight_max=inflight_max)
+    t.set_sender(SENDER)
+    try:
+        yield t
+    finally:
+        await t.close()
+        await runner.cleanup()
 
 
 def _deadline(seconds: float = 5.0) -> float:
@@ -40,24 +62,12 @@ def test_concurrent_sends_are_coalesced_into_few_requests() -> None:
                             content_type="application/json")
 
     async def run() -> None:
-        app = web.Application()
-        app.router.add_post("/internal/batch", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        t = HttpTransport(1, {2: f"http://127.0.0.1:{port}"}, "s", inflight_max=2)
-        t.set_sender(SENDER)
-        try:
+        async with _peer(handler, inflight_max=2) as t:
             replies = await asyncio.gather(*(t.send(2, Query(f"k{i}"), _deadline())
                                              for i in range(100)))
             for i, r in enumerate(replies):
                 assert isinstance(r, QueryReply)
                 assert r.value.data == f"k{i}".encode()
-        finally:
-            await t.close()
-            await runner.cleanup()
 
     asyncio.run(run())
     assert sum(requests_seen) == 100
@@ -104,17 +114,8 @@ def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
         return web.Response(body=encode_replies(replies), content_type="application/json")
 
     async def run() -> None:
-        app = web.Application()
-        app.router.add_post("/internal/batch", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        t = HttpTransport(1, {2: f"http://127.0.0.1:{port}"}, "s", inflight_max=1)
-        t.set_sender(SENDER)
         loop = asyncio.get_running_loop()
-        try:
+        async with _peer(handler, inflight_max=1) as t:
             forward = asyncio.ensure_future(
                 t.send(2, Forward("f", Set(b"x"), "r", "b"), _deadline()))
             await asyncio.sleep(0.05)
@@ -124,9 +125,6 @@ def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
             assert loop.time() - started < 0.4
             assert all(isinstance(q, QueryReply) for q in queries)
             assert isinstance(await forward, Forwarded)
-        finally:
-            await t.close()
-            await runner.cleanup()
         closed = HttpTransport(1, {2: "http://127.0.0.1:9"}, "s", timeout_s=1)
         closed.set_sender(SENDER)
         try:
