@@ -532,6 +532,11 @@ class Node:
                 outcome, progress = await self._forward(target, key, change, request_id)
                 if outcome is not None:
                     return outcome
+                if progress.runs_elsewhere:
+                    # It may still run there, after any attempt here: running it here too
+                    # could apply it twice once the value forgets its id. Unknown (504).
+                    raise UnknownOutcome(f"node {target} got this write and did not answer "
+                                         "in time; it may still apply it")
         outcome = await self._execute_here(key, change, request_id, progress)
         if isinstance(settle(outcome, progress), Unknown):
             raise UnknownOutcome(f"{outcome.kind} here, but the preferred proposer that did "
