@@ -614,6 +614,10 @@ class Node:
             case "duplicate":
                 # The answer to a second copy, overtaking the first's: it runs there.
                 return None, self.proposer_rules.after_lost_forward()
+            case "restarted":
+                # Its earlier process may have applied it, but is gone: run it here, as
+                # a retry that may find it applied (never "failed" if it fails).
+                return None, RequestProgress(accept_sent=True, sent_from_version=1)
         return None, RequestProgress()  # overloaded or declined: nothing ran there
 
     async def _serve_forward(self, msg: Forward) -> Forwarded:
@@ -622,9 +626,10 @@ class Node:
         nothing in the value, so a second run could apply what the first reported as
         rejected. Request ids served are remembered for ``FORWARD_MEMORY_S``, in memory: a
         forward sent to an earlier process of this node (which may have run it) is not run
-        by this one. Both answer "duplicate", which the sender takes as "may run there"."""
+        by this one: "restarted" (it may have run there, but will not run again) and
+        "duplicate" (it may still run there) tell the sender which."""
         if msg.to_boot != self.boot_id:
-            return Forwarded(msg.key, None, error="duplicate",
+            return Forwarded(msg.key, None, error="restarted",
                              detail="sent to an earlier process of this node")
         now = asyncio.get_running_loop().time()
         if not self._forwards_seen.admit(msg.request_id, now) and \

@@ -446,13 +446,13 @@ def test_a_lost_forward_makes_a_local_failure_unknown() -> None:
 def test_a_forward_runs_at_most_once_and_only_in_the_process_it_was_sent_to() -> None:
     """Goal: a second copy of a forwarded write, or a copy that reaches a later process of
     the node, is not run (a rejected condition records nothing, so a second run could
-    apply it later); the answer says "duplicate", which its sender takes as "may run
-    there"."""
+    apply it later); the answers say "duplicate" (it may still run there) and "restarted"
+    (it may have run in the earlier process, which is gone)."""
     async def main() -> None:
         node, _, _ = _node()
         node.membership.machine.identity = "verified"
         stale = await node.handle(Forward("k", Set(b"v"), "r1", "an-old-boot"), 1e9)
-        assert isinstance(stale, Forwarded) and stale.error == "duplicate"
+        assert isinstance(stale, Forwarded) and stale.error == "restarted"
         first = await node.handle(Forward("k", Set(b"v"), "r2", node.boot_id), 1e9)
         assert isinstance(first, Forwarded) and first.error != "duplicate"
         again = await node.handle(Forward("k", Set(b"v"), "r2", node.boot_id), 1e9)

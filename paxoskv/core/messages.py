@@ -120,10 +120,12 @@ class Forward:
     to_boot: str
 
 
-ForwardError = Literal["no_quorum", "unknown", "overloaded", "declined", "duplicate"]
+ForwardError = Literal["no_quorum", "unknown", "overloaded", "declined", "duplicate",
+                       "restarted"]
 """``declined``: not run there at all; ``duplicate``: a second copy of a forward that is
-running or ran there (its answer may overtake the first copy's), or one sent to an
-earlier process of the node, which may have run it."""
+running or ran there (its answer may overtake the first copy's); ``restarted``: sent to an
+earlier process of the node, which may have run it before it stopped, but never will
+again."""
 
 
 @dataclass(frozen=True, slots=True)
