@@ -62,7 +62,6 @@ from paxoskv.core.proposer import (
     classify_failure,
     next_ballot,
     prepared_after,
-    settle,
 )
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
@@ -268,10 +267,8 @@ class _KeyedLocks:
 
 
 
-def _kind(msg: Request) -> Literal["prepare", "accept", "query", "forward"]:
+def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
     match msg:
-        case Forward():
-            return "forward"
         case Prepare():
             return "prepare"
         case Accept():
@@ -537,11 +534,7 @@ class Node:
                     # could apply it twice once the value forgets its id. Unknown (504).
                     raise UnknownOutcome(f"node {target} got this write and did not answer "
                                          "in time; it may still apply it")
-        outcome = await self._execute_here(key, change, request_id, progress)
-        if isinstance(settle(outcome, progress), Unknown):
-            raise UnknownOutcome(f"{outcome.kind} here, but the preferred proposer that did "
-                                 "not answer may still apply it")
-        return outcome
+        return await self._execute_here(key, change, request_id, progress)
 
     async def _execute_here(self, key: str, change: Change, request_id: str,
                             progress: RequestProgress) -> Outcome:
@@ -583,7 +576,8 @@ class Node:
                        ) -> tuple[Outcome | None, RequestProgress]:
         """Ask ``target`` to run the change. Returns its outcome, or None and the progress
         a local attempt must start from: fresh when the change certainly did not run
-        there, else marked as possibly applied (``RequestProgress.after_lost_forward``)."""
+        there, possibly applied when a gone process may have run it, and "may still run
+        there" (``RequestProgress.after_lost_forward``: no local attempt) otherwise."""
         record = self.membership.record(target)
         if record is None:
             return None, RequestProgress()  # no hello from it yet: nothing was sent

@@ -45,7 +45,6 @@ __all__ = [
     "classify_failure",
     "next_ballot",
     "prepared_after",
-    "settle",
 ]
 
 
@@ -357,15 +356,13 @@ class RequestProgress:
     """The lowest version an accept of this request's change proposed."""
     runs_elsewhere: bool = False
     """Another proposer got this request and may still apply it (a forward it never
-    answered): an outcome here that did not apply it proves nothing (``settle``)."""
+    answered): it must not also run here, since once the value forgot its id the two
+    could apply it twice, and a condition failing here may hold there later."""
 
     @staticmethod
     def after_lost_forward() -> RequestProgress:
         """A request forwarded to another proposer that never answered: it may have applied
-        the change at any version, or may still. "Unknown" if it fails here; a round that
-        finds the newest value has forgotten any of its changes (16 writes back) cannot rule
-        out applying it twice, so it answers "unknown" too; and a condition that fails here
-        may still hold there later (``settle``)."""
+        the change at any version, or may still (the caller answers "unknown")."""
         return RequestProgress(accept_sent=True, sent_from_version=1, runs_elsewhere=True)
 
     def on_accept_sent(self, version: int) -> None:
@@ -378,19 +375,6 @@ class RequestProgress:
 
 
 FailureKind = Literal["no_quorum", "contention", "unknown"]
-
-
-def settle(outcome: Outcome, progress: RequestProgress) -> Outcome | Unknown:
-    """What the client is told of a committed round.
-
-    An applied change records its request id in the value, so any other attempt of it,
-    here or at another proposer, finds it and applies nothing. A failed condition records
-    nothing: while another proposer may still run the same request (``runs_elsewhere``),
-    it could apply it later, once the condition holds, so "rejected" would be a lie.
-    """
-    if progress.runs_elsewhere and outcome.kind != "applied":
-        return Unknown()
-    return outcome
 
 
 def classify_failure(change: Change, progress: RequestProgress, conflict: bool

@@ -10,13 +10,11 @@ from paxoskv.core.proposer import (
     Prepared,
     ProposerRound,
     QueryRound,
-    RequestProgress,
     SendAccept,
     Unknown,
     Wait,
     next_ballot,
     prepared_after,
-    settle,
 )
 from paxoskv.core.quorum import QuorumConfig, majority
 from paxoskv.core.register import RECENT_MAX, Cas, Outcome, Read, Set, Value, apply_change
@@ -270,16 +268,3 @@ def test_a_request_whose_attempt_may_be_forgotten_is_unknown_alone() -> None:
     assert isinstance(step, SendAccept)
     assert rnd.results[0] == Unknown()
     assert step.accept.value.version == 41 and step.accept.value.data == b"n"
-
-
-def test_a_rejection_is_unknown_while_another_proposer_may_still_run_the_request() -> None:
-    """Goal: after a forward that was never answered, a failed condition here is no proof
-    (the other proposer may apply the change later, once the condition holds): unknown;
-    an applied outcome stands (its id in the value stops any second application)."""
-    lost = RequestProgress.after_lost_forward()
-    rejected = Outcome("rejected", Value(3, b"x"))
-    applied = Outcome("applied", Value(4, b"y"))
-    assert settle(rejected, lost) == Unknown()
-    assert settle(Outcome("absent", Value(3, None)), lost) == Unknown()
-    assert settle(applied, lost) == applied
-    assert settle(rejected, RequestProgress()) == rejected
