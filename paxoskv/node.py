@@ -519,6 +519,9 @@ class Node:
         runs here when that one is this node, cannot be reached or declines. Raises
         NoQuorum (definitely not applied), UnknownOutcome, or Overloaded.
         """
+        # One deadline for the whole request: a forward that took its time leaves the local
+        # attempt only what remains of it.
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
         await self.wait_may_propose()
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
@@ -534,29 +537,62 @@ class Node:
                     # could apply it twice once the value forgets its id. Unknown (504).
                     raise UnknownOutcome(f"node {target} got this write and did not answer "
                                          "in time; it may still apply it")
-        return await self._execute_here(key, change, request_id, progress)
+        return await self._execute_here(key, change, request_id, progress, deadline)
 
     async def _execute_here(self, key: str, change: Change, request_id: str,
-                            progress: RequestProgress) -> Outcome:
+                            progress: RequestProgress, deadline: float) -> Outcome:
         loop = asyncio.get_running_loop()
         item = Pending(change, request_id, progress)
         done: asyncio.Future[Outcome] = loop.create_future()
         with self._round_slot():
             queue = self._key_queues.setdefault(key, deque())
-            queue.append(_Waiting(item, done, loop.time() + self.config.request_timeout_s))
+            queue.append(_Waiting(item, done, deadline))
             if key not in self._key_drivers:
-                self._key_drivers[key] = self._spawn(self._drive(key))
+                self._start_driver(key)
             try:
-                async with asyncio.timeout(self.config.request_timeout_s):
+                async with asyncio.timeout_at(deadline):
                     return await asyncio.shield(done)
             except TimeoutError:
-                item.abandoned = True
+                self._abandon(item, done)
                 if classify_failure(change, item.progress, conflict=False) == "unknown":
                     raise UnknownOutcome("timed out after its change was sent") from None
                 raise NoQuorum("request timed out before a quorum answered") from None
             except asyncio.CancelledError:
-                item.abandoned = True
+                self._abandon(item, done)
                 raise
+
+    @staticmethod
+    def _abandon(item: Pending, done: asyncio.Future[Outcome]) -> None:
+        """The caller stopped waiting: later rounds leave the change out, and its future
+        is cancelled so that no outcome set later goes unretrieved (asyncio would log it)."""
+        item.abandoned = True
+        done.cancel()
+
+    def _start_driver(self, key: str) -> None:
+        """Start the task that runs ``key``'s rounds while changes wait in its queue."""
+        coro = self._drive(key)
+        try:
+            task = self._spawn(coro)
+        except BaseException:
+            # The node is stopping (its task group refuses tasks): nothing will serve the
+            # queue, so it must not keep the change that was just queued (run later, after
+            # its caller got an error).
+            coro.close()
+            del self._key_queues[key]
+            raise
+        self._key_drivers[key] = task
+        task.add_done_callback(lambda t: self._driver_ended(key, t))
+
+    def _driver_ended(self, key: str, task: asyncio.Task[None]) -> None:
+        """Clean up after a driver cancelled before its first step (its ``finally`` never
+        ran): otherwise the key would keep a driver entry that serves nobody, and every
+        later change to it would wait in the queue until its timeout."""
+        if self._key_drivers.get(key) is not task:
+            return  # it cleaned up itself; a newer driver may own the key now
+        del self._key_drivers[key]
+        for waiting in self._key_queues.pop(key, ()):
+            if not waiting.done.done():
+                waiting.done.set_exception(self._failure(waiting.item, conflict=False))
 
     def preferred_proposer(self, key: str) -> int:
         """The live proposer this node sends ``key``'s writes to: rendezvous hashing, so
@@ -654,7 +690,18 @@ class Node:
                     if not waiting.item.abandoned:
                         batch.append(waiting)
                 if batch:
-                    await self._run_rounds(key, batch)
+                    try:
+                        await self._run_rounds(key, batch)
+                    except AssertionError:
+                        raise  # a broken invariant: stop, do not serve on (the simulator's
+                        # assertion detector relies on it too)
+                    except Exception:
+                        # A bug must cost this batch its answers, not the whole node (the
+                        # task group would stop every other task).
+                        log.exception("rounds for key %r failed", key)
+                        for w in batch:
+                            if not w.done.done():
+                                w.done.set_exception(self._failure(w.item, conflict=False))
         finally:
             del self._key_drivers[key]
             del self._key_queues[key]

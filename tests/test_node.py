@@ -19,8 +19,9 @@ from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, UnknownOutcome
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import Accept, Accepted, Forward, Forwarded, Prepare, Unavailable
+from paxoskv.core.proposer import ProposerRound
 from paxoskv.core.register import Set, Value
-from paxoskv.node import Node
+from paxoskv.node import Node, ProposerRules
 from paxoskv.storage.base import NodeIdentity
 from paxoskv.transport.base import PeerNotReached, PeerUnreachable, Refusal
 from paxoskv.transport.codec import Sender
@@ -83,11 +84,13 @@ PEERS = {i: PeerSpec(i, f"http://127.0.0.1:{7000 + i}") for i in (1, 2, 3)}
 
 
 def _node(verdict: str = "ok", meta: dict[str, str] | None = None, rejoin: bool = False,
-          **extra: Any) -> tuple[Node, _Storage, _Transport]:
+          proposer_rules: ProposerRules | None = None, **extra: Any
+          ) -> tuple[Node, _Storage, _Transport]:
     config = NodeConfig(1, PEERS, cluster_id="c", rejoin=rejoin)
     storage = _Storage(meta)
     transport = _Transport(config.fingerprint(), verdict, **extra)
-    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), storage, transport)
+    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), storage, transport,
+                proposer_rules=proposer_rules)
     return node, storage, transport
 
 
@@ -458,3 +461,128 @@ def test_a_forward_runs_at_most_once_and_only_in_the_process_it_was_sent_to() ->
         again = await node.handle(Forward("k", Set(b"v"), "r2", node.boot_id), 1e9)
         assert isinstance(again, Forwarded) and again.error == "duplicate"
     asyncio.run(main())
+
+
+class _SlowForwardTransport(_ForwardTransport):
+    """Answers a forward "restarted" after ``delay_s``; acceptors never answer in time."""
+
+    def __init__(self, fingerprint: str, delay_s: float) -> None:
+        super().__init__(fingerprint, None)
+        self.delay_s = delay_s
+
+    async def send(self, peer: int, msg: Any, deadline: float) -> Any:
+        if isinstance(msg, Forward):
+            await asyncio.sleep(self.delay_s)
+            return Forwarded(msg.key, None, error="restarted", detail="scripted")
+        await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
+        raise PeerUnreachable("no answer")
+
+
+def test_a_request_takes_no_longer_than_its_timeout_across_a_forward_and_a_local_run(
+        ) -> None:
+    """Goal: a write that is forwarded, then run here, is answered within its one request
+    timeout, not a forward's wait plus a whole timeout more.
+
+    Method: the forward answers "restarted" (run it here) after 0.45 s of a 1 s request
+    timeout, and no peer acceptor answers, so the local attempt can only time out. The
+    answer is "unknown" (the earlier process may have applied it) after about 1 s; with a
+    fresh timeout for the local run it took 1.45 s (tried).
+    """
+    async def main() -> float:
+        node, _, key = _forwarding_node(None)
+        node.transport = _SlowForwardTransport(node.fingerprint, 0.45)
+        node.config = dataclasses.replace(node.config, request_timeout_s=1.0,
+                                          phase_timeout_s=0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(UnknownOutcome):
+            await node.execute(key, Set(b"v"))
+        return loop.time() - started
+    elapsed = asyncio.run(main())
+    assert 0.9 <= elapsed < 1.25, elapsed
+
+
+class _BrokenRound(ProposerRound):
+    """A round whose construction fails: stands in for a bug in the proposer's code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+
+def test_an_unexpected_error_in_a_round_fails_its_requests_not_the_node() -> None:
+    """Goal: a bug that raises inside a key's rounds answers that key's waiting requests
+    with an error (503: nothing was sent) and leaves the node running; without the guard
+    the exception ended the node's task group, stopping heartbeats and every other task.
+
+    Method: a node runs (``run``, its task group) with a round class that raises; a write
+    fails with NoQuorum; the node's run task is still running afterwards, and the key
+    takes the next write's queue entry (no driver left behind).
+    """
+    async def main() -> None:
+        node, _, _ = _node(proposer_rules=ProposerRules(round=_BrokenRound))
+        runner = asyncio.create_task(node.run())
+        while node._group is None:
+            await asyncio.sleep(0.01)
+        node.membership.machine.identity = "verified"
+        for attempt in range(2):
+            with pytest.raises(NoQuorum):
+                await node.execute("k", Set(b"v"), forward=False)
+            await asyncio.sleep(0.05)
+            assert not runner.done(), f"the node stopped after attempt {attempt}"
+            assert "k" not in node._key_drivers
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    asyncio.run(main())
+
+
+def test_a_timed_out_request_leaves_no_unretrieved_exception() -> None:
+    """Goal: a caller that stopped waiting (timeout) leaves nothing for asyncio to report
+    as "exception was never retrieved" when its key's rounds later fail.
+
+    Method: a write times out while no acceptor answers; the rounds go on failing after
+    it; the loop's exception handler must see nothing, also after a garbage collection.
+    """
+    import gc
+
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        node, _, key = _forwarding_node(None)
+        node.transport = _SlowForwardTransport(node.fingerprint, 0.0)
+        node.config = dataclasses.replace(node.config, request_timeout_s=0.3,
+                                          phase_timeout_s=0.1, forward_writes=False)
+        with pytest.raises(NoQuorum):
+            await node.execute(key, Set(b"v"))
+        await asyncio.sleep(0.3)
+        await node.stop()
+        gc.collect()
+        await asyncio.sleep(0)
+    asyncio.run(main())
+    assert not reported, reported
+
+
+def test_a_key_driver_cancelled_before_its_first_step_leaves_nothing_behind() -> None:
+    """Goal: a key's round driver cancelled before it ever ran (its cleanup never runs)
+    fails the changes queued for it at once and frees the key; before, the key kept a
+    driver entry serving nobody, so this and every later change to the key waited out its
+    whole timeout.
+
+    Method: queue a write, cancel the key's driver task before its first step; the write
+    fails with NoQuorum well inside its 2 s timeout and the key has no driver or queue.
+    """
+    async def main() -> float:
+        node, _, _ = _node()
+        node.membership.machine.identity = "verified"
+        node.config = dataclasses.replace(node.config, request_timeout_s=2.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        write = asyncio.create_task(node.execute("k", Set(b"v"), forward=False))
+        await asyncio.sleep(0)  # the write queues itself and creates the driver task
+        node._key_drivers["k"].cancel()
+        with pytest.raises(NoQuorum):
+            await write
+        assert "k" not in node._key_drivers and "k" not in node._key_queues
+        return loop.time() - started
+    assert asyncio.run(main()) < 1.0
