@@ -18,14 +18,15 @@ WORKDIR /src
 # build/docker-ca-bundle.crt is optional: deploy/scripts/build-image.sh puts the host's CA bundle
 # there when the host reaches PyPI through a TLS-inspecting proxy. It stays in this stage; the
 # runtime image never sees it. (The [t] glob lets the COPY succeed when the file is absent.)
-COPY pyproject.toml build/docker-ca-bundle.cr[t] ./
+COPY pyproject.toml constraints.txt build/docker-ca-bundle.cr[t] ./
 # Dependencies first, from pyproject.toml alone, so editing the code does not reinstall them:
 # install a stub package with the real metadata, then replace it with the real one below.
+# constraints.txt pins every runtime dependency to the versions tested together.
 RUN python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
  && if [ -f docker-ca-bundle.crt ]; then export PIP_CERT=/src/docker-ca-bundle.crt; fi \
  && python3 -m venv /opt/paxoskv \
  && mkdir -p paxoskv && touch paxoskv/__init__.py README.md \
- && /opt/paxoskv/bin/pip install -q . \
+ && /opt/paxoskv/bin/pip install -q -c constraints.txt . \
  && /opt/paxoskv/bin/pip uninstall -q -y paxoskv \
  && rm -rf paxoskv build *.egg-info
 COPY . .

@@ -13,12 +13,13 @@ OPS    ?= 500
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile \
-	bench-storage bench-memory bench-scale clean e2e e2e-tests
+	bench-storage bench-memory bench-scale clean e2e e2e-tests lock
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
 	@echo "make test    lint, chart checks, unit/property/simulation/integration/chaos tests"
 	@echo "make lint    ruff + mypy --strict"
+	@echo "make lock    re-pin constraints.txt (the runtime versions the image and venv use)"
 	@echo "make chaos   only the chaos tests on real processes"
 	@echo "make sim     python -m paxoskv.sim --seeds \$$SEEDS --ops \$$OPS"
 	@echo "make bench   benchmark, with ratios against a baseline run in the same invocation"
@@ -35,14 +36,26 @@ help:
 	@echo "make image / chart-check / cluster-up / e2e: see README"
 
 # Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "paxoskv needs Python 3.11+"'
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
+
+# Re-pin constraints.txt to the newest releases that satisfy pyproject.toml (then run the tests).
+lock:
+	rm -rf build/lock-venv && mkdir -p build
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --upgrade pip
+	build/lock-venv/bin/pip install -q .
+	sed -n '/^#/p' constraints.txt > build/constraints.new
+	build/lock-venv/bin/pip freeze --exclude paxoskv >> build/constraints.new
+	mv build/constraints.new constraints.txt
+	rm -rf build/lock-venv
+	@echo "constraints.txt re-pinned; now run make test and make e2e"
 
 venv: $(STAMP)
 
