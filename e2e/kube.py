@@ -21,6 +21,8 @@ RELEASE = "kv"
 FULLNAME = "kv"  # fullnameOverride: pods are kv-0, kv-1, kv-2
 HEADLESS = f"{FULLNAME}-headless"
 PORT = 7000
+METRICS_PORT = 7002
+"""The chart's metrics.port: /metrics is served there only."""
 
 
 class Kube:
@@ -71,8 +73,17 @@ class Kube:
                 "--set", "resources.requests.memory=128Mi",
                 "--set", "resources.limits.memory=256Mi",
                 "--set", "minReadySeconds=2",
+                # installed as releases of chart 0.1.x ran; test 5 moves it to a peer port
+                "--set", "peerPortMode=shared",
                 # the host-path provisioner of the local cluster ignores fsGroup
                 "--set", f"volumePermissions.enabled={self.volume_permissions}"]
+
+    def pod_uids(self) -> dict[str, str]:
+        """The uid of each of the release's server pods (a restarted pod has a new one)."""
+        pods = self.core.list_namespaced_pod(
+            self.ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+        return {p.metadata.name: p.metadata.uid for p in pods
+                if p.metadata.name in self.pod_names()}
 
     def pod_names(self) -> list[str]:
         return [f"{FULLNAME}-{i}" for i in range(3)]

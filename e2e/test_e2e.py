@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kube import FULLNAME, PORT, RELEASE, Kube
+from kube import FULLNAME, METRICS_PORT, PORT, RELEASE, Kube
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.check import History, check, write_report
@@ -184,25 +184,40 @@ def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
 
 
 def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
-    """Goal: `helm upgrade` with a changed setting rolls every pod, and writes through the
-    client Service fail for no longer than the readiness window while it does."""
+    """Goal: `helm upgrade` rolls every pod, and writes through the client Service fail for
+    no longer than the readiness window while it does; here, three upgrades in a row move
+    the release from one port for everything (``peerPortMode=shared``, the layout of chart
+    0.1.x, which the suite installs) to a peer port of its own (``separate``), the way the
+    chart README tells operators to: ``both-dial-port``, ``both-dial-peer-port``,
+    ``separate``, each a rolling restart. Every pod must be ready after each step, and the
+    pods must end up serving /internal/ on the peer port only."""
     k = release
-    before = {p.metadata.name: p.metadata.uid for p in k.core.list_namespaced_pod(
-        k.ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
-              if p.metadata.name in k.pod_names()}
-    duration = 150
+    steps = ["both-dial-port", "both-dial-peer-port", "separate"]
+    duration = 130 * len(steps)
     host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
     k.run_pod("e2e-prober", PROBER.format(host=host, port=PORT, duration=duration), duration)
     k.wait("prober running", lambda: (
         k.core.read_namespaced_pod("e2e-prober", k.ns).status.phase == "Running", "phase"), 120)
     time.sleep(5)
-    k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set", "log.level=debug",
-           "--timeout", "5m")
-    rollout_s = k.wait_rollout(600)
-    after = {p.metadata.name: p.metadata.uid for p in k.core.list_namespaced_pod(
-        k.ns, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
-             if p.metadata.name in k.pod_names()}
-    assert all(after[name] != uid for name, uid in before.items()), "not every pod rolled"
+    started = time.monotonic()
+    for mode in steps:
+        before = k.pod_uids()
+        k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set",
+               f"peerPortMode={mode}", "--timeout", "5m")
+        rollout_s = k.wait_rollout(600)
+        after = k.pod_uids()
+        assert all(after[name] != uid for name, uid in before.items()), \
+            f"{mode}: not every pod rolled"
+        print(f"e2e: upgrade to peerPortMode={mode} rolled 3 pods in {rollout_s:.0f}s")
+    assert time.monotonic() - started < duration, "the prober ended before the upgrades did"
+    # The final layout: the client port no longer serves the peer endpoints.
+    code = k.exec(k.pod_names()[0], ["python3", "-c", (
+        "import urllib.request as u, urllib.error as e\n"
+        "try:\n"
+        f"    u.urlopen(u.Request('http://127.0.0.1:{PORT}/internal/hello', data=b''))\n"
+        "except e.HTTPError as err:\n"
+        "    print(err.code)")])
+    assert code.strip() == "404", code
     samples = json.loads(line_value(k.wait_pod_done("e2e-prober", duration + 120), "SAMPLES "))
     worst, start = 0.0, None
     for t, ok in samples:
@@ -214,7 +229,7 @@ def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
         worst = max(worst, samples[-1][0] - start)
     failed = sum(1 for _, ok in samples if not ok)
     window_s = 5 * 2 + 10  # readiness period x failureThreshold, plus the probe's slack
-    print(f"e2e: upgrade rolled 3 pods in {rollout_s:.0f}s; {len(samples)} probe writes, "
+    print(f"e2e: {len(steps)} upgrades; {len(samples)} probe writes, "
           f"{failed} failed, longest outage {worst:.1f}s (allowed {window_s}s)")
     assert worst <= window_s
 
@@ -277,7 +292,7 @@ def test_7_prometheus_scrapes_and_every_query_works(release: Kube, tmp_path: Pat
                 {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
                  "regex": "paxoskv", "action": "keep"},
                 {"source_labels": ["__meta_kubernetes_pod_container_port_number"],
-                 "regex": str(PORT), "action": "keep"},
+                 "regex": str(METRICS_PORT), "action": "keep"},
                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
                 {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],

@@ -74,8 +74,13 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--service", "StatefulSet mode: headless Service name")
     _add(s, "--namespace", "StatefulSet mode: namespace (else POD_NAMESPACE)")
     _add(s, "--cluster-domain", "StatefulSet mode: cluster DNS domain", "cluster.local")
-    _add(s, "--peer-port", "StatefulSet mode: peers' port (default: the listen port)",
-         type=int)
+    _add(s, "--peer-listen", "serve peer traffic (/internal/) on this HOST:PORT only, not on "
+         "--listen; peers' URLs must then name this port")
+    _add_flag(s, "--peer-on-client-port", "with --peer-listen: serve the peer endpoints on "
+              "the client port too (only while moving a running cluster to a peer port)")
+    _add(s, "--metrics-listen", "serve /metrics on this HOST:PORT only, not on --listen")
+    _add(s, "--peer-port", "StatefulSet mode: peers' port (default: the --peer-listen port, "
+         "else the listen port)", type=int)
     _add(s, "--dns-timeout", "StatefulSet mode: seconds to wait for peer DNS names", 120.0,
          type=float)
     _add(s, "--data-dir", "directory for the acceptor's durable state", "./data")
@@ -162,10 +167,10 @@ def _setup_logging(fmt: str, level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _parse_listen(text: str) -> tuple[str, int]:
+def _parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {text!r} must be HOST:PORT")
+        raise UsageError(f"{flag} {text!r} must be HOST:PORT")
     return host or "0.0.0.0", int(port)
 
 
@@ -183,6 +188,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_format, args.log_level)
     host, port = _parse_listen(args.listen)
+    peer_listen = _parse_listen(args.peer_listen, "--peer-listen") if args.peer_listen else None
+    metrics_listen = (_parse_listen(args.metrics_listen, "--metrics-listen")
+                      if args.metrics_listen else None)
+    ports = [port] + [where[1] for where in (peer_listen, metrics_listen) if where]
+    if len(set(ports)) != len(ports):
+        raise UsageError("--listen, --peer-listen and --metrics-listen need distinct ports")
+    if args.peer_on_client_port and not peer_listen:
+        raise UsageError("--peer-on-client-port needs --peer-listen (without it the peer "
+                         "endpoints are on the client port anyway)")
     sources = sum(bool(x) for x in (args.peers, args.hosts, args.statefulset))
     if sources > 1:
         raise UsageError("give only one of --peers, --hosts and --statefulset")
@@ -195,7 +209,8 @@ def _serve(args: argparse.Namespace) -> int:
                 raise UsageError("--statefulset needs POD_NAME, --replicas, --service and "
                                  "--namespace (or POD_NAMESPACE)")
             node_id, peers = statefulset_peers(pod, args.replicas, args.service, namespace,
-                                               args.cluster_domain, args.peer_port or port)
+                                               args.cluster_domain, args.peer_port or (
+                                                   peer_listen[1] if peer_listen else port))
         elif args.hosts:
             peers = parse_hosts_file(Path(args.hosts))
         elif args.peers:
@@ -203,7 +218,8 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             if node_id is None:
                 node_id = 1
-            peers = parse_peers(f"{node_id}=http://127.0.0.1:{port}")
+            peers = parse_peers(
+                f"{node_id}=http://127.0.0.1:{peer_listen[1] if peer_listen else port}")
     except DiscoveryError as exc:
         raise UsageError(str(exc)) from None
     if node_id is None:
@@ -241,7 +257,9 @@ def _serve(args: argparse.Namespace) -> int:
                                  peer_timeout_s=args.peer_timeout,
                                  drain_s=max(0.0, args.drain_seconds),
                                  idempotency_window_s=args.idempotency_window,
-                                 peer_transport=args.peer_transport))
+                                 peer_transport=args.peer_transport,
+                                 peer_listen=peer_listen, metrics_listen=metrics_listen,
+                                 peer_on_client_port=args.peer_on_client_port))
 
     with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
         runner.run(main())

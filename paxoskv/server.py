@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from paxoskv.api.app import make_app
+from paxoskv.api.app import ALL_PARTS, Part, make_app
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
@@ -43,6 +43,13 @@ class ServeOptions:
     """How long an Idempotency-Key's outcome is kept (paxoskv/idempotency.py)."""
     peer_transport: str = "channel"
     """``channel``: batches ride one WebSocket per peer; ``http``: one POST per batch."""
+    peer_listen: tuple[str, int] | None = None
+    """Serve ``/internal/`` (peer traffic) here only, not on the client port."""
+    metrics_listen: tuple[str, int] | None = None
+    """Serve ``/metrics`` here only, not on the client port."""
+    peer_on_client_port: bool = False
+    """With ``peer_listen``: serve ``/internal/`` on the client port as well, while peers
+    that still dial the client port are being restarted (the chart's ``peerPortMode``)."""
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -69,13 +76,35 @@ async def serve(opts: ServeOptions) -> None:
                               opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
                               metrics=metrics)
     node = Node(opts.config, identity, storage, transport, metrics)
-    app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
-                           handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
-    await site.start()
-    log.info("listening on http://%s:%d", opts.host, opts.port)
+    # The client listener first and alone in the list's head: it is drained first below,
+    # while peers (whose rounds need this acceptor) and scrapers are still served.
+    listeners: list[tuple[frozenset[Part], tuple[str, int]]] = []
+    apart: dict[Part, tuple[str, int]] = {}
+    if opts.peer_listen:
+        apart["peer"] = opts.peer_listen
+    if opts.metrics_listen:
+        apart["metrics"] = opts.metrics_listen
+    client_parts = ALL_PARTS - frozenset(apart)
+    if opts.peer_on_client_port:
+        client_parts |= {"peer"}
+    listeners.append((client_parts, (opts.host, opts.port)))
+    listeners += [(frozenset({part}), where) for part, where in apart.items()]
+    runners: list[web.AppRunner] = []
+    for parts, (host, port) in listeners:
+        app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s, parts)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
+                               handle_signals=False)
+        await runner.setup()
+        runners.append(runner)
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as exc:
+            for started in runners:
+                await started.cleanup()
+            await storage.close()
+            raise SystemExit(f"paxoskv: cannot listen on {host}:{port} "
+                             f"({', '.join(sorted(parts))}): {exc}") from None
+        log.info("listening on http://%s:%d (%s)", host, port, ", ".join(sorted(parts)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,8 +122,9 @@ async def serve(opts: ServeOptions) -> None:
                      opts.drain_s)
             await asyncio.sleep(opts.drain_s)
         log.info("shutting down: draining requests in flight")
-        await runner.shutdown()
-        await runner.cleanup()
+        for runner in runners:
+            await runner.shutdown()
+            await runner.cleanup()
     finally:
         node.drain()
         node_task.cancel()

@@ -18,6 +18,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize(("args", "message"), [
     (["serve", "--listen", "nope"], "must be HOST:PORT"),
+    (["serve", "--peer-listen", "7001"], "--peer-listen '7001' must be HOST:PORT"),
+    (["serve", "--listen", "127.0.0.1:7000", "--peer-listen", "127.0.0.1:7000"],
+     "distinct ports"),
+    (["serve", "--metrics-listen", "127.0.0.1:7000"], "distinct ports"),
+    (["serve", "--peer-on-client-port"], "needs --peer-listen"),
     (["serve", "--peers", "1=http://127.0.0.1:1,2=http://127.0.0.1:2"], "--node-id is required"),
     (["serve", "--node-id", "1", "--peers", "1=http://127.0.0.1:1,2=http://127.0.0.1:2"],
      "peer secret"),

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp import web
@@ -29,7 +29,7 @@ from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.transport.server import PeerServer, expect_handler
 
-__all__ = ["ApiError", "make_app"]
+__all__ = ["ALL_PARTS", "ApiError", "Part", "make_app"]
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +342,17 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return _json(200, openapi_document())
 
 
+Part = Literal["client", "peer", "metrics"]
+ALL_PARTS: Final[frozenset[Part]] = frozenset({"client", "peer", "metrics"})
+"""What one listener serves: the client API with its probes (``/v1/``, ``/healthz``,
+``/readyz``), the peer endpoints (``/internal/``), ``/metrics``. A node with
+``--peer-listen`` or ``--metrics-listen`` serves those parts on their own ports only, so a
+NetworkPolicy can admit each port from its own sources."""
+
+
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
-             idempotency_window_s: float = DEFAULT_WINDOW_S) -> web.Application:
+             idempotency_window_s: float = DEFAULT_WINDOW_S,
+             parts: frozenset[Part] = ALL_PARTS) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=limits.frame_bytes_max)
     app[NODE] = node
@@ -351,15 +360,18 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     app[LIMITS] = limits
     app[METRICS] = metrics
     app[IDEMPOTENCY_WINDOW] = idempotency_window_s
-    app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=expect_handler)
-    app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
-    app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
-    app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
-    app.router.add_get("/v1/status", status, expect_handler=expect_handler)
-    app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
-    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
-    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
-    app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
-    PeerServer(node, secret, limits.frame_bytes_max).add_routes(app)
+    if "client" in parts:
+        app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=expect_handler)
+        app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
+        app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
+        app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
+        app.router.add_get("/v1/status", status, expect_handler=expect_handler)
+        app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
+        app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
+        app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
+    if "metrics" in parts:
+        app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
+    if "peer" in parts:
+        PeerServer(node, secret, limits.frame_bytes_max).add_routes(app)
     return app
 

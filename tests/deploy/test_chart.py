@@ -146,6 +146,8 @@ def test_env_follows_values() -> None:
         {
             "replicas": 5,
             "port": 7100,
+            "peerPort": 7101,
+            "metrics": {"port": 7102},
             "clusterDomain": "example.internal",
             "clusterId": "prod-a",
             "maxValueBytes": 4194304,
@@ -155,13 +157,46 @@ def test_env_follows_values() -> None:
     env = env_of(container(docs))
     assert env["PAXOSKV_REPLICAS"] == "5"
     assert env["PAXOSKV_LISTEN"] == "0.0.0.0:7100"
+    assert env["PAXOSKV_PEER_LISTEN"] == "0.0.0.0:7101"
+    assert env["PAXOSKV_METRICS_LISTEN"] == "0.0.0.0:7102"
     assert env["PAXOSKV_CLUSTER_DOMAIN"] == "example.internal"
     assert env["PAXOSKV_CLUSTER_ID"] == "prod-a"
     assert env["PAXOSKV_MAX_VALUE_BYTES"] == "4194304"
     assert env["PAXOSKV_LOG_FORMAT"] == "text"
     assert env["PAXOSKV_LOG_LEVEL"] == "debug"
-    assert container(docs)["ports"] == [{"name": "http", "containerPort": 7100, "protocol": "TCP"}]
+    assert container(docs)["ports"] == [
+        {"name": "http", "containerPort": 7100, "protocol": "TCP"},
+        {"name": "peer", "containerPort": 7101, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 7102, "protocol": "TCP"},
+    ]
+    headless = only(docs, "Service", "-headless")
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]} == {
+        "http": 7100, "peer": 7101, "metrics": 7102}
+    # The client Service exposes the client port only.
+    assert [p["name"] for p in only(docs, "Service", FULLNAME)["spec"]["ports"]] == ["http"]
     assert only(docs, "StatefulSet")["spec"]["replicas"] == 5
+
+
+@pytest.mark.parametrize(("mode", "listen", "both", "dial"), [
+    ("separate", "0.0.0.0:7001", None, None),
+    ("shared", None, None, None),
+    ("both-dial-port", "0.0.0.0:7001", "true", "7000"),
+    ("both-dial-peer-port", "0.0.0.0:7001", "true", None),
+])
+def test_peer_port_modes(mode: str, listen: str | None, both: str | None,
+                         dial: str | None) -> None:
+    """The three-step move from one port to a peer port (chart README): what each mode
+    serves (--peer-listen, --peer-on-client-port) and dials (--peer-port, else the peer
+    listen port, else the client port), and which ports egress admits to the peers."""
+    docs = render({"peerPortMode": mode, "networkPolicy": {"enabled": True}})
+    env = env_of(container(docs))
+    assert env.get("PAXOSKV_PEER_LISTEN") == listen
+    assert env.get("PAXOSKV_PEER_ON_CLIENT_PORT") == both
+    assert env.get("PAXOSKV_PEER_PORT") == dial
+    np = only(docs, "NetworkPolicy")
+    *_, peers = np["spec"]["egress"]
+    expected = {"separate": {7001}, "shared": {7000}}.get(mode, {7000, 7001})
+    assert {p["port"] for p in peers["ports"]} == expected
 
 
 def test_pod_name_leaves_room_for_ordinal() -> None:
@@ -345,17 +380,26 @@ def test_no_persistence_uses_emptydir() -> None:
 
 
 def test_network_policy() -> None:
-    docs = render({"networkPolicy": {"enabled": True}})
+    """Each port from its own sources: the peer port from the release's pods only, the
+    client port from the client label, the metrics port from ``metricsFrom`` only."""
+    scrapers = [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    docs = render({"networkPolicy": {"enabled": True, "metricsFrom": scrapers}})
     np = only(docs, "NetworkPolicy")
     own = only(docs, "StatefulSet")["spec"]["selector"]["matchLabels"]
     assert np["spec"]["podSelector"]["matchLabels"] == own
-    peers, clients = np["spec"]["ingress"]
+    peers, clients, metrics = np["spec"]["ingress"]
     assert peers["from"] == [{"podSelector": {"matchLabels": own}}]
     assert clients["from"] == [{"podSelector": {"matchLabels": {f"{FULLNAME}-client": "true"}}}]
+    assert metrics["from"] == scrapers
+    ports_of = {name: {p["port"] for p in rule["ports"]}
+                for name, rule in (("peers", peers), ("clients", clients), ("metrics", metrics))}
+    assert ports_of == {"peers": {"peer", "http"}, "clients": {"http"}, "metrics": {"metrics"}}
+    assert len(only(render({"networkPolicy": {"enabled": True}}),
+                    "NetworkPolicy")["spec"]["ingress"]) == 2  # no scrapers: metrics closed
     # The helm test pod carries the client label, so `helm test` passes under the policy.
     assert only(docs, "Pod")["metadata"]["labels"][f"{FULLNAME}-client"] == "true"
     egress_ports = [p["port"] for rule in np["spec"]["egress"] for p in rule["ports"]]
-    assert 53 in egress_ports and 7000 in egress_ports
+    assert 53 in egress_ports and 7001 in egress_ports and 7000 not in egress_ports
     open_docs = render({"networkPolicy": {"enabled": True, "allowExternal": True}})
     _, open_clients = only(open_docs, "NetworkPolicy")["spec"]["ingress"]
     assert "from" not in open_clients  # any source may reach the client port
@@ -374,7 +418,7 @@ def test_service_monitor_scrapes_all_pods() -> None:
     assert all(headless["metadata"]["labels"].get(k) == v for k, v in sel.items())
     assert not all(client["metadata"]["labels"].get(k) == v for k, v in sel.items())
     (ep,) = sm["spec"]["endpoints"]
-    assert ep["port"] == "http"
+    assert ep["port"] == "metrics"
     assert ep["path"] == "/metrics"
     assert sm["spec"]["jobLabel"] == "app.kubernetes.io/instance"
 
@@ -382,7 +426,7 @@ def test_service_monitor_scrapes_all_pods() -> None:
 def test_pod_monitor() -> None:
     pm = only(render({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
     (ep,) = pm["spec"]["podMetricsEndpoints"]
-    assert (ep["port"], ep["path"]) == ("http", "/metrics")
+    assert (ep["port"], ep["path"]) == ("metrics", "/metrics")
     assert pm["spec"]["jobLabel"] == "app.kubernetes.io/instance"
 
 

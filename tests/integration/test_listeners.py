@@ -1,0 +1,103 @@
+"""Separate listeners: peer traffic and metrics on ports of their own (real processes)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procs import ServerProcess, free_ports
+
+from paxoskv.client import Client
+
+pytestmark = pytest.mark.integration
+
+
+def _status(url: str, method: str = "GET") -> int:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.fixture
+def split_cluster(tmp_path: Path) -> Iterator[dict[int, tuple[ServerProcess, int, int]]]:
+    """Three nodes, each with a client, a peer and a metrics port; peers name peer ports."""
+    ports = free_ports(9)
+    client, peer, metrics = ports[0:3], ports[3:6], ports[6:9]
+    peers = ",".join(f"{i + 1}=http://127.0.0.1:{peer[i]}" for i in range(3))
+    nodes = {}
+    for i in range(3):
+        proc = ServerProcess(i + 1, client[i], peers, tmp_path / f"node{i + 1}",
+                             tmp_path / f"node{i + 1}.log",
+                             ["--peer-listen", f"127.0.0.1:{peer[i]}",
+                              "--metrics-listen", f"127.0.0.1:{metrics[i]}"])
+        nodes[i + 1] = (proc, peer[i], metrics[i])
+    for proc, _, _ in nodes.values():
+        proc.start()
+    try:
+        for proc, _, _ in nodes.values():
+            proc.wait_ready()
+        yield nodes
+    finally:
+        for proc, _, _ in nodes.values():
+            proc.terminate()
+
+
+def test_each_port_serves_only_its_part(
+        split_cluster: dict[int, tuple[ServerProcess, int, int]]) -> None:
+    """Goal: with --peer-listen and --metrics-listen, the client port serves no peer
+    endpoint and no metrics, the peer port nothing but /internal/, the metrics port only
+    /metrics; and the cluster works over the peer ports (writes through one node are read
+    back through another).
+
+    Method: three real nodes whose peer URLs name the peer ports; a write and a
+    linearizable read through different nodes; then 404s for every endpoint on the wrong
+    port, and 401 (not 404) for /internal/ on the peer port without the peer secret.
+    """
+    (n1, peer1, metrics1), (n2, _, _) = split_cluster[1], split_cluster[2]
+    assert Client(n1.url).put("split/k", b"v").status == 200
+    assert Client(n2.url).get("split/k").body == b"v"
+    # The client port: API and probes, nothing else.
+    assert _status(n1.url + "/readyz") == 200
+    for path, method in (("/internal/hello", "POST"), ("/internal/batch", "POST"),
+                         ("/internal/channel", "GET"), ("/internal/keys", "GET"),
+                         ("/metrics", "GET")):
+        assert _status(n1.url + path, method) == 404, path
+    # The peer port: /internal/ only, and only with the peer secret.
+    peer_url = f"http://127.0.0.1:{peer1}"
+    assert _status(peer_url + "/internal/hello", "POST") == 401
+    for path in ("/v1/kv/split/k", "/v1/status", "/readyz", "/metrics"):
+        assert _status(peer_url + path) == 404, path
+    # The metrics port: /metrics only, and it counts the write above.
+    metrics_url = f"http://127.0.0.1:{metrics1}"
+    with urllib.request.urlopen(metrics_url + "/metrics", timeout=5) as resp:
+        assert b"paxoskv_paxos_rounds_total" in resp.read()
+    for path in ("/v1/kv/split/k", "/internal/keys"):
+        assert _status(metrics_url + path) == 404, path
+
+
+def test_peer_on_client_port_serves_peers_on_both_ports(tmp_path: Path) -> None:
+    """Goal: while a cluster moves to a peer port (the chart's ``both-*`` modes), a node
+    with --peer-on-client-port answers peers on both ports; without the flag only on the
+    peer port (the other test).
+
+    Method: one real node with both listeners and the flag: /internal/hello without the
+    peer secret is 401 (served, refused) on both ports, not 404.
+    """
+    client, peer = free_ports(2)
+    proc = ServerProcess(1, client, f"1=http://127.0.0.1:{peer}", tmp_path / "node1",
+                         tmp_path / "node1.log",
+                         ["--peer-listen", f"127.0.0.1:{peer}", "--peer-on-client-port"])
+    proc.start()
+    try:
+        proc.wait_ready()
+        assert _status(f"http://127.0.0.1:{client}/internal/hello", "POST") == 401
+        assert _status(f"http://127.0.0.1:{peer}/internal/hello", "POST") == 401
+        assert Client(proc.url).put("both/k", b"v").status == 200
+    finally:
+        proc.terminate()
