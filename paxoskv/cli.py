@@ -79,6 +79,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_flag(s, "--peer-on-client-port", "with --peer-listen: serve the peer endpoints on "
               "the client port too (only while moving a running cluster to a peer port)")
     _add(s, "--metrics-listen", "serve /metrics on this HOST:PORT only, not on --listen")
+    _add(s, "--tls-cert-file", "PEM certificate (chain) of this node: HTTPS on the client and "
+         "peer ports, presented to peers it dials; reloaded when the file changes")
+    _add(s, "--tls-key-file", "PEM private key of --tls-cert-file")
+    _add(s, "--tls-ca-file", "PEM cluster CA: peers' certificates must chain to it, and with "
+         "--peer-listen the peer port requires one (mutual TLS)")
     _add(s, "--peer-port", "StatefulSet mode: peers' port (default: the --peer-listen port, "
          "else the listen port)", type=int)
     _add(s, "--dns-timeout", "StatefulSet mode: seconds to wait for peer DNS names", 120.0,
@@ -194,6 +199,16 @@ def _serve(args: argparse.Namespace) -> int:
     ports = [port] + [where[1] for where in (peer_listen, metrics_listen) if where]
     if len(set(ports)) != len(ports):
         raise UsageError("--listen, --peer-listen and --metrics-listen need distinct ports")
+    tls = None
+    if args.tls_cert_file or args.tls_key_file or args.tls_ca_file:
+        if not (args.tls_cert_file and args.tls_key_file):
+            raise UsageError("TLS needs both --tls-cert-file and --tls-key-file")
+        from paxoskv.tls import TlsFiles
+        tls = TlsFiles(Path(args.tls_cert_file), Path(args.tls_key_file),
+                       Path(args.tls_ca_file) if args.tls_ca_file else None)
+        for path in (tls.cert, tls.key, tls.ca):
+            if path is not None and not path.is_file():
+                raise UsageError(f"TLS file {path} does not exist")
     if args.peer_on_client_port and not peer_listen:
         raise UsageError("--peer-on-client-port needs --peer-listen (without it the peer "
                          "endpoints are on the client port anyway)")
@@ -210,7 +225,8 @@ def _serve(args: argparse.Namespace) -> int:
                                  "--namespace (or POD_NAMESPACE)")
             node_id, peers = statefulset_peers(pod, args.replicas, args.service, namespace,
                                                args.cluster_domain, args.peer_port or (
-                                                   peer_listen[1] if peer_listen else port))
+                                                   peer_listen[1] if peer_listen else port),
+                                               scheme="https" if tls else "http")
         elif args.hosts:
             peers = parse_hosts_file(Path(args.hosts))
         elif args.peers:
@@ -218,12 +234,16 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             if node_id is None:
                 node_id = 1
-            peers = parse_peers(
-                f"{node_id}=http://127.0.0.1:{peer_listen[1] if peer_listen else port}")
+            peers = parse_peers(f"{node_id}={'https' if tls else 'http'}://127.0.0.1:"
+                                f"{peer_listen[1] if peer_listen else port}")
     except DiscoveryError as exc:
         raise UsageError(str(exc)) from None
     if node_id is None:
         raise UsageError("--node-id is required with --peers or --hosts")
+    plain = sorted(pid for pid, p in peers.items() if not p.url.startswith("https://"))
+    if tls and plain and len(peers) > 1:
+        # This node's peer port speaks TLS, so theirs do too: a plain URL cannot work.
+        raise UsageError(f"with --tls-cert-file, peer URLs must be https:// (nodes {plain})")
     secret = os.environ.get("PAXOSKV_PEER_SECRET", "")
     if args.peer_secret_file:
         try:
@@ -259,7 +279,7 @@ def _serve(args: argparse.Namespace) -> int:
                                  idempotency_window_s=args.idempotency_window,
                                  peer_transport=args.peer_transport,
                                  peer_listen=peer_listen, metrics_listen=metrics_listen,
-                                 peer_on_client_port=args.peer_on_client_port))
+                                 peer_on_client_port=args.peer_on_client_port, tls=tls))
 
     with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
         runner.run(main())

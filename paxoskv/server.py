@@ -19,6 +19,7 @@ from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
 from paxoskv.node import Node, NodeConfig, open_identity
 from paxoskv.storage.sqlite import SqliteStorage
+from paxoskv.tls import Reloader, TlsError, TlsFiles, client_context, server_context
 from paxoskv.transport.channel import ChannelTransport
 from paxoskv.transport.http import HttpTransport
 
@@ -47,6 +48,10 @@ class ServeOptions:
     """Serve ``/internal/`` (peer traffic) here only, not on the client port."""
     metrics_listen: tuple[str, int] | None = None
     """Serve ``/metrics`` here only, not on the client port."""
+    tls: TlsFiles | None = None
+    """Certificate and key (HTTPS on the client and peer ports) and the cluster CA (peers
+    verify each other against it; with ``peer_listen``, the peer port also requires a
+    certificate from it: mutual TLS). The metrics port stays plain HTTP."""
     peer_on_client_port: bool = False
     """With ``peer_listen``: serve ``/internal/`` on the client port as well, while peers
     that still dial the client port are being restarted (the chart's ``peerPortMode``)."""
@@ -70,11 +75,20 @@ async def serve(opts: ServeOptions) -> None:
     log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
              identity.cluster_id, identity.incarnation, identity.data_id,
              ", new data directory" if identity.fresh else "")
+    reloader = Reloader(opts.tls) if opts.tls else None
+    dial_ssl = None
+    if reloader is not None:
+        try:
+            dial_ssl = reloader.watch(client_context(reloader.files, reloader.files.ca),
+                                      chain=True, ca=True)
+        except TlsError as exc:
+            await storage.close()
+            raise SystemExit(f"paxoskv: {exc}") from None
     transport_class = ChannelTransport if opts.peer_transport == "channel" else HttpTransport
     transport = transport_class(opts.config.node_id,
                               {pid: p.url for pid, p in opts.config.peers.items()},
                               opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
-                              metrics=metrics)
+                              metrics=metrics, ssl_context=dial_ssl)
     node = Node(opts.config, identity, storage, transport, metrics)
     # The client listener first and alone in the list's head: it is drained first below,
     # while peers (whose rounds need this acceptor) and scrapers are still served.
@@ -91,26 +105,42 @@ async def serve(opts: ServeOptions) -> None:
     listeners += [(frozenset({part}), where) for part, where in apart.items()]
     runners: list[web.AppRunner] = []
     for parts, (host, port) in listeners:
+        listen_ssl = None
+        if reloader is not None and parts != {"metrics"}:
+            # Mutual TLS where only peers connect: a client port has no certificate to ask
+            # its clients for (they carry tokens instead).
+            mutual = parts == {"peer"} and reloader.files.ca is not None
+            try:
+                listen_ssl = reloader.watch(server_context(reloader.files, mutual),
+                                            chain=True, ca=mutual)
+            except TlsError as exc:
+                for started in runners:
+                    await started.cleanup()
+                await storage.close()
+                raise SystemExit(f"paxoskv: {exc}") from None
         app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s, parts)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
                                handle_signals=False)
         await runner.setup()
         runners.append(runner)
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True,
+                              ssl_context=listen_ssl).start()
         except OSError as exc:
             for started in runners:
                 await started.cleanup()
             await storage.close()
             raise SystemExit(f"paxoskv: cannot listen on {host}:{port} "
                              f"({', '.join(sorted(parts))}): {exc}") from None
-        log.info("listening on http://%s:%d (%s)", host, port, ", ".join(sorted(parts)))
+        log.info("listening on %s://%s:%d (%s)", "https" if listen_ssl else "http", host,
+                 port, ", ".join(sorted(parts)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     node_task = asyncio.ensure_future(node.run())
+    reload_task = asyncio.ensure_future(reloader.run()) if reloader is not None else None
     try:
         done, _ = await asyncio.wait({node_task, asyncio.ensure_future(stop.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -126,6 +156,8 @@ async def serve(opts: ServeOptions) -> None:
             await runner.shutdown()
             await runner.cleanup()
     finally:
+        if reload_task is not None:
+            reload_task.cancel()
         node.drain()
         node_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

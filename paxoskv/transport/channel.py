@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -73,9 +74,10 @@ class ChannelTransport(HttpTransport):
     def __init__(self, node_id: int, peer_urls: dict[int, str], secret: str,
                  timeout_s: float = 2.0, limits: Limits | None = None,
                  metrics: Metrics | None = None, inflight_max: int = 4,
-                 heartbeat_s: float = CHANNEL_HEARTBEAT_S) -> None:
+                 heartbeat_s: float = CHANNEL_HEARTBEAT_S,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(node_id, peer_urls, secret, timeout_s=timeout_s, limits=limits,
-                         metrics=metrics, inflight_max=inflight_max)
+                         metrics=metrics, inflight_max=inflight_max, ssl_context=ssl_context)
         self._timeout_s = timeout_s
         self._heartbeat_s = heartbeat_s
         self._links: dict[int, _Link] = {id(p): _Link() for p in self._peers.values()}
@@ -121,7 +123,7 @@ class ChannelTransport(HttpTransport):
         if loop.time() < link.retry_at:
             raise PeerNotReached("peer channel down; dialling again shortly")
         # A fresh connector per dial: it resolves the name again (no DNS cache).
-        connector = aiohttp.TCPConnector(limit=1, use_dns_cache=False)
+        connector = aiohttp.TCPConnector(limit=1, use_dns_cache=False, ssl=self._ssl)
         session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         try:
             ws = await session.ws_connect(

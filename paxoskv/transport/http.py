@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from typing import Any
 
@@ -70,8 +71,12 @@ class HttpTransport:
 
     def __init__(self, node_id: int, peer_urls: dict[int, str], secret: str,
                  timeout_s: float = 2.0, limits: Limits | None = None,
-                 metrics: Metrics | None = None, inflight_max: int = 4) -> None:
+                 metrics: Metrics | None = None, inflight_max: int = 4,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.node_id = node_id
+        self._ssl: ssl.SSLContext | bool = ssl_context or True
+        """For https:// peers: the cluster CA to verify them and our certificate (mutual
+        TLS); True: the system's CAs."""
         self._peers = {pid: _Peer(url) for pid, url in peer_urls.items() if pid != node_id}
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(1.0, timeout_s))
@@ -95,7 +100,8 @@ class HttpTransport:
             # No DNS cache: a restarted StatefulSet pod comes back under its name with a new
             # IP, and aiohttp's default 10 s cache kept peers dialling the old one.
             connector = aiohttp.TCPConnector(limit=2 * self._inflight_max + 4,
-                                             keepalive_timeout=30, use_dns_cache=False)
+                                             keepalive_timeout=30, use_dns_cache=False,
+                                             ssl=self._ssl)
             p.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return p.session
 
