@@ -828,3 +828,69 @@ def test_volume_permissions_init_container() -> None:
         render({"volumePermissions": {"enabled": True}, "persistence": {"enabled": False}})
     )
     assert "initContainers" not in no_pvc
+
+
+# ---- TLS --------------------------------------------------------------------------------
+
+
+def test_tls_generated_certificate_serves_every_name_peers_and_clients_use() -> None:
+    """With ``tls.enabled`` and the default source, the chart makes a CA and one certificate
+    (kept across upgrades by lookup), valid for every pod's headless name, the client
+    Service and loopback, for server and client authentication; the pods mount it, point
+    the server's TLS flags at it, and probe over HTTPS."""
+    docs = render({"tls": {"enabled": True}})
+    secret = only(docs, "Secret", "-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    pem = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    assert set(pem) == {"tls.crt", "tls.key", "ca.crt"}
+    x509 = pytest.importorskip("cryptography.x509")
+    cert = x509.load_pem_x509_certificate(pem["tls.crt"])
+    ca = x509.load_pem_x509_certificate(pem["ca.crt"])
+    assert cert.issuer == ca.subject
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(sans.get_values_for_type(x509.DNSName))
+    assert f"*.{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local" in names
+    assert f"{FULLNAME}.{NAMESPACE}.svc.cluster.local" in names
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {u.dotted_string for u in usages} == {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}
+    c = container(docs)
+    env = env_of(c)
+    assert env["PAXOSKV_TLS_CERT_FILE"] == "/etc/paxoskv/tls/tls.crt"
+    assert env["PAXOSKV_TLS_CA_FILE"] == "/etc/paxoskv/tls/ca.crt"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+    vols = {v["name"]: v for v in only(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tls"]["secret"]["secretName"] == f"{FULLNAME}-tls"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
+    assert "subPath" not in mount  # a renewed Secret must reach the files
+    assert "PAXOSKV_TLS_CERT_FILE" not in env_of(container(render()))  # off by default
+
+
+def test_tls_from_cert_manager_or_an_existing_secret() -> None:
+    """cert-manager: a Certificate for the same names into the Secret the pods mount, and no
+    generated Secret; an existing Secret: mounted as given, nothing generated."""
+    docs = render({"tls": {"enabled": True, "source": "certManager",
+                           "certManager": {"issuerRef": {"name": "ca-issuer"}}}})
+    cert = only(docs, "Certificate")
+    assert cert["spec"]["secretName"] == f"{FULLNAME}-tls"
+    assert cert["spec"]["issuerRef"]["name"] == "ca-issuer"
+    assert f"*.{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local" in cert["spec"]["dnsNames"]
+    assert {"server auth", "client auth"} <= set(cert["spec"]["usages"])
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-tls")]
+    docs = render({"tls": {"enabled": True, "source": "existingSecret", "existingSecret": "mine"}})
+    vols = {v["name"]: v for v in only(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tls"]["secret"]["secretName"] == "mine"
+    assert "Certificate" not in kinds(docs)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"tls": {"enabled": True, "source": "existingSecret"}}, "needs tls.existingSecret"),
+    ({"tls": {"enabled": True, "source": "certManager"}}, "needs tls.certManager.issuerRef"),
+    ({"tls": {"enabled": True}, "peerPortMode": "shared"}, "needs a peer port of its own"),
+])
+def test_tls_misconfiguration_fails_with_a_clear_message(values: dict[str, Any],
+                                                         message: str) -> None:
+    res = helm_template(values, check=False)
+    assert res.returncode != 0
+    assert message in res.stderr

@@ -70,6 +70,23 @@ app.kubernetes.io/part-of: paxoskv
 {{- end -}}
 {{- end -}}
 
+{{- define "paxoskv.tlsSecretName" -}}
+{{- if eq .Values.tls.source "existingSecret" -}}
+{{- .Values.tls.existingSecret -}}
+{{- else -}}
+{{- printf "%s-tls" (include "paxoskv.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The names the one certificate of the pods must carry: every pod through the headless
+Service (peers dial these), the client Service, and loopback (the CLI inside a pod). */}}
+{{- define "paxoskv.tlsDnsNames" -}}
+{{- $full := include "paxoskv.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $domain := .Values.clusterDomain -}}
+{{- list (printf "*.%s.%s.svc.%s" (include "paxoskv.headlessName" .) $ns $domain) (printf "*.%s.%s.svc" (include "paxoskv.headlessName" .) $ns) (printf "%s.%s.svc.%s" $full $ns $domain) (printf "%s.%s.svc" $full $ns) (printf "%s.%s" $full $ns) $full "localhost" | toJson -}}
+{{- end -}}
+
 {{- define "paxoskv.secretKey" -}}
 {{- if .Values.peerSecret.existingSecret -}}
 {{- .Values.peerSecret.existingSecretKey -}}
@@ -111,6 +128,18 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or none (got %q)" .Values.podAntiAffinity) -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not (has .Values.tls.source (list "generate" "existingSecret" "certManager"))) -}}
+{{- fail (printf "tls.source must be generate, existingSecret or certManager (got %q)" .Values.tls.source) -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (eq .Values.tls.source "existingSecret") (not .Values.tls.existingSecret) -}}
+{{- fail "tls.source=existingSecret needs tls.existingSecret: a Secret with tls.crt, tls.key and ca.crt" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (eq .Values.tls.source "certManager") (not .Values.tls.certManager.issuerRef.name) -}}
+{{- fail "tls.source=certManager needs tls.certManager.issuerRef.name" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (eq .Values.peerPortMode "shared") -}}
+{{- fail "tls.enabled needs a peer port of its own (peerPortMode=separate): mutual TLS is enforced there" -}}
 {{- end -}}
 {{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
 {{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}
