@@ -79,6 +79,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_flag(s, "--peer-on-client-port", "with --peer-listen: serve the peer endpoints on "
               "the client port too (only while moving a running cluster to a peer port)")
     _add(s, "--metrics-listen", "serve /metrics on this HOST:PORT only, not on --listen")
+    _add(s, "--max-connections", "open client connections at most; more are answered 503 and "
+         "closed", 1000, type=int)
+    _add(s, "--max-requests-inflight", "client requests handled at once; more are answered "
+         "503 with Retry-After", 500, type=int)
+    _add(s, "--header-timeout", "seconds a client has to send a request's headers, and again "
+         "its body; then the connection is closed (408 for a body)", 10.0, type=float)
+    _add(s, "--idle-timeout", "seconds a kept-alive client connection may sit idle", 60.0,
+         type=float)
     _add(s, "--tls-cert-file", "PEM certificate (chain) of this node: HTTPS on the client and "
          "peer ports, presented to peers it dials; reloaded when the file changes")
     _add(s, "--tls-key-file", "PEM private key of --tls-cert-file")
@@ -180,6 +188,7 @@ def _parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from paxoskv.api.guard import GuardLimits
     from paxoskv.config import NodeConfig
     from paxoskv.discovery.peers import (
         DiscoveryError,
@@ -255,6 +264,8 @@ def _serve(args: argparse.Namespace) -> int:
     if len(peers) > 1 and not secret:
         raise UsageError("set a peer secret: PAXOSKV_PEER_SECRET or --peer-secret-file")
     try:
+        guard = GuardLimits(args.max_connections, args.max_requests_inflight,
+                            args.header_timeout, args.idle_timeout).validate()
         limits = Limits(value_bytes_max=args.max_value_bytes,
                         storage_cache_bytes=args.cache_bytes).validate()
         config = NodeConfig(
@@ -279,7 +290,8 @@ def _serve(args: argparse.Namespace) -> int:
                                  idempotency_window_s=args.idempotency_window,
                                  peer_transport=args.peer_transport,
                                  peer_listen=peer_listen, metrics_listen=metrics_listen,
-                                 peer_on_client_port=args.peer_on_client_port, tls=tls))
+                                 peer_on_client_port=args.peer_on_client_port, tls=tls,
+                                 guard=guard))
 
     with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
         runner.run(main())

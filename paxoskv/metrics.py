@@ -46,6 +46,8 @@ class Metrics:
     def rejoin(self, result: str) -> None: ...
     def key_round(self, changes: int) -> None: ...
     def forward(self, result: str) -> None: ...
+    def http_connections(self, count: int) -> None: ...
+    def http_refused(self, reason: str) -> None: ...
 
 
 class PromMetrics(Metrics):
@@ -61,6 +63,11 @@ class PromMetrics(Metrics):
         self._forward = Counter("paxoskv_forwarded_writes",
                                 "Client writes sent to their key's preferred proposer, by "
                                 "result", ["result"], registry=r)
+        self._http_connections = Gauge("paxoskv_http_connections",
+                                       "Open client connections", registry=r)
+        self._http_refused = Counter("paxoskv_http_refused",
+                                     "Client connections or requests refused by a flood "
+                                     "limit, by limit", ["reason"], registry=r)
         self._key_round = Histogram("paxoskv_round_changes",
                                     "Client changes one round applied to its key together",
                                     buckets=(1, 2, 4, 8, 16), registry=r)
@@ -150,3 +157,9 @@ class PromMetrics(Metrics):
 
     def forward(self, result: str) -> None:
         self._forward.labels(result).inc()
+
+    def http_connections(self, count: int) -> None:
+        self._http_connections.set(count)
+
+    def http_refused(self, reason: str) -> None:
+        self._http_refused.labels(reason).inc()

@@ -8,12 +8,13 @@ import logging
 import os
 import signal
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from paxoskv.api.app import ALL_PARTS, Part, make_app
+from paxoskv.api.guard import GuardedSite, GuardLimits
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
@@ -52,6 +53,9 @@ class ServeOptions:
     """Certificate and key (HTTPS on the client and peer ports) and the cluster CA (peers
     verify each other against it; with ``peer_listen``, the peer port also requires a
     certificate from it: mutual TLS). The metrics port stays plain HTTP."""
+    guard: GuardLimits = field(default_factory=GuardLimits)
+    """Flood limits of the client port (connections, requests at once, header and body
+    deadlines, idle keep-alive): paxoskv/api/guard.py."""
     peer_on_client_port: bool = False
     """With ``peer_listen``: serve ``/internal/`` on the client port as well, while peers
     that still dial the client port are being restarted (the chart's ``peerPortMode``)."""
@@ -118,14 +122,20 @@ async def serve(opts: ServeOptions) -> None:
                     await started.cleanup()
                 await storage.close()
                 raise SystemExit(f"paxoskv: {exc}") from None
-        app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s, parts)
+        client = "client" in parts
+        app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s, parts,
+                       guard=opts.guard if client else None)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
                                handle_signals=False)
         await runner.setup()
         runners.append(runner)
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True,
-                              ssl_context=listen_ssl).start()
+            if client:
+                await GuardedSite(runner, host, port, opts.guard, metrics, reuse_address=True,
+                                  ssl_context=listen_ssl).start()
+            else:
+                await web.TCPSite(runner, host, port, reuse_address=True,
+                                  ssl_context=listen_ssl).start()
         except OSError as exc:
             for started in runners:
                 await started.cleanup()

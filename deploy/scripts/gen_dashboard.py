@@ -341,6 +341,34 @@ def build() -> dict[str, Any]:
     )
     L.add(
         timeseries(
+            "Client connections",
+            "Open client connections per node, against --max-connections (default 1000): "
+            "beyond it new connections are answered 503 at once.",
+            [target(f"sum by (pod) (paxoskv_http_connections{{{SEL}}})", "{{pod}}")],
+            "short",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Refused by flood limits",
+            "Connections and requests the client port turned away: connections (over "
+            "--max-connections), requests (over --max-requests-inflight), header_timeout "
+            "(headers too slow: slowloris), body_timeout (408).",
+            [
+                target(
+                    f"sum by (reason) (rate(paxoskv_http_refused_total{{{SEL}}}[{RATE}]))",
+                    "{{reason}}",
+                )
+            ],
+            "ops",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
             "Paxos conflicts",
             "Rounds that lost to a competing proposer on the same key, per second and node. "
             "A steady rate means clients write one key through several nodes.",

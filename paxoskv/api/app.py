@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from paxoskv.api.guard import GuardLimits, limit_requests_middleware
 from paxoskv.api.openapi import openapi_document
 from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
 from paxoskv.core.register import Cas, Change, Create, Delete, Set
@@ -345,16 +346,20 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 Part = Literal["client", "peer", "metrics"]
 ALL_PARTS: Final[frozenset[Part]] = frozenset({"client", "peer", "metrics"})
 """What one listener serves: the client API with its probes (``/v1/``, ``/healthz``,
-``/readyz``), the peer endpoints (``/internal/``), ``/metrics``. A node with
+``/readyz``), the peer endpoints (``/internal/``), ``/metrics`` (with the probes again when
+on a port of its own). A node with
 ``--peer-listen`` or ``--metrics-listen`` serves those parts on their own ports only, so a
 NetworkPolicy can admit each port from its own sources."""
 
 
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
              idempotency_window_s: float = DEFAULT_WINDOW_S,
-             parts: frozenset[Part] = ALL_PARTS) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware],
-                          client_max_size=limits.frame_bytes_max)
+             parts: frozenset[Part] = ALL_PARTS,
+             guard: GuardLimits | None = None) -> web.Application:
+    middlewares: list[Any] = [errors_middleware]
+    if guard is not None and "client" in parts:
+        middlewares.append(limit_requests_middleware(guard, metrics, _error))
+    app = web.Application(middlewares=middlewares, client_max_size=limits.frame_bytes_max)
     app[NODE] = node
     app[SECRET] = secret
     app[LIMITS] = limits
@@ -371,6 +376,9 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
         app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
     if "metrics" in parts:
         app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
+        if "client" not in parts:  # probes here too: a flooded client port must not fail them
+            app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
+            app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
     if "peer" in parts:
         PeerServer(node, secret, limits.frame_bytes_max).add_routes(app)
     return app

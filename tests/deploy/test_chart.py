@@ -212,9 +212,11 @@ def test_pod_name_leaves_room_for_ordinal() -> None:
 
 def test_probes(default_docs: list[dict[str, Any]]) -> None:
     c = container(default_docs)
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # On the metrics port: plain HTTP whatever tls says, and outside the client port's
+    # flood limits (a flood of clients must not fail the probes and restart the pod).
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     # The startup budget outlasts the server's 120 s bounded DNS wait.
     sp = c["startupProbe"]
     assert sp["periodSeconds"] * sp["failureThreshold"] > 120
@@ -837,7 +839,7 @@ def test_tls_generated_certificate_serves_every_name_peers_and_clients_use() -> 
     """With ``tls.enabled`` and the default source, the chart makes a CA and one certificate
     (kept across upgrades by lookup), valid for every pod's headless name, the client
     Service and loopback, for server and client authentication; the pods mount it, point
-    the server's TLS flags at it, and probe over HTTPS."""
+    the server's TLS flags at it, and probe the plain metrics port."""
     docs = render({"tls": {"enabled": True}})
     secret = only(docs, "Secret", "-tls")
     assert secret["type"] == "kubernetes.io/tls"
@@ -859,7 +861,7 @@ def test_tls_generated_certificate_serves_every_name_peers_and_clients_use() -> 
     assert env["PAXOSKV_TLS_CERT_FILE"] == "/etc/paxoskv/tls/tls.crt"
     assert env["PAXOSKV_TLS_CA_FILE"] == "/etc/paxoskv/tls/ca.crt"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert c[probe]["httpGet"]["port"] == "metrics" and "scheme" not in c[probe]["httpGet"]
     vols = {v["name"]: v for v in only(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
     assert vols["tls"]["secret"]["secretName"] == f"{FULLNAME}-tls"
     mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")

@@ -1,0 +1,195 @@
+"""Limits that hold the client port up under a flood of connections or requests.
+
+aiohttp bounds a request's header lines, fields and count, and its body (``client_max_size``),
+but waits for headers as long as a client cares to dribble them (slowloris), keeps idle
+keep-alive connections for an hour by default, and admits any number of connections and
+requests at once. Here:
+
+- ``max_connections`` open client connections; the next one is answered 503 with
+  ``Retry-After`` at once and closed, before anything is read.
+- ``header_timeout_s`` to send a request's headers, counted from the connection (or from
+  the first byte of a later request on a kept-alive one); the connection is closed after it.
+- ``header_timeout_s`` again to send the body of a PUT, POST or DELETE (408).
+- ``requests_max`` requests handled at once (503 with ``Retry-After`` beyond it).
+
+Probes and metrics are not limited: they are meant to be served on the metrics port (the
+chart probes there), whose listener none of this applies to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from paxoskv.metrics import Metrics
+
+__all__ = ["GuardLimits", "GuardedSite", "limit_requests_middleware"]
+
+RETRY_AFTER_S = "1"
+
+_REFUSAL_BODY = b'{"error": "overloaded", "message": "too many connections to this node"}'
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: " + RETRY_AFTER_S.encode()
+            + b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
+            + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardLimits:
+    connections_max: int = 1000
+    requests_max: int = 500
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    """How long a kept-alive connection may sit between requests."""
+
+    def validate(self) -> GuardLimits:
+        if self.connections_max < 1 or self.requests_max < 1:
+            raise ValueError("--max-connections and --max-requests-inflight must be positive")
+        if not 0 < self.header_timeout_s <= 3600 or not 0 < self.idle_timeout_s <= 86400:
+            raise ValueError("--header-timeout and --idle-timeout must be positive seconds")
+        return self
+
+    def handler_args(self) -> dict[str, Any]:
+        """aiohttp's own per-connection limits, stated rather than left to its defaults."""
+        # lingering_time: after answering a request whose body was not read (a 408, a
+        # 413), aiohttp reads and drops the rest of it this long before closing.
+        return {"keepalive_timeout": self.idle_timeout_s, "max_line_size": 8190,
+                "max_field_size": 8190, "max_headers": 128,
+                "lingering_time": min(2.0, self.header_timeout_s)}
+
+
+class _Connections:
+    def __init__(self) -> None:
+        self.open = 0
+
+
+class _GuardedHandler(RequestHandler):
+    """aiohttp's request handler with a connection count and a header deadline."""
+
+    __slots__ = ("_admitted", "_conns", "_header_timer", "_limits", "_metrics")
+
+    def __init__(self, manager: Any, *, conns: _Connections, limits: GuardLimits,
+                 metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._conns, self._limits, self._metrics = conns, limits, metrics
+        self._admitted = False
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._conns.open >= self._limits.connections_max:
+            # Answered before a byte is read: a refused client costs one write and a close.
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_REFUSAL)
+            transport.close()
+            self._metrics.http_refused("connections")
+            return
+        self._conns.open += 1
+        self._admitted = True
+        self._metrics.http_connections(self._conns.open)
+        super().connection_made(transport)
+        self._arm()  # the first request's headers, from now
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._disarm()
+        self._conns.open -= 1
+        self._metrics.http_connections(self._conns.open)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:
+            self._disarm()  # a whole header block arrived
+        elif self._header_timer is None and not self._request_in_progress \
+                and not self._messages:
+            self._arm()  # the first bytes of a kept-alive connection's next request
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self._limits.header_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport is not None and not self._request_in_progress:
+            self._metrics.http_refused("header_timeout")
+            self.transport.close()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCP site whose connections go through ``_GuardedHandler``."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, limits: GuardLimits,
+                 metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._limits, self._metrics = limits, metrics
+        self._conns = _Connections()
+
+    async def start(self) -> None:
+        # TCPSite.start, with our handler class as the protocol factory.
+        self._runner._reg_site(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        args = self._limits.handler_args()
+
+        def factory() -> _GuardedHandler:
+            return _GuardedHandler(server, loop=loop, conns=self._conns, limits=self._limits,
+                                   metrics=self._metrics, **args)
+
+        self._server = await loop.create_server(
+            factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets \
+            else self._port
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_BODY_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+
+
+def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
+                              refuse: Callable[[int, str, str, dict[str, str] | None],
+                                               web.Response],
+                              ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """At most ``requests_max`` requests at once, each body within ``header_timeout_s``."""
+    inflight = 0
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal inflight
+        if inflight >= limits.requests_max:
+            metrics.http_refused("requests")
+            return refuse(503, "overloaded", f"{inflight} requests in progress on this node",
+                          {"Retry-After": RETRY_AFTER_S})
+        inflight += 1
+        try:
+            if request.method in _BODY_METHODS and request.can_read_body:
+                try:
+                    async with asyncio.timeout(limits.header_timeout_s):
+                        await request.read()  # kept by aiohttp for the handler's read()
+                except TimeoutError:
+                    metrics.http_refused("body_timeout")
+                    response = refuse(408, "request_timeout", "the body arrived too slowly",
+                                      None)
+                    response.force_close()  # the rest of the body would be read as a request
+                    return response
+            return await handler(request)
+        finally:
+            inflight -= 1
+
+    return limit

@@ -1,0 +1,155 @@
+"""Flood limits of the client port (paxoskv/api/guard.py), over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from paxoskv.api.guard import GuardedSite, GuardLimits, limit_requests_middleware
+from paxoskv.metrics import Metrics
+
+
+class _Counted(Metrics):
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+        self.connections: list[int] = []
+
+    def http_refused(self, reason: str) -> None:
+        self.refused.append(reason)
+
+    def http_connections(self, count: int) -> None:
+        self.connections.append(count)
+
+
+def _refuse(status: int, code: str, message: str, headers: dict[str, str] | None
+            ) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status,
+                             headers=headers)
+
+
+@asynccontextmanager
+async def _server(limits: GuardLimits, metrics: Metrics,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> AsyncIterator[int]:
+    app = web.Application(middlewares=[limit_requests_middleware(limits, metrics, _refuse)])
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = GuardedSite(runner, "127.0.0.1", 0, limits, metrics)
+    await site.start()
+    assert site._server is not None
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def _ok(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    return web.Response(text=f"ok {len(body)}")
+
+
+async def _exchange(port: int, raw: bytes, read_timeout: float = 5.0) -> bytes:
+    """Send ``raw``; what comes back until the server closes, or at least the whole head
+    of a response (a server that lingers to drain an unread body closes later)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    got = b""
+    try:
+        async with asyncio.timeout(read_timeout):
+            while chunk := await reader.read(65536):
+                got += chunk
+                if b"\r\n\r\n" in got and got.startswith(b"HTTP/1.1 408"):
+                    break
+        return got
+    finally:
+        writer.close()
+
+
+GET = b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def test_connections_beyond_the_cap_are_answered_503_at_once() -> None:
+    """Goal: with ``connections_max`` connections open (idle, sending nothing), the next
+    one gets an immediate 503 with Retry-After instead of waiting; once they close, a new
+    connection is served again."""
+    async def main() -> None:
+        metrics = _Counted()
+        async with _server(GuardLimits(connections_max=3, header_timeout_s=30), metrics,
+                           _ok) as port:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            answer = await _exchange(port, GET, read_timeout=2)
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            assert b"Retry-After: 1" in answer and b"too many connections" in answer
+            assert metrics.refused == ["connections"]
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0.1)
+            assert (await _exchange(port, GET)).startswith(b"HTTP/1.1 200")
+    asyncio.run(main())
+
+
+def test_headers_sent_too_slowly_get_the_connection_closed() -> None:
+    """Goal: a client that dribbles its headers (slowloris) loses the connection after
+    ``header_timeout_s``, freeing its slot; one that sends them in time is served."""
+    async def main() -> None:
+        metrics = _Counted()
+        async with _server(GuardLimits(header_timeout_s=0.5), metrics, _ok) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n")
+            closed_after = None
+            for _ in range(20):  # one header line every 0.1 s, never the blank line
+                await asyncio.sleep(0.1)
+                try:
+                    async with asyncio.timeout(0.01):
+                        if await reader.read(1) == b"":
+                            closed_after = loop.time() - started
+                            break
+                except TimeoutError:
+                    pass
+                writer.write(b"X-Slow: 1\r\n")
+            writer.close()
+            assert closed_after is not None and 0.4 < closed_after < 1.5, closed_after
+            assert metrics.refused == ["header_timeout"]
+            assert (await _exchange(port, GET)).startswith(b"HTTP/1.1 200")
+    asyncio.run(main())
+
+
+def test_a_body_sent_too_slowly_is_408_and_requests_beyond_the_cap_503() -> None:
+    """Goal: a PUT whose body does not arrive within ``header_timeout_s`` is answered 408
+    (and never reaches the handler); with ``requests_max`` requests in progress, the next
+    is answered 503 with Retry-After and the ones in progress still complete."""
+    async def main() -> None:
+        metrics = _Counted()
+        release = asyncio.Event()
+        reached: list[str] = []
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            reached.append(request.path)
+            if request.path == "/wait":
+                await release.wait()
+            return await _ok(request)
+
+        limits = GuardLimits(requests_max=2, header_timeout_s=0.5)
+        async with _server(limits, metrics, handler) as port:
+            slow_body = (b"PUT /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n"
+                         b"Connection: close\r\n\r\nabc")
+            assert (await _exchange(port, slow_body)).startswith(b"HTTP/1.1 408")
+            assert "/slow" not in reached and metrics.refused == ["body_timeout"]
+            wait = b"GET /wait HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            busy = [asyncio.create_task(_exchange(port, wait)) for _ in range(2)]
+            while reached.count("/wait") < 2:
+                await asyncio.sleep(0.01)
+            refused = await _exchange(port, GET)
+            assert refused.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in refused
+            release.set()
+            assert all(r.startswith(b"HTTP/1.1 200") for r in await asyncio.gather(*busy))
+            assert (await _exchange(port, GET)).startswith(b"HTTP/1.1 200")
+    asyncio.run(main())
