@@ -13,7 +13,7 @@ OPS    ?= 500
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile \
-	bench-storage bench-memory bench-scale clean e2e e2e-tests lock
+	bench-storage bench-memory bench-scale bench-fast clean e2e e2e-tests lock
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -23,6 +23,8 @@ help:
 	@echo "make chaos   only the chaos tests on real processes"
 	@echo "make sim     python -m paxoskv.sim --seeds \$$SEEDS --ops \$$OPS"
 	@echo "make bench   benchmark, with ratios against a baseline run in the same invocation"
+	@echo "make bench-fast  --fast-paxos on (forwarding off) vs the default, many clients on"
+	@echo "             all nodes writing keys of their own (~25 s; BENCH_FAST_ARGS='--seconds 20')"
 	@echo "make bench-compare  3 etcd members vs 3 paxoskv nodes, same wrk workloads (~7 min;"
 	@echo "             installs etcd-server and wrk from Debian; table + reports/bench-compare.json)"
 	@echo "make profile py-spy on each node under a wrk load; top functions (PROFILE_ARGS)"
@@ -87,6 +89,9 @@ bench: $(STAMP)
 	$(PY) -m paxoskv.bench
 
 # etcd 3.4 and wrk come from Debian by package name when missing (run as root).
+bench-fast: $(STAMP)
+	$(PY) -m paxoskv.bench_fast $(BENCH_FAST_ARGS)
+
 bench-compare: $(STAMP)
 	@command -v etcd >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server wrk)

@@ -76,7 +76,9 @@ def fsync_floor(directory: Path, seconds: float) -> Result:
 
 
 async def load(name: str, urls: list[str], clients: int, seconds: float, op: str,
-               keys: int = 1000) -> Result:
+               keys: int = 1000, own_keys: bool = False) -> Result:
+    """``clients`` connections spread over ``urls``; with ``own_keys`` each client cycles
+    over ``keys`` keys of its own (no two clients share a key), else all share ``keys``."""
     lat: list[float] = []
     errors = 0
     ops = 0
@@ -89,7 +91,8 @@ async def load(name: str, urls: list[str], clients: int, seconds: float, op: str
             i = 0
             url = urls[w % len(urls)]
             while time.perf_counter() < end:
-                key = f"bench/{(w * 7919 + i) % keys}"
+                key = f"bench/w{w}/{i % keys}" if own_keys else \
+                    f"bench/{(w * 7919 + i) % keys}"
                 i += 1
                 t0 = time.perf_counter()
                 try:

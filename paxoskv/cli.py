@@ -122,6 +122,9 @@ def _build_parser() -> argparse.ArgumentParser:
               "their disks; rejoin from whatever survived (README)")
     _add(s, "--forward-writes", "send each client write to its key's preferred proposer",
          "on", choices=["on", "off"])
+    _add(s, "--fast-paxos", "try each write as a one-round-trip Fast Paxos round from this "
+         "node (needs every acceptor up; pair with --forward-writes off; docs/fast-paxos.md)",
+         "off", choices=["on", "off"])
     _add(s, "--event-loop", "asyncio event loop: uvloop (libuv, faster) or the standard "
          "library's", "uvloop", choices=["uvloop", "asyncio"])
     _add(s, "--log-format", "log format", "text", choices=["text", "json"])
@@ -276,6 +279,7 @@ def _serve(args: argparse.Namespace) -> int:
             repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
             peer_timeout_s=args.peer_timeout, rejoin=args.rejoin,
             forward_writes=args.forward_writes == "on",
+            fast_paxos=args.fast_paxos == "on",
             rejoin_after_quorum_loss=args.rejoin_after_quorum_loss, limits=limits)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -47,6 +47,9 @@ class NodeConfig:
     forward_writes: bool = True
     """Send a client's write to its key's preferred proposer (rendezvous hashing over the
     live proposers), so one node keeps each key's next ballot prepared."""
+    fast_paxos: bool = False
+    """Try each write first as a Fast Paxos round built on this node's own acceptor
+    (docs/fast-paxos.md); off: phase-1 skip (piggybacked prepares) as the fast path."""
     rejoin: bool = False
     rejoin_after_quorum_loss: bool = False
     """Rejoin trusting whatever acceptors survive (README: two disks lost at once)."""

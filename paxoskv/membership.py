@@ -294,6 +294,11 @@ class Membership:
     def quorum_reachable(self) -> bool:
         return self.quorum.reachable(self._up_acceptors(mutual=False))
 
+    def fast_quorum_reachable(self) -> bool:
+        """Whether a fast round could gather its fast quorum (all 3 of 3 acceptors)."""
+        return len(self.quorum.acceptors & self._up_acceptors(mutual=False)) >= \
+            self.quorum.fast
+
     def ready(self) -> bool:
         """Readiness: this node's identity is confirmed, and a quorum of acceptors that
         agree on the membership is reachable both ways.

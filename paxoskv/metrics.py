@@ -58,7 +58,9 @@ class PromMetrics(Metrics):
         self._duration = Histogram("paxoskv_request_duration_seconds",
                                    "Client request latency", ["op"], buckets=_LATENCY_BUCKETS,
                                    registry=r)
-        self._rounds = Counter("paxoskv_paxos_rounds", "Paxos phases run by this proposer",
+        self._rounds = Counter("paxoskv_paxos_rounds", "Paxos phases run by this proposer "
+                               "(phase fast: Fast Paxos rounds, outcome chosen, collision "
+                               "or timeout)",
                                ["phase", "outcome"], registry=r)
         self._forward = Counter("paxoskv_forwarded_writes",
                                 "Client writes sent to their key's preferred proposer, by "

@@ -50,6 +50,7 @@ from paxoskv.core.messages import (
 from paxoskv.core.proposer import (
     Abort,
     Committed,
+    FastBase,
     Pending,
     Prepared,
     ProposerRound,
@@ -134,6 +135,8 @@ class ProposerRules:
     after_lost_forward: Callable[[], RequestProgress] = RequestProgress.after_lost_forward
     remember_forwards: bool = True
     """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
+    query_round: type[QueryRound] = QueryRound
+    """The one-round-trip read (its rule for when reports make a value chosen)."""
 
 
 @dataclass(slots=True)
@@ -417,6 +420,23 @@ class Node:
         return out, len(keys) > limit
 
     # ---------------------------------------------------------------- proposer side
+
+    def _fast_base(self, key: str, live: list[_Waiting]) -> FastBase | None:
+        """What a fast round on ``key`` may build on, or None for a classic round: with
+        ``--fast-paxos on``, a first attempt (a retry may find its earlier accept chosen,
+        which only a classic round's promises tell), this node serving as a full acceptor
+        whose accepted ballot's successor is not promised away, and enough acceptors up
+        for a fast quorum (otherwise the attempt only costs a round trip)."""
+        if not self.config.fast_paxos or self.config.node_id not in self.quorum.acceptors:
+            return None
+        if not self._serves("query") or any(w.item.progress.accept_sent for w in live):
+            return None
+        if not self.membership.fast_quorum_reachable():
+            return None
+        state = self.storage.load(key)
+        if state.ballot_promised > state.ballot_accepted.successor():
+            return None
+        return FastBase(state.ballot_accepted, state.value)
 
     def _next_ballot(self, seen: Ballot) -> Ballot:
         ballot = next_ballot(self._counter, seen, self.identity.node_id, self.identity.incarnation)
@@ -723,9 +743,11 @@ class Node:
         loop = asyncio.get_running_loop()
         seen = Ballot.ZERO
         conflict = False
+        skip_backoff = False
         for attempt in range(self.config.limits.round_retries_max):
-            if attempt:
+            if attempt and not skip_backoff:
                 await asyncio.sleep(self._backoff(attempt))
+            skip_backoff = False
             live = [w for w in batch if not w.item.abandoned and not w.done.done()]
             deadline = max((w.deadline for w in live), default=0.0)
             if not live or loop.time() >= deadline:
@@ -736,15 +758,22 @@ class Node:
                 # An accept that cannot reach a quorum would leave the outcome unknown
                 # (504); a prepare fails cleanly (503, nothing written).
                 prepared = None
-            if prepared is not None:
+            fast = self._fast_base(key, live) if attempt == 0 and prepared is None else None
+            nxt: Ballot | None = None
+            if fast is not None:
+                ballot = fast.ballot.successor()
+            elif prepared is not None:
                 ballot = prepared.ballot
                 self._counter = max(self._counter, ballot.counter)
             else:
                 ballot = self._next_ballot(seen)
-            nxt = self._next_ballot(ballot) if self.proposer_rules.piggyback else None
+            if fast is None and self.proposer_rules.piggyback and not self.config.fast_paxos:
+                # Not in fast mode: a promise of our next ballot would refuse every other
+                # node's fast round on the key.
+                nxt = self._next_ballot(ballot)
             rnd = self.proposer_rules.round(key, ballot, live[0].item.change, self.quorum,
                                 next_ballot=nxt, prepared=prepared,
-                                items=[w.item for w in live])
+                                items=[w.item for w in live], fast=fast)
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
                 phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
@@ -753,7 +782,7 @@ class Node:
                     step = rnd.on_timeout()
                 if isinstance(step, SendAccept):
                     self.metrics.round("prepare", "ok")
-            elif isinstance(step, SendAccept):
+            elif isinstance(step, SendAccept) and fast is None:
                 self.metrics.round("prepare", "skipped")
             if isinstance(step, SendAccept | Unknown):
                 for w, result in zip(live, rnd.results, strict=True):
@@ -768,6 +797,15 @@ class Node:
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
                 if step is None:
                     step = rnd.on_timeout()
+            if fast is not None:
+                if isinstance(step, Committed):
+                    self.metrics.round("fast", "chosen")
+                elif isinstance(step, Abort):
+                    # Collision recovery: the next attempt is a classic round at once.
+                    self.metrics.round("fast", "collision" if step.conflict else "timeout")
+                    seen = max(seen, step.ballot_seen)
+                    skip_backoff = True
+                    continue
             assert step is not None and not isinstance(step, Prepare)
             kept = self.proposer_rules.prepared_after(rnd, step)
             if kept is not None:
@@ -797,7 +835,7 @@ class Node:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
         await self.wait_may_propose()
         with self._round_slot():
-            rnd = QueryRound(key, self.quorum)
+            rnd = self.proposer_rules.query_round(key, self.quorum)
             deadline = asyncio.get_running_loop().time() + self.config.phase_timeout_s
             step = await self._broadcast(rnd.query(), rnd.on_reply, deadline)
         if isinstance(step, Committed):
@@ -843,17 +881,22 @@ class Node:
             answered = [p for p in pages if p is not None]
             if not self.quorum.can_still_reach(len(answered)):
                 raise NoQuorum("no quorum of acceptors answered the list")
-            best: dict[str, tuple[Ballot, bool]] = {}
+            best: dict[str, tuple[Ballot, int]] = {}
             horizon: str | None = None
             for entries, more in answered:
                 for key, ballot, is_live in entries:
+                    vote = 1 if is_live else -1
                     if key not in best or best[key][0] < ballot:
-                        best[key] = (ballot, is_live)
+                        best[key] = (ballot, vote)
+                    elif best[key][0] == ballot:
+                        best[key] = (ballot, best[key][1] + vote)
                 if more and entries:
                     last = entries[-1][0]
                     horizon = last if horizon is None else min(horizon, last)
-            live.extend(sorted(k for k, (_, is_live) in best.items()
-                               if is_live and (horizon is None or k <= horizon)))
+            # At one fast ballot acceptors may disagree; a value a fast quorum chose is
+            # reported by most of those at it (docs/design.md invariant 9).
+            live.extend(sorted(k for k, (_, votes) in best.items()
+                               if votes > 0 and (horizon is None or k <= horizon)))
             if len(live) >= limit:
                 return live[:limit], live[limit - 1]
             if horizon is None:

@@ -138,8 +138,10 @@ class Recovery:
             for key, ballot, _ in entries:
                 self.rejoin_progress["keys_checked"] += 1
                 self.metrics.rejoin("checked")
-                if self.storage.load(key).ballot_accepted >= ballot:
+                mine = self.storage.load(key).ballot_accepted
+                if mine > ballot or (mine == ballot and not ballot.is_fast):
                     continue  # caught up before a restart, or by a client's write
+                # (at an equal fast ballot the two may hold different values)
                 await self._catch_up_key(key)
                 self.rejoin_progress["keys_caught_up"] += 1
                 self.metrics.rejoin("caught_up")

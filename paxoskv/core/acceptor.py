@@ -59,6 +59,8 @@ def on_accept(state: AcceptorState, msg: Accept) -> Step:
     promises nothing, and one that has already accepted this ballot (a duplicate) does not
     promise again, since another proposer may have prepared in between.
     """
+    if msg.base is not None:
+        return _on_fast_accept(state, msg, msg.base)
     if (msg.next is not None and msg.ballot == state.ballot_accepted
             and msg.next == state.ballot_promised):
         # A duplicate of an accept that carried a prepare, and nothing since: answer again.
@@ -76,6 +78,30 @@ def on_accept(state: AcceptorState, msg: Accept) -> Step:
     assert new.ballot_promised >= state.ballot_promised  # invariant 2
     assert new.ballot_accepted > state.ballot_accepted
     return Step(new, True, Accepted(msg.key, msg.ballot, msg.next))
+
+
+def _on_fast_accept(state: AcceptorState, msg: Accept, base: Ballot) -> Step:
+    """An accept at the fast ballot ``base.successor()`` (docs/design.md invariant 9).
+
+    Accepted only on top of exactly what the proposer built on: ``base`` accepted here with
+    the value whose digest the accept names, and no promise above the fast ballot. Nothing
+    sorts between ``base`` and its successor, so such an acceptor has taken part in no
+    round the fast one could override. Several proposers share one fast ballot, so it may
+    come with several values: the first one is kept, a different one refused, and a
+    duplicate of the first answered again without a write.
+    """
+    if state.ballot_promised > msg.ballot:
+        return Step(state, False, Nack(msg.key, msg.ballot, state.ballot_promised))
+    if msg.ballot == state.ballot_accepted:
+        if msg.value == state.value:
+            return Step(state, False, Accepted(msg.key, msg.ballot))
+        return Step(state, False, Nack(msg.key, msg.ballot, state.ballot_promised))
+    if state.ballot_accepted != base or state.value.digest() != msg.base_digest:
+        return Step(state, False, Nack(msg.key, msg.ballot, state.ballot_promised))
+    new = AcceptorState(msg.ballot, msg.ballot, msg.value)
+    assert new.ballot_promised >= state.ballot_promised  # invariant 2
+    assert new.ballot_accepted > state.ballot_accepted
+    return Step(new, True, Accepted(msg.key, msg.ballot))
 
 
 def on_query(state: AcceptorState, msg: Query) -> QueryReply:

@@ -62,6 +62,18 @@ class Accept:
     next: Ballot | None = None
     """A piggybacked prepare: once ``value`` is accepted, also promise ``next`` (above
     ``ballot``), so the proposer's next change to the key can skip phase 1."""
+    base: Ballot | None = None
+    """With a fast ``ballot`` (``base.successor()``): the accepted ballot the proposer built
+    ``value`` on; an acceptor accepts only if it accepted ``base`` too (docs/design.md
+    invariant 9)."""
+    base_digest: int = 0
+    """``Value.digest()`` of the value the proposer built on: a fast ``base`` may carry
+    different values at different acceptors, and only the one built on may be extended."""
+
+    def __post_init__(self) -> None:
+        assert (self.base is not None) == self.ballot.is_fast, "a fast accept names its base"
+        assert self.base is None or self.ballot == self.base.successor()
+        assert self.base is None or self.next is None, "a fast accept promises nothing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +210,14 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
         case Promise(key=key, ballot=b, ballot_accepted=ba, value=v):
             return {"t": "promise", "k": key, "b": b.to_wire(), "ba": ba.to_wire(),
                     "v": _value_to_wire(v, raw)}
-        case Accept(key=key, ballot=b, value=v, next=n):
+        case Accept(key=key, ballot=b, value=v, next=n, base=base, base_digest=digest):
             out: dict[str, Any] = {"t": "accept", "k": key, "b": b.to_wire(),
                                    "v": _value_to_wire(v, raw)}
             if n is not None:
                 out["n"] = n.to_wire()
+            if base is not None:
+                out["fb"] = base.to_wire()
+                out["fd"] = digest
             return out
         case Accepted(key=key, ballot=b, next=n):
             out = {"t": "accepted", "k": key, "b": b.to_wire()}
@@ -322,7 +337,17 @@ def from_wire(raw: object) -> Message:
         case "accept":
             ballot = _ballot(raw, "b")
             nxt = _next_ballot(raw, ballot)
-            return Accept(key, ballot, _value_from_wire(raw.get("v")), nxt)
+            value = _value_from_wire(raw.get("v"))
+            if not ballot.is_fast:
+                if "fb" in raw or "fd" in raw:
+                    raise PeerProtocolError("only an accept at a fast ballot names a base")
+                return Accept(key, ballot, value, nxt)
+            base, digest = _ballot(raw, "fb"), raw.get("fd")
+            if base.successor() != ballot or nxt is not None or not _is_count(digest):
+                raise PeerProtocolError("a fast accept needs its base ballot, the one right "
+                                        "below it, and its base digest, and no next ballot")
+            assert isinstance(digest, int)
+            return Accept(key, ballot, value, None, base, digest)
         case "accepted":
             ballot = _ballot(raw, "b")
             return Accepted(key, ballot, _next_ballot(raw, ballot))

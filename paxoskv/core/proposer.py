@@ -32,6 +32,7 @@ __all__ = [
     "Abort",
     "Committed",
     "FailureKind",
+    "FastBase",
     "Pending",
     "Phase",
     "Prepared",
@@ -42,6 +43,7 @@ __all__ = [
     "SendAccept",
     "Unknown",
     "Wait",
+    "choose_value",
     "classify_failure",
     "next_ballot",
     "prepared_after",
@@ -101,6 +103,17 @@ class Prepared:
     value: Value
 
 
+@dataclass(frozen=True, slots=True)
+class FastBase:
+    """What this node's own acceptor holds for a key: ``value`` accepted at ``ballot`` and
+    no promise above ``ballot.successor()``. A fast round builds on it at that successor,
+    with no phase 1 and no forward hop, and commits only if a fast quorum of acceptors
+    holds exactly the same (docs/design.md invariant 9)."""
+
+    ballot: Ballot
+    value: Value
+
+
 @dataclass(slots=True, eq=False)
 class Pending:
     """One client request waiting for its key's next round; rounds apply several in order
@@ -128,6 +141,7 @@ class ProposerRound:
         next_ballot: Ballot | None = None,
         prepared: Prepared | None = None,
         items: Sequence[Pending] | None = None,
+        fast: FastBase | None = None,
     ) -> None:
         """``request_id`` identifies the client request across retries (and across client
         retries with an Idempotency-Key). ``sent_from_version``: an earlier attempt sent an
@@ -138,9 +152,14 @@ class ProposerRound:
         ``prepared``: phase 1 of ``ballot`` is done (``Prepared``); ``start`` goes straight
         to the accept. ``items``: several requests to apply in order, each with its own id
         and progress (``change``, ``request_id`` and ``sent_from_version`` are then unused);
-        ``results`` holds each one's outcome once the accept is built."""
+        ``results`` holds each one's outcome once the accept is built. ``fast``: a fast
+        round at ``ballot`` (``fast.ballot.successor()``) built on ``fast.value``; it
+        needs a fast quorum of accepts, carries no piggybacked prepare, and any refusal
+        ends it (the node then runs a classic round)."""
         assert next_ballot is None or next_ballot > ballot
         assert prepared is None or prepared.ballot == ballot
+        assert fast is None or (fast.ballot.successor() == ballot and next_ballot is None
+                                and prepared is None)
         if items is None:
             items = [Pending(change, request_id, RequestProgress(
                 sent_from_version=sent_from_version if request_id is not None else None))]
@@ -153,6 +172,9 @@ class ProposerRound:
         self.config = config
         self.next_ballot = next_ballot
         self.prepared = prepared
+        self.fast = fast
+        self._needed = config.fast if fast is not None else config.quorum
+        """Accepts that choose this round's value: a fast quorum for a fast round."""
         self.phase = Phase.PREPARE
         self._promises: dict[int, Promise] = {}
         self._accepted: set[int] = set()
@@ -174,6 +196,8 @@ class ProposerRound:
 
     def start(self) -> Prepare | SendAccept | Unknown:
         """The round's first move: its prepare, or with ``prepared`` its accept."""
+        if self.fast is not None:
+            return self._accept_from(self.fast.value)
         if self.prepared is None:
             return self.prepare()
         return self._accept_from(self.prepared.value)
@@ -198,7 +222,7 @@ class ProposerRound:
                 self._accepted.add(acceptor_id)
                 if n is not None and n == self.next_ballot:
                     self._promised_next.add(acceptor_id)
-                if len(self._accepted) >= self.config.quorum:
+                if len(self._accepted) >= self._needed:
                     assert self.accept is not None
                     self.phase = Phase.DONE
                     return Committed(self.outcome or Outcome("read", self.accept.value))
@@ -222,13 +246,13 @@ class ProposerRound:
         self._refused.add(acceptor_id)
         answered = self._accepted if self.phase is Phase.ACCEPT else self._promises.keys()
         still_possible = len(self.config.acceptors) - len(self._refused - set(answered))
-        if not self.config.can_still_reach(still_possible):
+        needed = self._needed if self.phase is Phase.ACCEPT else self.config.quorum
+        if still_possible < needed:
             return self.on_timeout()
         return Wait()
 
     def _promised(self) -> RoundStep:
-        highest = max(self._promises.values(), key=lambda p: p.ballot_accepted).value
-        return self._accept_from(highest)
+        return self._accept_from(choose_value(list(self._promises.values()), self.config))
 
     def _accept_from(self, highest: Value) -> SendAccept | Unknown:
         """The accept of this round, given the newest value a promise quorum holds: every
@@ -263,7 +287,11 @@ class ProposerRound:
             self.phase = Phase.DONE  # nothing left to apply
             return Unknown()
         self.phase = Phase.ACCEPT
-        self.accept = Accept(self.key, self.ballot, value, self.next_ballot)
+        if self.fast is not None:
+            self.accept = Accept(self.key, self.ballot, value, None, self.fast.ballot,
+                                 self.fast.value.digest())
+        else:
+            self.accept = Accept(self.key, self.ballot, value, self.next_ballot)
         self._refused.clear()
         return SendAccept(self.accept)
 
@@ -274,6 +302,33 @@ class ProposerRound:
             result = self.results[i]
             assert isinstance(result, Outcome)
             self.items[i].progress.on_accept_sent(result.value.version)
+
+
+def choose_value(promises: Sequence[Promise], config: QuorumConfig) -> Value:
+    """The value a classic round must build on, given the promises of a quorum ``Q``.
+
+    Only the highest accepted ballot ``k`` among them counts: a value chosen below ``k`` is
+    extended by every value at ``k``. A classic ``k`` carries one value. A fast ``k`` may
+    carry several; one that a fast quorum accepted is reported by at least
+    ``q_f - (n - |Q|)`` of ``Q`` (the rest of its quorum may be outside ``Q``), which at
+    most one value can be (2*q_f + q_c > 2n), and then it must be picked. Otherwise none
+    was chosen at ``k``, and any value reported at ``k`` is safe: the one reported most,
+    ties broken by digest so every proposer picks alike (docs/design.md invariant 9).
+    """
+    assert promises
+    k = max(p.ballot_accepted for p in promises)
+    at_k = [p.value for p in promises if p.ballot_accepted == k]
+    if not k.is_fast:
+        return at_k[0]
+    counts: dict[Value, int] = {}
+    for value in at_k:
+        counts[value] = counts.get(value, 0) + 1
+    if len(counts) == 1:
+        return at_k[0]
+    could_be_chosen = config.fast - (len(config.acceptors) - len(promises))
+    ranked = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0].digest()))
+    must = [v for v, c in ranked if c >= could_be_chosen]
+    return must[0] if must else ranked[0][0]
 
 
 def prepared_after(rnd: ProposerRound, step: RoundStep) -> Prepared | None:
@@ -293,9 +348,12 @@ def prepared_after(rnd: ProposerRound, step: RoundStep) -> Prepared | None:
 class QueryRound:
     """A one-round-trip linearizable read.
 
-    If a quorum reports the same accepted ballot, its value is chosen, and no newer value
-    can have been chosen before the read began (that quorum would intersect this one).
-    Otherwise the caller falls back to a full identity round, which also repairs the key.
+    If a quorum reports the same accepted classic ballot, its value is chosen, and no newer
+    value can have been chosen before the read began (that quorum would intersect this
+    one). A fast ballot may carry several values, and a classic quorum of them agreeing
+    does not make one chosen: it takes a fast quorum reporting the same ballot and the same
+    value (docs/design.md invariant 9). Otherwise the caller falls back to a full identity
+    round, which also repairs the key.
     """
 
     def __init__(self, key: str, config: QuorumConfig) -> None:
@@ -308,6 +366,12 @@ class QueryRound:
     def query(self) -> Query:
         return Query(self.key)
 
+    def needed(self, ballot: Ballot) -> int:
+        """Identical reports that make the value at ``ballot`` chosen."""
+        if ballot.is_fast:
+            return max(self.config.quorum, self.config.fast)
+        return self.config.quorum
+
     def on_reply(self, acceptor_id: int, reply: Reply) -> Committed | Abort | Wait:
         if acceptor_id not in self.config.acceptors or self.done:
             return Wait()
@@ -316,13 +380,13 @@ class QueryRound:
         else:
             self._refused.add(acceptor_id)
         counts = self._counts()
-        for ballot, n in counts.items():
-            if n >= self.config.quorum:
+        for (ballot, value), n in counts.items():
+            if n >= self.needed(ballot):
                 self.done = True
-                value = next(r.value for r in self._replies.values() if r.ballot_accepted == ballot)
                 return Committed(Outcome("read", value))
         pending = len(self.config.acceptors) - len(self._replies) - len(self._refused)
-        if max(counts.values(), default=0) + pending < self.config.quorum:
+        if pending < self.config.quorum and all(
+                n + pending < self.needed(ballot) for (ballot, _), n in counts.items()):
             self.done = True
             return Abort(Phase.PREPARE, Ballot.ZERO, conflict=bool(self._replies))
         return Wait()
@@ -330,11 +394,13 @@ class QueryRound:
     def disagreed(self) -> bool:
         return len(self._counts()) > 1
 
-    def _counts(self) -> dict[Ballot, int]:
-        """How many acceptors report each accepted ballot."""
-        counts: dict[Ballot, int] = {}
+    def _counts(self) -> dict[tuple[Ballot, Value], int]:
+        """How many acceptors report each accepted ballot with each value (a classic
+        ballot has one value, so this counts ballots)."""
+        counts: dict[tuple[Ballot, Value], int] = {}
         for r in self._replies.values():
-            counts[r.ballot_accepted] = counts.get(r.ballot_accepted, 0) + 1
+            slot = (r.ballot_accepted, r.value)
+            counts[slot] = counts.get(slot, 0) + 1
         return counts
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["QuorumConfig", "majority"]
+__all__ = ["QuorumConfig", "fast_quorum", "majority"]
 
 
 def majority(acceptor_count: int) -> int:
@@ -16,14 +16,33 @@ def majority(acceptor_count: int) -> int:
     return acceptor_count // 2 + 1
 
 
+def fast_quorum(acceptor_count: int, classic_quorum: int) -> int:
+    """The smallest q_f with 2*q_f + q_c > 2n: any two fast quorums and one classic quorum
+    share an acceptor, so a recovery that sees a classic quorum can tell which of the
+    values of one fast ballot may have been chosen (n=3: 3; n=5: 4; docs/design.md
+    invariant 9)."""
+    n = acceptor_count
+    assert 1 <= classic_quorum <= n
+    return min(n, (2 * n - classic_quorum) // 2 + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class QuorumConfig:
     acceptors: frozenset[int]
     quorum: int
+    fast_override: int = 0
+    """0: the fast quorum follows from the classic one (``fast_quorum``); otherwise this
+    size (only the simulator's ``fast-quorum-too-small`` mutant sets it)."""
 
     def __post_init__(self) -> None:
         assert len(self.acceptors) >= 1
         assert 1 <= self.quorum <= len(self.acceptors)
+        assert 0 <= self.fast_override <= len(self.acceptors)
+
+    @property
+    def fast(self) -> int:
+        """Acceptors that must accept one value at a fast ballot for it to be chosen."""
+        return self.fast_override or fast_quorum(len(self.acceptors), self.quorum)
 
     @staticmethod
     def of(acceptors: Iterable[int]) -> QuorumConfig:
@@ -38,7 +57,7 @@ class QuorumConfig:
 
     def everyone(self) -> QuorumConfig:
         """Every acceptor must answer (repair compares all copies of a key)."""
-        return QuorumConfig(self.acceptors, len(self.acceptors))
+        return QuorumConfig(self.acceptors, len(self.acceptors), self.fast)
 
     def confirmations_needed(self, node_id: int) -> int:
         """Peers that must confirm a process's identity before it takes part: with itself,

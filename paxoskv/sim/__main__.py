@@ -44,6 +44,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="extra proposer-only nodes (default 0)")
     parser.add_argument("--clients", type=int, default=default.clients)
     parser.add_argument("--keys", type=int, default=default.keys)
+    parser.add_argument("--fast-paxos", action="store_true",
+                        help="nodes run with --fast-paxos on and --forward-writes off")
     parser.add_argument("--mutant", choices=sorted(MUTANTS), default=None,
                         help="run a deliberately broken variant, which must be caught")
     parser.add_argument("--require-checker", action="store_true",
@@ -70,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = SimOptions(nodes=args.nodes, proposers=args.proposers,
                              clients=args.clients, ops=args.ops,
-                             keys=args.keys, mutant=args.mutant)
+                             keys=args.keys, fast_paxos=args.fast_paxos,
+                             mutant=args.mutant)
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
         return 2

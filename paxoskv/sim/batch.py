@@ -72,6 +72,8 @@ def repro_command(seed: int, options: SimOptions) -> str:
         parts.append(f"--clients {options.clients}")
     if options.keys != default.keys:
         parts.append(f"--keys {options.keys}")
+    if options.fast_paxos:
+        parts.append("--fast-paxos")
     if options.mutant is not None:
         parts.append(f"--mutant {options.mutant}")
     rest = " ".join(parts)

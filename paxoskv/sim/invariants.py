@@ -9,7 +9,10 @@ client. This checker sees the acceptors' answers as they leave (TigerBeetle's
 2. What an acceptor acknowledged survives its crashes (invariant 1): when it restarts, its
    durable promise is at or above every ballot it acknowledged.
 3. One ballot carries one value: no two acceptors accept different values under the same
-   ballot (ballots are unique per proposer and incarnation).
+   classic ballot (ballots are unique per proposer and incarnation). A fast ballot is
+   shared by the proposers that build on one accepted ballot, so acceptors may accept
+   different values under it, but each acceptor at most one, and only on top of the base
+   ballot the accept names (docs/design.md invariant 9).
 4. An acceptor whose state was lost or rolled back (a new data directory, or an old copy
    put back, while it had acknowledged promises the state no longer holds) promises
    nothing within a fence (twice the message lifetime) of each of its restarts until the
@@ -36,6 +39,7 @@ class StateChecker:
         self.failures: list[str] = []
         self._promised: dict[tuple[int, str], Ballot] = {}
         self._values: dict[tuple[str, Ballot], Value] = {}
+        self._fast_values: dict[tuple[int, str, Ballot], Value] = {}
         self._fenced_until: dict[int, float] = {}
         self.clock: Callable[[], float] | None = None
 
@@ -86,14 +90,29 @@ class StateChecker:
         """``acceptor_id`` restarted with a lost or rolled-back state: no promise before
         ``until`` (rule 4)."""
         self._fenced_until[acceptor_id] = until
+        self._forget_fast_values(acceptor_id)
 
     def forget(self, acceptor_id: int) -> None:
         """``acceptor_id``'s state was declared lost (a new data directory, or a rejoin):
         what it acknowledged before binds it no more; the rejoin protocol answers for it."""
         for slot in [s for s in self._promised if s[0] == acceptor_id]:
             del self._promised[slot]
+        self._forget_fast_values(acceptor_id)
+
+    def _forget_fast_values(self, acceptor_id: int) -> None:
+        """A lost or rolled-back state may accept anew under a fast ballot it took before
+        (it no longer holds that accept); rule 3 holds per state, not per node id."""
+        for slot in [s for s in self._fast_values if s[0] == acceptor_id]:
+            del self._fast_values[slot]
 
     def _check_one_value(self, acceptor_id: int, accept: Accept) -> None:
+        if accept.ballot.is_fast:
+            slot = (acceptor_id, accept.key, accept.ballot)
+            mine = self._fast_values.setdefault(slot, accept.value)
+            if mine != accept.value:
+                self._fail(f"acceptor {acceptor_id} accepted {accept.value} under fast ballot "
+                           f"{accept.ballot} on {accept.key!r}, where it had accepted {mine}")
+            return
         known = self._values.setdefault((accept.key, accept.ballot), accept.value)
         if known != accept.value:
             self._fail(f"acceptor {acceptor_id} accepted {accept.value} under ballot "

@@ -28,6 +28,7 @@ from paxoskv.core.proposer import (
     Abort,
     Prepared,
     ProposerRound,
+    QueryRound,
     RequestProgress,
     RoundStep,
     SendAccept,
@@ -38,7 +39,8 @@ from paxoskv.core.register import Value, apply_change
 from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
-    "IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES",
+    "FAST_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES",
+    "PROPOSER_MUTANT_RULES",
 ]
 
 MUTANTS: Final[dict[str, str]] = {
@@ -59,8 +61,16 @@ MUTANTS: Final[dict[str, str]] = {
     "forward-lost-is-failed": "a write forwarded to a proposer that never answered is run "
                               "again here as if it had never been sent",
     "forward-runs-twice": "a proposer runs every copy of a duplicated forwarded write",
+    "fast-quorum-too-small": "the fast quorum is one acceptor smaller (2 of 3): a fast round "
+                             "commits on two accepts, and a recovery cannot tell which of "
+                             "two values of one fast ballot was chosen",
+    "fast-read-as-classic": "a one-round-trip read takes a classic quorum of identical "
+                            "reports at a fast ballot for a chosen value",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
+
+FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
+"""Mutants of Fast Paxos rules: their runs have fast Paxos on (``SimOptions.fast_paxos``)."""
 
 
 def _promise_always(state: AcceptorState, msg: Prepare) -> Step:
@@ -136,11 +146,21 @@ class _BatchFromBase(ProposerRound):
         return step
 
 
+class _FastReadAsClassic(QueryRound):
+    """Broken rule: a classic quorum of identical reports at a fast ballot is taken for a
+    chosen value, though a fast quorum would be needed (two of three may hold a value that
+    lost its collision and is never chosen)."""
+
+    def needed(self, ballot: Ballot) -> int:
+        return self.config.quorum
+
+
 PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "stale-piggyback-ballot": ProposerRules(prepared_after=_prepared_after_refusal),
     "batch-from-base": ProposerRules(round=_BatchFromBase),
     "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
     "forward-runs-twice": ProposerRules(remember_forwards=False),
+    "fast-read-as-classic": ProposerRules(query_round=_FastReadAsClassic),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 

@@ -64,6 +64,7 @@ from paxoskv.node import Node as RealNode
 from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import (
+    FAST_MUTANTS,
     IDENTITY_MUTANT_RULES,
     MUTANTS,
     NO_PROMISE_CHECK_RULES,
@@ -157,6 +158,9 @@ class SimOptions:
     duplicate_id_probability: float = 0.02
     """At each fault tick, the chance that a second process with a fresh data directory
     starts under the id of a live node (duplicate_id), if every node is up and normal."""
+    fast_paxos: bool = False
+    """Every node runs with ``--fast-paxos on`` and ``--forward-writes off``, so clients on
+    every node write the same few keys with fast rounds that collide."""
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -168,6 +172,9 @@ class SimOptions:
             raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
         if self.mutant == "small-quorum" and self.nodes < 2:
             raise ValueError("small-quorum needs at least two nodes")
+        if self.mutant in FAST_MUTANTS and not self.fast_paxos:
+            # Only fast rounds exercise the rule these break; the repro line shows it.
+            object.__setattr__(self, "fast_paxos", True)
         if self.mutant == "no-config-check" and self.nodes < 5:
             # With three acceptors one odd node's quorum always intersects the others' (or
             # is itself alone, which no check can save); five let a 3-acceptor view's
@@ -228,6 +235,8 @@ class _SimMetrics(Metrics):
     def round(self, phase: str, outcome: str) -> None:
         if (phase, outcome) == ("prepare", "skipped"):
             self._sim.faults["phase1_skipped"] += 1
+        elif phase == "fast":
+            self._sim.faults[f"fast_{outcome}"] += 1
 
     def key_round(self, changes: int) -> None:
         if changes > 1:
@@ -287,7 +296,9 @@ class _Simulation:
                       else PeerSpec(i, f"sim://node-{i}", frozenset({"proposer"}))
                       for i in self.ids}
         self.config = {i: NodeConfig(node_id=i, peers=self.peers, cluster_id=CLUSTER_ID,
-                                     repair_interval_s=self._repair_interval_s(options))
+                                     repair_interval_s=self._repair_interval_s(options),
+                                     fast_paxos=options.fast_paxos,
+                                     forward_writes=not options.fast_paxos)
                        for i in self.ids}
         self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
             else AcceptorRules()
@@ -330,6 +341,8 @@ class _Simulation:
         self.quorum = QuorumConfig.of(acceptors)
         if options.mutant == "small-quorum":
             self.quorum = QuorumConfig(acceptors, self.quorum.quorum - 1)
+        if options.mutant == "fast-quorum-too-small":
+            self.quorum = QuorumConfig(acceptors, self.quorum.quorum, self.quorum.fast - 1)
         self.first_incarnation: dict[int, int] = {}
         self.node_errors: list[str] = []
         self.liveness_failures: list[str] = []

@@ -58,23 +58,30 @@ CREATE TABLE IF NOT EXISTS registers (
   key TEXT NOT NULL UNIQUE,
   bp_counter INTEGER NOT NULL, bp_node INTEGER NOT NULL, bp_inc INTEGER NOT NULL,
   ba_counter INTEGER NOT NULL, ba_node INTEGER NOT NULL, ba_inc INTEGER NOT NULL,
-  version INTEGER NOT NULL, data BLOB, recent TEXT NOT NULL, crc INTEGER NOT NULL
+  version INTEGER NOT NULL, data BLOB, recent TEXT NOT NULL, crc INTEGER NOT NULL,
+  bp_fast INTEGER NOT NULL DEFAULT 0, ba_fast INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_FAST_COLUMNS = ("bp_fast", "ba_fast")
+"""The ballots' fast parts (core/ballot.py), added after the first release: a directory
+made before gets them by ``ALTER TABLE`` at open, as 0 (every ballot it holds is classic),
+and its checksums still verify, since a classic ballot's text is unchanged."""
+
 _COLUMNS = ("key, bp_counter, bp_node, bp_inc, ba_counter, ba_node, ba_inc, version, data, "
-            "recent, crc")
+            "recent, crc, bp_fast, ba_fast")
 
 _UPSERT = (
-    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(key) DO UPDATE SET "
     "bp_counter=excluded.bp_counter, bp_node=excluded.bp_node, bp_inc=excluded.bp_inc, "
     "ba_counter=excluded.ba_counter, ba_node=excluded.ba_node, ba_inc=excluded.ba_inc, "
-    "version=excluded.version, data=excluded.data, recent=excluded.recent, crc=excluded.crc"
+    "version=excluded.version, data=excluded.data, recent=excluded.recent, crc=excluded.crc, "
+    "bp_fast=excluded.bp_fast, ba_fast=excluded.ba_fast"
 )
 
-_Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int]
+_Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int, int, int]
 
 _IN_CHUNK = 500
 """Keys per ``key IN (...)`` query, under SQLite's bound-parameter limit."""
@@ -114,17 +121,17 @@ def _to_row(key: str, state: AcceptorState) -> _Row:
     bp, ba = state.ballot_promised, state.ballot_accepted
     return (key, bp.counter, bp.node_id, bp.incarnation, ba.counter, ba.node_id,
             ba.incarnation, state.value.version, state.value.data,
-            _recent_text(state.value), _crc(key, state))
+            _recent_text(state.value), _crc(key, state), bp.fast, ba.fast)
 
 
 def _from_row(row: _Row) -> tuple[str, AcceptorState]:
-    key, bpc, bpn, bpi, bac, ban, bai, version, data, recent_text, crc = row
+    key, bpc, bpn, bpi, bac, ban, bai, version, data, recent_text, crc, bpf, baf = row
     try:
         recent = tuple((str(rid), int(v)) for rid, v in orjson.loads(recent_text))
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise CorruptRecord(f"unreadable request ids for key {key!r}") from exc
     try:
-        state = AcceptorState(Ballot(bpc, bpn, bpi), Ballot(bac, ban, bai),
+        state = AcceptorState(Ballot(bpc, bpn, bpi, bpf), Ballot(bac, ban, bai, baf),
                               Value(version, data, recent))
     except (AssertionError, TypeError) as exc:  # fields no save() could have written
         raise CorruptRecord(f"impossible state stored for key {key!r}") from exc
@@ -170,6 +177,11 @@ class SqliteStorage:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(registers)")}
+        for column in _FAST_COLUMNS:
+            if column not in present:
+                self._conn.execute(
+                    f"ALTER TABLE registers ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         # The loop's own connection: point reads on a cache miss, listings, the count.
         # Every statement on it runs to completion (fetchall), so no
         # read transaction stays open and each read sees the latest commit.

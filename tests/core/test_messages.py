@@ -97,3 +97,27 @@ def test_ballot_parts_and_versions_beyond_sqlite_integers_are_refused() -> None:
     for value in ([2**63, None, []], [1, None, [["r", 2**63]]]):
         with pytest.raises(PeerProtocolError):
             from_wire({"t": "accept", "k": "k", "b": [1, 1, 0], "v": value})
+
+
+def test_fast_ballots_sort_right_after_their_base() -> None:
+    """Goal: the fast part is the lowest-order one, so ``b.successor()`` is above ``b`` and
+    below every other ballot above ``b`` (nothing sorts between them)."""
+    b = Ballot(5, 2, 1)
+    f = b.successor()
+    assert f == Ballot(5, 2, 1, 1) and f.is_fast and not b.is_fast
+    assert b < f < f.successor() < Ballot(5, 2, 2) < Ballot(5, 3, 0) < Ballot(6, 0, 0)
+    assert Ballot(5, 2, 0, 9) < b
+
+
+def test_ballot_wire_keeps_three_parts_for_classic_ballots() -> None:
+    """Goal: peers and frames from before fast ballots still parse: a classic ballot is
+    three integers on the wire and in text (the storage checksum hashes the text); a fast
+    one has a fourth part, and both forms parse."""
+    b = Ballot(5, 2, 1)
+    assert b.to_wire() == [5, 2, 1] and str(b) == "5.2.1"
+    assert b.successor().to_wire() == [5, 2, 1, 1] and str(b.successor()) == "5.2.1.f1"
+    assert Ballot.from_wire([5, 2, 1]) == b
+    assert Ballot.from_wire([5, 2, 1, 1]) == b.successor()
+    for bad in ([5, 2], [5, 2, 1, 1, 1], [5, 2, 1, -1], [5, 2, 1, True]):
+        with pytest.raises(ValueError):
+            Ballot.from_wire(bad)

@@ -7,6 +7,7 @@ import re
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from procs import Cluster
@@ -94,3 +95,44 @@ def test_concurrent_compare_and_sets_on_one_version_have_one_winner(
     winners = [value for status, value in results if status == 200]
     assert sorted(status for status, _ in results) == [200] + [412] * 15, results
     assert Client(urls[1]).get("fast/hot").body == winners[0]
+
+
+def test_fast_paxos_writes_take_one_round_from_any_node_and_survive_a_stopped_node(
+        tmp_path: Path) -> None:
+    """Goal: with ``--fast-paxos on`` (forwarding off) writes of distinct keys through all
+    three nodes are chosen by fast rounds (no prepare, no forward), and read back; with
+    one node stopped, the fast quorum (3 of 3) is unreachable and writes still succeed,
+    through classic rounds.
+
+    Method: 12 keys, each written twice through two different nodes; the cluster's fast
+    "chosen" counter must grow by at least 18 of those 24 writes (a first write may race a
+    heartbeat), and every key reads back its second value through a third node. Then stop
+    node 3: 6 writes through nodes 1 and 2 all answer 200 and read back, and prepares run.
+    """
+    cluster = Cluster(3, tmp_path, extra=["--fast-paxos", "on", "--forward-writes", "off"])
+    cluster.start()
+    try:
+        _all_peers_up(cluster)
+        chosen = 'outcome="chosen",phase="fast"'
+        prepared = 'outcome="ok",phase="prepare"'
+        before = _counter(cluster, "paxoskv_paxos_rounds_total", chosen)
+        urls = [cluster.nodes[i].url for i in (1, 2, 3)]
+        for k in range(12):
+            for j in range(2):
+                res = Client(urls[(k + j) % 3]).put(f"fastpaxos/{k}", f"v{k}.{j}".encode())
+                assert res.status == 200, res.body
+        for k in range(12):
+            assert Client(urls[(k + 2) % 3]).get(f"fastpaxos/{k}").body == f"v{k}.1".encode()
+        assert _counter(cluster, "paxoskv_paxos_rounds_total", chosen) - before >= 18
+        assert _counter(cluster, "paxoskv_forwarded_writes_total", 'result="ok"') == 0
+
+        cluster.nodes[3].terminate()
+        del cluster.nodes[3]
+        prepares = _counter(cluster, "paxoskv_paxos_rounds_total", prepared)
+        for k in range(6):
+            res = Client(urls[k % 2]).put(f"fastpaxos/{k}", f"w{k}".encode())
+            assert res.status == 200, res.body
+            assert Client(urls[(k + 1) % 2]).get(f"fastpaxos/{k}").body == f"w{k}".encode()
+        assert _counter(cluster, "paxoskv_paxos_rounds_total", prepared) - prepares >= 6
+    finally:
+        cluster.stop()

@@ -274,3 +274,74 @@ def test_new_directories_use_a_rowid_table(tmp_path: Path) -> None:
     size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()
     assert pages * size / 2000 < 2000
+
+
+_OLD_SCHEMA = """
+CREATE TABLE registers (
+  key TEXT NOT NULL UNIQUE,
+  bp_counter INTEGER NOT NULL, bp_node INTEGER NOT NULL, bp_inc INTEGER NOT NULL,
+  ba_counter INTEGER NOT NULL, ba_node INTEGER NOT NULL, ba_inc INTEGER NOT NULL,
+  version INTEGER NOT NULL, data BLOB, recent TEXT NOT NULL, crc INTEGER NOT NULL
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@pytest.mark.parametrize("without_rowid", [False, True])
+def test_a_directory_made_before_fast_ballots_opens_and_verifies(tmp_path: Path,
+                                                                 without_rowid: bool) -> None:
+    """Goal: a data directory written before ballots had a fast part (no bp_fast/ba_fast
+    columns) still opens, its rows still pass their checksums, and it then stores fast
+    ballots too.
+
+    Method: build the old table by hand (both the rowid and the older WITHOUT ROWID form),
+    with a row whose CRC is the old one (a classic ballot's text is unchanged); open it,
+    load and verify; save a state with fast ballots, reopen, and read it back."""
+    state = AcceptorState(Ballot(7, 2, 3), Ballot(5, 1, 1), Value(3, b"old", (("r1", 3),)))
+    conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+    schema = _OLD_SCHEMA
+    if without_rowid:
+        schema = schema.replace("key TEXT NOT NULL UNIQUE", "key TEXT PRIMARY KEY").replace(
+            "crc INTEGER NOT NULL\n)", "crc INTEGER NOT NULL\n) WITHOUT ROWID")
+    conn.executescript(schema)
+    row = sqlite_module._to_row("old", state)[:11]  # the old columns only
+    conn.execute("INSERT INTO registers VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+    conn.commit()
+    conn.close()
+    fast = AcceptorState(Ballot(9, 1, 1, 2), Ballot(9, 1, 1, 2), Value(4, b"new"))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        assert s.load("old") == state
+        assert s.verify() == 1
+        await s.save("fast", fast)
+        await s.close()
+        s2 = SqliteStorage(tmp_path)
+        assert s2.load("fast") == fast
+        assert s2.load("old") == state
+        assert s2.verify() == 2
+        await s2.close()
+    asyncio.run(run())
+
+
+def test_a_fast_ballot_is_covered_by_the_checksum(tmp_path: Path) -> None:
+    """Goal: the fast part of a stored ballot is checksummed like the others: a row whose
+    ba_fast changed on disk is refused when read."""
+    fast = AcceptorState(Ballot(9, 1, 1, 1), Ballot(9, 1, 1, 1), Value(4, b"v"))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.save("k", fast)
+        await s.close()
+    asyncio.run(run())
+    conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+    conn.execute("UPDATE registers SET ba_fast = 2, bp_fast = 2")
+    conn.commit()
+    conn.close()
+
+    async def reopen() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        with pytest.raises(CorruptRecord):
+            s.load("k")
+        await s.close()
+    asyncio.run(reopen())
