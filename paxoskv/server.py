@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from paxoskv.api.app import make_app
+from paxoskv.auth import TokenStore
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
@@ -43,6 +44,10 @@ class ServeOptions:
     """How long an Idempotency-Key's outcome is kept (paxoskv/idempotency.py)."""
     peer_transport: str = "channel"
     """``channel``: batches ride one WebSocket per peer; ``http``: one POST per batch."""
+    tokens: TokenStore | None = None
+    """Client bearer tokens (``--auth token``); None serves every client (``--auth none``)."""
+    metrics_auth: bool = False
+    """/metrics needs a token too (any role)."""
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -69,7 +74,8 @@ async def serve(opts: ServeOptions) -> None:
                               opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
                               metrics=metrics)
     node = Node(opts.config, identity, storage, transport, metrics)
-    app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s)
+    app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s,
+                   tokens=opts.tokens, metrics_auth=opts.metrics_auth)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
                            handle_signals=False)
     await runner.setup()
