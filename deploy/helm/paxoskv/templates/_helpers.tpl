@@ -70,6 +70,14 @@ app.kubernetes.io/part-of: paxoskv
 {{- end -}}
 {{- end -}}
 
+{{- define "paxoskv.authSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else -}}
+{{- printf "%s-auth" (include "paxoskv.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "paxoskv.secretKey" -}}
 {{- if .Values.peerSecret.existingSecret -}}
 {{- .Values.peerSecret.existingSecretKey -}}
@@ -111,6 +119,9 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or none (got %q)" .Values.podAntiAffinity) -}}
+{{- end -}}
+{{- if and .Values.auth.metricsAuth (ne .Values.auth.mode "token") -}}
+{{- fail "auth.metricsAuth needs auth.mode=token" -}}
 {{- end -}}
 {{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
 {{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}
