@@ -5,6 +5,7 @@ Every wait is bounded and prints progress; every failure message says what was s
 
 from __future__ import annotations
 
+import base64
 import os
 import shlex
 import subprocess
@@ -20,6 +21,7 @@ from kubernetes.stream import stream
 RELEASE = "kv"
 FULLNAME = "kv"  # fullnameOverride: pods are kv-0, kv-1, kv-2
 HEADLESS = f"{FULLNAME}-headless"
+AUTH_SECRET = f"{FULLNAME}-auth"  # the chart's generated token Secret (auth.mode=token)
 PORT = 7000
 METRICS_PORT = 7002
 """The chart's metrics.port: /metrics is served there only."""
@@ -146,10 +148,19 @@ class Kube:
                           stdout=True, tty=False, _preload_content=True)
         return out
 
-    def cli(self, pod: str, *args: str) -> str:
-        """Run the paxoskv CLI inside ``pod``; returns its stdout (stderr, where `get` puts
-        the version, would interleave unpredictably with the value)."""
-        return self.exec(pod, ["sh", "-c", shlex.join(["paxoskv", *args]) + " 2>/dev/null"])
+    def admin_token(self) -> str:
+        """The bootstrap admin token the chart generated (read fresh: upgrades must keep
+        it, and a test checks that they do)."""
+        secret = self.core.read_namespaced_secret(AUTH_SECRET, self.ns)
+        return base64.b64decode(secret.data["admin-token"]).decode()
+
+    def cli(self, pod: str, *args: str, token: str | None = None) -> str:
+        """Run the paxoskv CLI inside ``pod`` with the admin token (``token=""``: none);
+        returns its stdout (stderr, where `get` puts the version, would interleave
+        unpredictably with the value)."""
+        token = self.admin_token() if token is None else token
+        return self.exec(pod, ["sh", "-c", f"PAXOSKV_TOKEN={shlex.quote(token)} "
+                               + shlex.join(["paxoskv", *args]) + " 2>/dev/null"])
 
     # ------------------------------------------------------------------ pods that run Python
 
@@ -164,6 +175,10 @@ class Kube:
                 containers=[client.V1Container(
                     name="paxoskv", image=f"{self.repository}:{self.tag}",
                     image_pull_policy="IfNotPresent",
+                    # paxoskv.client sends it as Authorization: Bearer
+                    env=[client.V1EnvVar(name="PAXOSKV_TOKEN", value_from=client.V1EnvVarSource(
+                        secret_key_ref=client.V1SecretKeySelector(name=AUTH_SECRET,
+                                                                  key="admin-token")))],
                     command=["python", "-c", script])]))
         self.core.create_namespaced_pod(self.ns, pod)
         return name

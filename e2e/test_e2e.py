@@ -53,8 +53,9 @@ print("HISTORY-END")
 """
 
 PROBER = """
-import time, http.client, json
+import os, time, http.client, json
 host, port, duration = {host!r}, {port}, {duration}
+auth = {{"Authorization": "Bearer " + os.environ["PAXOSKV_TOKEN"]}}
 end = time.monotonic() + duration
 samples = []
 i = 0
@@ -63,7 +64,7 @@ while time.monotonic() < end:
     t = time.monotonic()
     try:
         c = http.client.HTTPConnection(host, port, timeout=3)
-        c.request("PUT", f"/v1/kv/probe/{{i % 10}}", body=b"x")
+        c.request("PUT", f"/v1/kv/probe/{{i % 10}}", body=b"x", headers=auth)
         ok = c.getresponse().status == 200
         c.close()
     except OSError:
@@ -120,8 +121,7 @@ def test_1_install_and_rollout(release: Kube) -> None:
     pvcs = k.core.list_namespaced_persistent_volume_claim(k.ns).items
     assert len(pvcs) == 3
     assert all(p.status.phase == "Bound" for p in pvcs)
-    status = json.loads(k.exec(f"{FULLNAME}-0", ["paxoskv", "status", "--url",
-                                                 f"http://127.0.0.1:{PORT}"]))
+    status = json.loads(k.cli(f"{FULLNAME}-0", "status", "--url", f"http://127.0.0.1:{PORT}"))
     assert status["quorum"]["reachable"] is True
     assert status["quorum"]["size"] == 2
     assert all(p["up"] for p in status["peers"].values()), status["peers"]
@@ -138,6 +138,12 @@ def test_2_put_get_via_service_and_every_pod(release: Kube) -> None:
         assert got == "hello-k8s", (pod, got)
         stale = k.cli(pod, "get", "e2e/greeting", "--stale", "--url", f"http://127.0.0.1:{PORT}")
         print(f"e2e: {pod} local replica: {stale!r}")
+    # auth.mode=token is the chart's default: no token, no access (and nothing written)
+    refused = k.exec(f"{FULLNAME}-0", ["sh", "-c", "paxoskv put e2e/greeting sneaky --url "
+                                       f"{k.service_url()} 2>&1; echo rc=$?"])
+    assert "401 unauthorized" in refused and "rc=1" in refused, refused
+    assert k.cli(f"{FULLNAME}-1", "get", "e2e/greeting", "--url", k.service_url()) == "hello-k8s"
+    print("e2e: a put without a token: 401, nothing written")
 
 
 def test_3_deleted_pod_comes_back_with_its_data(release: Kube) -> None:
@@ -199,6 +205,7 @@ def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
     k.wait("prober running", lambda: (
         k.core.read_namespaced_pod("e2e-prober", k.ns).status.phase == "Running", "phase"), 120)
     time.sleep(5)
+    token_before = k.admin_token()
     started = time.monotonic()
     for mode in steps:
         before = k.pod_uids()
@@ -218,6 +225,7 @@ def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
         "except e.HTTPError as err:\n"
         "    print(err.code)")])
     assert code.strip() == "404", code
+    assert k.admin_token() == token_before, "helm upgrade replaced the admin token"
     samples = json.loads(line_value(k.wait_pod_done("e2e-prober", duration + 120), "SAMPLES "))
     worst, start = 0.0, None
     for t, ok in samples:

@@ -1,4 +1,4 @@
-"""``paxoskv serve | local-cluster | put | get | delete | list | status``.
+"""``paxoskv serve | local-cluster | put | get | delete | list | status | token new``.
 
 Every flag can also come from a ``PAXOSKV_*`` environment variable (the flag's name in
 upper case with dashes as underscores), so the Helm chart configures the server through
@@ -19,11 +19,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from paxoskv import __version__
+
+if TYPE_CHECKING:
+    from paxoskv.auth import TokenStore
 
 __all__ = ["main"]
 
@@ -101,6 +104,13 @@ def _build_parser() -> argparse.ArgumentParser:
          "paxoskv")
     _add(s, "--peer-secret-file", "file holding the shared peer secret "
          "(or set PAXOSKV_PEER_SECRET)")
+    _add(s, "--auth", "client authentication: none (anyone reaching the port may do "
+         "anything), or token (bearer tokens from --token-file; docs/security.md)", "none",
+         choices=["none", "token"])
+    _add(s, "--token-file", "with --auth token: JSON file of hashed tokens, re-read when it "
+         "changes (paxoskv token new makes entries)")
+    _add_flag(s, "--metrics-auth", "with --auth token: /metrics needs a token too (any role); "
+              "otherwise it stays open like /healthz and /readyz")
     _add(s, "--max-value-bytes", "largest value accepted", 1024 * 1024, type=int)
     _add(s, "--cache-bytes", "memory for recently used key states (values live on disk; "
          "0: no cache)", 64 * 1024 * 1024, type=int)
@@ -147,6 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext)
         _add(c, "--url", "node URL", "http://127.0.0.1:7001")
         _add(c, "--timeout", "seconds", 10.0, type=float)
+        _add(c, "--token", "bearer token for a server run with --auth token")
         if name in ("put", "get", "delete"):
             c.add_argument("key")
         if name == "put":
@@ -160,6 +171,19 @@ def _build_parser() -> argparse.ArgumentParser:
         if name == "list":
             c.add_argument("--prefix", default="")
             c.add_argument("--limit", type=int, default=1000)
+
+    t = sub.add_parser("token", help="make client tokens for --auth token")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    tn = tsub.add_parser("new", help="print a new random token once, and its token-file "
+                         "entry (only the hash is stored)")
+    tn.add_argument("--name", required=True, help="unique name (for rotation and revocation)")
+    tn.add_argument("--role", required=True, choices=["read", "write", "admin"],
+                    help="read: GET; write: also PUT/DELETE; admin: also the full /v1/status")
+    tn.add_argument("--prefix", action="append", dest="prefixes", metavar="PREFIX",
+                    help="limit the token to keys starting with PREFIX (repeatable; "
+                    "default: every key)")
+    tn.add_argument("--file", help="append the entry to this token file (created if "
+                    "missing; replaced atomically, so a running server reads it whole)")
     return parser
 
 
@@ -266,6 +290,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--idempotency-window must be a positive number of seconds")
     if len(peers) > 1 and not secret:
         raise UsageError("set a peer secret: PAXOSKV_PEER_SECRET or --peer-secret-file")
+    tokens = _token_store(args)
     try:
         guard = GuardLimits(args.max_connections, args.max_requests_inflight,
                             args.header_timeout, args.idle_timeout).validate()
@@ -295,10 +320,74 @@ def _serve(args: argparse.Namespace) -> int:
                                  peer_transport=args.peer_transport,
                                  peer_listen=peer_listen, metrics_listen=metrics_listen,
                                  peer_on_client_port=args.peer_on_client_port, tls=tls,
-                                 guard=guard))
+                                 guard=guard, tokens=tokens, metrics_auth=args.metrics_auth))
 
     with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
         runner.run(main())
+    return 0
+
+
+def _token_store(args: argparse.Namespace) -> TokenStore | None:
+    """Read the token file before anything listens: a server told to check tokens must
+    never serve without them."""
+    from paxoskv.auth import TokenFileError, TokenStore
+
+    if args.auth == "none":
+        if args.token_file:
+            raise UsageError("--token-file needs --auth token (with --auth none every "
+                             "client may do anything)")
+        if args.metrics_auth:
+            raise UsageError("--metrics-auth needs --auth token")
+        return None
+    if not args.token_file:
+        raise UsageError("--auth token needs --token-file (make entries with "
+                         "paxoskv token new)")
+    try:
+        store = TokenStore(Path(args.token_file))
+    except TokenFileError as exc:
+        raise UsageError(f"--token-file: {exc}") from None
+    if not store.tokens:
+        logging.getLogger(__name__).warning(
+            "auth: %s lists no token: every client request is refused until one is added",
+            args.token_file)
+    return store
+
+
+def _token_command(args: argparse.Namespace) -> int:
+    from paxoskv.auth import TokenFileError, new_token, read_token_file, token_entry
+
+    token = new_token()
+    try:
+        entry = token_entry(args.name, args.role, token, args.prefixes)
+    except TokenFileError as exc:
+        raise UsageError(str(exc).removeprefix("new entry: ")) from None
+    if args.file:
+        path = Path(args.file)
+        try:
+            existing = read_token_file(path) if path.exists() else ()
+            if any(e.name == args.name for e in existing):
+                raise UsageError(f"{path} already has a token named {args.name!r}: pick "
+                                 "another name, or remove the old entry to rotate it")
+            doc = orjson.loads(path.read_bytes()) if path.exists() else {"tokens": []}
+        except (TokenFileError, OSError) as exc:
+            raise UsageError(f"--file: {exc}") from None
+        doc["tokens"].append(entry)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+            # a new file is private; an existing one keeps its mode (the server may run as
+            # another user in the file's group)
+            os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o600)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"--file: cannot write {path}: {exc}") from None
+        print(f"added {args.name!r} ({args.role}) to {path}", file=sys.stderr)
+    else:
+        print("add this entry to the token file's \"tokens\" list:", file=sys.stderr)
+        print(json.dumps(entry), file=sys.stderr)
+    print("the token (shown once; only its hash is stored):", file=sys.stderr)
+    print(token)
     return 0
 
 
@@ -416,7 +505,7 @@ def _demo(urls: dict[int, str]) -> None:
 def _client_command(args: argparse.Namespace) -> int:
     from paxoskv.client import Client, ClientError
 
-    client = Client(args.url, timeout_s=args.timeout)
+    client = Client(args.url, timeout_s=args.timeout, token=args.token)
     try:
         if args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
@@ -461,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "local-cluster":
             return _local_cluster(args)
+        if args.command == "token":
+            return _token_command(args)
         return _client_command(args)
     except UsageError as exc:
         print(f"paxoskv: {exc}", file=sys.stderr)

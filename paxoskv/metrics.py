@@ -16,7 +16,9 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-__all__ = ["REGISTRY", "Metrics", "PromMetrics"]
+__all__ = ["AUTH_FAILURE_REASONS", "REGISTRY", "Metrics", "PromMetrics"]
+
+AUTH_FAILURE_REASONS = ("missing", "unknown", "forbidden")
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 REGISTRY = CollectorRegistry()
@@ -48,6 +50,7 @@ class Metrics:
     def forward(self, result: str) -> None: ...
     def http_connections(self, count: int) -> None: ...
     def http_refused(self, reason: str) -> None: ...
+    def auth_failure(self, reason: str) -> None: ...
 
 
 class PromMetrics(Metrics):
@@ -107,6 +110,13 @@ class PromMetrics(Metrics):
                                registry=r)
         for result in ("checked", "caught_up"):
             self._rejoin.labels(result)  # exported at 0, so dashboards show a flat line
+        self._auth_failures = Counter(
+            "paxoskv_auth_failures",
+            "Client requests refused by token auth: missing (no bearer token), unknown (not "
+            "in the token file), forbidden (role too low or key outside its prefixes)",
+            ["reason"], registry=r)
+        for reason in AUTH_FAILURE_REASONS:
+            self._auth_failures.labels(reason)  # at 0, so a rate() has a series to work on
         self._transport_batch = Histogram("paxoskv_transport_batch_messages",
                                           "Messages coalesced into one peer request",
                                           buckets=_BATCH_BUCKETS, registry=r)
@@ -165,3 +175,5 @@ class PromMetrics(Metrics):
 
     def http_refused(self, reason: str) -> None:
         self._http_refused.labels(reason).inc()
+    def auth_failure(self, reason: str) -> None:
+        self._auth_failures.labels(reason).inc()

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from paxoskv.api.app import ALL_PARTS, Part, make_app
 from paxoskv.api.guard import GuardedSite, GuardLimits
+from paxoskv.auth import TokenStore
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
@@ -59,6 +60,10 @@ class ServeOptions:
     peer_on_client_port: bool = False
     """With ``peer_listen``: serve ``/internal/`` on the client port as well, while peers
     that still dial the client port are being restarted (the chart's ``peerPortMode``)."""
+    tokens: TokenStore | None = None
+    """Client bearer tokens (``--auth token``); None serves every client (``--auth none``)."""
+    metrics_auth: bool = False
+    """/metrics needs a token too (any role)."""
 
 
 async def serve(opts: ServeOptions) -> None:
@@ -124,7 +129,8 @@ async def serve(opts: ServeOptions) -> None:
                 raise SystemExit(f"paxoskv: {exc}") from None
         client = "client" in parts
         app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s, parts,
-                       guard=opts.guard if client else None)
+                       guard=opts.guard if client else None, tokens=opts.tokens,
+                       metrics_auth=opts.metrics_auth)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=opts.shutdown_timeout_s,
                                handle_signals=False)
         await runner.setup()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from paxoskv.auth import hash_token, read_token_file
 from paxoskv.cli import main
 
 
@@ -39,6 +42,12 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     (["serve", "--node-id", "1", "--idempotency-window", "0"], "--idempotency-window"),
     (["serve", "--node-id", "1", "--idempotency-window", "inf"], "--idempotency-window"),
     (["local-cluster", "--nodes", "0"], "--nodes"),
+    (["serve", "--node-id", "1", "--auth", "token"], "--auth token needs --token-file"),
+    (["serve", "--node-id", "1", "--token-file", "t.json"], "--token-file needs --auth token"),
+    (["serve", "--node-id", "1", "--metrics-auth"], "--metrics-auth needs --auth token"),
+    (["serve", "--node-id", "1", "--auth", "token", "--token-file", "/nonexistent/t.json"],
+     "cannot read the token file"),
+    (["token", "new", "--name", " ", "--role", "read"], "name must be"),
 ])
 def test_bad_configuration_is_one_line_exit_2(args: list[str], message: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +56,47 @@ def test_bad_configuration_is_one_line_exit_2(args: list[str], message: str,
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_bad_token_file_stops_serve_with_one_line(tmp_path: Path) -> None:
+    """Goal: a server told to check tokens never starts without usable ones."""
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"tokens": [{"name": "x", "role": "root", "sha256": "00"}]}')
+    res = run("serve", "--node-id", "1", "--data-dir", str(tmp_path / "d"),
+              env={"PAXOSKV_AUTH": "token", "PAXOSKV_TOKEN_FILE": str(bad)})
+    assert res.returncode == 2
+    assert "role must be one of read, write, admin" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_token_new_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -> None:
+    """Goal: stdout is the token alone (for TOKEN=$(...)); the file gets only its hash;
+    a second entry of the same name is refused."""
+    res = run("token", "new", "--name", "ops", "--role", "admin")
+    assert res.returncode == 0, res.stderr
+    token = res.stdout.strip()
+    assert len(token) >= 43 and "\n" not in token
+    entry = json.loads(res.stderr.splitlines()[1])
+    assert entry == {"name": "ops", "role": "admin", "sha256": hash_token(token)}
+
+    path = tmp_path / "tokens.json"
+    a = run("token", "new", "--name", "app", "--role", "write", "--prefix", "app/",
+            "--prefix", "shared/", "--file", str(path))
+    b = run("token", "new", "--name", "ro", "--role", "read", "--file", str(path))
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    tokens = read_token_file(path)
+    assert [(t.name, t.role, t.prefixes) for t in tokens] == [
+        ("app", "write", ("app/", "shared/")), ("ro", "read", None)]
+    assert tokens[0].sha256 == hash_token(a.stdout.strip())
+    assert a.stdout.strip() not in path.read_text()
+    again = run("token", "new", "--name", "ro", "--role", "read", "--file", str(path))
+    assert again.returncode == 2
+    assert "already has a token named 'ro'" in again.stderr
+    path.write_text("{nope")
+    broken = run("token", "new", "--name", "x", "--role", "read", "--file", str(path))
+    assert broken.returncode == 2 and "not valid JSON" in broken.stderr
+    assert "Traceback" not in again.stderr + broken.stderr
 
 
 def test_flags_come_from_the_environment() -> None:
@@ -69,13 +119,13 @@ def test_client_reports_an_unreachable_server() -> None:
 
 def test_every_serve_flag_and_env_var_is_documented_in_the_readme() -> None:
     """Goal: docs for every knob: each `serve` and `local-cluster` flag, and its PAXOSKV_*
-    variable, appears in README.md."""
+    variable, appears in README.md's tables."""
     import argparse
-    from pathlib import Path
 
     from paxoskv.cli import _build_parser, _env
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
     parser = _build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for command in ("serve", "local-cluster"):

@@ -95,8 +95,11 @@ def render(image: str, replicas: int) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def docker_args_for(pod: str, c: dict[str, Any], spec: dict[str, Any]) -> list[str]:
-    """The container's security settings and env, as docker run flags."""
+def docker_args_for(
+    pod: str, c: dict[str, Any], spec: dict[str, Any], secrets: dict[str, dict[str, str]]
+) -> list[str]:
+    """The container's security settings and env, as docker run flags; ``secrets`` maps a
+    Secret's name to its decoded data, for env from a secretKeyRef."""
     sc = c.get("securityContext", {})
     args = ["--user", f"{sc['runAsUser']}:{sc['runAsGroup']}"]
     if sc.get("readOnlyRootFilesystem"):
@@ -108,6 +111,9 @@ def docker_args_for(pod: str, c: dict[str, Any], spec: dict[str, Any]) -> list[s
     for e in c.get("env", []):
         if "value" in e:
             value = e["value"]
+        elif "secretKeyRef" in e["valueFrom"]:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = secrets.get(ref["name"], {}).get(ref["key"], "")
         else:
             field = e["valueFrom"]["fieldRef"]["fieldPath"]
             value = {"metadata.name": pod, "metadata.namespace": NAMESPACE}[field]
@@ -147,7 +153,11 @@ def main() -> int:
     docs = render(args.image, args.replicas)
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     test_pod = next(d for d in docs if d["kind"] == "Pod")
-    secret = next(d for d in docs if d["kind"] == "Secret")
+    secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d["data"].items()}
+        for d in docs
+        if d["kind"] == "Secret"
+    }
     fullname = sts["metadata"]["name"]
     headless = sts["spec"]["serviceName"]
     spec = sts["spec"]["template"]["spec"]
@@ -156,14 +166,24 @@ def main() -> int:
     prefix = f"pkv-smoke-{os.getpid()}"
     network = prefix
     secret_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-secret-"))
+    auth_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-auth-"))
     created: list[str] = []
     volumes: list[str] = []
     failures: list[str] = []
     try:
-        key = next(iter(secret["data"]))
-        (secret_dir / key).write_bytes(base64.b64decode(secret["data"][key]))
-        os.chmod(secret_dir, 0o755)
-        os.chmod(secret_dir / key, 0o444)
+        # each Secret volume of the pod, as a read-only directory holding its items
+        mounts: list[str] = []
+        for vol in spec["volumes"]:
+            if "secret" not in vol:
+                continue
+            where = secret_dir if vol["name"] == "peer-secret" else auth_dir
+            data = secrets[vol["secret"]["secretName"]]
+            for item in vol["secret"]["items"]:
+                (where / item["path"]).write_text(data[item["key"]])
+                os.chmod(where / item["path"], 0o444)
+            os.chmod(where, 0o755)
+            path = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == vol["name"])
+            mounts += ["-v", f"{where}:{path}:ro"]
         sh("docker", "network", "create", network)
         start = time.monotonic()
         names = []
@@ -190,9 +210,8 @@ def main() -> int:
                 "/tmp",
                 "-v",
                 f"{vol}:/data",
-                "-v",
-                f"{secret_dir}:/etc/paxoskv/peer:ro",
-                *docker_args_for(pod, c, spec),
+                *mounts,
+                *docker_args_for(pod, c, spec, secrets),
                 "--entrypoint",
                 c["command"][0],
                 c["image"],
@@ -223,7 +242,7 @@ def main() -> int:
                 network,
                 "--tmpfs",
                 "/tmp",
-                *docker_args_for(test_pod["metadata"]["name"], tc, test_pod["spec"]),
+                *docker_args_for(test_pod["metadata"]["name"], tc, test_pod["spec"], secrets),
                 "--entrypoint",
                 tc["command"][0],
                 tc["image"],
@@ -295,6 +314,7 @@ def main() -> int:
                 sh("docker", "volume", "rm", v, check=False)
             sh("docker", "network", "rm", network, check=False)
         shutil.rmtree(secret_dir, ignore_errors=True)
+        shutil.rmtree(auth_dir, ignore_errors=True)
     for f in failures:
         log(f"FAIL: {f}")
     log("docker smoke: " + ("FAILED" if failures else "ok"))

@@ -285,7 +285,24 @@ def build() -> dict[str, Any]:
             ],
             "percentunit",
         ),
-        w=24,
+        w=12,
+        h=6,
+    )
+    L.add(
+        timeseries(
+            "Auth failures by reason",
+            "Client requests refused by token auth (--auth token) per second: missing (no "
+            "bearer token), unknown (not in the token file: a revoked token, or guessing), "
+            "forbidden (role too low, or a key outside the token's prefixes).",
+            [
+                target(
+                    f"sum by (reason) (rate(paxoskv_auth_failures_total{{{SEL}}}[{RATE}]))",
+                    "{{reason}}",
+                )
+            ],
+            "reqps",
+        ),
+        w=12,
         h=6,
     )
 

@@ -3,6 +3,11 @@
 Handlers translate HTTP to node calls and node outcomes to HTTP; no protocol logic lives
 here. Every error leaves as JSON ``{"error", "message"}`` with its status; a traceback never
 reaches a client.
+
+With a ``TokenStore`` (``--auth token``) every route needs a bearer token except the probes
+(/healthz, /readyz), /metrics (unless ``metrics_auth``) and the peer routes (/internal/,
+which check the peer secret themselves). Denying by default means a route added later is
+protected until someone decides otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paxoskv.api.guard import GuardLimits, limit_requests_middleware
 from paxoskv.api.openapi import openapi_document
+from paxoskv.auth import Principal, Role, TokenStore
 from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
 from paxoskv.core.register import Cas, Change, Create, Delete, Set
 from paxoskv.idempotency import DEFAULT_WINDOW_S, InProgress, KeyReused, run_idempotent, summarize
@@ -39,6 +45,10 @@ SECRET = web.AppKey("secret", str)
 LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
 IDEMPOTENCY_WINDOW = web.AppKey("idempotency_window_s", float)
+TOKENS = web.AppKey("tokens", TokenStore)
+METRICS_AUTH = web.AppKey("metrics_auth", bool)
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Who sent the request; absent when auth is off (everything is allowed)."""
 
 RETRY_AFTER_S = "1"
 
@@ -47,9 +57,11 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -67,6 +79,74 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
                405: "method_not_allowed", 413: "value_too_large"}
 
 
+# ------------------------------------------------------------------ authentication
+
+_OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_REALM = 'Bearer realm="paxoskv"'
+
+
+def _needs_token(request: web.Request) -> bool:
+    route = request.match_info.route
+    if route.resource is None:  # unmatched (404/405): answer 401 first, say nothing more
+        return True
+    path = route.resource.canonical
+    if path in _OPEN_ROUTES or path.startswith("/internal/"):
+        return False
+    return path != "/metrics" or request.app[METRICS_AUTH]
+
+
+def _refuse(request: web.Request, reason: str, status: int, message: str) -> ApiError:
+    request.app[METRICS].auth_failure(reason)
+    if status == 401:
+        challenge = _REALM if reason == "missing" else _REALM + ', error="invalid_token"'
+        return ApiError(401, "unauthorized", message, {"WWW-Authenticate": challenge})
+    return ApiError(403, "forbidden", message,
+                    {"WWW-Authenticate": _REALM + ', error="insufficient_scope"'})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    store = request.app.get(TOKENS)
+    if store is None or not _needs_token(request):
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _refuse(request, "missing", 401,
+                      "this endpoint needs a token: Authorization: Bearer <token>")
+    principal = store.authenticate(token)
+    if principal is None:
+        raise _refuse(request, "unknown", 401, "the bearer token is not valid (unknown, "
+                      "revoked or mistyped)")
+    needed: Role = "read" if request.method in _READ_METHODS else "write"
+    if not principal.has_role(needed):
+        raise _refuse(request, "forbidden", 403,
+                      f"token {principal.name!r} has role {principal.role}; "
+                      f"{request.method} needs {needed}")
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def _check_key(request: web.Request, key: str) -> None:
+    principal = request.get(PRINCIPAL)
+    if principal is not None and not principal.may_touch(key):
+        raise _refuse(request, "forbidden", 403,
+                      f"token {principal.name!r} may not touch this key (allowed prefixes: "
+                      f"{', '.join(map(repr, principal.prefixes or ()))})")
+
+
+def _check_listing(request: web.Request, prefix: str) -> None:
+    principal = request.get(PRINCIPAL)
+    if principal is not None and not principal.may_list(prefix):
+        raise _refuse(request, "forbidden", 403,
+                      f"token {principal.name!r} may list only within its prefixes "
+                      f"({', '.join(map(repr, principal.prefixes or ()))}): pass one of "
+                      "them, or a longer one, as prefix=")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,7 +154,7 @@ async def errors_middleware(request: web.Request,
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
+        return _error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
     except NoQuorum as exc:
         return _error(503, "no_quorum", str(exc), {"Retry-After": RETRY_AFTER_S})
     except Overloaded as exc:
@@ -114,6 +194,7 @@ def _key(request: web.Request) -> str:
         raise ApiError(400, "bad_key", "key is not valid UTF-8") from None
     if key.startswith(RESERVED_PREFIX):
         raise ApiError(400, "bad_key", "keys starting with U+10FFFF are reserved")
+    _check_key(request, key)
     return key
 
 
@@ -292,6 +373,7 @@ def _encode_cursor(key: str | None) -> str | None:
 async def list_keys(request: web.Request) -> web.StreamResponse:
     async def run() -> web.StreamResponse:
         prefix = request.query.get("prefix", "")
+        _check_listing(request, prefix)
         limits = request.app[LIMITS]
         raw_limit = request.query.get("limit", "1000")
         if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= limits.list_limit_max:
@@ -307,7 +389,21 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.StreamResponse:
-    return _json(200, request.app[NODE].status())
+    node = request.app[NODE]
+    principal = request.get(PRINCIPAL)
+    if principal is None or principal.has_role("admin"):
+        return _json(200, node.status())
+    # Peer URLs, data ids and incarnations map the cluster for an attacker; a client only
+    # needs to know whether this node can serve it.
+    return _json(200, {"node_id": node.config.node_id, "ready": _ready(node),
+                       "quorum": {"size": node.quorum.quorum,
+                                  "reachable": node.quorum_reachable()},
+                       "detail": "reduced: the full status needs an admin token"})
+
+
+def _ready(node: Node) -> bool:
+    return (not node.draining and node.machine.may_propose and node.quorum_reachable()
+            and node.ready())
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -355,11 +451,20 @@ NetworkPolicy can admit each port from its own sources."""
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
              idempotency_window_s: float = DEFAULT_WINDOW_S,
              parts: frozenset[Part] = ALL_PARTS,
-             guard: GuardLimits | None = None) -> web.Application:
+             guard: GuardLimits | None = None, tokens: TokenStore | None = None,
+             metrics_auth: bool = False) -> web.Application:
+    """``tokens`` None: no client authentication (``--auth none``)."""
+    if metrics_auth and tokens is None:
+        raise ValueError("metrics auth needs a token store")
     middlewares: list[Any] = [errors_middleware]
     if guard is not None and "client" in parts:
+        # Before authentication: a flood of requests with bad tokens is capped too.
         middlewares.append(limit_requests_middleware(guard, metrics, _error))
+    middlewares.append(auth_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=limits.frame_bytes_max)
+    if tokens is not None:
+        app[TOKENS] = tokens
+    app[METRICS_AUTH] = metrics_auth
     app[NODE] = node
     app[SECRET] = secret
     app[LIMITS] = limits

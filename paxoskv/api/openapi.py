@@ -37,11 +37,31 @@ _IDEMPOTENCY_ERRORS = {
                   "request (method, key, body or conditions)")}
 
 
+_AUTH_ERRORS = {
+    "401": _error("unauthorized: no bearer token, or one not in the token file (only with "
+                  "--auth token; WWW-Authenticate: Bearer is set)"),
+    "403": _error("forbidden: the token's role is too low (GET needs read; PUT and DELETE "
+                  "need write) or the key or listing prefix is outside its prefixes")}
+_OPEN: list[dict[str, list[str]]] = []
+"""``security: []``: the probes and /metrics answer without a token."""
+
+
+def _with_auth(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every /v1/ operation may answer 401 and 403; the others are open."""
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            if path.startswith("/v1/"):
+                op["responses"].update(_AUTH_ERRORS)
+            else:
+                op["security"] = _OPEN
+    return doc
+
+
 def openapi_document() -> dict[str, Any]:
     common = {"400": _error("bad key, header or request"),
               "503": _error("no quorum of acceptors reachable (Retry-After is set)"),
               "504": _error("unknown outcome: the write may or may not have taken effect")}
-    return {
+    return _with_auth({
         "openapi": "3.1.0",
         "info": {"title": "paxoskv", "version": __version__,
                  "description": "Replicated key-value store; every key is a CASPaxos register."},
@@ -102,17 +122,29 @@ def openapi_document() -> dict[str, Any]:
                         "consistency": {"type": "string"}}}}}},
                               "400": common["400"], "503": common["503"]}}},
             "/v1/status": {"get": {"summary": "Node id, peers and reachability, config",
+                                   "description": "With --auth token, an admin token sees "
+                                                  "everything; a read or write token sees only "
+                                                  "node_id, ready and quorum (size, reachable)",
                                    "responses": {"200": {"description": "status"}}}},
+            "/v1/openapi.json": {"get": {"summary": "This document",
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Process alive",
                                  "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Ready: peers confirmed this node's identity, and a "
                                            "quorum of acceptors is reachable both ways",
                                 "responses": {"200": {"description": "ready"},
                                               "503": _error("not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus text format",
+            "/metrics": {"get": {"summary": "Prometheus text format (needs a token of any "
+                                            "role when the server runs with --metrics-auth)",
                                  "responses": {"200": {"description": "metrics"}}}},
         },
-        "components": {"schemas": {
+        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "Only when the server runs with --auth token: a token from "
+                           "`paxoskv token new`, whose role (read < write < admin) and "
+                           "optional key prefixes limit what it may do (docs/security.md)"}},
+                       "schemas": {
             "Error": {"type": "object", "required": ["error", "message"],
                       "properties": {"error": {"type": "string"}, "message": {"type": "string"},
                                      "current_version": {"type": ["integer", "null"]}}},
@@ -120,4 +152,4 @@ def openapi_document() -> dict[str, Any]:
                         "properties": {"key": {"type": "string"},
                                        "version": {"type": "integer"}}},
         }},
-    }
+    })

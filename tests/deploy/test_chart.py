@@ -65,6 +65,7 @@ def test_default_render_kinds(default_docs: list[dict[str, Any]]) -> None:
             "Pod",
             "PodDisruptionBudget",
             "Secret",
+            "Secret",
             "Service",
             "Service",
             "ServiceAccount",
@@ -90,7 +91,7 @@ def test_all_features_render_kinds() -> None:
             "StatefulSet",
         ]
     )
-    assert "Secret" not in kinds(docs)  # existingSecret replaces the generated one
+    assert "Secret" not in kinds(docs)  # existingSecrets replace the generated ones
 
 
 # ---- StatefulSet and Services -----------------------------------------------------------
@@ -296,18 +297,19 @@ def test_secret_generated_once_and_kept() -> None:
     assert re.search(r'lookup\s+"v1"\s+"Secret"\s+\.Release\.Namespace\s+\$name', src)
     assert "randAlphaNum" in src
     # The generated branch: one key, 48 random characters by default.
-    secret = only(render(), "Secret")
+    secret = only(render(), "Secret", "-peer")
     raw = base64.b64decode(secret["data"]["peer-secret"]).decode()
     assert len(raw) == 48
     assert raw.isalnum()
     # Two renders without a cluster to look up differ: the value is random, not derived.
-    again = only(render(), "Secret")
+    again = only(render(), "Secret", "-peer")
     assert again["data"]["peer-secret"] != secret["data"]["peer-secret"]
 
 
 def test_existing_secret() -> None:
     docs = render({"peerSecret": {"existingSecret": "mine", "existingSecretKey": "tok"}})
-    assert "Secret" not in kinds(docs)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [
+        f"{FULLNAME}-auth"]
     vols = {v["name"]: v for v in pod_spec(docs)["volumes"]}
     assert vols["peer-secret"]["secret"]["secretName"] == "mine"
     assert vols["peer-secret"]["secret"]["items"] == [{"key": "tok", "path": "tok"}]
@@ -315,9 +317,66 @@ def test_existing_secret() -> None:
 
 
 def test_secret_volume_matches_generated_secret(default_docs: list[dict[str, Any]]) -> None:
-    secret = only(default_docs, "Secret")
+    secret = only(default_docs, "Secret", "-peer")
     vols = {v["name"]: v for v in pod_spec(default_docs)["volumes"]}
     assert vols["peer-secret"]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+# ---- client tokens (auth) -----------------------------------------------------------------
+
+
+def test_auth_token_by_default(default_docs: list[dict[str, Any]]) -> None:
+    """Token auth is on by default: a generated admin token, a token file holding only its
+    hash mounted read-only (the plain token is not), and the server pointed at it."""
+    secret = only(default_docs, "Secret", "-auth")
+    token = base64.b64decode(secret["data"]["admin-token"]).decode()
+    assert len(token) == 48 and token.isalnum()
+    tokens_json = base64.b64decode(secret["data"]["tokens.json"])
+    from paxoskv.auth import hash_token, parse_token_file
+
+    (entry,) = parse_token_file(tokens_json)
+    assert (entry.name, entry.role, entry.sha256) == ("bootstrap-admin", "admin",
+                                                      hash_token(token))
+    env = env_of(container(default_docs))
+    assert env["PAXOSKV_AUTH"] == "token"
+    assert env["PAXOSKV_TOKEN_FILE"] == "/etc/paxoskv/auth/tokens.json"
+    assert "PAXOSKV_METRICS_AUTH" not in env
+    mounts = {m["mountPath"]: m for m in container(default_docs)["volumeMounts"]}
+    assert mounts["/etc/paxoskv/auth"]["readOnly"] is True
+    assert "subPath" not in mounts["/etc/paxoskv/auth"]  # so Secret updates reach the file
+    vols = {v["name"]: v for v in pod_spec(default_docs)["volumes"]}
+    assert vols["auth-tokens"]["secret"] == {
+        "secretName": f"{FULLNAME}-auth", "defaultMode": 0o440,
+        "items": [{"key": "tokens.json", "path": "tokens.json"}]}
+    src = (CHART / "templates" / "auth-secret.yaml").read_text()
+    assert re.search(r'lookup\s+"v1"\s+"Secret"\s+\.Release\.Namespace\s+\$name', src)
+
+
+def test_auth_existing_secret_none_and_metrics() -> None:
+    docs = render({"auth": {"existingSecret": "my-tokens", "tokenFileKey": "file.json",
+                            "metricsAuth": True}})
+    assert "-auth" not in " ".join(d["metadata"]["name"] for d in docs if d["kind"] == "Secret")
+    env = env_of(container(docs))
+    assert env["PAXOSKV_TOKEN_FILE"] == "/etc/paxoskv/auth/file.json"
+    assert env["PAXOSKV_METRICS_AUTH"] == "true"
+    vols = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert vols["auth-tokens"]["secret"]["secretName"] == "my-tokens"
+    test_env = {e["name"]: e for e in only(docs, "Pod")["spec"]["containers"][0]["env"]}
+    assert test_env["PAXOSKV_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-tokens", "key": "admin-token", "optional": True}
+
+    open_docs = render({"auth": {"mode": "none"}})
+    assert [d["metadata"]["name"] for d in open_docs if d["kind"] == "Secret"] == [
+        f"{FULLNAME}-peer"]
+    env = env_of(container(open_docs))
+    assert env["PAXOSKV_AUTH"] == "none"
+    assert "PAXOSKV_TOKEN_FILE" not in env
+    assert "auth-tokens" not in {v["name"] for v in pod_spec(open_docs)["volumes"]}
+    test_env = {e["name"] for e in only(open_docs, "Pod")["spec"]["containers"][0]["env"]}
+    assert "PAXOSKV_TOKEN" not in test_env
+
+    res = helm_template({"auth": {"mode": "none", "metricsAuth": True}}, check=False)
+    assert res.returncode != 0 and "auth.metricsAuth needs auth.mode=token" in res.stderr
 
 
 # ---- scheduling ---------------------------------------------------------------------------
@@ -513,6 +572,10 @@ def test_helm_test_pod(default_docs: list[dict[str, Any]]) -> None:
     assert c["image"] == container(default_docs)["image"]  # the paxoskv image itself
     script = c["args"][0]
     assert 'paxoskv put "$key" "$value" --url "$PAXOSKV_URL"' in script
+    assert "a get without a token is refused" in script
+    env = {e["name"]: e for e in c["env"]}
+    assert env["PAXOSKV_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{FULLNAME}-auth", "key": "admin-token", "optional": False}
     assert 'paxoskv get "$key" --url "$PAXOSKV_URL"' in script
     url = next(e["value"] for e in c["env"] if e["name"] == "PAXOSKV_URL")
     assert url == f"http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:7000"
@@ -782,6 +845,10 @@ def test_notes(tmp_path: Any) -> None:
     assert f"rollout status statefulset/{FULLNAME}" in plain
     assert f"helm test {RELEASE} -n {NAMESPACE}" in plain
     assert "WARNING" not in plain
+    assert (f"kubectl -n {NAMESPACE} get secret {FULLNAME}-auth -o "
+            "jsonpath='{.data.admin-token}' | base64 -d") in plain
+    assert "--env=PAXOSKV_TOKEN=$PAXOSKV_TOKEN" in plain
+    assert "auth.mode=none: anyone" in render_notes(tmp_path / "c", {"auth": {"mode": "none"}})
     risky = render_notes(
         tmp_path / "b",
         {

@@ -87,6 +87,14 @@ Service (peers dial these), the client Service, and loopback (the CLI inside a p
 {{- list (printf "*.%s.%s.svc.%s" (include "paxoskv.headlessName" .) $ns $domain) (printf "*.%s.%s.svc" (include "paxoskv.headlessName" .) $ns) (printf "%s.%s.svc.%s" $full $ns $domain) (printf "%s.%s.svc" $full $ns) (printf "%s.%s" $full $ns) $full "localhost" | toJson -}}
 {{- end -}}
 
+{{- define "paxoskv.authSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else -}}
+{{- printf "%s-auth" (include "paxoskv.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "paxoskv.secretKey" -}}
 {{- if .Values.peerSecret.existingSecret -}}
 {{- .Values.peerSecret.existingSecretKey -}}
@@ -140,6 +148,9 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- end -}}
 {{- if and .Values.tls.enabled (eq .Values.peerPortMode "shared") -}}
 {{- fail "tls.enabled needs a peer port of its own (peerPortMode=separate): mutual TLS is enforced there" -}}
+{{- end -}}
+{{- if and .Values.auth.metricsAuth (ne .Values.auth.mode "token") -}}
+{{- fail "auth.metricsAuth needs auth.mode=token" -}}
 {{- end -}}
 {{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
 {{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}

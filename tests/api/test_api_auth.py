@@ -1,0 +1,215 @@
+"""Token auth in the HTTP layer (paxoskv/api/app.py with a TokenStore): who may do what.
+
+Method: the one-node app of test_app.py with a token file in tmp_path; one token per role
+and one limited to a prefix. The tables below are the contract of docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from test_app import MemoryStorage, NoPeers
+
+from paxoskv.api.app import make_app
+from paxoskv.api.openapi import openapi_document
+from paxoskv.auth import TokenStore, token_entry
+from paxoskv.limits import Limits
+from paxoskv.metrics import PromMetrics
+from paxoskv.node import Node, NodeConfig, PeerSpec
+from paxoskv.storage.base import NodeIdentity
+
+TOKENS = {"read": "read-token-" + "r" * 40, "write": "write-token-" + "w" * 40,
+          "admin": "admin-token-" + "a" * 40, "app": "app-token-" + "p" * 40}
+
+
+def token_file(path: Path, tokens: dict[str, str]) -> None:
+    entries = [token_entry(name, "write" if name == "app" else name, tok,
+                           ["app/"] if name == "app" else None)
+               for name, tok in tokens.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"tokens": entries}))
+    os.replace(tmp, path)
+
+
+def bearer(name: str | None) -> dict[str, str]:
+    return {} if name is None else {"Authorization": f"Bearer {TOKENS.get(name, name)}"}
+
+
+def with_auth(tmp_path: Path,
+              test: Callable[[TestClient[Any, Any], PromMetrics], Awaitable[None]],
+              metrics_auth: bool = False,
+              store: Callable[[Path], TokenStore] = TokenStore) -> None:
+    path = tmp_path / "tokens.json"
+    token_file(path, TOKENS)
+
+    async def run() -> None:
+        limits = Limits(value_bytes_max=1024)
+        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
+        node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
+        await node.start()
+        metrics = PromMetrics(CollectorRegistry())
+        app = make_app(node, "secret", limits, metrics, tokens=store(path),
+                       metrics_auth=metrics_auth)
+        async with TestClient(TestServer(app)) as client:
+            await test(client, metrics)
+    asyncio.run(run())
+
+
+def failures(metrics: PromMetrics) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for m in metrics._auth_failures.collect()
+            for s in m.samples}
+
+
+CASES = [
+    # (method, path, token, status, error code)
+    ("PUT", "/v1/kv/app/k", None, 401, "unauthorized"),
+    ("GET", "/v1/kv/app/k", None, 401, "unauthorized"),
+    ("PUT", "/v1/kv/app/k", "not-a-token", 401, "unauthorized"),
+    ("GET", "/v1/kv", None, 401, "unauthorized"),
+    ("GET", "/v1/status", None, 401, "unauthorized"),
+    ("GET", "/v1/openapi.json", None, 401, "unauthorized"),
+    ("GET", "/v1/nope", None, 401, "unauthorized"),  # unknown routes say nothing more
+    ("PUT", "/v1/kv/app/k", "read", 403, "forbidden"),
+    ("DELETE", "/v1/kv/app/k", "read", 403, "forbidden"),
+    ("PUT", "/v1/kv/other/k", "app", 403, "forbidden"),
+    ("GET", "/v1/kv/other/k", "app", 403, "forbidden"),
+    ("DELETE", "/v1/kv/other/k", "app", 403, "forbidden"),
+    ("GET", "/v1/kv?prefix=", "app", 403, "forbidden"),
+    ("GET", "/v1/kv?prefix=ap", "app", 403, "forbidden"),
+    ("GET", "/v1/kv/app/k", "read", 404, "not_found"),  # allowed: absent
+    ("GET", "/v1/kv/app/k", "app", 404, "not_found"),
+    ("DELETE", "/v1/kv/app/k", "write", 404, "not_found"),
+    ("PUT", "/v1/kv/app/k", "write", 200, None),
+    ("PUT", "/v1/kv/other/k", "admin", 200, None),
+    ("PUT", "/v1/kv/app/k", "app", 200, None),
+    ("GET", "/v1/kv?prefix=app/", "app", 200, None),
+    ("GET", "/v1/kv?prefix=app/sub", "app", 200, None),
+    ("GET", "/v1/kv?prefix=", "read", 200, None),
+    ("GET", "/v1/openapi.json", "read", 200, None),
+    ("GET", "/healthz", None, 200, None),
+    ("GET", "/readyz", None, 200, None),
+    ("GET", "/metrics", None, 200, None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "token", "status", "code"), CASES)
+def test_who_may_do_what(tmp_path: Path, method: str, path: str, token: str | None,
+                         status: int, code: str | None) -> None:
+    """Goal: 401 without or with an unknown token (with WWW-Authenticate: Bearer), 403 for a
+    role too low or a key or listing outside the token's prefixes, in the API's JSON error
+    shape; the probes and /metrics stay open."""
+    async def t(c: TestClient[Any, Any], metrics: PromMetrics) -> None:
+        r = await c.request(method, path, data=b"v" if method == "PUT" else None,
+                            headers=bearer(token))
+        assert r.status == status, await r.text()
+        if code is not None:
+            body = await r.json()
+            assert body["error"] == code and body["message"]
+        if status == 401:
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        if status in (401, 403):
+            reason = ("missing" if token is None else "unknown" if status == 401
+                      else "forbidden")
+            assert failures(metrics)[reason] == 1
+    with_auth(tmp_path, t)
+
+
+def test_a_refused_write_writes_nothing(tmp_path: Path) -> None:
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        for token in (None, "nope", "read"):
+            r = await c.put("/v1/kv/app/k", data=b"sneaky", headers=bearer(token))
+            assert r.status in (401, 403)
+        r = await c.get("/v1/kv/app/k", headers=bearer("read"))
+        assert r.status == 404
+    with_auth(tmp_path, t)
+
+
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer  ", TOKENS["admin"],
+                                    "Token " + TOKENS["admin"]])
+def test_malformed_authorization_is_a_401(tmp_path: Path, header: str) -> None:
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        r = await c.get("/v1/kv/k", headers={"Authorization": header})
+        assert r.status == 401
+        assert (await r.json())["error"] == "unauthorized"
+    with_auth(tmp_path, t)
+
+
+def test_bearer_scheme_is_case_insensitive(tmp_path: Path) -> None:
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        r = await c.get("/v1/kv/k", headers={"Authorization": "bearer " + TOKENS["read"]})
+        assert r.status == 404
+    with_auth(tmp_path, t)
+
+
+def test_admin_sees_the_full_status_others_a_reduced_one(tmp_path: Path) -> None:
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        full = await (await c.get("/v1/status", headers=bearer("admin"))).json()
+        assert "peers" in full and "data_id" in full and "incarnation" in full
+        for name in ("read", "write", "app"):
+            r = await c.get("/v1/status", headers=bearer(name))
+            assert r.status == 200
+            reduced = await r.json()
+            assert set(reduced) == {"node_id", "ready", "quorum", "detail"}, reduced
+            assert reduced["node_id"] == 1 and reduced["ready"] is True
+            assert reduced["quorum"] == {"size": 1, "reachable": True}
+    with_auth(tmp_path, t)
+
+
+def test_metrics_auth_puts_metrics_behind_a_token(tmp_path: Path) -> None:
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        assert (await c.get("/metrics")).status == 401
+        r = await c.get("/metrics", headers=bearer("read"))
+        assert r.status == 200
+        assert (await c.get("/healthz")).status == 200
+        assert (await c.get("/readyz")).status == 200
+    with_auth(tmp_path, t, metrics_auth=True)
+
+
+def test_peer_routes_keep_their_own_secret(tmp_path: Path) -> None:
+    """Goal: /internal/ answers by the peer secret, never asks for a client token."""
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        r = await c.get("/internal/keys?prefix=")
+        assert r.status == 401
+        assert "WWW-Authenticate" not in r.headers
+        r = await c.get("/internal/keys?prefix=", headers=bearer("admin"))
+        assert r.status == 401  # a client token is no peer secret
+    with_auth(tmp_path, t)
+
+
+def test_a_rotated_token_is_refused_without_a_restart(tmp_path: Path) -> None:
+    """Goal: the file is re-read while serving: a replaced token answers 401, its
+    successor works, and a broken file keeps the last good set."""
+    rotated = "rotated-token-" + "z" * 40
+
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        assert (await c.put("/v1/kv/k", data=b"1", headers=bearer("write"))).status == 200
+        token_file(tmp_path / "tokens.json", {**TOKENS, "write": rotated})
+        await asyncio.sleep(0.15)
+        assert (await c.put("/v1/kv/k", data=b"2", headers=bearer("write"))).status == 401
+        r = await c.put("/v1/kv/k", data=b"2", headers=bearer(rotated))
+        assert r.status == 200
+        (tmp_path / "tokens.json").write_text("{oops")
+        await asyncio.sleep(0.15)
+        assert (await c.put("/v1/kv/k", data=b"3", headers=bearer(rotated))).status == 200
+    with_auth(tmp_path, t, store=lambda p: TokenStore(p, check_interval_s=0.1))
+
+
+def test_openapi_declares_bearer_auth() -> None:
+    doc = openapi_document()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        **doc["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
+    assert doc["security"] == [{"bearer": []}]
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            if path.startswith("/v1/"):
+                assert {"401", "403"} <= set(op["responses"]), path
+            else:
+                assert op["security"] == [], path
