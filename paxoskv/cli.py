@@ -158,6 +158,10 @@ def _build_parser() -> argparse.ArgumentParser:
         _add(c, "--url", "node URL", "http://127.0.0.1:7001")
         _add(c, "--timeout", "seconds", 10.0, type=float)
         _add(c, "--token", "bearer token for a server run with --auth token")
+        _add(c, "--cacert", "PEM CA to verify an https:// --url against (default: the "
+             "system's CAs)")
+        _add(c, "--cert", "PEM client certificate, where the server asks for one")
+        _add(c, "--key", "PEM key of --cert")
         if name in ("put", "get", "delete"):
             c.add_argument("key")
         if name == "put":
@@ -505,7 +509,11 @@ def _demo(urls: dict[int, str]) -> None:
 def _client_command(args: argparse.Namespace) -> int:
     from paxoskv.client import Client, ClientError
 
-    client = Client(args.url, timeout_s=args.timeout, token=args.token)
+    try:
+        client = Client(args.url, timeout_s=args.timeout, token=args.token,
+                        ca_file=args.cacert, cert_file=args.cert, key_file=args.key)
+    except ClientError as exc:
+        raise UsageError(str(exc)) from None
     try:
         if args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()

@@ -2,13 +2,16 @@
 
 Both send ``Authorization: Bearer <token>`` when given ``token=``, or else when
 ``PAXOSKV_TOKEN`` is set, so a program written against an open cluster works against a
-protected one by setting one variable.
+protected one by setting one variable. Likewise for TLS: an ``https://`` URL is verified
+against ``ca_file=`` (else ``PAXOSKV_CACERT``, else the system's CAs), and ``cert_file=`` /
+``key_file=`` present a client certificate where one is asked for.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import ssl
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +57,22 @@ def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+CACERT_ENV = "PAXOSKV_CACERT"
+
+
+def tls_context(ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
+    """How a client verifies an https:// server (and, given a certificate, proves itself)."""
+    ca_file = ca_file or os.environ.get(CACERT_ENV) or None
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if cert_file:
+            ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"TLS files: {exc}") from None
+    return ctx
+
+
 def _conditions(if_match: int | None, if_none_match: bool) -> dict[str, str]:
     headers: dict[str, str] = {}
     if if_match is not None:
@@ -66,11 +85,15 @@ def _conditions(if_match: int | None, if_none_match: bool) -> dict[str, str]:
 class Client:
     """A small synchronous client; one keep-alive connection, no dependencies."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None,
+                 ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None) -> None:
         parsed = urllib.parse.urlparse(url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise ClientError(f"{url!r} is not an http:// URL")
-        self._host, self._port = parsed.hostname, parsed.port or 80
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ClientError(f"{url!r} is not an http:// or https:// URL")
+        https = parsed.scheme == "https"
+        self._host, self._port = parsed.hostname, parsed.port or (443 if https else 80)
+        self._tls = tls_context(ca_file, cert_file, key_file) if https else None
         self._timeout = timeout_s
         self._auth = _auth_headers(token)
         self._conn: http.client.HTTPConnection | None = None
@@ -79,8 +102,12 @@ class Client:
                 headers: dict[str, str] | None = None) -> Result:
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self._host, self._port,
-                                                        timeout=self._timeout)
+                self._conn = (http.client.HTTPSConnection(self._host, self._port,
+                                                          timeout=self._timeout,
+                                                          context=self._tls)
+                              if self._tls is not None else
+                              http.client.HTTPConnection(self._host, self._port,
+                                                         timeout=self._timeout))
             try:
                 self._conn.request(method, path, body=body, headers={**self._auth,
                                                                      **(headers or {})})
@@ -125,10 +152,14 @@ class Client:
 class AsyncClient:
     """An asyncio client on one pooled aiohttp session."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, token: str | None = None,
+                 ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None) -> None:
         self._url = url.rstrip("/")
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                              headers=_auth_headers(token))
+        tls = tls_context(ca_file, cert_file, key_file) if url.startswith("https://") else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), headers=_auth_headers(token),
+            connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True))
         # aiohttp resends a PUT or DELETE once when a reused connection fails, as HTTP deems
         # them idempotent; a compare-and-set or a versioned write is not, so never resend.
         # (A private switch: where an aiohttp lacks it, a write error means outcome unknown.)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -156,6 +159,17 @@ def test_a_tls_cluster_serves_https_and_peers_need_a_certificate_from_the_ca(
             time.sleep(0.2)
         assert _https_status(nodes[0].url + "/v1/kv/tls/k", pki.ca, "PUT", b"v")[0] == 200
         assert _https_status(nodes[1].url + "/v1/kv/tls/k", pki.ca) == (200, b"v")
+        # The Python client and the CLI, verifying the server against the CA.
+        assert Client(nodes[2].url, ca_file=str(pki.ca)).put("tls/c", b"w").status == 200
+        cli = subprocess.run([sys.executable, "-m", "paxoskv", "get", "tls/c", "--url",
+                              nodes[0].url, "--cacert", str(pki.ca)],
+                             capture_output=True, text=True, timeout=30)
+        assert (cli.returncode, cli.stdout) == (0, "w"), cli
+        untrusted = subprocess.run([sys.executable, "-m", "paxoskv", "get", "tls/c", "--url",
+                                    nodes[0].url], capture_output=True, text=True, timeout=30,
+                                   env={k: v for k, v in os.environ.items()
+                                        if k != "PAXOSKV_CACERT"})
+        assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             urllib.request.urlopen(f"http://127.0.0.1:{client[0]}/readyz", timeout=5)
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
