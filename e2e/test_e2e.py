@@ -217,11 +217,14 @@ def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
             f"{mode}: not every pod rolled"
         print(f"e2e: upgrade to peerPortMode={mode} rolled 3 pods in {rollout_s:.0f}s")
     assert time.monotonic() - started < duration, "the prober ended before the upgrades did"
-    # The final layout: the client port no longer serves the peer endpoints.
+    # The final layout: the client port no longer serves the peer endpoints. With the admin
+    # token, an unknown route is 404; a peer endpoint still served there would answer 401
+    # (the token is not the peer secret).
     code = k.exec(k.pod_names()[0], ["python3", "-c", (
         "import urllib.request as u, urllib.error as e\n"
         "try:\n"
-        f"    u.urlopen(u.Request('http://127.0.0.1:{PORT}/internal/hello', data=b''))\n"
+        f"    u.urlopen(u.Request('http://127.0.0.1:{PORT}/internal/hello', data=b'',\n"
+        f"              headers={{'Authorization': 'Bearer {token_before}'}}))\n"
         "except e.HTTPError as err:\n"
         "    print(err.code)")])
     assert code.strip() == "404", code

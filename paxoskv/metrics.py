@@ -73,6 +73,8 @@ class PromMetrics(Metrics):
         self._http_refused = Counter("paxoskv_http_refused",
                                      "Client connections or requests refused by a flood "
                                      "limit, by limit", ["reason"], registry=r)
+        for reason in ("connections", "requests", "header_timeout", "body_timeout"):
+            self._http_refused.labels(reason)  # at 0, so a rate() has a series to work on
         self._key_round = Histogram("paxoskv_round_changes",
                                     "Client changes one round applied to its key together",
                                     buckets=(1, 2, 4, 8, 16), registry=r)

@@ -61,6 +61,7 @@ from paxoskv.core.proposer import (
     Unknown,
     Wait,
     classify_failure,
+    fast_base,
     next_ballot,
     prepared_after,
 )
@@ -133,6 +134,9 @@ class ProposerRules:
     prepared_after: Callable[[ProposerRound, RoundStep], Prepared | None] = prepared_after
     round: type[ProposerRound] = ProposerRound
     after_lost_forward: Callable[[], RequestProgress] = RequestProgress.after_lost_forward
+    fast_base: Callable[[acceptor_rules.AcceptorState, QuorumConfig], FastBase | None] = (
+        fast_base)
+    """Which local states a fast round may build on (``core.proposer.fast_base``)."""
     remember_forwards: bool = True
     """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
     query_round: type[QueryRound] = QueryRound
@@ -433,10 +437,11 @@ class Node:
             return None
         if not self.membership.fast_quorum_reachable():
             return None
-        state = self.storage.load(key)
-        if state.ballot_promised > state.ballot_accepted.successor():
+        if all(isinstance(w.item.change, Read) for w in live):
+            # Identity rounds (a read's fallback, repair) run where acceptors disagree: a
+            # fast attempt would mostly collide, costing a round trip and an fsync each.
             return None
-        return FastBase(state.ballot_accepted, state.value)
+        return self.proposer_rules.fast_base(self.storage.load(key), self.quorum)
 
     def _next_ballot(self, seen: Ballot) -> Ballot:
         ballot = next_ballot(self._counter, seen, self.identity.node_id, self.identity.incarnation)

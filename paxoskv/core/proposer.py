@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from paxoskv.core.acceptor import AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import (
     Accept,
@@ -45,6 +46,7 @@ __all__ = [
     "Wait",
     "choose_value",
     "classify_failure",
+    "fast_base",
     "next_ballot",
     "prepared_after",
 ]
@@ -112,6 +114,26 @@ class FastBase:
 
     ballot: Ballot
     value: Value
+
+
+def fast_base(state: AcceptorState, config: QuorumConfig) -> FastBase | None:
+    """What a fast round may build on, given this node's own acceptor state for the key, or
+    None (a classic round): its accepted value, unless a promise above the base's successor
+    would refuse the round anyway, or the base is itself a fast ballot that a fast quorum
+    smaller than every acceptor may have decided for another value.
+
+    The second rule is what keeps a chosen value: with five acceptors, four may choose `u`
+    at a fast ballot `b` while the fifth holds the losing `v`; a fast round of the fifth's
+    node at `b.successor()` on `v` is accepted by its own acceptor (the digest is its own),
+    and a classic round whose promises include that acceptor then sees one value at the
+    highest ballot and picks it: `u` is lost (found by review; tests/core/test_fast.py). With
+    `q_f` = n a value chosen at a fast `b` is held by every acceptor, so any base is one.
+    """
+    if state.ballot_promised > state.ballot_accepted.successor():
+        return None
+    if state.ballot_accepted.is_fast and config.fast < len(config.acceptors):
+        return None
+    return FastBase(state.ballot_accepted, state.value)
 
 
 @dataclass(slots=True, eq=False)

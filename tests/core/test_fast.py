@@ -28,9 +28,10 @@ from paxoskv.core.proposer import (
     Wait,
     choose_value,
     classify_failure,
+    fast_base,
 )
 from paxoskv.core.quorum import QuorumConfig, fast_quorum, majority
-from paxoskv.core.register import Outcome, Set, Value
+from paxoskv.core.register import Outcome, Read, Set, Value
 
 Q3 = QuorumConfig.of([1, 2, 3])
 Q5 = QuorumConfig.of([1, 2, 3, 4, 5])
@@ -237,3 +238,77 @@ def test_read_at_a_fast_ballot_falls_back_when_one_acceptor_is_down() -> None:
     rnd.on_reply(1, QueryReply("k", F, X))
     rnd.on_reply(2, QueryReply("k", F, X))
     assert isinstance(rnd.on_reply(3, Unavailable("k", "down")), Abort)
+
+
+def _deliver(states: dict[int, AcceptorState], ids: list[int], accept: Accept
+             ) -> dict[int, object]:
+    replies = {}
+    for a in ids:
+        step = on_accept(states[a], accept)
+        states[a] = step.state
+        replies[a] = step.reply
+    return replies
+
+
+def _split_fast_choice() -> tuple[dict[int, AcceptorState], Value, Value]:
+    """Five acceptors: nodes 1 and 5 both go fast on one classic base; node 5's own
+    acceptor takes its ``v`` first, the other four take node 1's ``u``, which is chosen
+    (a fast quorum of 4) and acknowledged."""
+    c0 = Ballot(3, 1, 1)
+    states = {a: AcceptorState(c0, c0, BASE) for a in Q5.acceptors}
+    f1 = c0.successor()
+    p1 = ProposerRound("k", f1, Set(b"u"), Q5, request_id="ru", fast=FastBase(c0, BASE))
+    p5 = ProposerRound("k", f1, Set(b"v"), Q5, request_id="rv", fast=FastBase(c0, BASE))
+    a1, a5 = p1.start(), p5.start()
+    assert isinstance(a1, SendAccept) and isinstance(a5, SendAccept)
+    _deliver(states, [5], a5.accept)
+    replies = _deliver(states, [1, 2, 3, 4, 5], a1.accept)
+    step: object = None
+    for a in (1, 2, 3, 4, 5):
+        if not isinstance(step, Committed):
+            step = p1.on_reply(a, replies[a])  # type: ignore[arg-type]
+    assert isinstance(step, Committed) and step.outcome.kind == "applied"
+    return states, a1.accept.value, a5.accept.value
+
+
+def test_a_fast_base_that_a_smaller_fast_quorum_decided_is_not_built_on() -> None:
+    """Goal: a node whose own acceptor holds a value that lost at a fast ballot, while a
+    fast quorum smaller than every acceptor chose another, runs a classic round instead of
+    a fast round on it; with three acceptors (the fast quorum is all of them) a fast base
+    is as good as a classic one, and a promise above the successor rules a base out."""
+    states, u, v = _split_fast_choice()
+    assert states[5].value == v != u and states[5].ballot_accepted.is_fast
+    assert fast_base(states[5], Q5) is None
+    assert fast_base(states[1], Q5) is None  # it cannot tell it holds the winner
+    classic = AcceptorState(B, B, BASE)
+    assert fast_base(classic, Q5) == FastBase(B, BASE)
+    assert fast_base(AcceptorState(F, F, X), Q3) == FastBase(F, X)
+    assert fast_base(AcceptorState(Ballot(9, 1, 1), B, BASE), Q3) is None
+
+
+def test_without_the_fast_base_rule_a_chosen_value_is_lost() -> None:
+    """Goal: show the hole ``fast_base`` closes (found by review), so the rule is known to
+    matter: built on its losing value anyway, node 5's next fast round is accepted by its
+    own acceptor alone, and a classic round whose promises include it picks that value:
+    the value chosen and acknowledged at the fast ballot before is gone."""
+    states, u, _ = _split_fast_choice()
+    s5 = states[5]
+    f2 = s5.ballot_accepted.successor()
+    p5 = ProposerRound("k", f2, Set(b"w"), Q5, request_id="rw",
+                       fast=FastBase(s5.ballot_accepted, s5.value))
+    a5 = p5.start()
+    assert isinstance(a5, SendAccept)
+    replies = _deliver(states, [1, 2, 3, 4, 5], a5.accept)
+    assert isinstance(replies[5], Accepted)
+    assert all(isinstance(replies[a], Nack) for a in (1, 2, 3, 4))
+    c = Ballot(9, 2, 1)
+    reader = ProposerRound("k", c, Read(), Q5)
+    reader.start()
+    step: object = None
+    for a in (5, 1, 2):
+        prepared = on_prepare(states[a], Prepare("k", c))
+        states[a] = prepared.state
+        step = reader.on_reply(a, prepared.reply)
+    assert isinstance(step, SendAccept)
+    assert u.applied_version("ru") is not None
+    assert step.accept.value.applied_version("ru") is None  # u lost
