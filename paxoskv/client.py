@@ -14,10 +14,13 @@ import os
 import ssl
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+
+from paxoskv.tls import TlsError, TlsFiles, client_context
 
 __all__ = ["AsyncClient", "Client", "ClientError", "Result"]
 
@@ -64,13 +67,11 @@ def tls_context(ca_file: str | None = None, cert_file: str | None = None,
                 key_file: str | None = None) -> ssl.SSLContext:
     """How a client verifies an https:// server (and, given a certificate, proves itself)."""
     ca_file = ca_file or os.environ.get(CACERT_ENV) or None
+    own = TlsFiles(Path(cert_file), Path(key_file or cert_file)) if cert_file else None
     try:
-        ctx = ssl.create_default_context(cafile=ca_file)
-        if cert_file:
-            ctx.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
+        return client_context(own, Path(ca_file) if ca_file else None)
+    except TlsError as exc:
         raise ClientError(f"TLS files: {exc}") from None
-    return ctx
 
 
 def _conditions(if_match: int | None, if_none_match: bool) -> dict[str, str]:

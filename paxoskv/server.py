@@ -10,6 +10,7 @@ import signal
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -113,6 +114,14 @@ async def serve(opts: ServeOptions) -> None:
     listeners.append((client_parts, (opts.host, opts.port)))
     listeners += [(frozenset({part}), where) for part, where in apart.items()]
     runners: list[web.AppRunner] = []
+
+    async def give_up(message: str) -> NoReturn:
+        """A listener that cannot start: undo the ones that did, close storage, one line."""
+        for started in runners:
+            await started.cleanup()
+        await storage.close()
+        raise SystemExit(f"paxoskv: {message}")
+
     for parts, (host, port) in listeners:
         listen_ssl = None
         if reloader is not None and parts != {"metrics"}:
@@ -123,10 +132,7 @@ async def serve(opts: ServeOptions) -> None:
                 listen_ssl = reloader.watch(server_context(reloader.files, mutual),
                                             chain=True, ca=mutual)
             except TlsError as exc:
-                for started in runners:
-                    await started.cleanup()
-                await storage.close()
-                raise SystemExit(f"paxoskv: {exc}") from None
+                await give_up(str(exc))
         client = "client" in parts
         app = make_app(node, opts.secret, limits, metrics, opts.idempotency_window_s, parts,
                        guard=opts.guard if client else None, tokens=opts.tokens,
@@ -143,11 +149,7 @@ async def serve(opts: ServeOptions) -> None:
                 await web.TCPSite(runner, host, port, reuse_address=True,
                                   ssl_context=listen_ssl).start()
         except OSError as exc:
-            for started in runners:
-                await started.cleanup()
-            await storage.close()
-            raise SystemExit(f"paxoskv: cannot listen on {host}:{port} "
-                             f"({', '.join(sorted(parts))}): {exc}") from None
+            await give_up(f"cannot listen on {host}:{port} ({', '.join(sorted(parts))}): {exc}")
         log.info("listening on %s://%s:%d (%s)", "https" if listen_ssl else "http", host,
                  port, ", ".join(sorted(parts)))
 
