@@ -61,9 +61,22 @@ USER ${UID}:${UID}
 WORKDIR /data
 EXPOSE 7000
 # For plain `docker run`; Kubernetes ignores it and uses the chart's probes. /healthz = process
-# alive only (never quorum), so this never restarts a healthy node during a partition.
+# alive only (never quorum), so this never restarts a healthy node during a partition. It asks
+# the plain metrics port when there is one, else the client port (https under TLS: the check
+# talks to its own process on loopback, so it does not verify the certificate).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python3", "-c", "import os,sys,urllib.request as u; p=os.environ.get('PAXOSKV_LISTEN','0.0.0.0:7000').rsplit(':',1)[1]; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/healthz' % p, timeout=2).status == 200 else 1)"]
+  CMD ["python3", "-c", "import os,ssl,sys,urllib.request as u; e=os.environ.get; m=e('PAXOSKV_METRICS_LISTEN'); s='https' if e('PAXOSKV_TLS_CERT_FILE') and not m else 'http'; p=(m or e('PAXOSKV_LISTEN','0.0.0.0:7000')).rsplit(':',1)[1]; sys.exit(0 if u.urlopen('%s://127.0.0.1:%s/healthz' % (s, p), timeout=2, context=ssl._create_unverified_context()).status == 200 else 1)"]
 # aiohttp's runner handles SIGTERM as PID 1 (graceful shutdown), so no init shim is needed.
 ENTRYPOINT ["paxoskv"]
 CMD ["serve"]
+# OCI labels, last so that a new revision does not invalidate the cached layers above.
+# deploy/scripts/build-image.sh passes the version from pyproject.toml and the git commit.
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="paxoskv" \
+      org.opencontainers.image.description="A replicated key-value store in which every key is its own single-decree Paxos register (CASPaxos)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"

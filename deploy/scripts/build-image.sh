@@ -56,6 +56,9 @@ tags=(-t "$IMAGE")
 for t in ${EXTRA_TAGS:-}; do tags+=(-t "$t"); done
 echo "build-image: building $IMAGE from $base (network $NETWORK)" >&2
 start=$SECONDS
-docker build --network "$NETWORK" --build-arg "BASE_IMAGE=$base" "${tags[@]}" .
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -1)
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+docker build --network "$NETWORK" --build-arg "BASE_IMAGE=$base" \
+  --build-arg "VERSION=$version" --build-arg "REVISION=$revision" "${tags[@]}" .
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "build-image: $IMAGE built in $((SECONDS - start)) s, $((size / 1024 / 1024)) MiB (base $base)" >&2

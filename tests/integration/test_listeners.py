@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from procs import ServerProcess, free_ports
 from tlsutil import Pki
 
+from paxoskv.auth import token_entry
 from paxoskv.client import Client
 
 pytestmark = pytest.mark.integration
@@ -109,10 +111,11 @@ def test_peer_on_client_port_serves_peers_on_both_ports(tmp_path: Path) -> None:
         proc.terminate()
 
 
-def _https_status(url: str, ca: Path, method: str = "GET", body: bytes | None = None
-                  ) -> tuple[int, bytes]:
+def _https_status(url: str, ca: Path, method: str = "GET", body: bytes | None = None,
+                  token: str | None = None) -> tuple[int, bytes]:
     ctx = ssl.create_default_context(cafile=str(ca))
-    req = urllib.request.Request(url, method=method, data=body)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(url, method=method, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
             return int(resp.status), resp.read()
@@ -120,18 +123,31 @@ def _https_status(url: str, ca: Path, method: str = "GET", body: bytes | None = 
         return err.code, err.read()
 
 
-def test_a_tls_cluster_serves_https_and_peers_need_a_certificate_from_the_ca(
-        tmp_path: Path) -> None:
-    """Goal: with --tls-cert-file/--tls-key-file/--tls-ca-file and a peer port, the client
-    port speaks HTTPS only, peers talk over mutual TLS (the cluster works), and the peer
-    port refuses a client without a certificate from the cluster CA before any HTTP.
+ADMIN = "listeners-admin-token-" + "a" * 30
+READ = "listeners-read-token-" + "r" * 30
+APP = "listeners-app-token-" + "p" * 30
+
+
+def test_a_tls_cluster_with_tokens_refuses_every_way_around_them(tmp_path: Path) -> None:
+    """Goal: a cluster started as the chart starts it (TLS, a peer port, tokens) answers
+    only HTTPS with a valid token within its role and prefixes; peers talk over mutual TLS
+    (the cluster works), and the peer port refuses a client without a certificate from the
+    cluster CA before any HTTP.
 
     Method: a throw-away CA signs one certificate per node (127.0.0.1); three real nodes
-    with https:// peer URLs; a write through node 1 is read back through node 2 over
-    HTTPS; plain HTTP to the client port gets no HTTP answer; an HTTPS client that trusts
-    the CA but has no certificate of its own is refused by the peer port's handshake.
+    with https:// peer URLs and --auth token; a write through node 1 is read back through
+    node 2 over HTTPS; then each way around: plain HTTP to the client and to the peer port
+    gets no HTTP answer; no token is 401, a read token's PUT is 403, a token scoped to
+    ``app/`` is 403 on ``other/x`` (and 200 on ``app/x``); /internal/ on the client port is
+    404; an HTTPS client that trusts the CA but has no certificate of its own is refused by
+    the peer port's handshake; a client that does not trust the CA is refused by its own
+    verification.
     """
     pki = Pki(tmp_path / "pki")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [
+        token_entry("ops", "admin", ADMIN), token_entry("viewer", "read", READ),
+        token_entry("app", "write", APP, ["app/"])]}))
     ports = free_ports(6)
     client, peer = ports[0:3], ports[3:6]
     peers = ",".join(f"{i + 1}=https://127.0.0.1:{peer[i]}" for i in range(3))
@@ -142,7 +158,8 @@ def test_a_tls_cluster_serves_https_and_peers_need_a_certificate_from_the_ca(
                              tmp_path / f"node{i + 1}.log",
                              ["--peer-listen", f"127.0.0.1:{peer[i]}",
                               "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                              "--tls-ca-file", str(pki.ca)])
+                              "--tls-ca-file", str(pki.ca),
+                              "--auth", "token", "--token-file", str(tokens)])
         proc.url = f"https://127.0.0.1:{client[i]}"
         nodes.append(proc)
         proc.start()
@@ -157,21 +174,37 @@ def test_a_tls_cluster_serves_https_and_peers_need_a_certificate_from_the_ca(
             assert time.monotonic() < deadline, "TLS cluster not ready"
             assert all(n.alive() for n in nodes), "a node exited"
             time.sleep(0.2)
-        assert _https_status(nodes[0].url + "/v1/kv/tls/k", pki.ca, "PUT", b"v")[0] == 200
-        assert _https_status(nodes[1].url + "/v1/kv/tls/k", pki.ca) == (200, b"v")
+        key_url = "/v1/kv/tls/k"
+        assert _https_status(nodes[0].url + key_url, pki.ca, "PUT", b"v", ADMIN)[0] == 200
+        assert _https_status(nodes[1].url + key_url, pki.ca, token=READ) == (200, b"v")
         # The Python client and the CLI, verifying the server against the CA.
-        assert Client(nodes[2].url, ca_file=str(pki.ca)).put("tls/c", b"w").status == 200
+        assert Client(nodes[2].url, ca_file=str(pki.ca), token=ADMIN).put(
+            "tls/c", b"w").status == 200
         cli = subprocess.run([sys.executable, "-m", "paxoskv", "get", "tls/c", "--url",
-                              nodes[0].url, "--cacert", str(pki.ca)],
+                              nodes[0].url, "--cacert", str(pki.ca), "--token", READ],
                              capture_output=True, text=True, timeout=30)
         assert (cli.returncode, cli.stdout) == (0, "w"), cli
+        # Around the tokens: none, the wrong role, outside the prefixes.
+        assert _https_status(nodes[0].url + key_url, pki.ca)[0] == 401
+        assert _https_status(nodes[0].url + key_url, pki.ca, "PUT", b"x", READ)[0] == 403
+        assert _https_status(nodes[1].url + "/v1/kv/other/x", pki.ca, "PUT", b"x", APP)[0] == 403
+        assert _https_status(nodes[1].url + "/v1/kv/other/x", pki.ca, token=APP)[0] == 403
+        assert _https_status(nodes[1].url + "/v1/kv/app/x", pki.ca, "PUT", b"x", APP)[0] == 200
+        assert _https_status(nodes[2].url + key_url, pki.ca, token=ADMIN) == (200, b"v")
+        # The peer endpoints are not on the client port, even for an admin.
+        assert _https_status(nodes[0].url + "/internal/hello", pki.ca, "POST", b"",
+                             ADMIN)[0] == 404
+        # Around TLS: plain HTTP to either port, a client without the CA, a peer without a
+        # certificate of the cluster's.
+        for port in (client[0], peer[0]):
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
         untrusted = subprocess.run([sys.executable, "-m", "paxoskv", "get", "tls/c", "--url",
-                                    nodes[0].url], capture_output=True, text=True, timeout=30,
+                                    nodes[0].url, "--token", READ], capture_output=True,
+                                   text=True, timeout=30,
                                    env={k: v for k, v in os.environ.items()
                                         if k != "PAXOSKV_CACERT"})
         assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
-        with pytest.raises((urllib.error.URLError, ConnectionError)):
-            urllib.request.urlopen(f"http://127.0.0.1:{client[0]}/readyz", timeout=5)
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
             _https_status(f"https://127.0.0.1:{peer[0]}/internal/hello", pki.ca, "POST", b"")
     finally:
