@@ -22,9 +22,12 @@ RELEASE = "kv"
 FULLNAME = "kv"  # fullnameOverride: pods are kv-0, kv-1, kv-2
 HEADLESS = f"{FULLNAME}-headless"
 AUTH_SECRET = f"{FULLNAME}-auth"  # the chart's generated token Secret (auth.mode=token)
+TLS_SECRET = f"{FULLNAME}-tls"  # the chart's generated CA and certificate (tls.enabled)
 PORT = 7000
 METRICS_PORT = 7002
 """The chart's metrics.port: /metrics is served there only."""
+CA_DIR = "/etc/paxoskv/ca"
+"""Where client pods of the suite mount the cluster CA (``ca.crt`` of the TLS Secret)."""
 
 
 class Kube:
@@ -36,6 +39,8 @@ class Kube:
         self.core = client.CoreV1Api()
         self.apps = client.AppsV1Api()
         self.volume_permissions = os.environ.get("PAXOSKV_E2E_VOLUME_PERMISSIONS", "true")
+        self.scheme = "https"
+        """The chart's default (tls.enabled); the 0.1.x-layout release of test 9 is http."""
 
     # ------------------------------------------------------------------ basics
 
@@ -75,8 +80,6 @@ class Kube:
                 "--set", "resources.requests.memory=128Mi",
                 "--set", "resources.limits.memory=256Mi",
                 "--set", "minReadySeconds=2",
-                # installed as releases of chart 0.1.x ran; test 5 moves it to a peer port
-                "--set", "peerPortMode=shared",
                 # the host-path provisioner of the local cluster ignores fsGroup
                 "--set", f"volumePermissions.enabled={self.volume_permissions}"]
 
@@ -91,10 +94,17 @@ class Kube:
         return [f"{FULLNAME}-{i}" for i in range(3)]
 
     def dns(self, pod: str) -> str:
-        return f"http://{pod}.{HEADLESS}.{self.ns}.svc.cluster.local:{PORT}"
+        return f"{self.scheme}://{pod}.{HEADLESS}.{self.ns}.svc.cluster.local:{PORT}"
 
     def service_url(self) -> str:
-        return f"http://{FULLNAME}.{self.ns}.svc.cluster.local:{PORT}"
+        return f"{self.scheme}://{FULLNAME}.{self.ns}.svc.cluster.local:{PORT}"
+
+    def local_url(self) -> str:
+        """The client port of the pod a command runs in (the certificate names 127.0.0.1)."""
+        return f"{self.scheme}://127.0.0.1:{PORT}"
+
+    def tls_secret_data(self) -> dict[str, str]:
+        return dict(self.core.read_namespaced_secret(TLS_SECRET, self.ns).data)
 
     # ------------------------------------------------------------------ waits
 
@@ -157,7 +167,8 @@ class Kube:
     def cli(self, pod: str, *args: str, token: str | None = None) -> str:
         """Run the paxoskv CLI inside ``pod`` with the admin token (``token=""``: none);
         returns its stdout (stderr, where `get` puts the version, would interleave
-        unpredictably with the value)."""
+        unpredictably with the value). Under TLS the chart sets PAXOSKV_CACERT in the
+        server container, so the CLI there trusts the cluster CA."""
         token = self.admin_token() if token is None else token
         return self.exec(pod, ["sh", "-c", f"PAXOSKV_TOKEN={shlex.quote(token)} "
                                + shlex.join(["paxoskv", *args]) + " 2>/dev/null"])
@@ -165,20 +176,29 @@ class Kube:
     # ------------------------------------------------------------------ pods that run Python
 
     def run_pod(self, name: str, script: str, timeout_s: float) -> str:
-        """Run ``python -c script`` in a pod of the paxoskv image; return its log."""
+        """Run ``python -c script`` in a pod of the paxoskv image; return its log. Under TLS
+        the pod gets the cluster CA (only ``ca.crt``) and PAXOSKV_CACERT pointing at it."""
+        env = [client.V1EnvVar(name="PAXOSKV_TOKEN", value_from=client.V1EnvVarSource(
+            secret_key_ref=client.V1SecretKeySelector(name=AUTH_SECRET, key="admin-token")))]
+        volumes, mounts = [], []
+        if self.scheme == "https":
+            env.append(client.V1EnvVar(name="PAXOSKV_CACERT", value=f"{CA_DIR}/ca.crt"))
+            volumes.append(client.V1Volume(name="ca", secret=client.V1SecretVolumeSource(
+                secret_name=TLS_SECRET, items=[client.V1KeyToPath(key="ca.crt",
+                                                                  path="ca.crt")])))
+            mounts.append(client.V1VolumeMount(name="ca", mount_path=CA_DIR, read_only=True))
         pod = client.V1Pod(
             metadata=client.V1ObjectMeta(name=name, labels={
                 f"{FULLNAME}-client": "true", "paxoskv.io/e2e-client": "true"}),
             spec=client.V1PodSpec(
                 restart_policy="Never",
                 automount_service_account_token=False,
+                volumes=volumes,
                 containers=[client.V1Container(
                     name="paxoskv", image=f"{self.repository}:{self.tag}",
                     image_pull_policy="IfNotPresent",
-                    # paxoskv.client sends it as Authorization: Bearer
-                    env=[client.V1EnvVar(name="PAXOSKV_TOKEN", value_from=client.V1EnvVarSource(
-                        secret_key_ref=client.V1SecretKeySelector(name=AUTH_SECRET,
-                                                                  key="admin-token")))],
+                    # paxoskv.client sends the token as Authorization: Bearer
+                    env=env, volume_mounts=mounts,
                     command=["python", "-c", script])]))
         self.core.create_namespaced_pod(self.ns, pod)
         return name

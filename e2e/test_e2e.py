@@ -53,9 +53,10 @@ print("HISTORY-END")
 """
 
 PROBER = """
-import os, time, http.client, json
-host, port, duration = {host!r}, {port}, {duration}
+import os, ssl, time, http.client, json
+host, port, duration, https = {host!r}, {port}, {duration}, {https}
 auth = {{"Authorization": "Bearer " + os.environ["PAXOSKV_TOKEN"]}}
+ctx = ssl.create_default_context(cafile=os.environ["PAXOSKV_CACERT"]) if https else None
 end = time.monotonic() + duration
 samples = []
 i = 0
@@ -63,11 +64,23 @@ while time.monotonic() < end:
     i += 1
     t = time.monotonic()
     try:
-        c = http.client.HTTPConnection(host, port, timeout=3)
+        if https:
+            c = http.client.HTTPSConnection(host, port, timeout=3, context=ctx)
+        else:
+            c = http.client.HTTPConnection(host, port, timeout=3)
         c.request("PUT", f"/v1/kv/probe/{{i % 10}}", body=b"x", headers=auth)
-        ok = c.getresponse().status == 200
+        put = c.getresponse()
+        put.read()
+        ok = put.status == 200
+        if ok and i % 25 == 0:  # the test writes probe/stop once its upgrades are done
+            c.request("GET", "/v1/kv/probe/stop", headers=auth)
+            stop = c.getresponse()
+            stop.read()
+            if stop.status == 200:
+                samples.append([round(t, 3), ok])
+                break
         c.close()
-    except OSError:
+    except (OSError, http.client.HTTPException):
         ok = False
     samples.append([round(t, 3), ok])
     time.sleep(0.2)
@@ -121,7 +134,7 @@ def test_1_install_and_rollout(release: Kube) -> None:
     pvcs = k.core.list_namespaced_persistent_volume_claim(k.ns).items
     assert len(pvcs) == 3
     assert all(p.status.phase == "Bound" for p in pvcs)
-    status = json.loads(k.cli(f"{FULLNAME}-0", "status", "--url", f"http://127.0.0.1:{PORT}"))
+    status = json.loads(k.cli(f"{FULLNAME}-0", "status", "--url", k.local_url()))
     assert status["quorum"]["reachable"] is True
     assert status["quorum"]["size"] == 2
     assert all(p["up"] for p in status["peers"].values()), status["peers"]
@@ -136,7 +149,7 @@ def test_2_put_get_via_service_and_every_pod(release: Kube) -> None:
     for pod in k.pod_names():
         got = k.cli(f"{FULLNAME}-1", "get", "e2e/greeting", "--url", k.dns(pod))
         assert got == "hello-k8s", (pod, got)
-        stale = k.cli(pod, "get", "e2e/greeting", "--stale", "--url", f"http://127.0.0.1:{PORT}")
+        stale = k.cli(pod, "get", "e2e/greeting", "--stale", "--url", k.local_url())
         print(f"e2e: {pod} local replica: {stale!r}")
     # auth.mode=token is the chart's default: no token, no access (and nothing written)
     refused = k.exec(f"{FULLNAME}-0", ["sh", "-c", "paxoskv put e2e/greeting sneaky --url "
@@ -154,16 +167,16 @@ def test_3_deleted_pod_comes_back_with_its_data(release: Kube) -> None:
     # every acceptor holds it once the repair/accept reaches it; read it on the victim first
     k.wait("victim holds the key locally", lambda: (
         k.cli(victim, "get", "e2e/durable", "--stale", "--url",
-              f"http://127.0.0.1:{PORT}") == "on-disk", "stale read"), 60)
+              k.local_url()) == "on-disk", "stale read"), 60)
     pvc_uid = k.core.read_namespaced_persistent_volume_claim(f"data-{victim}", k.ns).metadata.uid
     old_uid = k.core.read_namespaced_pod(victim, k.ns).metadata.uid
     k.core.delete_namespaced_pod(victim, k.ns)
     k.wait(f"{victim} recreated and ready", lambda: k.pod_ready(victim, uid_not=old_uid), 300)
     assert k.core.read_namespaced_persistent_volume_claim(
         f"data-{victim}", k.ns).metadata.uid == pvc_uid
-    local = k.cli(victim, "get", "e2e/durable", "--stale", "--url", f"http://127.0.0.1:{PORT}")
+    local = k.cli(victim, "get", "e2e/durable", "--stale", "--url", k.local_url())
     assert local == "on-disk", local
-    status = json.loads(k.cli(victim, "status", "--url", f"http://127.0.0.1:{PORT}"))
+    status = json.loads(k.cli(victim, "status", "--url", k.local_url()))
     assert status["acceptor_mode"] == "normal"
     assert status["incarnation"] >= 2
 
@@ -189,47 +202,9 @@ def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
     check_history(log, "rolling-deletes")
 
 
-def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
-    """Goal: `helm upgrade` rolls every pod, and writes through the client Service fail for
-    no longer than the readiness window while it does; here, three upgrades in a row move
-    the release from one port for everything (``peerPortMode=shared``, the layout of chart
-    0.1.x, which the suite installs) to a peer port of its own (``separate``), the way the
-    chart README tells operators to: ``both-dial-port``, ``both-dial-peer-port``,
-    ``separate``, each a rolling restart. Every pod must be ready after each step, and the
-    pods must end up serving /internal/ on the peer port only."""
-    k = release
-    steps = ["both-dial-port", "both-dial-peer-port", "separate"]
-    duration = 130 * len(steps)
-    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
-    k.run_pod("e2e-prober", PROBER.format(host=host, port=PORT, duration=duration), duration)
-    k.wait("prober running", lambda: (
-        k.core.read_namespaced_pod("e2e-prober", k.ns).status.phase == "Running", "phase"), 120)
-    time.sleep(5)
-    token_before = k.admin_token()
-    started = time.monotonic()
-    for mode in steps:
-        before = k.pod_uids()
-        k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set",
-               f"peerPortMode={mode}", "--timeout", "5m")
-        rollout_s = k.wait_rollout(600)
-        after = k.pod_uids()
-        assert all(after[name] != uid for name, uid in before.items()), \
-            f"{mode}: not every pod rolled"
-        print(f"e2e: upgrade to peerPortMode={mode} rolled 3 pods in {rollout_s:.0f}s")
-    assert time.monotonic() - started < duration, "the prober ended before the upgrades did"
-    # The final layout: the client port no longer serves the peer endpoints. With the admin
-    # token, an unknown route is 404; a peer endpoint still served there would answer 401
-    # (the token is not the peer secret).
-    code = k.exec(k.pod_names()[0], ["python3", "-c", (
-        "import urllib.request as u, urllib.error as e\n"
-        "try:\n"
-        f"    u.urlopen(u.Request('http://127.0.0.1:{PORT}/internal/hello', data=b'',\n"
-        f"              headers={{'Authorization': 'Bearer {token_before}'}}))\n"
-        "except e.HTTPError as err:\n"
-        "    print(err.code)")])
-    assert code.strip() == "404", code
-    assert k.admin_token() == token_before, "helm upgrade replaced the admin token"
-    samples = json.loads(line_value(k.wait_pod_done("e2e-prober", duration + 120), "SAMPLES "))
+def _probe_outage(log: str) -> tuple[int, int, float]:
+    """Probe writes, failed ones, and the longest run of failures in seconds."""
+    samples = json.loads(line_value(log, "SAMPLES "))
     worst, start = 0.0, None
     for t, ok in samples:
         if not ok and start is None:
@@ -238,11 +213,71 @@ def test_5_upgrade_rolls_without_losing_quorum(release: Kube) -> None:
             worst, start = max(worst, t - start), None
     if start is not None:
         worst = max(worst, samples[-1][0] - start)
-    failed = sum(1 for _, ok in samples if not ok)
-    window_s = 5 * 2 + 10  # readiness period x failureThreshold, plus the probe's slack
-    print(f"e2e: {len(steps)} upgrades; {len(samples)} probe writes, "
-          f"{failed} failed, longest outage {worst:.1f}s (allowed {window_s}s)")
-    assert worst <= window_s
+    return len(samples), sum(1 for _, ok in samples if not ok), worst
+
+
+READINESS_WINDOW_S = 5 * 2 + 10
+"""How long the Service may route to a pod that stopped: readiness period x failureThreshold,
+plus the probe's slack."""
+
+
+def _https_code(k: Kube, pod: str, path: str, token: str) -> str:
+    """POST ``path`` on the pod's own client port over HTTPS (CA from PAXOSKV_CACERT) with
+    ``token``; the HTTP status, or the exception's name if no HTTP answer came."""
+    return k.exec(pod, ["python3", "-c", (
+        "import os, ssl, urllib.request as u, urllib.error as e\n"
+        "ctx = ssl.create_default_context(cafile=os.environ['PAXOSKV_CACERT'])\n"
+        "try:\n"
+        f"    u.urlopen(u.Request('{k.local_url()}{path}', data=b'',\n"
+        f"              headers={{'Authorization': 'Bearer {token}'}}), context=ctx)\n"
+        "    print(200)\n"
+        "except e.HTTPError as err:\n"
+        "    print(err.code)")]).strip()
+
+
+def test_5_upgrade_rolls_over_tls_without_losing_quorum(release: Kube) -> None:
+    """Goal: `helm upgrade` of the default (TLS, tokens, peer port) release rolls every pod,
+    and writes through the client Service over HTTPS fail for no longer than the readiness
+    window while it does; the upgrade keeps the generated CA, certificate and admin token
+    (looked up, not made anew: a new CA would cut the restarted pods off from the rest).
+    The pods then answer only HTTPS, and their client port does not serve /internal/."""
+    k = release
+    duration = 150
+    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
+    k.run_pod("e2e-prober", PROBER.format(host=host, port=PORT, duration=duration, https=True),
+              duration)
+    k.wait("prober running", lambda: (
+        k.core.read_namespaced_pod("e2e-prober", k.ns).status.phase == "Running", "phase"), 120)
+    time.sleep(5)
+    token_before, tls_before = k.admin_token(), k.tls_secret_data()
+    started = time.monotonic()
+    before = k.pod_uids()
+    k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set-string",
+           "podAnnotations.e2e-roll=1", "--timeout", "5m")
+    rollout_s = k.wait_rollout(600)
+    after = k.pod_uids()
+    assert all(after[name] != uid for name, uid in before.items()), "not every pod rolled"
+    print(f"e2e: upgrade rolled 3 pods in {rollout_s:.0f}s")
+    assert time.monotonic() - started < duration, "the prober ended before the upgrade did"
+    k.cli(k.pod_names()[0], "put", "probe/stop", "1", "--url", k.service_url())
+    assert k.admin_token() == token_before, "helm upgrade replaced the admin token"
+    assert k.tls_secret_data() == tls_before, "helm upgrade replaced the CA or certificate"
+    pod = k.pod_names()[0]
+    # With the admin token an unknown route is 404; a peer endpoint still served on the
+    # client port would answer 401 (the token is not the peer secret).
+    assert _https_code(k, pod, "/internal/hello", token_before) == "404"
+    plain = k.exec(pod, ["python3", "-c", (
+        "import urllib.request as u\n"
+        "try:\n"
+        f"    u.urlopen('http://127.0.0.1:{PORT}/healthz', timeout=5)\n"
+        "    print('answered')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__)")]).strip()
+    assert plain != "answered", "the client port answered plain HTTP"
+    writes, failed, worst = _probe_outage(k.wait_pod_done("e2e-prober", duration + 120))
+    print(f"e2e: {writes} probe writes over HTTPS, {failed} failed, longest outage "
+          f"{worst:.1f}s (allowed {READINESS_WINDOW_S}s); plain HTTP: {plain}")
+    assert worst <= READINESS_WINDOW_S
 
 
 def test_6_helm_test(release: Kube) -> None:
@@ -394,3 +429,74 @@ def test_8_scale_down_is_refused_and_loses_nothing(release: Kube) -> None:
         got = k.cli(f"{FULLNAME}-2", "get", key, "--url", k.dns(f"{FULLNAME}-2"))
         assert got == value, (key, got)
     k.print_state("after scale down and up")
+
+
+def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
+        release: Kube) -> None:
+    """Goal: a release installed the 0.1.x way (one port for everything, no TLS) follows
+    the chart README to the defaults without losing a write: three rolling upgrades move
+    the peers to their own port under a write load (probe writes fail no longer than the
+    readiness window), then the chart refuses to switch TLS on in a rolling upgrade, and
+    the documented switch (allowSwitchOnRunningRelease, then every pod restarted at once)
+    brings the release up over TLS with every key written before it."""
+    k = release
+    k.helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    for pod in k.pod_names():
+        k.core.delete_namespaced_persistent_volume_claim(f"data-{pod}", k.ns)
+    k.wait("old release and its volumes gone", lambda: (
+        not k.core.list_namespaced_persistent_volume_claim(k.ns).items
+        and not [p for p in k.core.list_namespaced_pod(k.ns).items
+                 if p.metadata.name in k.pod_names()], "pods and pvcs"), 300)
+    k.scheme = "http"
+    one_port = ["--set", "tls.enabled=false", "--set", "peerPortMode=shared"]
+    k.helm("install", RELEASE, str(k.chart), *k.base_values(), *one_port, "--timeout", "5m")
+    k.wait_rollout(600)
+    for i in range(10):
+        k.cli(f"{FULLNAME}-0", "put", f"e2e/old/{i}", f"v{i}", "--url", k.service_url())
+    steps = ["both-dial-port", "both-dial-peer-port", "separate"]
+    duration = 130 * len(steps)
+    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
+    k.run_pod("e2e-prober-9", PROBER.format(host=host, port=PORT, duration=duration,
+                                            https=False), duration)
+    k.wait("prober running", lambda: (
+        k.core.read_namespaced_pod("e2e-prober-9", k.ns).status.phase == "Running",
+        "phase"), 120)
+    time.sleep(5)
+    started = time.monotonic()
+    for mode in steps:
+        before = k.pod_uids()
+        k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set", "tls.enabled=false",
+               "--set", f"peerPortMode={mode}", "--timeout", "5m")
+        rollout_s = k.wait_rollout(600)
+        after = k.pod_uids()
+        assert all(after[name] != uid for name, uid in before.items()), \
+            f"{mode}: not every pod rolled"
+        print(f"e2e: upgrade to peerPortMode={mode} rolled 3 pods in {rollout_s:.0f}s")
+    assert time.monotonic() - started < duration, "the prober ended before the upgrades did"
+    k.cli(k.pod_names()[0], "put", "probe/stop", "1", "--url", k.service_url())
+    writes, failed, worst = _probe_outage(k.wait_pod_done("e2e-prober-9", duration + 120))
+    print(f"e2e: {len(steps)} upgrades; {writes} probe writes, {failed} failed, longest "
+          f"outage {worst:.1f}s (allowed {READINESS_WINDOW_S}s)")
+    assert worst <= READINESS_WINDOW_S
+    # TLS: refused as a rolling upgrade, then the documented switch.
+    refused = k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), check=False)
+    assert refused.returncode != 0 and "tls.allowSwitchOnRunningRelease" in refused.stderr, \
+        refused.stderr
+    print(f"e2e: helm refused to switch TLS pod by pod: {refused.stderr.strip()[-160:]}")
+    k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set",
+           "tls.allowSwitchOnRunningRelease=true", "--timeout", "5m")
+    switch_started = time.monotonic()
+    for pod in k.pod_names():
+        k.core.delete_namespaced_pod(pod, k.ns)
+    k.scheme = "https"
+    k.wait_rollout(600)
+    print(f"e2e: every pod restarted with TLS; ready again in "
+          f"{time.monotonic() - switch_started:.0f}s")
+    status = json.loads(k.cli(f"{FULLNAME}-1", "status", "--url", k.local_url()))
+    assert all(p["up"] for p in status["peers"].values()), status["peers"]
+    for i in range(10):
+        got = k.cli(f"{FULLNAME}-2", "get", f"e2e/old/{i}", "--url", k.service_url())
+        assert got == f"v{i}", (i, got)
+    out = k.cli(f"{FULLNAME}-0", "put", "e2e/after-tls", "yes", "--url", k.service_url())
+    assert '"version": 1' in out, out
+    print("e2e: 10 keys written before the move read back over TLS; a new write succeeds")

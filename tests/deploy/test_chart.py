@@ -66,12 +66,15 @@ def test_default_render_kinds(default_docs: list[dict[str, Any]]) -> None:
             "PodDisruptionBudget",
             "Secret",
             "Secret",
+            "Secret",
             "Service",
             "Service",
             "ServiceAccount",
             "StatefulSet",
         ]
     )
+    secrets = sorted(d["metadata"]["name"] for d in default_docs if d["kind"] == "Secret")
+    assert secrets == [f"{FULLNAME}-auth", f"{FULLNAME}-peer", f"{FULLNAME}-tls"]
 
 
 def test_all_features_render_kinds() -> None:
@@ -189,7 +192,9 @@ def test_peer_port_modes(mode: str, listen: str | None, both: str | None,
     """The three-step move from one port to a peer port (chart README): what each mode
     serves (--peer-listen, --peer-on-client-port) and dials (--peer-port, else the peer
     listen port, else the client port), and which ports egress admits to the peers."""
-    docs = render({"peerPortMode": mode, "networkPolicy": {"enabled": True}})
+    # (TLS, on by default, needs a peer port of its own: a release on one port runs without)
+    docs = render({"peerPortMode": mode, "networkPolicy": {"enabled": True},
+                   "tls": {"enabled": mode != "shared"}})
     env = env_of(container(docs))
     assert env.get("PAXOSKV_PEER_LISTEN") == listen
     assert env.get("PAXOSKV_PEER_ON_CLIENT_PORT") == both
@@ -309,7 +314,7 @@ def test_secret_generated_once_and_kept() -> None:
 def test_existing_secret() -> None:
     docs = render({"peerSecret": {"existingSecret": "mine", "existingSecretKey": "tok"}})
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [
-        f"{FULLNAME}-auth"]
+        f"{FULLNAME}-auth", f"{FULLNAME}-tls"]
     vols = {v["name"]: v for v in pod_spec(docs)["volumes"]}
     assert vols["peer-secret"]["secret"]["secretName"] == "mine"
     assert vols["peer-secret"]["secret"]["items"] == [{"key": "tok", "path": "tok"}]
@@ -367,7 +372,7 @@ def test_auth_existing_secret_none_and_metrics() -> None:
 
     open_docs = render({"auth": {"mode": "none"}})
     assert [d["metadata"]["name"] for d in open_docs if d["kind"] == "Secret"] == [
-        f"{FULLNAME}-peer"]
+        f"{FULLNAME}-peer", f"{FULLNAME}-tls"]
     env = env_of(container(open_docs))
     assert env["PAXOSKV_AUTH"] == "none"
     assert "PAXOSKV_TOKEN_FILE" not in env
@@ -578,7 +583,17 @@ def test_helm_test_pod(default_docs: list[dict[str, Any]]) -> None:
         "name": f"{FULLNAME}-auth", "key": "admin-token", "optional": False}
     assert 'paxoskv get "$key" --url "$PAXOSKV_URL"' in script
     url = next(e["value"] for e in c["env"] if e["name"] == "PAXOSKV_URL")
-    assert url == f"http://{FULLNAME}.{NAMESPACE}.svc.cluster.local:7000"
+    assert url == f"https://{FULLNAME}.{NAMESPACE}.svc.cluster.local:7000"
+    # TLS by default: the CLI trusts the cluster CA, and only the CA is mounted (no key)
+    assert env["PAXOSKV_CACERT"]["value"] == "/etc/paxoskv/ca/ca.crt"
+    (ca,) = [v for v in pod["spec"]["volumes"] if v["name"] == "ca"]
+    assert ca["secret"] == {"secretName": f"{FULLNAME}-tls",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert {"name": "ca", "mountPath": "/etc/paxoskv/ca", "readOnly": True} in c["volumeMounts"]
+    clear = only(render({"tls": {"enabled": False}}), "Pod")["spec"]
+    assert "ca" not in {v["name"] for v in clear["volumes"]}
+    assert next(e["value"] for e in clear["containers"][0]["env"]
+                if e["name"] == "PAXOSKV_URL").startswith("http://")
     assert "helmTest" in (CHART / "values.yaml").read_text()
     assert "Pod" not in kinds(render({"helmTest": {"enabled": False}}))
 
@@ -847,7 +862,15 @@ def test_notes(tmp_path: Any) -> None:
     assert "WARNING" not in plain
     assert (f"kubectl -n {NAMESPACE} get secret {FULLNAME}-auth -o "
             "jsonpath='{.data.admin-token}' | base64 -d") in plain
-    assert "--env=PAXOSKV_TOKEN=$PAXOSKV_TOKEN" in plain
+    # TLS by default: the CA to fetch, and https with --cacert in every example
+    assert (f"get secret {FULLNAME}-tls -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > "
+            f"{FULLNAME}-ca.crt") in plain
+    assert f"--url https://{FULLNAME}:7000" in plain
+    assert f"--cacert {FULLNAME}-ca.crt -H \"Authorization: Bearer $PAXOSKV_TOKEN\"" in plain
+    assert "http://" not in plain
+    clear = render_notes(tmp_path / "d", {"tls": {"enabled": False}})
+    assert "WARNING: tls.enabled=false" in clear and "--env=PAXOSKV_TOKEN=$PAXOSKV_TOKEN" in clear
+    assert "https://" not in clear
     assert "auth.mode=none: anyone" in render_notes(tmp_path / "c", {"auth": {"mode": "none"}})
     risky = render_notes(
         tmp_path / "b",
@@ -856,6 +879,7 @@ def test_notes(tmp_path: Any) -> None:
             "persistence": {"enabled": False},
             "networkPolicy": {"enabled": True},
             "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+            "tls": {"enabled": False},
         },
     )
     assert "replicas=4 is even" in risky
@@ -933,7 +957,10 @@ def test_tls_generated_certificate_serves_every_name_peers_and_clients_use() -> 
     assert vols["tls"]["secret"]["secretName"] == f"{FULLNAME}-tls"
     mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
     assert "subPath" not in mount  # a renewed Secret must reach the files
-    assert "PAXOSKV_TLS_CERT_FILE" not in env_of(container(render()))  # off by default
+    assert env["PAXOSKV_CACERT"] == "/etc/paxoskv/tls/ca.crt"  # `kubectl exec ... paxoskv`
+    assert env_of(container(render())) == env  # on by default
+    off = env_of(container(render({"tls": {"enabled": False}})))
+    assert not {"PAXOSKV_TLS_CERT_FILE", "PAXOSKV_CACERT"} & set(off)
 
 
 def test_tls_from_cert_manager_or_an_existing_secret() -> None:
