@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -82,9 +82,11 @@ class _GuardedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._conns.open >= self._limits.connections_max:
             # Answered before a byte is read: a refused client costs one write and a close.
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_REFUSAL)
-            transport.close()
+            # A cast, not an isinstance check: uvloop's transports (the server's default
+            # loop) do not derive from asyncio's classes.
+            writable = cast(asyncio.WriteTransport, transport)
+            writable.write(_REFUSAL)
+            writable.close()
             self._metrics.http_refused("connections")
             return
         self._conns.open += 1
