@@ -213,8 +213,7 @@ async def _flood(port: int, report: FloodReport) -> None:
                         outcome = "other_answer"
                     break
             except OSError:
-                outcome = "closed_by_server"  # a reset while writing: closed under us
-                report.slowloris_closed_s.append(loop.time() - started)
+                outcome = "reset"  # e.g. refused with a 503 we had no time to read
             finally:
                 writer.close()
             report.slowloris[outcome] += 1
@@ -573,7 +572,8 @@ def test_one_node_flooded_every_way_stays_up_and_loses_nothing(tmp_path: Path) -
 
         figures = {
             "flood seconds": round(flood_s, 1),
-            "healthz (metrics port) p99 ms": round(_p99(m.healthz_s) * 1000, 1),
+            "healthz (metrics port) p99 / max ms": (round(_p99(m.healthz_s) * 1000, 1),
+                                                    round(max(m.healthz_s) * 1000, 1)),
             "healthz (metrics port) answers": dict(m.healthz),
             "healthz (client port) answers": dict(m.client_healthz),
             "peer views": dict(m.peer_view),
@@ -631,6 +631,7 @@ def test_one_node_flooded_every_way_stays_up_and_loses_nothing(tmp_path: Path) -
 
         # -- the probes, the peers and the admitted writes went on
         assert set(m.healthz) == {200} and _p99(m.healthz_s) < 1.0, figures
+        assert max(m.healthz_s) < 2.0, figures  # a probe with a 2 s timeout never failed
         assert not [v for v in m.peer_view if "DOWN" in v or "readyz 5" in v], figures
         assert sum(w.status == 200 for w in good1) >= 10, figures
         assert sum(w.status == 200 for w in good2) >= 10, figures
