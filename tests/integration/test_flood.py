@@ -400,15 +400,17 @@ async def _measure(nodes: dict[int, Node], until: Callable[[], bool],
             m.client_healthz[(await _timed_get(fresh, one.url + "/healthz"))[0]] += 1
             await asyncio.sleep(0.2)
 
-    async def peer_views() -> None:
+    async def peer_view(i: int) -> None:
+        """One poller per node, so a node that stalls does not stall the others' polls."""
         while not until():
-            for i in (2, 3):
+            if i == 1:
+                status, _, body = await _timed_get(fresh, one.metrics_url + "/readyz")
+                m.peer_view[f"node1 readyz {status}"] += 1
+            else:
                 status, _, body = await _timed_get(fresh, nodes[i].url + "/v1/status",
                                                    _bearer("admin"))
                 up = status == 200 and json.loads(body)["peers"]["1"]["up"]
                 m.peer_view[f"node{i} sees node1 {'up' if up else 'DOWN'}"] += 1
-            status, _, body = await _timed_get(fresh, one.metrics_url + "/readyz")
-            m.peer_view[f"node1 readyz {status}"] += 1
             await asyncio.sleep(0.2)
 
     async def good_writer(name: str, node: Node) -> None:
@@ -442,7 +444,7 @@ async def _measure(nodes: dict[int, Node], until: Callable[[], bool],
             await asyncio.sleep(0.1)
 
     try:
-        await asyncio.gather(probes(), client_port_probes(), peer_views(),
+        await asyncio.gather(probes(), client_port_probes(), *(peer_view(i) for i in nodes),
                              good_writer("node1", one), good_writer("node2", nodes[2]), rss())
     finally:
         await fresh.close()
