@@ -9,13 +9,23 @@ would only cost CPU on every request.
 File format (JSON)::
 
     {"tokens": [
-      {"name": "ops", "role": "admin", "sha256": "<64 hex digits>"},
-      {"name": "app", "role": "write", "sha256": "...", "prefixes": ["app/"]}
+      {"name": "ops", "role": "admin", "sha256": "<64 hex digits>", "rate": "unlimited"},
+      {"name": "app", "role": "write", "sha256": "...", "prefixes": ["app/"],
+       "rate": {"per_second": 50, "burst": 100}}
     ]}
+
+``rate`` (optional) is the token's request rate on each node: a token bucket refilled at
+``per_second`` (> 0) holding at most ``burst`` requests (a whole number >= 1; default one
+second's worth, ``ceil(per_second)``); ``"unlimited"`` exempts the token; left out, the
+server's ``--token-rate-limit`` applies (none by default). Beyond it a request is answered
+429 with ``Retry-After`` and nothing runs. Buckets live in each node's memory, one per token
+of the file, so a client spread over N nodes gets up to N times its rate.
 
 The file is checked at most once a second, on a request: an edit (a rotation, a revocation)
 takes effect without a restart, and a file that no longer parses keeps the previous set
 (with an error in the log), so a typo never opens the door nor locks every client out.
+A reload keeps the bucket of every token still in the file (a drained bucket does not
+refill by editing the file) and drops those of removed tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -32,8 +44,8 @@ from typing import Any, Literal
 
 import orjson
 
-__all__ = ["ROLES", "Principal", "Role", "TokenFileError", "TokenStore", "hash_token",
-           "new_token", "parse_token_file", "token_entry"]
+__all__ = ["ROLES", "UNLIMITED", "Principal", "Rate", "Role", "TokenFileError", "TokenStore",
+           "hash_token", "new_token", "parse_rate", "parse_token_file", "token_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +56,59 @@ ROLES: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
 FILE_BYTES_MAX = 1024 * 1024
 """A token file larger than this is refused: it is surely not a token file."""
 _HEX = frozenset("0123456789abcdef")
-_FIELDS = frozenset({"name", "role", "sha256", "prefixes"})
+_FIELDS = frozenset({"name", "role", "sha256", "prefixes", "rate"})
+_RATE_FIELDS = frozenset({"per_second", "burst"})
+RATE_MAX = 1_000_000.0
+"""Larger rates and bursts are refused as typos: a node serves far fewer requests a second."""
 
 
 class TokenFileError(Exception):
     """The token file cannot be read or does not parse; the message names the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A token bucket's shape: refilled at ``per_second``, holding at most ``burst``."""
+
+    per_second: float
+    burst: int
+
+    def __str__(self) -> str:
+        return f"{self.per_second:g}/s (burst {self.burst})"
+
+
+UNLIMITED: Literal["unlimited"] = "unlimited"
+"""A token's ``rate`` that exempts it from ``--token-rate-limit``."""
+
+
+def _rate(per_second: Any, burst: Any) -> Rate:
+    """A checked ``Rate``; ``ValueError`` names what is wrong. ``burst`` None: one second's
+    worth of requests, so a client at exactly its rate never sees a 429."""
+    if (isinstance(per_second, bool) or not isinstance(per_second, int | float)
+            or not 0 < per_second <= RATE_MAX):
+        raise ValueError(f"per_second must be a number within (0, {RATE_MAX:g}] "
+                         f"(got {per_second!r})")
+    if burst is None:
+        burst = max(1, math.ceil(per_second))
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= RATE_MAX:
+        raise ValueError(f"burst must be a whole number within 1..{RATE_MAX:g} (got {burst!r})")
+    return Rate(float(per_second), burst)
+
+
+_RATE_TEXT = re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:/([0-9]+))?")
+
+
+def parse_rate(text: str) -> Rate:
+    """``R`` or ``R/BURST`` (``--token-rate-limit``, ``paxoskv token new --rate``):
+    R requests a second, BURST at once (default ceil(R))."""
+    match = _RATE_TEXT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"rate {text!r} must be R or R/BURST: R requests a second (> 0), "
+                         "BURST a whole number of requests at once (e.g. 50/100)")
+    try:
+        return _rate(float(match[1]), int(match[2]) if match[2] else None)
+    except ValueError as exc:
+        raise ValueError(f"rate {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +120,8 @@ class Principal:
     sha256: str
     prefixes: tuple[str, ...] | None = None
     """Key prefixes the token may touch; None means every key."""
+    rate: Rate | Literal["unlimited"] | None = None
+    """Its own rate limit; None: the server's default (``--token-rate-limit``)."""
 
     def has_role(self, needed: Role) -> bool:
         return ROLES[self.role] >= ROLES[needed]
@@ -82,13 +144,31 @@ def new_token() -> str:
 
 
 def token_entry(name: str, role: str, token: str,
-                prefixes: Sequence[str] | None = None) -> dict[str, Any]:
+                prefixes: Sequence[str] | None = None,
+                rate: Rate | Literal["unlimited"] | None = None) -> dict[str, Any]:
     """The file entry for ``token``, validated as the server would."""
     entry: dict[str, Any] = {"name": name, "role": role, "sha256": hash_token(token)}
     if prefixes:
         entry["prefixes"] = list(prefixes)
+    if isinstance(rate, Rate):
+        per_second = int(rate.per_second) if rate.per_second.is_integer() else rate.per_second
+        entry["rate"] = {"per_second": per_second, "burst": rate.burst}
+    elif rate is not None:
+        entry["rate"] = rate
     _parse_entry(entry, "new entry")
     return entry
+
+
+def _parse_entry_rate(raw: Any, where: str) -> Rate | Literal["unlimited"] | None:
+    if raw is None or raw == UNLIMITED:
+        return raw  # type: ignore[no-any-return]
+    if not isinstance(raw, dict) or "per_second" not in raw or set(raw) - _RATE_FIELDS:
+        raise TokenFileError(f'{where}: rate must be {{"per_second": N, "burst": M}} (burst '
+                             f'optional) or "unlimited" (got {orjson.dumps(raw).decode()})')
+    try:
+        return _rate(raw["per_second"], raw.get("burst"))
+    except ValueError as exc:
+        raise TokenFileError(f"{where}: rate: {exc}") from None
 
 
 def _parse_entry(raw: Any, where: str) -> Principal:
@@ -116,7 +196,8 @@ def _parse_entry(raw: Any, where: str) -> Principal:
             raise TokenFileError(f"{where} ({name}): prefixes must be a non-empty list of "
                                  "non-empty strings (leave it out for every key)")
         prefixes = tuple(prefixes)
-    return Principal(name, role, digest, prefixes)
+    rate = _parse_entry_rate(raw.get("rate"), f"{where} ({name})")
+    return Principal(name, role, digest, prefixes, rate)
 
 
 def parse_token_file(data: bytes, source: str = "token file") -> tuple[Principal, ...]:
@@ -156,18 +237,47 @@ def read_token_file(path: Path) -> tuple[Principal, ...]:
     return parse_token_file(data, str(path))
 
 
+class _Bucket:
+    """A token bucket: ``level`` requests may go now; it refills at the rate's pace."""
+
+    __slots__ = ("level", "rate", "stamp")
+
+    def __init__(self, rate: Rate, now: float) -> None:
+        self.rate, self.level, self.stamp = rate, float(rate.burst), now
+
+    def refill(self, now: float) -> None:
+        rate = self.rate
+        self.level = min(float(rate.burst),
+                         self.level + max(0.0, now - self.stamp) * rate.per_second)
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """0 if a request may go (and counts it), else the seconds until one may."""
+        self.refill(now)
+        if self.level >= 1.0:
+            self.level -= 1.0
+            return 0.0
+        return (1.0 - self.level) / self.rate.per_second
+
+
 class TokenStore:
-    """The current token set of one file, re-read when the file changes.
+    """The current token set of one file, re-read when the file changes, and each
+    token's rate-limit bucket on this node.
 
     Construction reads the file and raises ``TokenFileError``: a server must not start
     with a token file it cannot use. Later failures keep the last good set.
     """
 
     def __init__(self, path: Path, check_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 default_rate: Rate | None = None) -> None:
         self.path = path
+        self.default_rate = default_rate
+        """The rate of tokens without one of their own (``--token-rate-limit``)."""
         self._interval = check_interval_s
         self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        """By token digest; only tokens of the current file, made on a token's first use."""
         self._stamp = self._stat()
         self._tokens = read_token_file(path)
         self._checked = clock()
@@ -201,6 +311,8 @@ class TokenStore:
                 self._failed_stamp = stamp
             return
         self._tokens, self._stamp, self._failed_stamp = tokens, stamp, None
+        kept = {t.sha256 for t in tokens}
+        self._buckets = {d: b for d, b in self._buckets.items() if d in kept}
         log.info("auth: reloaded %d token(s) from %s", len(tokens), self.path)
 
     def authenticate(self, token: str) -> Principal | None:
@@ -213,3 +325,24 @@ class TokenStore:
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
         return found
+
+    def rate_of(self, principal: Principal) -> Rate | None:
+        """The rate limit that applies to ``principal``; None: unlimited."""
+        if principal.rate == UNLIMITED:
+            return None
+        return principal.rate or self.default_rate
+
+    def admit(self, principal: Principal) -> float:
+        """Count one request of ``principal`` against its rate: 0 if it may go, else the
+        seconds until one may (answer 429 and run nothing)."""
+        rate = self.rate_of(principal)
+        if rate is None:
+            return 0.0
+        now = self._clock()
+        bucket = self._buckets.get(principal.sha256)
+        if bucket is None:
+            bucket = self._buckets[principal.sha256] = _Bucket(rate, now)
+        elif bucket.rate != rate:  # the file changed the token's rate: keep what is left
+            bucket.refill(now)
+            bucket.rate, bucket.level = rate, min(bucket.level, float(rate.burst))
+        return bucket.take(now)

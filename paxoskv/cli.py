@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
          "changes (paxoskv token new makes entries)")
     _add_flag(s, "--metrics-auth", "with --auth token: /metrics needs a token too (any role); "
               "otherwise it stays open like /healthz and /readyz")
+    _add(s, "--token-rate-limit", "with --auth token: R[/BURST], requests a second (and at "
+         "once) each token may make on this node unless its token-file entry has its own "
+         "rate; beyond it 429 with Retry-After (default: no limit)")
     _add(s, "--max-value-bytes", "largest value accepted", 1024 * 1024, type=int)
     _add(s, "--cache-bytes", "memory for recently used key states (values live on disk; "
          "0: no cache)", 64 * 1024 * 1024, type=int)
@@ -186,6 +189,10 @@ def _build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--prefix", action="append", dest="prefixes", metavar="PREFIX",
                     help="limit the token to keys starting with PREFIX (repeatable; "
                     "default: every key)")
+    tn.add_argument("--rate", metavar="R[/BURST]|unlimited",
+                    help="the token's own rate limit on each node: R requests a second, "
+                    "BURST at once (default ceil(R)); unlimited: exempt from "
+                    "--token-rate-limit (default: the server's --token-rate-limit)")
     tn.add_argument("--file", help="append the entry to this token file (created if "
                     "missing; replaced atomically, so a running server reads it whole)")
     return parser
@@ -334,7 +341,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _token_store(args: argparse.Namespace) -> TokenStore | None:
     """Read the token file before anything listens: a server told to check tokens must
     never serve without them."""
-    from paxoskv.auth import TokenFileError, TokenStore
+    from paxoskv.auth import TokenFileError, TokenStore, parse_rate
 
     if args.auth == "none":
         if args.token_file:
@@ -342,12 +349,19 @@ def _token_store(args: argparse.Namespace) -> TokenStore | None:
                              "client may do anything)")
         if args.metrics_auth:
             raise UsageError("--metrics-auth needs --auth token")
+        if args.token_rate_limit:
+            raise UsageError("--token-rate-limit needs --auth token (with --auth none there "
+                             "is no token to count requests against)")
         return None
     if not args.token_file:
         raise UsageError("--auth token needs --token-file (make entries with "
                          "paxoskv token new)")
     try:
-        store = TokenStore(Path(args.token_file))
+        default_rate = parse_rate(args.token_rate_limit) if args.token_rate_limit else None
+    except ValueError as exc:
+        raise UsageError(f"--token-rate-limit: {exc}") from None
+    try:
+        store = TokenStore(Path(args.token_file), default_rate=default_rate)
     except TokenFileError as exc:
         raise UsageError(f"--token-file: {exc}") from None
     if not store.tokens:
@@ -358,11 +372,27 @@ def _token_store(args: argparse.Namespace) -> TokenStore | None:
 
 
 def _token_command(args: argparse.Namespace) -> int:
-    from paxoskv.auth import TokenFileError, new_token, read_token_file, token_entry
+    from paxoskv.auth import (
+        UNLIMITED,
+        Rate,
+        TokenFileError,
+        new_token,
+        parse_rate,
+        read_token_file,
+        token_entry,
+    )
 
+    rate: Rate | Literal["unlimited"] | None = None
+    if args.rate == UNLIMITED:
+        rate = UNLIMITED
+    elif args.rate:
+        try:
+            rate = parse_rate(args.rate)
+        except ValueError as exc:
+            raise UsageError(f"--rate: {exc} (or unlimited)") from None
     token = new_token()
     try:
-        entry = token_entry(args.name, args.role, token, args.prefixes)
+        entry = token_entry(args.name, args.role, token, args.prefixes, rate)
     except TokenFileError as exc:
         raise UsageError(str(exc).removeprefix("new entry: ")) from None
     if args.file:

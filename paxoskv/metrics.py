@@ -16,9 +16,13 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-__all__ = ["AUTH_FAILURE_REASONS", "REGISTRY", "Metrics", "PromMetrics"]
+__all__ = ["AUTH_FAILURE_REASONS", "HTTP_REFUSED_REASONS", "REGISTRY", "Metrics", "PromMetrics"]
 
 AUTH_FAILURE_REASONS = ("missing", "unknown", "forbidden")
+HTTP_REFUSED_REASONS = ("connections", "requests", "header_timeout", "body_timeout",
+                        "malformed", "token_rate")
+"""The limit that turned a client connection or request away (paxoskv/api/guard.py; a
+token's rate limit, paxoskv/auth.py)."""
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 REGISTRY = CollectorRegistry()
@@ -72,8 +76,9 @@ class PromMetrics(Metrics):
                                        "Open client connections", registry=r)
         self._http_refused = Counter("paxoskv_http_refused",
                                      "Client connections or requests refused by a flood "
-                                     "limit, by limit", ["reason"], registry=r)
-        for reason in ("connections", "requests", "header_timeout", "body_timeout"):
+                                     "limit or a token's rate limit, by limit", ["reason"],
+                                     registry=r)
+        for reason in HTTP_REFUSED_REASONS:
             self._http_refused.labels(reason)  # at 0, so a rate() has a series to work on
         self._key_round = Histogram("paxoskv_round_changes",
                                     "Client changes one round applied to its key together",
@@ -177,5 +182,6 @@ class PromMetrics(Metrics):
 
     def http_refused(self, reason: str) -> None:
         self._http_refused.labels(reason).inc()
+
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.labels(reason).inc()

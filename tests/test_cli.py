@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from paxoskv.auth import hash_token, read_token_file
+from paxoskv.auth import Rate, hash_token, read_token_file
 from paxoskv.cli import main
 
 
@@ -48,6 +48,12 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     (["serve", "--node-id", "1", "--auth", "token", "--token-file", "/nonexistent/t.json"],
      "cannot read the token file"),
     (["token", "new", "--name", " ", "--role", "read"], "name must be"),
+    (["serve", "--node-id", "1", "--token-rate-limit", "10"],
+     "--token-rate-limit needs --auth token"),
+    (["token", "new", "--name", "a", "--role", "read", "--rate", "0/5"],
+     "--rate: rate '0/5': per_second must be"),
+    (["token", "new", "--name", "a", "--role", "read", "--rate", "lots"],
+     "--rate: rate 'lots' must be R or R/BURST"),
 ])
 def test_bad_configuration_is_one_line_exit_2(args: list[str], message: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,6 +73,28 @@ def test_a_bad_token_file_stops_serve_with_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "role must be one of read, write, admin" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_bad_token_rate_limit_stops_serve_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('{"tokens": []}')
+    res = run("serve", "--node-id", "1", "--data-dir", str(tmp_path / "d"), "--auth", "token",
+              "--token-file", str(path), "--token-rate-limit", "50/0")
+    assert res.returncode == 2
+    assert "--token-rate-limit: rate '50/0': burst must be a whole number" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_token_new_writes_the_rate_option(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    a = run("token", "new", "--name", "app", "--role", "write", "--rate", "50/100",
+            "--file", str(path))
+    b = run("token", "new", "--name", "ops", "--role", "admin", "--rate", "unlimited",
+            "--file", str(path))
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    assert json.loads(path.read_text())["tokens"][0]["rate"] == {"per_second": 50,
+                                                                 "burst": 100}
+    assert [t.rate for t in read_token_file(path)] == [Rate(50.0, 100), "unlimited"]
 
 
 def test_token_new_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -> None:

@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 
 from paxoskv.auth import (
+    UNLIMITED,
     Principal,
+    Rate,
     TokenFileError,
     TokenStore,
     hash_token,
     new_token,
+    parse_rate,
     parse_token_file,
     token_entry,
 )
@@ -163,3 +166,141 @@ def test_rotation_takes_effect_without_a_restart(tmp_path: Path,
     write(path, [])
     clock.now += 1.1
     assert store.authenticate(new) is None
+
+
+# ------------------------------------------------------------------ per-token rate limits
+
+def entry(name: str, token: str, rate: Any = None) -> dict[str, Any]:
+    e = token_entry(name, "write", token)
+    if rate is not None:
+        e["rate"] = rate
+    return e
+
+
+def admitted(store: TokenStore, token: str, count: int) -> list[float]:
+    """``count`` requests at the same instant: 0.0 for each one admitted, else the wait."""
+    principal = store.authenticate(token)
+    assert principal is not None
+    return [store.admit(principal) for _ in range(count)]
+
+
+def test_rates_in_the_file_parse() -> None:
+    (a, b, c, d) = parse_token_file(json.dumps({"tokens": [
+        {"name": "a", "role": "write", "sha256": "a" * 64,
+         "rate": {"per_second": 50, "burst": 100}},
+        {"name": "b", "role": "write", "sha256": "b" * 64, "rate": {"per_second": 2.5}},
+        {"name": "c", "role": "admin", "sha256": "c" * 64, "rate": "unlimited"},
+        {"name": "d", "role": "read", "sha256": "d" * 64},
+    ]}).encode())
+    assert a.rate == Rate(50.0, 100)
+    assert b.rate == Rate(2.5, 3)  # burst: one second's worth, rounded up
+    assert c.rate == UNLIMITED and d.rate is None
+
+
+@pytest.mark.parametrize(("rate", "message"), [
+    ({"per_second": 0}, "per_second must be a number"),
+    ({"per_second": -1, "burst": 5}, "per_second must be a number"),
+    ({"per_second": "50"}, "per_second must be a number"),
+    ({"per_second": True}, "per_second must be a number"),
+    ({"per_second": 1e9}, "per_second must be a number"),
+    ({"per_second": 10, "burst": 0}, "burst must be a whole number"),
+    ({"per_second": 10, "burst": 2.5}, "burst must be a whole number"),
+    ({"burst": 10}, 'rate must be {"per_second": N'),
+    ({"per_second": 10, "refill": 1}, 'rate must be {"per_second": N'),
+    (50, 'rate must be {"per_second": N'),
+    ("fast", 'rate must be {"per_second": N'),
+])
+def test_a_bad_rate_in_the_file_is_a_clear_error(rate: Any, message: str) -> None:
+    """Goal: a mistyped rate names the token and what is wrong, like every other mistake
+    in the file; it never silently means "no limit"."""
+    doc = json.dumps({"tokens": [{"name": "app", "role": "write", "sha256": DIGEST,
+                                  "rate": rate}]}).encode()
+    with pytest.raises(TokenFileError) as info:
+        parse_token_file(doc, "tokens.json")
+    assert str(info.value).startswith("tokens.json: tokens[0] (app): rate")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "rate"), [
+    ("50", Rate(50.0, 50)), ("50/100", Rate(50.0, 100)), ("0.5", Rate(0.5, 1)),
+    (" 2.5/1 ", Rate(2.5, 1)),
+])
+def test_the_rate_flag_parses(text: str, rate: Rate) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["", "0", "0/5", "5/0", "-1", "1e3", "50/", "/5", "5/2.5",
+                                  "fast", "5/100/2"])
+def test_a_bad_rate_flag_is_a_clear_error(text: str) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)
+
+
+def test_token_entry_writes_a_rate_the_parser_reads_back() -> None:
+    token = new_token()
+    for rate in (Rate(50.0, 100), Rate(2.5, 3), UNLIMITED):
+        e = token_entry("app", "write", token, rate=rate)
+        (parsed,) = parse_token_file(json.dumps({"tokens": [e]}).encode())
+        assert parsed.rate == rate
+    assert token_entry("app", "write", token, rate=Rate(50.0, 100))["rate"] == {
+        "per_second": 50, "burst": 100}
+
+
+def test_a_burst_is_admitted_then_refused_until_the_bucket_refills(tmp_path: Path) -> None:
+    """Goal: a full bucket admits ``burst`` requests at once and refuses the next, saying
+    how long to wait; time refills it at ``per_second`` and never beyond ``burst``."""
+    path = tmp_path / "tokens.json"
+    write(path, [entry("app", "t-app", {"per_second": 10, "burst": 5})])
+    clock = Clock()
+    store = TokenStore(path, clock=clock)
+    assert admitted(store, "t-app", 5) == [0.0] * 5
+    (wait,) = admitted(store, "t-app", 1)
+    assert wait == pytest.approx(0.1)
+    clock.now += 0.25  # 2.5 requests' worth
+    assert [w == 0 for w in admitted(store, "t-app", 3)] == [True, True, False]
+    clock.now += 60  # an idle minute refills to the burst, not to 600
+    assert [w == 0 for w in admitted(store, "t-app", 6)] == [True] * 5 + [False]
+
+
+def test_tokens_have_buckets_of_their_own_and_the_default_applies_to_the_rest(
+        tmp_path: Path) -> None:
+    """Goal: one token spending its rate does not slow another; a token without a rate
+    gets the server's default; "unlimited" is exempt from it."""
+    path = tmp_path / "tokens.json"
+    write(path, [entry("a", "t-a"), entry("b", "t-b"),
+                 entry("own", "t-own", {"per_second": 1, "burst": 3}),
+                 entry("ops", "t-ops", "unlimited")])
+    clock = Clock()
+    store = TokenStore(path, clock=clock, default_rate=Rate(1.0, 2))
+    assert [w == 0 for w in admitted(store, "t-a", 3)] == [True, True, False]
+    assert [w == 0 for w in admitted(store, "t-b", 3)] == [True, True, False]
+    assert [w == 0 for w in admitted(store, "t-own", 4)] == [True, True, True, False]
+    assert admitted(store, "t-ops", 1000) == [0.0] * 1000
+    no_default = TokenStore(path, clock=clock)
+    assert admitted(no_default, "t-a", 1000) == [0.0] * 1000
+
+
+def test_a_reload_keeps_the_buckets_of_remaining_tokens_and_drops_removed_ones(
+        tmp_path: Path) -> None:
+    """Goal: editing the file refills nobody (a drained token stays drained), a removed
+    token's bucket is freed, so buckets never outnumber the file's tokens, and a lowered
+    rate takes effect on what is left of the bucket."""
+    path = tmp_path / "tokens.json"
+    write(path, [entry("a", "t-a", {"per_second": 1, "burst": 2}),
+                 entry("b", "t-b", {"per_second": 1, "burst": 2})])
+    clock = Clock()
+    store = TokenStore(path, clock=clock)
+    admitted(store, "t-a", 2)
+    admitted(store, "t-b", 1)
+    assert len(store._buckets) == 2
+    write(path, [entry("a", "t-a", {"per_second": 1, "burst": 2}),
+                 entry("c", "t-c", {"per_second": 1, "burst": 2})])
+    clock.now += 1.1  # the file is re-read; a's bucket refilled by 1.1 requests since
+    assert [w == 0 for w in admitted(store, "t-a", 2)] == [True, False]
+    assert store.authenticate("t-b") is None
+    assert len(store._buckets) == 1  # b's is gone; c has none until it is used
+    write(path, [entry("a", "t-a", {"per_second": 100, "burst": 1})])
+    clock.now += 1.1  # a's bucket: capped to the new burst, then refilled at the new pace
+    assert [w == 0 for w in admitted(store, "t-a", 2)] == [True, False]
+    clock.now += 0.01
+    assert [w == 0 for w in admitted(store, "t-a", 2)] == [True, False]

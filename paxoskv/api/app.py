@@ -7,7 +7,9 @@ reaches a client.
 With a ``TokenStore`` (``--auth token``) every route needs a bearer token except the probes
 (/healthz, /readyz), /metrics (unless ``metrics_auth``) and the peer routes (/internal/,
 which check the peer secret themselves). Denying by default means a route added later is
-protected until someone decides otherwise.
+protected until someone decides otherwise. Each token's requests count against its rate
+limit on this node (paxoskv/auth.py) as soon as it is known: beyond it, 429 and nothing
+runs. Without a store nothing is rate-limited: there is no one to count requests against.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -121,6 +124,14 @@ async def auth_middleware(request: web.Request,
     if principal is None:
         raise _refuse(request, "unknown", 401, "the bearer token is not valid (unknown, "
                       "revoked or mistyped)")
+    wait_s = store.admit(principal)
+    if wait_s > 0:
+        # Before the role check: a token's refused requests count against its rate too.
+        request.app[METRICS].http_refused("token_rate")
+        raise ApiError(429, "rate_limited",
+                       f"token {principal.name!r} is over its rate limit of "
+                       f"{store.rate_of(principal)} on this node; retry later",
+                       {"Retry-After": str(max(1, math.ceil(wait_s)))})
     needed: Role = "read" if request.method in _READ_METHODS else "write"
     if not principal.has_role(needed):
         raise _refuse(request, "forbidden", 403,

@@ -11,6 +11,10 @@ requests at once. Here:
   the first byte of a later request on a kept-alive one); the connection is closed after it.
 - ``header_timeout_s`` again to send the body of a PUT, POST or DELETE (408).
 - ``requests_max`` requests handled at once (503 with ``Retry-After`` beyond it).
+- A request aiohttp cannot parse (a header line over 8190 bytes, more than 128 headers,
+  garbage) is answered 400 with the API's JSON error and logged at debug level only:
+  aiohttp's default logs a traceback at error level each time, so a flood of them would
+  flood the log too.
 
 Probes and metrics are not limited: they are meant to be served on the metrics port (the
 chart probes there), whose listener none of this applies to.
@@ -21,10 +25,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from paxoskv.metrics import Metrics
 
@@ -33,6 +39,8 @@ __all__ = ["GuardLimits", "GuardedSite", "limit_requests_middleware"]
 RETRY_AFTER_S = "1"
 
 _REFUSAL_BODY = b'{"error": "overloaded", "message": "too many connections to this node"}'
+_MALFORMED_BODY = (b'{"error": "bad_request", "message": "malformed HTTP request (a header line '
+                   b'is limited to 8190 bytes, the headers to 128)"}')
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: " + RETRY_AFTER_S.encode()
             + b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
             + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
@@ -82,9 +90,11 @@ class _GuardedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._conns.open >= self._limits.connections_max:
             # Answered before a byte is read: a refused client costs one write and a close.
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_REFUSAL)
-            transport.close()
+            # A cast, not an isinstance check: uvloop's transports (the server's default
+            # loop) do not derive from asyncio's classes.
+            writable = cast(asyncio.WriteTransport, transport)
+            writable.write(_REFUSAL)
+            writable.close()
             self._metrics.http_refused("connections")
             return
         self._conns.open += 1
@@ -112,6 +122,18 @@ class _GuardedHandler(RequestHandler):
         elif self._header_timer is None and not self._request_in_progress \
                 and not self._messages:
             self._arm()  # the first bytes of a kept-alive connection's next request
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        self.logger.debug("malformed request from %s: %s", request.remote, exc)
+        self._metrics.http_refused("malformed")
+        response = web.Response(status=400, body=_MALFORMED_BODY,
+                                content_type="application/json")
+        response.force_close()
+        return response
 
     def _arm(self) -> None:
         self._disarm()

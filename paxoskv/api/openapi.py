@@ -41,13 +41,16 @@ _AUTH_ERRORS = {
     "401": _error("unauthorized: no bearer token, or one not in the token file (only with "
                   "--auth token; WWW-Authenticate: Bearer is set)"),
     "403": _error("forbidden: the token's role is too low (GET needs read; PUT and DELETE "
-                  "need write) or the key or listing prefix is outside its prefixes")}
+                  "need write) or the key or listing prefix is outside its prefixes"),
+    "429": _error("rate_limited: the token is over its rate limit on this node (its own "
+                  "rate in the token file, else --token-rate-limit); nothing was done. "
+                  "Retry-After says in how many seconds to try again")}
 _OPEN: list[dict[str, list[str]]] = []
 """``security: []``: the probes and /metrics answer without a token."""
 
 
 def _with_auth(doc: dict[str, Any]) -> dict[str, Any]:
-    """Every /v1/ operation may answer 401 and 403; the others are open."""
+    """Every /v1/ operation may answer 401, 403 and 429; the others are open."""
     for path, ops in doc["paths"].items():
         for op in ops.values():
             if path.startswith("/v1/"):
@@ -59,7 +62,8 @@ def _with_auth(doc: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     common = {"400": _error("bad key, header or request"),
-              "503": _error("no quorum of acceptors reachable (Retry-After is set)"),
+              "503": _error("no_quorum: no quorum of acceptors reachable, or overloaded: too "
+                            "many requests in progress on this node (Retry-After is set)"),
               "504": _error("unknown outcome: the write may or may not have taken effect")}
     return _with_auth({
         "openapi": "3.1.0",

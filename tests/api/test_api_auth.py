@@ -20,7 +20,7 @@ from test_app import MemoryStorage, NoPeers
 
 from paxoskv.api.app import make_app
 from paxoskv.api.openapi import openapi_document
-from paxoskv.auth import TokenStore, token_entry
+from paxoskv.auth import Rate, TokenStore, token_entry
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
 from paxoskv.node import Node, NodeConfig, PeerSpec
@@ -210,6 +210,81 @@ def test_openapi_declares_bearer_auth() -> None:
     for path, ops in doc["paths"].items():
         for op in ops.values():
             if path.startswith("/v1/"):
-                assert {"401", "403"} <= set(op["responses"]), path
+                assert {"401", "403", "429"} <= set(op["responses"]), path
             else:
                 assert op["security"] == [], path
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refused(metrics: PromMetrics) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for m in metrics._http_refused.collect()
+            for s in m.samples if s.name.endswith("_total")}
+
+
+def test_a_token_over_its_rate_is_429_with_retry_after_and_nothing_runs(
+        tmp_path: Path) -> None:
+    """Goal: with --token-rate-limit 1/2, a token's third request at once is 429
+    rate_limited (the API's JSON error, Retry-After in whole seconds >= 1) and its write is
+    not applied; another token is not slowed; once time refills the bucket the token works
+    again; probes are not counted; the refusals are counted under reason="token_rate"."""
+    clock = Clock()
+
+    async def t(c: TestClient[Any, Any], metrics: PromMetrics) -> None:
+        assert refused(metrics)["token_rate"] == 0  # exported before the first refusal
+        for i in (1, 2):
+            r = await c.put("/v1/kv/app/k", data=f"v{i}".encode(), headers=bearer("write"))
+            assert r.status == 200, await r.text()
+        r = await c.put("/v1/kv/app/k", data=b"v3", headers=bearer("write"))
+        assert r.status == 429
+        assert r.headers["Retry-After"] == "1"
+        assert r.headers["Content-Type"].startswith("application/json")
+        body = await r.json()
+        assert body["error"] == "rate_limited" and "'write'" in body["message"], body
+        assert refused(metrics)["token_rate"] == 1
+        for _ in range(5):
+            assert (await c.get("/healthz")).status == 200
+        r = await c.get("/v1/kv/app/k", headers=bearer("admin"))  # another token's bucket
+        assert (r.status, await r.read()) == (200, b"v2")  # v3 was never applied
+        clock.now += 1.0  # one request's worth
+        r = await c.put("/v1/kv/app/k", data=b"v4", headers=bearer("write"))
+        assert r.status == 200
+        assert (await c.get("/v1/kv/app/k", headers=bearer("write"))).status == 429
+        clock.now += 0.25  # a quarter of a request: the wait is rounded up to 1 s
+        r = await c.put("/v1/kv/app/k", data=b"v5", headers=bearer("write"))
+        assert (r.status, r.headers["Retry-After"]) == (429, "1")
+        assert refused(metrics)["token_rate"] == 3
+    with_auth(tmp_path, t, store=lambda p: TokenStore(p, clock=clock,
+                                                      default_rate=Rate(1.0, 2)))
+
+
+def test_retry_after_is_the_whole_seconds_until_the_bucket_has_a_request(
+        tmp_path: Path) -> None:
+    """Goal: at 0.2 requests a second an empty bucket needs 5 s: Retry-After says 5."""
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        assert (await c.get("/v1/kv/app/k", headers=bearer("read"))).status == 404
+        r = await c.get("/v1/kv/app/k", headers=bearer("read"))
+        assert (r.status, r.headers["Retry-After"]) == (429, "5")
+    with_auth(tmp_path, t, store=lambda p: TokenStore(p, clock=Clock(),
+                                                      default_rate=Rate(0.2, 1)))
+
+
+def test_without_auth_nothing_is_rate_limited() -> None:
+    """Goal: --auth none has no token to count against: many requests at once all run."""
+    async def run() -> None:
+        limits = Limits(value_bytes_max=1024)
+        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
+        node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
+        await node.start()
+        metrics = PromMetrics(CollectorRegistry())
+        async with TestClient(TestServer(make_app(node, "s", limits, metrics))) as c:
+            for i in range(50):
+                assert (await c.put("/v1/kv/k", data=str(i).encode())).status == 200
+        assert refused(metrics)["token_rate"] == 0
+    asyncio.run(run())
