@@ -369,10 +369,11 @@ def build() -> dict[str, Any]:
     )
     L.add(
         timeseries(
-            "Refused by flood limits",
+            "Refused by flood and rate limits",
             "Connections and requests the client port turned away: connections (over "
             "--max-connections), requests (over --max-requests-inflight), header_timeout "
-            "(headers too slow: slowloris), body_timeout (408).",
+            "(headers too slow: slowloris), body_timeout (408), malformed (unparseable "
+            "request, 400), token_rate (a token over its rate limit, 429).",
             [
                 target(
                     f"sum by (reason) (rate(paxoskv_http_refused_total{{{SEL}}}[{RATE}]))",

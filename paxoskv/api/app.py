@@ -470,9 +470,12 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     middlewares: list[Any] = [errors_middleware]
     if guard is not None and "client" in parts:
         # Before authentication: a flood of requests with bad tokens is capped too.
-        middlewares.append(limit_requests_middleware(guard, metrics, _error))
+        middlewares.append(limit_requests_middleware(guard, metrics, _error,
+                                                     limits.value_bytes_max))
     middlewares.append(auth_middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=limits.frame_bytes_max)
+    # A client request's body is one value; only peer frames may be larger.
+    body_max = limits.frame_bytes_max if "peer" in parts else limits.value_bytes_max + 1
+    app = web.Application(middlewares=middlewares, client_max_size=body_max)
     if tokens is not None:
         app[TOKENS] = tokens
     app[METRICS_AUTH] = metrics_auth

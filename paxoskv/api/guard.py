@@ -187,9 +187,19 @@ _BODY_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
                               refuse: Callable[[int, str, str, dict[str, str] | None],
                                                web.Response],
+                              body_bytes_max: int | None = None,
                               ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """At most ``requests_max`` requests at once, each body within ``header_timeout_s``."""
+    """At most ``requests_max`` requests at once, each body within ``header_timeout_s`` and,
+    outside ``/internal/``, within ``body_bytes_max`` (the largest value): a body announced
+    larger is refused before a byte of it is read, and a chunked one as soon as it passes
+    the limit, so a flood of large bodies costs at most ``requests_max`` values of memory."""
     inflight = 0
+
+    def too_large() -> web.Response:
+        response = refuse(413, "value_too_large",
+                          f"the body is larger than {body_bytes_max} bytes", None)
+        response.force_close()  # the unread rest of the body would be read as a request
+        return response
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -201,9 +211,16 @@ def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
         inflight += 1
         try:
             if request.method in _BODY_METHODS and request.can_read_body:
+                cap = None if request.path.startswith("/internal/") else body_bytes_max
+                if cap is not None and (request.content_length or 0) > cap:
+                    return too_large()
                 try:
                     async with asyncio.timeout(limits.header_timeout_s):
-                        await request.read()  # kept by aiohttp for the handler's read()
+                        body = await request.read()  # kept by aiohttp for the handler's read()
+                    if cap is not None and len(body) > cap:
+                        return too_large()
+                except web.HTTPRequestEntityTooLarge:
+                    return too_large()  # past the app's client_max_size while reading
                 except TimeoutError:
                     metrics.http_refused("body_timeout")
                     response = refuse(408, "request_timeout", "the body arrived too slowly",

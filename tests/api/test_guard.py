@@ -184,3 +184,75 @@ def test_a_malformed_request_is_a_json_400_logged_without_a_traceback(
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
             assert (await _exchange(port, GET)).startswith(b"HTTP/1.1 200")
     asyncio.run(main())
+
+
+async def _answer(port: int, raw: bytes, read_timeout: float = 2.0) -> bytes:
+    """Send ``raw``; return the first response (head and body by its Content-Length), without
+    waiting for the server to close: it may linger to drain a body it did not read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(read_timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            return head + await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
+    """Goal: a client body announced larger than the largest value is refused 413 before a
+    byte of it is read (the handler never runs, the connection closes); a chunked one as
+    soon as it passes the app's body limit, which make_app sets to the largest value when
+    the port serves no peers; peer frames (/internal/) are not held to the value limit. A
+    flood of large bodies must not hold requests_max x (the peer frame limit) of memory."""
+    async def main() -> None:
+        metrics = _Counted()
+        reached: list[int] = []
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            reached.append(len(await request.read()))
+            return web.Response(text="ok")
+
+        limits = GuardLimits(header_timeout_s=2.0)
+
+        @asynccontextmanager
+        async def serve(client_max_size: int) -> AsyncIterator[int]:
+            app = web.Application(
+                middlewares=[limit_requests_middleware(limits, metrics, _refuse, 100)],
+                client_max_size=client_max_size)
+            app.router.add_route("*", "/{tail:.*}", handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = GuardedSite(runner, "127.0.0.1", 0, limits, metrics)
+            await site.start()
+            assert site._server is not None
+            try:
+                yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            finally:
+                await runner.cleanup()
+
+        async with serve(10_000) as port:  # a port that serves peers too
+            # Announced: 1 MB that the client never sends; the answer cannot wait for it.
+            big = (b"PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n"
+                   + b"x" * 1000)
+            answer = await _answer(port, big)
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "value_too_large"
+            at_limit = (b"PUT /v1/kv/c HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
+                        b"Connection: close\r\n\r\n" + b"z" * 100)
+            assert (await _answer(port, at_limit)).startswith(b"HTTP/1.1 200")
+            frame = (b"POST /internal/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
+                     b"Connection: close\r\n\r\n" + b"f" * 5000)
+            assert (await _answer(port, frame)).startswith(b"HTTP/1.1 200")
+        async with serve(101) as port:  # a client port alone: make_app's value limit + 1
+            chunk = b"c8\r\n" + b"y" * 200 + b"\r\n"
+            chunked = (b"PUT /v1/kv/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                       b"\r\n" + chunk)  # 200 bytes and no end: still refused at once
+            answer = await _answer(port, chunked)
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "value_too_large"
+        assert reached == [100, 5000]
+    asyncio.run(main())

@@ -357,6 +357,18 @@ def test_auth_token_by_default(default_docs: list[dict[str, Any]]) -> None:
     assert re.search(r'lookup\s+"v1"\s+"Secret"\s+\.Release\.Namespace\s+\$name', src)
 
 
+def test_auth_rate_limit_follows_the_value() -> None:
+    """auth.rateLimit sets the servers' default per-token rate (--token-rate-limit); unset,
+    or with auth.mode=none, there is none; a malformed value is refused by the schema."""
+    assert "PAXOSKV_TOKEN_RATE_LIMIT" not in env_of(container(render()))
+    env = env_of(container(render({"auth": {"rateLimit": "50/100"}})))
+    assert env["PAXOSKV_TOKEN_RATE_LIMIT"] == "50/100"
+    off = env_of(container(render({"auth": {"mode": "none", "rateLimit": "50"}})))
+    assert "PAXOSKV_TOKEN_RATE_LIMIT" not in off
+    res = helm_template({"auth": {"rateLimit": "fast"}}, check=False)
+    assert res.returncode != 0 and "rateLimit" in res.stderr
+
+
 def test_auth_existing_secret_none_and_metrics() -> None:
     docs = render({"auth": {"existingSecret": "my-tokens", "tokenFileKey": "file.json",
                             "metricsAuth": True}})
