@@ -8,10 +8,24 @@ from typing import Protocol
 
 from paxoskv.core.acceptor import AcceptorState
 
-__all__ = ["CommitObserver", "NodeIdentity", "Storage"]
+__all__ = ["CommitObserver", "DiskUsage", "NodeIdentity", "Storage"]
 
 CommitObserver = Callable[[int, float], None]
 """Called with (keys in the batch, seconds the commit and fsync took)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """What the data directory takes and what its volume has left, for the metrics: a
+    volume that fills up stops every commit, and every replica fills at the same pace."""
+
+    data_dir_bytes: int
+    """Allocated bytes of every file under the data directory (db, -wal, -shm, others)."""
+    volume_free_bytes: int
+    """Bytes an unprivileged process may still write on the directory's filesystem."""
+    volume_size_bytes: int
+    freelist_bytes: int
+    """Unused pages inside the database file: what a vacuum could give back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,3 +345,110 @@ def test_a_fast_ballot_is_covered_by_the_checksum(tmp_path: Path) -> None:
             s.load("k")
         await s.close()
     asyncio.run(reopen())
+
+
+def _db_bytes(s: SqliteStorage) -> int:
+    return s.path.stat().st_size
+
+
+def test_new_files_return_free_pages_to_the_volume(tmp_path: Path) -> None:
+    """Goal: pages freed by overwriting large values with small ones go back to the volume:
+    the writer's incremental vacuum, in bounded steps, shrinks the file itself (a real
+    SQLite file). Durability settings stay WAL + synchronous=FULL."""
+    big = b"x" * 10_000  # overflow pages, freed when the value shrinks
+
+    async def run() -> tuple[int, int, int, int]:
+        s = SqliteStorage(tmp_path, vacuum_threshold_bytes=1 << 20, vacuum_step_pages=64,
+                          vacuum_step_pause_s=0.0, maintain_interval_s=0.05)
+        assert s._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        mode = s._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert (mode, s._conn.execute("PRAGMA synchronous").fetchone()[0]) == ("wal", 2)
+        for i in range(0, 1000, 100):
+            await asyncio.gather(*(s.save(f"k{j}", AcceptorState(
+                Ballot(1, 1), Ballot(1, 1), Value(1, big))) for j in range(i, i + 100)))
+        s._reader.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        full = _db_bytes(s)
+        await asyncio.gather(*(s.save(f"k{j}", AcceptorState(
+            Ballot(2, 1), Ballot(2, 1), Value(2, b"y"))) for j in range(1000)))
+        freed = s.disk_usage().freelist_bytes
+        before = _db_bytes(s)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _db_bytes(s) > before // 2:
+            await asyncio.sleep(0.05)
+        after = _db_bytes(s)
+        assert s.load("k7").value == Value(2, b"y")
+        await s.close()
+        return full, freed, before, after
+
+    full, freed, before, after = asyncio.run(run())
+    print(f"file {full} bytes full, {freed} bytes free inside; {before} -> {after} bytes")
+    assert freed > 5_000_000
+    assert before >= full
+    assert after < before // 2
+    s2 = SqliteStorage(tmp_path)
+    assert s2.verify() == 1000
+
+
+def test_a_file_made_without_auto_vacuum_keeps_working_untouched(tmp_path: Path) -> None:
+    """Goal: a data directory made before auto_vacuum (NONE) opens, keeps NONE (no VACUUM
+    at start-up: docs/storage.md) and its free pages are still reported."""
+    conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(sqlite_module._SCHEMA)
+    conn.close()
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, vacuum_threshold_bytes=1, maintain_interval_s=0.01)
+        assert not s._incremental
+        await asyncio.gather(*(s.save(f"k{j}", AcceptorState(
+            Ballot(1, 1), Ballot(1, 1), Value(1, b"x" * 10_000))) for j in range(50)))
+        await asyncio.gather(*(s.save(f"k{j}", AcceptorState(
+            Ballot(2, 1), Ballot(2, 1), Value(2, None))) for j in range(50)))
+        await asyncio.sleep(0.1)
+        assert s._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+        assert s.disk_usage().freelist_bytes > 0
+        await s.close()
+    asyncio.run(run())
+
+
+def test_disk_usage_counts_every_file_and_the_volume(tmp_path: Path) -> None:
+    """Goal: the data directory's bytes include the db, its WAL and any other file in it;
+    the volume's numbers are statvfs's."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path / "data")
+        await s.save("k", STATE)
+        u = s.disk_usage()
+        files = {p.name: p.stat().st_blocks * 512 for p in (tmp_path / "data").iterdir()}
+        (tmp_path / "data" / "sub").mkdir()
+        (tmp_path / "data" / "sub" / "other").write_bytes(b"z" * 100_000)
+        u2 = s.disk_usage()
+        await s.close()
+        assert set(files) == {"paxoskv.sqlite3", "paxoskv.sqlite3-wal", "paxoskv.sqlite3-shm"}
+        assert u.data_dir_bytes == sum(files.values())
+        assert u2.data_dir_bytes >= u.data_dir_bytes + 100_000
+        assert 0 < u.volume_free_bytes <= u.volume_size_bytes
+        assert u.freelist_bytes == 0
+    asyncio.run(run())
+
+
+def test_the_wal_is_cut_back_after_a_large_batch(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: journal_size_limit: a batch of large values grows the WAL, and once it has been
+    checkpointed and reset the file is cut back instead of keeping that size."""
+    monkeypatch.setattr(sqlite_module, "_WAL_SIZE_LIMIT", 1 << 20)
+    wal = tmp_path / "paxoskv.sqlite3-wal"
+
+    async def run() -> tuple[int, int]:
+        s = SqliteStorage(tmp_path)
+        await asyncio.gather(*(s.save(f"k{j}", AcceptorState(
+            Ballot(1, 1), Ballot(1, 1), Value(1, b"x" * 100_000))) for j in range(100)))
+        grown = wal.stat().st_size
+        s._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        await s.save("small", STATE)  # the writer restarts the WAL from its start
+        cut = wal.stat().st_size
+        await s.close()
+        return grown, cut
+
+    grown, cut = asyncio.run(run())
+    assert grown > 5 << 20
+    assert cut <= 1 << 20
