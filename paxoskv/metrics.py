@@ -6,6 +6,9 @@ The node reports through ``Metrics``; the server uses ``PromMetrics`` on the pro
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,6 +18,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from paxoskv.storage.base import DiskUsage
 
 __all__ = ["AUTH_FAILURE_REASONS", "HTTP_REFUSED_REASONS", "REGISTRY", "Metrics", "PromMetrics"]
 
@@ -24,6 +31,8 @@ HTTP_REFUSED_REASONS = ("connections", "requests", "header_timeout", "body_timeo
 """The limit that turned a client connection or request away (paxoskv/api/guard.py; a
 token's rate limit, paxoskv/auth.py)."""
 
+log = logging.getLogger(__name__)
+
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are noise
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -32,6 +41,40 @@ PlatformCollector(registry=REGISTRY)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class _DiskCollector(Collector):
+    """The data directory's and volume's bytes, read when scraped (a few stats and a
+    statvfs): nothing on the request path keeps them up to date."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], DiskUsage] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "data_dir_bytes": GaugeMetricFamily(
+                "paxoskv_data_dir_bytes",
+                "Bytes the files of the data directory take on disk (database, WAL, others)"),
+            "volume_free_bytes": GaugeMetricFamily(
+                "paxoskv_volume_free_bytes",
+                "Bytes still available to paxoskv on the data directory's filesystem"),
+            "volume_size_bytes": GaugeMetricFamily(
+                "paxoskv_volume_size_bytes", "Size of the data directory's filesystem"),
+            "freelist_bytes": GaugeMetricFamily(
+                "paxoskv_storage_freelist_bytes",
+                "Unused pages inside the database file, which the incremental vacuum returns "
+                "to the volume"),
+        }
+        usage = None
+        if self.source is not None:
+            try:
+                usage = self.source()
+            except Exception as exc:  # a scrape must not fail for it (a closed storage)
+                log.debug("disk usage unavailable: %s", exc)
+        for field, family in families.items():
+            if usage is not None:
+                family.add_metric([], getattr(usage, field))
+            yield family
 
 
 class Metrics:
@@ -55,6 +98,8 @@ class Metrics:
     def http_connections(self, count: int) -> None: ...
     def http_refused(self, reason: str) -> None: ...
     def auth_failure(self, reason: str) -> None: ...
+    def disk_source(self, source: Callable[[], DiskUsage]) -> None:
+        """Where the disk gauges come from, read at each scrape (``SqliteStorage``)."""
 
 
 class PromMetrics(Metrics):
@@ -124,6 +169,8 @@ class PromMetrics(Metrics):
             ["reason"], registry=r)
         for reason in AUTH_FAILURE_REASONS:
             self._auth_failures.labels(reason)  # at 0, so a rate() has a series to work on
+        self._disk = _DiskCollector()
+        r.register(self._disk)
         self._transport_batch = Histogram("paxoskv_transport_batch_messages",
                                           "Messages coalesced into one peer request",
                                           buckets=_BATCH_BUCKETS, registry=r)
@@ -185,3 +232,6 @@ class PromMetrics(Metrics):
 
     def auth_failure(self, reason: str) -> None:
         self._auth_failures.labels(reason).inc()
+
+    def disk_source(self, source: Callable[[], DiskUsage]) -> None:
+        self._disk.source = source

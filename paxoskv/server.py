@@ -81,6 +81,7 @@ async def serve(opts: ServeOptions) -> None:
             f"paxoskv: cannot open the data directory {opts.data_dir} as uid {os.getuid()}: "
             f"{exc} (check that it exists and is writable; in Kubernetes, a volume plugin "
             "that ignores fsGroup needs the chart's volumePermissions.enabled=true)") from None
+    metrics.disk_source(storage.disk_usage)
     identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id)
     log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
              identity.cluster_id, identity.incarnation, identity.data_id,

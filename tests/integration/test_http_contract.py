@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 
 import orjson
@@ -165,8 +166,12 @@ def test_status_health_ready_metrics_openapi(shared_cluster: Cluster) -> None:
                  "paxoskv_paxos_rounds_total", "paxoskv_storage_fsync_duration_seconds_bucket",
                  "paxoskv_storage_batch_size_bucket", "paxoskv_peer_up",
                  "paxoskv_peer_rtt_seconds", "paxoskv_keys", "paxoskv_quorum_reachable",
-                 "paxoskv_amnesia", "process_resident_memory_bytes"):
+                 "paxoskv_amnesia", "paxoskv_data_dir_bytes", "paxoskv_volume_free_bytes",
+                 "paxoskv_volume_size_bytes", "paxoskv_storage_freelist_bytes",
+                 "process_resident_memory_bytes"):
         assert name in text, name
+    for gauge in ("paxoskv_data_dir_bytes", "paxoskv_volume_size_bytes"):  # wired to storage
+        assert re.search(rf"^{gauge} [1-9]", text, re.M), gauge
     status, _, body = raw(url, "GET", "/v1/openapi.json")
     spec = json.loads(body)
     assert spec["openapi"].startswith("3.")
