@@ -493,6 +493,69 @@ def build() -> dict[str, Any]:
         w=12,
         h=8,
     )
+    L.add(
+        timeseries(
+            "Data directory",
+            "Bytes the data directory's files take on each node (database, WAL, others), and "
+            "the free pages inside the database that the incremental vacuum returns to the "
+            "volume once they pass 8 MiB.",
+            [
+                target(f"max by (pod) (paxoskv_data_dir_bytes{{{SEL}}})", "{{pod}} data dir"),
+                target(
+                    f"max by (pod) (paxoskv_storage_freelist_bytes{{{SEL}}})",
+                    "{{pod}} free inside the db",
+                ),
+            ],
+            "bytes",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Volume free and size",
+            "Free bytes and size of each node's data volume (statvfs). Every replica holds "
+            "the same data, so the volumes fill together.",
+            [
+                target(f"max by (pod) (paxoskv_volume_free_bytes{{{SEL}}})", "{{pod}} free"),
+                target(f"max by (pod) (paxoskv_volume_size_bytes{{{SEL}}})", "{{pod}} size"),
+            ],
+            "bytes",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Volume free %",
+            "Share of each node's data volume still free. Alerts: PaxosKVVolumeNearlyFull "
+            "below 10 % (default), PaxosKVVolumeFillingUp when the last hour's trend "
+            "fills it within 4 h.",
+            [
+                target(
+                    f"max by (pod) (paxoskv_volume_free_bytes{{{SEL}}}"
+                    f" / paxoskv_volume_size_bytes{{{SEL}}})",
+                    "{{pod}}",
+                )
+            ],
+            "percentunit",
+            defaults={
+                "min": 0,
+                "max": 1,
+                "thresholds": {
+                    "mode": "absolute",
+                    "steps": [
+                        RED,
+                        {"color": "orange", "value": 0.1},
+                        {"color": "green", "value": 0.2},
+                    ],
+                },
+            },
+            custom={"thresholdsStyle": {"mode": "line"}},
+        ),
+        w=8,
+        h=8,
+    )
 
     L.row("Peers")
     L.add(
