@@ -267,13 +267,17 @@ def test_5_upgrade_rolls_over_tls_without_losing_quorum(release: Kube) -> None:
     # client port would answer 401 (the token is not the peer secret).
     assert _https_code(k, pod, "/internal/hello", token_before) == "404"
     plain = k.exec(pod, ["python3", "-c", (
-        "import urllib.request as u\n"
+        "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {PORT}), timeout=5)\n"
+        "s.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n')\n"
+        "got = b''\n"
         "try:\n"
-        f"    u.urlopen('http://127.0.0.1:{PORT}/healthz', timeout=5)\n"
-        "    print('answered')\n"
-        "except Exception as exc:\n"
-        "    print(type(exc).__name__)")]).strip()
-    assert plain != "answered", "the client port answered plain HTTP"
+        "    while chunk := s.recv(4096):\n"
+        "        got += chunk\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print('answered' if got.startswith(b'HTTP/') else 'no HTTP answer')")]).strip()
+    assert plain == "no HTTP answer", f"the client port answered plain HTTP: {plain}"
     writes, failed, worst = _probe_outage(k.wait_pod_done("e2e-prober", duration + 120))
     print(f"e2e: {writes} probe writes over HTTPS, {failed} failed, longest outage "
           f"{worst:.1f}s (allowed {READINESS_WINDOW_S}s); plain HTTP: {plain}")

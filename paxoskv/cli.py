@@ -86,6 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
          "closed", 1000, type=int)
     _add(s, "--max-requests-inflight", "client requests handled at once; more are answered "
          "503 with Retry-After", 500, type=int)
+    _add(s, "--max-body-bytes-inflight", "bytes of client request bodies read or handled at "
+         "once; more are answered 503 with Retry-After", 64 * 1024 * 1024, type=int)
     _add(s, "--header-timeout", "seconds a client has to send a request's headers, and again "
          "its body; then the connection is closed (408 for a body)", 10.0, type=float)
     _add(s, "--idle-timeout", "seconds a kept-alive client connection may sit idle", 60.0,
@@ -304,7 +306,8 @@ def _serve(args: argparse.Namespace) -> int:
     tokens = _token_store(args)
     try:
         guard = GuardLimits(args.max_connections, args.max_requests_inflight,
-                            args.header_timeout, args.idle_timeout).validate()
+                            args.header_timeout, args.idle_timeout,
+                            args.max_body_bytes_inflight).validate()
         limits = Limits(value_bytes_max=args.max_value_bytes,
                         storage_cache_bytes=args.cache_bytes).validate()
         config = NodeConfig(

@@ -27,7 +27,7 @@ __all__ = ["AUTH_FAILURE_REASONS", "HTTP_REFUSED_REASONS", "REGISTRY", "Metrics"
 
 AUTH_FAILURE_REASONS = ("missing", "unknown", "forbidden")
 HTTP_REFUSED_REASONS = ("connections", "requests", "header_timeout", "body_timeout",
-                        "malformed", "token_rate")
+                        "malformed", "token_rate", "body_too_large", "body_bytes")
 """The limit that turned a client connection or request away (paxoskv/api/guard.py; a
 token's rate limit, paxoskv/auth.py)."""
 

@@ -143,8 +143,12 @@ async def serve(opts: ServeOptions) -> None:
         await runner.setup()
         runners.append(runner)
         try:
-            if client:
-                await GuardedSite(runner, host, port, opts.guard, metrics, reuse_address=True,
+            if client or parts == {"metrics"}:
+                # The metrics port too: its probes must outlast idle or slow connections.
+                # (Not the peer port: its WebSocket channels are long-lived by design; only
+                # the release's pods reach it, with a certificate under TLS.)
+                await GuardedSite(runner, host, port, opts.guard, metrics,
+                                  count_connections=client, reuse_address=True,
                                   ssl_context=listen_ssl).start()
             else:
                 await web.TCPSite(runner, host, port, reuse_address=True,

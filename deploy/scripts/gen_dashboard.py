@@ -373,7 +373,8 @@ def build() -> dict[str, Any]:
             "Connections and requests the client port turned away: connections (over "
             "--max-connections), requests (over --max-requests-inflight), header_timeout "
             "(headers too slow: slowloris), body_timeout (408), malformed (unparseable "
-            "request, 400), token_rate (a token over its rate limit, 429).",
+            "request, 400), body_too_large (413), body_bytes (over "
+            "--max-body-bytes-inflight), token_rate (a token over its rate limit, 429).",
             [
                 target(
                     f"sum by (reason) (rate(paxoskv_http_refused_total{{{SEL}}}[{RATE}]))",

@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from paxoskv.api.guard import GuardLimits, limit_requests_middleware
+from paxoskv.api.guard import GuardLimits, limit_requests_middleware, read_body_middleware
 from paxoskv.api.openapi import openapi_document
 from paxoskv.auth import Principal, Role, TokenStore
 from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
@@ -459,6 +459,17 @@ on a port of its own). A node with
 NetworkPolicy can admit each port from its own sources."""
 
 
+async def value_expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Expect: 100-continue on a route that takes a value: a body announced larger than a
+    value is refused 413 instead of being invited."""
+    limit = request.app[LIMITS].value_bytes_max
+    if request.content_length is not None and request.content_length > limit:
+        response = _error(413, "value_too_large", f"the body is larger than {limit} bytes")
+        response.force_close()
+        return response
+    return await expect_handler(request)
+
+
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
              idempotency_window_s: float = DEFAULT_WINDOW_S,
              parts: frozenset[Part] = ALL_PARTS,
@@ -470,9 +481,12 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     middlewares: list[Any] = [errors_middleware]
     if guard is not None and "client" in parts:
         # Before authentication: a flood of requests with bad tokens is capped too.
-        middlewares.append(limit_requests_middleware(guard, metrics, _error,
-                                                     limits.value_bytes_max))
+        middlewares.append(limit_requests_middleware(guard, metrics, _error))
     middlewares.append(auth_middleware)
+    if guard is not None and "client" in parts:
+        # After it: no body is buffered for a client without a valid token.
+        middlewares.append(read_body_middleware(guard, metrics, _error,
+                                                limits.value_bytes_max))
     # A client request's body is one value; only peer frames may be larger.
     body_max = limits.frame_bytes_max if "peer" in parts else limits.value_bytes_max + 1
     app = web.Application(middlewares=middlewares, client_max_size=body_max)
@@ -485,7 +499,7 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     app[METRICS] = metrics
     app[IDEMPOTENCY_WINDOW] = idempotency_window_s
     if "client" in parts:
-        app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=expect_handler)
+        app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=value_expect_handler)
         app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
         app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)

@@ -53,10 +53,15 @@ class GuardLimits:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     """How long a kept-alive connection may sit between requests."""
+    body_bytes_inflight_max: int = 64 * 1024 * 1024
+    """Request bodies being read or handled at once, in bytes: what a flood of large writes
+    can hold in memory."""
 
     def validate(self) -> GuardLimits:
         if self.connections_max < 1 or self.requests_max < 1:
             raise ValueError("--max-connections and --max-requests-inflight must be positive")
+        if self.body_bytes_inflight_max < 1:
+            raise ValueError("--max-body-bytes-inflight must be positive")
         if not 0 < self.header_timeout_s <= 3600 or not 0 < self.idle_timeout_s <= 86400:
             raise ValueError("--header-timeout and --idle-timeout must be positive seconds")
         return self
@@ -71,8 +76,10 @@ class GuardLimits:
 
 
 class _Connections:
-    def __init__(self) -> None:
+    def __init__(self, report: bool = True) -> None:
         self.open = 0
+        self.report = report
+        """Whether the count is ``paxoskv_http_connections`` (the client port's)."""
 
 
 class _GuardedHandler(RequestHandler):
@@ -99,7 +106,8 @@ class _GuardedHandler(RequestHandler):
             return
         self._conns.open += 1
         self._admitted = True
-        self._metrics.http_connections(self._conns.open)
+        if self._conns.report:
+            self._metrics.http_connections(self._conns.open)
         super().connection_made(transport)
         self._arm()  # the first request's headers, from now
 
@@ -109,7 +117,8 @@ class _GuardedHandler(RequestHandler):
         self._admitted = False
         self._disarm()
         self._conns.open -= 1
-        self._metrics.http_connections(self._conns.open)
+        if self._conns.report:
+            self._metrics.http_connections(self._conns.open)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -156,10 +165,12 @@ class GuardedSite(web.TCPSite):
     """A TCP site whose connections go through ``_GuardedHandler``."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, limits: GuardLimits,
-                 metrics: Metrics, **kwargs: Any) -> None:
+                 metrics: Metrics, count_connections: bool = True, **kwargs: Any) -> None:
+        """``count_connections``: export this site's open connections as the gauge (the
+        client port does; the metrics port, guarded too, does not mix its own in)."""
         super().__init__(runner, host, port, **kwargs)
         self._limits, self._metrics = limits, metrics
-        self._conns = _Connections()
+        self._conns = _Connections(report=count_connections)
 
     async def start(self) -> None:
         # TCPSite.start, with our handler class as the protocol factory.
@@ -187,19 +198,10 @@ _BODY_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
                               refuse: Callable[[int, str, str, dict[str, str] | None],
                                                web.Response],
-                              body_bytes_max: int | None = None,
                               ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """At most ``requests_max`` requests at once, each body within ``header_timeout_s`` and,
-    outside ``/internal/``, within ``body_bytes_max`` (the largest value): a body announced
-    larger is refused before a byte of it is read, and a chunked one as soon as it passes
-    the limit, so a flood of large bodies costs at most ``requests_max`` values of memory."""
+    """At most ``requests_max`` requests at once. It runs before authentication, so a flood
+    of requests with bad tokens is capped too; it reads nothing."""
     inflight = 0
-
-    def too_large() -> web.Response:
-        response = refuse(413, "value_too_large",
-                          f"the body is larger than {body_bytes_max} bytes", None)
-        response.force_close()  # the unread rest of the body would be read as a request
-        return response
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -210,25 +212,72 @@ def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
                           {"Retry-After": RETRY_AFTER_S})
         inflight += 1
         try:
-            if request.method in _BODY_METHODS and request.can_read_body:
-                cap = None if request.path.startswith("/internal/") else body_bytes_max
-                if cap is not None and (request.content_length or 0) > cap:
-                    return too_large()
-                try:
-                    async with asyncio.timeout(limits.header_timeout_s):
-                        body = await request.read()  # kept by aiohttp for the handler's read()
-                    if cap is not None and len(body) > cap:
-                        return too_large()
-                except web.HTTPRequestEntityTooLarge:
-                    return too_large()  # past the app's client_max_size while reading
-                except TimeoutError:
-                    metrics.http_refused("body_timeout")
-                    response = refuse(408, "request_timeout", "the body arrived too slowly",
-                                      None)
-                    response.force_close()  # the rest of the body would be read as a request
-                    return response
             return await handler(request)
         finally:
             inflight -= 1
 
     return limit
+
+
+def read_body_middleware(limits: GuardLimits, metrics: Metrics,
+                         refuse: Callable[[int, str, str, dict[str, str] | None],
+                                          web.Response],
+                         body_bytes_max: int,
+                         ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Read a request's body before its handler: within ``header_timeout_s`` (408 beyond),
+    outside ``/internal/`` within ``body_bytes_max`` (the largest value; 413 beyond: before a
+    byte is read when announced, as soon as it passes the limit when chunked), and only while
+    the bodies being read and handled on this port stay within ``body_bytes_inflight_max``
+    (503 beyond). It runs after authentication, so a client without a valid token never
+    gets a body buffered; the budget bounds what admitted clients can hold."""
+    buffered = 0
+
+    def too_large(limit: int) -> web.Response:
+        metrics.http_refused("body_too_large")
+        response = refuse(413, "value_too_large", f"the body is larger than {limit} bytes",
+                          None)
+        response.force_close()  # the unread rest of the body would be read as a request
+        return response
+
+    @web.middleware
+    async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal buffered
+        if request.method not in _BODY_METHODS or not request.can_read_body:
+            return await handler(request)
+        cap = None if request.path.startswith("/internal/") else body_bytes_max
+        if cap is not None and (request.content_length or 0) > cap:
+            return too_large(cap)
+        # What this body may take: its announced length, else up to the cap (or, for a
+        # peer frame, the app's own limit).
+        reserve = request.content_length if request.content_length is not None else (
+            cap + 1 if cap is not None else request.client_max_size)
+        if buffered and buffered + reserve > limits.body_bytes_inflight_max:
+            metrics.http_refused("body_bytes")
+            response = refuse(503, "overloaded", "too many request bodies in progress on "
+                              "this node", {"Retry-After": RETRY_AFTER_S})
+            response.force_close()
+            return response
+        buffered += reserve
+        try:
+            body = bytearray()
+            try:
+                async with asyncio.timeout(limits.header_timeout_s):
+                    while chunk := await request.content.readany():
+                        body += chunk
+                        limit = cap if cap is not None else request.client_max_size
+                        if len(body) > limit:
+                            return too_large(limit)
+            except TimeoutError:
+                metrics.http_refused("body_timeout")
+                response = refuse(408, "request_timeout", "the body arrived too slowly", None)
+                response.force_close()  # the rest of the body would be read as a request
+                return response
+            # Kept where aiohttp's own read() keeps a body it has read, so the handler's
+            # request.read() returns it (tests/api/test_guard.py checks this still holds).
+            request._read_bytes = bytes(body)
+            del body
+            return await handler(request)
+        finally:
+            buffered -= reserve
+
+    return read_body

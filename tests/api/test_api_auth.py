@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from test_app import MemoryStorage, NoPeers
 
 from paxoskv.api.app import make_app
+from paxoskv.api.guard import GuardLimits
 from paxoskv.api.openapi import openapi_document
 from paxoskv.auth import Rate, TokenStore, token_entry
 from paxoskv.limits import Limits
@@ -46,7 +47,8 @@ def bearer(name: str | None) -> dict[str, str]:
 def with_auth(tmp_path: Path,
               test: Callable[[TestClient[Any, Any], PromMetrics], Awaitable[None]],
               metrics_auth: bool = False,
-              store: Callable[[Path], TokenStore] = TokenStore) -> None:
+              store: Callable[[Path], TokenStore] = TokenStore,
+              guard: GuardLimits | None = None) -> None:
     path = tmp_path / "tokens.json"
     token_file(path, TOKENS)
 
@@ -57,7 +59,7 @@ def with_auth(tmp_path: Path,
         await node.start()
         metrics = PromMetrics(CollectorRegistry())
         app = make_app(node, "secret", limits, metrics, tokens=store(path),
-                       metrics_auth=metrics_auth)
+                       metrics_auth=metrics_auth, guard=guard)
         async with TestClient(TestServer(app)) as client:
             await test(client, metrics)
     asyncio.run(run())
@@ -288,3 +290,30 @@ def test_without_auth_nothing_is_rate_limited() -> None:
                 assert (await c.put("/v1/kv/k", data=str(i).encode())).status == 200
         assert refused(metrics)["token_rate"] == 0
     asyncio.run(run())
+
+
+def test_no_body_is_read_for_a_request_without_a_valid_token(tmp_path: Path) -> None:
+    """Goal: with the flood guard on, a PUT without a valid token is answered 401 at once,
+    before its body is read: a client without a token cannot make a node buffer bodies (it
+    would otherwise hold --max-requests-inflight bodies until the body timeout). A body sent
+    with a valid token is still read and written."""
+    async def t(c: TestClient[Any, Any], metrics: PromMetrics) -> None:
+        port = c.server.port
+        assert port is not None
+
+        async def send(headers: bytes, body: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"PUT /v1/kv/app/k HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n"
+                         + headers + b"\r\n" + body)
+            await writer.drain()
+            try:
+                async with asyncio.timeout(1.5):  # well under the 3 s body timeout
+                    return await reader.readuntil(b"\r\n\r\n")
+            finally:
+                writer.close()
+        for headers in (b"", b"Authorization: Bearer not-a-token\r\n"):
+            head = await send(headers, b"v" * 10)  # 10 of the 1000 bytes announced
+            assert head.startswith(b"HTTP/1.1 401"), head
+        write = f"Authorization: Bearer {TOKENS['write']}\r\n".encode()
+        assert (await send(write, b"v" * 1000)).startswith(b"HTTP/1.1 200")
+    with_auth(tmp_path, t, guard=GuardLimits(header_timeout_s=3.0))

@@ -127,3 +127,17 @@ def test_expect_header_that_is_not_utf8_is_417_not_500() -> None:
         r = await c.put("/v1/kv/k", data=b"v", headers={"Expect": "100-continue"})
         assert r.status == 200
     with_client(t)
+
+
+def test_expect_100_continue_for_a_value_too_large_is_413_not_an_invitation() -> None:
+    """Goal: a PUT announcing a body larger than a value with Expect: 100-continue gets 413
+    at once, not "100 Continue" (which would invite the client to send it all)."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        port = c.server.port
+        assert port is not None
+        big = (b"PUT /v1/kv/k HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+               b"Content-Length: 100000000\r\n\r\n")
+        assert await raw_status(port, big) == 413
+        r = await c.put("/v1/kv/k", data=b"v", headers={"Expect": "100-continue"})
+        assert r.status == 200
+    with_client(t)

@@ -12,7 +12,12 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from paxoskv.api.guard import GuardedSite, GuardLimits, limit_requests_middleware
+from paxoskv.api.guard import (
+    GuardedSite,
+    GuardLimits,
+    limit_requests_middleware,
+    read_body_middleware,
+)
 from paxoskv.metrics import Metrics
 
 
@@ -38,7 +43,8 @@ def _refuse(status: int, code: str, message: str, headers: dict[str, str] | None
 async def _server(limits: GuardLimits, metrics: Metrics,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                   ) -> AsyncIterator[int]:
-    app = web.Application(middlewares=[limit_requests_middleware(limits, metrics, _refuse)])
+    app = web.Application(middlewares=[limit_requests_middleware(limits, metrics, _refuse),
+                                       read_body_middleware(limits, metrics, _refuse, 1 << 20)])
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -205,8 +211,8 @@ async def _answer(port: int, raw: bytes, read_timeout: float = 2.0) -> bytes:
 def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
     """Goal: a client body announced larger than the largest value is refused 413 before a
     byte of it is read (the handler never runs, the connection closes); a chunked one as
-    soon as it passes the app's body limit, which make_app sets to the largest value when
-    the port serves no peers; peer frames (/internal/) are not held to the value limit. A
+    soon as it passes the limit, also on a port that serves peers (whose app-wide limit is
+    the larger peer frame); peer frames (/internal/) are not held to the value limit. A
     flood of large bodies must not hold requests_max x (the peer frame limit) of memory."""
     async def main() -> None:
         metrics = _Counted()
@@ -221,7 +227,8 @@ def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
         @asynccontextmanager
         async def serve(client_max_size: int) -> AsyncIterator[int]:
             app = web.Application(
-                middlewares=[limit_requests_middleware(limits, metrics, _refuse, 100)],
+                middlewares=[limit_requests_middleware(limits, metrics, _refuse),
+                             read_body_middleware(limits, metrics, _refuse, 100)],
                 client_max_size=client_max_size)
             app.router.add_route("*", "/{tail:.*}", handler)
             runner = web.AppRunner(app)
@@ -247,12 +254,56 @@ def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
             frame = (b"POST /internal/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
                      b"Connection: close\r\n\r\n" + b"f" * 5000)
             assert (await _answer(port, frame)).startswith(b"HTTP/1.1 200")
-        async with serve(101) as port:  # a client port alone: make_app's value limit + 1
-            chunk = b"c8\r\n" + b"y" * 200 + b"\r\n"
-            chunked = (b"PUT /v1/kv/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
-                       b"\r\n" + chunk)  # 200 bytes and no end: still refused at once
-            answer = await _answer(port, chunked)
-            assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
-            assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "value_too_large"
+        for size in (101, 10_000):  # a client port alone (value limit + 1), one with peers
+            async with serve(size) as port:
+                chunk = b"c8\r\n" + b"y" * 200 + b"\r\n"
+                chunked = (b"PUT /v1/kv/b HTTP/1.1\r\nHost: t\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n" + chunk)
+                answer = await _answer(port, chunked)  # 200 bytes, no end: refused at once
+                assert answer.startswith(b"HTTP/1.1 413"), (size, answer[:80])
+                body = json.loads(answer.partition(b"\r\n\r\n")[2])
+                assert body["error"] == "value_too_large"
         assert reached == [100, 5000]
+    asyncio.run(main())
+
+
+def test_bodies_beyond_the_byte_budget_are_503_and_the_budget_comes_back() -> None:
+    """Goal: while bodies of ``body_bytes_inflight_max`` bytes are being read or handled,
+    another body is answered 503 with Retry-After before it is read; once they are done the
+    budget is free again. With requests_max x the largest value this bounds the memory a
+    flood of large writes can hold."""
+    async def main() -> None:
+        metrics = _Counted()
+        release = asyncio.Event()
+        reached: list[int] = []
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            reached.append(len(await request.read()))
+            await release.wait()
+            return web.Response(text="ok")
+
+        limits = GuardLimits(header_timeout_s=2.0, body_bytes_inflight_max=1500)
+        async with _server(limits, metrics, handler) as port:
+            def put(n: int) -> bytes:
+                return (b"PUT /v1/kv/x HTTP/1.1\r\nHost: t\r\nContent-Length: "
+                        + str(n).encode() + b"\r\nConnection: close\r\n\r\n" + b"v" * n)
+            held = asyncio.create_task(_answer(port, put(1000), read_timeout=5))
+            while not reached:
+                await asyncio.sleep(0.01)
+            refused = await _answer(port, put(1000))
+            assert refused.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in refused
+            assert "body_bytes" in metrics.refused
+            small = asyncio.create_task(_answer(port, put(400), read_timeout=5))
+            while len(reached) < 2:  # 1000 + 400 fit in 1500
+                await asyncio.sleep(0.01)
+            release.set()
+            assert (await held).startswith(b"HTTP/1.1 200")
+            assert (await small).startswith(b"HTTP/1.1 200")
+            release.clear()
+            again = asyncio.create_task(_answer(port, put(1000), read_timeout=5))
+            while len(reached) < 3:
+                await asyncio.sleep(0.01)
+            release.set()
+            assert (await again).startswith(b"HTTP/1.1 200")
+            assert reached == [1000, 400, 1000]
     asyncio.run(main())

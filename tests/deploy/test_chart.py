@@ -365,8 +365,11 @@ def test_auth_rate_limit_follows_the_value() -> None:
     assert env["PAXOSKV_TOKEN_RATE_LIMIT"] == "50/100"
     off = env_of(container(render({"auth": {"mode": "none", "rateLimit": "50"}})))
     assert "PAXOSKV_TOKEN_RATE_LIMIT" not in off
-    res = helm_template({"auth": {"rateLimit": "fast"}}, check=False)
-    assert res.returncode != 0 and "rateLimit" in res.stderr
+    for bad in ("fast", "0", "0/5", "5/0", "1000000"):  # the server would refuse to start
+        res = helm_template({"auth": {"rateLimit": bad}}, check=False)
+        assert res.returncode != 0 and "rateLimit" in res.stderr, bad
+    assert env_of(container(render({"auth": {"rateLimit": "0.5"}})))[
+        "PAXOSKV_TOKEN_RATE_LIMIT"] == "0.5"
 
 
 def test_auth_existing_secret_none_and_metrics() -> None:
@@ -880,6 +883,9 @@ def test_notes(tmp_path: Any) -> None:
     assert f"--url https://{FULLNAME}:7000" in plain
     assert f"--cacert {FULLNAME}-ca.crt -H \"Authorization: Bearer $PAXOSKV_TOKEN\"" in plain
     assert "http://" not in plain
+    # the token reaches the pod on stdin, never on a command line
+    assert "| kubectl -n" in plain and "read -r PAXOSKV_TOKEN" in plain
+    assert "PAXOSKV_TOKEN=$PAXOSKV_TOKEN" not in plain
     clear = render_notes(tmp_path / "d", {"tls": {"enabled": False}})
     assert "WARNING: tls.enabled=false" in clear and "--env=PAXOSKV_TOKEN=$PAXOSKV_TOKEN" in clear
     assert "https://" not in clear

@@ -123,14 +123,31 @@ def _https_status(url: str, ca: Path, method: str = "GET", body: bytes | None = 
         return err.code, err.read()
 
 
+def _plain_http_answer(port: int) -> bytes:
+    """What a plain-HTTP request to ``port`` gets back: for a TLS port, no HTTP answer
+    (a TLS alert, or nothing), whatever the path."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = b""
+        try:
+            while chunk := sock.recv(4096):
+                got += chunk
+        except OSError:
+            pass  # reset: no answer either
+        return got
+
+
 ADMIN = "listeners-admin-token-" + "a" * 30
 READ = "listeners-read-token-" + "r" * 30
 APP = "listeners-app-token-" + "p" * 30
 
 
 def test_a_tls_cluster_with_tokens_refuses_every_way_around_them(tmp_path: Path) -> None:
-    """Goal: a cluster started as the chart starts it (TLS, a peer port, tokens) answers
-    only HTTPS with a valid token within its role and prefixes; peers talk over mutual TLS
+    """Goal: a cluster with TLS, a peer port and tokens (the chart's defaults, less its
+    plain-HTTP metrics port) answers only HTTPS with a valid token within its role and
+    prefixes; peers talk over mutual TLS
     (the cluster works), and the peer port refuses a client without a certificate from the
     cluster CA before any HTTP.
 
@@ -140,8 +157,8 @@ def test_a_tls_cluster_with_tokens_refuses_every_way_around_them(tmp_path: Path)
     gets no HTTP answer; no token is 401, a read token's PUT is 403, a token scoped to
     ``app/`` is 403 on ``other/x`` (and 200 on ``app/x``); /internal/ on the client port is
     404; an HTTPS client that trusts the CA but has no certificate of its own is refused by
-    the peer port's handshake; a client that does not trust the CA is refused by its own
-    verification.
+    the peer port's handshake, and so is one whose certificate another CA signed; a client
+    that does not trust the CA is refused by its own verification.
     """
     pki = Pki(tmp_path / "pki")
     tokens = tmp_path / "tokens.json"
@@ -197,8 +214,7 @@ def test_a_tls_cluster_with_tokens_refuses_every_way_around_them(tmp_path: Path)
         # Around TLS: plain HTTP to either port, a client without the CA, a peer without a
         # certificate of the cluster's.
         for port in (client[0], peer[0]):
-            with pytest.raises((urllib.error.URLError, ConnectionError)):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            assert not _plain_http_answer(port).startswith(b"HTTP/"), port
         untrusted = subprocess.run([sys.executable, "-m", "paxoskv", "get", "tls/c", "--url",
                                     nodes[0].url, "--token", READ], capture_output=True,
                                    text=True, timeout=30,
@@ -207,6 +223,63 @@ def test_a_tls_cluster_with_tokens_refuses_every_way_around_them(tmp_path: Path)
         assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
             _https_status(f"https://127.0.0.1:{peer[0]}/internal/hello", pki.ca, "POST", b"")
+        # A certificate of another CA is no better than none on the peer port; the cluster's
+        # own is let through to HTTP (the peer secret is then checked: 401 without it).
+        stranger = Pki(tmp_path / "other-pki", name="other-ca")
+        other_cert, other_key, _ = stranger.issue("intruder")
+        own_cert, own_key, _ = pki.issue("operator")
+        for cert, key, admitted in ((other_cert, other_key, False), (own_cert, own_key, True)):
+            ctx = ssl.create_default_context(cafile=str(pki.ca))
+            ctx.load_cert_chain(cert, key)
+            req = urllib.request.Request(f"https://127.0.0.1:{peer[0]}/internal/hello",
+                                         method="POST", data=b"")
+            try:
+                with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
+                    code = int(resp.status)
+            except urllib.error.HTTPError as err:
+                code = err.code
+            except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+                code = 0  # refused in the handshake
+            assert code == (401 if admitted else 0), (admitted, code)
     finally:
         for proc in nodes:
             proc.terminate()
+
+
+def test_the_metrics_port_closes_idle_connections_and_caps_them(tmp_path: Path) -> None:
+    """Goal: the metrics port, where the chart's probes go, is guarded like the client port:
+    connections beyond --max-connections are answered 503 and closed, and one that sends no
+    request within --header-timeout is closed, so a pile of idle connections cannot starve
+    the probes. Method: a real node; 30 raw connections that send nothing, with a cap of 10
+    and a 1 s header timeout."""
+    import socket
+
+    client, metrics = free_ports(2)
+    proc = ServerProcess(1, client, f"1=http://127.0.0.1:{client}", tmp_path / "n1",
+                         tmp_path / "n1.log", ["--metrics-listen", f"127.0.0.1:{metrics}",
+                                               "--max-connections", "10",
+                                               "--header-timeout", "1"])
+    proc.start()
+    socks: list[socket.socket] = []
+    try:
+        proc.wait_ready()
+        for _ in range(30):
+            socks.append(socket.create_connection(("127.0.0.1", metrics), timeout=5))
+        time.sleep(2.0)  # past the header timeout
+        answers = []
+        for s in socks:
+            s.settimeout(3)
+            try:
+                answers.append(s.recv(4096))
+            except OSError as exc:  # a reset also means closed
+                answers.append(type(exc).__name__.encode())
+        refused = sum(1 for a in answers if a.startswith(b"HTTP/1.1 503"))
+        assert refused >= 15, answers  # 30 against a cap of 10
+        # the rest were closed by the server (end of stream or reset), none left waiting
+        assert all(a in (b"", b"ConnectionResetError") or a.startswith(b"HTTP/1.1 503")
+                   for a in answers), answers
+        assert _status(f"http://127.0.0.1:{metrics}/healthz") == 200
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
