@@ -201,7 +201,8 @@ class SqliteStorage:
         self._ended = 0  # writer thread only
         self._applied = 0
         self._applied_cond = threading.Condition()
-        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
+        self._pending: list[_Write] = []  # submitted this turn of the loop, not handed over
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._writer, name="paxoskv-storage", daemon=True)
         self._thread.start()
@@ -300,15 +301,26 @@ class SqliteStorage:
     async def _submit(self, write: _Write) -> None:
         if self._closed:
             raise RuntimeError("storage is closed")
-        self._queue.put(write)
+        # Writes submitted in one turn of the loop reach the writer as one list: one
+        # hand-over (and at most one wake-up of the writer thread) per turn, not per write.
+        if not self._pending:
+            write.future.get_loop().call_soon(self._hand_over)
+        self._pending.append(write)
         await write.future
 
+    def _hand_over(self) -> None:
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), self._batch_max):
+            self._queue.put(pending[i:i + self._batch_max])
+
     def _writer(self) -> None:
+        carry: list[_Write] | None = None
         while True:
-            first = self._queue.get()
+            first = carry if carry is not None else self._queue.get()
+            carry = None
             if first is None:
                 return
-            batch = [first]
+            batch = list(first)
             while len(batch) < self._batch_max:
                 try:
                     nxt = self._queue.get_nowait()
@@ -317,7 +329,10 @@ class SqliteStorage:
                 if nxt is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
-                batch.append(nxt)
+                if len(batch) + len(nxt) > self._batch_max:
+                    carry = nxt  # the next batch's start: a batch stays within batch_max
+                    break
+                batch.extend(nxt)
             started = time.perf_counter()
             error: BaseException | None = None
             inserted = 0
@@ -399,6 +414,7 @@ class SqliteStorage:
         if self._closed:
             return
         self._closed = True
+        self._hand_over()  # writes submitted this turn still commit before the writer stops
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._apply_done()
