@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
 from paxoskv.core.register import RECENT_MAX, Cas, Create, Delete, OutcomeKind, Set, Value
@@ -155,6 +155,8 @@ class Forwarded:
 
 Request = Prepare | Accept | Query | Forward
 Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded
+REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded)
+"""Every ``Reply`` class, for a fast ``isinstance`` check."""
 Message = Request | Reply
 
 

@@ -290,6 +290,11 @@ class SqliteStorage:
     async def save(self, key: str, state: AcceptorState) -> None:
         await self._submit(_Write(key, state, None, self._new_future()))
 
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        write = _Write(key, state, None, self._new_future())
+        self._enqueue(write)
+        return write.future
+
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(_Write(name, None, value, self._new_future()))
 
@@ -299,6 +304,10 @@ class SqliteStorage:
         return loop.create_future()
 
     async def _submit(self, write: _Write) -> None:
+        self._enqueue(write)
+        await write.future
+
+    def _enqueue(self, write: _Write) -> None:
         if self._closed:
             raise RuntimeError("storage is closed")
         # Writes submitted in one turn of the loop reach the writer as one list: one
@@ -306,7 +315,6 @@ class SqliteStorage:
         if not self._pending:
             write.future.get_loop().call_soon(self._hand_over)
         self._pending.append(write)
-        await write.future
 
     def _hand_over(self) -> None:
         pending, self._pending = self._pending, []

@@ -127,6 +127,12 @@ class HttpTransport:
             raise PeerNotReached(f"unknown peer {peer}") from None
 
     async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
+        return await self.send_soon(peer, msg, deadline)
+
+    def send_soon(self, peer: int, msg: Request, deadline: float) -> asyncio.Future[Reply]:
+        """``send`` without a coroutine: the message is queued now and the future gets its
+        reply (or PeerUnreachable); PeerNotReached is raised at once when it cannot even
+        be queued."""
         p = self._peer(peer)
         lane = p.lane(msg)
         if len(lane.queue) >= QUEUE_MESSAGES_MAX:
@@ -134,7 +140,7 @@ class HttpTransport:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         lane.queue.append((msg, deadline, fut))
         self._pump(p, lane)
-        return await fut
+        return fut
 
     def _take_batch(self, lane: _Lane) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
         """The next batch: live messages only, capped by count and by bytes."""
