@@ -1,9 +1,10 @@
 """Peer transport over aiohttp: pooled keep-alive sessions, batching, shared-secret auth.
 
-Messages to one peer are coalesced: while up to ``inflight_max`` requests to that peer are
-on the wire, new messages queue, and the next request carries all of them (up to
-``batch_messages_max``). Under load many keys' prepares and accepts share one HTTP request;
-when idle a message leaves at once, so batching costs no latency.
+Messages to one peer are coalesced: those queued in one turn of the event loop leave
+together at its end, and while ``inflight_max`` requests to that peer are on the wire, new
+messages queue and the next request carries all of them (up to ``batch_messages_max``).
+Under load many keys' prepares and accepts share one request; when idle a message leaves
+at the end of the turn that sent it, so batching costs no measurable latency.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class _Lane:
     def __init__(self) -> None:
         self.queue: deque[tuple[Request, float, asyncio.Future[Reply]]] = deque()
         self.inflight = 0
+        self.flush_due = False
+        """A flush is scheduled for the end of this turn of the event loop."""
 
 
 class _Peer:
@@ -137,10 +140,20 @@ class HttpTransport:
         lane = p.lane(msg)
         if len(lane.queue) >= QUEUE_MESSAGES_MAX:
             raise PeerNotReached(f"{len(lane.queue)} messages already queued for peer {peer}")
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
         lane.queue.append((msg, deadline, fut))
-        self._pump(p, lane)
+        if not lane.flush_due:
+            # Frames leave once this turn of the loop is over, so every message queued in
+            # it (the accepts of many keys' rounds woken together) shares one frame, where
+            # sending at once put the first few in frames of one message each.
+            lane.flush_due = True
+            loop.call_soon(self._flush, p, lane)
         return fut
+
+    def _flush(self, p: _Peer, lane: _Lane) -> None:
+        lane.flush_due = False
+        self._pump(p, lane)
 
     def _take_batch(self, lane: _Lane) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
         """The next batch: live messages only, capped by count and by bytes."""
