@@ -341,6 +341,10 @@ class SqliteStorage:
                     carry = nxt  # the next batch's start: a batch stays within batch_max
                     break
                 batch.extend(nxt)
+            # The loop must have applied the batch before this one (module doc: the disk is
+            # at most one batch ahead of the cache). Waiting here, not right after that
+            # commit, lets the loop apply it while this batch gathers: usually no wait.
+            self._await_applied(self._ended)
             started = time.perf_counter()
             error: BaseException | None = None
             inserted = 0
@@ -365,18 +369,21 @@ class SqliteStorage:
                 self._observer(len(batch), elapsed)
             self._done.append(_Done(batch, error, inserted))
             self._ended += 1
-            self._await_applied(self._ended)
+            self._report()
+
+    def _report(self) -> None:
+        """Have the loop apply the batch just ended (``_apply_done``)."""
+        loop = self._loop
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._apply_done)
 
     def _await_applied(self, ended: int) -> None:
-        """Have the loop apply the batch just ended, and wait until it has (module doc:
-        this keeps the disk at most one batch ahead of the cache). A loop that has gone
-        away (its ``asyncio.run`` ended) is not waited for."""
+        """Wait until the loop has applied the first ``ended`` batches (module doc: this
+        keeps the disk at most one batch ahead of the cache). A loop that has gone away
+        (its ``asyncio.run`` ended) is not waited for."""
         loop = self._loop
-        try:
-            if loop is None or loop.is_closed():
-                return
-            loop.call_soon_threadsafe(self._apply_done)
-        except RuntimeError:  # closed meanwhile
+        if self._applied >= ended or loop is None or loop.is_closed():
             return
         with self._applied_cond:
             while not self._applied_cond.wait_for(lambda: self._applied >= ended, 0.5):
