@@ -154,6 +154,10 @@ class _Waiting:
     deadline: float
 
 
+class _Expired(Exception):
+    """A change waiting for its key's round reached its caller's deadline."""
+
+
 CLIENT_CHANGES: Final = (Set, Cas, Create, Delete)
 """The changes forwarded to a key's preferred proposer (idempotency records are not)."""
 
@@ -724,8 +728,10 @@ class Node:
         """
         # One deadline for the whole request: a forward that took its time leaves the local
         # attempt only what remains of it.
-        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
-        await self.wait_may_propose()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.request_timeout_s
+        if not self.machine.may_propose:  # (no coroutine for the common case)
+            await self.wait_may_propose()
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
         progress = RequestProgress()
@@ -740,29 +746,43 @@ class Node:
                     # could apply it twice once the value forgets its id. Unknown (504).
                     raise UnknownOutcome(f"node {target} got this write and did not answer "
                                          "in time; it may still apply it")
-        return await self._execute_here(key, change, request_id, progress, deadline)
+        return await self._execute_here(key, change, request_id, progress, deadline, loop)
 
     async def _execute_here(self, key: str, change: Change, request_id: str,
-                            progress: RequestProgress, deadline: float) -> Outcome:
-        loop = asyncio.get_running_loop()
+                            progress: RequestProgress, deadline: float,
+                            loop: asyncio.AbstractEventLoop) -> Outcome:
         item = Pending(change, request_id, progress)
         done: asyncio.Future[Outcome] = loop.create_future()
-        with self._round_slot():
+        if self._inflight >= self.config.limits.rounds_inflight_max:  # as _round_slot
+            raise Overloaded(f"{self._inflight} rounds in flight")
+        self._inflight += 1
+        # At the deadline the change is abandoned (later rounds leave it out) and its
+        # future fails with _Expired: a timer, rather than asyncio.timeout and a shield
+        # around the future, which cost a Timeout, a second future and their callbacks.
+        timer = loop.call_at(deadline, self._expire, item, done)
+        try:
             queue = self._key_queues.setdefault(key, deque())
             queue.append(_Waiting(item, done, deadline))
             if key not in self._key_drivers:
                 self._start_driver(key)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await asyncio.shield(done)
-            except TimeoutError:
-                self._abandon(item, done)
-                if classify_failure(change, item.progress, conflict=False) == "unknown":
-                    raise UnknownOutcome("timed out after its change was sent") from None
-                raise NoQuorum("request timed out before a quorum answered") from None
-            except asyncio.CancelledError:
-                self._abandon(item, done)
-                raise
+            return await done
+        except _Expired:
+            if classify_failure(change, item.progress, conflict=False) == "unknown":
+                raise UnknownOutcome("timed out after its change was sent") from None
+            raise NoQuorum("request timed out before a quorum answered") from None
+        except asyncio.CancelledError:
+            self._abandon(item, done)
+            raise
+        finally:
+            timer.cancel()
+            self._inflight -= 1
+
+    @staticmethod
+    def _expire(item: Pending, done: asyncio.Future[Outcome]) -> None:
+        """A change's deadline passed before its outcome: its caller stops waiting."""
+        if not done.done():
+            item.abandoned = True
+            done.set_exception(_Expired())
 
     @staticmethod
     def _abandon(item: Pending, done: asyncio.Future[Outcome]) -> None:
