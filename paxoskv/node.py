@@ -69,6 +69,7 @@ from paxoskv.core.proposer import (
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
 from paxoskv.limits import KEYS_PAGE_MAX
+from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
 from paxoskv.recovery import Recovery
@@ -342,6 +343,7 @@ class Node:
         self.fingerprint = config.fingerprint()
         self.membership = Membership(self)
         self._counter = 0
+        self._loop = LoopRef()
         self._acceptor_locks = _KeyedLocks()
         self._key_queues: dict[str, deque[_Waiting]] = {}
         self._key_drivers: dict[str, asyncio.Task[None]] = {}
@@ -432,7 +434,7 @@ class Node:
         the reply is known: at once, or once the step's state is durable."""
         key = msg.key
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._loop.get()
             if loop.time() > deadline:
                 self._acceptor_locks.release(key)
                 return Unavailable(key, "expired: its round has ended")
@@ -561,7 +563,7 @@ class Node:
         arrive through callbacks on the transport's and the local acceptor's futures: no
         task per acceptor, except for a local message that must wait for its key.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         decided: asyncio.Future[Any] = loop.create_future()
         outstanding = 0
         ready: list[tuple[int, Reply]] = []  # answered before every send was issued
@@ -728,7 +730,7 @@ class Node:
         """
         # One deadline for the whole request: a forward that took its time leaves the local
         # attempt only what remains of it.
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         deadline = loop.time() + self.config.request_timeout_s
         if not self.machine.may_propose:  # (no coroutine for the common case)
             await self.wait_may_propose()
@@ -840,7 +842,7 @@ class Node:
         record = self.membership.record(target)
         if record is None:
             return None, RequestProgress()  # no hello from it yet: nothing was sent
-        deadline = asyncio.get_running_loop().time() + self.config.forward_timeout_s
+        deadline = self._loop.get().time() + self.config.forward_timeout_s
         try:
             reply = await self.transport.send(
                 target, Forward(key, change, request_id, record.boot_id), deadline)
@@ -884,7 +886,7 @@ class Node:
         if msg.to_boot != self.boot_id:
             return Forwarded(msg.key, None, error="restarted",
                              detail="sent to an earlier process of this node")
-        now = asyncio.get_running_loop().time()
+        now = self._loop.get().time()
         if not self._forwards_seen.admit(msg.request_id, now) and \
                 self.proposer_rules.remember_forwards:
             return Forwarded(msg.key, None, error="duplicate", detail="already running here")
@@ -943,7 +945,7 @@ class Node:
 
     async def _run_rounds(self, key: str, batch: list[_Waiting]) -> None:
         """Attempt rounds until every change of ``batch`` is answered or out of time."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         seen = Ballot.ZERO
         conflict = False
         skip_backoff = False

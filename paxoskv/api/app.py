@@ -460,7 +460,8 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     if guard is not None and "client" in parts:
         # Before authentication: a flood of requests with bad tokens is capped too.
         middlewares.append(limit_requests_middleware(guard, metrics, _error))
-    middlewares.append(auth_middleware)
+    if tokens is not None:  # without a token store it would only pass every request on
+        middlewares.append(auth_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=limits.frame_bytes_max)
     if tokens is not None:
         app[TOKENS] = tokens

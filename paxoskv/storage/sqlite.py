@@ -299,8 +299,9 @@ class SqliteStorage:
         await self._submit(_Write(name, None, value, self._new_future()))
 
     def _new_future(self) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        loop = self._loop
+        if loop is None or not loop.is_running():  # once per loop (see paxoskv.loopref)
+            loop = self._loop = asyncio.get_running_loop()
         return loop.create_future()
 
     async def _submit(self, write: _Write) -> None:

@@ -20,6 +20,7 @@ import orjson
 
 from paxoskv.core.messages import Forward, PeerProtocolError, Reply, Request
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
+from paxoskv.loopref import LoopRef
 from paxoskv.metrics import Metrics
 from paxoskv.transport.base import KeyPage, PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import (
@@ -89,6 +90,7 @@ class HttpTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: Sender | None = None
         self._closing: set[asyncio.Future[None]] = set()
+        self._loop = LoopRef()
 
     def set_sender(self, sender: Sender) -> None:
         self._sender = sender
@@ -140,7 +142,7 @@ class HttpTransport:
         lane = p.lane(msg)
         if len(lane.queue) >= QUEUE_MESSAGES_MAX:
             raise PeerNotReached(f"{len(lane.queue)} messages already queued for peer {peer}")
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         fut: asyncio.Future[Reply] = loop.create_future()
         lane.queue.append((msg, deadline, fut))
         if not lane.flush_due:
@@ -157,7 +159,7 @@ class HttpTransport:
 
     def _take_batch(self, lane: _Lane) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
         """The next batch: live messages only, capped by count and by bytes."""
-        now = asyncio.get_running_loop().time()
+        now = self._loop.get().time()
         batch: list[tuple[Request, int, asyncio.Future[Reply]]] = []
         size = 0
         bytes_max = self._limits.frame_bytes_max // 2

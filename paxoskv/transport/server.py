@@ -24,6 +24,7 @@ from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
 from paxoskv.core.messages import REPLY_TYPES, PeerProtocolError, Reply, Request
 from paxoskv.limits import KEYS_PAGE_MAX, Limits
+from paxoskv.loopref import LoopRef
 from paxoskv.transport.base import KeyPage, Refusal
 from paxoskv.transport.codec import (
     AUTH_HEADER,
@@ -92,6 +93,7 @@ class PeerServer:
         self._secret = secret
         self._frame_bytes_max = frame_bytes_max
         self._channels: set[web.WebSocketResponse] = set()
+        self._loop = LoopRef()
 
     def _authorized(self, auth: str | None) -> bool:
         return check_peer_auth(auth, self._secret)
@@ -112,7 +114,7 @@ class PeerServer:
             self._handler.admit(sender)
         except Refusal as exc:
             return _error(409, "refused", str(exc))
-        now = asyncio.get_running_loop().time()
+        now = self._loop.get().time()
         # Every message is started now, in frame order; only those still waiting (for an
         # fsync, a lock, a forwarded round) are awaited, together.
         replies: list[Any] = [self._handler.handle_soon(msg, now + ttl_ms / 1000)
