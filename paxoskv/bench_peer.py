@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +50,9 @@ class _Acceptor:
         if isinstance(msg, Accept):
             return Accepted(msg.key, msg.ballot)
         return QueryReply(msg.key, Ballot.ZERO, Value(0, None))
+
+    def handle_soon(self, msg: Request, deadline: float) -> Awaitable[Reply]:
+        return self.handle(msg, deadline)
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]:
         return {}

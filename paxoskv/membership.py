@@ -282,7 +282,7 @@ class Membership:
                                   and health.refused is None)
 
     def _up_acceptors(self, mutual: bool) -> set[int]:
-        now = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time() if mutual else 0.0
         fresh_s = self.config.down_after_s
         up = {a for a in self.quorum.acceptors if a != self.config.node_id
               and self.usable(a) and self.peer_health[a].up

@@ -105,6 +105,9 @@ class Metrics:
 class PromMetrics(Metrics):
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._round_children: dict[tuple[str, str], Counter] = {}
+        self._forward_children: dict[str, Counter] = {}
         self._requests = Counter("paxoskv_requests", "Client requests by operation and HTTP code",
                                  ["op", "code"], registry=r)
         self._duration = Histogram("paxoskv_request_duration_seconds",
@@ -176,11 +179,23 @@ class PromMetrics(Metrics):
                                           buckets=_BATCH_BUCKETS, registry=r)
 
     def request(self, op: str, code: int, seconds: float) -> None:
-        self._requests.labels(op, str(code)).inc()
-        self._duration.labels(op).observe(seconds)
+        # Labelled children are looked up once per label set and kept: ``labels()`` costs
+        # several microseconds (validation, a lock, a dict of tuples) on every request.
+        try:
+            requests, duration = self._request_children[op, code]
+        except KeyError:
+            requests = self._requests.labels(op, str(code))
+            duration = self._duration.labels(op)
+            self._request_children[op, code] = requests, duration
+        requests.inc()
+        duration.observe(seconds)
 
     def round(self, phase: str, outcome: str) -> None:
-        self._rounds.labels(phase, outcome).inc()
+        try:
+            child = self._round_children[phase, outcome]
+        except KeyError:
+            child = self._round_children[phase, outcome] = self._rounds.labels(phase, outcome)
+        child.inc()
 
     def conflict(self) -> None:
         self._conflicts.inc()
@@ -222,7 +237,11 @@ class PromMetrics(Metrics):
         self._key_round.observe(changes)
 
     def forward(self, result: str) -> None:
-        self._forward.labels(result).inc()
+        try:
+            child = self._forward_children[result]
+        except KeyError:
+            child = self._forward_children[result] = self._forward.labels(result)
+        child.inc()
 
     def http_connections(self, count: int) -> None:
         self._http_connections.set(count)

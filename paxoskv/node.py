@@ -18,7 +18,7 @@ import random
 import uuid
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
@@ -37,6 +37,7 @@ from paxoskv.core.identity import (
     judge_hello,
 )
 from paxoskv.core.messages import (
+    REPLY_TYPES,
     Accept,
     ClientChange,
     Forward,
@@ -68,6 +69,7 @@ from paxoskv.core.proposer import (
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
 from paxoskv.limits import KEYS_PAGE_MAX
+from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
 from paxoskv.recovery import Recovery
@@ -151,6 +153,10 @@ class _Waiting:
     item: Pending
     done: asyncio.Future[Outcome]
     deadline: float
+
+
+class _Expired(Exception):
+    """A change waiting for its key's round reached its caller's deadline."""
 
 
 CLIENT_CHANGES: Final = (Set, Cas, Create, Delete)
@@ -251,27 +257,48 @@ async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> Node
 
 
 class _KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+    """One lock per key, held while an acceptor serves a message for it (from reading
+    its state to its durable save); an entry exists only while the key is held.
+
+    ``try_acquire`` takes a free key without a coroutine (the acceptor's hot path);
+    ``acquire`` waits for it. ``release`` hands the key to the longest waiter."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._held: dict[str, deque[asyncio.Future[None]]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
+    def try_acquire(self, key: str) -> bool:
+        if key in self._held:
+            return False
+        self._held[key] = deque()
+        return True
+
+    async def acquire(self, key: str) -> None:
+        waiters = self._held.get(key)
+        if waiters is None:
+            self._held[key] = deque()
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(turn)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release(key)  # handed over as we were cancelled: pass it on
             else:
-                self._locks[key] = (lock, users - 1)
+                # Still waiting, or already passed over by a release (which skips
+                # cancelled turns).
+                with contextlib.suppress(ValueError):
+                    waiters.remove(turn)
+            raise
 
+    def release(self, key: str) -> None:
+        waiters = self._held[key]
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the key stays held, by that waiter now
+                return
+        del self._held[key]
 
 
 def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
@@ -316,6 +343,7 @@ class Node:
         self.fingerprint = config.fingerprint()
         self.membership = Membership(self)
         self._counter = 0
+        self._loop = LoopRef()
         self._acceptor_locks = _KeyedLocks()
         self._key_queues: dict[str, deque[_Waiting]] = {}
         self._key_drivers: dict[str, asyncio.Task[None]] = {}
@@ -370,20 +398,50 @@ class Node:
 
     async def handle(self, msg: Request, deadline: float) -> Reply:
         """Answer one peer request; the reply leaves only after its state is durable."""
+        reply = self.handle_soon(msg, deadline)
+        if isinstance(reply, REPLY_TYPES):
+            return reply
+        return await reply
+
+    def handle_soon(self, msg: Request, deadline: float) -> Reply | Awaitable[Reply]:
+        """``handle`` without a coroutine where it can: the reply itself when nothing needs
+        to be made durable, else an awaitable that completes with the reply once its state
+        is durable. The acceptor's common case (its key not held by another message) takes
+        the key, computes the step, submits the save and returns the save's future, so a
+        peer frame costs no task per message."""
         if isinstance(msg, Forward):
-            return await self._serve_forward(msg)
+            return self._serve_forward(msg)
         kind = _kind(msg)
         if not self._serves(kind):
             return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
         if isinstance(msg, Query):
             return acceptor_rules.on_query(self.storage.load(msg.key), msg)
-        async with self._acceptor_locks.hold(msg.key):
-            loop = asyncio.get_running_loop()
+        if not self._acceptor_locks.try_acquire(msg.key):
+            return self._handle_after_lock(msg, kind, deadline)
+        return self._serve_locked(msg, kind, deadline)
+
+    async def _handle_after_lock(self, msg: Prepare | Accept, kind: str, deadline: float
+                                 ) -> Reply:
+        await self._acceptor_locks.acquire(msg.key)
+        reply = self._serve_locked(msg, kind, deadline)
+        if isinstance(reply, REPLY_TYPES):
+            return reply
+        return await reply
+
+    def _serve_locked(self, msg: Prepare | Accept, kind: str, deadline: float
+                      ) -> Reply | asyncio.Future[Reply]:
+        """Serve a prepare or accept whose key this call holds; the key is released when
+        the reply is known: at once, or once the step's state is durable."""
+        key = msg.key
+        try:
+            loop = self._loop.get()
             if loop.time() > deadline:
-                return Unavailable(msg.key, "expired: its round has ended")
+                self._acceptor_locks.release(key)
+                return Unavailable(key, "expired: its round has ended")
             if not self._serves(kind):
-                return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
-            state = self.storage.load(msg.key)
+                self._acceptor_locks.release(key)
+                return Unavailable(key, f"acceptor {self.acceptor_mode}")
+            state = self.storage.load(key)
             if isinstance(msg, Prepare):
                 step = self.rules.on_prepare(state, msg)
             else:
@@ -392,11 +450,32 @@ class Node:
                     # up) accepts the value alone, and its reply says so.
                     msg = Accept(msg.key, msg.ballot, msg.value)
                 step = self.rules.on_accept(state, msg)
-            if step.persist:
-                await self.storage.save(msg.key, step.state)
-                if state.ballot_accepted.is_zero() and state.ballot_promised.is_zero():
+            if not step.persist:
+                self._acceptor_locks.release(key)
+                return step.reply
+            saved = self.storage.save_soon(key, step.state)
+        except BaseException:
+            self._acceptor_locks.release(key)
+            raise
+        fresh = state.ballot_accepted.is_zero() and state.ballot_promised.is_zero()
+        answer: asyncio.Future[Reply] = loop.create_future()
+        reply = step.reply
+
+        def on_saved(done: asyncio.Future[None]) -> None:
+            self._acceptor_locks.release(key)
+            if answer.done():
+                return
+            if done.cancelled():
+                answer.cancel()
+            elif (exc := done.exception()) is not None:
+                answer.set_exception(exc)
+            else:
+                if fresh:
                     self.metrics.keys(self.storage.key_count())
-            return step.reply
+                answer.set_result(reply)  # only now: the state it answers for is durable
+
+        saved.add_done_callback(on_saved)
+        return answer
 
     def _serves(self, request: str) -> bool:
         return request in self.identity_rules.serves[self.machine.mode]
@@ -476,25 +555,130 @@ class Node:
 
     async def _broadcast(self, msg: Request, on_reply: Callable[[int, Reply], Any],
                          deadline: float) -> Any:
-        """Send ``msg`` to every acceptor; feed replies until one returns non-Wait.
+        """Send ``msg`` to every acceptor; feed replies until one returns non-Wait (that
+        step), or return None once every acceptor answered or ``deadline`` passed.
 
         Sends still in flight once the decision is made are left to finish (accepts that
-        land late still help the lagging acceptor) but are no longer waited for.
+        land late still help the lagging acceptor) but are no longer waited for. Replies
+        arrive through callbacks on the transport's and the local acceptor's futures: no
+        task per acceptor, except for a local message that must wait for its key.
         """
-        loop = asyncio.get_running_loop()
-        pending = {self._spawn(self._ask(a, msg, deadline)) for a in sorted(self.quorum.acceptors)}
-        while pending:
-            timeout = deadline - loop.time()
-            if timeout <= 0:
-                break
-            done, pending = await asyncio.wait(pending, timeout=timeout,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                acceptor_id, reply = task.result()
+        loop = self._loop.get()
+        decided: asyncio.Future[Any] = loop.create_future()
+        outstanding = 0
+        ready: list[tuple[int, Reply]] = []  # answered before every send was issued
+
+        def feed(acceptor_id: int, reply: Reply) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            if decided.done():
+                return
+            try:
                 step = on_reply(acceptor_id, reply)
-                if not isinstance(step, Wait):
-                    return step
-        return None
+            except BaseException as exc:
+                decided.set_exception(exc)
+                return
+            if not isinstance(step, Wait):
+                decided.set_result(step)
+            elif outstanding == 0:
+                decided.set_result(None)
+
+        def fail(exc: BaseException) -> None:
+            if not decided.done():
+                decided.set_exception(exc)
+
+        def stop() -> None:  # a send or the local save was cancelled (the node is stopping)
+            decided.cancel()
+
+        def on_remote(acceptor_id: int) -> Callable[[asyncio.Future[Reply]], None]:
+            def done(fut: asyncio.Future[Reply]) -> None:
+                if fut.cancelled():
+                    return stop()
+                exc = fut.exception()
+                if exc is None:
+                    feed(acceptor_id, fut.result())
+                elif isinstance(exc, PeerUnreachable):
+                    feed(acceptor_id, Unavailable(msg.key, f"unreachable: {exc}"))
+                else:
+                    fail(exc)
+            return done
+
+        def on_local(acceptor_id: int) -> Callable[[asyncio.Future[Reply]], None]:
+            def done(fut: asyncio.Future[Reply]) -> None:
+                if fut.cancelled():
+                    return stop()
+                exc = fut.exception()
+                if exc is None:
+                    feed(acceptor_id, fut.result())
+                elif isinstance(exc, AssertionError) or not isinstance(exc, Exception):
+                    fail(exc)
+                else:  # our own disk failed: the round must not say "ok"
+                    log.error("local acceptor failed on %r: %s", msg.key, exc)
+                    feed(acceptor_id, Unavailable(msg.key, f"local storage error: {exc}"))
+            return done
+
+        def on_task(task: asyncio.Task[tuple[int, Reply]]) -> None:
+            if task.cancelled():
+                return stop()
+            exc = task.exception()
+            if exc is not None:
+                return fail(exc)
+            feed(*task.result())
+
+        send_soon = getattr(self.transport, "send_soon", None)
+        for a in sorted(self.quorum.acceptors):
+            outstanding += 1
+            if a == self.config.node_id:
+                try:
+                    local = self.handle_soon(msg, deadline)
+                except AssertionError:
+                    raise
+                except Exception as exc:
+                    log.error("local acceptor failed on %r: %s", msg.key, exc)
+                    ready.append((a, Unavailable(msg.key, f"local storage error: {exc}")))
+                    continue
+                if isinstance(local, REPLY_TYPES):
+                    ready.append((a, local))
+                elif isinstance(local, asyncio.Future):
+                    local.add_done_callback(on_local(a))
+                else:  # a coroutine (the key is held by another message): a task of its own
+                    self._spawn(self._ask_local(a, msg.key, local)).add_done_callback(on_task)
+            elif not self.membership.usable(a):
+                ready.append((a, Unavailable(msg.key, "peer down or refused")))
+            elif send_soon is None:  # a transport without it (tests): a task per send
+                self._spawn(self._ask(a, msg, deadline)).add_done_callback(on_task)
+            else:
+                try:
+                    sent: asyncio.Future[Reply] = send_soon(a, msg, deadline)
+                except PeerUnreachable as exc:
+                    ready.append((a, Unavailable(msg.key, f"unreachable: {exc}")))
+                    continue
+                sent.add_done_callback(on_remote(a))
+        for acceptor_id, reply in ready:
+            feed(acceptor_id, reply)
+        if decided.done():
+            return decided.result()
+        if deadline <= loop.time():
+            decided.cancel()
+            return None
+        timer = loop.call_at(deadline, lambda: None if decided.done() else
+                             decided.set_result(None))
+        try:
+            return await decided
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    async def _ask_local(acceptor_id: int, key: str, reply: Awaitable[Reply]
+                         ) -> tuple[int, Reply]:
+        """The local acceptor's reply that had to wait for its key (see ``_ask``)."""
+        try:
+            return acceptor_id, await reply
+        except AssertionError:
+            raise
+        except Exception as exc:  # our own disk failed: the round must not say "ok"
+            log.error("local acceptor failed on %r: %s", key, exc)
+            return acceptor_id, Unavailable(key, f"local storage error: {exc}")
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.config.retry_backoff_s_max,
@@ -546,8 +730,10 @@ class Node:
         """
         # One deadline for the whole request: a forward that took its time leaves the local
         # attempt only what remains of it.
-        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
-        await self.wait_may_propose()
+        loop = self._loop.get()
+        deadline = loop.time() + self.config.request_timeout_s
+        if not self.machine.may_propose:  # (no coroutine for the common case)
+            await self.wait_may_propose()
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
         progress = RequestProgress()
@@ -562,29 +748,43 @@ class Node:
                     # could apply it twice once the value forgets its id. Unknown (504).
                     raise UnknownOutcome(f"node {target} got this write and did not answer "
                                          "in time; it may still apply it")
-        return await self._execute_here(key, change, request_id, progress, deadline)
+        return await self._execute_here(key, change, request_id, progress, deadline, loop)
 
     async def _execute_here(self, key: str, change: Change, request_id: str,
-                            progress: RequestProgress, deadline: float) -> Outcome:
-        loop = asyncio.get_running_loop()
+                            progress: RequestProgress, deadline: float,
+                            loop: asyncio.AbstractEventLoop) -> Outcome:
         item = Pending(change, request_id, progress)
         done: asyncio.Future[Outcome] = loop.create_future()
-        with self._round_slot():
+        if self._inflight >= self.config.limits.rounds_inflight_max:  # as _round_slot
+            raise Overloaded(f"{self._inflight} rounds in flight")
+        self._inflight += 1
+        # At the deadline the change is abandoned (later rounds leave it out) and its
+        # future fails with _Expired: a timer, rather than asyncio.timeout and a shield
+        # around the future, which cost a Timeout, a second future and their callbacks.
+        timer = loop.call_at(deadline, self._expire, item, done)
+        try:
             queue = self._key_queues.setdefault(key, deque())
             queue.append(_Waiting(item, done, deadline))
             if key not in self._key_drivers:
                 self._start_driver(key)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await asyncio.shield(done)
-            except TimeoutError:
-                self._abandon(item, done)
-                if classify_failure(change, item.progress, conflict=False) == "unknown":
-                    raise UnknownOutcome("timed out after its change was sent") from None
-                raise NoQuorum("request timed out before a quorum answered") from None
-            except asyncio.CancelledError:
-                self._abandon(item, done)
-                raise
+            return await done
+        except _Expired:
+            if classify_failure(change, item.progress, conflict=False) == "unknown":
+                raise UnknownOutcome("timed out after its change was sent") from None
+            raise NoQuorum("request timed out before a quorum answered") from None
+        except asyncio.CancelledError:
+            self._abandon(item, done)
+            raise
+        finally:
+            timer.cancel()
+            self._inflight -= 1
+
+    @staticmethod
+    def _expire(item: Pending, done: asyncio.Future[Outcome]) -> None:
+        """A change's deadline passed before its outcome: its caller stops waiting."""
+        if not done.done():
+            item.abandoned = True
+            done.set_exception(_Expired())
 
     @staticmethod
     def _abandon(item: Pending, done: asyncio.Future[Outcome]) -> None:
@@ -642,7 +842,7 @@ class Node:
         record = self.membership.record(target)
         if record is None:
             return None, RequestProgress()  # no hello from it yet: nothing was sent
-        deadline = asyncio.get_running_loop().time() + self.config.forward_timeout_s
+        deadline = self._loop.get().time() + self.config.forward_timeout_s
         try:
             reply = await self.transport.send(
                 target, Forward(key, change, request_id, record.boot_id), deadline)
@@ -686,7 +886,7 @@ class Node:
         if msg.to_boot != self.boot_id:
             return Forwarded(msg.key, None, error="restarted",
                              detail="sent to an earlier process of this node")
-        now = asyncio.get_running_loop().time()
+        now = self._loop.get().time()
         if not self._forwards_seen.admit(msg.request_id, now) and \
                 self.proposer_rules.remember_forwards:
             return Forwarded(msg.key, None, error="duplicate", detail="already running here")
@@ -745,7 +945,7 @@ class Node:
 
     async def _run_rounds(self, key: str, batch: list[_Waiting]) -> None:
         """Attempt rounds until every change of ``batch`` is answered or out of time."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         seen = Ballot.ZERO
         conflict = False
         skip_backoff = False

@@ -110,6 +110,13 @@ class SimStorage:
     async def save(self, key: str, state: AcceptorState) -> None:
         await self._submit(_Write(key, state, None, None))
 
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        waiter = self._enqueue(_Write(key, state, None, None))
+        if waiter is None:  # acknowledged before the fsync (a mutant's broken disk)
+            waiter = asyncio.get_running_loop().create_future()
+            waiter.set_result(None)
+        return waiter
+
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(_Write(None, None, (name, value), None))
 
@@ -159,6 +166,13 @@ class SimStorage:
         return self._durable.states.get(key, EMPTY_STATE)
 
     async def _submit(self, write: _Write) -> None:
+        waiter = self._enqueue(write)
+        if waiter is not None:
+            await waiter
+
+    def _enqueue(self, write: _Write) -> asyncio.Future[None] | None:
+        """Queue ``write`` for its simulated fsync; the future its writer waits for (None
+        when the options acknowledge before the fsync)."""
         if self._crashed:
             raise StorageCrashed("write after crash")
         loop = asyncio.get_running_loop()
@@ -177,8 +191,7 @@ class SimStorage:
         write.landing = landing
         write.timer = loop.call_at(landing, self._land)
         self._queue.append(write)
-        if write.waiter is not None:
-            await write.waiter
+        return write.waiter
 
     def _land(self) -> None:
         """Land every queued write that is due, in submission order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -52,6 +53,12 @@ class Storage(Protocol):
 
     async def save(self, key: str, state: AcceptorState) -> None:
         """Return only once ``state`` is durable (fsync'd)."""
+        ...
+
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        """``save`` without a coroutine: the write is submitted now, and the future
+        completes only once ``state`` is durable (the acceptor's hot path, which answers
+        without a task per message)."""
         ...
 
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:

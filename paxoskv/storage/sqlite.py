@@ -236,7 +236,8 @@ class SqliteStorage:
         self._ended = 0  # writer thread only
         self._applied = 0
         self._applied_cond = threading.Condition()
-        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
+        self._pending: list[_Write] = []  # submitted this turn of the loop, not handed over
         self._loop: asyncio.AbstractEventLoop | None = None
         self._page_size: int = self._reader.execute("PRAGMA page_size").fetchall()[0][0]
         self._vacuum_high = max(1, vacuum_threshold_bytes)
@@ -352,31 +353,55 @@ class SqliteStorage:
     async def save(self, key: str, state: AcceptorState) -> None:
         await self._submit(_Write(key, state, None, self._new_future()))
 
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        write = _Write(key, state, None, self._new_future())
+        self._enqueue(write)
+        return write.future
+
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(_Write(name, None, value, self._new_future()))
 
     def _new_future(self) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
+        loop = self._loop
+        if loop is None or not loop.is_running():  # once per loop (see paxoskv.loopref)
+            loop = self._loop = asyncio.get_running_loop()
         return loop.create_future()
 
     async def _submit(self, write: _Write) -> None:
-        if self._closed:
-            raise RuntimeError("storage is closed")
-        self._queue.put(write)
+        self._enqueue(write)
         await write.future
 
+    def _enqueue(self, write: _Write) -> None:
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        # Writes submitted in one turn of the loop reach the writer as one list: one
+        # hand-over (and at most one wake-up of the writer thread) per turn, not per write.
+        if not self._pending:
+            write.future.get_loop().call_soon(self._hand_over)
+        self._pending.append(write)
+
+    def _hand_over(self) -> None:
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), self._batch_max):
+            self._queue.put(pending[i:i + self._batch_max])
+
     def _writer(self) -> None:
+        carry: list[_Write] | None = None
         while True:
-            if time.monotonic() >= self._maintain_at:
+            if carry is None and time.monotonic() >= self._maintain_at:
                 self._maintain()  # between batches, never inside one
-            try:
-                first = self._queue.get(timeout=max(0.0, self._maintain_at - time.monotonic()))
-            except queue.Empty:
-                continue
+            first: list[_Write] | None
+            if carry is not None:
+                first, carry = carry, None
+            else:
+                try:
+                    first = self._queue.get(
+                        timeout=max(0.0, self._maintain_at - time.monotonic()))
+                except queue.Empty:
+                    continue
             if first is None:
                 return
-            batch = [first]
+            batch = list(first)
             while len(batch) < self._batch_max:
                 try:
                     nxt = self._queue.get_nowait()
@@ -385,7 +410,14 @@ class SqliteStorage:
                 if nxt is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
-                batch.append(nxt)
+                if len(batch) + len(nxt) > self._batch_max:
+                    carry = nxt  # the next batch's start: a batch stays within batch_max
+                    break
+                batch.extend(nxt)
+            # The loop must have applied the batch before this one (module doc: the disk is
+            # at most one batch ahead of the cache). Waiting here, not right after that
+            # commit, lets the loop apply it while this batch gathers: usually no wait.
+            self._await_applied(self._ended)
             started = time.perf_counter()
             error: BaseException | None = None
             inserted = 0
@@ -410,7 +442,14 @@ class SqliteStorage:
                 self._observer(len(batch), elapsed)
             self._done.append(_Done(batch, error, inserted))
             self._ended += 1
-            self._await_applied(self._ended)
+            self._report()
+
+    def _report(self) -> None:
+        """Have the loop apply the batch just ended (``_apply_done``)."""
+        loop = self._loop
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._apply_done)
 
     def _auto_vacuum(self) -> bool:
         """Ask for ``auto_vacuum=INCREMENTAL`` if the file is new (it only takes before
@@ -458,15 +497,11 @@ class SqliteStorage:
             log.warning("returning free pages of %s failed: %s", self.path, exc)
 
     def _await_applied(self, ended: int) -> None:
-        """Have the loop apply the batch just ended, and wait until it has (module doc:
-        this keeps the disk at most one batch ahead of the cache). A loop that has gone
-        away (its ``asyncio.run`` ended) is not waited for."""
+        """Wait until the loop has applied the first ``ended`` batches (module doc: this
+        keeps the disk at most one batch ahead of the cache). A loop that has gone away
+        (its ``asyncio.run`` ended) is not waited for."""
         loop = self._loop
-        try:
-            if loop is None or loop.is_closed():
-                return
-            loop.call_soon_threadsafe(self._apply_done)
-        except RuntimeError:  # closed meanwhile
+        if self._applied >= ended or loop is None or loop.is_closed():
             return
         with self._applied_cond:
             while not self._applied_cond.wait_for(lambda: self._applied >= ended, 0.5):
@@ -512,6 +547,7 @@ class SqliteStorage:
         if self._closed:
             return
         self._closed = True
+        self._hand_over()  # writes submitted this turn still commit before the writer stops
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._apply_done()

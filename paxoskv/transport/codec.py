@@ -157,8 +157,15 @@ def _put_back(obj: object, blobs: memoryview, depth: int = 0) -> object:
                 obj[k] = _put_back(v, blobs, depth + 1)
     elif type(obj) is list:
         for i, v in enumerate(obj):
-            if type(v) is dict or type(v) is list:
+            if type(v) is dict:
                 obj[i] = _put_back(v, blobs, depth + 1)
+            elif type(v) is list:
+                # A list of scalars (a ballot, a request id and version) holds no blob:
+                # looked over here rather than in a call of its own for each.
+                for x in v:
+                    if type(x) is dict or type(x) is list:
+                        obj[i] = _put_back(v, blobs, depth + 1)
+                        break
     return obj
 
 

@@ -1,9 +1,10 @@
 """Peer transport over aiohttp: pooled keep-alive sessions, batching, shared-secret auth.
 
-Messages to one peer are coalesced: while up to ``inflight_max`` requests to that peer are
-on the wire, new messages queue, and the next request carries all of them (up to
-``batch_messages_max``). Under load many keys' prepares and accepts share one HTTP request;
-when idle a message leaves at once, so batching costs no latency.
+Messages to one peer are coalesced: those queued in one turn of the event loop leave
+together at its end, and while ``inflight_max`` requests to that peer are on the wire, new
+messages queue and the next request carries all of them (up to ``batch_messages_max``).
+Under load many keys' prepares and accepts share one request; when idle a message leaves
+at the end of the turn that sent it, so batching costs no measurable latency.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 
 from paxoskv.core.messages import Forward, PeerProtocolError, Reply, Request
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
+from paxoskv.loopref import LoopRef
 from paxoskv.metrics import Metrics
 from paxoskv.transport.base import KeyPage, PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import (
@@ -46,6 +48,8 @@ class _Lane:
     def __init__(self) -> None:
         self.queue: deque[tuple[Request, float, asyncio.Future[Reply]]] = deque()
         self.inflight = 0
+        self.flush_due = False
+        """A flush is scheduled for the end of this turn of the event loop."""
 
 
 class _Peer:
@@ -86,6 +90,7 @@ class HttpTransport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: Sender | None = None
         self._closing: set[asyncio.Future[None]] = set()
+        self._loop = LoopRef()
 
     def set_sender(self, sender: Sender) -> None:
         self._sender = sender
@@ -127,18 +132,34 @@ class HttpTransport:
             raise PeerNotReached(f"unknown peer {peer}") from None
 
     async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
+        return await self.send_soon(peer, msg, deadline)
+
+    def send_soon(self, peer: int, msg: Request, deadline: float) -> asyncio.Future[Reply]:
+        """``send`` without a coroutine: the message is queued now and the future gets its
+        reply (or PeerUnreachable); PeerNotReached is raised at once when it cannot even
+        be queued."""
         p = self._peer(peer)
         lane = p.lane(msg)
         if len(lane.queue) >= QUEUE_MESSAGES_MAX:
             raise PeerNotReached(f"{len(lane.queue)} messages already queued for peer {peer}")
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = self._loop.get()
+        fut: asyncio.Future[Reply] = loop.create_future()
         lane.queue.append((msg, deadline, fut))
+        if not lane.flush_due:
+            # Frames leave once this turn of the loop is over, so every message queued in
+            # it (the accepts of many keys' rounds woken together) shares one frame, where
+            # sending at once put the first few in frames of one message each.
+            lane.flush_due = True
+            loop.call_soon(self._flush, p, lane)
+        return fut
+
+    def _flush(self, p: _Peer, lane: _Lane) -> None:
+        lane.flush_due = False
         self._pump(p, lane)
-        return await fut
 
     def _take_batch(self, lane: _Lane) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
         """The next batch: live messages only, capped by count and by bytes."""
-        now = asyncio.get_running_loop().time()
+        now = self._loop.get().time()
         batch: list[tuple[Request, int, asyncio.Future[Reply]]] = []
         size = 0
         bytes_max = self._limits.frame_bytes_max // 2

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
-from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.core.messages import REPLY_TYPES, PeerProtocolError, Reply, Request
 from paxoskv.limits import KEYS_PAGE_MAX, Limits
+from paxoskv.loopref import LoopRef
 from paxoskv.transport.base import KeyPage, Refusal
 from paxoskv.transport.codec import (
     AUTH_HEADER,
@@ -64,6 +65,11 @@ class PeerHandler(Protocol):
         """Answer one request; ``deadline`` is loop time after which it must not act."""
         ...
 
+    def handle_soon(self, msg: Request, deadline: float) -> Reply | Awaitable[Reply]:
+        """``handle`` started now: the reply, or an awaitable of it (a future where no
+        coroutine is needed, so a frame's messages need no task each)."""
+        ...
+
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]: ...
 
     def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
@@ -87,6 +93,7 @@ class PeerServer:
         self._secret = secret
         self._frame_bytes_max = frame_bytes_max
         self._channels: set[web.WebSocketResponse] = set()
+        self._loop = LoopRef()
 
     def _authorized(self, auth: str | None) -> bool:
         return check_peer_auth(auth, self._secret)
@@ -107,10 +114,17 @@ class PeerServer:
             self._handler.admit(sender)
         except Refusal as exc:
             return _error(409, "refused", str(exc))
-        now = asyncio.get_running_loop().time()
-        replies = await asyncio.gather(
-            *(self._handler.handle(msg, now + ttl_ms / 1000) for msg, ttl_ms in items))
-        return 200, encode_replies(list(replies), binary=is_binary_frame(body))
+        now = self._loop.get().time()
+        # Every message is started now, in frame order; only those still waiting (for an
+        # fsync, a lock, a forwarded round) are awaited, together.
+        replies: list[Any] = [self._handler.handle_soon(msg, now + ttl_ms / 1000)
+                              for msg, ttl_ms in items]
+        waiting = [i for i, r in enumerate(replies) if not isinstance(r, REPLY_TYPES)]
+        if waiting:
+            done = await asyncio.gather(*(replies[i] for i in waiting))
+            for i, reply in zip(waiting, done, strict=True):
+                replies[i] = reply
+        return 200, encode_replies(replies, binary=is_binary_frame(body))
 
     async def hello(self, auth: str | None, body: bytes) -> Answer:
         if not self._authorized(auth):

@@ -42,6 +42,9 @@ class MemoryStorage:
     async def save(self, key: str, state: AcceptorState) -> None:
         self.data[key] = state
 
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.save(key, state))
+
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         return sorted(k for k in self.data
                       if k.startswith(prefix) and (after is None or k > after))[:limit]

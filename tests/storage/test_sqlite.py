@@ -244,7 +244,8 @@ def test_the_disk_is_never_more_than_one_batch_ahead_of_the_cache(tmp_path: Path
         s._cache.clear()
         s._cache_bytes = 0
         first = asyncio.ensure_future(s.save("k", _state(2)))
-        await asyncio.sleep(0)  # the writer takes batch 1 alone
+        await asyncio.sleep(0)  # the save is submitted; its turn of the loop ends...
+        await asyncio.sleep(0)  # ...and hands it over: the writer takes batch 1 alone
         second = asyncio.ensure_future(s.save("k", _state(3)))
         # Hold the loop (no await) until batch 1 has committed and ended: batch 2 cannot
         # even be queued, and the writer now waits for the loop to apply batch 1.

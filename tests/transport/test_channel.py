@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -44,6 +44,9 @@ class FakeNode:
         if isinstance(msg, Accept):
             return Accepted(msg.key, msg.ballot)
         return QueryReply(msg.key, Ballot(1, 1), Value(1, msg.key.encode()))
+
+    def handle_soon(self, msg: Request, deadline: float) -> Awaitable[Reply]:
+        return self.handle(msg, deadline)
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]:
         return {"hello": info}
