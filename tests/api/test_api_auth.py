@@ -44,6 +44,15 @@ def bearer(name: str | None) -> dict[str, str]:
     return {} if name is None else {"Authorization": f"Bearer {TOKENS.get(name, name)}"}
 
 
+async def _one_node() -> tuple[Node, Limits, PromMetrics]:
+    """A started single-node cluster on memory storage, its limits and fresh metrics."""
+    limits = Limits(value_bytes_max=1024)
+    config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
+    node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
+    await node.start()
+    return node, limits, PromMetrics(CollectorRegistry())
+
+
 def with_auth(tmp_path: Path,
               test: Callable[[TestClient[Any, Any], PromMetrics], Awaitable[None]],
               metrics_auth: bool = False,
@@ -53,11 +62,7 @@ def with_auth(tmp_path: Path,
     token_file(path, TOKENS)
 
     async def run() -> None:
-        limits = Limits(value_bytes_max=1024)
-        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
-        node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
-        await node.start()
-        metrics = PromMetrics(CollectorRegistry())
+        node, limits, metrics = await _one_node()
         app = make_app(node, "secret", limits, metrics, tokens=store(path),
                        metrics_auth=metrics_auth, guard=guard)
         async with TestClient(TestServer(app)) as client:
@@ -280,11 +285,7 @@ def test_retry_after_is_the_whole_seconds_until_the_bucket_has_a_request(
 def test_without_auth_nothing_is_rate_limited() -> None:
     """Goal: --auth none has no token to count against: many requests at once all run."""
     async def run() -> None:
-        limits = Limits(value_bytes_max=1024)
-        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
-        node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
-        await node.start()
-        metrics = PromMetrics(CollectorRegistry())
+        node, limits, metrics = await _one_node()
         async with TestClient(TestServer(make_app(node, "s", limits, metrics))) as c:
             for i in range(50):
                 assert (await c.put("/v1/kv/k", data=str(i).encode())).status == 200

@@ -41,10 +41,13 @@ def _refuse(status: int, code: str, message: str, headers: dict[str, str] | None
 
 @asynccontextmanager
 async def _server(limits: GuardLimits, metrics: Metrics,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                  body_bytes_max: int = 1 << 20, client_max_size: int = 1 << 20,
                   ) -> AsyncIterator[int]:
     app = web.Application(middlewares=[limit_requests_middleware(limits, metrics, _refuse),
-                                       read_body_middleware(limits, metrics, _refuse, 1 << 20)])
+                                       read_body_middleware(limits, metrics, _refuse,
+                                                            body_bytes_max)],
+                          client_max_size=client_max_size)
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -224,24 +227,7 @@ def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
 
         limits = GuardLimits(header_timeout_s=2.0)
 
-        @asynccontextmanager
-        async def serve(client_max_size: int) -> AsyncIterator[int]:
-            app = web.Application(
-                middlewares=[limit_requests_middleware(limits, metrics, _refuse),
-                             read_body_middleware(limits, metrics, _refuse, 100)],
-                client_max_size=client_max_size)
-            app.router.add_route("*", "/{tail:.*}", handler)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = GuardedSite(runner, "127.0.0.1", 0, limits, metrics)
-            await site.start()
-            assert site._server is not None
-            try:
-                yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            finally:
-                await runner.cleanup()
-
-        async with serve(10_000) as port:  # a port that serves peers too
+        async with _server(limits, metrics, handler, 100, 10_000) as port:  # with peers
             # Announced: 1 MB that the client never sends; the answer cannot wait for it.
             big = (b"PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n"
                    + b"x" * 1000)
@@ -255,7 +241,7 @@ def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
                      b"Connection: close\r\n\r\n" + b"f" * 5000)
             assert (await _answer(port, frame)).startswith(b"HTTP/1.1 200")
         for size in (101, 10_000):  # a client port alone (value limit + 1), one with peers
-            async with serve(size) as port:
+            async with _server(limits, metrics, handler, 100, size) as port:
                 chunk = b"c8\r\n" + b"y" * 200 + b"\r\n"
                 chunked = (b"PUT /v1/kv/b HTTP/1.1\r\nHost: t\r\n"
                            b"Transfer-Encoding: chunked\r\n\r\n" + chunk)
