@@ -470,9 +470,9 @@ class Node:
             elif (exc := done.exception()) is not None:
                 answer.set_exception(exc)
             else:
+                answer.set_result(reply)  # only now: the state it answers for is durable
                 if fresh:
                     self.metrics.keys(self.storage.key_count())
-                answer.set_result(reply)  # only now: the state it answers for is durable
 
         saved.add_done_callback(on_saved)
         return answer

@@ -474,6 +474,17 @@ class SqliteStorage:
         self._maintain_at = time.monotonic() + self._maintain_interval_s
         if not self._incremental:
             return
+        if self._conn.in_transaction:
+            # A batch whose COMMIT and ROLLBACK both failed left its transaction open;
+            # executescript would COMMIT it, making durable what its waiters were told had
+            # failed (and what the cache does not hold). Throw it away instead, or skip.
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("storage: cannot roll back a failed batch (%s); no vacuum", exc)
+                return
+            if self._conn.in_transaction:
+                return
         try:
             free = self._conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
             if not self._trimming and free < self._vacuum_high:

@@ -103,6 +103,8 @@ class ChannelTransport(HttpTransport):
             raise PeerUnreachable(f"peer channel: {type(exc).__name__}: {exc}") from None
         finally:
             sock.pending.pop(request_id, None)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # a drop may have failed it after we stopped waiting
         if status != 200:
             raise not_acted_on(status)(f"HTTP {status}: {body[:200]!r}")
         return body

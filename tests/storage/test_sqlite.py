@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -454,3 +455,55 @@ def test_the_wal_is_cut_back_after_a_large_batch(tmp_path: Path,
     grown, cut = asyncio.run(run())
     assert grown > 5 << 20
     assert cut <= 1 << 20
+
+
+def _st(n: int, data: bytes) -> AcceptorState:
+    return AcceptorState(Ballot(n, 1), Ballot(n, 1), Value(n, data))
+
+
+class _FlakyConn:
+    """The writer's connection, with COMMIT and ROLLBACK failing on demand (a disk error
+    that leaves the transaction open)."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.fail_commit_and_rollback = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.fail_commit_and_rollback and sql in ("COMMIT", "ROLLBACK"):
+            if sql == "ROLLBACK":
+                self.fail_commit_and_rollback = False
+            raise sqlite3.OperationalError(f"disk I/O error ({sql})")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_failed_batch_is_not_committed_later_by_the_vacuum_step(tmp_path: Path) -> None:
+    """Goal: a batch whose COMMIT and ROLLBACK both failed (its waiters told so) never
+    becomes durable through the vacuum step, whose executescript would COMMIT a
+    transaction left open (found by review; failed before the fix)."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, vacuum_threshold_bytes=1 << 40, vacuum_step_pages=1,
+                          vacuum_step_pause_s=0.0, maintain_interval_s=0.02)
+        await asyncio.gather(*(s.save(f"k{j}", _st(1, b"x" * 10_000)) for j in range(50)))
+        await asyncio.gather(*(s.save(f"k{j}", _st(2, b"y")) for j in range(50)))
+        assert s.disk_usage().freelist_bytes > 100_000
+        assert s.load("k0").ballot_promised == Ballot(2, 1)  # cached
+        flaky = _FlakyConn(s._conn)
+        s._conn = flaky  # type: ignore[assignment]
+        flaky.fail_commit_and_rollback = True
+        with pytest.raises(RuntimeError, match="storage commit failed"):
+            await s.save("k0", _st(9, b"never acknowledged"))
+        s._vacuum_high = 4096  # trimming is due now
+        await asyncio.sleep(0.3)
+        disk = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+        row = disk.execute("SELECT * FROM registers WHERE key='k0'").fetchall()
+        cached = s.load("k0")
+        assert cached.ballot_promised == Ballot(2, 1)  # the failed save left the cache alone
+        s._conn = flaky.real  # type: ignore[assignment]
+        await s.close()
+        assert b"never acknowledged" not in repr(row).encode(), \
+            "a batch reported failed became durable (committed by the vacuum step)"
+    asyncio.run(run())

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -17,7 +19,7 @@ from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import Accept, Accepted, Query, QueryReply, Reply, Request
 from paxoskv.core.register import Value
 from paxoskv.transport.base import KeyPage, PeerUnreachable, Refusal
-from paxoskv.transport.channel import ChannelTransport
+from paxoskv.transport.channel import ChannelTransport, _Socket
 from paxoskv.transport.codec import Sender
 from paxoskv.transport.server import PeerServer
 
@@ -277,3 +279,77 @@ def test_heartbeat_notices_a_silent_peer() -> None:
             await peer.stop()
 
     _run(run)
+
+
+class _BlockedWS:
+    """send_bytes suspends (as in a drain of a full buffer) until the socket closes."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+        self.sends = 0
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sends += 1
+        await self.closed.wait()
+        raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+    async def close(self) -> None:
+        self.closed.set()
+
+
+class _Session:
+    async def close(self) -> None:
+        pass
+
+
+def test_dropped_socket_leaves_no_unretrieved_answer() -> None:
+    """Goal: frames whose sends fail when the peer goes away leave no answer future with
+    an exception nobody retrieves ("Future exception was never retrieved" in the log at
+    shutdown or a peer restart; found by review, failed before the fix)."""
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        t = ChannelTransport(1, {2: "http://127.0.0.1:1"}, "s")
+        p = t._peers[2]
+        ws = _BlockedWS()
+        sock = _Socket(_Session(), ws)  # type: ignore[arg-type]
+        t._links[id(p)].socket = sock
+        a = asyncio.ensure_future(t._exchange(p, b"a"))
+        b = asyncio.ensure_future(t._exchange(p, b"b"))
+        await asyncio.sleep(0)
+        assert ws.sends == 2 and len(sock.pending) == 2
+        ws.closed.set()  # the peer goes away: both sends fail, the first drops the socket
+        for fut in (a, b):
+            with contextlib.suppress(PeerUnreachable):
+                await fut
+        del a, b, fut, sock
+        await asyncio.sleep(0.01)
+        await t.close()
+        gc.collect()
+        await asyncio.sleep(0)
+    asyncio.run(main())
+    assert not reported, [str(c.get("exception") or c.get("message")) for c in reported]
+
+
+class _ClosingWS(_BlockedWS):
+    async def send_bytes(self, data: bytes) -> None:  # the transport is already closing
+        raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+
+def test_one_frame_on_a_closing_socket_leaves_no_unretrieved_answer() -> None:
+    """Goal: the same for a single frame sent on a socket that is already closing."""
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        t = ChannelTransport(1, {2: "http://127.0.0.1:1"}, "s")
+        p = t._peers[2]
+        t._links[id(p)].socket = _Socket(_Session(), _ClosingWS())  # type: ignore[arg-type]
+        with contextlib.suppress(PeerUnreachable):
+            await t._exchange(p, b"a")
+        await t.close()
+        gc.collect()
+        await asyncio.sleep(0)
+    asyncio.run(main())
+    assert not reported, [str(c.get("exception") or c.get("message")) for c in reported]
