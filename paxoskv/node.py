@@ -256,6 +256,17 @@ async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> Node
     return NodeIdentity(cluster_id, node_id, data_id, incarnation, fresh)
 
 
+def _local_failure(key: str, exc: Exception) -> Unavailable:
+    """The local acceptor's own disk failed: logged, and a reply that cannot count toward an
+    "ok" (the round must not succeed on a state this node did not make durable)."""
+    log.error("local acceptor failed on %r: %s", key, exc)
+    return Unavailable(key, f"local storage error: {exc}")
+
+
+def _unreachable(key: str, exc: PeerUnreachable) -> Unavailable:
+    return Unavailable(key, f"unreachable: {exc}")
+
+
 class _KeyedLocks:
     """One lock per key, held while an acceptor serves a message for it (from reading
     its state to its durable save); an entry exists only while the key is held.
@@ -534,15 +545,14 @@ class Node:
                 return acceptor_id, await self.handle(msg, deadline)
             except AssertionError:
                 raise
-            except Exception as exc:  # our own disk failed: the round must not say "ok"
-                log.error("local acceptor failed on %r: %s", msg.key, exc)
-                return acceptor_id, Unavailable(msg.key, f"local storage error: {exc}")
+            except Exception as exc:
+                return acceptor_id, _local_failure(msg.key, exc)
         if not self.membership.usable(acceptor_id):
             return acceptor_id, Unavailable(msg.key, "peer down or refused")
         try:
             return acceptor_id, await self.transport.send(acceptor_id, msg, deadline)
         except PeerUnreachable as exc:
-            return acceptor_id, Unavailable(msg.key, f"unreachable: {exc}")
+            return acceptor_id, _unreachable(msg.key, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task owned by the node's task group (or, before ``run``, tracked here)."""
@@ -590,31 +600,29 @@ class Node:
         def stop() -> None:  # a send or the local save was cancelled (the node is stopping)
             decided.cancel()
 
-        def on_remote(acceptor_id: int) -> Callable[[asyncio.Future[Reply]], None]:
-            def done(fut: asyncio.Future[Reply]) -> None:
-                if fut.cancelled():
-                    return stop()
-                exc = fut.exception()
-                if exc is None:
-                    feed(acceptor_id, fut.result())
-                elif isinstance(exc, PeerUnreachable):
-                    feed(acceptor_id, Unavailable(msg.key, f"unreachable: {exc}"))
-                else:
-                    fail(exc)
-            return done
+        def remote_failure(exc: BaseException) -> Reply | None:
+            return _unreachable(msg.key, exc) if isinstance(exc, PeerUnreachable) else None
 
-        def on_local(acceptor_id: int) -> Callable[[asyncio.Future[Reply]], None]:
+        def local_failure(exc: BaseException) -> Reply | None:
+            if isinstance(exc, AssertionError) or not isinstance(exc, Exception):
+                return None  # a bug, or the node stopping: the round fails
+            return _local_failure(msg.key, exc)
+
+        def on_answer(acceptor_id: int, as_reply: Callable[[BaseException], Reply | None]
+                      ) -> Callable[[asyncio.Future[Reply]], None]:
+            """A reply future's callback; ``as_reply`` turns a failure that an acceptor's
+            answer can stand for into that answer (None: the round fails with it)."""
             def done(fut: asyncio.Future[Reply]) -> None:
                 if fut.cancelled():
                     return stop()
                 exc = fut.exception()
                 if exc is None:
-                    feed(acceptor_id, fut.result())
-                elif isinstance(exc, AssertionError) or not isinstance(exc, Exception):
+                    return feed(acceptor_id, fut.result())
+                reply = as_reply(exc)
+                if reply is None:
                     fail(exc)
-                else:  # our own disk failed: the round must not say "ok"
-                    log.error("local acceptor failed on %r: %s", msg.key, exc)
-                    feed(acceptor_id, Unavailable(msg.key, f"local storage error: {exc}"))
+                else:
+                    feed(acceptor_id, reply)
             return done
 
         def on_task(task: asyncio.Task[tuple[int, Reply]]) -> None:
@@ -634,13 +642,12 @@ class Node:
                 except AssertionError:
                     raise
                 except Exception as exc:
-                    log.error("local acceptor failed on %r: %s", msg.key, exc)
-                    ready.append((a, Unavailable(msg.key, f"local storage error: {exc}")))
+                    ready.append((a, _local_failure(msg.key, exc)))
                     continue
                 if isinstance(local, REPLY_TYPES):
                     ready.append((a, local))
                 elif isinstance(local, asyncio.Future):
-                    local.add_done_callback(on_local(a))
+                    local.add_done_callback(on_answer(a, local_failure))
                 else:  # a coroutine (the key is held by another message): a task of its own
                     self._spawn(self._ask_local(a, msg.key, local)).add_done_callback(on_task)
             elif not self.membership.usable(a):
@@ -651,9 +658,9 @@ class Node:
                 try:
                     sent: asyncio.Future[Reply] = send_soon(a, msg, deadline)
                 except PeerUnreachable as exc:
-                    ready.append((a, Unavailable(msg.key, f"unreachable: {exc}")))
+                    ready.append((a, _unreachable(msg.key, exc)))
                     continue
-                sent.add_done_callback(on_remote(a))
+                sent.add_done_callback(on_answer(a, remote_failure))
         for acceptor_id, reply in ready:
             feed(acceptor_id, reply)
         if decided.done():
@@ -676,9 +683,8 @@ class Node:
             return acceptor_id, await reply
         except AssertionError:
             raise
-        except Exception as exc:  # our own disk failed: the round must not say "ok"
-            log.error("local acceptor failed on %r: %s", key, exc)
-            return acceptor_id, Unavailable(key, f"local storage error: {exc}")
+        except Exception as exc:
+            return acceptor_id, _local_failure(key, exc)
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.config.retry_backoff_s_max,
