@@ -109,13 +109,13 @@ def test_token_new_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -> 
 
     path = tmp_path / "tokens.json"
     a = run("token", "new", "--name", "app", "--role", "write", "--prefix", "app/",
-            "--prefix", "shared/", "--file", str(path))
+            "--prefix", "common/", "--file", str(path))
     b = run("token", "new", "--name", "ro", "--role", "read", "--file", str(path))
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     tokens = read_token_file(path)
     assert [(t.name, t.role, t.prefixes) for t in tokens] == [
-        ("app", "write", ("app/", "shared/")), ("ro", "read", None)]
+        ("app", "write", ("app/", "common/")), ("ro", "read", None)]
     assert tokens[0].sha256 == hash_token(a.stdout.strip())
     assert a.stdout.strip() not in path.read_text()
     again = run("token", "new", "--name", "ro", "--role", "read", "--file", str(path))
