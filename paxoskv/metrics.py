@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -77,6 +78,29 @@ class _DiskCollector(Collector):
             yield family
 
 
+M = TypeVar("M", Counter, Histogram)
+
+
+class _Children(Generic[M]):
+    """A labelled metric's children, looked up once per label set and kept: ``labels()``
+    costs several microseconds (validation, a lock, a dict of tuples), too much for a
+    metric counted on every request."""
+
+    __slots__ = ("_kids", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._kids: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *labels: str) -> M:
+        try:
+            return self._kids[labels]
+        except KeyError:
+            kid: M = self._metric.labels(*labels)
+            self._kids[labels] = kid
+            return kid
+
+
 class Metrics:
     """No-op metrics: what the node reports, and when."""
 
@@ -105,9 +129,6 @@ class Metrics:
 class PromMetrics(Metrics):
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
-        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-        self._round_children: dict[tuple[str, str], Counter] = {}
-        self._forward_children: dict[str, Counter] = {}
         self._requests = Counter("paxoskv_requests", "Client requests by operation and HTTP code",
                                  ["op", "code"], registry=r)
         self._duration = Histogram("paxoskv_request_duration_seconds",
@@ -174,28 +195,23 @@ class PromMetrics(Metrics):
             self._auth_failures.labels(reason)  # at 0, so a rate() has a series to work on
         self._disk = _DiskCollector()
         r.register(self._disk)
+        # The labelled metrics counted per request or round, through kept children.
+        self._requests_of = _Children(self._requests)
+        self._duration_of = _Children(self._duration)
+        self._rounds_of = _Children(self._rounds)
+        self._forward_of = _Children(self._forward)
+        self._http_refused_of = _Children(self._http_refused)
+        self._auth_failures_of = _Children(self._auth_failures)
         self._transport_batch = Histogram("paxoskv_transport_batch_messages",
                                           "Messages coalesced into one peer request",
                                           buckets=_BATCH_BUCKETS, registry=r)
 
     def request(self, op: str, code: int, seconds: float) -> None:
-        # Labelled children are looked up once per label set and kept: ``labels()`` costs
-        # several microseconds (validation, a lock, a dict of tuples) on every request.
-        try:
-            requests, duration = self._request_children[op, code]
-        except KeyError:
-            requests = self._requests.labels(op, str(code))
-            duration = self._duration.labels(op)
-            self._request_children[op, code] = requests, duration
-        requests.inc()
-        duration.observe(seconds)
+        self._requests_of(op, str(code)).inc()
+        self._duration_of(op).observe(seconds)
 
     def round(self, phase: str, outcome: str) -> None:
-        try:
-            child = self._round_children[phase, outcome]
-        except KeyError:
-            child = self._round_children[phase, outcome] = self._rounds.labels(phase, outcome)
-        child.inc()
+        self._rounds_of(phase, outcome).inc()
 
     def conflict(self) -> None:
         self._conflicts.inc()
@@ -237,20 +253,16 @@ class PromMetrics(Metrics):
         self._key_round.observe(changes)
 
     def forward(self, result: str) -> None:
-        try:
-            child = self._forward_children[result]
-        except KeyError:
-            child = self._forward_children[result] = self._forward.labels(result)
-        child.inc()
+        self._forward_of(result).inc()
 
     def http_connections(self, count: int) -> None:
         self._http_connections.set(count)
 
     def http_refused(self, reason: str) -> None:
-        self._http_refused.labels(reason).inc()
+        self._http_refused_of(reason).inc()
 
     def auth_failure(self, reason: str) -> None:
-        self._auth_failures.labels(reason).inc()
+        self._auth_failures_of(reason).inc()
 
     def disk_source(self, source: Callable[[], DiskUsage]) -> None:
         self._disk.source = source
