@@ -148,18 +148,25 @@ async def _flood(port: int, report: FloodReport) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FLOOD_S
 
+    async def connect(tally: Counter[str]
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A raw connection to the flooded node, or None (counted, after a pause)."""
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            tally["connect_error"] += 1
+            await asyncio.sleep(0.1)
+            return None
+
     async def idle() -> None:
         """Connect and send nothing; once the server closes, connect again."""
         for _ in range(100):
             if loop.time() >= deadline:
                 return
             started = loop.time()
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                report.idle["connect_error"] += 1
-                await asyncio.sleep(0.1)
+            if (conn := await connect(report.idle)) is None:
                 continue
+            reader, writer = conn
             try:
                 async with asyncio.timeout(HEADER_TIMEOUT_S + 5):
                     got = await reader.read(4096)
@@ -187,12 +194,9 @@ async def _flood(port: int, report: FloodReport) -> None:
             if loop.time() >= deadline:
                 return
             started = loop.time()
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                report.slowloris["connect_error"] += 1
-                await asyncio.sleep(0.1)
+            if (conn := await connect(report.slowloris)) is None:
                 continue
+            reader, writer = conn
             outcome = "still_open"
             try:
                 for i in range(len(head)):
