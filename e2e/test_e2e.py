@@ -202,6 +202,35 @@ def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
     check_history(log, "rolling-deletes")
 
 
+def _start_prober(k: Kube, name: str, duration: int, https: bool) -> None:
+    """A pod writing through the client Service every 0.2 s until ``_stop_prober`` (or
+    ``duration`` seconds), running once this returns."""
+    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
+    k.run_pod(name, PROBER.format(host=host, port=PORT, duration=duration, https=https),
+              duration)
+    k.wait("prober running", lambda: (
+        k.core.read_namespaced_pod(name, k.ns).status.phase == "Running", "phase"), 120)
+    time.sleep(5)
+
+
+def _stop_prober(k: Kube, name: str, duration: int) -> tuple[int, int, float]:
+    """Tell the prober to end (it reads probe/stop now and then); its figures."""
+    k.cli(k.pod_names()[0], "put", "probe/stop", "1", "--url", k.service_url())
+    return _probe_outage(k.wait_pod_done(name, duration + 120))
+
+
+def _upgrade_rolls_every_pod(k: Kube, *args: str) -> float:
+    """``helm upgrade`` with the base values and ``args``; waits for the rollout and checks
+    that every pod was replaced. The rollout's seconds."""
+    before = k.pod_uids()
+    k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), *args, "--timeout", "5m")
+    rollout_s = k.wait_rollout(600)
+    after = k.pod_uids()
+    assert all(after[name] != uid for name, uid in before.items()), \
+        f"upgrade {' '.join(args)}: not every pod rolled"
+    return rollout_s
+
+
 def _probe_outage(log: str) -> tuple[int, int, float]:
     """Probe writes, failed ones, and the longest run of failures in seconds."""
     samples = json.loads(line_value(log, "SAMPLES "))
@@ -243,23 +272,13 @@ def test_5_upgrade_rolls_over_tls_without_losing_quorum(release: Kube) -> None:
     The pods then answer only HTTPS, and their client port does not serve /internal/."""
     k = release
     duration = 150
-    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
-    k.run_pod("e2e-prober", PROBER.format(host=host, port=PORT, duration=duration, https=True),
-              duration)
-    k.wait("prober running", lambda: (
-        k.core.read_namespaced_pod("e2e-prober", k.ns).status.phase == "Running", "phase"), 120)
-    time.sleep(5)
+    _start_prober(k, "e2e-prober", duration, https=True)
     token_before, tls_before = k.admin_token(), k.tls_secret_data()
     started = time.monotonic()
-    before = k.pod_uids()
-    k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set-string",
-           "podAnnotations.e2e-roll=1", "--timeout", "5m")
-    rollout_s = k.wait_rollout(600)
-    after = k.pod_uids()
-    assert all(after[name] != uid for name, uid in before.items()), "not every pod rolled"
+    rollout_s = _upgrade_rolls_every_pod(k, "--set-string", "podAnnotations.e2e-roll=1")
     print(f"e2e: upgrade rolled 3 pods in {rollout_s:.0f}s")
     assert time.monotonic() - started < duration, "the prober ended before the upgrade did"
-    k.cli(k.pod_names()[0], "put", "probe/stop", "1", "--url", k.service_url())
+    writes, failed, worst = _stop_prober(k, "e2e-prober", duration)
     assert k.admin_token() == token_before, "helm upgrade replaced the admin token"
     assert k.tls_secret_data() == tls_before, "helm upgrade replaced the CA or certificate"
     pod = k.pod_names()[0]
@@ -278,7 +297,6 @@ def test_5_upgrade_rolls_over_tls_without_losing_quorum(release: Kube) -> None:
         "    pass\n"
         "print('answered' if got.startswith(b'HTTP/') else 'no HTTP answer')")]).strip()
     assert plain == "no HTTP answer", f"the client port answered plain HTTP: {plain}"
-    writes, failed, worst = _probe_outage(k.wait_pod_done("e2e-prober", duration + 120))
     print(f"e2e: {writes} probe writes over HTTPS, {failed} failed, longest outage "
           f"{worst:.1f}s (allowed {READINESS_WINDOW_S}s); plain HTTP: {plain}")
     assert worst <= READINESS_WINDOW_S
@@ -459,26 +477,14 @@ def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
         k.cli(f"{FULLNAME}-0", "put", f"e2e/old/{i}", f"v{i}", "--url", k.service_url())
     steps = ["both-dial-port", "both-dial-peer-port", "separate"]
     duration = 130 * len(steps)
-    host = f"{FULLNAME}.{k.ns}.svc.cluster.local"
-    k.run_pod("e2e-prober-9", PROBER.format(host=host, port=PORT, duration=duration,
-                                            https=False), duration)
-    k.wait("prober running", lambda: (
-        k.core.read_namespaced_pod("e2e-prober-9", k.ns).status.phase == "Running",
-        "phase"), 120)
-    time.sleep(5)
+    _start_prober(k, "e2e-prober-9", duration, https=False)
     started = time.monotonic()
     for mode in steps:
-        before = k.pod_uids()
-        k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set", "tls.enabled=false",
-               "--set", f"peerPortMode={mode}", "--timeout", "5m")
-        rollout_s = k.wait_rollout(600)
-        after = k.pod_uids()
-        assert all(after[name] != uid for name, uid in before.items()), \
-            f"{mode}: not every pod rolled"
+        rollout_s = _upgrade_rolls_every_pod(k, "--set", "tls.enabled=false",
+                                             "--set", f"peerPortMode={mode}")
         print(f"e2e: upgrade to peerPortMode={mode} rolled 3 pods in {rollout_s:.0f}s")
     assert time.monotonic() - started < duration, "the prober ended before the upgrades did"
-    k.cli(k.pod_names()[0], "put", "probe/stop", "1", "--url", k.service_url())
-    writes, failed, worst = _probe_outage(k.wait_pod_done("e2e-prober-9", duration + 120))
+    writes, failed, worst = _stop_prober(k, "e2e-prober-9", duration)
     print(f"e2e: {len(steps)} upgrades; {writes} probe writes, {failed} failed, longest "
           f"outage {worst:.1f}s (allowed {READINESS_WINDOW_S}s)")
     assert worst <= READINESS_WINDOW_S
