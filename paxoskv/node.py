@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import uuid
@@ -40,6 +41,7 @@ from paxoskv.core.messages import (
     REPLY_TYPES,
     Accept,
     ClientChange,
+    Collect,
     Forward,
     Forwarded,
     Prepare,
@@ -68,6 +70,7 @@ from paxoskv.core.proposer import (
 )
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
+from paxoskv.gc import Collector
 from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth
@@ -110,6 +113,8 @@ class AcceptorRules:
         acceptor_rules.on_prepare)
     on_accept: Callable[[acceptor_rules.AcceptorState, Accept], acceptor_rules.Step] = (
         acceptor_rules.on_accept)
+    on_collect: Callable[[acceptor_rules.AcceptorState, acceptor_rules.Floor, Collect, bool],
+                         acceptor_rules.CollectStep] = acceptor_rules.on_collect
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,9 @@ class ProposerRules:
     """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
     query_round: type[QueryRound] = QueryRound
     """The one-round-trip read (its rule for when reports make a value chosen)."""
+    gc_everyone: bool = True
+    """A tombstone collection round must be promised and accepted by every acceptor, not
+    a quorum (docs/gc.md)."""
 
 
 @dataclass(slots=True)
@@ -314,7 +322,8 @@ class _KeyedLocks:
 
 def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
     match msg:
-        case Prepare():
+        case Prepare() | Collect():
+            # A collection is served only where prepares are: by a full acceptor.
             return "prepare"
         case Accept():
             return "accept"
@@ -363,6 +372,7 @@ class Node:
         self._orphans: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.recovery = Recovery(self)
+        self.collector = Collector(self)
         self.membership.publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
@@ -427,6 +437,8 @@ class Node:
             return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
         if isinstance(msg, Query):
             return acceptor_rules.on_query(self.storage.load(msg.key), msg)
+        if isinstance(msg, Collect):
+            return self._serve_collect(msg, deadline)
         if not self._acceptor_locks.try_acquire(msg.key):
             return self._handle_after_lock(msg, kind, deadline)
         return self._serve_locked(msg, kind, deadline)
@@ -487,6 +499,27 @@ class Node:
 
         saved.add_done_callback(on_saved)
         return answer
+
+    async def _serve_collect(self, msg: Collect, deadline: float) -> Reply:
+        """Remove a collected tombstone's row (``core/acceptor.py`` ``on_collect``), with
+        the key held like a prepare's, and answer once the removal and the raised floor
+        are durable."""
+        key = msg.key
+        await self._acceptor_locks.acquire(key)
+        try:
+            if self._loop.get().time() > deadline:
+                return Unavailable(key, "expired: its round has ended")
+            if not self._serves("prepare"):
+                return Unavailable(key, f"acceptor {self.acceptor_mode}")
+            step = self.rules.on_collect(self.storage.load(key), self.storage.floor(key), msg,
+                                         self.storage.has_row(key))
+            if step.remove:
+                await self.storage.collect(key, step.floor)
+                self.metrics.tombstones_collected()
+                self.metrics.keys(self.storage.key_count())
+            return step.reply
+        finally:
+            self._acceptor_locks.release(key)
 
     def _serves(self, request: str) -> bool:
         return request in self.identity_rules.serves[self.machine.mode]
@@ -1170,6 +1203,8 @@ class Node:
                 self._group = tg
                 tg.create_task(self.heartbeat_loop())
                 tg.create_task(self.repair_loop())
+                if self.config.tombstone_grace_s > 0 and self.config.is_acceptor:
+                    tg.create_task(self.collector.loop())
                 if self.machine.rejoining:
                     tg.create_task(self._guarded_rejoin())
         finally:
@@ -1221,6 +1256,10 @@ class Node:
             },
             "keys": self.storage.key_count(),
             "repair": dict(self.repair_progress),
+            "tombstone_collection": {
+                "grace_seconds": self.config.tombstone_grace_s,
+                "pending": self.collector.pending,
+                **dataclasses.asdict(self.collector.progress)},
             "rejoin": dict(self.rejoin_progress) or None,
             "rounds_inflight": self._inflight,
         }
