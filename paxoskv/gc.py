@@ -69,8 +69,8 @@ class Collector:
         return len(self._pending)
 
     def interval_s(self) -> float:
-        """Time between sweeps: a tenth of the grace, within 1 s .. 60 s."""
-        return min(60.0, max(1.0, self._node.config.tombstone_grace_s / 10))
+        """Time between sweeps: a quarter of the grace, at most a minute."""
+        return min(60.0, self._node.config.tombstone_grace_s / 4)
 
     async def loop(self) -> None:
         node = self._node

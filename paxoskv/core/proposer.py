@@ -332,11 +332,12 @@ def choose_value(promises: Sequence[Promise], config: QuorumConfig) -> Value:
     Only the highest accepted ballot ``k`` among them counts: a value chosen below ``k`` is
     extended by every value at ``k``. At ``Ballot.ZERO`` (no accept at all) every value is
     absent and the highest version is taken (collected tombstones, docs/gc.md). A classic
-    ``k`` carries one value. A fast ``k`` may carry several; one that a fast quorum
-    accepted is reported by at least ``q_f - (n - |Q|)`` of ``Q`` (the rest of its quorum
-    may be outside ``Q``), which at most one value can be (2*q_f + q_c > 2n), and then it must be picked. Otherwise none
-    was chosen at ``k``, and any value reported at ``k`` is safe: the one reported most,
-    ties broken by digest so every proposer picks alike (docs/design.md invariant 9).
+    ``k`` carries one value. A fast ``k`` may carry several; one that a fast quorum accepted
+    is reported by at least ``q_f - (n - |Q|)`` of ``Q`` (the rest of its quorum may be
+    outside ``Q``), which at most one value can be (2*q_f + q_c > 2n), and then it must be
+    picked. Otherwise none was chosen at ``k``, and any value reported at ``k`` is safe: the
+    one reported most, ties broken by digest so every proposer picks alike (docs/design.md
+    invariant 9).
     """
     assert promises
     k = max(p.ballot_accepted for p in promises)
