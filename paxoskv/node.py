@@ -129,6 +129,9 @@ class IdentityRules:
     serves: Mapping[Mode, frozenset[str]] = field(default_factory=lambda: dict(SERVES))
     judge_hello: Callable[[PeerRecord | None, HelloClaim, bool], Verdict] = judge_hello
     check_membership: bool = True
+    rejoin_rechecks_own_keys: bool = True
+    """A rejoin also runs an identity round on every key of its own rows, which no peer
+    may list any more (a collected tombstone, docs/gc.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,7 +286,8 @@ class ProposerRound:
             if item.abandoned:
                 continue
             rid, since = item.request_id, item.progress.sent_from_version
-            if (since is not None and rid is not None and highest.applied_version(rid) is None
+            if (since is not None and rid is not None and not isinstance(item.change, Read)
+                    and highest.applied_version(rid) is None
                     and not highest.remembers_from(since)):
                 # Had an earlier attempt been chosen (or picked up by another proposer), the
                 # newest value would descend from it; this one has forgotten requests that
