@@ -128,6 +128,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--heartbeat-interval", "seconds between heartbeats to each peer", 0.5, type=float)
     _add(s, "--repair-interval", "seconds between background repair sweeps", 30.0, type=float)
     _add(s, "--repair-rate", "keys per second the repair sweep checks", 100.0, type=float)
+    _add(s, "--tombstone-grace", "seconds a deleted key's tombstone is kept before its row is "
+         "collected from every acceptor (docs/gc.md); 0: kept for ever", 86400.0, type=float)
     _add(s, "--drain-seconds", "after SIGTERM, seconds to keep serving while not ready", 0.0,
          type=float)
     _add(s, "--idempotency-window", "seconds an Idempotency-Key's outcome is kept",
@@ -317,6 +319,7 @@ def _serve(args: argparse.Namespace) -> int:
             heartbeat_timeout_s=max(args.heartbeat_interval * 2, 0.2),
             repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
             peer_timeout_s=args.peer_timeout, rejoin=args.rejoin,
+            tombstone_grace_s=args.tombstone_grace,
             forward_writes=args.forward_writes == "on",
             fast_paxos=args.fast_paxos == "on",
             rejoin_after_quorum_loss=args.rejoin_after_quorum_loss, limits=limits)

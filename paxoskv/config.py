@@ -50,7 +50,7 @@ class NodeConfig:
     fast_paxos: bool = False
     """Try each write first as a Fast Paxos round built on this node's own acceptor
     (docs/fast-paxos.md); off: phase-1 skip (piggybacked prepares) as the fast path."""
-    tombstone_grace_s: float = 3600.0
+    tombstone_grace_s: float = 86400.0
     """How long a tombstone stays before its row is collected from every acceptor
     (docs/gc.md); 0 keeps tombstones for ever."""
     rejoin: bool = False

@@ -70,7 +70,7 @@ from paxoskv.core.proposer import (
 )
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
-from paxoskv.gc import Collector
+from paxoskv.tombstones import Collector
 from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth

@@ -70,15 +70,12 @@ MUTANTS: Final[dict[str, str]] = {
                         "floor: the key reads as never written (promise and version zero)",
     "gc-before-all-accepted": "a tombstone is collected once a quorum (not every acceptor) "
                               "accepted it: an acceptor that missed it keeps the older value",
-    "gc-rejoin-keeps-stale-rows": "a rejoin catches up only the keys peers list, so an old "
-                                  "copy's row of a key collected meanwhile stays",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
 
-GC_MUTANTS: Final = frozenset({"gc-without-fence", "gc-before-all-accepted",
-                               "gc-rejoin-keeps-stale-rows"})
+GC_MUTANTS: Final = frozenset({"gc-without-fence", "gc-before-all-accepted"})
 """Mutants of tombstone collection (docs/gc.md): their runs need it on."""
 """Mutants of Fast Paxos rules: their runs have fast Paxos on (``SimOptions.fast_paxos``)."""
 
@@ -198,6 +195,5 @@ IDENTITY_MUTANT_RULES: Final[dict[str, IdentityRules]] = {
     "no-incarnation-check": IdentityRules(judge_hello=_judge_welcoming),
     "no-config-check": IdentityRules(check_membership=False),
     "no-duplicate-check": IdentityRules(judge_hello=_judge_no_duplicate_check),
-    "gc-rejoin-keeps-stale-rows": IdentityRules(rejoin_rechecks_own_keys=False),
 }
 """The identity mutants, each one rule swapped through the `IdentityRules` seam."""

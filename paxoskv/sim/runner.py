@@ -331,7 +331,7 @@ class _Simulation:
             self.disk_loss_p = max(self.disk_loss_p, 0.05)
         if options.mutant == "rejoin-not-durable":
             self.mid_rejoin_p = 1.0
-        if options.mutant in ("no-incarnation-check", "gc-rejoin-keeps-stale-rows"):
+        if options.mutant == "no-incarnation-check":
             self.restore_p = max(self.restore_p, 0.05)
         if options.mutant == "no-config-check":
             mismatched_p = 1.0
