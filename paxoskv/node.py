@@ -70,13 +70,13 @@ from paxoskv.core.proposer import (
 )
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
-from paxoskv.tombstones import Collector
 from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
 from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
+from paxoskv.tombstones import Collector
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
 
