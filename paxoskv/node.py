@@ -213,32 +213,47 @@ class _SeenIds:
 
 class _PreparedKeys:
     """Keys whose next ballot a quorum has promised us, newest last, bounded in bytes (a
-    ``Prepared`` holds the key's value, which may be large)."""
+    ``Prepared`` holds the key's value, which may be large) and in age.
 
-    def __init__(self, bytes_max: int) -> None:
+    An entry lives at most ``lifetime_s`` (the message lifetime): an acceptor that lost
+    its state, or came back on an old copy, has no row, so no promise and no floor, for
+    a key whose tombstone the others collected meanwhile (docs/gc.md). It accepts nothing
+    until its fence (twice the message lifetime) is over, and by then every entry made
+    before it restarted has expired: no accept built on a value older than the collection
+    can reach it."""
+
+    def __init__(self, bytes_max: int, lifetime_s: float) -> None:
         self._bytes_max = bytes_max
+        self._lifetime_s = lifetime_s
         self._bytes = 0
         self._entries: OrderedDict[str, Prepared] = OrderedDict()
+        self._made: dict[str, float] = {}
 
     @staticmethod
     def _cost(key: str, prepared: Prepared) -> int:
         return 200 + len(key) + len(prepared.value.data or b"")
 
-    def pop(self, key: str) -> Prepared | None:
+    def pop(self, key: str, now: float) -> Prepared | None:
+        """The entry of ``key`` (removed), unless it is older than the lifetime."""
         prepared = self._entries.pop(key, None)
+        made = self._made.pop(key, now)
         if prepared is not None:
             self._bytes -= self._cost(key, prepared)
+            if now - made > self._lifetime_s:
+                return None
         return prepared
 
-    def put(self, key: str, prepared: Prepared) -> None:
-        self.pop(key)
+    def put(self, key: str, prepared: Prepared, now: float) -> None:
+        self.pop(key, now)
         cost = self._cost(key, prepared)
         if cost > self._bytes_max:
             return
         self._entries[key] = prepared
+        self._made[key] = now
         self._bytes += cost
         while self._bytes > self._bytes_max:
             old_key, old = self._entries.popitem(last=False)
+            self._made.pop(old_key, None)
             self._bytes -= self._cost(old_key, old)
 
     def __len__(self) -> int:
@@ -360,7 +375,8 @@ class Node:
         self.quorum = quorum or QuorumConfig.of(config.acceptors)
         self.identity_rules = identity_rules or IdentityRules()
         self.proposer_rules = proposer_rules or ProposerRules()
-        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max)
+        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max,
+                                       config.message_lifetime_s)
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
@@ -1000,7 +1016,7 @@ class Node:
             if not live or loop.time() >= deadline:
                 return
             # A key this node committed last, with its next ballot promised: skip phase 1.
-            prepared = self._prepared.pop(key)
+            prepared = self._prepared.pop(key, loop.time())
             if prepared is not None and not self.quorum_reachable():
                 # An accept that cannot reach a quorum would leave the outcome unknown
                 # (504); a prepare fails cleanly (503, nothing written).
@@ -1056,7 +1072,7 @@ class Node:
             assert step is not None and not isinstance(step, Prepare)
             kept = self.proposer_rules.prepared_after(rnd, step)
             if kept is not None:
-                self._prepared.put(key, kept)
+                self._prepared.put(key, kept, loop.time())
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
                 self.metrics.key_round(len(live))

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from paxoskv.core.register import Delete, Read, Set, Value
+from paxoskv.core.register import Cas, Delete, Read, Set, Value
 from paxoskv.node import IdentityRules
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.network import SimNetworkOptions
@@ -31,7 +31,8 @@ async def _wait_mode(sim: _Simulation, node_id: int, modes: tuple[str, ...],
 
 
 async def _scenario(recheck_own_keys: bool) -> Value:
-    sim = _Simulation(7, SimOptions(ops=0, tombstone_grace_s=0.0, network=QUIET))
+    sim = _Simulation(7, SimOptions(ops=0, tombstone_grace_s=0.0, network=QUIET,
+                                     mismatched_config_probability=0.0))
     sim.identity_rules = IdentityRules(rejoin_rechecks_own_keys=recheck_own_keys)
     # No background repair: its sweep would mend node 3's stale row too, some time after
     # node 3 serves again; the read below comes before it could.
@@ -88,3 +89,49 @@ def test_a_restored_copy_does_not_bring_a_collected_key_back(recheck: bool) -> N
         assert not value.exists and value.version >= 2, value
     else:
         assert value.data == b"old", value
+
+
+async def _lost_disk_scenario(prepared_lifetime_s: float | None) -> str:
+    sim = _Simulation(8, SimOptions(ops=0, tombstone_grace_s=0.0, network=QUIET,
+                                     mismatched_config_probability=0.0))
+    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6) for i, c in sim.config.items()}
+    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
+    await sim.wait_ready(30.0)
+    n1, n2 = sim.hosts[1].node, sim.hosts[2].node
+    assert n1 is not None and n2 is not None
+    if prepared_lifetime_s is not None:
+        n1._prepared._lifetime_s = prepared_lifetime_s
+    # Node 1 writes k and keeps its next ballot prepared (phase-1 skip); node 2 deletes k
+    # and collects it everywhere.
+    await n1.execute("k", Set(b"old"), forward=False)
+    await asyncio.sleep(1.0)
+    await n2.execute("k", Delete(), forward=False)
+    assert await n2.collector.collect("k")
+    # Node 3 loses its disk and rejoins: it has no row and no floor for k.
+    await sim.crash(3)
+    sim.storages[3].wipe()
+    await sim.boot(3, rejoin=True)
+    await _wait_mode(sim, 3, ("normal",), 120.0)
+    await sim.crash(2)  # every quorum holds node 3
+    try:
+        outcome = await n1.execute("k", Cas(1, b"x"), forward=False)
+    finally:
+        for i in (1, 3):
+            await sim.crash(i)
+    return outcome.kind
+
+
+@pytest.mark.parametrize("expires", [True, False])
+def test_a_cached_ballot_cannot_rewrite_a_collected_key_on_a_rebuilt_acceptor(
+        expires: bool) -> None:
+    """Goal: a proposer's phase-1-skip ballot, cached before a tombstone was collected,
+    cannot bring the key back through an acceptor that lost its disk (no row, no floor).
+
+    Method: node 1 sets k (caching its next ballot), node 2 deletes k and collects it on all
+    three, node 3 loses its disk and rejoins, node 2 stops, and node 1 sends
+    ``If-Match: 1`` (a CAS on the version before the delete). The cached ballot expires
+    after the message lifetime, shorter than the rejoin's fence, so the CAS runs a full
+    round and is rejected (the key is absent). With the cache kept for ever, its accept is
+    taken by node 3, and the next round picks it up: the CAS on a deleted key succeeds."""
+    kind = run_virtual(_lost_disk_scenario(None if expires else 1e9))
+    assert kind == ("rejected" if expires else "applied"), kind
