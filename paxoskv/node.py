@@ -1222,7 +1222,7 @@ class Node:
                 self._group = tg
                 tg.create_task(self.heartbeat_loop())
                 tg.create_task(self.repair_loop())
-                if self.config.tombstone_grace_s > 0 and self.config.is_acceptor:
+                if self.collector.enabled:
                     tg.create_task(self.collector.loop())
                 if self.machine.rejoining:
                     tg.create_task(self._guarded_rejoin())

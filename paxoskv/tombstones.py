@@ -65,6 +65,15 @@ class Collector:
         """Tombstones seen: the ballot their row was accepted at, and when first seen so."""
 
     @property
+    def enabled(self) -> bool:
+        """Collection runs on acceptors with a grace above 0, and not with --fast-paxos on:
+        an acceptor rebuilt after a collection has no floor for the collected key, and a
+        fast round (which needs no promise) built on its empty state could be accepted
+        there and then picked by a recovery round (docs/gc.md, "Not guaranteed")."""
+        config = self._node.config
+        return config.tombstone_grace_s > 0 and config.is_acceptor and not config.fast_paxos
+
+    @property
     def pending(self) -> int:
         return len(self._pending)
 
@@ -123,6 +132,8 @@ class Collector:
         """One collection of ``key``: the all-acceptor round, then ``Collect`` everywhere.
         True once every acceptor confirmed the row gone."""
         node = self._node
+        if not self.enabled:
+            return False
         loop = asyncio.get_running_loop()
         config = node.quorum.everyone() if node.proposer_rules.gc_everyone else node.quorum
         seen = Ballot.ZERO

@@ -31,7 +31,7 @@ async def _wait_mode(sim: _Simulation, node_id: int, modes: tuple[str, ...],
 
 
 async def _scenario(recheck_own_keys: bool) -> Value:
-    sim = _Simulation(7, SimOptions(ops=0, tombstone_grace_s=0.0, network=QUIET,
+    sim = _Simulation(7, SimOptions(ops=0, tombstone_grace_s=1e6, network=QUIET,
                                      mismatched_config_probability=0.0))
     sim.identity_rules = IdentityRules(rejoin_rechecks_own_keys=recheck_own_keys)
     # No background repair: its sweep would mend node 3's stale row too, some time after
@@ -92,7 +92,7 @@ def test_a_restored_copy_does_not_bring_a_collected_key_back(recheck: bool) -> N
 
 
 async def _lost_disk_scenario(prepared_lifetime_s: float | None) -> str:
-    sim = _Simulation(8, SimOptions(ops=0, tombstone_grace_s=0.0, network=QUIET,
+    sim = _Simulation(8, SimOptions(ops=0, tombstone_grace_s=1e6, network=QUIET,
                                      mismatched_config_probability=0.0))
     sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6) for i, c in sim.config.items()}
     await asyncio.gather(*(sim.boot(i) for i in sim.ids))
