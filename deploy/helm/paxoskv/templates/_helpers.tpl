@@ -54,8 +54,27 @@ app.kubernetes.io/part-of: paxoskv
 {{- end -}}
 {{- end -}}
 
+{{/* repository@digest when image.digest is set (it pins the exact image; the tag is then
+ignored), else repository:tag (tag defaults to the appVersion). */}}
 {{- define "paxoskv.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The `annotations:` block of an object's metadata: commonAnnotations merged with the object's
+own (.extra; these win on a clash). Empty output when both are empty. Call with
+(dict "ctx" $ "extra" <map or nil>).
+*/}}
+{{- define "paxoskv.annotations" -}}
+{{- $all := merge (deepCopy (default (dict) .extra)) (deepCopy (default (dict) .ctx.Values.commonAnnotations)) -}}
+{{- with $all -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
 {{- end -}}
 
 {{- define "paxoskv.clusterId" -}}
@@ -151,6 +170,12 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- end -}}
 {{- if and .Values.auth.metricsAuth (ne .Values.auth.mode "token") -}}
 {{- fail "auth.metricsAuth needs auth.mode=token" -}}
+{{- end -}}
+{{- if and .Values.service.loadBalancerSourceRanges (ne .Values.service.type "LoadBalancer") -}}
+{{- fail (printf "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer (got %s): it would restrict nothing" .Values.service.type) -}}
+{{- end -}}
+{{- if and .Values.service.externalTrafficPolicy (not (has .Values.service.type (list "NodePort" "LoadBalancer"))) -}}
+{{- fail (printf "service.externalTrafficPolicy only applies to service.type NodePort or LoadBalancer (got %s)" .Values.service.type) -}}
 {{- end -}}
 {{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
 {{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}
