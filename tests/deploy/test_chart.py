@@ -231,7 +231,7 @@ def test_probes(default_docs: list[dict[str, Any]]) -> None:
 
 
 def test_liveness_never_checks_quorum() -> None:
-    """Whatever the values, liveness stays on /healthz (kubernetes#96886)."""
+    """Whatever the values, liveness stays on /healthz (never quorum: see values.yaml)."""
     docs = render({"livenessProbe": {"periodSeconds": 30}, "readinessProbe": {"enabled": False}})
     c = container(docs)
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
