@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from paxoskv.api.guard import GuardLimits, limit_requests_middleware, read_body_middleware
+from paxoskv.api.guard import GuardLimits, client_guard_middleware
 from paxoskv.api.openapi import openapi_document
 from paxoskv.auth import Principal, Role, TokenStore
 from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
@@ -108,13 +108,11 @@ def _refuse(request: web.Request, reason: str, status: int, message: str) -> Api
                     {"WWW-Authenticate": _REALM + ', error="insufficient_scope"'})
 
 
-@web.middleware
-async def auth_middleware(request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                          ) -> web.StreamResponse:
+def _authenticate(request: web.Request) -> None:
+    """Raise ``ApiError`` (401, 403, 429) unless the request may go on; keep its principal."""
     store = request.app.get(TOKENS)
     if store is None or not _needs_token(request):
-        return await handler(request)
+        return
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -138,6 +136,14 @@ async def auth_middleware(request: web.Request,
                       f"token {principal.name!r} has role {principal.role}; "
                       f"{request.method} needs {needed}")
     request[PRINCIPAL] = principal
+
+
+@web.middleware
+async def auth_middleware(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    """Authentication alone, where the client guards do not run (the metrics port)."""
+    _authenticate(request)
     return await handler(request)
 
 
@@ -479,15 +485,17 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     if metrics_auth and tokens is None:
         raise ValueError("metrics auth needs a token store")
     middlewares: list[Any] = [errors_middleware]
+    # Without a token store authentication would only pass every request on.
+    authenticate = _authenticate if tokens is not None else None
     if guard is not None and "client" in parts:
-        # Before authentication: a flood of requests with bad tokens is capped too.
-        middlewares.append(limit_requests_middleware(guard, metrics, _error))
-    if tokens is not None:  # without a token store it would only pass every request on
+        # One layer: the request cap before authentication (a flood of requests with bad
+        # tokens is capped too), the body read after it (no body is buffered for a client
+        # without a valid token).
+        middlewares.append(client_guard_middleware(guard, metrics, _error,
+                                                   limits.value_bytes_max,
+                                                   authenticate=authenticate))
+    elif authenticate is not None:
         middlewares.append(auth_middleware)
-    if guard is not None and "client" in parts:
-        # After it: no body is buffered for a client without a valid token.
-        middlewares.append(read_body_middleware(guard, metrics, _error,
-                                                limits.value_bytes_max))
     # A client request's body is one value; only peer frames may be larger.
     body_max = limits.frame_bytes_max if "peer" in parts else limits.value_bytes_max + 1
     app = web.Application(middlewares=middlewares, client_max_size=body_max)
