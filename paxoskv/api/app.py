@@ -14,7 +14,6 @@ runs. Without a store nothing is rate-limited: there is no one to count requests
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -164,37 +163,46 @@ def _check_listing(request: web.Request, prefix: str) -> None:
                       "them, or a longer one, as prefix=")
 
 
+def _error_response(request: web.Request, exc: Exception) -> web.Response | None:
+    """The answer to an exception raised while handling ``request``; None to let it
+    propagate (an HTTP redirect or success raised as an exception)."""
+    if isinstance(exc, ApiError):
+        return _error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+    if isinstance(exc, NoQuorum):
+        return _error(503, "no_quorum", str(exc), {"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, Overloaded):
+        return _error(503, "overloaded", str(exc), {"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, UnknownOutcome):
+        return _error(504, "unknown_outcome",
+                      f"{exc}; the write may or may not have taken effect: read the key to "
+                      "find out")
+    if isinstance(exc, KeyReused):
+        return _error(422, "idempotency_key_reused", str(exc))
+    if isinstance(exc, InProgress):
+        return _error(409, "idempotency_in_progress", str(exc),
+                      {"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            return None
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return _error(exc.status, code, exc.reason)
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return _error(500, "internal", "internal error; see the server log")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                             ) -> web.StreamResponse:
+    """Exceptions as JSON errors, where the client guards (which do this themselves, one
+    layer fewer per request) do not run."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
-    except NoQuorum as exc:
-        return _error(503, "no_quorum", str(exc), {"Retry-After": RETRY_AFTER_S})
-    except Overloaded as exc:
-        return _error(503, "overloaded", str(exc), {"Retry-After": RETRY_AFTER_S})
-    except UnknownOutcome as exc:
-        return _error(504, "unknown_outcome",
-                      f"{exc}; the write may or may not have taken effect: read the key to "
-                      "find out")
-    except KeyReused as exc:
-        return _error(422, "idempotency_key_reused", str(exc))
-    except InProgress as exc:
-        return _error(409, "idempotency_in_progress", str(exc),
-                      {"Retry-After": str(exc.retry_after_s)})
-    except web.HTTPException as exc:
-        if exc.status < 400:
+    except Exception as exc:
+        response = _error_response(request, exc)
+        if response is None:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return _error(exc.status, code, exc.reason)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error(500, "internal", "internal error; see the server log")
+        return response
 
 
 # ------------------------------------------------------------------ client API helpers
@@ -522,18 +530,20 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     """``tokens`` None: no client authentication (``--auth none``)."""
     if metrics_auth and tokens is None:
         raise ValueError("metrics auth needs a token store")
-    middlewares: list[Any] = [errors_middleware]
+    middlewares: list[Any]
     # Without a token store authentication would only pass every request on.
     authenticate = _authenticate if tokens is not None else None
     if guard is not None and "client" in parts:
-        # One layer: the request cap before authentication (a flood of requests with bad
-        # tokens is capped too), the body read after it (no body is buffered for a client
-        # without a valid token).
-        middlewares.append(client_guard_middleware(guard, metrics, _error,
-                                                   limits.value_bytes_max,
-                                                   authenticate=authenticate))
-    elif authenticate is not None:
-        middlewares.append(auth_middleware)
+        # One layer: errors answered as JSON, the request cap before authentication (a
+        # flood of requests with bad tokens is capped too), the body read after it (no body
+        # is buffered for a client without a valid token).
+        middlewares = [client_guard_middleware(guard, metrics, _error, limits.value_bytes_max,
+                                               authenticate=authenticate,
+                                               on_error=_error_response)]
+    else:
+        middlewares = [errors_middleware]
+        if authenticate is not None:
+            middlewares.append(auth_middleware)
     # A client request's body is one value; only peer frames may be larger.
     body_max = limits.frame_bytes_max if "peer" in parts else limits.value_bytes_max + 1
     app = web.Application(middlewares=middlewares, client_max_size=body_max)

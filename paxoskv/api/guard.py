@@ -214,12 +214,15 @@ def client_guard_middleware(limits: GuardLimits, metrics: Metrics, refuse: Refus
                             body_bytes_max: int, *,
                             authenticate: Callable[[web.Request], None] | None = None,
                             limit_requests: bool = True, read_body: bool = True,
-                            ) -> Middleware:
+                            on_error: Callable[[web.Request, Exception], web.Response | None]
+                            | None = None) -> Middleware:
     """The client port's guards as one middleware, in this order: at most ``requests_max``
     requests at once (``limit_requests``), then ``authenticate`` (raises to refuse), then
     the body read (``read_body``). One layer instead of three: each layer is a coroutine
-    frame and a call per request. ``limit_requests_middleware`` and
-    ``read_body_middleware`` are this with one part.
+    frame and a call per request. ``on_error``, when given, answers an exception raised in
+    any of them or in the handler (None: let it propagate), as an outer error middleware
+    would. ``limit_requests_middleware`` and ``read_body_middleware`` are this with one
+    part.
 
     Requests at once: it runs before authentication, so a flood of requests with bad
     tokens is capped too; it reads nothing.
@@ -245,70 +248,77 @@ def client_guard_middleware(limits: GuardLimits, metrics: Metrics, refuse: Refus
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         # All of it in this one coroutine: a helper coroutine would cost the frame saved.
         nonlocal inflight, buffered
-        if limit_requests:
-            if inflight >= requests_max:
-                metrics.http_refused("requests")
-                return refuse(503, "overloaded",
-                              f"{inflight} requests in progress on this node",
-                              {"Retry-After": RETRY_AFTER_S})
-            inflight += 1
         try:
-            # Authentication before the body: no body is buffered for a client without a
-            # valid token.
-            if authenticate is not None:
-                authenticate(request)
-            if not read_body or request.method not in _BODY_METHODS \
-                    or not request.can_read_body:
-                return await handler(request)
-            cap = None if request.path.startswith("/internal/") else body_bytes_max
-            length = request.content_length
-            if cap is not None and (length or 0) > cap:
-                return too_large(cap)
-            # What this body may take: its announced length, else up to the cap (or, for a
-            # peer frame, the app's own limit).
-            reserve = length if length is not None else (
-                cap + 1 if cap is not None else request.client_max_size)
-            if buffered and buffered + reserve > limits.body_bytes_inflight_max:
-                metrics.http_refused("body_bytes")
-                response = refuse(503, "overloaded", "too many request bodies in progress "
-                                  "on this node", {"Retry-After": RETRY_AFTER_S})
-                response.force_close()
-                return response
-            buffered += reserve
-            try:
-                limit = cap if cap is not None else request.client_max_size
-                try:
-                    content = request.content
-                    body: bytes | None
-                    if content.is_eof():
-                        # All of it arrived with the headers (the common small write): taken
-                        # as it is (one piece, no copy), without a timer, whose set-up is a
-                        # measurable share of a request's CPU.
-                        body = content.read_nowait()
-                        if len(body) > limit:
-                            body = None
-                    else:
-                        async with asyncio.timeout(limits.header_timeout_s):
-                            body = await _read_within(request, limit)
-                except TimeoutError:
-                    metrics.http_refused("body_timeout")
-                    response = refuse(408, "request_timeout", "the body arrived too slowly",
-                                      None)
-                    response.force_close()  # the rest would be read as a request
-                    return response
-                if body is None:
-                    return too_large(limit)
-                # Kept where aiohttp's own read() keeps a body it has read, so the handler's
-                # request.read() returns it (tests/api/test_guard.py checks this still
-                # holds).
-                request._read_bytes = body
-                del body
-                return await handler(request)
-            finally:
-                buffered -= reserve
-        finally:
             if limit_requests:
-                inflight -= 1
+                if inflight >= requests_max:
+                    metrics.http_refused("requests")
+                    return refuse(503, "overloaded",
+                                  f"{inflight} requests in progress on this node",
+                                  {"Retry-After": RETRY_AFTER_S})
+                inflight += 1
+            try:
+                # Authentication before the body: no body is buffered for a client without a
+                # valid token.
+                if authenticate is not None:
+                    authenticate(request)
+                if not read_body or request.method not in _BODY_METHODS \
+                        or not request.can_read_body:
+                    return await handler(request)
+                cap = None if request.path.startswith("/internal/") else body_bytes_max
+                length = request.content_length
+                if cap is not None and (length or 0) > cap:
+                    return too_large(cap)
+                # What this body may take: its announced length, else up to the cap (or, for a
+                # peer frame, the app's own limit).
+                reserve = length if length is not None else (
+                    cap + 1 if cap is not None else request.client_max_size)
+                if buffered and buffered + reserve > limits.body_bytes_inflight_max:
+                    metrics.http_refused("body_bytes")
+                    response = refuse(503, "overloaded", "too many request bodies in progress "
+                                      "on this node", {"Retry-After": RETRY_AFTER_S})
+                    response.force_close()
+                    return response
+                buffered += reserve
+                try:
+                    limit = cap if cap is not None else request.client_max_size
+                    try:
+                        content = request.content
+                        body: bytes | None
+                        if content.is_eof():
+                            # All of it arrived with the headers (the common small write): taken
+                            # as it is (one piece, no copy), without a timer, whose set-up is a
+                            # measurable share of a request's CPU.
+                            body = content.read_nowait()
+                            if len(body) > limit:
+                                body = None
+                        else:
+                            async with asyncio.timeout(limits.header_timeout_s):
+                                body = await _read_within(request, limit)
+                    except TimeoutError:
+                        metrics.http_refused("body_timeout")
+                        response = refuse(408, "request_timeout", "the body arrived too slowly",
+                                          None)
+                        response.force_close()  # the rest would be read as a request
+                        return response
+                    if body is None:
+                        return too_large(limit)
+                    # Kept where aiohttp's own read() keeps a body it has read, so the handler's
+                    # request.read() returns it (tests/api/test_guard.py checks this still
+                    # holds).
+                    request._read_bytes = body
+                    del body
+                    return await handler(request)
+                finally:
+                    buffered -= reserve
+            finally:
+                if limit_requests:
+                    inflight -= 1
+        except Exception as exc:
+            # errors_middleware's part, here rather than a layer of its own.
+            answer = on_error(request, exc) if on_error is not None else None
+            if answer is None:
+                raise
+            return answer
 
     return guard
 
