@@ -1204,10 +1204,12 @@ class Node:
     async def stop(self) -> None:
         """Cancel work started outside ``run`` (``run`` itself is cancelled by its owner)."""
         self.draining = True
-        for task in list(self._orphans):
+        # And the local acceptor's messages still waiting for their key (_serve_in_turn).
+        pending = [*self._orphans, *self._turn_tasks]
+        for task in pending:
             task.cancel()
-        if self._orphans:
-            await asyncio.gather(*self._orphans, return_exceptions=True)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

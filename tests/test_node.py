@@ -734,3 +734,21 @@ def test_a_queued_message_nobody_awaits_cannot_keep_its_key() -> None:
     with warnings.catch_warnings():  # a dropped coroutine's warning is not the point here
         warnings.simplefilter("ignore", RuntimeWarning)
         asyncio.run(main())
+
+
+def test_stop_cancels_the_messages_still_waiting_for_their_key() -> None:
+    """Goal: a node that stops leaves no acceptor message waiting for a key behind (its
+    task would outlive the node and run against closed storage).
+
+    Method: A holds "k" with a save that never completes; B queues; stop the node. B is
+    cancelled and nothing is left queued for "k"."""
+    async def main() -> None:
+        node, storage, deadline = await _acceptor()
+        node.handle_soon(_prepare(1), deadline)
+        b = asyncio.ensure_future(node.handle_soon(_prepare(2), deadline))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(node.stop(), 1.0)
+        assert b.cancelled()
+        assert storage.saved == [1]
+        assert not node._acceptor_locks._held["k"]  # held by A alone, no turn queued
+    asyncio.run(main())
