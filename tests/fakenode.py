@@ -1,18 +1,21 @@
-"""A scripted stand-in for a paxoskv node, for the client and CLI tests."""
+"""For the client and CLI tests: a scripted stand-in for a paxoskv node, and AsyncClient
+behind a synchronous surface (so one test body runs against both clients)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from paxoskv.api.app import _error
+from paxoskv.client import AsyncClient
 
-__all__ = ["Action", "FakeNode", "Seen"]
+__all__ = ["Action", "FakeNode", "Seen", "SyncAsync"]
 
 
 @dataclass
@@ -130,3 +133,29 @@ class FakeNode:
         return response
 
 
+class SyncAsync:
+    """AsyncClient behind Client's synchronous surface, on an event loop of its own, so
+    each test runs once against each client."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = self._loop.run_until_complete(self._make(kwargs))
+
+    @staticmethod
+    async def _make(kwargs: dict[str, Any]) -> AsyncClient:
+        return AsyncClient(**kwargs)
+
+    @property
+    def url(self) -> str:
+        return self._client.url
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(method(*args, **kwargs))
+        return call
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()

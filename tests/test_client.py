@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from fakenode import FakeNode
+from fakenode import FakeNode, SyncAsync
 
 from paxoskv.api.app import _error
 from paxoskv.chaos.processes import free_ports
@@ -53,34 +53,6 @@ def node2() -> Iterator[FakeNode]:
     n = FakeNode().start()
     yield n
     n.stop()
-
-
-class SyncAsync:
-    """AsyncClient behind Client's synchronous surface, on an event loop of its own, so
-    each test runs once against each client."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._client = self._loop.run_until_complete(self._make(kwargs))
-
-    @staticmethod
-    async def _make(kwargs: dict[str, Any]) -> AsyncClient:
-        return AsyncClient(**kwargs)
-
-    @property
-    def url(self) -> str:
-        return self._client.url
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._client, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._loop.run_until_complete(method(*args, **kwargs))
-        return call
-
-    def close(self) -> None:
-        self._loop.run_until_complete(self._client.close())
-        self._loop.close()
 
 
 Make = Callable[..., Any]
