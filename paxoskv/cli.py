@@ -1,4 +1,4 @@
-"""``paxoskv serve | local-cluster | put | get | delete | list | status | token new``.
+"""``paxoskv serve | local-cluster | put | get | delete | list | status | token | completion``.
 
 Every flag can also come from a ``PAXOSKV_*`` environment variable (the flag's name in
 upper case with dashes as underscores), so the Helm chart configures the server through
