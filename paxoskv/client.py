@@ -345,7 +345,10 @@ class _Plan:
             self.maybe_applied = True
         delay = self._next(str(exc), None, None, move=True)
         if delay is None:
-            raise self.give_up(exc) from exc
+            final = self.give_up(exc)
+            if final is exc:
+                raise exc
+            raise final from exc
         return delay
 
     def _next(self, reason: str, status: int | None, server_wait: float | None,
