@@ -4,6 +4,7 @@ behind a synchronous surface (so one test body runs against both clients)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ class FakeNode:
     data: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     outcomes: dict[str, web.Response] = field(default_factory=dict)
     port: int = 0
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -51,7 +53,7 @@ class FakeNode:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -59,7 +61,7 @@ class FakeNode:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         self._loop.run_until_complete(site.start())
         server = site._server
         assert server is not None

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from fakenode import FakeNode, SyncAsync
+from tlsutil import Pki
 
 from paxoskv.api.app import _error
 from paxoskv.chaos.processes import free_ports
@@ -277,3 +280,35 @@ def test_error_bodies_match_the_api() -> None:
     assert isinstance(res.body, bytes)
     assert orjson.loads(res.body) == {"error": "precondition_failed", "message": "x",
                                       "current_version": 3}
+
+
+def test_the_token_goes_with_every_try(node: FakeNode, make: Make,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: token= (else PAXOSKV_TOKEN) is sent on the first try and on each retry."""
+    node.script = [("answer", 503, "overloaded", {"Retry-After": "0"})]
+    make(url=node.url, token="t-1").put("k", b"v")
+    monkeypatch.setenv("PAXOSKV_TOKEN", "t-env")
+    make(url=node.url).get("k")
+    assert [s.headers.get("Authorization") for s in node.seen] == [
+        "Bearer t-1", "Bearer t-1", "Bearer t-env"]
+
+
+def test_https_endpoints_fail_over_with_the_ca_file(make: Make, tmp_path: Path) -> None:
+    """Goal: TLS keeps working with several endpoints: the CA file verifies each https://
+    node; a node that cannot be reached is passed over; a wrong CA is an error, not a
+    retry loop."""
+    pki = Pki(tmp_path / "pki")
+    cert, key, _ = pki.issue("node")
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    node = FakeNode(tls=served).start()
+    try:
+        dead = f"https://127.0.0.1:{free_ports(1)[0]}"
+        c = make(endpoints=[dead, node.url], ca_file=str(pki.ca), token="t")
+        assert c.put("k", b"v").version == 1 and c.url == node.url
+        other = Pki(tmp_path / "other", name="other-ca")
+        wrong = make(url=node.url, ca_file=str(other.ca), retry=Retry(attempts=2))
+        with pytest.raises(ClientError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            wrong.get("k")
+    finally:
+        node.stop()
