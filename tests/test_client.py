@@ -295,8 +295,8 @@ def test_the_token_goes_with_every_try(node: FakeNode, make: Make,
 
 def test_https_endpoints_fail_over_with_the_ca_file(make: Make, tmp_path: Path) -> None:
     """Goal: TLS keeps working with several endpoints: the CA file verifies each https://
-    node; a node that cannot be reached is passed over; a wrong CA is an error, not a
-    retry loop."""
+    node; a node that cannot be reached is passed over; with a wrong CA the call ends in
+    a ClientError that names the verification failure."""
     pki = Pki(tmp_path / "pki")
     cert, key, _ = pki.issue("node")
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
