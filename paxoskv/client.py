@@ -71,6 +71,7 @@ __all__ = [
     "UnknownOutcome",
     "ValueTooLarge",
     "error_for",
+    "new_idempotency_key",
     "parse_endpoints",
 ]
 
