@@ -124,6 +124,8 @@ class _GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self._conns.report:
+            self._metrics.client_bytes(len(data), 0)
         requests = self._request_count
         super().data_received(data)
         if self._request_count != requests:
@@ -131,6 +133,13 @@ class _GuardedHandler(RequestHandler):
         elif self._header_timer is None and not self._request_in_progress \
                 and not self._messages:
             self._arm()  # the first bytes of a kept-alive connection's next request
+
+    def log_access(self, request: BaseRequest, response: web.StreamResponse,
+                   time: float | None) -> None:
+        # Called once a response is written (headers and body): its size is the writer's.
+        if self._conns.report:
+            self._metrics.client_bytes(0, request.writer.output_size)
+        super().log_access(request, response, time)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
@@ -202,6 +211,7 @@ def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
     """At most ``requests_max`` requests at once. It runs before authentication, so a flood
     of requests with bad tokens is capped too; it reads nothing."""
     inflight = 0
+    metrics.in_flight_sources(requests=lambda: inflight)
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
