@@ -129,8 +129,9 @@ class _TallyCollector(Collector):
         for name, doc, source in (
                 ("paxoskv_rounds_in_flight", "Paxos rounds (writes and linearizable reads) "
                  "this node runs as proposer right now", t.rounds_source),
-                ("paxoskv_client_requests_in_flight", "Client requests being served on the "
-                 "client port right now", t.requests_source)):
+                ("paxoskv_client_requests_in_flight", "Requests being served on the client "
+                 "port right now, as --max-requests-inflight counts them (peers' requests "
+                 "too where they share the client port)", t.requests_source)):
             family = GaugeMetricFamily(name, doc)
             family.add_metric([], source() if source is not None else 0)
             yield family
