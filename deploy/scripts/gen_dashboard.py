@@ -529,8 +529,8 @@ def build() -> dict[str, Any]:
     L.add(
         timeseries(
             "Rounds in flight",
-            "Paxos rounds each node runs as proposer right now (paxoskv_rounds_in_flight), "
-            "against --max-rounds-inflight: beyond it requests are refused with 503.",
+            "Paxos rounds each node runs as proposer right now (paxoskv_rounds_in_flight); "
+            "beyond 1024 at once (paxoskv/limits.py) requests are refused with 503.",
             [target(f"max by (pod) (paxoskv_rounds_in_flight{{{SEL}}})", "{{pod}}")],
             "short",
         ),
