@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -21,8 +22,9 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from paxoskv import __version__
 from paxoskv.storage.base import DiskUsage
@@ -135,6 +137,52 @@ class _TallyCollector(Collector):
             family = GaugeMetricFamily(name, doc)
             family.add_metric([], source() if source is not None else 0)
             yield family
+
+
+class _LoopBuckets:
+    """One label set of a ``_LoopHistogram``: plain counts, one per bucket (the last is
+    +Inf), and their sum."""
+
+    __slots__ = ("_bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1  # first bound >= value: le
+        self.total += value
+
+
+class _LoopHistogram(Collector):
+    """A histogram with one label, observed only on the event loop's thread, which also
+    serves the scrapes: no lock, a bisect and two additions per observation (about a
+    quarter of ``Histogram.observe``'s cost). For the families observed per Paxos message."""
+
+    def __init__(self, name: str, documentation: str, label: str,
+                 buckets: tuple[float, ...]) -> None:
+        self._name, self._doc, self._label = name, documentation, label
+        self._bounds = tuple(sorted(buckets))
+        self._children: dict[str, _LoopBuckets] = {}
+
+    def __call__(self, value: str) -> _LoopBuckets:
+        try:
+            return self._children[value]
+        except KeyError:
+            child = self._children[value] = _LoopBuckets(self._bounds)
+            return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])
+        les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for value, child in sorted(self._children.items()):
+            cumulative, running = [], 0
+            for le, count in zip(les, child.counts, strict=True):
+                running += count
+                cumulative.append((le, running))
+            family.add_metric([value], cumulative, child.total)
+        yield family
 
 
 M = TypeVar("M", Counter, Histogram)
@@ -283,18 +331,18 @@ class PromMetrics(Metrics):
             "Round-trip time of every successful heartbeat to the peer",
             ["peer"], buckets=_RTT_BUCKETS, registry=r)
         self._peer_rtt_of = _Children(self._peer_rtt_hist)
-        self._phase = Histogram(
+        self._phase_of = _LoopHistogram(
             "paxoskv_paxos_phase_duration_seconds",
             "Time a proposer waited for a phase's broadcast to be decided: the network "
             "round trip plus the acceptors' persistence (paxoskv_acceptor_persist_duration_"
-            "seconds)", ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
-        self._persist = Histogram(
+            "seconds)", "phase", _LATENCY_BUCKETS)
+        self._persist_of = _LoopHistogram(
             "paxoskv_acceptor_persist_duration_seconds",
             "Time from an acceptor's step on a prepare or accept to its state being durable "
             "(queueing for the group commit, then the commit and fsync)",
-            ["phase"], buckets=_LATENCY_BUCKETS, registry=r)
-        self._phase_of = _Children(self._phase)
-        self._persist_of = _Children(self._persist)
+            "phase", _LATENCY_BUCKETS)
+        r.register(self._phase_of)
+        r.register(self._persist_of)
         for phase in PHASES:
             self._phase_of(phase)  # exported before the first round, for the dashboard
             if phase != "query":

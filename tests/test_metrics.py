@@ -151,6 +151,13 @@ def test_counters_and_histograms_move_with_their_calls() -> None:
     assert _value(registry, "paxoskv_paxos_phase_duration_seconds_count", phase="prepare") == 0
     assert _value(registry, "paxoskv_acceptor_persist_duration_seconds_sum",
                   phase="prepare") == 0.002
+    metrics.phase("accept", 0.005)  # on a bound: counted in that bucket (le), as Prometheus'
+    metrics.phase("accept", 20.0)   # beyond the last bound: +Inf only
+    for le, count in (("0.0025", 0), ("0.005", 2), ("10.0", 2), ("+Inf", 3)):
+        assert _value(registry, "paxoskv_paxos_phase_duration_seconds_bucket", phase="accept",
+                      le=le) == count, le
+    assert _value(registry, "paxoskv_paxos_phase_duration_seconds_sum",
+                  phase="accept") == 0.003 + 0.005 + 20.0
     assert _value(registry, "paxoskv_peer_round_trip_time_seconds_count", peer="2") == 1
     assert _value(registry, "paxoskv_peer_round_trip_time_seconds_bucket", peer="2",
                   le="0.005") == 1
