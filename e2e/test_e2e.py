@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+from chart_queries import ALLOWED_EMPTY, dashboard_exprs, rule_exprs
 from kube import FULLNAME, METRICS_PORT, PORT, RELEASE, Kube
-from queries import ALLOWED_EMPTY, dashboard_exprs, rule_exprs
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.check import History, check, write_report

@@ -28,7 +28,8 @@ RUNBOOKS = (ROOT / "docs" / "runbooks.md").read_text()
 
 
 def _queries_module() -> Any:
-    spec = importlib.util.spec_from_file_location("e2e_queries", ROOT / "e2e" / "queries.py")
+    path = ROOT / "e2e" / "chart_queries.py"
+    spec = importlib.util.spec_from_file_location("e2e_chart_queries", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
