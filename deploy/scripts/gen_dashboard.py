@@ -885,7 +885,22 @@ def build() -> dict[str, Any]:
                     "titleFormat": "restart",
                     "textFormat": "{{pod}} restarted",
                     "tagKeys": "pod",
-                }
+                },
+                {
+                    # Also a container that restarts before it is ever scraped (a crash
+                    # loop); needs kube-state-metrics, so it is off by default.
+                    "name": "Container restarts (kube-state-metrics)",
+                    "datasource": DS,
+                    "enable": False,
+                    "iconColor": "red",
+                    "expr": "increase(kube_pod_container_status_restarts_total{"
+                    'cluster=~"$cluster", namespace="$namespace", pod=~"$job(-paxoskv)?-[0-9]+", '
+                    f'container="paxoskv"}}[{RATE}]) > 0',
+                    "step": "30s",
+                    "titleFormat": "container restart",
+                    "textFormat": "{{pod}} restarted",
+                    "tagKeys": "pod",
+                },
             ]
         },
         "links": [],
