@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paxoskv import __version__
 from paxoskv.api.guard import GuardLimits, limit_requests_middleware
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 from paxoskv.core.acceptor import AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value

@@ -124,7 +124,7 @@ def test_every_panel_links_to_an_existing_runbook_section() -> None:
 
 
 def test_new_metrics_have_panels() -> None:
-    """Goal: each family added for issue 13 is drawn by a panel (by name in its query)."""
+    """Goal: each saturation, phase and build family is drawn by a panel (by name in its query)."""
     exprs = "\n".join(t["expr"] for p in _panels() for t in p.get("targets", []))
     for name in ("paxoskv_event_loop_lag_seconds_bucket", "paxoskv_rounds_in_flight",
                  "paxoskv_client_requests_in_flight", "paxoskv_client_bytes_total",

@@ -143,7 +143,7 @@ def test_design_metrics_are_all_shown() -> None:
     assert not missing, f"exported but neither on the dashboard nor in an alert: {missing}"
 
 
-# The families added for issue 13 ("Metrics and dashboard"), by the names queries use.
+# The saturation, byte, phase-latency, RTT and build families, by the names queries use.
 ISSUE_13_NAMES = {
     "paxoskv_event_loop_lag_seconds_bucket": "dashboard+rules",
     "paxoskv_rounds_in_flight": "dashboard",
