@@ -1,4 +1,4 @@
-"""``paxoskv serve | local-cluster | put | get | delete | list | status | token new``.
+"""``paxoskv serve | local-cluster | put | get | delete | list | status | token | completion``.
 
 Every flag can also come from a ``PAXOSKV_*`` environment variable (the flag's name in
 upper case with dashes as underscores), so the Helm chart configures the server through
@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 ENV_PREFIX = "PAXOSKV_"
+
+DEFAULT_CLIENT_URL = "http://127.0.0.1:7000"
+"""Where the client commands go by default: ``serve``'s default --listen port, which is the
+client port of the image and the chart (7001 and 7002 there are the peer and metrics
+ports), and node 1 of ``local-cluster``."""
+
+OUTPUTS = ("json", "table")
 
 
 class UsageError(Exception):
@@ -150,7 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     lc = sub.add_parser("local-cluster", help="run N nodes on loopback for development")
     _add(lc, "--nodes", "number of nodes", 3, type=int)
-    _add(lc, "--base-port", "node i listens on base-port + i", 7000, type=int)
+    _add(lc, "--base-port", "node i listens on base-port + i - 1 (node 1 on the clients' "
+         "default port)", 7000, type=int)
     _add(lc, "--data-dir", "parent directory of the nodes' data directories",
          "./data/local-cluster")
     _add(lc, "--host", "loopback address to bind", "127.0.0.1")
@@ -162,8 +170,20 @@ def _build_parser() -> argparse.ArgumentParser:
                            ("get", "read a key"), ("delete", "delete a key"),
                            ("list", "list keys by prefix"), ("status", "node status")):
         c = sub.add_parser(name, help=helptext)
-        _add(c, "--url", "node URL", "http://127.0.0.1:7001")
-        _add(c, "--timeout", "seconds", 10.0, type=float)
+        url_env = _env("--url")
+        c.add_argument("--url", action="append", metavar="URL[,URL...]",
+                       help="node URL; repeat it or separate URLs with commas to give "
+                       "several nodes: a call that gets no answer, or 503, moves on to the "
+                       f"next (env {url_env}, default {DEFAULT_CLIENT_URL})")
+        _add(c, "--timeout", "seconds one try may take", 10.0, type=float)
+        _add(c, "--retries", "tries in all for one call (1: no retry)", 8, type=int)
+        _add(c, "--retry-timeout", "seconds after which no new try starts", 30.0,
+             type=float)
+        out_env = _env("--output")
+        c.add_argument("-o", "--output", choices=OUTPUTS,
+                       default=os.environ.get(out_env) or None,
+                       help="json, or table (aligned text); default: the value itself for "
+                       f"get, JSON for the others (env {out_env})")
         _add(c, "--token", "bearer token for a server run with --auth token")
         _add(c, "--cacert", "PEM CA to verify an https:// --url against (default: the "
              "system's CAs)")
@@ -177,11 +197,22 @@ def _build_parser() -> argparse.ArgumentParser:
             c.add_argument("--if-none-match", action="store_true", help="create only")
         if name == "delete":
             c.add_argument("--if-match", type=int, help="delete only at this version")
+        if name in ("put", "delete"):
+            c.add_argument("--idempotency-key", metavar="KEY",
+                           help="the write's Idempotency-Key (default: a new one, kept for "
+                           "this call's retries); give the same KEY when re-running a "
+                           "command whose outcome was unknown, to apply it at most once")
         if name == "get":
             c.add_argument("--stale", action="store_true", help="read one replica")
         if name == "list":
             c.add_argument("--prefix", default="")
             c.add_argument("--limit", type=int, default=1000)
+            c.add_argument("--cursor", help="continue a listing where the previous page "
+                           "ended (its \"next\")")
+
+    comp = sub.add_parser("completion", help="print a shell completion script: "
+                          "eval \"$(paxoskv completion bash)\" (or zsh)")
+    comp.add_argument("shell", choices=["bash", "zsh"])
 
     t = sub.add_parser("token", help="make client tokens for --auth token")
     tsub = t.add_subparsers(dest="token_command", required=True)
@@ -445,18 +476,22 @@ def _local_cluster(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 9:
         raise UsageError("--nodes must be within 1..9")
     base = Path(args.data_dir)
-    urls = {i: f"http://{args.host}:{args.base_port + i}" for i in range(1, args.nodes + 1)}
+    if not 0 < args.base_port <= 65536 - args.nodes:
+        raise UsageError("--base-port must leave room for --nodes ports below 65536")
+    urls = {i: f"http://{args.host}:{args.base_port + i - 1}"
+            for i in range(1, args.nodes + 1)}
     peers = ",".join(f"{i}={u}" for i, u in urls.items())
     env = dict(os.environ)
     env.setdefault("PAXOSKV_PEER_SECRET", secrets.token_hex(16))
     children: list[subprocess.Popen[bytes]] = []
     for i, url in urls.items():
         cmd = [sys.executable, "-m", "paxoskv", "serve", "--node-id", str(i),
-               "--listen", f"{args.host}:{args.base_port + i}", "--peers", peers,
+               "--listen", f"{args.host}:{args.base_port + i - 1}", "--peers", peers,
                "--data-dir", str(base / f"node{i}"), "--log-format", args.log_format]
         children.append(subprocess.Popen(cmd, env=env))
         print(f"node {i}: {url}  (data {base / f'node{i}'}, pid {children[-1].pid})",
               flush=True)
+    print(f"clients: export PAXOSKV_URL={','.join(urls.values())}", flush=True)
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -512,7 +547,7 @@ def _wait_ready(url: str, timeout_s: float) -> None:
 
 def _demo(urls: dict[int, str]) -> None:
     """A short transcript against the running cluster, with the curl line for each step."""
-    from paxoskv.client import Client
+    from paxoskv.client import HttpClient as Client  # shows each answer, 412 included
 
     for url in urls.values():
         _wait_ready(url, 30)
@@ -542,49 +577,130 @@ def _demo(urls: dict[int, str]) -> None:
     print("--- demo done ---\n", flush=True)
 
 
-def _client_command(args: argparse.Namespace) -> int:
-    from paxoskv.client import Client, ClientError
+def _client_urls(args: argparse.Namespace) -> list[str]:
+    """--url (repeatable, each may be a comma-separated list), else PAXOSKV_URL, else the
+    default."""
+    from paxoskv.client import ClientError, parse_endpoints
 
+    given = args.url or [os.environ.get(_env("--url")) or DEFAULT_CLIENT_URL]
     try:
-        client = Client(args.url, timeout_s=args.timeout, token=args.token,
-                        ca_file=args.cacert, cert_file=args.cert, key_file=args.key)
+        return parse_endpoints(given)
     except ClientError as exc:
+        raise UsageError(f"--url: {exc}") from None
+
+
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_UNKNOWN = 1, 3, 4
+"""Client command exit codes (2 is bad usage): the server said no; no node could be
+reached; a write may or may not have taken effect."""
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from paxoskv.client import (
+        Client,
+        ClientError,
+        PaxosKVError,
+        Retry,
+        UnknownOutcome,
+        new_idempotency_key,
+    )
+
+    if args.output not in (None, *OUTPUTS):
+        raise UsageError(f"{_env('--output')}={args.output!r}: output must be json or table")
+    if not args.timeout > 0 or args.retries < 1 or args.retry_timeout < 0:
+        raise UsageError("--timeout must be > 0, --retries >= 1, --retry-timeout >= 0")
+    urls = _client_urls(args)
+    # one key for all of this write's tries, known here so an unknown outcome can name it
+    idem = (args.idempotency_key or new_idempotency_key()
+            if args.command in ("put", "delete") else None)
+    try:
+        client = Client(endpoints=urls, timeout_s=args.timeout, token=args.token,
+                        ca_file=args.cacert, cert_file=args.cert, key_file=args.key,
+                        retry=Retry(attempts=args.retries, total_s=args.retry_timeout))
+    except (ClientError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     try:
         if args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
-            res = client.put(args.key, value, args.if_match, args.if_none_match)
+            res = client.put(args.key, value, args.if_match, args.if_none_match,
+                             idempotency_key=idem)
         elif args.command == "get":
             res = client.get(args.key, args.stale)
         elif args.command == "delete":
-            res = client.delete(args.key, args.if_match)
+            res = client.delete(args.key, args.if_match, idempotency_key=idem)
         elif args.command == "list":
-            res = client.list(args.prefix, args.limit)
+            res = client.list(args.prefix, args.limit, args.cursor)
         else:
             res = client.status()
     except ClientError as exc:
-        print(f"paxoskv: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 3
+        print(f"paxoskv: cannot reach {', '.join(urls)} (last error: {exc})", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except PaxosKVError as exc:
+        print(f"paxoskv: {exc}", file=sys.stderr)
+        if isinstance(exc, UnknownOutcome):
+            if args.command in ("put", "delete"):
+                print("paxoskv: the write may or may not have taken effect; read the key, or "
+                      f"run it again with --idempotency-key {idem} (within the server's "
+                      "--idempotency-window) to apply it at most once", file=sys.stderr)
+            return EXIT_UNKNOWN
+        return EXIT_REFUSED
     finally:
         client.close()
-    if res.status >= 400:
-        try:
-            err = res.json()
-            print(f"paxoskv: {res.status} {err.get('error')}: {err.get('message')}",
-                  file=sys.stderr)
-        except (orjson.JSONDecodeError, AttributeError):
-            print(f"paxoskv: HTTP {res.status}", file=sys.stderr)
-        return 1
-    if args.command == "get":
-        sys.stdout.buffer.write(res.body)
-        if sys.stdout.isatty():
-            sys.stdout.write("\n")
-        print(f"version {res.version}", file=sys.stderr)
-    elif args.command == "delete":
-        print(f"deleted {args.key} (version {res.version})")
-    else:
-        print(json.dumps(res.json(), indent=2))
+    _print_result(args, res.body, res.version, res.json if res.body else dict)
     return 0
+
+
+def _print_result(args: argparse.Namespace, body: bytes, version: int | None,
+                  parse: Callable[[], Any]) -> None:
+    """A command's answer as the value (get), JSON or a table."""
+    out = args.output
+    if args.command == "get":
+        if out is None:
+            sys.stdout.buffer.write(body)
+            if sys.stdout.isatty():
+                sys.stdout.write("\n")
+            print(f"version {version}", file=sys.stderr)
+            return
+        try:
+            value: dict[str, Any] = {"value": body.decode("utf-8")}
+        except UnicodeDecodeError:
+            import base64
+            value = {"value_base64": base64.b64encode(body).decode("ascii")}
+        doc: Any = {"key": args.key, "version": version, **value}
+    elif args.command == "delete":
+        if out is None:
+            print(f"deleted {args.key} (version {version})")
+            return
+        doc = {"key": args.key, "deleted": True, "version": version}
+    else:
+        doc = parse()
+    if out == "table":
+        print(_table(args.command, doc))
+    else:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _table(command: str, doc: Any) -> str:
+    """Aligned columns: the keys of a listing, or one row per field (nested fields joined
+    with dots) for the rest."""
+    if command == "list" and isinstance(doc, dict):
+        rows = [("KEY",), *((str(k),) for k in doc.get("keys", []))]
+        if doc.get("next"):
+            rows.append((f"(more: --cursor {doc['next']})",))
+        return "\n".join(r[0] for r in rows)
+    flat: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            flat.append((prefix, ", ".join(json.dumps(v) if isinstance(v, (dict, list))
+                                           else str(v) for v in value)))
+        else:
+            flat.append((prefix, "" if value is None else str(value)))
+    walk("", doc)
+    width = max((len(k) for k, _ in flat), default=0)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in flat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -596,6 +712,11 @@ def main(argv: list[str] | None = None) -> int:
             return _local_cluster(args)
         if args.command == "token":
             return _token_command(args)
+        if args.command == "completion":
+            from paxoskv.completion import script
+
+            print(script(_build_parser(), args.shell))
+            return 0
         return _client_command(args)
     except UsageError as exc:
         print(f"paxoskv: {exc}", file=sys.stderr)

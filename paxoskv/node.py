@@ -297,36 +297,35 @@ class _KeyedLocks:
     """One lock per key, held while an acceptor serves a message for it (from reading
     its state to its durable save); an entry exists only while the key is held.
 
-    ``try_acquire`` takes a free key without a coroutine (the acceptor's hot path);
-    ``acquire`` waits for it. ``release`` hands the key to the longest waiter."""
+    ``take`` is called when a message arrives: it takes a free key at once, else it
+    queues a turn for it then and there, so a key is served in arrival order. ``release``
+    hands the key to the oldest turn still wanted; ``give_up`` withdraws a turn whose
+    message will never be served (its key passed on if it had already been handed)."""
 
     def __init__(self) -> None:
         self._held: dict[str, deque[asyncio.Future[None]]] = {}
 
-    def try_acquire(self, key: str) -> bool:
-        if key in self._held:
-            return False
-        self._held[key] = deque()
-        return True
-
-    async def acquire(self, key: str) -> None:
+    def take(self, key: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
+        """None: the key is now held by the caller. Else the caller's turn, which
+        completes when the key is handed to it (the key is then held by it)."""
         waiters = self._held.get(key)
         if waiters is None:
             self._held[key] = deque()
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return None
+        turn: asyncio.Future[None] = loop.create_future()
         waiters.append(turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.release(key)  # handed over as we were cancelled: pass it on
-            else:
-                # Still waiting, or already passed over by a release (which skips
-                # cancelled turns).
-                with contextlib.suppress(ValueError):
-                    waiters.remove(turn)
-            raise
+        return turn
+
+    def give_up(self, key: str, turn: asyncio.Future[None]) -> None:
+        """The owner of ``turn`` ended without serving its message."""
+        if turn.done() and not turn.cancelled():
+            self.release(key)  # the key was handed to it: pass it on
+            return
+        turn.cancel()  # a release skips it from now on
+        waiters = self._held.get(key)
+        if waiters is not None:
+            with contextlib.suppress(ValueError):
+                waiters.remove(turn)
 
     def release(self, key: str) -> None:
         waiters = self._held[key]
@@ -389,6 +388,7 @@ class Node:
         self._inflight = 0
         self._group: asyncio.TaskGroup | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
+        self._turn_tasks: set[asyncio.Task[Reply]] = set()  # see _serve_in_turn
         self.draining = False
         self.recovery = Recovery(self)
         self.collector = Collector(self)
@@ -446,29 +446,61 @@ class Node:
     def handle_soon(self, msg: Request, deadline: float) -> Reply | Awaitable[Reply]:
         """``handle`` without a coroutine where it can: the reply itself when nothing needs
         to be made durable, else an awaitable that completes with the reply once its state
-        is durable. The acceptor's common case (its key not held by another message) takes
-        the key, computes the step, submits the save and returns the save's future, so a
-        peer frame costs no task per message."""
+        is durable (a forward: a coroutine). See ``_acceptor_soon``."""
         if isinstance(msg, Forward):
             return self._serve_forward(msg)
+        if isinstance(msg, Collect):
+            return self._serve_collect(msg, deadline)  # a coroutine, like a forward
+        return self._acceptor_soon(msg, deadline)
+
+    def _acceptor_soon(self, msg: Prepare | Accept | Query, deadline: float
+                       ) -> Reply | asyncio.Future[Reply]:
+        """The local acceptor's answer to ``msg``, started now. The common case (its key
+        not held by another message) takes the key, computes the step, submits the save
+        and returns the save's future, so a peer frame costs no task per message; a
+        message whose key is held queues for it now, in arrival order (``_serve_in_turn``).
+        """
         kind = _kind(msg)
         if not self._serves(kind):
             return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
         if isinstance(msg, Query):
             return acceptor_rules.on_query(self.storage.load(msg.key), msg)
-        if isinstance(msg, Collect):
-            return self._serve_collect(msg, deadline)
-        if not self._acceptor_locks.try_acquire(msg.key):
-            return self._handle_after_lock(msg, kind, deadline)
-        return self._serve_locked(msg, kind, deadline)
+        loop = self._loop.get()
+        turn = self._acceptor_locks.take(msg.key, loop)
+        if turn is None:
+            return self._serve_locked(msg, kind, deadline)
+        return self._serve_in_turn(loop, turn, msg, kind, deadline)
 
-    async def _handle_after_lock(self, msg: Prepare | Accept, kind: str, deadline: float
-                                 ) -> Reply:
-        await self._acceptor_locks.acquire(msg.key)
-        reply = self._serve_locked(msg, kind, deadline)
-        if isinstance(reply, REPLY_TYPES):
-            return reply
-        return await reply
+    def _serve_in_turn(self, loop: asyncio.AbstractEventLoop, turn: asyncio.Future[None],
+                       msg: Prepare | Accept, kind: str, deadline: float
+                       ) -> asyncio.Task[Reply]:
+        """Serve ``msg`` once ``turn`` (queued at its arrival) hands it the key: a task,
+        created here, so that no caller can leave the key held by never awaiting it.
+
+        A task that ends without having taken the key (cancelled while it waited, or
+        before its first step, when its body never runs) gives its turn up in its done
+        callback: out of the queue, or, if the key was already handed to it, on to the
+        next waiter. Once it holds the key, ``_serve_locked`` releases it."""
+        holds = False
+
+        async def serve() -> Reply:
+            nonlocal holds
+            await turn
+            holds = True
+            reply = self._serve_locked(msg, kind, deadline)
+            if isinstance(reply, REPLY_TYPES):
+                return reply
+            return await reply
+
+        def ended(task: asyncio.Task[Reply]) -> None:
+            self._turn_tasks.discard(task)
+            if not holds:
+                self._acceptor_locks.give_up(msg.key, turn)
+
+        task = loop.create_task(serve())
+        self._turn_tasks.add(task)
+        task.add_done_callback(ended)
+        return task
 
     def _serve_locked(self, msg: Prepare | Accept, kind: str, deadline: float
                       ) -> Reply | asyncio.Future[Reply]:
@@ -495,6 +527,7 @@ class Node:
             if not step.persist:
                 self._acceptor_locks.release(key)
                 return step.reply
+            submitted = loop.time()
             saved = self.storage.save_soon(key, step.state)
         except BaseException:
             self._acceptor_locks.release(key)
@@ -513,6 +546,7 @@ class Node:
                 answer.set_exception(exc)
             else:
                 answer.set_result(reply)  # only now: the state it answers for is durable
+                self.metrics.persist(kind, loop.time() - submitted)
                 if fresh:
                     self.metrics.keys(self.storage.key_count())
 
@@ -524,7 +558,13 @@ class Node:
         the key held like a prepare's, and answer once the removal and the raised floor
         are durable."""
         key = msg.key
-        await self._acceptor_locks.acquire(key)
+        turn = self._acceptor_locks.take(key, self._loop.get())
+        if turn is not None:
+            try:
+                await turn
+            except asyncio.CancelledError:
+                self._acceptor_locks.give_up(key, turn)
+                raise
         try:
             if self._loop.get().time() > deadline:
                 return Unavailable(key, "expired: its round has ended")
@@ -615,7 +655,8 @@ class Node:
         task.add_done_callback(self._orphans.discard)
         return task
 
-    async def _broadcast(self, msg: Request, on_reply: Callable[[int, Reply], Any],
+    async def _broadcast(self, msg: Prepare | Accept | Query | Collect,
+                         on_reply: Callable[[int, Reply], Any],
                          deadline: float) -> Any:
         """Send ``msg`` to every acceptor; feed replies until one returns non-Wait (that
         step), or return None once every acceptor answered or ``deadline`` passed.
@@ -623,7 +664,8 @@ class Node:
         Sends still in flight once the decision is made are left to finish (accepts that
         land late still help the lagging acceptor) but are no longer waited for. Replies
         arrive through callbacks on the transport's and the local acceptor's futures: no
-        task per acceptor, except for a local message that must wait for its key.
+        task per acceptor (the local acceptor runs one only for a message that must wait
+        for its key, see ``_serve_in_turn``).
         """
         loop = self._loop.get()
         decided: asyncio.Future[Any] = loop.create_future()
@@ -690,7 +732,11 @@ class Node:
             outstanding += 1
             if a == self.config.node_id:
                 try:
-                    local = self.handle_soon(msg, deadline)
+                    local: Reply | asyncio.Future[Reply]
+                    if isinstance(msg, Collect):  # rare: a task of its own
+                        local = self._spawn(self._serve_collect(msg, deadline))
+                    else:
+                        local = self._acceptor_soon(msg, deadline)
                 except AssertionError:
                     raise
                 except Exception as exc:
@@ -698,10 +744,8 @@ class Node:
                     continue
                 if isinstance(local, REPLY_TYPES):
                     ready.append((a, local))
-                elif isinstance(local, asyncio.Future):
+                else:  # the save's future, or the task of a message queued for its key
                     local.add_done_callback(on_answer(a, local_failure))
-                else:  # a coroutine (the key is held by another message): a task of its own
-                    self._spawn(self._ask_local(a, msg.key, local)).add_done_callback(on_task)
             elif not self.membership.usable(a):
                 ready.append((a, Unavailable(msg.key, "peer down or refused")))
             elif send_soon is None:  # a transport without it (tests): a task per send
@@ -727,21 +771,15 @@ class Node:
         finally:
             timer.cancel()
 
-    @staticmethod
-    async def _ask_local(acceptor_id: int, key: str, reply: Awaitable[Reply]
-                         ) -> tuple[int, Reply]:
-        """The local acceptor's reply that had to wait for its key (see ``_ask``)."""
-        try:
-            return acceptor_id, await reply
-        except AssertionError:
-            raise
-        except Exception as exc:
-            return acceptor_id, _local_failure(key, exc)
-
     def _backoff(self, attempt: int) -> float:
         cap = min(self.config.retry_backoff_s_max,
                   self.config.retry_backoff_s_base * (2 ** attempt))
         return self.rng.uniform(0, cap)
+
+    @property
+    def rounds_in_flight(self) -> int:
+        """Rounds (writes and linearizable reads) running now: ``paxoskv_rounds_in_flight``."""
+        return self._inflight
 
     @contextlib.contextmanager
     def _round_slot(self) -> Iterator[None]:
@@ -1039,8 +1077,10 @@ class Node:
                                 items=[w.item for w in live], fast=fast)
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
-                phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
+                started = loop.time()
+                phase_deadline = min(deadline, started + self.config.phase_timeout_s)
                 step = await self._broadcast(step, rnd.on_reply, phase_deadline)
+                self.metrics.phase("prepare", loop.time() - started)
                 if step is None:
                     step = rnd.on_timeout()
                 if isinstance(step, SendAccept):
@@ -1056,8 +1096,10 @@ class Node:
                             "since seen too many writes to tell"))
             if isinstance(step, SendAccept):
                 rnd.note_accept_sent()
-                phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
+                started = loop.time()
+                phase_deadline = min(deadline, started + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
+                self.metrics.phase("accept", loop.time() - started)
                 if step is None:
                     step = rnd.on_timeout()
             if fast is not None:
@@ -1099,8 +1141,11 @@ class Node:
         await self.wait_may_propose()
         with self._round_slot():
             rnd = self.proposer_rules.query_round(key, self.quorum)
-            deadline = asyncio.get_running_loop().time() + self.config.phase_timeout_s
-            step = await self._broadcast(rnd.query(), rnd.on_reply, deadline)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            step = await self._broadcast(rnd.query(), rnd.on_reply,
+                                         started + self.config.phase_timeout_s)
+            self.metrics.phase("query", loop.time() - started)
         if isinstance(step, Committed):
             self.metrics.round("query", "ok")
             return step.outcome
@@ -1237,10 +1282,12 @@ class Node:
     async def stop(self) -> None:
         """Cancel work started outside ``run`` (``run`` itself is cancelled by its owner)."""
         self.draining = True
-        for task in list(self._orphans):
+        # And the local acceptor's messages still waiting for their key (_serve_in_turn).
+        pending = [*self._orphans, *self._turn_tasks]
+        for task in pending:
             task.cancel()
-        if self._orphans:
-            await asyncio.gather(*self._orphans, return_exceptions=True)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

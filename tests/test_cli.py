@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakenode import FakeNode
 
 from paxoskv.auth import Rate, hash_token, read_token_file
+from paxoskv.chaos.processes import free_ports
 from paxoskv.cli import main
 
 
@@ -139,7 +142,7 @@ def test_flags_come_from_the_environment() -> None:
 
 def test_client_reports_an_unreachable_server() -> None:
     """Goal: a client command against nothing says so and exits 3."""
-    res = run("get", "k", "--url", "http://127.0.0.1:9")
+    res = run("get", "k", "--url", "http://127.0.0.1:9", "--retries", "2")
     assert res.returncode == 3
     assert "cannot reach" in res.stderr
     assert "Traceback" not in res.stderr
@@ -163,3 +166,118 @@ def test_every_serve_flag_and_env_var_is_documented_in_the_readme() -> None:
                     assert f"`{flag}`" in readme, flag
                     if command == "serve":
                         assert _env(flag) in readme, _env(flag)
+
+
+# ------------------------------------------------------------------ client commands
+
+@pytest.fixture
+def fake() -> Iterator[FakeNode]:
+    node = FakeNode().start()
+    yield node
+    node.stop()
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_ports(1)[0]}"
+
+
+def test_one_default_port_for_serve_local_cluster_and_the_clients() -> None:
+    """Goal: `paxoskv serve` then `paxoskv put k v` works: the client commands' default URL
+    is serve's default --listen port (the chart's client port; 7001 is its peer port), and
+    local-cluster's node 1 listens there."""
+    from paxoskv.cli import DEFAULT_CLIENT_URL, _build_parser
+    from paxoskv.client import DEFAULT_URL
+
+    parser = _build_parser()
+    listen = parser.parse_args(["serve"]).listen
+    assert DEFAULT_CLIENT_URL == DEFAULT_URL == "http://127.0.0.1:" + listen.rpartition(":")[2]
+    assert DEFAULT_URL.endswith(":7000")
+    assert parser.parse_args(["local-cluster"]).base_port == 7000
+    assert "base-port + i - 1" in run("local-cluster", "--help").stdout.replace("\n", " ")
+    assert DEFAULT_URL in run("put", "--help").stdout
+
+
+def test_several_urls_fail_over(fake: FakeNode) -> None:
+    """Goal: --url repeated or comma-separated (and PAXOSKV_URL) reaches the node that is
+    up; the write is sent once, with an Idempotency-Key."""
+    res = run("put", "k", "v", "--url", f"{dead_url()},{dead_url()}", "--url", fake.url)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"key": "k", "version": 1}
+    res = run("get", "k", env={"PAXOSKV_URL": f"{dead_url()}, {fake.url}"})
+    assert (res.returncode, res.stdout, res.stderr.strip()) == (0, "v", "version 1")
+    assert [s.method for s in fake.seen] == ["PUT", "GET"]
+    assert fake.seen[0].headers["Idempotency-Key"].startswith("pkv-")
+
+
+def test_output_json_and_table(fake: FakeNode) -> None:
+    fake.data["k"] = (3, "héllo".encode())
+    fake.data["b"] = (1, b"\xff")
+    got = run("get", "k", "-o", "json", "--url", fake.url)
+    assert json.loads(got.stdout) == {"key": "k", "version": 3, "value": "héllo"}
+    binary = run("get", "b", "--output", "json", "--url", fake.url)
+    assert json.loads(binary.stdout)["value_base64"] == "/w=="
+    table = run("get", "k", "-o", "table", "--url", fake.url)
+    assert table.stdout.splitlines() == ["key      k", "version  3", "value    héllo"]
+    listing = run("list", "--url", fake.url, env={"PAXOSKV_OUTPUT": "table"})
+    assert listing.stdout.splitlines() == ["KEY", "b", "k"]
+    status = run("status", "-o", "table", "--url", fake.url)
+    assert status.stdout.splitlines() == ["node_id  1", "ready    True"]
+    deleted = run("delete", "k", "-o", "json", "--url", fake.url)
+    assert json.loads(deleted.stdout) == {"key": "k", "deleted": True, "version": 4}
+
+
+def test_server_errors_are_one_line_with_exit_codes(fake: FakeNode) -> None:
+    """Goal: a refusal is one line and exit 1; an unknown outcome exits 4 and names the
+    Idempotency-Key every try carried, so the command can be re-run safely."""
+    fake.data["k"] = (2, b"x")
+    res = run("put", "k", "y", "--if-match", "1", "--url", fake.url)
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("paxoskv: 412 precondition_failed: the condition did not "
+                                  "hold")
+    fake.script = [("answer", 504, "unknown_outcome", {})] * 2
+    res = run("put", "k", "z", "--url", fake.url, "--retries", "2")
+    assert res.returncode == 4, res.stderr
+    keys = {s.headers["Idempotency-Key"] for s in fake.seen[1:]}
+    assert len(fake.seen) == 3 and len(keys) == 1
+    assert f"--idempotency-key {keys.pop()}" in res.stderr
+    again = run("put", "k", "z", "--url", fake.url, "--idempotency-key", "mine-1")
+    assert again.returncode == 0 and fake.seen[-1].headers["Idempotency-Key"] == "mine-1"
+    assert "Traceback" not in res.stderr + again.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["get", "k", "--url", "localhost:7000"], {}, "is not an http:// or https:// URL"),
+    (["get", "k"], {"PAXOSKV_URL": "http://a:1,ftp://b"}, "'ftp://b' is not an http://"),
+    (["get", "k", "--retries", "0"], {}, "--retries >= 1"),
+    (["get", "k", "--timeout", "0"], {}, "--timeout must be > 0"),
+    (["get", "k"], {"PAXOSKV_OUTPUT": "xml"}, "output must be json or table"),
+    (["get", "k", "--url", "https://127.0.0.1:1", "--cacert", "/nonexistent/ca.pem"], {},
+     "TLS files"),
+])
+def test_bad_client_input_is_one_line_exit_2(args: list[str], env: dict[str, str],
+                                             message: str) -> None:
+    res = run(*args, env=env)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("paxoskv pu", "put"),
+    ("paxoskv put -o ", "json table"),
+    ("paxoskv get --ur", "--url"),
+    ("paxoskv token new --role ", "read write admin"),
+    ("paxoskv completion ", "bash zsh -h --help"),
+    ("paxoskv serve --peer-transport ", "channel http"),
+])
+def test_bash_completion(line: str, expected: str, tmp_path: Path) -> None:
+    """Goal: `eval "$(paxoskv completion bash)"` completes commands, flags and choices."""
+    script = tmp_path / "paxoskv.bash"
+    script.write_text(run("completion", "bash").stdout)
+    probe = ('source "$1"; read -ra COMP_WORDS <<< "$2"; [[ "$2" == *" " ]] && '
+             'COMP_WORDS+=(""); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _paxoskv; '
+             'echo "${COMPREPLY[*]}"')
+    res = subprocess.run(["bash", "-c", probe, "_", str(script), line], capture_output=True,
+                         text=True, timeout=30)
+    assert res.stdout.strip() == expected, res.stderr
+    zsh = run("completion", "zsh").stdout
+    assert "bashcompinit" in zsh and "complete -o default -F _paxoskv paxoskv" in zsh

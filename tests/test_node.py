@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import warnings
 from typing import Any
 
 import pytest
@@ -589,3 +590,165 @@ def test_a_key_driver_cancelled_before_its_first_step_leaves_nothing_behind() ->
         assert "k" not in node._key_drivers and "k" not in node._key_queues
         return loop.time() - started
     assert asyncio.run(main()) < 1.0
+
+
+
+class _GatedStorage(_Storage):
+    """Saves complete only when ``pump`` says so; records each promised ballot saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[int] = []
+        self.pending: list[asyncio.Future[None]] = []
+
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        self.data[key] = state
+        self.saved.append(state.ballot_promised.counter)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(done)
+        return done
+
+    async def pump(self, *replies: Any) -> list[Any]:
+        """Complete saves as they come until every reply is in (bounded: 50 loop turns)."""
+        waiting = [asyncio.ensure_future(r) for r in replies]
+        for _ in range(50):
+            for fut in self.pending:
+                if not fut.done():
+                    fut.set_result(None)
+            if all(w.done() for w in waiting):
+                break
+            await asyncio.sleep(0)
+        assert all(w.done() for w in waiting), f"replies still waiting; saved {self.saved}"
+        return [w.result() for w in waiting]
+
+
+async def _acceptor() -> tuple[Node, _GatedStorage, float]:
+    """A serving node whose storage is gated (``_GatedStorage``), and a message deadline."""
+    node, _, _ = _node()
+    await node.start()
+    await node.heartbeat_once()
+    storage = _GatedStorage()
+    node.storage = storage  # type: ignore[assignment]
+    return node, storage, asyncio.get_running_loop().time() + 5
+
+
+def _prepare(counter: int) -> Prepare:
+    return Prepare("k", Ballot(counter, 2, 1))
+
+
+def _kinds(replies: list[Any]) -> list[str]:
+    return [type(r).__name__ for r in replies]
+
+
+def test_a_contended_key_is_served_in_arrival_order() -> None:
+    """Goal: messages for a held key are served in the order they arrived. Before, a
+    message that found its key held queued only once its coroutine first ran; a later
+    message arriving after the key was freed but before that first step took the key
+    first, so the earlier one (a lower ballot) was refused with an extra Nack.
+
+    Method: A holds "k" (its save pending). A's save completes (its release is pending
+    in the loop); B arrives (key still held) and is handed to the loop the way the peer
+    server's gather does; C arrives after the release ran but before B's first step. The
+    saves must be A, B, C and every reply a promise."""
+    async def main() -> None:
+        node, storage, deadline = await _acceptor()
+        a = node.handle_soon(_prepare(1), deadline)
+        storage.pending[0].set_result(None)  # A's release now waits in the loop
+        later: list[Any] = []
+        asyncio.get_running_loop().call_soon(
+            lambda: later.append(node.handle_soon(_prepare(3), deadline)))
+        b = asyncio.ensure_future(node.handle_soon(_prepare(2), deadline))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert len(later) == 1  # C has arrived
+        replies = await storage.pump(a, b, *later)
+        assert storage.saved == [1, 2, 3]
+        assert _kinds(replies) == ["Promise"] * 3
+        assert not node._acceptor_locks._held
+    asyncio.run(main())
+
+
+def test_a_queued_message_cancelled_before_its_first_step_frees_its_turn() -> None:
+    """Goal: a message queued for a held key whose task is cancelled before it ever ran
+    (its body, and any cleanup in it, never runs) gives its turn up: the key goes on to
+    the next message and ends free, never left held.
+
+    Method: A holds "k"; B queues and is cancelled at once; C queues; A's save completes.
+    C is served and "k" ends free."""
+    async def main() -> None:
+        node, storage, deadline = await _acceptor()
+        a = node.handle_soon(_prepare(1), deadline)
+        b = asyncio.ensure_future(node.handle_soon(_prepare(2), deadline))  # type: ignore[arg-type]
+        b.cancel()
+        c = node.handle_soon(_prepare(3), deadline)
+        replies = await storage.pump(a, c)
+        assert b.cancelled()
+        assert storage.saved == [1, 3]
+        assert _kinds(replies) == ["Promise"] * 2
+        assert not node._acceptor_locks._held
+    asyncio.run(main())
+
+
+def test_a_queued_message_cancelled_as_the_key_is_handed_to_it_passes_it_on() -> None:
+    """Goal: a message cancelled after the key was handed to it, before it could use it,
+    passes the key on to the next message instead of keeping it forever.
+
+    Method: A holds "k"; B and C queue and wait on their turns; A's release hands the key
+    to B, which is cancelled before it resumes. C is served and "k" ends free."""
+    async def main() -> None:
+        node, storage, deadline = await _acceptor()
+        a = node.handle_soon(_prepare(1), deadline)
+        b = asyncio.ensure_future(node.handle_soon(_prepare(2), deadline))  # type: ignore[arg-type]
+        c = asyncio.ensure_future(node.handle_soon(_prepare(3), deadline))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # B and C wait on their turns
+        storage.pending[0].set_result(None)
+        await asyncio.sleep(0)  # A's release ran: the key is B's, B not yet resumed
+        assert not b.done()
+        b.cancel()
+        replies = await storage.pump(a, c)
+        assert b.cancelled()
+        assert storage.saved == [1, 3]
+        assert _kinds(replies) == ["Promise"] * 2
+        assert not node._acceptor_locks._held
+    asyncio.run(main())
+
+
+def test_a_queued_message_nobody_awaits_cannot_keep_its_key() -> None:
+    """Goal: a caller that drops the awaitable of a queued message (never awaits it)
+    cannot leave the key held.
+
+    Method: A holds "k"; B queues and its awaitable is dropped (and garbage collected);
+    C queues; A's save completes. C is served and "k" ends free."""
+    import gc
+
+    async def main() -> None:
+        node, storage, deadline = await _acceptor()
+        a = node.handle_soon(_prepare(1), deadline)
+        node.handle_soon(_prepare(2), deadline)
+        gc.collect()
+        c = node.handle_soon(_prepare(3), deadline)
+        gc.collect()
+        replies = await storage.pump(a, c)
+        assert storage.saved[-1] == 3
+        assert _kinds(replies) == ["Promise"] * 2
+        assert not node._acceptor_locks._held
+    with warnings.catch_warnings():  # a dropped coroutine's warning is not the point here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        asyncio.run(main())
+
+
+def test_stop_cancels_the_messages_still_waiting_for_their_key() -> None:
+    """Goal: a node that stops leaves no acceptor message waiting for a key behind (its
+    task would outlive the node and run against closed storage).
+
+    Method: A holds "k" with a save that never completes; B queues; stop the node. B is
+    cancelled and nothing is left queued for "k"."""
+    async def main() -> None:
+        node, storage, deadline = await _acceptor()
+        node.handle_soon(_prepare(1), deadline)
+        b = asyncio.ensure_future(node.handle_soon(_prepare(2), deadline))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(node.stop(), 1.0)
+        assert b.cancelled()
+        assert storage.saved == [1]
+        assert not node._acceptor_locks._held["k"]  # held by A alone, no turn queued
+    asyncio.run(main())

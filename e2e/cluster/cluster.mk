@@ -1,4 +1,4 @@
-# e2e Kubernetes cluster (issue 4). Included by the top-level Makefile; see e2e/README.md.
+# e2e Kubernetes cluster. Included by the top-level Makefile; see e2e/README.md.
 #   make cluster-up              start a cluster (PAXOSKV_CLUSTER=auto|host|kind), wait until usable
 #   make cluster-down            stop everything cluster-up started and remove its state
 #   make cluster-status          processes, nodes, pods, PVCs

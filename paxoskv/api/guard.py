@@ -34,7 +34,8 @@ from aiohttp.web_request import BaseRequest
 
 from paxoskv.metrics import Metrics
 
-__all__ = ["GuardLimits", "GuardedSite", "limit_requests_middleware"]
+__all__ = ["GuardLimits", "GuardedSite", "client_guard_middleware", "limit_requests_middleware",
+           "read_body_middleware"]
 
 RETRY_AFTER_S = "1"
 
@@ -124,6 +125,8 @@ class _GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self._conns.report:
+            self._metrics.client_bytes(len(data), 0)
         requests = self._request_count
         super().data_received(data)
         if self._request_count != requests:
@@ -131,6 +134,13 @@ class _GuardedHandler(RequestHandler):
         elif self._header_timer is None and not self._request_in_progress \
                 and not self._messages:
             self._arm()  # the first bytes of a kept-alive connection's next request
+
+    def log_access(self, request: BaseRequest, response: web.StreamResponse,
+                   time: float | None) -> None:
+        # Called once a response is written (headers and body): its size is the writer's.
+        if self._conns.report:
+            self._metrics.client_bytes(0, request.writer.output_size)
+        super().log_access(request, response, time)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
@@ -195,30 +205,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _BODY_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 
 
-def limit_requests_middleware(limits: GuardLimits, metrics: Metrics,
-                              refuse: Callable[[int, str, str, dict[str, str] | None],
-                                               web.Response],
-                              ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """At most ``requests_max`` requests at once. It runs before authentication, so a flood
-    of requests with bad tokens is capped too; it reads nothing."""
-    inflight = 0
-
-    @web.middleware
-    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal inflight
-        if inflight >= limits.requests_max:
-            metrics.http_refused("requests")
-            return refuse(503, "overloaded", f"{inflight} requests in progress on this node",
-                          {"Retry-After": RETRY_AFTER_S})
-        inflight += 1
-        try:
-            return await handler(request)
-        finally:
-            inflight -= 1
-
-    return limit
-
-
 async def _read_within(request: web.Request, limit: int) -> bytes | None:
     """The request's body, or None as soon as it passes ``limit`` bytes."""
     body = bytearray()
@@ -229,18 +215,38 @@ async def _read_within(request: web.Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def read_body_middleware(limits: GuardLimits, metrics: Metrics,
-                         refuse: Callable[[int, str, str, dict[str, str] | None],
-                                          web.Response],
-                         body_bytes_max: int,
-                         ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Read a request's body before its handler: within ``header_timeout_s`` (408 beyond),
-    outside ``/internal/`` within ``body_bytes_max`` (the largest value; 413 beyond: before a
-    byte is read when announced, as soon as it passes the limit when chunked), and only while
+Refuse = Callable[[int, str, str, dict[str, str] | None], web.Response]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def client_guard_middleware(limits: GuardLimits, metrics: Metrics, refuse: Refuse,
+                            body_bytes_max: int, *,
+                            authenticate: Callable[[web.Request], None] | None = None,
+                            limit_requests: bool = True, read_body: bool = True,
+                            on_error: Callable[[web.Request, Exception], web.Response | None]
+                            | None = None) -> Middleware:
+    """The client port's guards as one middleware, in this order: at most ``requests_max``
+    requests at once (``limit_requests``), then ``authenticate`` (raises to refuse), then
+    the body read (``read_body``). One layer instead of three: each layer is a coroutine
+    frame and a call per request. ``on_error``, when given, answers an exception raised in
+    any of them or in the handler (None: let it propagate), as an outer error middleware
+    would. ``limit_requests_middleware`` and ``read_body_middleware`` are this with one
+    part.
+
+    Requests at once: it runs before authentication, so a flood of requests with bad
+    tokens is capped too; it reads nothing.
+
+    The body is read before the handler: within ``header_timeout_s`` (408 beyond), outside
+    ``/internal/`` within ``body_bytes_max`` (the largest value; 413 beyond: before a byte
+    is read when announced, as soon as it passes the limit when chunked), and only while
     the bodies being read and handled on this port stay within ``body_bytes_inflight_max``
-    (503 beyond). It runs after authentication, so a client without a valid token never
+    (503 beyond). It comes after authentication, so a client without a valid token never
     gets a body buffered; the budget bounds what admitted clients can hold."""
+    inflight = 0
     buffered = 0
+    requests_max = limits.requests_max
+    if limit_requests:
+        metrics.in_flight_sources(requests=lambda: inflight)
 
     def too_large(limit: int) -> web.Response:
         metrics.http_refused("body_too_large")
@@ -250,47 +256,93 @@ def read_body_middleware(limits: GuardLimits, metrics: Metrics,
         return response
 
     @web.middleware
-    async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal buffered
-        if request.method not in _BODY_METHODS or not request.can_read_body:
-            return await handler(request)
-        cap = None if request.path.startswith("/internal/") else body_bytes_max
-        if cap is not None and (request.content_length or 0) > cap:
-            return too_large(cap)
-        # What this body may take: its announced length, else up to the cap (or, for a
-        # peer frame, the app's own limit).
-        reserve = request.content_length if request.content_length is not None else (
-            cap + 1 if cap is not None else request.client_max_size)
-        if buffered and buffered + reserve > limits.body_bytes_inflight_max:
-            metrics.http_refused("body_bytes")
-            response = refuse(503, "overloaded", "too many request bodies in progress on "
-                              "this node", {"Retry-After": RETRY_AFTER_S})
-            response.force_close()
-            return response
-        buffered += reserve
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # All of it in this one coroutine: a helper coroutine would cost the frame saved.
+        nonlocal inflight, buffered
         try:
-            limit = cap if cap is not None else request.client_max_size
+            if limit_requests:
+                if inflight >= requests_max:
+                    metrics.http_refused("requests")
+                    return refuse(503, "overloaded",
+                                  f"{inflight} requests in progress on this node",
+                                  {"Retry-After": RETRY_AFTER_S})
+                inflight += 1
             try:
-                if request.content.is_eof():
-                    # All of it arrived with the headers (the common small write): no timer,
-                    # whose set-up is a measurable share of a request's CPU.
-                    body = await _read_within(request, limit)
-                else:
-                    async with asyncio.timeout(limits.header_timeout_s):
-                        body = await _read_within(request, limit)
-            except TimeoutError:
-                metrics.http_refused("body_timeout")
-                response = refuse(408, "request_timeout", "the body arrived too slowly", None)
-                response.force_close()  # the rest of the body would be read as a request
-                return response
-            if body is None:
-                return too_large(limit)
-            # Kept where aiohttp's own read() keeps a body it has read, so the handler's
-            # request.read() returns it (tests/api/test_guard.py checks this still holds).
-            request._read_bytes = body
-            del body
-            return await handler(request)
-        finally:
-            buffered -= reserve
+                # Authentication before the body: no body is buffered for a client without a
+                # valid token.
+                if authenticate is not None:
+                    authenticate(request)
+                if not read_body or request.method not in _BODY_METHODS \
+                        or not request.can_read_body:
+                    return await handler(request)
+                cap = None if request.path.startswith("/internal/") else body_bytes_max
+                length = request.content_length
+                if cap is not None and (length or 0) > cap:
+                    return too_large(cap)
+                # What this body may take: its announced length, else up to the cap (or, for a
+                # peer frame, the app's own limit).
+                reserve = length if length is not None else (
+                    cap + 1 if cap is not None else request.client_max_size)
+                if buffered and buffered + reserve > limits.body_bytes_inflight_max:
+                    metrics.http_refused("body_bytes")
+                    response = refuse(503, "overloaded", "too many request bodies in progress "
+                                      "on this node", {"Retry-After": RETRY_AFTER_S})
+                    response.force_close()
+                    return response
+                buffered += reserve
+                try:
+                    limit = cap if cap is not None else request.client_max_size
+                    try:
+                        content = request.content
+                        body: bytes | None
+                        if content.is_eof():
+                            # All of it arrived with the headers (the common small write): taken
+                            # as it is (one piece, no copy), without a timer, whose set-up is a
+                            # measurable share of a request's CPU.
+                            body = content.read_nowait()
+                            if len(body) > limit:
+                                body = None
+                        else:
+                            async with asyncio.timeout(limits.header_timeout_s):
+                                body = await _read_within(request, limit)
+                    except TimeoutError:
+                        metrics.http_refused("body_timeout")
+                        response = refuse(408, "request_timeout", "the body arrived too slowly",
+                                          None)
+                        response.force_close()  # the rest would be read as a request
+                        return response
+                    if body is None:
+                        return too_large(limit)
+                    # Kept where aiohttp's own read() keeps a body it has read, so the handler's
+                    # request.read() returns it (tests/api/test_guard.py checks this still
+                    # holds).
+                    request._read_bytes = body
+                    del body
+                    return await handler(request)
+                finally:
+                    buffered -= reserve
+            finally:
+                if limit_requests:
+                    inflight -= 1
+        except Exception as exc:
+            # errors_middleware's part, here rather than a layer of its own.
+            answer = on_error(request, exc) if on_error is not None else None
+            if answer is None:
+                raise
+            return answer
 
-    return read_body
+    return guard
+
+
+def limit_requests_middleware(limits: GuardLimits, metrics: Metrics, refuse: Refuse
+                              ) -> Middleware:
+    """At most ``requests_max`` requests at once (``client_guard_middleware``'s first
+    part alone)."""
+    return client_guard_middleware(limits, metrics, refuse, 0, read_body=False)
+
+
+def read_body_middleware(limits: GuardLimits, metrics: Metrics, refuse: Refuse,
+                         body_bytes_max: int) -> Middleware:
+    """The body read before the handler (``client_guard_middleware``'s last part alone)."""
+    return client_guard_middleware(limits, metrics, refuse, body_bytes_max,
+                                   limit_requests=False)

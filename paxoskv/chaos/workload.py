@@ -43,7 +43,8 @@ import aiohttp
 import orjson
 
 from paxoskv.check import History, OpKind
-from paxoskv.client import AsyncClient, ClientError, Result
+from paxoskv.client import AsyncHttpClient as AsyncClient
+from paxoskv.client import ClientError, Result
 
 __all__ = ["Outcome", "Workload", "WorkloadOptions", "classify"]
 

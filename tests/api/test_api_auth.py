@@ -318,3 +318,70 @@ def test_no_body_is_read_for_a_request_without_a_valid_token(tmp_path: Path) -> 
         write = f"Authorization: Bearer {TOKENS['write']}\r\n".encode()
         assert (await send(write, b"v" * 1000)).startswith(b"HTTP/1.1 200")
     with_auth(tmp_path, t, guard=GuardLimits(header_timeout_s=3.0))
+
+
+def test_the_client_guards_run_request_cap_then_auth_then_body(tmp_path: Path) -> None:
+    """Goal: on the client port the guards refuse in this order, each counted under its own
+    reason: the request cap first (a flood of requests with bad tokens is capped, and no
+    auth failure is counted for them), then authentication (a request without a valid token
+    is 401 before its body is charged to the byte budget or read), then the body budget.
+
+    Method: --max-requests-inflight 2 and a 1500-byte body budget. A write with a valid
+    token announces 1000 bytes and sends 10 (it holds a request slot and 1000 bytes). A
+    write with a bad token announcing 1000 bytes is 401 (budget first would make it a 503);
+    the same write with a valid token is a 503 body_bytes (the budget is live). A second
+    held write fills the request slots: a request with a bad token is now a 503 "requests",
+    not a 401. Once both bodies arrive both writes succeed and the slots come back."""
+    write = f"Authorization: Bearer {TOKENS['write']}\r\n".encode()
+    bad = b"Authorization: Bearer not-a-token\r\n"
+
+    async def t(c: TestClient[Any, Any], metrics: PromMetrics) -> None:
+        port = c.server.port
+        assert port is not None
+        held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        async def send(head: bytes, body: bytes) -> tuple[asyncio.StreamReader,
+                                                            asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + b"Host: t\r\n\r\n" + body)
+            await writer.drain()
+            return reader, writer
+
+        async def status(reader: asyncio.StreamReader) -> bytes:
+            async with asyncio.timeout(1.5):  # well under the 3 s body timeout
+                return (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0]
+
+        async def answer(head: bytes, body: bytes = b"") -> bytes:
+            reader, writer = await send(head, body)
+            try:
+                return await status(reader)
+            finally:
+                writer.close()
+
+        def put(key: str, length: int, auth: bytes) -> bytes:
+            return (f"PUT /v1/kv/app/{key} HTTP/1.1\r\nContent-Length: {length}\r\n".encode()
+                    + auth)
+        try:
+            held.append(await send(put("a", 1000, write), b"v" * 10))
+            await asyncio.sleep(0.2)  # it is admitted and waits for the rest of its body
+            assert await answer(put("b", 1000, bad), b"v" * 10) == b"HTTP/1.1 401 Unauthorized"
+            assert (await answer(put("c", 1000, write), b"v" * 10)).startswith(b"HTTP/1.1 503")
+            assert refused(metrics)["body_bytes"] == 1
+            held.append(await send(put("d", 100, write), b"v" * 10))
+            await asyncio.sleep(0.2)
+            get = b"GET /v1/kv/app/a HTTP/1.1\r\nConnection: close\r\n" + bad
+            assert (await answer(get)).startswith(b"HTTP/1.1 503")
+            assert refused(metrics)["requests"] == 1
+            assert failures(metrics)["unknown"] == 1  # the 401 above only
+            for (reader, writer), rest in zip(held, (990, 90), strict=True):
+                writer.write(b"v" * rest)
+                await writer.drain()
+                assert await status(reader) == b"HTTP/1.1 200 OK"
+            assert await answer(get) == b"HTTP/1.1 401 Unauthorized"
+            assert failures(metrics)["unknown"] == 2
+            assert refused(metrics)["requests"] == 1 and refused(metrics)["body_bytes"] == 1
+        finally:
+            for _, writer in held:
+                writer.close()
+    with_auth(tmp_path, t, guard=GuardLimits(requests_max=2, body_bytes_inflight_max=1500,
+                                             header_timeout_s=3.0))

@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from paxoskv.api.app import NODE, make_app
+from paxoskv.api.guard import GuardLimits
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.idempotency import (
     Claim,
@@ -80,13 +82,13 @@ class NoPeers:
 
 
 def with_client(test: Callable[[TestClient[Any, Any]], Awaitable[None]],
-                value_bytes_max: int = 1024) -> None:
+                value_bytes_max: int = 1024, guard: GuardLimits | None = None) -> None:
     async def run() -> None:
         limits = Limits(value_bytes_max=value_bytes_max)
         config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
         node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
         await node.start()
-        app = make_app(node, "secret", limits, Metrics())
+        app = make_app(node, "secret", limits, Metrics(), guard=guard)
         async with TestClient(TestServer(app)) as client:
             await test(client)
     asyncio.run(run())
@@ -259,3 +261,37 @@ def test_a_claim_with_an_unknown_outcome_is_withdrawn_and_answers_503() -> None:
         r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "lost-ack"})
         assert (r.status, r.headers["ETag"]) == (200, '"1"')
     with_client(t)
+
+
+@pytest.mark.parametrize("guard", [None, GuardLimits(requests_max=1)])
+def test_errors_are_json_with_and_without_the_client_guard(guard: GuardLimits | None) -> None:
+    """Goal: with the client guards (which answer errors themselves, one layer fewer) as
+    without them, routing errors, API errors and an unexpected exception come as the same
+    JSON errors, and a failed request leaves no request counted as in progress."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+
+        async def broken(key: str) -> Any:
+            raise RuntimeError("boom")
+        for i in range(3):  # requests_max=1: each must have given its place back
+            r = await c.get("/nope")
+            assert (r.status, (await r.json())["error"]) == (404, "not_found")
+            r = await c.patch("/v1/kv/k", data=b"x")
+            assert (r.status, (await r.json())["error"]) == (405, "method_not_allowed")
+            r = await c.put("/v1/kv/" + "x" * 1025, data=b"v")
+            assert (r.status, (await r.json())["error"]) == (400, "bad_key")
+            r = await c.put("/v1/kv/k", data=b"x" * 1025)
+            assert (r.status, (await r.json())["error"]) == (413, "value_too_large")
+            r = await c.get(f"/v1/kv/k{i}")
+            assert (r.status, (await r.json())["error"]) == (404, "not_found")
+            original = node.read
+            node.read = broken
+            try:
+                r = await c.get(f"/v1/kv/k{i}")
+                assert (r.status, (await r.json())["error"]) == (500, "internal")
+            finally:
+                node.read = original
+            assert (await c.put(f"/v1/kv/k{i}", data=b"v")).status == 200
+            r = await c.get(f"/v1/kv/k{i}")
+            assert (r.status, await r.read()) == (200, b"v")
+    with_client(t, guard=guard)

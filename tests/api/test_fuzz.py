@@ -42,6 +42,9 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5),
                          database=None)
 IO_TIMEOUT_S = 5.0
 
+RawRequest = tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]
+"""method, target, headers, body"""
+
 LEGITIMATE_5XX: dict[tuple[int, str], str] = {}
 """(status, error code) -> why a single node may answer it. Empty: on one node no 5xx is
 legitimate (no_quorum needs a lost quorum, unknown_outcome a timeout, overloaded 1024 rounds
@@ -116,7 +119,7 @@ def assert_not_5xx(status: int, body: bytes, what: object) -> None:
     assert (status, code) in LEGITIMATE_5XX, f"{status} {body[:300]!r} for {what!r}"
 
 
-def aiohttp_expect_500(port: int, req: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes],
+def aiohttp_expect_500(port: int, req: RawRequest,
                        answer: bytes) -> bool:
     """The one 5xx known and left open, named here: an ``Expect`` header whose value is not
     UTF-8, on a path or method that has no route (a 404 or 405). aiohttp then runs its own
@@ -229,11 +232,36 @@ header_lists = st.one_of(st.just([]), st.lists(header, max_size=4))
 
 
 @st.composite
-def requests(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]:
+def any_requests(draw: st.DrawFn) -> RawRequest:
     method = draw(methods)
     # a HEAD answer has no body to delimit; keep the exchange simple
     body = b"" if method == b"HEAD" else draw(bodies)
     return method, draw(paths) + draw(queries), draw(header_lists), body
+
+
+# What a well-behaved client sends: a write, read or delete of a plain key with headers it
+# may well send. These get past the parser and the router and mostly succeed. Of the
+# requests above only a few percent get a 200 and Hypothesis's draws are correlated: in one
+# run of 300 examples in about 40 (measured) none did, and the check that the fuzzer reached
+# the handlers failed by bad luck alone. One request in four is drawn from here instead.
+clean_headers = st.lists(st.one_of(
+    st.tuples(st.just(b"Idempotency-Key"),
+              st.text("abcXYZ019._:-", min_size=1, max_size=40).map(str.encode)),
+    st.tuples(st.just(b"Content-Type"),
+              st.sampled_from([b"application/octet-stream", b"text/plain"])),
+    st.tuples(st.just(b"Accept"), st.just(b"*/*"))), max_size=2)
+
+
+@st.composite
+def client_requests(draw: st.DrawFn) -> RawRequest:
+    method = draw(st.sampled_from([b"PUT", b"PUT", b"GET", b"DELETE"]))
+    query = draw(st.sampled_from([b"", b"", b"?consistency=stale"]))
+    body = draw(st.binary(max_size=200)) if method == b"PUT" else b""
+    return method, b"/v1/kv/" + draw(plain_keys) + query, draw(clean_headers), body
+
+
+def requests() -> st.SearchStrategy[RawRequest]:
+    return st.one_of(any_requests(), any_requests(), any_requests(), client_requests())
 
 
 def test_arbitrary_requests_never_get_a_5xx(tmp_path: Path) -> None:
@@ -245,7 +273,7 @@ def test_arbitrary_requests_never_get_a_5xx(tmp_path: Path) -> None:
 
         @FUZZ_SETTINGS
         @given(requests())
-        def one(req: tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]) -> None:
+        def one(req: RawRequest) -> None:
             method, target, headers, body = req
             if not target.startswith(b"/"):
                 target = b"/" + target

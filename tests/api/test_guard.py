@@ -253,6 +253,47 @@ def test_a_body_over_the_value_limit_is_413_before_it_is_read() -> None:
     asyncio.run(main())
 
 
+def test_a_whole_body_that_came_with_its_headers_is_held_to_the_same_limits() -> None:
+    """Goal: a body that arrived complete with its headers (taken as it is, without a timer
+    or a copy) is held to the same limits as one still arriving: a whole chunked client
+    body over the value limit is 413 and never reaches the handler, also on a port that
+    serves peers (whose app-wide limit is larger); a whole chunked peer frame over that
+    app-wide limit is 413 too; bodies at the limits are served.
+
+    Method: each request, its chunked body and the closing chunk go in one write, so the
+    body is all there before the guard runs."""
+    async def main() -> None:
+        metrics = _Counted()
+        reached: list[int] = []
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            reached.append(len(await request.read()))
+            return web.Response(text="ok")
+
+        def chunked(path: bytes, size: int) -> bytes:
+            return (b"PUT " + path + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n" + f"{size:x}".encode() + b"\r\n"
+                    + b"y" * size + b"\r\n0\r\n\r\n")
+
+        limits = GuardLimits(header_timeout_s=2.0)
+        for size in (101, 10_000):  # a client port alone (value limit + 1), one with peers
+            async with _server(limits, metrics, handler, 100, size) as port:
+                answer = await _answer(port, chunked(b"/v1/kv/b", 200))
+                assert answer.startswith(b"HTTP/1.1 413"), (size, answer[:80])
+                assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == \
+                    "value_too_large"
+                answer = await _answer(port, chunked(b"/v1/kv/b", 100))
+                assert answer.startswith(b"HTTP/1.1 200"), (size, answer[:80])
+        async with _server(limits, metrics, handler, 100, 3000) as port:
+            answer = await _answer(port, chunked(b"/internal/batch", 3001))
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+            answer = await _answer(port, chunked(b"/internal/batch", 3000))
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+        assert reached == [100, 100, 3000]
+        assert metrics.refused == ["body_too_large"] * 3
+    asyncio.run(main())
+
+
 def test_bodies_beyond_the_byte_budget_are_503_and_the_budget_comes_back() -> None:
     """Goal: while bodies of ``body_bytes_inflight_max`` bytes are being read or handled,
     another body is answered 503 with Retry-After before it is read; once they are done the

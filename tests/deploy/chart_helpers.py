@@ -17,17 +17,22 @@ NAMESPACE = "pkv"
 RELEASE = "t"
 
 
-def find_helm() -> str | None:
-    """helm from PATH, else from the tools cache `make chart-tools` fills."""
-    found = shutil.which("helm")
+def find_tool(name: str) -> str | None:
+    """`name` from PATH, else from the tools cache `make chart-tools` fills."""
+    found = shutil.which(name)
     if found:
         return found
     tools = os.environ.get("PAXOSKV_TOOLS", "/var/cache/paxoskv-tools")
-    cached = Path(tools) / "bin" / "helm"
+    cached = Path(tools) / "bin" / name
     return str(cached) if cached.is_file() and os.access(cached, os.X_OK) else None
 
 
+def find_helm() -> str | None:
+    return find_tool("helm")
+
+
 HELM = find_helm()
+KUBECONFORM = find_tool("kubeconform")
 SKIP_REASON = (
     "helm is not installed: run `make chart-tools` (installs the pinned helm into "
     "$PAXOSKV_TOOLS/bin, default /var/cache/paxoskv-tools/bin)"
@@ -75,3 +80,31 @@ def only(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[s
 
 def kinds(docs: list[dict[str, Any]]) -> list[str]:
     return sorted(d["kind"] for d in docs)
+
+
+def kubeconform(values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """`helm template` with `values`, piped through kubeconform -strict against the vendored
+    schemas, exactly as `make chart-check` does for the ci/ value sets (deploy/deploy.mk)."""
+    assert KUBECONFORM is not None
+    manifests = helm_template(values).stdout
+    schemas = ROOT / "deploy" / "schemas"
+    return subprocess.run(
+        [
+            KUBECONFORM,
+            "-strict",
+            "-summary",
+            "-kubernetes-version",
+            KUBE_VERSION,
+            "-schema-location",
+            str(schemas / "kubernetes" / "{{ .NormalizedKubernetesVersion }}-standalone"
+                "{{ .StrictSuffix }}" / "{{ .ResourceKind }}{{ .KindSuffix }}.json"),
+            "-schema-location",
+            str(schemas / "crds" / "{{ .Group }}"
+                / "{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"),
+            "-",
+        ],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -20,12 +20,14 @@ import yaml
 from chart_helpers import (
     CHART,
     HELM,
+    KUBECONFORM,
     NAMESPACE,
     RELEASE,
     ROOT,
     SKIP_REASON,
     helm_template,
     kinds,
+    kubeconform,
     only,
     render,
 )
@@ -229,7 +231,7 @@ def test_probes(default_docs: list[dict[str, Any]]) -> None:
 
 
 def test_liveness_never_checks_quorum() -> None:
-    """Whatever the values, liveness stays on /healthz (kubernetes#96886)."""
+    """Whatever the values, liveness stays on /healthz (never quorum: see values.yaml)."""
     docs = render({"livenessProbe": {"periodSeconds": 30}, "readinessProbe": {"enabled": False}})
     c = container(docs)
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -638,6 +640,11 @@ def test_image_defaults_and_override(default_docs: list[dict[str, Any]]) -> None
         ({"log": {"format": "xml"}}, "/log/format"),
         ({"persistence": {"retentionPolicy": {"whenScaled": "Keep"}}}, "whenScaled"),
         ({"prometheusRule": {"noQuorumFor": "one minute"}}, "/prometheusRule/noQuorumFor"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"service": {"externalTrafficPolicy": "Nearest"}}, "/service/externalTrafficPolicy"),
+        ({"diagnosticMode": {"command": []}}, "/diagnosticMode/command"),
+        ({"lifecycleHooks": {"onStart": {}}}, "onStart"),
+        ({"initContainers": [{"name": "no-image"}]}, "/initContainers/0"),
     ],
 )
 def test_values_schema_rejects(values: dict[str, Any], message: str) -> None:
@@ -791,7 +798,9 @@ def _restricted_violations(spec: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "values_file", ["default-values.yaml", "all-features-values.yaml", "minimal-values.yaml"]
+    "values_file",
+    ["default-values.yaml", "all-features-values.yaml", "minimal-values.yaml",
+     "extras-values.yaml"],
 )
 def test_pods_meet_restricted_pod_security(values_file: str) -> None:
     docs = render(yaml.safe_load((CHART / "ci" / values_file).read_text()))
@@ -1008,3 +1017,210 @@ def test_tls_misconfiguration_fails_with_a_clear_message(values: dict[str, Any],
     res = helm_template(values, check=False)
     assert res.returncode != 0
     assert message in res.stderr
+
+
+# ---- knobs of other database charts (chart README, "Customising the pods") -----------------
+
+requires_kubeconform = pytest.mark.skipif(
+    KUBECONFORM is None, reason="kubeconform is not installed: run `make chart-tools`"
+)
+
+
+def named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [i for i in items if i["name"] == name]
+    return found
+
+
+def paxoskv_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return named(pod_spec(docs)["containers"], "paxoskv")
+
+
+def assert_valid(values: dict[str, Any]) -> None:
+    res = kubeconform(values)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Invalid: 0, Errors: 0, Skipped: 0" in res.stdout, res.stdout
+
+
+def extras_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((CHART / "ci" / "extras-values.yaml").read_text())
+    return values
+
+
+def test_new_knobs_leave_the_default_render_alone(default_docs: list[dict[str, Any]]) -> None:
+    """Off by default: no annotations but the chart's own, no extra containers, volumes,
+    environment or hooks, the server with its probes, the image by tag, a plain ClusterIP."""
+    annotated = {d["kind"]: d["metadata"].get("annotations") for d in default_docs
+                 if d["metadata"].get("annotations")}
+    assert annotated == {"Pod": {
+        "helm.sh/hook": "test",
+        "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}}
+    spec = pod_spec(default_docs)
+    assert "initContainers" not in spec
+    assert [c["name"] for c in spec["containers"]] == ["paxoskv"]
+    assert [v["name"] for v in spec["volumes"]] == ["tmp", "peer-secret", "tls", "auth-tokens"]
+    c = container(default_docs)
+    assert [m["name"] for m in c["volumeMounts"]] == ["data", "tmp", "peer-secret", "tls",
+                                                      "auth-tokens"]
+    assert c["command"] == ["paxoskv"] and c["args"] == ["serve"]
+    assert {"startupProbe", "livenessProbe", "readinessProbe"} <= set(c)
+    assert "envFrom" not in c and "lifecycle" not in c
+    assert "@" not in c["image"]
+    svc = only(default_docs, "Service", FULLNAME)["spec"]
+    assert "loadBalancerSourceRanges" not in svc and "externalTrafficPolicy" not in svc
+    assert list(only(default_docs, "StatefulSet")["spec"]["template"]["metadata"]["annotations"]) \
+        == ["kubectl.kubernetes.io/default-container"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["diagnosticMode"]["enabled"] is False
+
+
+ALL_OBJECTS = {
+    "networkPolicy": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    "prometheusRule": {"enabled": True},
+    "tls": {"source": "certManager", "certManager": {"issuerRef": {"name": "ca"}}},
+}
+
+
+@requires_kubeconform
+def test_common_annotations_on_every_object() -> None:
+    values = {
+        **ALL_OBJECTS,
+        "commonAnnotations": {"example.com/owner": "storage", "example.com/tier": "common"},
+        "service": {"annotations": {"example.com/tier": "client"}},
+        "grafanaDashboard": {"annotations": {"grafana_folder": "Databases"}},
+    }
+    docs = render(values)
+    assert {"Certificate", "NetworkPolicy", "PodMonitor", "PrometheusRule", "ServiceMonitor",
+            "ConfigMap", "Secret", "PodDisruptionBudget", "ServiceAccount", "StatefulSet",
+            "Service", "Pod"} == set(kinds(docs))
+    for d in docs:
+        ann = d["metadata"].get("annotations", {})
+        assert ann.get("example.com/owner") == "storage", (d["kind"], d["metadata"]["name"])
+    # An object's own annotations are kept and win on a clash.
+    client = only(docs, "Service", FULLNAME)["metadata"]["annotations"]
+    assert client["example.com/tier"] == "client"
+    assert only(docs, "Service", "-headless")["metadata"]["annotations"]["example.com/tier"] \
+        == "common"
+    assert only(docs, "ConfigMap")["metadata"]["annotations"]["grafana_folder"] == "Databases"
+    assert only(docs, "Pod")["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    # Not on the pods (a change would roll them) nor on the immutable claim templates.
+    sts = only(docs, "StatefulSet")["spec"]
+    assert "example.com/owner" not in sts["template"]["metadata"]["annotations"]
+    assert "annotations" not in sts["volumeClaimTemplates"][0]["metadata"]
+    # (no cert-manager schema is vendored: validate with the generated certificate instead)
+    assert_valid({k: v for k, v in values.items() if k != "tls"})
+
+
+def test_common_labels_on_every_object() -> None:
+    docs = render({**ALL_OBJECTS, "commonLabels": {"env": "test"}})
+    for d in docs:
+        assert d["metadata"]["labels"]["env"] == "test", (d["kind"], d["metadata"]["name"])
+    assert only(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]["env"] == "test"
+
+
+@requires_kubeconform
+def test_image_digest_takes_precedence_over_the_tag() -> None:
+    digest = "sha256:" + "ab" * 32
+    values = {"image": {"repository": "reg.example/pkv", "tag": "dev", "digest": digest},
+              "volumePermissions": {"enabled": True}}
+    docs = render(values)
+    images = [c["image"] for c in pod_spec(docs)["initContainers"] + pod_spec(docs)["containers"]]
+    images += [c["image"] for c in only(docs, "Pod")["spec"]["containers"]]
+    assert images == [f"reg.example/pkv@{digest}"] * 3
+    assert_valid(values)
+
+
+@requires_kubeconform
+def test_extra_volumes_env_init_containers_and_sidecars() -> None:
+    values = extras_values()
+    docs = render(values)
+    spec = pod_spec(docs)
+    c = paxoskv_container(docs)
+    # tpl: the chart's templates work inside the values
+    assert c["envFrom"] == [{"configMapRef": {"name": f"{FULLNAME}-env", "optional": True}}]
+    assert env_of(c)["PAXOSKV_CACHE_BYTES"] == "33554432"
+    assert named(spec["volumes"], "scratch") == {"name": "scratch",
+                                                 "emptyDir": {"sizeLimit": "16Mi"}}
+    assert named(c["volumeMounts"], "scratch") == {"name": "scratch", "mountPath": "/scratch"}
+    assert named(c["volumeMounts"], "data")["mountPath"] == "/data"  # the chart's own stay
+    assert [i["name"] for i in spec["initContainers"]] == ["wait-a-moment"]
+    assert [x["name"] for x in spec["containers"]] == ["paxoskv", "log-shipper"]
+    assert named(spec["containers"], "log-shipper")["args"] == ["sleep", "infinity"]
+    # with volumePermissions, the chart's init container runs first
+    both = pod_spec(render({**values, "volumePermissions": {"enabled": True}}))
+    assert [i["name"] for i in both["initContainers"]] == ["volume-permissions", "wait-a-moment"]
+    assert _restricted_violations(spec) == []
+    assert_valid(values)
+
+
+@requires_kubeconform
+def test_lifecycle_hooks() -> None:
+    values = {"lifecycleHooks": {"preStop": {"exec": {"command": ["sleep", "5"]}},
+                                 "postStart": {"exec": {"command": ["true"]}}}}
+    c = container(render(values))
+    assert c["lifecycle"] == values["lifecycleHooks"]
+    assert_valid(values)
+
+
+@requires_kubeconform
+def test_service_load_balancer_knobs() -> None:
+    values = {"service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"],
+                          "externalTrafficPolicy": "Local"}}
+    svc = only(render(values), "Service", FULLNAME)["spec"]
+    assert svc["type"] == "LoadBalancer"
+    assert svc["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    assert svc["externalTrafficPolicy"] == "Local"
+    # the headless peer Service is not exposed
+    headless = only(render(values), "Service", "-headless")["spec"]
+    assert "loadBalancerSourceRanges" not in headless and headless["type"] == "ClusterIP"
+    node_port = {"service": {"type": "NodePort", "externalTrafficPolicy": "Cluster"}}
+    np_svc = only(render(node_port), "Service", FULLNAME)["spec"]
+    assert np_svc["externalTrafficPolicy"] == "Cluster"
+    assert_valid(values)
+    assert_valid(node_port)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"service": {"loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+     "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer"),
+    ({"service": {"type": "NodePort", "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+     "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer"),
+    ({"service": {"externalTrafficPolicy": "Local"}},
+     "service.externalTrafficPolicy only applies to service.type NodePort or LoadBalancer"),
+])
+def test_service_knobs_refused_where_they_do_nothing(values: dict[str, Any], message: str) -> None:
+    res = helm_template(values, check=False)
+    assert res.returncode != 0
+    assert message in res.stderr
+
+
+@requires_kubeconform
+def test_diagnostic_mode_sleeps_without_probes() -> None:
+    values = {"diagnosticMode": {"enabled": True}, "rejoinOrdinals": [2],
+              "extraArgs": ["--log-level", "debug"],
+              "lifecycleHooks": {"preStop": {"exec": {"command": ["sleep", "5"]}}}}
+    docs = render(values)
+    c = container(docs)
+    assert c["command"] == ["sleep"] and c["args"] == ["infinity"]
+    assert not {"startupProbe", "livenessProbe", "readinessProbe", "lifecycle"} & set(c)
+    # Same environment and volumes, so `kubectl exec ... paxoskv serve` runs the real thing.
+    assert env_of(c) == env_of(container(render({k: v for k, v in values.items()
+                                                  if k != "diagnosticMode"})))
+    assert named(c["volumeMounts"], "data")["mountPath"] == "/data"
+    custom = {"diagnosticMode": {"enabled": True, "command": ["/bin/sh", "-c"],
+                                 "args": ["sleep 3600"]}}
+    c2 = container(render(custom))
+    assert (c2["command"], c2["args"]) == (["/bin/sh", "-c"], ["sleep 3600"])
+    # staged: with a partition only the pods from that ordinal up are switched
+    staged = render({"diagnosticMode": {"enabled": True}, "updateStrategy": {"partition": 2}})
+    assert only(staged, "StatefulSet")["spec"]["updateStrategy"]["rollingUpdate"]["partition"] == 2
+    assert_valid(values)
+    assert_valid(custom)
+
+
+@requires_kubeconform
+def test_kubeconform_check_can_fail() -> None:
+    """The validation above would catch a bad object: an extra volume without a source."""
+    res = kubeconform({"extraVolumes": [{"name": "x", "emptyDir": {}, "bogusField": 1}]})
+    assert res.returncode != 0
+    assert "bogusField" in res.stdout + res.stderr

@@ -11,7 +11,7 @@ import pytest
 from procs import Cluster
 
 from paxoskv.auth import token_entry
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

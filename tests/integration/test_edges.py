@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from procs import Cluster, ServerProcess, free_ports
 
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,8 @@ import time
 import pytest
 from procs import Cluster
 
-from paxoskv.client import Client, ClientError
+from paxoskv.client import ClientError
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from procs import SECRET, Cluster
 
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

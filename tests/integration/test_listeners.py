@@ -18,7 +18,7 @@ from procs import ServerProcess, free_ports
 from tlsutil import Pki
 
 from paxoskv.auth import token_entry
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

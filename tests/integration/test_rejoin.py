@@ -17,7 +17,7 @@ import orjson
 import pytest
 from procs import SECRET, Cluster, ServerProcess, free_ports
 
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from procs import ServerProcess, free_ports
 
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 

@@ -54,8 +54,27 @@ app.kubernetes.io/part-of: paxoskv
 {{- end -}}
 {{- end -}}
 
+{{/* repository@digest when image.digest is set (it pins the exact image; the tag is then
+ignored), else repository:tag (tag defaults to the appVersion). */}}
 {{- define "paxoskv.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The `annotations:` block of an object's metadata: commonAnnotations merged with the object's
+own (.extra; these win on a clash). Empty output when both are empty. Call with
+(dict "ctx" $ "extra" <map or nil>).
+*/}}
+{{- define "paxoskv.annotations" -}}
+{{- $all := merge (deepCopy (default (dict) .extra)) (deepCopy (default (dict) .ctx.Values.commonAnnotations)) -}}
+{{- with $all -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
 {{- end -}}
 
 {{- define "paxoskv.clusterId" -}}
@@ -152,15 +171,26 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- if and .Values.auth.metricsAuth (ne .Values.auth.mode "token") -}}
 {{- fail "auth.metricsAuth needs auth.mode=token" -}}
 {{- end -}}
+{{- if and .Values.service.loadBalancerSourceRanges (ne .Values.service.type "LoadBalancer") -}}
+{{- fail (printf "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer (got %s): it would restrict nothing" .Values.service.type) -}}
+{{- end -}}
+{{- if and .Values.service.externalTrafficPolicy (not (has .Values.service.type (list "NodePort" "LoadBalancer"))) -}}
+{{- fail (printf "service.externalTrafficPolicy only applies to service.type NodePort or LoadBalancer (got %s)" .Values.service.type) -}}
+{{- end -}}
 {{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
 {{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
-Series selector of this release for the alert rules. The ServiceMonitor and the PodMonitor set
-jobLabel to app.kubernetes.io/instance, so job = the release name.
+Series selector of this release for the alert rules: prometheusRule.selector when set, else
+namespace and job. The ServiceMonitor and the PodMonitor set jobLabel to
+app.kubernetes.io/instance, so job = the release name.
 */}}
 {{- define "paxoskv.ruleSelector" -}}
+{{- if .Values.prometheusRule.selector -}}
+{{- .Values.prometheusRule.selector -}}
+{{- else -}}
 namespace="{{ .Release.Namespace }}", job="{{ .Release.Name }}"
+{{- end -}}
 {{- end -}}
