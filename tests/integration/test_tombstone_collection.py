@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from procs import Cluster
 
-from paxoskv.client import Client
+from paxoskv.client import HttpClient as Client
 
 pytestmark = pytest.mark.integration
 
