@@ -457,6 +457,11 @@ def _consistency(request: web.Request) -> Literal["linearizable", "stale"]:
     return "linearizable"
 
 
+RANGE_LISTINGS_MAX = 64
+"""Listings one range-read page makes at most while filling itself (the time budget
+usually ends it first)."""
+
+
 def _range_budget_s(node: Node) -> float:
     """Time one range request spends before answering with a cursor: half the request
     timeout, so that with the last batch's own rounds it still answers within it."""
@@ -488,42 +493,50 @@ async def _read_all(node: Node, keys: list[str], stale: bool) -> list[Outcome]:
 
 async def _range_read(request: web.Request, prefix: str, limits: Limits
                       ) -> web.StreamResponse:
-    """Keys with their values: the quorum-union listing, then each key read on its own
+    """Keys with their values: quorum-union listings, then each key read on its own
     (linearizable unless ``consistency=stale``), RANGE_READS_AT_ONCE at a time. A key
-    deleted between the listing and its read is left out. The page stops at ``limit``
-    keys, at ``range_bytes_max`` bytes of values, or when the time budget is spent; the
-    cursor then continues after the last key returned, so nothing is skipped."""
+    deleted between the listing and its read is left out. The page fills up to ``limit``
+    keys, stopping early at ``range_bytes_max`` bytes of values or when the time budget is
+    spent; the cursor then continues after the last key it covered, so nothing is skipped.
+    Listings of tombstones only are passed over while time remains, so a page is rarely
+    empty before the end."""
     node = request.app[NODE]
     limit = _limit_param(request, 100, limits.range_limit_max)
     consistency = _consistency(request)
-    keys, last = await node.list_keys(prefix, limit, _cursor(request))
-    keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _range_budget_s(node)
     items: list[dict[str, Any]] = []
     size = 0
-    cut: str | None = None  # the page stopped early, after this key
-    for start in range(0, len(keys), RANGE_READS_AT_ONCE):
-        batch = keys[start:start + RANGE_READS_AT_ONCE]
-        outcomes = await _read_all(node, batch, consistency == "stale")
-        for i, (key, outcome) in enumerate(zip(batch, outcomes, strict=True)):
-            data = outcome.value.data
-            if data is not None:
-                if items and size + len(data) > limits.range_bytes_max:
-                    cut = batch[i - 1] if i else keys[start - 1]
-                    break
-                size += len(data)
-                items.append({"key": key, "version": outcome.value.version,
-                              "value_base64": base64.b64encode(data).decode("ascii")})
-        if cut is not None:
+    cursor = _cursor(request)  # every key up to it is covered (returned or found absent)
+
+    def page(more: bool) -> web.Response:
+        return _json(200, {"items": items, "count": len(items),
+                           "next": _encode_cursor(cursor) if more else None,
+                           "consistency": consistency})
+
+    for _ in range(RANGE_LISTINGS_MAX):
+        keys, last = await node.list_keys(prefix, limit - len(items), cursor)
+        keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
+        for start in range(0, len(keys), RANGE_READS_AT_ONCE):
+            batch = keys[start:start + RANGE_READS_AT_ONCE]
+            outcomes = await _read_all(node, batch, consistency == "stale")
+            for key, outcome in zip(batch, outcomes, strict=True):
+                data = outcome.value.data
+                if data is not None:
+                    if items and size + len(data) > limits.range_bytes_max:
+                        return page(True)
+                    size += len(data)
+                    items.append({"key": key, "version": outcome.value.version,
+                                  "value_base64": base64.b64encode(data).decode("ascii")})
+                cursor = key
+            if start + RANGE_READS_AT_ONCE < len(keys) and loop.time() >= deadline:
+                return page(True)
+        if last is None:
+            return page(False)
+        cursor = last
+        if len(items) >= limit or loop.time() >= deadline:
             break
-        if start + RANGE_READS_AT_ONCE < len(keys) and loop.time() >= deadline:
-            cut = batch[-1]
-            break
-    if cut is not None:
-        last = cut
-    return _json(200, {"items": items, "count": len(items), "next": _encode_cursor(last),
-                       "consistency": consistency})
+    return page(True)
 
 
 def _stopped(exc: BaseException, key: str, deleted: int, cursor: str | None) -> BaseException:
