@@ -33,7 +33,7 @@ from paxoskv.backup import (
     read_backup,
     restore,
 )
-from paxoskv.client import AsyncClient, PaxosKVError
+from paxoskv.client import AsyncClient, BadRequest, Client, PaxosKVError
 from paxoskv.limits import Limits
 from paxoskv.metrics import Metrics
 from paxoskv.node import Node, NodeConfig, PeerSpec
@@ -44,12 +44,22 @@ VALUES = {"a": b"text", "b/bin": bytes(range(256)), "b/empty": b"", "ключ/é
 
 
 @asynccontextmanager
-async def cluster(cluster_id: str = "c") -> AsyncIterator[AsyncClient]:
+async def cluster(cluster_id: str = "c", request_timeout_s: float = 5.0,
+                  write_delay_s: float = 0.0) -> AsyncIterator[AsyncClient]:
     limits = Limits(value_bytes_max=8192)
-    config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
+    config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits,
+                        request_timeout_s=request_timeout_s,
+                        phase_timeout_s=min(1.0, request_timeout_s))
     node = Node(config, NodeIdentity(cluster_id, 1, "d", 1, False), MemoryStorage(),
                 NoPeers())
     await node.start()
+    if write_delay_s:
+        real = node.execute
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(write_delay_s)
+            return await real(*args, **kwargs)
+        node.execute = slow  # type: ignore[method-assign]
     server = TestServer(make_app(node, "secret", limits, Metrics()), host="127.0.0.1")
     await server.start_server()
     client = AsyncClient(str(server.make_url("")).rstrip("/"))
@@ -244,4 +254,34 @@ def test_an_interrupted_backup_resumes_after_its_last_complete_record(tmp_path: 
                 assert await everything(dst) == values
             with pytest.raises(BackupError, match="finished backup"):
                 await backup(src, out, resume=True)
+    run(t)
+
+
+def test_both_clients_range_and_delete_prefix_follow_the_cursors() -> None:
+    """Goal: Client and AsyncClient decode a range page's values; delete_prefix keeps
+    calling while the server answers complete: false (its time bound, here a few deletes
+    per call) and returns the total; the empty prefix needs all_keys."""
+    async def t() -> None:
+        async with cluster(request_timeout_s=0.05, write_delay_s=0.005) as c:
+            values = {f"p/{i:03d}": bytes([i]) for i in range(150)} | {"q": b"\xff"}
+            await fill(c, values)
+            page = await c.range("p/", 3)
+            assert [(i.key, i.value) for i in page.items] == [
+                ("p/000", b"\x00"), ("p/001", b"\x01"), ("p/002", b"\x02")]
+            sync = Client(c.url)
+            try:
+                got = await asyncio.to_thread(sync.range, "q")
+                assert [(i.key, i.version, i.value) for i in got.items] == [("q", 1, b"\xff")]
+                assert got.next is None
+                with pytest.raises(BadRequest):
+                    await asyncio.to_thread(sync.delete_prefix, "")
+                first = await c.request("DELETE", "/v1/kv?prefix=p/")
+                assert first.json()["complete"] is False  # one call is not enough here
+                rest = await asyncio.to_thread(sync.delete_prefix, "p/")
+                assert first.json()["deleted"] + rest == 150
+                await c.put("p/again", b"x")
+                assert await c.delete_prefix("", all_keys=True) == 2
+            finally:
+                sync.close()
+            assert await everything(c) == {}
     run(t)
