@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from test_api_auth import TOKENS, bearer, token_file
 from test_app import MemoryStorage, NoPeers
 
+from paxoskv.api import app as app_module
 from paxoskv.api.app import NODE, make_app
 from paxoskv.auth import TokenStore, token_entry
 from paxoskv.limits import Limits
@@ -29,13 +30,11 @@ from paxoskv.storage.base import NodeIdentity
 Test = Callable[[TestClient[Any, Any]], Awaitable[None]]
 
 
-def run_app(test: Test, limits: Limits | None = None, request_timeout_s: float = 5.0,
-            tokens: TokenStore | None = None) -> None:
+def run_app(test: Test, limits: Limits | None = None, tokens: TokenStore | None = None
+            ) -> None:
     async def run() -> None:
         lim = limits or Limits(value_bytes_max=4096)
-        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=lim,
-                            request_timeout_s=request_timeout_s,
-                            phase_timeout_s=min(1.0, request_timeout_s))
+        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=lim)
         node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
         await node.start()
         app = make_app(node, "secret", lim, Metrics(), tokens=tokens)
@@ -99,7 +98,14 @@ def test_range_read_pages_by_limit_and_bytes_without_losing_a_key() -> None:
     run_app(t, Limits(value_bytes_max=4096, range_bytes_max=1000))
 
 
-def test_range_read_stops_at_its_time_budget_with_a_cursor() -> None:
+def short_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A range request's time budget of 50 ms, the request timeout staying 5 s (a 50 ms
+    request timeout would fail the test's own writes on a loaded machine)."""
+    monkeypatch.setattr(app_module, "_range_budget_s", lambda node: 0.05)
+
+
+def test_range_read_stops_at_its_time_budget_with_a_cursor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Goal: a page whose reads outlast half the request timeout answers what it has and
     a cursor after it; following the cursors still returns every key once."""
     async def t(c: TestClient[Any, Any]) -> None:
@@ -109,7 +115,7 @@ def test_range_read_stops_at_its_time_budget_with_a_cursor() -> None:
         real = node.read
 
         async def slow(key: str) -> Any:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.03)  # 32 at once: 4 batches of 30 ms > the 50 ms budget
             return await real(key)
         node.read = slow  # type: ignore[method-assign]
         r = await c.get("/v1/kv?values=true&prefix=k&limit=100")
@@ -117,7 +123,8 @@ def test_range_read_stops_at_its_time_budget_with_a_cursor() -> None:
         assert 0 < first["count"] < 100 and first["next"] is not None
         got, _ = await range_all(c, "prefix=k&limit=100")
         assert {k: v for k, (_, v) in got.items()} == values
-    run_app(t, request_timeout_s=0.05)
+    short_budget(monkeypatch)
+    run_app(t)
 
 
 def test_a_key_deleted_between_listing_and_read_is_skipped() -> None:
@@ -172,7 +179,8 @@ def test_range_delete_deletes_live_keys_under_the_prefix_and_counts_them() -> No
     run_app(t)
 
 
-def test_range_delete_past_its_budget_answers_a_cursor_to_continue() -> None:
+def test_range_delete_past_its_budget_answers_a_cursor_to_continue(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Goal: a range delete that runs out of time answers complete: false, the count so far
     and a cursor; continuing from it deletes the rest, and the counts add up."""
     async def t(c: TestClient[Any, Any]) -> None:
@@ -195,7 +203,8 @@ def test_range_delete_past_its_budget_answers_a_cursor_to_continue() -> None:
             cursor = body["next"]
         assert calls > 1 and total == 100
         assert (await (await c.get("/v1/kv?prefix=k")).json())["keys"] == []
-    run_app(t, request_timeout_s=0.05)
+    short_budget(monkeypatch)
+    run_app(t)
 
 
 def test_range_delete_stopped_by_a_failure_says_how_far_it_got() -> None:
