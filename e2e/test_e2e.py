@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from chart_queries import ALLOWED_EMPTY, dashboard_exprs, rule_exprs
 from kube import FULLNAME, METRICS_PORT, PORT, RELEASE, Kube
 
 from paxoskv.chaos.runner import acknowledged_read_back
@@ -316,21 +317,12 @@ def _rule_exprs(k: Kube) -> list[str]:
                           "--set", "prometheusRule.enabled=true",
                           "--show-only", "templates/prometheusrule.yaml"],
                          capture_output=True, text=True, check=True, timeout=60)
-    doc = yaml.safe_load(res.stdout)
-    return [r["expr"] for g in doc["spec"]["groups"] for r in g["rules"]]
+    return rule_exprs(yaml.safe_load(res.stdout))
 
 
 def _dashboard_exprs(k: Kube) -> list[str]:
     board = json.loads((k.chart / "dashboards" / "paxoskv.json").read_text())
-    exprs = []
-    for panel in board["panels"]:
-        for target in panel.get("targets", []):
-            expr = target["expr"]
-            for var, value in (("$namespace", k.ns), ("$job", RELEASE), ("$pod", ".*"),
-                               ("$__rate_interval", "1m")):
-                expr = expr.replace(var, value)
-            exprs.append(expr)
-    return exprs
+    return dashboard_exprs(board, k.ns, RELEASE)
 
 
 def _query(base: str, expr: str) -> dict[str, Any]:
@@ -409,10 +401,8 @@ def test_7_prometheus_scrapes_and_every_query_works(release: Kube, tmp_path: Pat
         print(f"e2e: prometheus: {len(_dashboard_exprs(k))} dashboard queries, "
               f"{len(_rule_exprs(k))} alert expressions; errors {len(errors)}, empty {len(empty)}")
         assert not errors, errors
-        # series that only exist after an event (conflicts, repairs) may be legitimately empty
-        allowed_empty = ("paxoskv_paxos_conflicts_total", "paxoskv_repair_keys_total",
-                         'code=~"[45].."', 'code=~"5.."')
-        unexplained = [e for e in empty if not any(a in e for a in allowed_empty)]
+        # series that only exist after an event (conflicts, repairs, restarts) may be empty
+        unexplained = [e for e in empty if not any(a in e for a in ALLOWED_EMPTY)]
         assert not unexplained, unexplained
     finally:
         proc.terminate()

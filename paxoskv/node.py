@@ -496,6 +496,7 @@ class Node:
             if not step.persist:
                 self._acceptor_locks.release(key)
                 return step.reply
+            submitted = loop.time()
             saved = self.storage.save_soon(key, step.state)
         except BaseException:
             self._acceptor_locks.release(key)
@@ -514,6 +515,7 @@ class Node:
                 answer.set_exception(exc)
             else:
                 answer.set_result(reply)  # only now: the state it answers for is durable
+                self.metrics.persist(kind, loop.time() - submitted)
                 if fresh:
                     self.metrics.keys(self.storage.key_count())
 
@@ -711,6 +713,11 @@ class Node:
         cap = min(self.config.retry_backoff_s_max,
                   self.config.retry_backoff_s_base * (2 ** attempt))
         return self.rng.uniform(0, cap)
+
+    @property
+    def rounds_in_flight(self) -> int:
+        """Rounds (writes and linearizable reads) running now: ``paxoskv_rounds_in_flight``."""
+        return self._inflight
 
     @contextlib.contextmanager
     def _round_slot(self) -> Iterator[None]:
@@ -1008,8 +1015,10 @@ class Node:
                                 items=[w.item for w in live], fast=fast)
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
-                phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
+                started = loop.time()
+                phase_deadline = min(deadline, started + self.config.phase_timeout_s)
                 step = await self._broadcast(step, rnd.on_reply, phase_deadline)
+                self.metrics.phase("prepare", loop.time() - started)
                 if step is None:
                     step = rnd.on_timeout()
                 if isinstance(step, SendAccept):
@@ -1025,8 +1034,10 @@ class Node:
                             "since seen too many writes to tell"))
             if isinstance(step, SendAccept):
                 rnd.note_accept_sent()
-                phase_deadline = min(deadline, loop.time() + self.config.phase_timeout_s)
+                started = loop.time()
+                phase_deadline = min(deadline, started + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
+                self.metrics.phase("accept", loop.time() - started)
                 if step is None:
                     step = rnd.on_timeout()
             if fast is not None:
@@ -1068,8 +1079,11 @@ class Node:
         await self.wait_may_propose()
         with self._round_slot():
             rnd = self.proposer_rules.query_round(key, self.quorum)
-            deadline = asyncio.get_running_loop().time() + self.config.phase_timeout_s
-            step = await self._broadcast(rnd.query(), rnd.on_reply, deadline)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            step = await self._broadcast(rnd.query(), rnd.on_reply,
+                                         started + self.config.phase_timeout_s)
+            self.metrics.phase("query", loop.time() - started)
         if isinstance(step, Committed):
             self.metrics.round("query", "ok")
             return step.outcome

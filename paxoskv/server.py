@@ -122,6 +122,7 @@ async def serve(opts: ServeOptions) -> None:
                               opts.secret, timeout_s=opts.peer_timeout_s, limits=limits,
                               metrics=metrics, ssl_context=dial_ssl)
     node = Node(opts.config, identity, storage, transport, metrics)
+    metrics.in_flight_sources(rounds=lambda: node.rounds_in_flight)
     # The client listener first and alone in the list's head: it is drained first below,
     # while peers (whose rounds need this acceptor) and scrapers are still served.
     listeners: list[tuple[frozenset[Part], tuple[str, int]]] = []
@@ -185,6 +186,7 @@ async def serve(opts: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     node_task = asyncio.ensure_future(node.run())
+    stop_lag_probe = metrics.watch_event_loop()
     reload_task = asyncio.ensure_future(reloader.run()) if reloader is not None else None
     try:
         done, _ = await asyncio.wait({node_task, asyncio.ensure_future(stop.wait())},
@@ -201,6 +203,7 @@ async def serve(opts: ServeOptions) -> None:
             await runner.shutdown()
             await runner.cleanup()
     finally:
+        stop_lag_probe()
         if reload_task is not None:
             reload_task.cancel()
         node.drain()

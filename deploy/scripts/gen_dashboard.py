@@ -20,8 +20,20 @@ from typing import Any
 OUT = Path(__file__).resolve().parents[1] / "helm" / "paxoskv" / "dashboards" / "paxoskv.json"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'namespace="$namespace", job="$job", pod=~"$pod"'
+# `cluster` is a label your Prometheus setup may add (external labels, a relabeling, Thanos);
+# where no series has it, the variable's "All" (.*) also matches the empty label.
+CSEL = 'cluster=~"$cluster", namespace="$namespace", job="$job"'
+"""The whole release, whatever pods are picked (quorum and replica counts)."""
+SEL = CSEL + ', pod=~"$pod"'
 RATE = "$__rate_interval"
+RUNBOOK = "docs/runbooks.md"
+"""Default of the dashboard's hidden `runbook` constant, which every panel link starts with:
+set it to where your copy of docs/runbooks.md is served."""
+
+# The replica count, read from our own metrics: each node exports paxoskv_peer_up for each of
+# its peers, so the most peers any node has, plus itself (a single node has no peers).
+REPLICAS = f"(max(count by (pod) (paxoskv_peer_up{{{CSEL}}})) + 1 or vector(1))"
+QUORUM = f"(floor({REPLICAS} / 2) + 1)"
 
 
 class Layout:
@@ -58,10 +70,15 @@ class Layout:
             self.x = 0
             self.row_h = 0
 
-    def add(self, panel: dict[str, Any], w: int, h: int) -> None:
+    def add(self, panel: dict[str, Any], w: int, h: int, runbook: str = "dashboard") -> None:
+        """``runbook``: the anchor of docs/runbooks.md the panel links to (an alert's
+        section, or the general notes on the dashboard)."""
         if self.x + w > 24:
             self._newline()
         panel["id"] = self._id()
+        panel["links"] = [
+            {"title": "Runbook", "url": f"${{runbook}}#{runbook.lower()}", "targetBlank": True}
+        ]
         panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
         panel["datasource"] = DS
         self.panels.append(panel)
@@ -126,6 +143,13 @@ def stat(
     }
 
 
+def mean(metric: str, by: str) -> str:
+    return (
+        f"sum by ({by}) (rate({metric}_sum{{{SEL}}}[{RATE}])) / "
+        f"sum by ({by}) (rate({metric}_count{{{SEL}}}[{RATE}]))"
+    )
+
+
 def quantile(q: str, metric: str, by: str) -> str:
     return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{SEL}}}[{RATE}])))"
 
@@ -138,16 +162,45 @@ def build() -> dict[str, Any]:
     L = Layout()
 
     L.row("Overview")
+    nodes_up = stat(
+        "Nodes scraped up",
+        "Targets of this job that answered the last scrape (Prometheus `up`), against the "
+        "quorum: green from a quorum of the replicas up (the replica count is read from "
+        "paxoskv_peer_up: the most peers any node has, plus one), red below it.",
+        f"sum(up{{{CSEL}}})",
+        "none",
+        # The green step's value is a placeholder: query B (the quorum) replaces it.
+        [RED, {"color": "green", "value": 1}],
+    )
+    nodes_up["targets"].append(
+        {"datasource": DS, "expr": QUORUM, "refId": "B", "instant": True,
+         "legendFormat": "quorum"}
+    )
+    # The quorum query sets the green threshold (Grafana's "Config from query results").
+    nodes_up["transformations"] = [
+        {
+            "id": "configFromData",
+            "options": {
+                "configRefId": "B",
+                "mappings": [{"fieldName": "quorum", "handlerKey": "threshold1"}],
+                "applyTo": {"id": "byFrameRefID", "options": "A"},
+            },
+        }
+    ]
+    L.add(nodes_up, w=4, h=4, runbook="PaxosKVNoQuorum")
     L.add(
         stat(
-            "Nodes scraped up",
-            "Targets of this job that answered the last scrape (Prometheus `up`).",
-            f"sum(up{{{SEL}}})",
+            "Failures tolerated",
+            "How many more nodes may go down before the quorum is lost: nodes up minus the "
+            "quorum of the replica count (floor(replicas / 2) + 1). Below 0 the store is "
+            "unavailable; 0 means the next failure makes it so.",
+            f"sum(up{{{CSEL}}}) - {QUORUM}",
             "none",
-            [RED, {"color": "green", "value": 2}],
+            [RED, {"color": "orange", "value": 0}, {"color": "green", "value": 1}],
         ),
-        w=6,
+        w=4,
         h=4,
+        runbook="PaxosKVNoQuorum",
     )
     L.add(
         stat(
@@ -158,8 +211,9 @@ def build() -> dict[str, Any]:
             "none",
             [RED, {"color": "green", "value": 1}],
         ),
-        w=6,
+        w=4,
         h=4,
+        runbook="PaxosKVNoQuorum",
     )
     L.add(
         stat(
@@ -170,8 +224,9 @@ def build() -> dict[str, Any]:
             "none",
             [GREEN, {"color": "red", "value": 1}],
         ),
-        w=6,
+        w=4,
         h=4,
+        runbook="PaxosKVAmnesia",
     )
     L.add(
         stat(
@@ -181,9 +236,20 @@ def build() -> dict[str, Any]:
             "short",
             [{"color": "blue", "value": None}],
         ),
-        w=6,
+        w=4,
         h=4,
     )
+    versions = stat(
+        "Versions",
+        "paxoskv and Python versions running (paxoskv_build_info), with how many nodes run "
+        "each: more than one line during a rolling upgrade.",
+        f"count by (version, python) (paxoskv_build_info{{{SEL}}})",
+        "none",
+        [{"color": "blue", "value": None}],
+    )
+    versions["targets"][0]["legendFormat"] = "{{version}} (Python {{python}})"
+    versions["options"]["textMode"] = "value_and_name"
+    L.add(versions, w=4, h=4)
 
     L.row("Identity and rejoin")
     L.add(
@@ -422,6 +488,116 @@ def build() -> dict[str, Any]:
         h=7,
     )
 
+    L.row("Latency breakdown and load")
+    L.add(
+        timeseries(
+            "Phase latency (network + acceptors' disk)",
+            "How long a proposer waits for each phase's broadcast to be decided by a quorum "
+            "(paxoskv_paxos_phase_duration_seconds), p99 and p50: the round trip to the "
+            "acceptors plus their persistence. Compare with the acceptors' own persist time "
+            "on the right: the difference is the network and the peers' queues.",
+            [
+                target(quantile("0.99", "paxoskv_paxos_phase_duration_seconds", "phase"),
+                       "{{phase}} p99"),
+                target(quantile("0.5", "paxoskv_paxos_phase_duration_seconds", "phase"),
+                       "{{phase}} p50"),
+            ],
+            "s",
+        ),
+        w=12,
+        h=8,
+        runbook="PaxosKVRequestLatencyHigh",
+    )
+    L.add(
+        timeseries(
+            "Acceptor persist latency (disk)",
+            "Time from an acceptor's step on a prepare or accept to its state being durable "
+            "(paxoskv_acceptor_persist_duration_seconds): waiting for the group commit, then "
+            "the commit and its fsync. Queries read memory and have none.",
+            [
+                target(quantile("0.99", "paxoskv_acceptor_persist_duration_seconds", "phase"),
+                       "{{phase}} p99"),
+                target(quantile("0.5", "paxoskv_acceptor_persist_duration_seconds", "phase"),
+                       "{{phase}} p50"),
+            ],
+            "s",
+        ),
+        w=12,
+        h=8,
+        runbook="PaxosKVFsyncSlow",
+    )
+    L.add(
+        timeseries(
+            "Rounds in flight",
+            "Paxos rounds each node runs as proposer right now (paxoskv_rounds_in_flight); "
+            "beyond 1024 at once (paxoskv/limits.py) requests are refused with 503.",
+            [target(f"max by (pod) (paxoskv_rounds_in_flight{{{SEL}}})", "{{pod}}")],
+            "short",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Client requests in flight",
+            "Requests each node's client port is serving right now "
+            "(paxoskv_client_requests_in_flight), as --max-requests-inflight counts them.",
+            [target(f"max by (pod) (paxoskv_client_requests_in_flight{{{SEL}}})", "{{pod}}")],
+            "short",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Event loop lag",
+            "How late each node's single event loop runs a timer due every 0.5 s "
+            "(paxoskv_event_loop_lag_seconds), p99 and mean: every request and round waits "
+            "this long for the thread. High with high CPU: the node is saturated.",
+            [
+                target(quantile("0.99", "paxoskv_event_loop_lag_seconds", "pod"), "{{pod}} p99"),
+                target(mean("paxoskv_event_loop_lag_seconds", "pod"), "{{pod}} mean"),
+            ],
+            "s",
+        ),
+        w=8,
+        h=8,
+        runbook="PaxosKVEventLoopLagging",
+    )
+    L.add(
+        timeseries(
+            "Client bytes",
+            "Bytes per second read from (in) and written to (out) client connections "
+            "(paxoskv_client_bytes_total), HTTP headers included.",
+            [
+                target(
+                    f"sum by (pod, direction) (rate(paxoskv_client_bytes_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}} {{direction}}",
+                )
+            ],
+            "Bps",
+        ),
+        w=12,
+        h=8,
+    )
+    L.add(
+        timeseries(
+            "Peer bytes",
+            "Bytes per second of peer frames received (in) and sent (out) "
+            "(paxoskv_peer_bytes_total): Paxos message batches, their replies and "
+            "heartbeats, as dialer and as server.",
+            [
+                target(
+                    f"sum by (pod, direction) (rate(paxoskv_peer_bytes_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}} {{direction}}",
+                )
+            ],
+            "Bps",
+        ),
+        w=12,
+        h=8,
+    )
+
     L.row("Storage")
     L.add(
         timeseries(
@@ -588,6 +764,25 @@ def build() -> dict[str, Any]:
         h=8,
     )
 
+    L.add(
+        timeseries(
+            "Peer RTT p99 (every heartbeat)",
+            "99th percentile of every heartbeat's round trip to each peer "
+            "(paxoskv_peer_round_trip_time_seconds; the PaxosKVPeerRTTHigh alert). The "
+            "panel on the left shows only the last heartbeat before each scrape.",
+            [
+                target(
+                    quantile("0.99", "paxoskv_peer_round_trip_time_seconds", "pod, peer"),
+                    "{{pod}} -> {{peer}}",
+                )
+            ],
+            "s",
+        ),
+        w=24,
+        h=8,
+        runbook="PaxosKVPeerRTTHigh",
+    )
+
     L.row("Process")
     L.add(
         timeseries(
@@ -625,6 +820,25 @@ def build() -> dict[str, Any]:
         h=7,
     )
 
+    alerts_of = {
+        "Refused nodes": "PaxosKVIdentityRefused",
+        "Refused peers": "PaxosKVPeerRefused",
+        "Errors by op and code": "PaxosKVHighErrorRatio",
+        "5xx error ratio": "PaxosKVHighErrorRatio",
+        "Latency p99 by op": "PaxosKVRequestLatencyHigh",
+        "Paxos rounds by phase and outcome": "PaxosKVFailedRounds",
+        "Paxos conflicts": "PaxosKVHighConflictRate",
+        "fsync p99 by node": "PaxosKVFsyncSlow",
+        "Data directory": "PaxosKVVolumeFillingUp",
+        "Volume free and size": "PaxosKVVolumeNearlyFull",
+        "Volume free %": "PaxosKVVolumeNearlyFull",
+        "Peer up (seen from each node)": "PaxosKVPeerDown",
+        "Peer RTT": "PaxosKVPeerRTTHigh",
+    }
+    for panel in L.panels:
+        if panel.get("title") in alerts_of:
+            panel["links"][0]["url"] = f"${{runbook}}#{alerts_of[panel['title']].lower()}"
+
     def var(name: str, label: str, query: str, multi: bool) -> dict[str, Any]:
         v: dict[str, Any] = {
             "name": name,
@@ -657,7 +871,38 @@ def build() -> dict[str, Any]:
         "version": 1,
         "time": {"from": "now-1h", "to": "now"},
         "timezone": "",
-        "annotations": {"list": []},
+        "annotations": {
+            "list": [
+                {
+                    # Works from our own scrape alone: a process that restarted exports a
+                    # new start time (kube-state-metrics is not needed).
+                    "name": "Restarts",
+                    "datasource": DS,
+                    "enable": True,
+                    "iconColor": "orange",
+                    "expr": f"changes(process_start_time_seconds{{{SEL}}}[{RATE}]) > 0",
+                    "step": "30s",
+                    "titleFormat": "restart",
+                    "textFormat": "{{pod}} restarted",
+                    "tagKeys": "pod",
+                },
+                {
+                    # Also a container that restarts before it is ever scraped (a crash
+                    # loop); needs kube-state-metrics, so it is off by default.
+                    "name": "Container restarts (kube-state-metrics)",
+                    "datasource": DS,
+                    "enable": False,
+                    "iconColor": "red",
+                    "expr": "increase(kube_pod_container_status_restarts_total{"
+                    'cluster=~"$cluster", namespace="$namespace", pod=~"$job(-paxoskv)?-[0-9]+", '
+                    f'container="paxoskv"}}[{RATE}]) > 0',
+                    "step": "30s",
+                    "titleFormat": "container restart",
+                    "textFormat": "{{pod}} restarted",
+                    "tagKeys": "pod",
+                },
+            ]
+        },
         "links": [],
         "templating": {
             "list": [
@@ -669,12 +914,36 @@ def build() -> dict[str, Any]:
                     "current": {},
                     "hide": 0,
                 },
-                var("namespace", "Namespace", "label_values(paxoskv_keys, namespace)", False),
-                var("job", "Job", 'label_values(paxoskv_keys{namespace="$namespace"}, job)', False),
+                {
+                    "name": "runbook",
+                    "label": "Runbook",
+                    "type": "constant",
+                    "query": RUNBOOK,
+                    "hide": 2,
+                },
+                {
+                    **var("cluster", "Cluster", "label_values(paxoskv_build_info, cluster)", False),
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "current": {"text": "All", "value": "$__all"},
+                },
+                var(
+                    "namespace",
+                    "Namespace",
+                    'label_values(paxoskv_keys{cluster=~"$cluster"}, namespace)',
+                    False,
+                ),
+                var(
+                    "job",
+                    "Job",
+                    'label_values(paxoskv_keys{cluster=~"$cluster", namespace="$namespace"}, job)',
+                    False,
+                ),
                 var(
                     "pod",
                     "Pod",
-                    'label_values(paxoskv_keys{namespace="$namespace", job="$job"}, pod)',
+                    'label_values(paxoskv_keys{cluster=~"$cluster", namespace="$namespace", '
+                    'job="$job"}, pod)',
                     True,
                 ),
             ]

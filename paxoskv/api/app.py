@@ -723,6 +723,7 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
             app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
             app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
     if "peer" in parts:
-        PeerServer(node, secret, limits.frame_bytes_max).add_routes(app)
+        PeerServer(node, secret, limits.frame_bytes_max,
+                   count_bytes=metrics.peer_bytes).add_routes(app)
     return app
 

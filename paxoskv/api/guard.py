@@ -125,6 +125,8 @@ class _GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self._conns.report:
+            self._metrics.client_bytes(len(data), 0)
         requests = self._request_count
         super().data_received(data)
         if self._request_count != requests:
@@ -132,6 +134,13 @@ class _GuardedHandler(RequestHandler):
         elif self._header_timer is None and not self._request_in_progress \
                 and not self._messages:
             self._arm()  # the first bytes of a kept-alive connection's next request
+
+    def log_access(self, request: BaseRequest, response: web.StreamResponse,
+                   time: float | None) -> None:
+        # Called once a response is written (headers and body): its size is the writer's.
+        if self._conns.report:
+            self._metrics.client_bytes(0, request.writer.output_size)
+        super().log_access(request, response, time)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
@@ -236,6 +245,8 @@ def client_guard_middleware(limits: GuardLimits, metrics: Metrics, refuse: Refus
     inflight = 0
     buffered = 0
     requests_max = limits.requests_max
+    if limit_requests:
+        metrics.in_flight_sources(requests=lambda: inflight)
 
     def too_large(limit: int) -> web.Response:
         metrics.http_refused("body_too_large")

@@ -194,7 +194,9 @@ class HttpTransport:
             if self._sender is None:
                 raise PeerNotReached("no sender identity yet")
             body = encode_frame(self._sender, [(m, ttl) for m, ttl, _ in batch])
-            replies = decode_replies(await self._exchange(p, body), len(batch))
+            frame = await self._exchange(p, body)
+            self._metrics.peer_bytes(len(frame), len(body))
+            replies = decode_replies(frame, len(batch))
             for (_, _, fut), reply in zip(batch, replies, strict=True):
                 if not fut.done():
                     fut.set_result(reply)
@@ -233,6 +235,7 @@ class HttpTransport:
                                                 params=params,
                                                 headers=self._headers()) as resp:
                 payload = await resp.read()
+                self._metrics.peer_bytes(len(payload), len(body or b""))
                 if resp.status != 200:
                     raise PeerUnreachable(f"HTTP {resp.status}: {payload[:200]!r}")
             result = orjson.loads(payload)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -88,8 +88,12 @@ def _error(status: int, code: str, message: str) -> Answer:
 
 class PeerServer:
     def __init__(self, handler: PeerHandler, secret: str,
-                 frame_bytes_max: int = Limits().frame_bytes_max) -> None:
+                 frame_bytes_max: int = Limits().frame_bytes_max,
+                 count_bytes: Callable[[int, int], None] | None = None) -> None:
+        """``count_bytes(received, sent)``: told the size of each frame or hello served and
+        of its answer (``paxoskv_peer_bytes``)."""
         self._handler = handler
+        self._count_bytes = count_bytes or _no_count
         self._secret = secret
         self._frame_bytes_max = frame_bytes_max
         self._channels: set[web.WebSocketResponse] = set()
@@ -124,7 +128,9 @@ class PeerServer:
             done = await asyncio.gather(*(replies[i] for i in waiting))
             for i, reply in zip(waiting, done, strict=True):
                 replies[i] = reply
-        return 200, encode_replies(replies, binary=is_binary_frame(body))
+        answer = encode_replies(replies, binary=is_binary_frame(body))
+        self._count_bytes(len(body), len(answer))
+        return 200, answer
 
     async def hello(self, auth: str | None, body: bytes) -> Answer:
         if not self._authorized(auth):
@@ -135,7 +141,9 @@ class PeerServer:
             return _error(400, "bad_frame", "hello must be a JSON object")
         if not isinstance(info, dict):
             return _error(400, "bad_frame", "hello must be a JSON object")
-        return _json(200, await self._handler.on_hello(info))
+        status, answer = _json(200, await self._handler.on_hello(info))
+        self._count_bytes(len(body), len(answer))
+        return status, answer
 
     async def keys(self, auth: str | None, query: Mapping[str, str]) -> Answer:
         if not self._authorized(auth):
@@ -225,6 +233,10 @@ class PeerServer:
             return  # the sender has given up on this socket and failed the frame itself
         with contextlib.suppress(ConnectionError):  # closed meanwhile: same as above
             await ws.send_bytes(channel_reply(request_id, status, answer))
+
+
+def _no_count(received: int, sent: int) -> None:
+    pass
 
 
 def _response(answer: Answer) -> web.Response:

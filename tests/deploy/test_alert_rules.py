@@ -74,3 +74,12 @@ def test_unit_tests_cover_every_alert(groups: list[dict[str, object]]) -> None:
     tested = {a["alertname"] for t in tests for a in t["alert_rule_test"] if a["exp_alerts"]}
     alerts = {r["alert"] for g in groups for r in g["rules"]}  # type: ignore[attr-defined]
     assert alerts == tested
+
+
+def test_unit_tests_have_a_quiet_case_for_every_alert(groups: list[dict[str, object]]) -> None:
+    """Each alert is also expected not to fire somewhere (below its threshold, before its
+    `for`, or on another release's series), so a rule that always fires fails too."""
+    tests = yaml.safe_load((HERE / "alert_rules_test.yaml").read_text())["tests"]
+    quiet = {a["alertname"] for t in tests for a in t["alert_rule_test"] if not a["exp_alerts"]}
+    alerts = {r["alert"] for g in groups for r in g["rules"]}  # type: ignore[attr-defined]
+    assert alerts - quiet == set()

@@ -141,3 +141,28 @@ def test_design_metrics_are_all_shown() -> None:
     not_shown_on_purpose: set[str] = set()
     missing = sorted(families - shown - not_shown_on_purpose)
     assert not missing, f"exported but neither on the dashboard nor in an alert: {missing}"
+
+
+# The saturation, byte, phase-latency, RTT and build families, by the names queries use.
+ISSUE_13_NAMES = {
+    "paxoskv_event_loop_lag_seconds_bucket": "dashboard+rules",
+    "paxoskv_rounds_in_flight": "dashboard",
+    "paxoskv_client_requests_in_flight": "dashboard",
+    "paxoskv_client_bytes_total": "dashboard",
+    "paxoskv_peer_bytes_total": "dashboard",
+    "paxoskv_paxos_phase_duration_seconds_bucket": "dashboard",
+    "paxoskv_acceptor_persist_duration_seconds_bucket": "dashboard",
+    "paxoskv_peer_round_trip_time_seconds_bucket": "dashboard+rules",
+    "paxoskv_build_info": "dashboard",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_13_NAMES))
+def test_issue_13_metrics_are_exported_and_queried(name: str) -> None:
+    """Each new family is exported under the name (and type suffix) the queries use, and is
+    queried where it is meant to be: on the dashboard, and in the rules for those alerted on."""
+    assert name in exported_names()
+    where = ISSUE_13_NAMES[name]
+    assert name in dashboard_names()
+    if "rules" in where:
+        assert name in rule_names()

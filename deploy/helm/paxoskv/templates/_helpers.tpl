@@ -183,9 +183,14 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- end -}}
 
 {{/*
-Series selector of this release for the alert rules. The ServiceMonitor and the PodMonitor set
-jobLabel to app.kubernetes.io/instance, so job = the release name.
+Series selector of this release for the alert rules: prometheusRule.selector when set, else
+namespace and job. The ServiceMonitor and the PodMonitor set jobLabel to
+app.kubernetes.io/instance, so job = the release name.
 */}}
 {{- define "paxoskv.ruleSelector" -}}
+{{- if .Values.prometheusRule.selector -}}
+{{- .Values.prometheusRule.selector -}}
+{{- else -}}
 namespace="{{ .Release.Namespace }}", job="{{ .Release.Name }}"
+{{- end -}}
 {{- end -}}
