@@ -495,26 +495,17 @@ class SqliteStorage:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
-                if rows:
-                    inserted = self._new_keys([r[0] for r in rows])
-                    self._conn.executemany(_UPSERT, rows)
+                collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
+                if not collected:
+                    if rows:
+                        inserted = self._new_keys([r[0] for r in rows])
+                        self._conn.executemany(_UPSERT, rows)
+                else:
+                    inserted, removed = self._write_in_order(batch, rows, collected)
                 metas = [(w.key, w.meta) for w in batch if w.meta is not None]
                 if metas:
                     self._conn.executemany(
                         "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
-                for w in batch:
-                    if w.floor is not None:  # a collection: row and floor in one commit
-                        removed += self._conn.execute(
-                            "DELETE FROM registers WHERE key = ?", (w.key,)).rowcount
-                        bucket = floor_bucket(w.key)
-                        floor = w.floor
-                        for row in self._conn.execute(  # another key's collection may
-                                f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
-                                (bucket,)).fetchall():  # have raised it meanwhile
-                            floor = floor.merged(_floor_from_row(row)[1])
-                        self._conn.execute(
-                            f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
-                            "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
                 self._conn.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
             except BaseException as exc:  # reported to every waiter, never swallowed
                 error = exc
@@ -602,6 +593,40 @@ class SqliteStorage:
             while not self._applied_cond.wait_for(lambda: self._applied >= ended, 0.5):
                 if loop.is_closed():
                     return
+
+    def _write_in_order(self, batch: list[_Write], rows: list[_Row], collected: list[str]
+                        ) -> tuple[int, int]:
+        """The states and collections of ``batch`` in submission order (inside the write
+        transaction), so that a state saved after a collection of its key is kept, and one
+        saved before it is removed, as the cache applies them (``_apply_done``). Returns
+        (keys that got a row, keys that lost theirs) for the key count."""
+        removing = set(collected)
+        saved_only = list(dict.fromkeys(r[0] for r in rows if r[0] not in removing))
+        inserted = self._new_keys(saved_only) if saved_only else 0
+        present_before = len(collected) - self._new_keys(collected)
+        pending: list[_Row] = []
+        it = iter(rows)
+        for w in batch:
+            if w.state is not None:
+                pending.append(next(it))
+            elif w.floor is not None:  # a collection: row and floor in one commit
+                if pending:
+                    self._conn.executemany(_UPSERT, pending)
+                    pending = []
+                self._conn.execute("DELETE FROM registers WHERE key = ?", (w.key,))
+                bucket = floor_bucket(w.key)
+                floor = w.floor
+                for row in self._conn.execute(  # another key's collection may
+                        f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
+                        (bucket,)).fetchall():  # have raised it meanwhile
+                    floor = floor.merged(_floor_from_row(row)[1])
+                self._conn.execute(
+                    f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
+                    "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
+        if pending:
+            self._conn.executemany(_UPSERT, pending)
+        present_after = len(collected) - self._new_keys(collected)
+        return inserted, present_before - present_after
 
     def _new_keys(self, keys: list[str]) -> int:
         """How many distinct ``keys`` have no row yet (inside the write transaction)."""
