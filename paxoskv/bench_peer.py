@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from paxoskv.chaos.processes import free_ports
+from paxoskv.core.acceptor import Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import Accept, Accepted, QueryReply, Reply, Request
@@ -59,6 +60,9 @@ class _Acceptor:
 
     def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
         return [], False
+
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]] | None:
+        return []
 
 
 async def _serve(port: int) -> None:

@@ -129,6 +129,9 @@ class IdentityRules:
     serves: Mapping[Mode, frozenset[str]] = field(default_factory=lambda: dict(SERVES))
     judge_hello: Callable[[PeerRecord | None, HelloClaim, bool], Verdict] = judge_hello
     check_membership: bool = True
+    rejoin_copies_floors: bool = True
+    """A rejoin raises its bucket floors to those of each peer it catches up from: a
+    collected key is listed by none of them (docs/gc.md)."""
     rejoin_rechecks_own_keys: bool = True
     """A rejoin also runs an identity round on every key of its own rows, which no peer
     may list any more (a collected tombstone, docs/gc.md)."""
@@ -604,6 +607,25 @@ class Node:
             state = self.storage.load(key)
             out.append((key, state.ballot_accepted, state.value.exists))
         return out, len(keys) > limit
+
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, acceptor_rules.Floor]] | None:
+        """Up to ``limit`` of this acceptor's bucket floors above bucket ``after`` (docs/gc.md,
+        copied by a rejoining acceptor); None if it does not serve as an acceptor."""
+        if not self._serves("list"):
+            return None
+        return self.storage.floor_page(after, limit)
+
+    async def floors_from(self, acceptor_id: int, after: int, limit: int
+                          ) -> list[tuple[int, acceptor_rules.Floor]] | None:
+        """``floor_page`` of ``acceptor_id``; None if it could not be had."""
+        if acceptor_id == self.config.node_id:
+            return self.floor_page(after, limit)
+        if not self.membership.usable(acceptor_id):
+            return None
+        try:
+            return await self.transport.list_floors(acceptor_id, after, limit)
+        except PeerUnreachable:
+            return None
 
     # ---------------------------------------------------------------- proposer side
 

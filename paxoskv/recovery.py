@@ -16,6 +16,7 @@ from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.core.identity import CaughtUp, FenceElapsed, Mode
 from paxoskv.core.proposer import Committed, QueryRound
 from paxoskv.core.register import Read
+from paxoskv.transport.codec import FLOOR_PAGE_MAX
 
 if TYPE_CHECKING:
     from paxoskv.node import Node
@@ -150,8 +151,34 @@ class Recovery:
                 return
             after = page[-1]
 
+    async def _copy_floors_from(self, pid: int) -> bool:
+        """Raise this acceptor's bucket floors to ``pid``'s (docs/gc.md); False if it
+        stopped answering.
+
+        A key whose tombstone was collected is listed by no peer, so the catch-up does not
+        bring it back here; without its floor this acceptor reads it as never written
+        (version 0). One lost disk is covered by the others' floors in every quorum, but a
+        second acceptor losing its disk later would make a quorum of two such acceptors,
+        and a re-created key would take version 1 again (ABA for If-Match)."""
+        after = -1
+        while True:
+            page = await self._node.floors_from(pid, after, FLOOR_PAGE_MAX)
+            if page is None:
+                return False
+            if page:
+                await self.storage.raise_floors(page)
+                self.rejoin_progress["floors_copied"] = (
+                    self.rejoin_progress.get("floors_copied", 0) + len(page))
+                after = page[-1][0]
+            if len(page) < FLOOR_PAGE_MAX:
+                return True
+
     async def _catch_up_from(self, pid: int) -> bool:
-        """Run an identity round on every key ``pid`` lists; False if it stopped answering."""
+        """Copy ``pid``'s bucket floors, then run an identity round on every key it lists;
+        False if it stopped answering."""
+        if self._node.identity_rules.rejoin_copies_floors and \
+                not await self._copy_floors_from(pid):
+            return False
         after: str | None = None
         while True:
             page = await self._node._page_from(pid, "", after, REJOIN_PAGE_KEYS)

@@ -27,14 +27,17 @@ from typing import Any, TypeVar
 
 import orjson
 
+from paxoskv.core.acceptor import Floor
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
 from paxoskv.node import Node
 from paxoskv.transport.base import KeyPage, PeerUnreachable
 from paxoskv.transport.codec import (
     Sender,
+    decode_floor_page,
     decode_key_page,
     decode_replies,
     encode_frame,
+    floor_page_query,
     key_page_query,
 )
 from paxoskv.transport.server import PeerServer
@@ -316,6 +319,20 @@ class SimTransport:
             raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
         try:
             return decode_key_page(orjson.loads(body))
+        except PeerProtocolError as exc:
+            raise PeerUnreachable(str(exc)) from exc
+
+    async def list_floors(self, peer: int, after: int, limit: int) -> list[tuple[int, Floor]]:
+        query = floor_page_query(after, limit)
+
+        async def serve(server: PeerServer) -> tuple[int, bytes]:
+            return await server.floors(_AUTH, query)
+
+        status, body = await self._network.call(self._node_id, self._generation, peer, serve)
+        if status != 200:
+            raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
+        try:
+            return decode_floor_page(orjson.loads(body))
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
 

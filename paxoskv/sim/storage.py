@@ -58,6 +58,8 @@ class _Write:
     landing: float = 0.0
     collect: Floor | None = None
     """Remove ``key``'s row and make this its bucket's floor (docs/gc.md)."""
+    buckets: list[tuple[int, Floor]] | None = None
+    """Raise these buckets' floors (a rejoin copying its peers' floors)."""
     timer: asyncio.TimerHandle | None = None
 
 
@@ -110,6 +112,12 @@ class SimStorage:
 
     def floor(self, key: str) -> Floor:
         return self._memory.floors.get(floor_bucket(key), NO_FLOOR)
+
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]]:
+        return sorted(item for item in self._memory.floors.items() if item[0] > after)[:limit]
+
+    async def raise_floors(self, floors: list[tuple[int, Floor]]) -> None:
+        await self._submit(_Write(None, None, None, None, buckets=list(floors)))
 
     async def collect(self, key: str, floor: Floor) -> None:
         await self._submit(_Write(key, None, None, None, collect=floor))
@@ -231,6 +239,9 @@ class SimStorage:
         if write.meta is not None:
             name, value = write.meta
             tables.meta[name] = value
+        elif write.buckets is not None:
+            for bucket, given in write.buckets:
+                tables.floors[bucket] = tables.floors.get(bucket, NO_FLOOR).merged(given)
         elif write.collect is not None:
             assert write.key is not None
             tables.states.pop(write.key, None)

@@ -60,6 +60,16 @@ class Storage(Protocol):
         """The floor of ``key``'s bucket (docs/gc.md); NO_FLOOR if none was raised."""
         ...
 
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]]:
+        """Up to ``limit`` raised floors of buckets above ``after``, in bucket order."""
+        ...
+
+    async def raise_floors(self, floors: list[tuple[int, Floor]]) -> None:
+        """Raise each bucket's floor to at least the one given (each part the higher), in
+        one durable step; return once that is durable. A rejoining acceptor copies its
+        peers' floors so (docs/gc.md)."""
+        ...
+
     async def collect(self, key: str, floor: Floor) -> None:
         """Remove ``key``'s row and make ``floor`` its bucket's floor, in one durable step
         (docs/gc.md); return once that is durable."""

@@ -200,13 +200,16 @@ def _floor_from_row(row: tuple[int, int, int, int, int, int, int]) -> tuple[int,
 
 
 class _Write:
-    __slots__ = ("floor", "future", "key", "meta", "state")
+    __slots__ = ("buckets", "floor", "future", "key", "meta", "state")
 
     def __init__(self, key: str, state: AcceptorState | None, meta: str | None,
-                 future: asyncio.Future[None], floor: Floor | None = None) -> None:
+                 future: asyncio.Future[None], floor: Floor | None = None,
+                 buckets: list[tuple[int, Floor]] | None = None) -> None:
         self.key, self.state, self.meta, self.future = key, state, meta, future
         self.floor = floor
         """With ``floor``: remove ``key``'s row and make it its bucket's floor."""
+        self.buckets = buckets
+        """With ``buckets``: raise these buckets' floors (no row changes)."""
 
 
 class _Done:
@@ -330,6 +333,14 @@ class SqliteStorage:
         if self._done:
             self._apply_done()
         return self._floors.get(floor_bucket(key), NO_FLOOR)
+
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]]:
+        if self._done:
+            self._apply_done()
+        return sorted(item for item in self._floors.items() if item[0] > after)[:limit]
+
+    async def raise_floors(self, floors: list[tuple[int, Floor]]) -> None:
+        await self._submit(_Write("", None, None, self._new_future(), None, list(floors)))
 
     def floors_raised(self) -> int:
         """Buckets with a floor (for tests and the status page)."""
@@ -495,26 +506,20 @@ class SqliteStorage:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
-                if rows:
-                    inserted = self._new_keys([r[0] for r in rows])
-                    self._conn.executemany(_UPSERT, rows)
+                collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
+                if not collected:
+                    if rows:
+                        inserted = self._new_keys([r[0] for r in rows])
+                        self._conn.executemany(_UPSERT, rows)
+                else:
+                    inserted, removed = self._write_in_order(batch, rows, collected)
                 metas = [(w.key, w.meta) for w in batch if w.meta is not None]
                 if metas:
                     self._conn.executemany(
                         "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
                 for w in batch:
-                    if w.floor is not None:  # a collection: row and floor in one commit
-                        removed += self._conn.execute(
-                            "DELETE FROM registers WHERE key = ?", (w.key,)).rowcount
-                        bucket = floor_bucket(w.key)
-                        floor = w.floor
-                        for row in self._conn.execute(  # another key's collection may
-                                f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
-                                (bucket,)).fetchall():  # have raised it meanwhile
-                            floor = floor.merged(_floor_from_row(row)[1])
-                        self._conn.execute(
-                            f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
-                            "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
+                    for bucket, given in w.buckets or ():
+                        self._raise_floor(bucket, given)
                 self._conn.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
             except BaseException as exc:  # reported to every waiter, never swallowed
                 error = exc
@@ -603,6 +608,42 @@ class SqliteStorage:
                 if loop.is_closed():
                     return
 
+    def _write_in_order(self, batch: list[_Write], rows: list[_Row], collected: list[str]
+                        ) -> tuple[int, int]:
+        """The states and collections of ``batch`` in submission order (inside the write
+        transaction), so that a state saved after a collection of its key is kept, and one
+        saved before it is removed, as the cache applies them (``_apply_done``). Returns
+        (keys that got a row, keys that lost theirs) for the key count."""
+        removing = set(collected)
+        saved_only = list(dict.fromkeys(r[0] for r in rows if r[0] not in removing))
+        inserted = self._new_keys(saved_only) if saved_only else 0
+        present_before = len(collected) - self._new_keys(collected)
+        pending: list[_Row] = []
+        it = iter(rows)
+        for w in batch:
+            if w.state is not None:
+                pending.append(next(it))
+            elif w.floor is not None:  # a collection: row and floor in one commit
+                if pending:
+                    self._conn.executemany(_UPSERT, pending)
+                    pending = []
+                self._conn.execute("DELETE FROM registers WHERE key = ?", (w.key,))
+                self._raise_floor(floor_bucket(w.key), w.floor)
+        if pending:
+            self._conn.executemany(_UPSERT, pending)
+        present_after = len(collected) - self._new_keys(collected)
+        return inserted, present_before - present_after
+
+    def _raise_floor(self, bucket: int, floor: Floor) -> None:
+        """Make ``bucket``'s floor at least ``floor`` (inside the write transaction)."""
+        for row in self._conn.execute(  # another key's collection may
+                f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
+                (bucket,)).fetchall():  # have raised it meanwhile
+            floor = floor.merged(_floor_from_row(row)[1])
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
+            "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
+
     def _new_keys(self, keys: list[str]) -> int:
         """How many distinct ``keys`` have no row yet (inside the write transaction)."""
         wanted = list(dict.fromkeys(keys))
@@ -627,6 +668,10 @@ class SqliteStorage:
                         self._remember(w.key, w.state)
                     elif w.meta is not None:
                         self._meta[w.key] = w.meta
+                    elif w.buckets is not None:
+                        for bucket, given in w.buckets:
+                            self._floors[bucket] = self._floors.get(
+                                bucket, NO_FLOOR).merged(given)
                     elif w.floor is not None:
                         old = self._cache.pop(w.key, None)
                         if old is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from paxoskv.core.acceptor import Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Reply, Request
 from paxoskv.transport.codec import Sender
@@ -49,6 +50,12 @@ class Transport(Protocol):
                         ) -> KeyPage:
         """Up to ``limit`` keys (tombstones included) the peer's acceptor holds under
         ``prefix`` and after ``after``, in key order; raise PeerUnreachable."""
+        ...
+
+    async def list_floors(self, peer: int, after: int, limit: int) -> list[tuple[int, Floor]]:
+        """Up to ``limit`` bucket floors of the peer's acceptor (docs/gc.md), buckets above
+        ``after`` in order; raise PeerUnreachable (also when it does not serve as an
+        acceptor)."""
         ...
 
     async def close(self) -> None: ...

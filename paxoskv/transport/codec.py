@@ -24,23 +24,28 @@ from typing import Any
 
 import orjson
 
-from paxoskv.core.ballot import Ballot
+from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
+from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, to_wire
 
 __all__ = [
     "AUTH_HEADER",
     "CHANNEL_PATH",
+    "FLOOR_PAGE_MAX",
     "Sender",
     "channel_reply",
     "channel_request",
     "check_peer_auth",
+    "decode_floor_page",
     "decode_frame",
     "decode_key_page",
     "decode_replies",
+    "encode_floor_page",
     "encode_frame",
     "encode_key_page",
     "encode_replies",
+    "floor_page_query",
     "is_binary_frame",
     "key_page_query",
     "parse_channel_reply",
@@ -297,3 +302,34 @@ def decode_key_page(raw: object) -> tuple[list[tuple[str, Ballot, bool]], bool]:
         except ValueError as exc:
             raise PeerProtocolError(f"keys reply ballot: {exc}") from exc
     return out, more
+
+
+FLOOR_PAGE_MAX = 4096
+"""Bucket floors one ``/internal/floors`` answer holds at most."""
+
+
+def floor_page_query(after: int, limit: int) -> dict[str, str]:
+    """The query of a ``/internal/floors`` request: floors of buckets above ``after``."""
+    return {"after": str(after), "limit": str(limit)}
+
+
+def encode_floor_page(floors: list[tuple[int, Floor]]) -> dict[str, Any]:
+    return {"floors": [[bucket, f.ballot.to_wire(), f.version] for bucket, f in floors]}
+
+
+def decode_floor_page(raw: object) -> list[tuple[int, Floor]]:
+    """Parse a ``/internal/floors`` answer; PeerProtocolError on anything malformed."""
+    entries = raw.get("floors") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise PeerProtocolError("floors reply must be an object with 'floors'")
+    out: list[tuple[int, Floor]] = []
+    for item in entries:
+        if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int
+                and 0 <= item[0] < FLOOR_BUCKETS and type(item[2]) is int
+                and 0 <= item[2] <= WIRE_INT_MAX):
+            raise PeerProtocolError("floors reply entries must be [bucket, ballot, version]")
+        try:
+            out.append((item[0], Floor(Ballot.from_wire(item[1]), item[2])))
+        except ValueError as exc:
+            raise PeerProtocolError(f"floors reply ballot: {exc}") from exc
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from paxoskv.core.acceptor import Floor
 from paxoskv.core.messages import Forward, PeerProtocolError, Reply, Request
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.loopref import LoopRef
@@ -26,9 +27,11 @@ from paxoskv.transport.base import KeyPage, PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import (
     AUTH_HEADER,
     Sender,
+    decode_floor_page,
     decode_key_page,
     decode_replies,
     encode_frame,
+    floor_page_query,
     key_page_query,
 )
 
@@ -256,6 +259,14 @@ class HttpTransport:
                                        params=key_page_query(prefix, after, limit))
         try:
             return decode_key_page(result)
+        except PeerProtocolError as exc:
+            raise PeerUnreachable(str(exc)) from exc
+
+    async def list_floors(self, peer: int, after: int, limit: int) -> list[tuple[int, Floor]]:
+        result = await self._json_call(peer, "GET", "/internal/floors",
+                                       params=floor_page_query(after, limit))
+        try:
+            return decode_floor_page(result)
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
 

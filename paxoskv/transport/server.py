@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
+from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
 from paxoskv.core.messages import REPLY_TYPES, PeerProtocolError, Reply, Request
 from paxoskv.limits import KEYS_PAGE_MAX, Limits
 from paxoskv.loopref import LoopRef
@@ -29,10 +30,12 @@ from paxoskv.transport.base import KeyPage, Refusal
 from paxoskv.transport.codec import (
     AUTH_HEADER,
     CHANNEL_PATH,
+    FLOOR_PAGE_MAX,
     Sender,
     channel_reply,
     check_peer_auth,
     decode_frame,
+    encode_floor_page,
     encode_key_page,
     encode_replies,
     is_binary_frame,
@@ -71,6 +74,11 @@ class PeerHandler(Protocol):
         ...
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]: ...
+
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]] | None:
+        """Up to ``limit`` bucket floors above bucket ``after``; None when not serving as
+        an acceptor."""
+        ...
 
     def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
         """Up to ``limit`` entries after ``after`` and whether more follow; None when not
@@ -162,6 +170,23 @@ class PeerServer:
             return _error(503, "not_acceptor", "this node is not serving as an acceptor")
         return _json(200, encode_key_page(*found))
 
+    async def floors(self, auth: str | None, query: Mapping[str, str]) -> Answer:
+        """The bucket floors a rejoining acceptor copies (docs/gc.md)."""
+        if not self._authorized(auth):
+            return _error(401, "unauthorized", "peer credentials missing or wrong")
+        raw_after, raw_limit = query.get("after", "-1"), query.get("limit", "")
+        try:
+            after, limit = int(raw_after), int(raw_limit)
+        except ValueError:
+            after = limit = -2
+        if not (-1 <= after < FLOOR_BUCKETS and 1 <= limit <= FLOOR_PAGE_MAX):
+            return _error(400, "bad_request", f"after must be within -1..{FLOOR_BUCKETS - 1} "
+                                              f"and limit within 1..{FLOOR_PAGE_MAX}")
+        found = self._handler.floor_page(after, limit)
+        if found is None:
+            return _error(503, "not_acceptor", "this node is not serving as an acceptor")
+        return _json(200, encode_floor_page(found))
+
     def add_routes(self, app: web.Application) -> None:
         """Mount the endpoints on an aiohttp application (the real server)."""
         async def batch(request: web.Request) -> web.StreamResponse:
@@ -175,6 +200,10 @@ class PeerServer:
         async def keys(request: web.Request) -> web.StreamResponse:
             return _response(await self.keys(request.headers.get(AUTH_HEADER),
                                              request.query))
+
+        async def floors(request: web.Request) -> web.StreamResponse:
+            return _response(await self.floors(request.headers.get(AUTH_HEADER),
+                                               request.query))
 
         async def channel(request: web.Request) -> web.StreamResponse:
             if not self._authorized(request.headers.get(AUTH_HEADER)):
@@ -192,6 +221,7 @@ class PeerServer:
         app.router.add_post("/internal/batch", batch, expect_handler=expect_handler)
         app.router.add_post("/internal/hello", hello, expect_handler=expect_handler)
         app.router.add_get("/internal/keys", keys, expect_handler=expect_handler)
+        app.router.add_get("/internal/floors", floors, expect_handler=expect_handler)
 
 
     async def _serve_channel(self, request: web.Request) -> web.WebSocketResponse:

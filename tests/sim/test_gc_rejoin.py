@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from paxoskv.core.errors import UnknownOutcome
 from paxoskv.core.register import Cas, Delete, Read, Set, Value
 from paxoskv.node import IdentityRules
 from paxoskv.sim.loop import run_virtual
@@ -91,9 +92,10 @@ def test_a_restored_copy_does_not_bring_a_collected_key_back(recheck: bool) -> N
         assert value.data == b"old", value
 
 
-async def _lost_disk_scenario(prepared_lifetime_s: float | None) -> str:
+async def _lost_disk_scenario(prepared_lifetime_s: float | None, copy_floors: bool) -> str:
     sim = _Simulation(8, SimOptions(ops=0, tombstone_grace_s=1e6, network=QUIET,
                                      mismatched_config_probability=0.0))
+    sim.identity_rules = IdentityRules(rejoin_copies_floors=copy_floors)
     sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6) for i, c in sim.config.items()}
     await asyncio.gather(*(sim.boot(i) for i in sim.ids))
     await sim.wait_ready(30.0)
@@ -114,16 +116,21 @@ async def _lost_disk_scenario(prepared_lifetime_s: float | None) -> str:
     await _wait_mode(sim, 3, ("normal",), 120.0)
     await sim.crash(2)  # every quorum holds node 3
     try:
-        outcome = await n1.execute("k", Cas(1, b"x"), forward=False)
+        try:
+            kind = (await n1.execute("k", Cas(1, b"x"), forward=False)).kind
+        except UnknownOutcome:
+            kind = "unknown"
+        after = await n1.execute("k", Read(), forward=False)
     finally:
         for i in (1, 3):
             await sim.crash(i)
-    return outcome.kind
+    return kind if kind != "unknown" or after.value.exists else "unknown, not applied"
 
 
-@pytest.mark.parametrize("expires", [True, False])
+@pytest.mark.parametrize(("expires", "copy_floors"),
+                         [(True, False), (False, True), (False, False)])
 def test_a_cached_ballot_cannot_rewrite_a_collected_key_on_a_rebuilt_acceptor(
-        expires: bool) -> None:
+        expires: bool, copy_floors: bool) -> None:
     """Goal: a proposer's phase-1-skip ballot, cached before a tombstone was collected,
     cannot bring the key back through an acceptor that lost its disk (no row, no floor).
 
@@ -131,7 +138,17 @@ def test_a_cached_ballot_cannot_rewrite_a_collected_key_on_a_rebuilt_acceptor(
     three, node 3 loses its disk and rejoins, node 2 stops, and node 1 sends
     ``If-Match: 1`` (a CAS on the version before the delete). The cached ballot expires
     after the message lifetime, shorter than the rejoin's fence, so the CAS runs a full
-    round and is rejected (the key is absent). With the cache kept for ever, its accept is
-    taken by node 3, and the next round picks it up: the CAS on a deleted key succeeds."""
-    kind = run_virtual(_lost_disk_scenario(None if expires else 1e9))
-    assert kind == ("rejected" if expires else "applied"), kind
+    round and is rejected (the key is absent). A rejoin that copies its peers' bucket
+    floors (``IdentityRules.rejoin_copies_floors``) refuses that accept on its own, since
+    node 3 then promises at k's floor: the CAS, whose accept left, is then reported as an
+    unknown outcome (the collected key remembers no request), and k stays absent. With
+    neither (the cache kept for ever, no floors
+    copied), the accept is taken by node 3, and the next round picks it up: the CAS on a
+    deleted key succeeds."""
+    kind = run_virtual(_lost_disk_scenario(None if expires else 1e9, copy_floors))
+    if expires:
+        assert kind == "rejected", kind
+    elif copy_floors:
+        assert kind == "unknown, not applied", kind
+    else:
+        assert kind == "applied", kind

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from paxoskv.core.acceptor import Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import Accept, Accepted, Query, QueryReply, Reply, Request
@@ -55,6 +56,9 @@ class FakeNode:
 
     def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
         return [], False
+
+    def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]] | None:
+        return [(b, Floor(Ballot(b, 1), b)) for b in (3, 7, 9) if b > after][:limit]
 
 
 class CountingServer(PeerServer):
@@ -135,6 +139,7 @@ def test_many_concurrent_messages_share_one_socket_in_few_frames() -> None:
                 Accepted("big", Ballot(2, 1))
             assert await t.hello(2, {"x": 1}) == {"hello": {"x": 1}}
             assert await t.list_keys(2, "", None, 10) == ([], False)
+            assert await t.list_floors(2, 3, 1) == [(7, Floor(Ballot(7, 1), 7))]
             assert peer.server.upgrades == 1
             assert peer.server.frames < 60
 

@@ -189,3 +189,21 @@ def test_decode_never_crashes_on_mangled_frames(noise: bytes, cut: int) -> None:
         for decode in (lambda b: decode_frame(b, 5000), lambda b: decode_replies(b, 1)):
             with contextlib.suppress(PeerProtocolError):
                 decode(body)
+
+
+def test_floor_pages_round_trip_and_refuse_garbage() -> None:
+    """Goal: the bucket floors a rejoining acceptor copies (docs/gc.md) cross the wire
+    intact, fast ballots included, and a malformed answer is refused, never half-used.
+
+    Method: encode a page through JSON and decode it; then decode answers with a bucket out
+    of range, a negative version, a bad ballot and a missing list."""
+    from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
+    from paxoskv.transport.codec import decode_floor_page, encode_floor_page
+
+    page = [(0, Floor(Ballot(3, 1, 2), 7)), (FLOOR_BUCKETS - 1, Floor(Ballot(9, 2, 1, 4), 0))]
+    assert decode_floor_page(orjson.loads(orjson.dumps(encode_floor_page(page)))) == page
+    for bad in ({"floors": [[FLOOR_BUCKETS, [1, 1, 1], 1]]}, {"floors": [[1, [1, 1, 1], -1]]},
+                {"floors": [[1, [1, -1, 1], 1]]}, {"floors": [[True, [1, 1, 1], 1]]},
+                {"floors": None}, []):
+        with pytest.raises(PeerProtocolError):
+            decode_floor_page(bad)
