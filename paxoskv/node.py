@@ -76,6 +76,7 @@ from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
+from paxoskv.ttl import Sweeper, system_clock_ms
 
 __all__ = [
     "ALL_ROLES",
@@ -336,6 +337,7 @@ class Node:
         identity_rules: IdentityRules | None = None,
         boot_id: str | None = None,
         proposer_rules: ProposerRules | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -347,6 +349,8 @@ class Node:
         self.quorum = quorum or QuorumConfig.of(config.acceptors)
         self.identity_rules = identity_rules or IdentityRules()
         self.proposer_rules = proposer_rules or ProposerRules()
+        self.clock_ms = clock_ms or system_clock_ms
+        """The wall clock TTLs count on (Unix ms; the simulator skews one per node)."""
         self._prepared = _PreparedKeys(config.limits.prepared_bytes_max)
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
@@ -363,6 +367,7 @@ class Node:
         self._turn_tasks: set[asyncio.Task[Reply]] = set()  # see _serve_in_turn
         self.draining = False
         self.recovery = Recovery(self)
+        self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.membership.publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
@@ -542,9 +547,12 @@ class Node:
         # exactly the keys storage returned, or "more" and the cursor would skip the rest.
         keys = self.storage.keys(prefix, after, limit + 1)
         out: list[KeyEntry] = []
+        now = self.clock_ms()
         for key in keys[:limit]:
             state = self.storage.load(key)
-            out.append((key, state.ballot_accepted, state.value.exists))
+            # A value whose TTL ran out by this node's clock is listed as a tombstone.
+            out.append((key, state.ballot_accepted,
+                        state.value.exists and not state.value.expired(now)))
         return out, len(keys) > limit
 
     # ---------------------------------------------------------------- proposer side
@@ -771,7 +779,9 @@ class Node:
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
         progress = RequestProgress()
-        if forward and self.config.forward_writes and isinstance(change, CLIENT_CHANGES):
+        if forward and self.config.forward_writes and isinstance(change, CLIENT_CHANGES) \
+                and getattr(change, "ttl_ms", None) is None:
+            # (A change with a TTL runs here: the forward frame does not carry one.)
             target = self.preferred_proposer(key)
             if target != self.config.node_id:
                 outcome, progress = await self._forward(target, key, change, request_id)
@@ -1012,7 +1022,8 @@ class Node:
                 nxt = self._next_ballot(ballot)
             rnd = self.proposer_rules.round(key, ballot, live[0].item.change, self.quorum,
                                 next_ballot=nxt, prepared=prepared,
-                                items=[w.item for w in live], fast=fast)
+                                items=[w.item for w in live], fast=fast,
+                                clock_ms=self.clock_ms)
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
                 started = loop.time()
@@ -1084,15 +1095,21 @@ class Node:
             step = await self._broadcast(rnd.query(), rnd.on_reply,
                                          started + self.config.phase_timeout_s)
             self.metrics.phase("query", loop.time() - started)
-        if isinstance(step, Committed):
+        if isinstance(step, Committed) and not step.outcome.value.expired(self.clock_ms()):
             self.metrics.round("query", "ok")
             return step.outcome
+        # No quorum agreed, or the value's TTL ran out: a full round, which deletes an
+        # expired value before anyone is told it is absent (docs/ttl.md).
         self.metrics.round("query", "fallback")
         return await self.execute(key, Read())
 
     def read_local(self, key: str) -> Outcome:
-        """Stale read of this node's acceptor state (``?consistency=stale``)."""
-        return Outcome("read", self.storage.load(key).value)
+        """Stale read of this node's acceptor state (``?consistency=stale``); a value
+        expired by this node's clock reads as absent (nothing is deleted)."""
+        value = self.storage.load(key).value
+        if value.expired(self.clock_ms()):
+            value = Value(value.version, None)
+        return Outcome("read", value)
 
     async def _page_from(self, acceptor_id: int, prefix: str, after: str | None, limit: int
                          ) -> KeyPage | None:
@@ -1205,6 +1222,8 @@ class Node:
                 self._group = tg
                 tg.create_task(self.heartbeat_loop())
                 tg.create_task(self.repair_loop())
+                if self.config.ttl_sweep_interval_s > 0 and "proposer" in self.config.roles:
+                    tg.create_task(self.sweeper.run(self.config.ttl_sweep_interval_s))
                 if self.machine.rejoining:
                     tg.create_task(self._guarded_rejoin())
         finally:
