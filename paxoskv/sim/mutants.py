@@ -40,7 +40,7 @@ from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
     "FAST_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES",
-    "PROPOSER_MUTANT_RULES",
+    "PROPOSER_MUTANT_RULES", "TTL_MUTANTS",
 ]
 
 MUTANTS: Final[dict[str, str]] = {
@@ -66,10 +66,15 @@ MUTANTS: Final[dict[str, str]] = {
                              "two values of one fast ballot was chosen",
     "fast-read-as-classic": "a one-round-trip read takes a classic quorum of identical "
                             "reports at a fast ballot for a chosen value",
+    "ttl-delete-without-compare": "the TTL sweeper deletes a key its local (maybe stale) "
+                                  "copy shows expired unconditionally, not by a compare on "
+                                  "the version it saw",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
+TTL_MUTANTS: Final = frozenset({"ttl-delete-without-compare"})
+"""Mutants of the TTL rules: their runs have the TTL workload on (``SimOptions.ttl``)."""
 """Mutants of Fast Paxos rules: their runs have fast Paxos on (``SimOptions.fast_paxos``)."""
 
 
