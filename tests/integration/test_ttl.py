@@ -130,3 +130,39 @@ def test_stale_sweeper_cannot_delete_a_key_renewed_behind_its_back(cluster: Clus
     for node in cluster.nodes.values():
         got = Client(node.url).get(key)
         assert (got.status, got.body) == (200, b"v")
+
+
+def test_the_lock_recipe_in_docs_works(shared_cluster: Cluster) -> None:
+    """Goal: docs/ttl.md's lock recipe, run as written (TTL shortened to 1 s): a second
+    acquire fails while the holder renews, succeeds once the holder stops, and the old
+    holder's release (stale version) leaves the new holder's lock alone."""
+    import threading
+    from pathlib import Path
+
+    from paxoskv.client import Client as RetryingClient
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ttl.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    ns: dict[str, object] = {}
+    exec(compile(code, "docs/ttl.md", "exec"), ns)  # our own document
+    ns["TTL"] = 1
+    acquire, keep, release = ns["acquire"], ns["keep"], ns["release"]
+    c = RetryingClient(shared_cluster.urls())
+    first = acquire(c, "recipe")  # type: ignore[operator]
+    assert first is not None
+    stop = threading.Event()
+    holder = threading.Thread(target=keep, args=(c, "recipe", first, stop))
+    holder.start()
+    try:
+        time.sleep(2.5)  # over two TTLs, renewed all along
+        assert acquire(c, "recipe") is None  # type: ignore[operator]
+    finally:
+        stop.set()
+        holder.join(5)
+    time.sleep(1 + EXPIRY_LATE_S_MAX)  # the holder "died": no more renewals
+    second = acquire(c, "recipe")  # type: ignore[operator]
+    assert second is not None and second > first
+    release(c, "recipe", first)  # type: ignore[operator]
+    assert c.get("locks/recipe").version == second
+    release(c, "recipe", second)  # type: ignore[operator]
+    assert Client(shared_cluster.urls()[0]).get("locks/recipe").status == 404
