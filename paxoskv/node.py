@@ -144,6 +144,9 @@ class ProposerRules:
     """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
     query_round: type[QueryRound] = QueryRound
     """The one-round-trip read (its rule for when reports make a value chosen)."""
+    read_deletes_expired: bool = True
+    """A read that finds a value past its TTL answers only after a round deleted it
+    (docs/ttl.md); off, it answers "absent" at once (the mutant ttl-read-without-delete)."""
 
 
 @dataclass(slots=True)
@@ -1095,9 +1098,13 @@ class Node:
             step = await self._broadcast(rnd.query(), rnd.on_reply,
                                          started + self.config.phase_timeout_s)
             self.metrics.phase("query", loop.time() - started)
-        if isinstance(step, Committed) and not step.outcome.value.expired(self.clock_ms()):
-            self.metrics.round("query", "ok")
-            return step.outcome
+        if isinstance(step, Committed):
+            value = step.outcome.value
+            if not value.expired(self.clock_ms()):
+                self.metrics.round("query", "ok")
+                return step.outcome
+            if not self.proposer_rules.read_deletes_expired:
+                return Outcome("read", Value(value.version, None))
         # No quorum agreed, or the value's TTL ran out: a full round, which deletes an
         # expired value before anyone is told it is absent (docs/ttl.md).
         self.metrics.round("query", "fallback")

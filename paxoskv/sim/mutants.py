@@ -69,11 +69,14 @@ MUTANTS: Final[dict[str, str]] = {
     "ttl-delete-without-compare": "the TTL sweeper deletes a key its local (maybe stale) "
                                   "copy shows expired unconditionally, not by a compare on "
                                   "the version it saw",
+    "ttl-read-without-delete": "a linearizable read that finds a value past its TTL by its "
+                               "own clock answers absent without first deleting it in a "
+                               "round",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
-TTL_MUTANTS: Final = frozenset({"ttl-delete-without-compare"})
+TTL_MUTANTS: Final = frozenset({"ttl-delete-without-compare", "ttl-read-without-delete"})
 """Mutants of the TTL rules: their runs have the TTL workload on (``SimOptions.ttl``)."""
 """Mutants of Fast Paxos rules: their runs have fast Paxos on (``SimOptions.fast_paxos``)."""
 
@@ -166,6 +169,7 @@ PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
     "forward-runs-twice": ProposerRules(remember_forwards=False),
     "fast-read-as-classic": ProposerRules(query_round=_FastReadAsClassic),
+    "ttl-read-without-delete": ProposerRules(read_deletes_expired=False),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 

@@ -69,6 +69,8 @@ class SimClock:
 
 RENEWERS: Final = 4
 """Keys renewed at once (one client each)."""
+EXPIRERS: Final = 3
+"""Short-lived keys read at once (one client each)."""
 
 
 class TtlWorkload:
@@ -81,7 +83,7 @@ class TtlWorkload:
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [*(asyncio.ensure_future(self.renewer(str(i))) for i in range(RENEWERS)),
-                asyncio.ensure_future(self.expirer())]
+                *(asyncio.ensure_future(self.expirer(str(i))) for i in range(EXPIRERS))]
 
     def _fail(self, message: str) -> None:
         if len(self.failures) < 20:
@@ -149,14 +151,14 @@ class TtlWorkload:
                         break
                 await asyncio.sleep(max(0.0, RENEW_EVERY_S - (loop.time() - start)))
 
-    async def expirer(self) -> None:
+    async def expirer(self, name: str) -> None:
         """Invariant 2: write a key with a short TTL, read it from random nodes (whose
         clocks differ) until it reads absent, then a few more times."""
         loop = asyncio.get_running_loop()
         ttl_ms = int(TTL_S * 1000) // 2
         n = 0
         while self.sim.in_safety_phase():
-            key, n = f"ttl-expire-{n}", n + 1
+            key, n = f"ttl-expire-{name}-{n}", n + 1
             status, outcome = await self._call(key, Set(b"e", ttl_ms))
             if status != "ok":
                 # A write of unknown fate could land later: another key, after a pause (a
