@@ -2,7 +2,7 @@
 
 Method: the node of tests/api/test_app.py, built with ``clock_ms`` reading a list the test
 moves, so expiry is exact and instantaneous; the real-process timing is in
-tests/integration/test_ttl.py.
+tests/integration/test_ttl_expiry.py.
 """
 
 from __future__ import annotations
