@@ -169,6 +169,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("put", "set a key (value from argument or - for stdin)"),
                            ("get", "read a key"), ("delete", "delete a key"),
+                           ("renew", "give a TTL key a new expiry (docs/ttl.md)"),
                            ("list", "list keys by prefix"),
                            ("range", "read keys with their values and versions by prefix"),
                            ("delete-prefix", "delete every key under a prefix, one by one "
@@ -197,15 +198,20 @@ def _build_parser() -> argparse.ArgumentParser:
              "system's CAs)")
         _add(c, "--cert", "PEM client certificate, where the server asks for one")
         _add(c, "--key", "PEM key of --cert")
-        if name in ("put", "get", "delete"):
+        if name in ("put", "get", "delete", "renew"):
             c.add_argument("key")
         if name == "put":
             c.add_argument("value")
             c.add_argument("--if-match", type=int, help="compare-and-set on this version")
             c.add_argument("--if-none-match", action="store_true", help="create only")
+            c.add_argument("--ttl", help="expire the key this long after the write: 30s, "
+                           "1500ms, 5m, 2h, 1d (docs/ttl.md)")
+        if name == "renew":
+            c.add_argument("--ttl", required=True, help="the new TTL, counted from now")
+            c.add_argument("--if-match", type=int, help="renew only at this version")
         if name == "delete":
             c.add_argument("--if-match", type=int, help="delete only at this version")
-        if name in ("put", "delete"):
+        if name in ("put", "delete", "renew"):
             c.add_argument("--idempotency-key", metavar="KEY",
                            help="the write's Idempotency-Key (default: a new one, kept for "
                            "this call's retries); give the same KEY when re-running a "
@@ -648,7 +654,7 @@ def _client_command(args: argparse.Namespace) -> int:
         return _backup_command(args, urls)
     # one key for all of this write's tries, known here so an unknown outcome can name it
     idem = (args.idempotency_key or new_idempotency_key()
-            if args.command in ("put", "delete") else None)
+            if args.command in ("put", "delete", "renew") else None)
     try:
         client = Client(endpoints=urls, timeout_s=args.timeout, token=args.token,
                         ca_file=args.cacert, cert_file=args.cert, key_file=args.key,
@@ -659,7 +665,9 @@ def _client_command(args: argparse.Namespace) -> int:
         if args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
             res = client.put(args.key, value, args.if_match, args.if_none_match,
-                             idempotency_key=idem)
+                             idempotency_key=idem, ttl=args.ttl)
+        elif args.command == "renew":
+            res = client.renew(args.key, args.ttl, args.if_match, idempotency_key=idem)
         elif args.command == "get":
             res = client.get(args.key, args.stale)
         elif args.command == "delete":
@@ -685,7 +693,7 @@ def _client_command(args: argparse.Namespace) -> int:
     except PaxosKVError as exc:
         print(f"paxoskv: {exc}", file=sys.stderr)
         if isinstance(exc, UnknownOutcome):
-            if args.command in ("put", "delete"):
+            if args.command in ("put", "delete", "renew"):
                 print("paxoskv: the write may or may not have taken effect; read the key, or "
                       f"run it again with --idempotency-key {idem} (within the server's "
                       "--idempotency-window) to apply it at most once", file=sys.stderr)

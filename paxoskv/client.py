@@ -414,6 +414,14 @@ def _path(key: str) -> str:
     return "/v1/kv/" + urllib.parse.quote(key, safe="/")
 
 
+def _ttl_query(ttl: float | str | None) -> str:
+    """``?ttl=``: seconds as a number (rounded to ms), or the server's text (``30s``)."""
+    if ttl is None:
+        return ""
+    text = f"{round(ttl * 1000)}ms" if isinstance(ttl, int | float) else ttl
+    return "?ttl=" + urllib.parse.quote(text, safe="")
+
+
 TOKEN_ENV = "PAXOSKV_TOKEN"
 
 
@@ -676,11 +684,21 @@ class Client(_Base):
         return self._run(method, path, body, headers, checked=False)
 
     def put(self, key: str, value: bytes, if_match: int | None = None,
-            if_none_match: bool = False, idempotency_key: str | None = None) -> Result:
-        """Set ``key``; ``if_match``: only at that version; ``if_none_match``: create only.
-        The result's ``version`` is the one this write produced."""
+            if_none_match: bool = False, idempotency_key: str | None = None,
+            ttl: float | str | None = None) -> Result:
+        """Set ``key``; ``if_match``: only at that version; ``if_none_match``: create only;
+        ``ttl`` (seconds, or text such as ``"30s"``): the key expires that long after the
+        write (docs/ttl.md). The result's ``version`` is the one this write produced."""
         headers = self._write_headers(_conditions(if_match, if_none_match), idempotency_key)
-        return self._run("PUT", _path(key), value, headers, checked=True)
+        return self._run("PUT", _path(key) + _ttl_query(ttl), value, headers, checked=True)
+
+    def renew(self, key: str, ttl: float | str, if_match: int | None = None,
+              idempotency_key: str | None = None) -> Result:
+        """Give a live TTL key a new expiry ``ttl`` from now, same value; the version bumps.
+        NotFound once it expired; PreconditionFailed if ``if_match`` no longer holds."""
+        headers = self._write_headers(_conditions(if_match, False), idempotency_key)
+        return self._run("POST", _path(key) + "/renew" + _ttl_query(ttl), b"", headers,
+                         checked=True)
 
     def get(self, key: str, stale: bool = False) -> Result:
         """The value (``body``) and ``version``; ``stale``: from one replica, faster."""
@@ -795,10 +813,19 @@ class AsyncClient(_Base):
         return await self._run(method, path, body, headers, checked=False)
 
     async def put(self, key: str, value: bytes, if_match: int | None = None,
-                  if_none_match: bool = False, idempotency_key: str | None = None) -> Result:
+                  if_none_match: bool = False, idempotency_key: str | None = None,
+                  ttl: float | str | None = None) -> Result:
         """As ``Client.put``."""
         headers = self._write_headers(_conditions(if_match, if_none_match), idempotency_key)
-        return await self._run("PUT", _path(key), value, headers, checked=True)
+        return await self._run("PUT", _path(key) + _ttl_query(ttl), value, headers,
+                               checked=True)
+
+    async def renew(self, key: str, ttl: float | str, if_match: int | None = None,
+                    idempotency_key: str | None = None) -> Result:
+        """As ``Client.renew``."""
+        headers = self._write_headers(_conditions(if_match, False), idempotency_key)
+        return await self._run("POST", _path(key) + "/renew" + _ttl_query(ttl), b"",
+                               headers, checked=True)
 
     async def get(self, key: str, stale: bool = False) -> Result:
         return await self._run("GET", _path(key) + ("?consistency=stale" if stale else ""),

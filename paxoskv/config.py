@@ -44,6 +44,10 @@ class NodeConfig:
     retry_backoff_s_max: float = 0.2
     repair_interval_s: float = 30.0
     repair_keys_per_second: float = 100.0
+    ttl_sweep_interval_s: float = 1.0
+    """Between two batches of the TTL sweeper (paxoskv/ttl.py); 0 turns it off."""
+    ttl_sweep_batch: int = 256
+    """Keys of the local acceptor one sweeper batch looks at."""
     forward_writes: bool = True
     """Send a client's write to its key's preferred proposer (rendezvous hashing over the
     live proposers), so one node keeps each key's next ballot prepared."""

@@ -220,6 +220,7 @@ class Metrics:
     def quorum_reachable(self, ok: bool) -> None: ...
     def amnesia(self, refusing: bool) -> None: ...
     def repair(self, result: str) -> None: ...
+    def ttl_expired(self, result: str) -> None: ...
     def transport_batch(self, messages: int) -> None: ...
     def identity_refused(self, refused: bool) -> None: ...
     def peer_refused(self, peer: str, refused: bool) -> None: ...
@@ -297,6 +298,10 @@ class PromMetrics(Metrics):
                               "state (see README: rejoin)", registry=r)
         self._repair = Counter("paxoskv_repair_keys", "Keys checked and repaired by anti-entropy",
                                ["result"], registry=r)
+        self._ttl_expired = Counter(
+            "paxoskv_ttl_expired", "Expired keys the TTL sweeper tried to delete, by result "
+            "(deleted; kept: renewed or rewritten since; failed: no quorum or unknown)",
+            ["result"], registry=r)
         self._identity_refused = Gauge(
             "paxoskv_identity_refused",
             "1 if peers refuse this process: its state is older than one they saw (a restored "
@@ -402,6 +407,9 @@ class PromMetrics(Metrics):
 
     def repair(self, result: str) -> None:
         self._repair.labels(result).inc()
+
+    def ttl_expired(self, result: str) -> None:
+        self._ttl_expired.labels(result).inc()
 
     def transport_batch(self, messages: int) -> None:
         self._transport_batch.observe(messages)

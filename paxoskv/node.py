@@ -79,6 +79,7 @@ from paxoskv.storage.base import NodeIdentity, Storage
 from paxoskv.tombstones import Collector
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
+from paxoskv.ttl import Sweeper, system_clock_ms
 
 __all__ = [
     "ALL_ROLES",
@@ -154,6 +155,9 @@ class ProposerRules:
     """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
     query_round: type[QueryRound] = QueryRound
     """The one-round-trip read (its rule for when reports make a value chosen)."""
+    read_deletes_expired: bool = True
+    """A read that finds a value past its TTL answers only after a round deleted it
+    (docs/ttl.md); off, it answers "absent" at once (the mutant ttl-read-without-delete)."""
     gc_everyone: bool = True
     """A tombstone collection round must be promised and accepted by every acceptor, not
     a quorum (docs/gc.md)."""
@@ -366,6 +370,7 @@ class Node:
         identity_rules: IdentityRules | None = None,
         boot_id: str | None = None,
         proposer_rules: ProposerRules | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -377,6 +382,8 @@ class Node:
         self.quorum = quorum or QuorumConfig.of(config.acceptors)
         self.identity_rules = identity_rules or IdentityRules()
         self.proposer_rules = proposer_rules or ProposerRules()
+        self.clock_ms = clock_ms or system_clock_ms
+        """The wall clock TTLs count on (Unix ms; the simulator skews one per node)."""
         self._prepared = _PreparedKeys(config.limits.prepared_bytes_max,
                                        config.message_lifetime_s)
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
@@ -394,6 +401,7 @@ class Node:
         self._turn_tasks: set[asyncio.Task[Reply]] = set()  # see _serve_in_turn
         self.draining = False
         self.recovery = Recovery(self)
+        self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.collector = Collector(self)
         self.membership.publish_sender()
         self.metrics.amnesia(False)
@@ -603,9 +611,12 @@ class Node:
         # exactly the keys storage returned, or "more" and the cursor would skip the rest.
         keys = self.storage.keys(prefix, after, limit + 1)
         out: list[KeyEntry] = []
+        now = self.clock_ms()
         for key in keys[:limit]:
             state = self.storage.load(key)
-            out.append((key, state.ballot_accepted, state.value.exists))
+            # A value whose TTL ran out by this node's clock is listed as a tombstone.
+            out.append((key, state.ballot_accepted,
+                        state.value.exists and not state.value.expired(now)))
         return out, len(keys) > limit
 
     def floor_page(self, after: int, limit: int) -> list[tuple[int, acceptor_rules.Floor]] | None:
@@ -855,7 +866,9 @@ class Node:
         if request_id is None:
             request_id = self.rng.randbytes(12).hex()
         progress = RequestProgress()
-        if forward and self.config.forward_writes and isinstance(change, CLIENT_CHANGES):
+        if forward and self.config.forward_writes and isinstance(change, CLIENT_CHANGES) \
+                and getattr(change, "ttl_ms", None) is None:
+            # (A change with a TTL runs here: the forward frame does not carry one.)
             target = self.preferred_proposer(key)
             if target != self.config.node_id:
                 outcome, progress = await self._forward(target, key, change, request_id)
@@ -1096,7 +1109,8 @@ class Node:
                 nxt = self._next_ballot(ballot)
             rnd = self.proposer_rules.round(key, ballot, live[0].item.change, self.quorum,
                                 next_ballot=nxt, prepared=prepared,
-                                items=[w.item for w in live], fast=fast)
+                                items=[w.item for w in live], fast=fast,
+                                clock_ms=self.clock_ms)
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
                 started = loop.time()
@@ -1169,14 +1183,24 @@ class Node:
                                          started + self.config.phase_timeout_s)
             self.metrics.phase("query", loop.time() - started)
         if isinstance(step, Committed):
-            self.metrics.round("query", "ok")
-            return step.outcome
+            value = step.outcome.value
+            if not value.expired(self.clock_ms()):
+                self.metrics.round("query", "ok")
+                return step.outcome
+            if not self.proposer_rules.read_deletes_expired:
+                return Outcome("read", Value(value.version, None))
+        # No quorum agreed, or the value's TTL ran out: a full round, which deletes an
+        # expired value before anyone is told it is absent (docs/ttl.md).
         self.metrics.round("query", "fallback")
         return await self.execute(key, Read())
 
     def read_local(self, key: str) -> Outcome:
-        """Stale read of this node's acceptor state (``?consistency=stale``)."""
-        return Outcome("read", self.storage.load(key).value)
+        """Stale read of this node's acceptor state (``?consistency=stale``); a value
+        expired by this node's clock reads as absent (nothing is deleted)."""
+        value = self.storage.load(key).value
+        if value.expired(self.clock_ms()):
+            value = Value(value.version, None)
+        return Outcome("read", value)
 
     async def _page_from(self, acceptor_id: int, prefix: str, after: str | None, limit: int
                          ) -> KeyPage | None:
@@ -1289,6 +1313,8 @@ class Node:
                 self._group = tg
                 tg.create_task(self.heartbeat_loop())
                 tg.create_task(self.repair_loop())
+                if self.config.ttl_sweep_interval_s > 0 and "proposer" in self.config.roles:
+                    tg.create_task(self.sweeper.run(self.config.ttl_sweep_interval_s))
                 if self.collector.enabled:
                     tg.create_task(self.collector.loop())
                 if self.machine.rejoining:

@@ -209,6 +209,19 @@ def test_several_urls_fail_over(fake: FakeNode) -> None:
     assert fake.seen[0].headers["Idempotency-Key"].startswith("pkv-")
 
 
+def test_put_ttl_and_renew_send_the_ttl(fake: FakeNode) -> None:
+    """Goal: ``put --ttl`` and ``renew --ttl [--if-match]`` reach the API as ``?ttl=``
+    (docs/ttl.md), renew as a POST with its condition and an Idempotency-Key."""
+    assert run("put", "k", "v", "--ttl", "30s", "--url", fake.url).returncode == 0
+    run("renew", "k", "--ttl", "1m", "--if-match", "1", "--url", fake.url)
+    put, renew = fake.seen[0], fake.seen[1]
+    assert (put.method, put.path) == ("PUT", "/v1/kv/k?ttl=30s")
+    assert (renew.method, renew.path) == ("POST", "/v1/kv/k/renew?ttl=1m")
+    assert renew.headers["If-Match"] == '"1"'
+    assert renew.headers["Idempotency-Key"].startswith("pkv-")
+    assert run("renew", "k", "--url", fake.url).returncode == 2  # --ttl is required
+
+
 def test_output_json_and_table(fake: FakeNode) -> None:
     fake.data["k"] = (3, "héllo".encode())
     fake.data["b"] = (1, b"\xff")

@@ -5,6 +5,7 @@ the same behaviour from ``Client`` and ``AsyncClient``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ssl
 import time
@@ -233,6 +234,20 @@ def test_not_found_and_precondition_failed(node: FakeNode, make: Make) -> None:
         c.put("k", b"2", if_match=7)
     assert err.value.current_version == 1
     assert [s.method for s in node.seen] == ["GET", "PUT", "PUT"]  # neither was retried
+
+
+def test_ttl_on_put_and_renew(node: FakeNode, make: Make) -> None:
+    """Goal: both clients send ``ttl=`` (seconds as ms, or the server's text) and renew as
+    a POST with its If-Match."""
+    c = make(url=node.url)
+    c.put("k", b"1", ttl=1.5)
+    c.put("k", b"1", ttl="30s")
+    with contextlib.suppress(PaxosKVError):  # the fake node has no renew route
+        c.renew("k", 2, if_match=3)
+    assert [(s.method, s.path) for s in node.seen][:3] == [
+        ("PUT", "/v1/kv/k?ttl=1500ms"), ("PUT", "/v1/kv/k?ttl=30s"),
+        ("POST", "/v1/kv/k/renew?ttl=2000ms")]
+    assert node.seen[2].headers["If-Match"] == '"3"'
 
 
 def test_list_status_and_context_managers(node: FakeNode) -> None:

@@ -32,12 +32,13 @@ from paxoskv.api.guard import GuardLimits, client_guard_middleware
 from paxoskv.api.openapi import openapi_document
 from paxoskv.auth import Principal, Role, TokenStore
 from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
-from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
+from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Renew, Set
 from paxoskv.idempotency import DEFAULT_WINDOW_S, InProgress, KeyReused, run_idempotent, summarize
 from paxoskv.limits import DELETE_PREFIX_KEYS_MAX, RANGE_READS_AT_ONCE, Limits
 from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.transport.server import PeerServer, expect_handler
+from paxoskv.ttl import parse_ttl
 
 __all__ = ["ALL_PARTS", "ApiError", "Part", "make_app"]
 
@@ -263,7 +264,9 @@ async def _execute(request: web.Request, key: str, change: Change, body: bytes,
     idem = _idempotency_key(request)
     if idem is None:
         return summarize(await node.execute(key, change)), False
-    fp = fingerprint(request.method, key, body, if_match, if_none_match)
+    ttl = getattr(change, "ttl_ms", None)  # a TTL is part of what the key promises to repeat
+    method = request.method if ttl is None else f"{request.method};ttl={ttl}"
+    fp = fingerprint(method, key, body, if_match, if_none_match)
     result = await run_idempotent(node, idem, fp, key, change,
                                   request.app[IDEMPOTENCY_WINDOW])
     return result.outcome, result.replayed
@@ -345,17 +348,18 @@ async def put_key(request: web.Request) -> web.StreamResponse:
             raise ApiError(413, "value_too_large", f"value is larger than {limit} bytes")
         expected = _version_header(request, "If-Match")
         none_match = request.headers.get("If-None-Match")
+        ttl = _ttl(request, required=False)
         change: Change
         if none_match is not None:
             if none_match.strip() != "*":
                 raise ApiError(400, "bad_header", "If-None-Match supports only *")
             if expected is not None:
                 raise ApiError(400, "bad_header", "use If-Match or If-None-Match, not both")
-            change = Create(data)
+            change = Create(data, ttl)
         elif expected is not None:
-            change = Cas(expected, data)
+            change = Cas(expected, data, ttl)
         else:
-            change = Set(data)
+            change = Set(data, ttl)
         outcome, replayed = await _execute(request, key, change, data, expected,
                                            none_match is not None)
         headers = _replay_headers(replayed)
@@ -391,8 +395,10 @@ async def get_key(request: web.Request) -> web.StreamResponse:
         if value.data is None:
             response = _error(404, "not_found", f"key {key!r} does not exist")
         else:
-            response = web.Response(status=200, body=value.data,
-                                    headers={"ETag": _etag(value.version)},
+            headers = {"ETag": _etag(value.version)}
+            if value.expires_ms is not None:
+                headers["Expires-At-Ms"] = str(value.expires_ms)
+            response = web.Response(status=200, body=value.data, headers=headers,
                                     content_type="application/octet-stream")
         status = response.status
         return response
@@ -416,6 +422,39 @@ async def delete_key(request: web.Request) -> web.StreamResponse:
             return _precondition_failed(outcome, headers)
         return web.Response(status=204, headers={"ETag": _etag(outcome.version), **headers})
     return await _timed(request, "delete", run)
+
+
+def _ttl(request: web.Request, required: bool) -> int | None:
+    """``?ttl=`` in ms (``30s``, ``1500ms``, ``5m``...; paxoskv/ttl.py), or None if absent."""
+    text = request.query.get("ttl")
+    if text is None:
+        if required:
+            raise ApiError(400, "bad_request", "ttl is required, e.g. ?ttl=30s")
+        return None
+    try:
+        return parse_ttl(text)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+
+
+async def renew_key(request: web.Request) -> web.StreamResponse:
+    """Give a live key a new expiry, ``ttl`` from now, keeping its value (docs/ttl.md)."""
+    async def run() -> web.StreamResponse:
+        key = _key(request)
+        ttl = _ttl(request, required=True)
+        assert ttl is not None
+        expected = _version_header(request, "If-Match")
+        outcome, replayed = await _execute(request, key, Renew(ttl, expected), b"",
+                                           expected, False)
+        headers = _replay_headers(replayed)
+        if outcome.kind == "absent":
+            return _error(404, "not_found", f"key {key!r} does not exist or expired",
+                          headers)
+        if outcome.kind == "rejected" or outcome.version is None:
+            return _precondition_failed(outcome, headers)
+        return _json(200, {"key": key, "version": outcome.version, "ttl_ms": ttl},
+                     {"ETag": _etag(outcome.version), **headers})
+    return await _timed(request, "renew", run)
 
 
 def _cursor(request: web.Request) -> str | None:
@@ -711,6 +750,7 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
         app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=value_expect_handler)
         app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
+        app.router.add_post("/v1/kv/{key:.+}/renew", renew_key, expect_handler=expect_handler)
         app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv", delete_prefix, expect_handler=expect_handler)
         app.router.add_get("/v1/status", status, expect_handler=expect_handler)

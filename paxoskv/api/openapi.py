@@ -23,6 +23,15 @@ _IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
                             'e.g. "3"', "schema": {"type": "string"}}
 
 
+_TTL = {"name": "ttl", "in": "query", "required": False,
+        "description": "expire the key this long after the write is applied: 30s, 1500ms, "
+                       "5m, 2h, 1d or bare seconds (100 ms .. 365 d). It counts on the "
+                       "applying node's clock, so a key may expire up to the cluster's clock "
+                       "skew early or late (docs/ttl.md). An expired key reads as absent "
+                       "(404) and is left out of listings. A write without ttl clears one",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,12}(ms|s|m|h|d)?$"}}
+
+
 _PREFIX = {"name": "prefix", "in": "query", "schema": {"type": "string"},
            "description": "keys starting with this (a token limited to prefixes must pass "
                           "one of them, or a longer one)"}
@@ -84,7 +93,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/kv/{key}": {
                 "put": {
                     "summary": "Set, compare-and-set (If-Match) or create (If-None-Match: *)",
-                    "parameters": [_KEY, _IF_MATCH,
+                    "parameters": [_KEY, _IF_MATCH, _TTL,
                                    {"name": "If-None-Match", "in": "header", "required": False,
                                     "description": "* = create only if absent",
                                     "schema": {"type": "string", "enum": ["*"]}},
@@ -105,7 +114,9 @@ def openapi_document() -> dict[str, Any]:
                                           "schema": {"type": "string",
                                                      "enum": ["linearizable", "stale"]}}],
                     "responses": {
-                        "200": {"description": "the value; ETag holds its version",
+                        "200": {"description": "the value; ETag holds its version, and "
+                                               "Expires-At-Ms, for a key with a TTL, when it "
+                                               "expires (Unix ms, the writer's clock)",
                                 "content": {"application/octet-stream": {
                                     "schema": {"type": "string", "format": "binary"}}}},
                         "404": _error("absent or deleted"), **common},
@@ -119,6 +130,20 @@ def openapi_document() -> dict[str, Any]:
                                   **common},
                 },
             },
+            "/v1/kv/{key}/renew": {"post": {
+                "summary": "Renew a TTL key: a new expiry, ttl from now, same value",
+                "description": "A change like any other: the version bumps (watchers and "
+                               "If-Match see it). Renew a key well before its expiry minus "
+                               "the clock skew bound (docs/ttl.md)",
+                "parameters": [_KEY, {**_TTL, "required": True,
+                                      "description": "the new TTL, counted from now"},
+                               _IF_MATCH, _IDEMPOTENCY_KEY],
+                "responses": {
+                    "200": {"description": "renewed; ETag holds the new version",
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/Written"}}}},
+                    "404": _error("absent, deleted or already expired"),
+                    "412": _error("If-Match did not hold"), **_IDEMPOTENCY_ERRORS, **common}}},
             "/v1/kv": {
                 "get": {
                     "summary": "List live keys by prefix (union over a quorum; not "

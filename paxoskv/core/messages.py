@@ -186,7 +186,12 @@ def _value_to_wire(value: Value, raw: bool = False) -> list[Any]:
     data: bytes | str | None = value.data
     if value.data is not None and not raw:
         data = base64.b64encode(value.data).decode("ascii")
-    return [value.version, data, [[rid, v] for rid, v in value.recent]]
+    out = [value.version, data, [[rid, v] for rid, v in value.recent]]
+    if value.expires_ms is not None:
+        # A fourth element only when there is an expiry: a value without one is framed as
+        # before, so a cluster that uses no TTL can still be upgraded one node at a time.
+        out.append(value.expires_ms)
+    return out
 
 
 def _is_count(x: object) -> bool:
@@ -208,20 +213,25 @@ def _recent_from_wire(raw: object) -> tuple[tuple[str, int], ...]:
 
 
 def _value_from_wire(raw: object) -> Value:
-    if not isinstance(raw, list) or len(raw) != 3:
-        raise PeerProtocolError("value must be [version, data, recent]")
-    version, data, recent_raw = raw
+    if not isinstance(raw, list) or len(raw) not in (3, 4):
+        raise PeerProtocolError("value must be [version, data, recent(, expires_ms)]")
+    version, data, recent_raw = raw[:3]
     if not _is_count(version):
         raise PeerProtocolError(f"value version must be an integer within 0..{WIRE_INT_MAX}")
     recent = _recent_from_wire(recent_raw)
+    expires: int | None = None
+    if len(raw) == 4:
+        expires = raw[3]
+        if not _is_count(expires):
+            raise PeerProtocolError("value expires_ms must be an integer count")
     if data is None:
-        return Value(version, None, recent)
+        return Value(version, None, recent, expires)
     if isinstance(data, bytes):
-        return Value(version, data, recent)  # the binary peer codec's raw value bytes
+        return Value(version, data, recent, expires)  # the binary peer codec's raw bytes
     if not isinstance(data, str):
         raise PeerProtocolError("value data must be base64 text or null")
     try:
-        return Value(version, base64.b64decode(data, validate=True), recent)
+        return Value(version, base64.b64decode(data, validate=True), recent, expires)
     except (binascii.Error, ValueError) as exc:
         raise PeerProtocolError("value data is not valid base64") from exc
 

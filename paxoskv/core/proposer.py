@@ -9,7 +9,7 @@ lives in ``Previous`` (see ``ProposerRound.__init__``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -164,6 +164,7 @@ class ProposerRound:
         prepared: Prepared | None = None,
         items: Sequence[Pending] | None = None,
         fast: FastBase | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         """``request_id`` identifies the client request across retries (and across client
         retries with an Idempotency-Key). ``sent_from_version``: an earlier attempt sent an
@@ -177,7 +178,9 @@ class ProposerRound:
         ``results`` holds each one's outcome once the accept is built. ``fast``: a fast
         round at ``ballot`` (``fast.ballot.successor()``) built on ``fast.value``; it
         needs a fast quorum of accepts, carries no piggybacked prepare, and any refusal
-        ends it (the node then runs a classic round)."""
+        ends it (the node then runs a classic round). ``clock_ms``: the proposer's wall
+        clock (Unix ms), read when the accept is built: TTLs count from it and a value
+        expired at it is deleted by this round (``register.expire``, docs/ttl.md)."""
         assert next_ballot is None or next_ballot > ballot
         assert prepared is None or prepared.ballot == ballot
         assert fast is None or (fast.ballot.successor() == ballot and next_ballot is None
@@ -195,6 +198,7 @@ class ProposerRound:
         self.next_ballot = next_ballot
         self.prepared = prepared
         self.fast = fast
+        self.clock_ms = clock_ms
         self._needed = config.fast if fast is not None else config.quorum
         """Accepts that choose this round's value: a fast quorum for a fast round."""
         self.phase = Phase.PREPARE
@@ -280,6 +284,7 @@ class ProposerRound:
         """The accept of this round, given the newest value a promise quorum holds: every
         live item's change applied to it in order."""
         value = highest
+        now_ms = self.clock_ms() if self.clock_ms is not None else None
         self._fresh.clear()
         for i, item in enumerate(self.items):
             self.results[i] = None
@@ -302,7 +307,7 @@ class ProposerRound:
             # If not remembered, no earlier attempt can ever be chosen: this quorum promised
             # above them all.
             before = value
-            value, self.results[i] = apply_change(value, item.change, rid)
+            value, self.results[i] = apply_change(value, item.change, rid, now_ms)
             if value is not before and not isinstance(item.change, Read):
                 self._fresh.add(i)
         if any(isinstance(r, Unknown) for r in self.results) and \

@@ -27,11 +27,14 @@ __all__ = [
     "Change",
     "Create",
     "Delete",
+    "Expire",
     "Outcome",
     "Read",
+    "Renew",
     "Set",
     "Value",
     "apply_change",
+    "expire",
 ]
 
 
@@ -46,12 +49,15 @@ class Value:
     """A register value: ``data is None`` is absent (never written, or deleted).
 
     ``recent``: (request id, version it produced) of the latest applied changes, newest
-    first, at most RECENT_MAX.
+    first, at most RECENT_MAX. ``expires_ms``: with a TTL, the wall-clock time (Unix ms,
+    on the clock of the proposer that applied the write) from which the value counts as
+    absent (docs/ttl.md); None (the default, and every value written before TTLs) never.
     """
 
     version: int
     data: bytes | None
     recent: tuple[tuple[str, int], ...] = ()
+    expires_ms: int | None = None
 
     def __post_init__(self) -> None:
         assert self.version >= 0
@@ -60,6 +66,11 @@ class Value:
     @property
     def exists(self) -> bool:
         return self.data is not None
+
+    def expired(self, now_ms: int) -> bool:
+        """Present, but its TTL ran out at ``now_ms``."""
+        return self.data is not None and self.expires_ms is not None and \
+            now_ms >= self.expires_ms
 
     def applied_version(self, request_id: str) -> int | None:
         """The version the change with ``request_id`` produced, if this value remembers it."""
@@ -94,13 +105,18 @@ class Value:
         for rid, version in self.recent:
             raw = rid.encode("utf-8", "surrogatepass")
             h.update(len(raw).to_bytes(4, "big") + raw + version.to_bytes(8, "big"))
+        if self.expires_ms is not None:  # (a value without one hashes as it always did)
+            h.update(b"\x02" + self.expires_ms.to_bytes(8, "big"))
         return int.from_bytes(h.digest(), "big")
 
 
 
 @dataclass(frozen=True, slots=True)
 class Set:
+    """Write ``data``; ``ttl_ms`` gives it an expiry (None: none, clearing an earlier one)."""
+
     data: bytes
+    ttl_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +125,25 @@ class Cas:
 
     expected_version: int
     data: bytes
+    ttl_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Create:
-    """Create only if absent (HTTP ``If-None-Match: *``)."""
+    """Create only if absent (HTTP ``If-None-Match: *``); an expired key is absent."""
 
     data: bytes
+    ttl_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """Give a present key a new expiry, ``ttl_ms`` from the round's time, keeping its data
+    (the version bumps like any change, so watchers and If-Match see it);
+    ``expected_version`` makes it conditional."""
+
+    ttl_ms: int
+    expected_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +158,16 @@ class Read:
     pass
 
 
-Change = Set | Cas | Create | Delete | Read | Claim | Finish | Release
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """The sweeper's compare-and-delete: delete the key only if its version is still
+    ``expected_version`` and that value's TTL ran out at the round's time. A key renewed or
+    rewritten since has another version (and expiry): it is left alone."""
+
+    expected_version: int
+
+
+Change = Set | Cas | Create | Delete | Read | Renew | Expire | Claim | Finish | Release
 """Claim / Finish / Release act on idempotency records (core/idempotency.py)."""
 
 OutcomeKind = Literal["applied", "rejected", "absent", "read"]
@@ -149,42 +186,75 @@ class Outcome:
     value: Value
 
 
-def _next(current: Value, data: bytes | None, request_id: str | None) -> Value:
+def _next(current: Value, data: bytes | None, request_id: str | None,
+          expires_ms: int | None = None) -> Value:
     version = current.version + 1
     recent = current.recent
     if request_id is not None:
         recent = ((request_id, version), *current.recent[: RECENT_MAX - 1])
-    return Value(version, data, recent)
+    return Value(version, data, recent, expires_ms)
 
 
-def apply_change(current: Value, change: Change, request_id: str | None = None
-                 ) -> tuple[Value, Outcome]:
+def _expiry(ttl_ms: int | None, now_ms: int | None) -> int | None:
+    if ttl_ms is None:
+        return None
+    assert now_ms is not None, "a change with a TTL needs the round's time"
+    return now_ms + ttl_ms
+
+
+def expire(current: Value, now_ms: int | None) -> Value:
+    """``current`` as a round at ``now_ms`` must build on it: a value whose TTL ran out
+    becomes a tombstone (the next version, no request id), which the round's accept
+    commits with whatever else it carries. So the first round that treats a key as expired
+    deletes it before anyone is answered, and no later round can see the value again,
+    whatever its own clock says (docs/ttl.md)."""
+    if now_ms is None or not current.expired(now_ms):
+        return current
+    return _next(current, None, None)
+
+
+def apply_change(current: Value, change: Change, request_id: str | None = None,
+                 now_ms: int | None = None) -> tuple[Value, Outcome]:
     """Return the value to accept and the outcome to report; pure and total.
 
     With a ``request_id`` that ``current`` remembers, nothing is applied: the outcome is the
     original one (``value.version`` is the version that change produced; ``value.data`` is
     the current data, meaningful only when that version is still the current one).
+    ``now_ms``: the round's wall-clock time; a value expired at it is deleted first
+    (``expire``), and a TTL counts from it. None (no clock) leaves expiry alone.
     """
     if request_id is not None and not isinstance(change, Read):
         done = current.applied_version(request_id)
         if done is not None:
             return current, Outcome("applied", Value(done, current.data))
+    before, current = current, expire(current, now_ms)
     match change:
         case Read():
             return current, Outcome("read", current)
-        case Set(data=data):
-            new = _next(current, data, request_id)
+        case Expire(expected_version=expected):
+            if current is not before and before.version == expected:
+                return current, Outcome("applied", current)
+            return current, Outcome("rejected", current)
+        case Set(data=data, ttl_ms=ttl):
+            new = _next(current, data, request_id, _expiry(ttl, now_ms))
             return new, Outcome("applied", new)
-        case Cas(expected_version=expected, data=data):
+        case Cas(expected_version=expected, data=data, ttl_ms=ttl):
             if current.exists and current.version == expected:
-                new = _next(current, data, request_id)
+                new = _next(current, data, request_id, _expiry(ttl, now_ms))
                 return new, Outcome("applied", new)
             return current, Outcome("rejected", current)
-        case Create(data=data):
+        case Create(data=data, ttl_ms=ttl):
             if not current.exists:
-                new = _next(current, data, request_id)
+                new = _next(current, data, request_id, _expiry(ttl, now_ms))
                 return new, Outcome("applied", new)
             return current, Outcome("rejected", current)
+        case Renew(ttl_ms=ttl, expected_version=expected):
+            if not current.exists:
+                return current, Outcome("absent", current)
+            if expected is not None and current.version != expected:
+                return current, Outcome("rejected", current)
+            new = _next(current, current.data, request_id, _expiry(ttl, now_ms))
+            return new, Outcome("applied", new)
         case Delete(expected_version=expected):
             if not current.exists:
                 return current, Outcome("absent", current)

@@ -46,6 +46,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keys", type=int, default=default.keys)
     parser.add_argument("--fast-paxos", action="store_true",
                         help="nodes run with --fast-paxos on and --forward-writes off")
+    parser.add_argument("--ttl", action="store_true",
+                        help="add the TTL workload and its invariants (paxoskv/sim/ttl.py)")
     parser.add_argument("--mutant", choices=sorted(MUTANTS), default=None,
                         help="run a deliberately broken variant, which must be caught")
     parser.add_argument("--require-checker", action="store_true",
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SimOptions(nodes=args.nodes, proposers=args.proposers,
                              clients=args.clients, ops=args.ops,
                              keys=args.keys, fast_paxos=args.fast_paxos,
-                             mutant=args.mutant)
+                             ttl=args.ttl, mutant=args.mutant)
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
         return 2

@@ -74,6 +74,8 @@ def repro_command(seed: int, options: SimOptions) -> str:
         parts.append(f"--keys {options.keys}")
     if options.fast_paxos:
         parts.append("--fast-paxos")
+    if options.ttl:
+        parts.append("--ttl")
     if options.mutant is not None:
         parts.append(f"--mutant {options.mutant}")
     rest = " ".join(parts)

@@ -40,7 +40,7 @@ from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
     "ACCEPTOR_MUTANT_RULES", "FAST_MUTANTS", "GC_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS",
-    "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES",
+    "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES", "TTL_MUTANTS",
 ]
 
 MUTANTS: Final[dict[str, str]] = {
@@ -66,6 +66,12 @@ MUTANTS: Final[dict[str, str]] = {
                              "two values of one fast ballot was chosen",
     "fast-read-as-classic": "a one-round-trip read takes a classic quorum of identical "
                             "reports at a fast ballot for a chosen value",
+    "ttl-delete-without-compare": "the TTL sweeper deletes a key its local (maybe stale) "
+                                  "copy shows expired unconditionally, not by a compare on "
+                                  "the version it saw",
+    "ttl-read-without-delete": "a linearizable read that finds a value past its TTL by its "
+                               "own clock answers absent without first deleting it in a "
+                               "round",
     "gc-without-fence": "a collected tombstone's row is removed without raising its bucket's "
                         "floor: the key reads as never written (promise and version zero)",
     "gc-before-all-accepted": "a tombstone is collected once a quorum (not every acceptor) "
@@ -74,6 +80,8 @@ MUTANTS: Final[dict[str, str]] = {
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
+TTL_MUTANTS: Final = frozenset({"ttl-delete-without-compare", "ttl-read-without-delete"})
+"""Mutants of the TTL rules: their runs have the TTL workload on (``SimOptions.ttl``)."""
 
 GC_MUTANTS: Final = frozenset({"gc-without-fence", "gc-before-all-accepted"})
 """Mutants of tombstone collection (docs/gc.md): their runs need it on."""
@@ -183,6 +191,7 @@ PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
     "forward-runs-twice": ProposerRules(remember_forwards=False),
     "fast-read-as-classic": ProposerRules(query_round=_FastReadAsClassic),
+    "ttl-read-without-delete": ProposerRules(read_deletes_expired=False),
     "gc-before-all-accepted": ProposerRules(gc_everyone=False),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""

@@ -71,9 +71,11 @@ from paxoskv.sim.mutants import (
     MUTANTS,
     NO_PROMISE_CHECK_RULES,
     PROPOSER_MUTANT_RULES,
+    TTL_MUTANTS,
 )
 from paxoskv.sim.network import SIM_SECRET, Host, SimNetwork, SimNetworkOptions, SimTransport
 from paxoskv.sim.storage import DiskOptions, SimStorage, StorageCrashed
+from paxoskv.sim.ttl import SWEEP_INTERVAL_S, SimClock, TtlWorkload
 from paxoskv.transport.base import PeerUnreachable
 from paxoskv.transport.server import PeerServer
 
@@ -171,6 +173,9 @@ class SimOptions:
     fast_paxos: bool = False
     """Every node runs with ``--fast-paxos on`` and ``--forward-writes off``, so clients on
     every node write the same few keys with fast rounds that collide."""
+    ttl: bool = False
+    """TTL clients on keys of their own beside the others, the nodes' TTL sweepers on, and
+    the TTL invariants checked (paxoskv/sim/ttl.py). Every run skews node clocks."""
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -182,6 +187,8 @@ class SimOptions:
             raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
         if self.mutant == "small-quorum" and self.nodes < 2:
             raise ValueError("small-quorum needs at least two nodes")
+        if self.mutant in TTL_MUTANTS and not self.ttl:
+            object.__setattr__(self, "ttl", True)  # only TTL keys exercise its rule
         if self.mutant in GC_MUTANTS and self.tombstone_grace_s <= 0:
             raise ValueError(f"{self.mutant} needs tombstone collection (a grace above 0)")
         if self.mutant in FAST_MUTANTS and not self.fast_paxos:
@@ -314,8 +321,15 @@ class _Simulation:
                                      repair_interval_s=self._repair_interval_s(options),
                                      fast_paxos=options.fast_paxos,
                                      tombstone_grace_s=options.tombstone_grace_s,
-                                     forward_writes=not options.fast_paxos)
+                                     forward_writes=not options.fast_paxos,
+                                     ttl_sweep_interval_s=SWEEP_INTERVAL_S if options.ttl
+                                     else 0.0)
                        for i in self.ids}
+        # A generator of their own: the master one's sequence is the same as before clocks.
+        clock_rng = random.Random(f"clocks-{seed}")
+        now = asyncio.get_running_loop().time
+        self.clocks = {i: SimClock.draw(clock_rng, now) for i in self.ids}
+        self.ttl: TtlWorkload | None = None
         self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
             else ACCEPTOR_MUTANT_RULES.get(options.mutant or "", AcceptorRules())
         self.identity_rules = IDENTITY_MUTANT_RULES.get(options.mutant or "", IdentityRules())
@@ -452,7 +466,9 @@ class _Simulation:
         node = RealNode(config, identity, storage, transport,
                         metrics=_SimMetrics(self, node_id), rng=rng, rules=self.rules,
                         quorum=quorum, identity_rules=self.identity_rules, boot_id=boot_id,
-                        proposer_rules=self.proposer_rules)
+                        proposer_rules=self.proposer_rules, clock_ms=self.clocks[node_id])
+        if self.options.mutant == "ttl-delete-without-compare":
+            node.sweeper.unconditional = True
         host.node = node
         host.server = PeerServer(node, SIM_SECRET)
         host.up = True
@@ -1030,6 +1046,9 @@ class _Simulation:
         gc_actions = self._spawn(self.gc_actions())
         clients = [asyncio.ensure_future(self.client(c, self._fork()))
                    for c in range(self.options.clients)]
+        if self.options.ttl:
+            self.ttl = TtlWorkload(self, random.Random(f"ttl-{self.seed}"))
+            clients += self.ttl.tasks()
         reader_rng = self._fork()
         try:
             async with asyncio.timeout(self.options.safety_s_max):
@@ -1113,6 +1132,7 @@ def run_seed(seed: int, options: SimOptions) -> RunResult:
     sim = sim_box[0]
     ops = sim.history.ops()
     result = check(ops)
+    ttl_failures = sim.ttl.failures if sim.ttl is not None else []
     return RunResult(seed, options, ops, result, sim.faults, sim.statuses,
                      sim.liveness_failures, sim.node_errors + errors,
-                     sim.state_checker.failures, virtual_s)
+                     sim.state_checker.failures + ttl_failures, virtual_s)

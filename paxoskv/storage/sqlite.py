@@ -143,7 +143,23 @@ class CorruptRecord(RuntimeError):
 
 
 def _recent_text(value: Value) -> str:
-    return orjson.dumps([[rid, v] for rid, v in value.recent]).decode()
+    """The ``recent`` column: the request ids as a JSON list, or, for a value with a TTL,
+    ``{"r": that list, "e": expires_ms}``. The expiry rides in this column rather than a
+    new one: rows without a TTL are byte for byte what they were (old rows and their
+    checksums read as before), and the checksum covers the expiry."""
+    recent = [[rid, v] for rid, v in value.recent]
+    if value.expires_ms is None:
+        return orjson.dumps(recent).decode()
+    return orjson.dumps({"r": recent, "e": value.expires_ms}).decode()
+
+
+def _parse_recent(text: str) -> tuple[tuple[tuple[str, int], ...], int | None]:
+    raw = orjson.loads(text)
+    expires: int | None = None
+    if isinstance(raw, dict):
+        expires = int(raw["e"])
+        raw = raw["r"]
+    return tuple((str(rid), int(v)) for rid, v in raw), expires
 
 
 def _crc(key: str, state: AcceptorState) -> int:
@@ -163,12 +179,12 @@ def _to_row(key: str, state: AcceptorState) -> _Row:
 def _from_row(row: _Row) -> tuple[str, AcceptorState]:
     key, bpc, bpn, bpi, bac, ban, bai, version, data, recent_text, crc, bpf, baf = row
     try:
-        recent = tuple((str(rid), int(v)) for rid, v in orjson.loads(recent_text))
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        recent, expires = _parse_recent(recent_text)
+    except (orjson.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
         raise CorruptRecord(f"unreadable request ids for key {key!r}") from exc
     try:
         state = AcceptorState(Ballot(bpc, bpn, bpi, bpf), Ballot(bac, ban, bai, baf),
-                              Value(version, data, recent))
+                              Value(version, data, recent, expires))
     except (AssertionError, TypeError) as exc:  # fields no save() could have written
         raise CorruptRecord(f"impossible state stored for key {key!r}") from exc
     if _crc(key, state) != crc:
