@@ -42,6 +42,8 @@ from paxoskv.core.messages import (
     ClientChange,
     Forward,
     Forwarded,
+    Learn,
+    Learned,
     Prepare,
     Query,
     Reply,
@@ -76,6 +78,7 @@ from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
+from paxoskv.watch import WatchHub, learn_of
 
 __all__ = [
     "ALL_ROLES",
@@ -311,6 +314,12 @@ class _KeyedLocks:
         del self._held[key]
 
 
+def _ignore_outcome(fut: asyncio.Future[Reply]) -> None:
+    """A learn's reply or failure does not matter (retrieved, so never logged)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
     match msg:
         case Prepare():
@@ -363,6 +372,10 @@ class Node:
         self._turn_tasks: set[asyncio.Task[Reply]] = set()  # see _serve_in_turn
         self.draining = False
         self.recovery = Recovery(self)
+        self.watch = WatchHub(self.read)
+        self._watching_peers: set[int] = set()
+        """Peers whose last hello said they have watchers: they are sent learns."""
+        self._beats_done = 0
         self.membership.publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
@@ -420,6 +433,9 @@ class Node:
         is durable (a forward: a coroutine). See ``_acceptor_soon``."""
         if isinstance(msg, Forward):
             return self._serve_forward(msg)
+        if isinstance(msg, Learn):
+            self.watch.on_learn(msg)  # learner only: acceptor state is never touched
+            return Learned(msg.key)
         return self._acceptor_soon(msg, deadline)
 
     def _acceptor_soon(self, msg: Prepare | Accept | Query, deadline: float
@@ -1056,6 +1072,8 @@ class Node:
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
                 self.metrics.key_round(len(live))
+                if rnd.accept is not None:
+                    self._learned(key, rnd.accept.value, deadline)
                 for w, result in zip(live, rnd.results, strict=True):
                     if isinstance(result, Outcome) and not w.done.done():
                         w.done.set_result(result)
@@ -1073,6 +1091,48 @@ class Node:
         for w in batch:
             if not w.done.done() and not w.item.abandoned:
                 w.done.set_exception(self._failure(w.item, conflict))
+
+    # ---------------------------------------------------------------- learners
+
+    def _learned(self, key: str, value: Value, deadline: float) -> None:
+        """``value`` was chosen: tell this node's watchers, and each peer that has some.
+        Fire and forget: a lost learn costs a watcher an event, never a wrong one."""
+        self.watch.publish(key, value)
+        if not self._watching_peers:
+            return
+        msg = learn_of(key, value)
+        send_soon = getattr(self.transport, "send_soon", None)
+        for pid in sorted(self._watching_peers):
+            if not self.membership.usable(pid):
+                continue
+            if send_soon is not None:
+                send_soon(pid, msg, deadline).add_done_callback(_ignore_outcome)
+            else:
+                self._spawn(self._send_learn(pid, msg, deadline))
+
+    async def _send_learn(self, pid: int, msg: Learn, deadline: float) -> None:
+        with contextlib.suppress(PeerUnreachable):
+            await self.transport.send(pid, msg, deadline)
+
+    def note_peer_watchers(self, pid: int, watching: object) -> None:
+        """A peer's hello said whether it has watchers (only then is it sent learns)."""
+        if watching is True:
+            self._watching_peers.add(pid)
+        else:
+            self._watching_peers.discard(pid)
+
+    async def announce_watchers(self) -> None:
+        """Return once a full heartbeat has carried this node's "I have watchers" flag
+        to its peers (bounded), so writes committed after this are learned here; a watch
+        scans the keys only then, which closes the gap before its first learn."""
+        if not self.peer_health or not self.watch.has_watchers:
+            return
+        loop = self._loop.get()
+        target = self._beats_done + 2  # the beat in progress may have started before
+        give_up = loop.time() + 4 * self.config.heartbeat_interval_s \
+            + 2 * self.config.heartbeat_timeout_s
+        while self._beats_done < target and loop.time() < give_up:
+            await asyncio.sleep(self.config.heartbeat_interval_s / 4)
 
     async def read(self, key: str) -> Outcome:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
@@ -1166,6 +1226,7 @@ class Node:
         while True:
             if self.peer_health:
                 await self._guarded("heartbeat", self.heartbeat_once())
+                self._beats_done += 1
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def _guarded(self, what: str, work: Awaitable[None]) -> None:
@@ -1219,6 +1280,7 @@ class Node:
         """Cancel work started outside ``run`` (``run`` itself is cancelled by its owner)."""
         self.draining = True
         # And the local acceptor's messages still waiting for their key (_serve_in_turn).
+        await self.watch.close()
         pending = [*self._orphans, *self._turn_tasks]
         for task in pending:
             task.cancel()

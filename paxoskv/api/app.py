@@ -208,7 +208,11 @@ async def errors_middleware(request: web.Request,
 # ------------------------------------------------------------------ client API helpers
 
 def _key(request: web.Request) -> str:
-    key = request.match_info["key"]
+    return _valid_key(request, request.match_info["key"])
+
+
+def _valid_key(request: web.Request, key: str) -> str:
+    """``key`` if it is a client key this request may touch; else ``ApiError``."""
     size = len(key.encode("utf-8", errors="surrogatepass"))
     limit = request.app[LIMITS].key_bytes_max
     if size == 0 or size > limit:
@@ -378,6 +382,11 @@ async def get_key(request: web.Request) -> web.StreamResponse:
     status = 500
     try:
         key = _key(request)
+        if "index" in request.query or "wait" in request.query:
+            from paxoskv.api.watch import long_poll  # (it imports this module)
+            response = await long_poll(request, key)
+            status = response.status
+            return response
         consistency = request.query.get("consistency", "linearizable")
         node = request.app[NODE]
         if consistency == "stale":
@@ -560,6 +569,8 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
         app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
         app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
+        from paxoskv.api.watch import watch_stream  # (it imports this module)
+        app.router.add_get("/v1/watch", watch_stream, expect_handler=expect_handler)
         app.router.add_get("/v1/status", status, expect_handler=expect_handler)
         app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
         app.router.add_get("/healthz", healthz, expect_handler=expect_handler)

@@ -21,6 +21,8 @@ __all__ = [
     "ClientChange",
     "Forward",
     "Forwarded",
+    "Learn",
+    "Learned",
     "Message",
     "Nack",
     "PeerProtocolError",
@@ -153,9 +155,30 @@ class Forwarded:
     detail: str = ""
 
 
-Request = Prepare | Accept | Query | Forward
-Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded
-REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded)
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """A learner's notice (``paxoskv/watch.py``): ``version`` of ``key`` was chosen. ``data``
+    is the value when small, ``exists`` False a deletion; ``inline`` False means the data was
+    left out (too large) and a learner that wants it must read the key. Never touches
+    acceptor state."""
+
+    key: str
+    version: int
+    exists: bool
+    inline: bool
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """The receipt of a ``Learn`` (the peer channel answers every request)."""
+
+    key: str
+
+
+Request = Prepare | Accept | Query | Forward | Learn
+Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Learned
+REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded, Learned)
 """Every ``Reply`` class, for a fast ``isinstance`` check."""
 Message = Request | Reply
 
@@ -244,6 +267,14 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
                        detail=detail):
             return {"t": "forwarded", "k": key, "o": kind, "ver": version, "x": exists,
                     "e": error, "d": detail}
+        case Learn(key=key, version=version, exists=exists, inline=inline, data=data):
+            wire_data: bytes | str | None = data
+            if data is not None and not raw:
+                wire_data = base64.b64encode(data).decode("ascii")
+            return {"t": "learn", "k": key, "ver": version, "x": exists, "i": inline,
+                    "d": wire_data}
+        case Learned(key=key):
+            return {"t": "learned", "k": key}
     raise AssertionError(f"unknown message {msg!r}")
 
 
@@ -324,6 +355,25 @@ def _next_ballot(raw: dict[str, Any], ballot: Ballot) -> Ballot | None:
     return nxt
 
 
+def _learn_from_wire(key: str, raw: dict[str, Any]) -> Learn:
+    version, exists, inline, data = raw.get("ver"), raw.get("x"), raw.get("i"), raw.get("d")
+    if not _is_count(version) or not isinstance(exists, bool) or not isinstance(inline, bool):
+        raise PeerProtocolError("learn needs a version and the exists and inline flags")
+    assert isinstance(version, int)
+    if isinstance(data, str):
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PeerProtocolError("learn data is not valid base64") from exc
+    if data is not None and not isinstance(data, bytes):
+        raise PeerProtocolError("learn data must be bytes, base64 text or null")
+    if data is not None and not (exists and inline):
+        raise PeerProtocolError("learn data only with an inline, existing value")
+    if exists and inline and data is None:
+        raise PeerProtocolError("an inline, existing learn needs its data")
+    return Learn(key, version, exists, inline, data)
+
+
 def from_wire(raw: object) -> Message:
     """Decode one message; raises PeerProtocolError on anything malformed."""
     if not isinstance(raw, dict):
@@ -375,4 +425,8 @@ def from_wire(raw: object) -> Message:
             return Forward(key, _change_from_wire(raw.get("c")), rid, boot)
         case "forwarded":
             return _forwarded_from_wire(key, raw)
+        case "learn":
+            return _learn_from_wire(key, raw)
+        case "learned":
+            return Learned(key)
     raise PeerProtocolError(f"unknown message type {kind!r}")
