@@ -27,6 +27,7 @@ from paxoskv.config import ALL_ROLES, NodeConfig, PeerSpec, Role
 from paxoskv.core import acceptor as acceptor_rules
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
+from paxoskv.core.idempotency import RESERVED_PREFIX
 from paxoskv.core.identity import (
     SERVES,
     HelloClaim,
@@ -1096,7 +1097,10 @@ class Node:
 
     def _learned(self, key: str, value: Value, deadline: float) -> None:
         """``value`` was chosen: tell this node's watchers, and each peer that has some.
-        Fire and forget: a lost learn costs a watcher an event, never a wrong one."""
+        Fire and forget: a lost learn costs a watcher an event, never a wrong one.
+        Reserved keys (idempotency records) are nobody's to watch."""
+        if key.startswith(RESERVED_PREFIX):
+            return
         self.watch.publish(key, value)
         if not self._watching_peers:
             return
