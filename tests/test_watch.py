@@ -247,3 +247,33 @@ def test_stream_slow_consumer_gets_an_error_event() -> None:
         events = await _events(resp, 1)
         assert events[0][0] == "error" and events[0][1]["error"] == "slow_consumer"
     with_client(t)
+
+
+def test_watch_needs_read_on_its_prefix_with_tokens_on(tmp_path: Any) -> None:
+    """Goal: with --auth token a watch needs a token; a token limited to app/ may watch
+    app/... (stream and long-poll) but nothing outside it."""
+    from api.test_api_auth import bearer, with_auth
+
+    async def t(c: TestClient[Any, Any], _: Any) -> None:
+        assert (await c.get("/v1/watch?prefix=app/")).status == 401
+        assert (await c.get("/v1/watch?prefix=", headers=bearer("app"))).status == 403
+        assert (await c.get("/v1/watch?key=other", headers=bearer("app"))).status == 403
+        assert (await c.get("/v1/kv/other?index=0&wait=1s",
+                            headers=bearer("app"))).status == 403
+        resp = await c.get("/v1/watch?prefix=app/", headers=bearer("app"))
+        assert resp.status == 200
+        assert (await _events(resp, 1))[0][0] == "synced"
+        resp.close()
+        r = await c.get("/v1/kv/app/k?index=0&wait=100ms", headers=bearer("read"))
+        assert r.status == 404 and r.headers["X-Paxoskv-Version"] == "0"
+    with_auth(tmp_path, t)
+
+
+def test_openapi_documents_both_watch_endpoints() -> None:
+    from paxoskv.api.openapi import openapi_document
+    doc = openapi_document()
+    names = {p["name"] for p in doc["paths"]["/v1/kv/{key}"]["get"]["parameters"]}
+    assert {"index", "wait"} <= names
+    watch = doc["paths"]["/v1/watch"]["get"]
+    assert "text/event-stream" in watch["responses"]["200"]["content"]
+    assert "401" in watch["responses"]  # the /v1/ auth errors apply

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from paxoskv import __version__
+from paxoskv.api.openapi_watch import LONG_POLL_PARAMETERS, WATCH_PATH
 
 __all__ = ["openapi_document"]
 
@@ -92,7 +93,8 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Read (linearizable by default)",
                     "parameters": [_KEY, {"name": "consistency", "in": "query",
                                           "schema": {"type": "string",
-                                                     "enum": ["linearizable", "stale"]}}],
+                                                     "enum": ["linearizable", "stale"]}},
+                                   *LONG_POLL_PARAMETERS],
                     "responses": {
                         "200": {"description": "the value; ETag holds its version",
                                 "content": {"application/octet-stream": {
@@ -125,6 +127,7 @@ def openapi_document() -> dict[str, Any]:
                                                 "(a page may be short, even empty, before it)"},
                         "consistency": {"type": "string"}}}}}},
                               "400": common["400"], "503": common["503"]}}},
+            "/v1/watch": WATCH_PATH,
             "/v1/status": {"get": {"summary": "Node id, peers and reachability, config",
                                    "description": "With --auth token, an admin token sees "
                                                   "everything; a read or write token sees only "
