@@ -191,7 +191,7 @@ class Membership:
             "refused": self.machine.permanent or self.machine.mode is Mode.AMNESIA,
             "lifetime_s": self.config.message_lifetime_s,
             "version": __version__,
-            "watchers": self._node.watch.has_watchers,
+            "watchers": self._node.watchers_flag(),
             "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
         }
 

@@ -376,7 +376,11 @@ class Node:
         self.watch = WatchHub(self.read)
         self._watching_peers: set[int] = set()
         """Peers whose last hello said they have watchers: they are sent learns."""
+        self._beats_started = 0
         self._beats_done = 0
+        """The number of the last heartbeat that completed."""
+        self._last_false_beat = 0
+        """The heartbeat during which a hello last said "no watchers" (0: none yet)."""
         self.membership.publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
@@ -1125,17 +1129,25 @@ class Node:
         else:
             self._watching_peers.discard(pid)
 
+    def watchers_flag(self) -> bool:
+        """The "I have watchers" flag for a hello about to leave (a false one is noted:
+        peers may stop sending learns when they get it)."""
+        flag = self.watch.has_watchers
+        if not flag:
+            self._last_false_beat = self._beats_started
+        return flag
+
     async def announce_watchers(self) -> None:
-        """Return once a full heartbeat has carried this node's "I have watchers" flag
-        to its peers (bounded), so writes committed after this are learned here; a watch
-        scans the keys only then, which closes the gap before its first learn."""
+        """Return once every hello since the start of a completed heartbeat has said "I
+        have watchers" (at once when that is already so; else bounded by a few beats),
+        so writes committed after this are learned here. A watch reads the keys only
+        then, which closes the gap before its first learn."""
         if not self.peer_health or not self.watch.has_watchers:
             return
         loop = self._loop.get()
-        target = self._beats_done + 2  # the beat in progress may have started before
         give_up = loop.time() + 4 * self.config.heartbeat_interval_s \
             + 2 * self.config.heartbeat_timeout_s
-        while self._beats_done < target and loop.time() < give_up:
+        while self._beats_done <= self._last_false_beat and loop.time() < give_up:
             await asyncio.sleep(self.config.heartbeat_interval_s / 4)
 
     async def read(self, key: str) -> Outcome:
@@ -1229,8 +1241,10 @@ class Node:
     async def heartbeat_loop(self) -> None:
         while True:
             if self.peer_health:
+                self._beats_started += 1
+                beat = self._beats_started
                 await self._guarded("heartbeat", self.heartbeat_once())
-                self._beats_done += 1
+                self._beats_done = beat
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def _guarded(self, what: str, work: Awaitable[None]) -> None:
