@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from api.test_app import with_client
+
+sys.path.insert(0, str(Path(__file__).parent / "api"))  # test_api_auth imports test_app
 
 from paxoskv.api.app import NODE
 from paxoskv.api.watch import decode_since, encode_since, parse_wait
@@ -277,3 +281,43 @@ def test_openapi_documents_both_watch_endpoints() -> None:
     watch = doc["paths"]["/v1/watch"]["get"]
     assert "text/event-stream" in watch["responses"]["200"]["content"]
     assert "401" in watch["responses"]  # the /v1/ auth errors apply
+
+
+def test_client_watch_state_drops_repeats_and_resumes_with_since() -> None:
+    """Goal: the client hands out each key's versions increasing and once, whatever the
+    server resends after a reconnect, and its resume token names what it handed out."""
+    from paxoskv.watch_client import WatchState
+    state = WatchState("p/", None, {"p/a": 2})
+
+    def put(key: str, version: int) -> str:
+        return orjson.dumps({"key": key, "version": version, "deleted": False,
+                             "value": "eA=="}).decode()
+
+    assert state.take("put", put("p/a", 2)) is None
+    got = state.take("put", put("p/a", 3))
+    assert got is not None and (got.key, got.version, got.value) == ("p/a", 3, b"x")
+    assert state.take("put", put("p/a", 3)) is None
+    assert state.take("synced", "{}") is None
+    assert decode_since(state.path().split("since=")[1]) == {"p/a": 3}
+    with pytest.raises(ValueError):
+        WatchState(None, None, None)
+
+
+def test_async_client_watch_follows_writes() -> None:
+    """Goal: ``AsyncClient.watch`` yields the scan, then live writes, as WatchEvents."""
+    from paxoskv.client import AsyncClient
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        assert (await c.put("/v1/kv/a/1", data=b"x")).status in (200, 201, 204)
+        client = AsyncClient(str(c.make_url("")).rstrip("/"))
+        stream = client.watch(prefix="a/")
+        try:
+            first = await asyncio.wait_for(anext(stream), 5)
+            assert (first.key, first.version, first.value) == ("a/1", 1, b"x")
+            assert (await c.delete("/v1/kv/a/1")).status in (200, 204)
+            second = await asyncio.wait_for(anext(stream), 5)
+            assert (second.key, second.version, second.deleted) == ("a/1", 2, True)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            await client.close()
+    with_client(t)
