@@ -380,10 +380,12 @@ async def put_key(request: web.Request) -> web.StreamResponse:
 async def get_key(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
+    op = "get"
     try:
         key = _key(request)
         if "index" in request.query or "wait" in request.query:
             from paxoskv.api.watch import long_poll  # (it imports this module)
+            op = "watch"  # a long wait, kept out of the GET latency histogram
             response = await long_poll(request, key)
             status = response.status
             return response
@@ -408,7 +410,7 @@ async def get_key(request: web.Request) -> web.StreamResponse:
         status = _failed_status(exc)
         raise
     finally:
-        request.app[METRICS].request("get", status, time.perf_counter() - started)
+        request.app[METRICS].request(op, status, time.perf_counter() - started)
 
 
 async def delete_key(request: web.Request) -> web.StreamResponse:

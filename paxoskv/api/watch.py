@@ -23,7 +23,7 @@ from aiohttp import web
 from paxoskv.api import app as api
 from paxoskv.core.idempotency import RESERVED_PREFIX
 from paxoskv.core.register import Value
-from paxoskv.node import Node, NoQuorum, UnknownOutcome
+from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.watch import Event, SlowConsumer, TooManyWatchers, Watcher
 
 __all__ = ["WAIT_DEFAULT_S", "WAIT_MAX_S", "decode_since", "encode_since", "long_poll",
@@ -187,22 +187,22 @@ async def watch_stream(request: web.Request) -> web.StreamResponse:
         api._check_listing(request, prefix)
     since = decode_since(request.query.get("since"))
     watcher = _subscribe(node, prefix, since, exact)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
     try:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
         await response.prepare(request)
         try:
             await _serve_stream(request, node, response, watcher, list(since))
         except SlowConsumer as exc:
             await response.write(_error_bytes("slow_consumer", f"stream dropped: {exc}; "
                                               "reconnect with since= to resume"))
-        except (NoQuorum, UnknownOutcome) as exc:
+        except (NoQuorum, UnknownOutcome, Overloaded) as exc:
             await response.write(_error_bytes("unavailable", str(exc)))
-        return response
     except ConnectionError:
-        return web.Response(status=499)  # the client left; nothing more is sent
+        pass  # the client left: nothing more can be sent
     finally:
         node.watch.unsubscribe(watcher)
+    return response
 
 
 async def _serve_stream(request: web.Request, node: Node, response: web.StreamResponse,
