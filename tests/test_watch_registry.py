@@ -321,3 +321,23 @@ def test_async_client_watch_follows_writes() -> None:
             await stream.aclose()  # type: ignore[attr-defined]
             await client.close()
     with_client(t)
+
+
+def test_a_long_poll_whose_client_left_frees_its_watcher() -> None:
+    """Goal: a client that drops a 30 s long-poll frees its place within a few seconds
+    (aiohttp does not cancel the handler: it notices the closed connection itself)."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+        poll = asyncio.ensure_future(c.get("/v1/kv/k?index=0&wait=30s"))
+        for _ in range(50):
+            if len(node.watch):
+                break
+            await asyncio.sleep(0.05)
+        assert len(node.watch) == 1
+        poll.cancel()
+        for _ in range(60):
+            if len(node.watch) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert len(node.watch) == 0
+    with_client(t)
