@@ -1,4 +1,5 @@
-"""``paxoskv serve | local-cluster | put | get | delete | list | status | token | completion``.
+"""``paxoskv serve | local-cluster | put | get | delete | list | range | delete-prefix |
+backup | restore | status | token | completion``.
 
 Every flag can also come from a ``PAXOSKV_*`` environment variable (the flag's name in
 upper case with dashes as underscores), so the Helm chart configures the server through
@@ -135,6 +136,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--heartbeat-interval", "seconds between heartbeats to each peer", 0.5, type=float)
     _add(s, "--repair-interval", "seconds between background repair sweeps", 30.0, type=float)
     _add(s, "--repair-rate", "keys per second the repair sweep checks", 100.0, type=float)
+    _add(s, "--tombstone-grace", "seconds a deleted key's tombstone is kept before its row is "
+         "collected from every acceptor (docs/gc.md); 0: kept for ever", 86400.0, type=float)
     _add(s, "--drain-seconds", "after SIGTERM, seconds to keep serving while not ready", 0.0,
          type=float)
     _add(s, "--idempotency-window", "seconds an Idempotency-Key's outcome is kept",
@@ -166,7 +169,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("put", "set a key (value from argument or - for stdin)"),
                            ("get", "read a key"), ("delete", "delete a key"),
-                           ("list", "list keys by prefix"), ("status", "node status"),
+                           ("list", "list keys by prefix"),
+                           ("range", "read keys with their values and versions by prefix"),
+                           ("delete-prefix", "delete every key under a prefix, one by one "
+                            "(not atomic; admin token)"),
+                           ("backup", "write every live key, value and version to a file "
+                            "(docs/backup.md)"),
+                           ("restore", "create the keys of a backup file in a cluster"),
+                           ("status", "node status"),
                            ("watch", "print changes of a key (or --prefix) as JSON lines; "
                             "reconnects and resumes")):
         c = sub.add_parser(name, help=helptext)
@@ -213,6 +223,33 @@ def _build_parser() -> argparse.ArgumentParser:
             c.add_argument("--limit", type=int, default=1000)
             c.add_argument("--cursor", help="continue a listing where the previous page "
                            "ended (its \"next\")")
+        if name == "range":
+            c.add_argument("--prefix", default="")
+            c.add_argument("--limit", type=int, default=100,
+                           help="keys in the page, 1-1000 (the server may return fewer: it "
+                           "bounds a page's bytes and time too)")
+            c.add_argument("--cursor", help="continue where the previous page ended (its "
+                           "\"next\")")
+            c.add_argument("--stale", action="store_true", help="read each key from one "
+                           "replica")
+        if name == "delete-prefix":
+            c.add_argument("--prefix", required=True,
+                           help="delete the keys starting with this ('' needs --all)")
+            c.add_argument("--all", action="store_true", dest="all_keys",
+                           help="allow the empty prefix: delete every key")
+        if name == "backup":
+            c.add_argument("--out", required=True, metavar="FILE", help="the backup file")
+            c.add_argument("--prefix", default="", help="only keys starting with this")
+            c.add_argument("--resume", action="store_true", help="continue an unfinished "
+                           "FILE after its last complete record")
+            c.add_argument("--no-count", action="store_true", help="skip the first pass "
+                           "that counts keys (no ETA then)")
+        if name == "restore":
+            c.add_argument("--in", required=True, dest="in_file", metavar="FILE",
+                           help="a backup file (checked whole before anything is written)")
+            c.add_argument("--force", action="store_true", help="restore into a cluster "
+                           "that already holds keys (existing keys are skipped, never "
+                           "overwritten)")
 
     comp = sub.add_parser("completion", help="print a shell completion script: "
                           "eval \"$(paxoskv completion bash)\" (or zsh)")
@@ -354,6 +391,7 @@ def _serve(args: argparse.Namespace) -> int:
             heartbeat_timeout_s=max(args.heartbeat_interval * 2, 0.2),
             repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
             peer_timeout_s=args.peer_timeout, rejoin=args.rejoin,
+            tombstone_grace_s=args.tombstone_grace,
             forward_writes=args.forward_writes == "on",
             fast_paxos=args.fast_paxos == "on",
             rejoin_after_quorum_loss=args.rejoin_after_quorum_loss, limits=limits)
@@ -612,6 +650,8 @@ def _client_command(args: argparse.Namespace) -> int:
     if not args.timeout > 0 or args.retries < 1 or args.retry_timeout < 0:
         raise UsageError("--timeout must be > 0, --retries >= 1, --retry-timeout >= 0")
     urls = _client_urls(args)
+    if args.command in ("backup", "restore"):
+        return _backup_command(args, urls)
     # one key for all of this write's tries, known here so an unknown outcome can name it
     idem = (args.idempotency_key or new_idempotency_key()
             if args.command in ("put", "delete") else None)
@@ -640,6 +680,17 @@ def _client_command(args: argparse.Namespace) -> int:
             res = client.delete(args.key, args.if_match, idempotency_key=idem)
         elif args.command == "list":
             res = client.list(args.prefix, args.limit, args.cursor)
+        elif args.command == "range":
+            page = client.range(args.prefix, args.limit, args.cursor, args.stale)
+            _print_doc(args, {"items": [_value_doc(i.key, i.version, i.value)
+                                        for i in page.items], "next": page.next})
+            return 0
+        elif args.command == "delete-prefix":
+            if not args.prefix and not args.all_keys:
+                raise UsageError("--prefix '' deletes every key: add --all to mean it")
+            deleted = client.delete_prefix(args.prefix, args.all_keys)
+            _print_doc(args, {"prefix": args.prefix, "deleted": deleted})
+            return 0
         else:
             res = client.status()
     except ClientError as exc:
@@ -671,12 +722,7 @@ def _print_result(args: argparse.Namespace, body: bytes, version: int | None,
                 sys.stdout.write("\n")
             print(f"version {version}", file=sys.stderr)
             return
-        try:
-            value: dict[str, Any] = {"value": body.decode("utf-8")}
-        except UnicodeDecodeError:
-            import base64
-            value = {"value_base64": base64.b64encode(body).decode("ascii")}
-        doc: Any = {"key": args.key, "version": version, **value}
+        doc: Any = _value_doc(args.key, version, body)
     elif args.command == "delete":
         if out is None:
             print(f"deleted {args.key} (version {version})")
@@ -684,10 +730,80 @@ def _print_result(args: argparse.Namespace, body: bytes, version: int | None,
         doc = {"key": args.key, "deleted": True, "version": version}
     else:
         doc = parse()
-    if out == "table":
+    _print_doc(args, doc)
+
+
+def _value_doc(key: str, version: int | None, body: bytes) -> dict[str, Any]:
+    """A key's JSON form: ``value`` when it is UTF-8 text, else ``value_base64``."""
+    try:
+        value: dict[str, Any] = {"value": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+        value = {"value_base64": base64.b64encode(body).decode("ascii")}
+    return {"key": key, "version": version, **value}
+
+
+def _print_doc(args: argparse.Namespace, doc: Any) -> None:
+    if args.output == "table":
         print(_table(args.command, doc))
     else:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _backup_command(args: argparse.Namespace, urls: list[str]) -> int:
+    """backup / restore: asyncio (restore keeps many writes in flight); every failure is
+    one line on stderr and an exit code, never a traceback."""
+    from paxoskv.backup import BackupError, backup, restore
+    from paxoskv.client import AsyncClient, ClientError, PaxosKVError, Retry
+
+    async def run() -> int:
+        try:
+            client = AsyncClient(endpoints=urls, timeout_s=args.timeout, token=args.token,
+                                 ca_file=args.cacert, cert_file=args.cert, key_file=args.key,
+                                 retry=Retry(attempts=args.retries,
+                                             total_s=args.retry_timeout))
+        except (ClientError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            if args.command == "backup":
+                out = Path(args.out)
+                b = await backup(client, out, args.prefix, args.resume, not args.no_count,
+                                 sys.stderr)
+                _print_doc(args, {"file": str(out), "records": b.records,
+                                  "written": b.written, "sha256": b.sha256,
+                                  "seconds": round(b.seconds, 3)})
+                return 0
+            r = await restore(client, Path(args.in_file), args.force,
+                              progress_stream=sys.stderr)
+            for error in r.errors:
+                print(f"paxoskv: restore failed for {error}", file=sys.stderr)
+            _print_doc(args, {"file": args.in_file, "written": r.written,
+                              "skipped": r.skipped, "failed": r.failed,
+                              "replayed": r.replayed})
+            return EXIT_REFUSED if r.failed else 0
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except BackupError as exc:
+        print(f"paxoskv: {exc}", file=sys.stderr)
+        if args.command == "backup":
+            print("paxoskv: an unfinished backup file continues with --resume",
+                  file=sys.stderr)
+        return EXIT_REFUSED
+    except ClientError as exc:
+        print(f"paxoskv: cannot reach {', '.join(urls)} (last error: {exc})", file=sys.stderr)
+        if args.command == "backup":
+            print("paxoskv: the backup stopped; run it again with --resume to continue",
+                  file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except PaxosKVError as exc:
+        print(f"paxoskv: {exc}", file=sys.stderr)
+        if args.command == "backup":
+            print("paxoskv: the backup stopped; run it again with --resume to continue",
+                  file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def _table(command: str, doc: Any) -> str:
@@ -698,6 +814,17 @@ def _table(command: str, doc: Any) -> str:
         if doc.get("next"):
             rows.append((f"(more: --cursor {doc['next']})",))
         return "\n".join(r[0] for r in rows)
+    if command == "range" and isinstance(doc, dict):
+        cells = [("KEY", "VERSION", "VALUE")]
+        for item in doc.get("items", []):
+            shown = item["value"] if "value" in item else "base64:" + item["value_base64"]
+            cells.append((str(item["key"]), str(item["version"]),
+                          shown if len(shown) <= 60 else shown[:57] + "..."))
+        widths = [max(len(c[i]) for c in cells) for i in range(2)]
+        lines = [f"{k.ljust(widths[0])}  {v.ljust(widths[1])}  {val}" for k, v, val in cells]
+        if doc.get("next"):
+            lines.append(f"(more: --cursor {doc['next']})")
+        return "\n".join(lines)
     flat: list[tuple[str, str]] = []
 
     def walk(prefix: str, value: Any) -> None:

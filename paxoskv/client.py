@@ -23,6 +23,8 @@ against ``ca_file=`` (else ``PAXOSKV_CACERT``, else the system's CAs), and ``cer
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import builtins
 import email.utils
 import http.client
@@ -62,6 +64,8 @@ __all__ = [
     "Overloaded",
     "PaxosKVError",
     "PreconditionFailed",
+    "RangeItem",
+    "RangePage",
     "RateLimited",
     "Result",
     "Retry",
@@ -504,9 +508,10 @@ class _Base:
             key = new_idempotency_key()
         return {**headers, "Idempotency-Key": key} if key is not None else headers
 
-    def _plan(self, method: str, headers: Mapping[str, str]) -> _Plan:
+    def _plan(self, method: str, headers: Mapping[str, str], resendable: bool = False
+              ) -> _Plan:
         return _Plan(self._current, self.endpoints, self._retry, method,
-                     "Idempotency-Key" in headers)
+                     resendable or "Idempotency-Key" in headers)
 
     def _done(self, plan: _Plan, result: Result, checked: bool) -> Result:
         """The call's answer; the endpoint that gave it is the one to use next."""
@@ -520,6 +525,79 @@ class _Base:
         if cursor:
             query["cursor"] = cursor
         return "/v1/kv?" + urllib.parse.urlencode(query)
+
+    @staticmethod
+    def _range_path(prefix: str, limit: int, cursor: str | None, stale: bool) -> str:
+        query: dict[str, str | int] = {"prefix": prefix, "values": "true", "limit": limit}
+        if cursor:
+            query["cursor"] = cursor
+        if stale:
+            query["consistency"] = "stale"
+        return "/v1/kv?" + urllib.parse.urlencode(query)
+
+    @staticmethod
+    def _delete_prefix_path(prefix: str, all_keys: bool, cursor: str | None) -> str:
+        if not prefix and not all_keys:
+            raise BadRequest("an empty prefix deletes every key: pass all_keys=True to mean it")
+        query: dict[str, str] = {"prefix": prefix}
+        if all_keys:
+            query["all"] = "true"
+        if cursor:
+            query["cursor"] = cursor
+        return "/v1/kv?" + urllib.parse.urlencode(query)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeItem:
+    """One key of a range read, its version and value at its own read time."""
+
+    key: str
+    version: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RangePage:
+    """One page of a range read; ``next`` continues it (None: the end)."""
+
+    items: list[RangeItem]
+    next: str | None
+
+    @staticmethod
+    def parse(result: Result) -> RangePage:
+        """The page in ``result``; ``ServerError`` for a body that is not one."""
+        result.raise_for_status()
+        try:
+            doc = result.json()
+            items = [RangeItem(i["key"], int(i["version"]),
+                               base64.b64decode(i["value_base64"], validate=True))
+                     for i in doc["items"]]
+            cursor = doc["next"]
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ServerError(f"{result.url}: not a range page: {exc}", result.status,
+                              url=result.url) from None
+        if cursor is not None and not isinstance(cursor, str):
+            raise ServerError(f"{result.url}: not a range page: next is {cursor!r}",
+                              result.status, url=result.url)
+        return RangePage(items, cursor)
+
+
+DELETE_PREFIX_CALLS_MAX = 100_000
+"""Calls one ``delete_prefix`` makes at most (each deletes up to 10,000 keys)."""
+
+
+def _deleted(result: Result) -> tuple[int, bool, str | None]:
+    """A range delete answer's count, whether it is complete, and its cursor."""
+    result.raise_for_status()
+    try:
+        doc = result.json()
+        cursor = doc.get("next")
+        if cursor is not None and not isinstance(cursor, str):
+            raise TypeError(f"next is {cursor!r}")
+        return int(doc["deleted"]), bool(doc["complete"]), cursor
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ServerError(f"{result.url}: not a range delete answer: {exc}", result.status,
+                          url=result.url) from None
 
 
 class Client(_Base):
@@ -577,9 +655,10 @@ class Client(_Base):
                       dict(resp.getheaders()), url)
 
     def _run(self, method: str, path: str, body: bytes | None,
-             headers: dict[str, str] | None, checked: bool) -> Result:
+             headers: dict[str, str] | None, checked: bool, resendable: bool = False
+             ) -> Result:
         hdrs = {**self._auth, **(headers or {})}
-        plan = self._plan(method, hdrs)
+        plan = self._plan(method, hdrs, resendable)
         while True:
             try:
                 result = self._send(plan.url, method, path, body, hdrs)
@@ -619,6 +698,30 @@ class Client(_Base):
         """One page of keys: ``json()["keys"]``, and ``json()["next"]`` for the next page."""
         return self._run("GET", self._list_path(prefix, limit, cursor), None, None,
                          checked=True)
+
+    def range(self, prefix: str = "", limit: int = 100, cursor: str | None = None,
+              stale: bool = False) -> RangePage:
+        """One page of keys with their values and versions (``next`` continues it). Each
+        key is read linearizably at its own time (``stale``: from one replica); a page is
+        not a snapshot across keys."""
+        return RangePage.parse(self._run("GET", self._range_path(prefix, limit, cursor, stale),
+                                         None, None, checked=True))
+
+    def delete_prefix(self, prefix: str, all_keys: bool = False,
+                      cursor: str | None = None) -> int:
+        """Delete every live key under ``prefix`` (needs an admin token), one by one: not
+        atomic across keys. Follows the server's cursors to the end; returns how many keys
+        it deleted (a try that failed part way and was retried is not counted). Safe to run
+        again; ``all_keys`` must be set for the empty prefix."""
+        total = 0
+        for _ in range(DELETE_PREFIX_CALLS_MAX):
+            path = self._delete_prefix_path(prefix, all_keys, cursor)
+            deleted, complete, cursor = _deleted(
+                self._run("DELETE", path, None, None, checked=True, resendable=True))
+            total += deleted
+            if complete or cursor is None:
+                break
+        return total
 
     def status(self) -> Result:
         return self._run("GET", "/v1/status", None, None, checked=True)
@@ -677,9 +780,10 @@ class AsyncClient(_Base):
                               stale=stale) from exc
 
     async def _run(self, method: str, path: str, body: bytes | None,
-                   headers: dict[str, str] | None, checked: bool) -> Result:
+                   headers: dict[str, str] | None, checked: bool, resendable: bool = False
+                   ) -> Result:
         hdrs = dict(headers or {})
-        plan = self._plan(method, hdrs)
+        plan = self._plan(method, hdrs, resendable)
         while True:
             try:
                 result = await self._send(plan.url, method, path, body, hdrs)
@@ -718,6 +822,25 @@ class AsyncClient(_Base):
         """As ``Client.list``."""
         return await self._run("GET", self._list_path(prefix, limit, cursor), None, None,
                                checked=True)
+
+    async def range(self, prefix: str = "", limit: int = 100, cursor: str | None = None,
+                    stale: bool = False) -> RangePage:
+        """As ``Client.range``."""
+        return RangePage.parse(await self._run(
+            "GET", self._range_path(prefix, limit, cursor, stale), None, None, checked=True))
+
+    async def delete_prefix(self, prefix: str, all_keys: bool = False,
+                            cursor: str | None = None) -> int:
+        """As ``Client.delete_prefix``."""
+        total = 0
+        for _ in range(DELETE_PREFIX_CALLS_MAX):
+            path = self._delete_prefix_path(prefix, all_keys, cursor)
+            deleted, complete, cursor = _deleted(await self._run(
+                "DELETE", path, None, None, checked=True, resendable=True))
+            total += deleted
+            if complete or cursor is None:
+                break
+        return total
 
     async def status(self) -> Result:
         return await self._run("GET", "/v1/status", None, None, checked=True)

@@ -50,6 +50,9 @@ class NodeConfig:
     fast_paxos: bool = False
     """Try each write first as a Fast Paxos round built on this node's own acceptor
     (docs/fast-paxos.md); off: phase-1 skip (piggybacked prepares) as the fast path."""
+    tombstone_grace_s: float = 86400.0
+    """How long a tombstone stays before its row is collected from every acceptor
+    (docs/gc.md); 0 keeps tombstones for ever."""
     rejoin: bool = False
     rejoin_after_quorum_loss: bool = False
     """Rejoin trusting whatever acceptors survive (README: two disks lost at once)."""
@@ -68,6 +71,8 @@ class NodeConfig:
             raise ValueError("the cluster has no acceptor")
         if self.phase_timeout_s > self.request_timeout_s:
             raise ValueError("phase timeout must not exceed the request timeout")
+        if self.tombstone_grace_s < 0:
+            raise ValueError("tombstone grace must not be negative")
         if self.rejoin_after_quorum_loss and not self.rejoin:
             raise ValueError("--rejoin-after-quorum-loss needs --rejoin")
 

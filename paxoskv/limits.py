@@ -47,6 +47,23 @@ ROUND_RETRIES_MAX = 8
 LIST_LIMIT_MAX = 10_000
 """Keys one list call returns."""
 
+RANGE_LIMIT_MAX = 1000
+"""Keys one range read (``GET /v1/kv?values=true``) returns: each is a read round of its
+own, so a page of them is bounded work (about one round trip per key, run some at once)."""
+
+RANGE_BYTES_MAX = 4 * 1024 * 1024
+"""Value bytes (before base64) one range-read page holds; the page stops before the key
+that would pass it (but always holds one key, so a value larger than this still comes,
+alone). Bounds the memory of building an answer and its size on the wire."""
+
+RANGE_READS_AT_ONCE = 32
+"""Reads (or deletes) one range request runs at once: fast pages without one request
+taking most of the node's ROUNDS_INFLIGHT_MAX."""
+
+DELETE_PREFIX_KEYS_MAX = 10_000
+"""Keys one range delete (``DELETE /v1/kv?prefix=``) deletes before it answers with a
+cursor to continue from; it also stops at half the request timeout."""
+
 KEYS_PAGE_MAX = 1000
 """Entries one peer key-listing page holds: a page of the largest keys stays about 1 MiB,
 well inside one peer timeout. Listings, rejoin and repair page through keys this many at a
@@ -65,6 +82,8 @@ class Limits:
     key_batch_max: int = KEY_BATCH_MAX
     round_retries_max: int = ROUND_RETRIES_MAX
     list_limit_max: int = LIST_LIMIT_MAX
+    range_limit_max: int = RANGE_LIMIT_MAX
+    range_bytes_max: int = RANGE_BYTES_MAX
 
     @property
     def frame_bytes_max(self) -> int:
@@ -83,6 +102,8 @@ class Limits:
             raise ValueError("--cache-bytes must be 0 (no cache) or more")
         if self.rounds_inflight_max < 1 or self.round_retries_max < 1:
             raise ValueError("round limits must be positive")
+        if self.range_limit_max < 1 or self.range_bytes_max < 1:
+            raise ValueError("range limits must be positive")
         return self
 
 

@@ -224,6 +224,10 @@ class Metrics:
     def identity_refused(self, refused: bool) -> None: ...
     def peer_refused(self, peer: str, refused: bool) -> None: ...
     def rejoin(self, result: str) -> None: ...
+    def tombstones_collected(self) -> None:
+        """This acceptor removed one collected tombstone's row (docs/gc.md)."""
+    def tombstones_pending(self, count: int) -> None:
+        """Tombstones this node waits to collect (seen, grace period not over)."""
     def key_round(self, changes: int) -> None: ...
     def forward(self, result: str) -> None: ...
     def http_connections(self, count: int) -> None: ...
@@ -307,6 +311,14 @@ class PromMetrics(Metrics):
                                registry=r)
         for result in ("checked", "caught_up"):
             self._rejoin.labels(result)  # exported at 0, so dashboards show a flat line
+        self._collected = Counter("paxoskv_tombstones_collected",
+                                  "Tombstone rows this acceptor removed after every acceptor "
+                                  "had accepted them and the grace period was over "
+                                  "(docs/gc.md)", registry=r)
+        self._gc_pending = Gauge("paxoskv_tombstones_pending",
+                                 "Tombstones this node drives to collection, still within "
+                                 "their grace period or not yet accepted everywhere",
+                                 registry=r)
         self._auth_failures = Counter(
             "paxoskv_auth_failures",
             "Client requests refused by token auth: missing (no bearer token), unknown (not "
@@ -402,6 +414,12 @@ class PromMetrics(Metrics):
 
     def rejoin(self, result: str) -> None:
         self._rejoin.labels(result).inc()
+
+    def tombstones_collected(self) -> None:
+        self._collected.inc()
+
+    def tombstones_pending(self, count: int) -> None:
+        self._gc_pending.set(count)
 
     def key_round(self, changes: int) -> None:
         self._key_round.observe(changes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import uuid
@@ -41,6 +42,7 @@ from paxoskv.core.messages import (
     REPLY_TYPES,
     Accept,
     ClientChange,
+    Collect,
     Forward,
     Forwarded,
     Learn,
@@ -77,6 +79,7 @@ from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
 from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
+from paxoskv.tombstones import Collector
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
 from paxoskv.watch import WatchHub, learn_of
@@ -114,6 +117,8 @@ class AcceptorRules:
         acceptor_rules.on_prepare)
     on_accept: Callable[[acceptor_rules.AcceptorState, Accept], acceptor_rules.Step] = (
         acceptor_rules.on_accept)
+    on_collect: Callable[[acceptor_rules.AcceptorState, acceptor_rules.Floor, Collect, bool],
+                         acceptor_rules.CollectStep] = acceptor_rules.on_collect
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,9 @@ class IdentityRules:
     serves: Mapping[Mode, frozenset[str]] = field(default_factory=lambda: dict(SERVES))
     judge_hello: Callable[[PeerRecord | None, HelloClaim, bool], Verdict] = judge_hello
     check_membership: bool = True
+    rejoin_rechecks_own_keys: bool = True
+    """A rejoin also runs an identity round on every key of its own rows, which no peer
+    may list any more (a collected tombstone, docs/gc.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +155,9 @@ class ProposerRules:
     """Run a forwarded request id at most once (a duplicate could apply a rejected change)."""
     query_round: type[QueryRound] = QueryRound
     """The one-round-trip read (its rule for when reports make a value chosen)."""
+    gc_everyone: bool = True
+    """A tombstone collection round must be promised and accepted by every acceptor, not
+    a quorum (docs/gc.md)."""
 
 
 @dataclass(slots=True)
@@ -206,32 +217,47 @@ class _SeenIds:
 
 class _PreparedKeys:
     """Keys whose next ballot a quorum has promised us, newest last, bounded in bytes (a
-    ``Prepared`` holds the key's value, which may be large)."""
+    ``Prepared`` holds the key's value, which may be large) and in age.
 
-    def __init__(self, bytes_max: int) -> None:
+    An entry lives at most ``lifetime_s`` (the message lifetime): an acceptor that lost
+    its state, or came back on an old copy, has no row, so no promise and no floor, for
+    a key whose tombstone the others collected meanwhile (docs/gc.md). It accepts nothing
+    until its fence (twice the message lifetime) is over, and by then every entry made
+    before it restarted has expired: no accept built on a value older than the collection
+    can reach it."""
+
+    def __init__(self, bytes_max: int, lifetime_s: float) -> None:
         self._bytes_max = bytes_max
+        self._lifetime_s = lifetime_s
         self._bytes = 0
         self._entries: OrderedDict[str, Prepared] = OrderedDict()
+        self._made: dict[str, float] = {}
 
     @staticmethod
     def _cost(key: str, prepared: Prepared) -> int:
         return 200 + len(key) + len(prepared.value.data or b"")
 
-    def pop(self, key: str) -> Prepared | None:
+    def pop(self, key: str, now: float) -> Prepared | None:
+        """The entry of ``key`` (removed), unless it is older than the lifetime."""
         prepared = self._entries.pop(key, None)
+        made = self._made.pop(key, now)
         if prepared is not None:
             self._bytes -= self._cost(key, prepared)
+            if now - made > self._lifetime_s:
+                return None
         return prepared
 
-    def put(self, key: str, prepared: Prepared) -> None:
-        self.pop(key)
+    def put(self, key: str, prepared: Prepared, now: float) -> None:
+        self.pop(key, now)
         cost = self._cost(key, prepared)
         if cost > self._bytes_max:
             return
         self._entries[key] = prepared
+        self._made[key] = now
         self._bytes += cost
         while self._bytes > self._bytes_max:
             old_key, old = self._entries.popitem(last=False)
+            self._made.pop(old_key, None)
             self._bytes -= self._cost(old_key, old)
 
     def __len__(self) -> int:
@@ -323,7 +349,8 @@ def _ignore_outcome(fut: asyncio.Future[Reply]) -> None:
 
 def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
     match msg:
-        case Prepare():
+        case Prepare() | Collect():
+            # A collection is served only where prepares are: by a full acceptor.
             return "prepare"
         case Accept():
             return "accept"
@@ -357,7 +384,8 @@ class Node:
         self.quorum = quorum or QuorumConfig.of(config.acceptors)
         self.identity_rules = identity_rules or IdentityRules()
         self.proposer_rules = proposer_rules or ProposerRules()
-        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max)
+        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max,
+                                       config.message_lifetime_s)
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
@@ -373,6 +401,7 @@ class Node:
         self._turn_tasks: set[asyncio.Task[Reply]] = set()  # see _serve_in_turn
         self.draining = False
         self.recovery = Recovery(self)
+        self.collector = Collector(self)
         self.watch = WatchHub(self.read)
         self._watching_peers: set[int] = set()
         """Peers whose last hello said they have watchers: they are sent learns."""
@@ -438,6 +467,8 @@ class Node:
         is durable (a forward: a coroutine). See ``_acceptor_soon``."""
         if isinstance(msg, Forward):
             return self._serve_forward(msg)
+        if isinstance(msg, Collect):
+            return self._serve_collect(msg, deadline)  # a coroutine, like a forward
         if isinstance(msg, Learn):
             self.watch.on_learn(msg)  # learner only: acceptor state is never touched
             return Learned(msg.key)
@@ -543,6 +574,33 @@ class Node:
         saved.add_done_callback(on_saved)
         return answer
 
+    async def _serve_collect(self, msg: Collect, deadline: float) -> Reply:
+        """Remove a collected tombstone's row (``core/acceptor.py`` ``on_collect``), with
+        the key held like a prepare's, and answer once the removal and the raised floor
+        are durable."""
+        key = msg.key
+        turn = self._acceptor_locks.take(key, self._loop.get())
+        if turn is not None:
+            try:
+                await turn
+            except asyncio.CancelledError:
+                self._acceptor_locks.give_up(key, turn)
+                raise
+        try:
+            if self._loop.get().time() > deadline:
+                return Unavailable(key, "expired: its round has ended")
+            if not self._serves("prepare"):
+                return Unavailable(key, f"acceptor {self.acceptor_mode}")
+            step = self.rules.on_collect(self.storage.load(key), self.storage.floor(key), msg,
+                                         self.storage.has_row(key))
+            if step.remove:
+                await self.storage.collect(key, step.floor)
+                self.metrics.tombstones_collected()
+                self.metrics.keys(self.storage.key_count())
+            return step.reply
+        finally:
+            self._acceptor_locks.release(key)
+
     def _serves(self, request: str) -> bool:
         return request in self.identity_rules.serves[self.machine.mode]
 
@@ -618,7 +676,7 @@ class Node:
         task.add_done_callback(self._orphans.discard)
         return task
 
-    async def _broadcast(self, msg: Prepare | Accept | Query,
+    async def _broadcast(self, msg: Prepare | Accept | Query | Collect,
                          on_reply: Callable[[int, Reply], Any],
                          deadline: float) -> Any:
         """Send ``msg`` to every acceptor; feed replies until one returns non-Wait (that
@@ -695,7 +753,11 @@ class Node:
             outstanding += 1
             if a == self.config.node_id:
                 try:
-                    local = self._acceptor_soon(msg, deadline)
+                    local: Reply | asyncio.Future[Reply]
+                    if isinstance(msg, Collect):  # rare: a task of its own
+                        local = self._spawn(self._serve_collect(msg, deadline))
+                    else:
+                        local = self._acceptor_soon(msg, deadline)
                 except AssertionError:
                     raise
                 except Exception as exc:
@@ -1013,7 +1075,7 @@ class Node:
             if not live or loop.time() >= deadline:
                 return
             # A key this node committed last, with its next ballot promised: skip phase 1.
-            prepared = self._prepared.pop(key)
+            prepared = self._prepared.pop(key, loop.time())
             if prepared is not None and not self.quorum_reachable():
                 # An accept that cannot reach a quorum would leave the outcome unknown
                 # (504); a prepare fails cleanly (503, nothing written).
@@ -1073,7 +1135,7 @@ class Node:
             assert step is not None and not isinstance(step, Prepare)
             kept = self.proposer_rules.prepared_after(rnd, step)
             if kept is not None:
-                self._prepared.put(key, kept)
+                self._prepared.put(key, kept, loop.time())
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
                 self.metrics.key_round(len(live))
@@ -1284,6 +1346,8 @@ class Node:
                 self._group = tg
                 tg.create_task(self.heartbeat_loop())
                 tg.create_task(self.repair_loop())
+                if self.collector.enabled:
+                    tg.create_task(self.collector.loop())
                 if self.machine.rejoining:
                     tg.create_task(self._guarded_rejoin())
         finally:
@@ -1338,6 +1402,10 @@ class Node:
             },
             "keys": self.storage.key_count(),
             "repair": dict(self.repair_progress),
+            "tombstone_collection": {
+                "grace_seconds": self.config.tombstone_grace_s,
+                "pending": self.collector.pending,
+                **dataclasses.asdict(self.collector.progress)},
             "rejoin": dict(self.rejoin_progress) or None,
             "rounds_inflight": self._inflight,
         }

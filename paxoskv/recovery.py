@@ -121,11 +121,34 @@ class Recovery:
                 log.warning("rejoin: %d of %d surviving acceptors listed; retrying",
                             len(listed), needed)
                 await asyncio.sleep(1.0)
+        if self._node.identity_rules.rejoin_rechecks_own_keys:
+            await self._recheck_own_keys()
         await self._node.membership.transition(CaughtUp())
         self.rejoin_progress["phase"] = "done"
         log.warning("rejoin: complete (%d keys checked, %d caught up); serving as an "
                     "acceptor", self.rejoin_progress["keys_checked"],
                     self.rejoin_progress["keys_caught_up"])
+
+    async def _recheck_own_keys(self) -> None:
+        """Run an identity round on every key this acceptor holds a row of (docs/gc.md).
+
+        A key no surviving acceptor lists may still have a row here: an old copy put back
+        holds keys whose tombstones every other acceptor has since collected. Left alone,
+        that row would report its old value, at a ballot above the others' empty state, to
+        the first promise quorum it joins, and the deleted value would come back. The
+        identity round's promises come from the other acceptors only (this one makes none
+        while catching up), so it rewrites the row with the value they agree on.
+        """
+        self.rejoin_progress["own_keys_rechecked"] = 0
+        after: str | None = None
+        while True:
+            page = self.storage.keys("", after, REJOIN_PAGE_KEYS)
+            for key in page:
+                await self._catch_up_key(key)
+                self.rejoin_progress["own_keys_rechecked"] += 1
+            if len(page) < REJOIN_PAGE_KEYS:
+                return
+            after = page[-1]
 
     async def _catch_up_from(self, pid: int) -> bool:
         """Run an identity round on every key ``pid`` lists; False if it stopped answering."""

@@ -14,6 +14,7 @@ runs. Without a store nothing is rate-limited: there is no one to count requests
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -31,9 +32,9 @@ from paxoskv.api.guard import GuardLimits, client_guard_middleware
 from paxoskv.api.openapi import openapi_document
 from paxoskv.auth import Principal, Role, TokenStore
 from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
-from paxoskv.core.register import Cas, Change, Create, Delete, Set
+from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Set
 from paxoskv.idempotency import DEFAULT_WINDOW_S, InProgress, KeyReused, run_idempotent, summarize
-from paxoskv.limits import Limits
+from paxoskv.limits import DELETE_PREFIX_KEYS_MAX, RANGE_READS_AT_ONCE, Limits
 from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.transport.server import PeerServer, expect_handler
@@ -444,22 +445,173 @@ def _encode_cursor(key: str | None) -> str | None:
     return base64.urlsafe_b64encode(key.encode("utf-8")).decode("ascii").rstrip("=")
 
 
+def _bool_param(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false")
+    if raw not in ("true", "false"):
+        raise ApiError(400, "bad_request", f"{name} must be true or false")
+    return raw == "true"
+
+
+def _limit_param(request: web.Request, default: int, maximum: int) -> int:
+    raw = request.query.get("limit", str(default))
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise ApiError(400, "bad_request", f"limit must be an integer within 1..{maximum}")
+    return int(raw)
+
+
+def _consistency(request: web.Request) -> Literal["linearizable", "stale"]:
+    raw = request.query.get("consistency", "linearizable")
+    if raw == "stale":
+        return "stale"
+    if raw != "linearizable":
+        raise ApiError(400, "bad_request", "consistency must be linearizable or stale")
+    return "linearizable"
+
+
+RANGE_LISTINGS_MAX = 64
+"""Listings one range-read page makes at most while filling itself (the time budget
+usually ends it first)."""
+
+
+def _range_budget_s(node: Node) -> float:
+    """Time one range request spends before answering with a cursor: half the request
+    timeout, so that with the last batch's own rounds it still answers within it."""
+    return node.config.request_timeout_s / 2
+
+
 async def list_keys(request: web.Request) -> web.StreamResponse:
     async def run() -> web.StreamResponse:
         prefix = request.query.get("prefix", "")
         _check_listing(request, prefix)
         limits = request.app[LIMITS]
-        raw_limit = request.query.get("limit", "1000")
-        if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= limits.list_limit_max:
-            raise ApiError(400, "bad_request",
-                           f"limit must be an integer within 1..{limits.list_limit_max}")
-        keys, last = await request.app[NODE].list_keys(prefix, int(raw_limit), _cursor(request))
+        if _bool_param(request, "values"):
+            return await _range_read(request, prefix, limits)
+        limit = _limit_param(request, 1000, limits.list_limit_max)
+        keys, last = await request.app[NODE].list_keys(prefix, limit, _cursor(request))
         # reserved keys (idempotency records) sort after every client key, so they only
         # ever fill the tail of a listing, and are dropped from it
         keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
         return _json(200, {"keys": keys, "count": len(keys), "next": _encode_cursor(last),
                            "consistency": "quorum-union"})
-    return await _timed(request, "list", run)
+    # range reads are timed apart: a page of reads is far slower than a listing
+    op = "range" if request.query.get("values") == "true" else "list"
+    return await _timed(request, op, run)
+
+
+async def _read_all(node: Node, keys: list[str], stale: bool) -> list[Outcome]:
+    if stale:
+        return [node.read_local(k) for k in keys]
+    return list(await asyncio.gather(*(node.read(k) for k in keys)))
+
+
+async def _range_read(request: web.Request, prefix: str, limits: Limits
+                      ) -> web.StreamResponse:
+    """Keys with their values: quorum-union listings, then each key read on its own
+    (linearizable unless ``consistency=stale``), RANGE_READS_AT_ONCE at a time. A key
+    deleted between the listing and its read is left out. The page fills up to ``limit``
+    keys, stopping early at ``range_bytes_max`` bytes of values or when the time budget is
+    spent; the cursor then continues after the last key it covered, so nothing is skipped.
+    Listings of tombstones only are passed over while time remains, so a page is rarely
+    empty before the end."""
+    node = request.app[NODE]
+    limit = _limit_param(request, 100, limits.range_limit_max)
+    consistency = _consistency(request)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _range_budget_s(node)
+    items: list[dict[str, Any]] = []
+    size = 0
+    cursor = _cursor(request)  # every key up to it is covered (returned or found absent)
+
+    def page(more: bool) -> web.Response:
+        return _json(200, {"items": items, "count": len(items),
+                           "next": _encode_cursor(cursor) if more else None,
+                           "consistency": consistency})
+
+    for _ in range(RANGE_LISTINGS_MAX):
+        keys, last = await node.list_keys(prefix, limit - len(items), cursor)
+        keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
+        for start in range(0, len(keys), RANGE_READS_AT_ONCE):
+            batch = keys[start:start + RANGE_READS_AT_ONCE]
+            outcomes = await _read_all(node, batch, consistency == "stale")
+            for key, outcome in zip(batch, outcomes, strict=True):
+                data = outcome.value.data
+                if data is not None:
+                    if items and size + len(data) > limits.range_bytes_max:
+                        return page(True)
+                    size += len(data)
+                    items.append({"key": key, "version": outcome.value.version,
+                                  "value_base64": base64.b64encode(data).decode("ascii")})
+                cursor = key
+            if start + RANGE_READS_AT_ONCE < len(keys) and loop.time() >= deadline:
+                return page(True)
+        if last is None:
+            return page(False)
+        cursor = last
+        if len(items) >= limit or loop.time() >= deadline:
+            break
+    return page(True)
+
+
+def _stopped(exc: BaseException, key: str, deleted: int, cursor: str | None) -> BaseException:
+    """The answer of a range delete one of whose deletes failed: that failure's status and
+    code, with the count so far and the cursor before the failed key."""
+    extra: dict[str, Any] = {"deleted": deleted, "complete": False,
+                             "next": _encode_cursor(cursor)}
+    where = f" (the range delete stopped at key {key!r}; continue with cursor=next)"
+    if isinstance(exc, (NoQuorum, Overloaded)):
+        code = "no_quorum" if isinstance(exc, NoQuorum) else "overloaded"
+        return ApiError(503, code, f"{exc}{where}", {"Retry-After": RETRY_AFTER_S}, **extra)
+    if isinstance(exc, UnknownOutcome):
+        return ApiError(504, "unknown_outcome", f"{exc}{where}", **extra)
+    return exc
+
+
+async def delete_prefix(request: web.Request) -> web.StreamResponse:
+    """Delete every live key under a prefix, one Paxos delete per key (not atomic across
+    keys). Admin only; an empty prefix needs ``all=true``. Bounded by
+    DELETE_PREFIX_KEYS_MAX keys and half the request timeout: past either it answers
+    ``complete: false`` with the cursor to continue from. A failed delete stops it with
+    that error, the count so far and the cursor (every key up to it is deleted)."""
+    async def run() -> web.StreamResponse:
+        principal = request.get(PRINCIPAL)
+        if principal is not None and not principal.has_role("admin"):
+            raise _refuse(request, "forbidden", 403,
+                          f"token {principal.name!r} has role {principal.role}; a range "
+                          "delete needs admin")
+        prefix = request.query.get("prefix", "")
+        _check_listing(request, prefix)
+        if prefix == "" and not _bool_param(request, "all"):
+            raise ApiError(400, "bad_request", "an empty prefix deletes every key: pass "
+                           "all=true to mean it")
+        if "Idempotency-Key" in request.headers:
+            raise ApiError(400, "bad_header", "a range delete takes no Idempotency-Key: "
+                           "running it again is safe (it deletes what is still there)")
+        node = request.app[NODE]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _range_budget_s(node)
+        cursor = _cursor(request)
+        deleted = seen = 0
+        for _ in range(DELETE_PREFIX_KEYS_MAX):  # one batch at least, even past the deadline
+            keys, last = await node.list_keys(prefix, RANGE_READS_AT_ONCE, cursor)
+            keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
+            results = await asyncio.gather(*(node.execute(k, Delete(None)) for k in keys),
+                                           return_exceptions=True)
+            deleted += sum(1 for r in results if isinstance(r, Outcome) and r.kind == "applied")
+            for key, result in zip(keys, results, strict=True):
+                if isinstance(result, BaseException):
+                    raise _stopped(result, key, deleted, cursor)
+                cursor = key
+            seen += len(keys)
+            if last is None:
+                return _json(200, {"deleted": deleted, "complete": True, "next": None})
+            cursor = last
+            if seen >= DELETE_PREFIX_KEYS_MAX or loop.time() >= deadline:
+                break
+        return _json(200, {"deleted": deleted, "complete": False,
+                           "next": _encode_cursor(cursor),
+                           "message": "stopped at this request's bound (keys or time); "
+                                      "continue with cursor=next"})
+    return await _timed(request, "delete_prefix", run)
 
 
 async def status(request: web.Request) -> web.StreamResponse:
@@ -571,6 +723,7 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
         app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
         app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
+        app.router.add_delete("/v1/kv", delete_prefix, expect_handler=expect_handler)
         from paxoskv.api.watch import watch_stream  # (it imports this module)
         app.router.add_get("/v1/watch", watch_stream, expect_handler=expect_handler)
         app.router.add_get("/v1/status", status, expect_handler=expect_handler)

@@ -24,6 +24,16 @@ _IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
                             'e.g. "3"', "schema": {"type": "string"}}
 
 
+_PREFIX = {"name": "prefix", "in": "query", "schema": {"type": "string"},
+           "description": "keys starting with this (a token limited to prefixes must pass "
+                          "one of them, or a longer one)"}
+_CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string"},
+           "description": "the `next` of the previous page"}
+_NEXT = {"type": ["string", "null"],
+         "description": "cursor of the next page; null at the end (a page may be short, even "
+                        "empty, before it)"}
+
+
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "apply at most once: a retry with the same key (on any node) within the "
@@ -42,7 +52,8 @@ _AUTH_ERRORS = {
     "401": _error("unauthorized: no bearer token, or one not in the token file (only with "
                   "--auth token; WWW-Authenticate: Bearer is set)"),
     "403": _error("forbidden: the token's role is too low (GET needs read; PUT and DELETE "
-                  "need write) or the key or listing prefix is outside its prefixes"),
+                  "need write; a range delete admin) or the key or listing prefix is "
+                  "outside its prefixes"),
     "429": _error("rate_limited: the token is over its rate limit on this node (its own "
                   "rate in the token file, else --token-rate-limit); nothing was done. "
                   "Retry-After says in how many seconds to try again")}
@@ -110,23 +121,67 @@ def openapi_document() -> dict[str, Any]:
                                   **common},
                 },
             },
-            "/v1/kv": {"get": {
-                "summary": "List live keys by prefix (union over a quorum; not linearizable)",
-                "parameters": [
-                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
-                     "description": "the `next` of the previous page"}],
-                "responses": {"200": {"description": "keys", "content": {"application/json": {
-                    "schema": {"type": "object", "properties": {
-                        "keys": {"type": "array", "items": {"type": "string"}},
-                        "count": {"type": "integer"},
-                        "next": {"type": ["string", "null"],
-                                 "description": "cursor of the next page; null at the end "
-                                                "(a page may be short, even empty, before it)"},
-                        "consistency": {"type": "string"}}}}}},
-                              "400": common["400"], "503": common["503"]}}},
+            "/v1/kv": {
+                "get": {
+                    "summary": "List live keys by prefix (union over a quorum; not "
+                               "linearizable), or with values=true a range read: the keys "
+                               "with their values and versions",
+                    "description": "values=true reads each listed key on its own, "
+                                   "linearizably unless consistency=stale; a key deleted "
+                                   "between the listing and its read is left out. A range "
+                                   "page holds at most `limit` keys (1-1000, default 100) and "
+                                   "4 MiB of values (always at least one key), and stops "
+                                   "early when half the request timeout is spent; `next` "
+                                   "then continues after the last key returned. Each key is "
+                                   "linearizable at its own read time: a page is not a "
+                                   "snapshot across keys.",
+                    "parameters": [
+                        _PREFIX,
+                        {"name": "values", "in": "query",
+                         "schema": {"type": "boolean", "default": False},
+                         "description": "true: return values and versions (a range read)"},
+                        {"name": "consistency", "in": "query",
+                         "schema": {"type": "string", "enum": ["linearizable", "stale"]},
+                         "description": "with values=true: how each key is read, as for "
+                                        "GET /v1/kv/{key}"},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                         "description": "keys per page: 1-10000 (default 1000) for a "
+                                        "listing, 1-1000 (default 100) with values=true"},
+                        _CURSOR],
+                    "responses": {"200": {
+                        "description": "a page of keys, or of items with values=true",
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"$ref": "#/components/schemas/KeyPage"},
+                            {"$ref": "#/components/schemas/RangePage"}]}}}},
+                        "400": common["400"], "503": common["503"]}},
+                "delete": {
+                    "summary": "Range delete: delete every live key under a prefix (admin)",
+                    "description": "One Paxos delete per key, some at once: NOT atomic "
+                                   "across keys (a reader may see some deleted and not "
+                                   "others, and keys written meanwhile may survive). Needs "
+                                   "an admin token with --auth token; an empty prefix needs "
+                                   "all=true. Bounded: after 10000 keys or half the request "
+                                   "timeout it answers complete: false and a cursor; a "
+                                   "failed delete answers its 503/504 with deleted, "
+                                   "complete: false and next. Running it again is safe.",
+                    "parameters": [
+                        _PREFIX,
+                        {"name": "all", "in": "query",
+                         "schema": {"type": "boolean", "default": False},
+                         "description": "true: allow the empty prefix (every key)"},
+                        _CURSOR],
+                    "responses": {
+                        "200": {"description": "deleted counts keys this call deleted",
+                                "content": {"application/json": {"schema": {
+                                    "$ref": "#/components/schemas/RangeDeleted"}}}},
+                        "400": _error("bad request: an empty prefix without all=true, or "
+                                      "an Idempotency-Key (running it again is safe)"),
+                        "503": _error("no_quorum or overloaded: stopped part way; the body "
+                                      "also has deleted, complete: false and next"),
+                        "504": _error("unknown_outcome of one delete: stopped part way; the "
+                                      "body also has deleted, complete: false and next")}},
+            },
             "/v1/watch": WATCH_PATH,
             "/v1/status": {"get": {"summary": "Node id, peers and reachability, config",
                                    "description": "With --auth token, an admin token sees "
@@ -155,6 +210,34 @@ def openapi_document() -> dict[str, Any]:
             "Error": {"type": "object", "required": ["error", "message"],
                       "properties": {"error": {"type": "string"}, "message": {"type": "string"},
                                      "current_version": {"type": ["integer", "null"]}}},
+            "KeyPage": {"type": "object", "required": ["keys", "count", "next"],
+                        "properties": {
+                            "keys": {"type": "array", "items": {"type": "string"}},
+                            "count": {"type": "integer"}, "next": _NEXT,
+                            "consistency": {"type": "string", "enum": ["quorum-union"]}}},
+            "RangePage": {"type": "object", "required": ["items", "count", "next"],
+                          "properties": {
+                              "items": {"type": "array", "items": {
+                                  "type": "object",
+                                  "required": ["key", "version", "value_base64"],
+                                  "properties": {
+                                      "key": {"type": "string"},
+                                      "version": {"type": "integer"},
+                                      "value_base64": {"type": "string",
+                                                       "contentEncoding": "base64",
+                                                       "description": "the value's bytes, "
+                                                       "base64 (RFC 4648, padded)"}}}},
+                              "count": {"type": "integer"}, "next": _NEXT,
+                              "consistency": {"type": "string",
+                                              "enum": ["linearizable", "stale"]}}},
+            "RangeDeleted": {"type": "object", "required": ["deleted", "complete", "next"],
+                             "properties": {
+                                 "deleted": {"type": "integer"},
+                                 "complete": {"type": "boolean"},
+                                 "next": {"type": ["string", "null"],
+                                          "description": "with complete: false, the cursor "
+                                          "to continue with"},
+                                 "message": {"type": "string"}}},
             "Written": {"type": "object", "required": ["key", "version"],
                         "properties": {"key": {"type": "string"},
                                        "version": {"type": "integer"}}},

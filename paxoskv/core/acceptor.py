@@ -8,13 +8,39 @@ the same ordering rule as etcd-raft's ``Ready``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Final
 
 from paxoskv.core.ballot import Ballot
-from paxoskv.core.messages import Accept, Accepted, Nack, Prepare, Promise, Query, QueryReply, Reply
+from paxoskv.core.messages import (
+    Accept,
+    Accepted,
+    Collect,
+    Collected,
+    Nack,
+    Prepare,
+    Promise,
+    Query,
+    QueryReply,
+    Reply,
+)
 from paxoskv.core.register import Value
 
-__all__ = ["AcceptorState", "Step", "on_accept", "on_prepare", "on_query"]
+__all__ = [
+    "FLOOR_BUCKETS",
+    "NO_FLOOR",
+    "AcceptorState",
+    "CollectStep",
+    "Floor",
+    "Step",
+    "absent_state",
+    "floor_bucket",
+    "on_accept",
+    "on_collect",
+    "on_prepare",
+    "on_query",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +54,91 @@ class AcceptorState:
 
 
 EMPTY_STATE = AcceptorState(Ballot.ZERO, Ballot.ZERO, Value(0, None))
+
+
+# ------------------------------------------------------------ tombstone collection floors
+
+FLOOR_BUCKETS: Final = 1 << 16
+"""Keys are hashed into this many buckets, each with a durable floor (docs/gc.md). More
+buckets: fewer keys whose first ballot is refused by a floor they never needed, and fewer
+re-created keys whose version jumps past their own tombstone's; each bucket in use costs
+one small row and one entry in memory."""
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """What an acceptor keeps of the tombstones it removed in one bucket: the highest
+    promise any of them held, and the highest version any of them had. A key of the bucket
+    without a row reads as promised at ``ballot``, accepted at nothing, and absent at
+    ``version`` (``absent_state``)."""
+
+    ballot: Ballot
+    version: int
+
+    def __post_init__(self) -> None:
+        assert self.version >= 0
+
+    def raised(self, ballot: Ballot, version: int) -> Floor:
+        return Floor(max(self.ballot, ballot), max(self.version, version))
+
+    def merged(self, other: Floor) -> Floor:
+        """Each part the higher of the two: floors only go up, whichever key raised them."""
+        return self.raised(other.ballot, other.version)
+
+
+NO_FLOOR: Final = Floor(Ballot.ZERO, 0)
+
+
+def floor_bucket(key: str) -> int:
+    """The floor bucket of ``key``: the same on every node and every release."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % FLOOR_BUCKETS
+
+
+def absent_state(floor: Floor) -> AcceptorState:
+    """The state of a key without a row, in a bucket whose floor is ``floor``.
+
+    Promised at the floor: every prepare or accept at or below a ballot that a removed row
+    had promised is refused, as the row itself would have refused it (a delayed message, a
+    proposer's cached phase 1). Accepted at ``Ballot.ZERO``: any acceptor that holds a real
+    accept of the key outranks it in a promise quorum, so a value chosen after the removal
+    is never hidden by it. Absent at the floor's version: a key re-created on it takes a
+    version above every version it had (no ABA for If-Match).
+    """
+    if floor == NO_FLOOR:
+        return EMPTY_STATE
+    return AcceptorState(floor.ballot, Ballot.ZERO, Value(floor.version, None))
+
+
+@dataclass(frozen=True, slots=True)
+class CollectStep:
+    """``remove``: delete the key's row and make ``floor`` its bucket's floor, in one
+    durable step, before ``reply`` leaves."""
+
+    remove: bool
+    floor: Floor
+    reply: Collected
+
+
+def on_collect(state: AcceptorState, floor: Floor, msg: Collect, has_row: bool) -> CollectStep:
+    """Remove the row of a tombstone that every acceptor accepted (docs/gc.md).
+
+    Only the exact state the collection round left is removed: the tombstone of
+    ``msg.version`` accepted at ``msg.ballot``. Anything accepted since (a re-created key, a
+    later round) keeps its row, and a delayed ``Collect`` of an earlier round matches
+    nothing. The bucket floor is raised to the row's promise and version in the same step,
+    so the key's absent state promises at least what the row promised.
+    """
+    if not has_row:
+        return CollectStep(False, floor, Collected(msg.key, msg.ballot, True))
+    if (state.ballot_accepted != msg.ballot or state.value.exists
+            or state.value.version != msg.version):
+        return CollectStep(False, floor, Collected(msg.key, msg.ballot, False))
+    new = floor.raised(state.ballot_promised, state.value.version)
+    after = absent_state(new)
+    assert after.ballot_promised >= state.ballot_promised  # invariant 2
+    assert after.value.version >= state.value.version
+    return CollectStep(True, new, Collected(msg.key, msg.ballot, True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ __all__ = [
     "Accept",
     "Accepted",
     "ClientChange",
+    "Collect",
+    "Collected",
     "Forward",
     "Forwarded",
     "Learn",
@@ -117,6 +119,26 @@ class Unavailable:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Collect:
+    """Remove ``key``'s row if it still holds exactly the tombstone of ``version`` accepted
+    at ``ballot``: the one a garbage collection round had every acceptor accept
+    (docs/gc.md). The acceptor raises its ballot and version floors in the same step."""
+
+    key: str
+    ballot: Ballot
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """The answer to ``Collect``: ``done`` if the row is gone (removed now, or before)."""
+
+    key: str
+    ballot: Ballot
+    done: bool
+
+
 ClientChange = Set | Cas | Create | Delete
 """The changes a node forwards to a key's preferred proposer (client writes)."""
 
@@ -176,9 +198,10 @@ class Learned:
     key: str
 
 
-Request = Prepare | Accept | Query | Forward | Learn
-Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Learned
-REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded, Learned)
+Request = Prepare | Accept | Query | Forward | Collect | Learn
+Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Collected | Learned
+REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded, Collected,
+                      Learned)
 """Every ``Reply`` class, for a fast ``isinstance`` check."""
 Message = Request | Reply
 
@@ -263,6 +286,10 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
         case Forward(key=key, change=change, request_id=rid, to_boot=boot):
             return {"t": "forward", "k": key, "c": _change_to_wire(change, raw), "id": rid,
                     "to": boot}
+        case Collect(key=key, ballot=b, version=version):
+            return {"t": "collect", "k": key, "b": b.to_wire(), "ver": version}
+        case Collected(key=key, ballot=b, done=done):
+            return {"t": "collected", "k": key, "b": b.to_wire(), "x": done}
         case Forwarded(key=key, kind=kind, version=version, exists=exists, error=error,
                        detail=detail):
             return {"t": "forwarded", "k": key, "o": kind, "ver": version, "x": exists,
@@ -425,6 +452,17 @@ def from_wire(raw: object) -> Message:
             return Forward(key, _change_from_wire(raw.get("c")), rid, boot)
         case "forwarded":
             return _forwarded_from_wire(key, raw)
+        case "collect":
+            version = raw.get("ver")
+            if not _is_count(version):
+                raise PeerProtocolError("collect version must be a count")
+            assert isinstance(version, int)
+            return Collect(key, _ballot(raw, "b"), version)
+        case "collected":
+            done = raw.get("x")
+            if not isinstance(done, bool):
+                raise PeerProtocolError("collected done must be a boolean")
+            return Collected(key, _ballot(raw, "b"), done)
         case "learn":
             return _learn_from_wire(key, raw)
         case "learned":

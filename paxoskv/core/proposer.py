@@ -286,7 +286,8 @@ class ProposerRound:
             if item.abandoned:
                 continue
             rid, since = item.request_id, item.progress.sent_from_version
-            if (since is not None and rid is not None and highest.applied_version(rid) is None
+            if (since is not None and rid is not None and not isinstance(item.change, Read)
+                    and highest.applied_version(rid) is None
                     and not highest.remembers_from(since)):
                 # Had an earlier attempt been chosen (or picked up by another proposer), the
                 # newest value would descend from it; this one has forgotten requests that
@@ -330,16 +331,22 @@ def choose_value(promises: Sequence[Promise], config: QuorumConfig) -> Value:
     """The value a classic round must build on, given the promises of a quorum ``Q``.
 
     Only the highest accepted ballot ``k`` among them counts: a value chosen below ``k`` is
-    extended by every value at ``k``. A classic ``k`` carries one value. A fast ``k`` may
-    carry several; one that a fast quorum accepted is reported by at least
-    ``q_f - (n - |Q|)`` of ``Q`` (the rest of its quorum may be outside ``Q``), which at
-    most one value can be (2*q_f + q_c > 2n), and then it must be picked. Otherwise none
-    was chosen at ``k``, and any value reported at ``k`` is safe: the one reported most,
-    ties broken by digest so every proposer picks alike (docs/design.md invariant 9).
+    extended by every value at ``k``. At ``Ballot.ZERO`` (no accept at all) every value is
+    absent and the highest version is taken (collected tombstones, docs/gc.md). A classic
+    ``k`` carries one value. A fast ``k`` may carry several; one that a fast quorum accepted
+    is reported by at least ``q_f - (n - |Q|)`` of ``Q`` (the rest of its quorum may be
+    outside ``Q``), which at most one value can be (2*q_f + q_c > 2n), and then it must be
+    picked. Otherwise none was chosen at ``k``, and any value reported at ``k`` is safe: the
+    one reported most, ties broken by digest so every proposer picks alike (docs/design.md
+    invariant 9).
     """
     assert promises
     k = max(p.ballot_accepted for p in promises)
     at_k = [p.value for p in promises if p.ballot_accepted == k]
+    if k.is_zero():
+        # Nothing accepted, or only tombstones collected (docs/gc.md): each acceptor reports
+        # its bucket floor's version, all absent; the highest keeps versions from going back.
+        return max(at_k, key=lambda v: v.version)
     if not k.is_fast:
         return at_k[0]
     counts: dict[Value, int] = {}

@@ -72,11 +72,14 @@ class Value:
         """True if every change that produced a version >= ``version`` is in ``recent``.
 
         Every applied change records its id and bumps the version by one, so ``recent``
-        covers a contiguous run of versions ending at ``self.version``.
+        covers a contiguous run of versions ending at ``self.version``, from its oldest
+        entry. With no entry at all, nothing up to ``self.version`` is remembered: a key
+        whose tombstone was collected reads as absent at its floor's version with no
+        request ids (docs/gc.md), and a retry whose earlier attempt may have produced one
+        of those versions cannot tell whether it did.
         """
-        if len(self.recent) < RECENT_MAX:
-            return True
-        return self.recent[-1][1] <= version
+        oldest = self.recent[-1][1] if self.recent else self.version + 1
+        return oldest <= version
 
     def digest(self) -> int:
         """A 56-bit hash of the whole value (it fits a wire count). A fast accept names its

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from paxoskv.core.acceptor import AcceptorState, Step
+from paxoskv.core.acceptor import AcceptorState, CollectStep, Floor, Step, on_collect
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import (
     META_REJOIN,
@@ -23,7 +23,7 @@ from paxoskv.core.identity import (
     Welcome,
     judge_hello,
 )
-from paxoskv.core.messages import Accept, Accepted, Prepare, Promise
+from paxoskv.core.messages import Accept, Accepted, Collect, Prepare, Promise
 from paxoskv.core.proposer import (
     Abort,
     Prepared,
@@ -39,8 +39,8 @@ from paxoskv.core.register import Value, apply_change
 from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
-    "FAST_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS", "NO_PROMISE_CHECK_RULES",
-    "PROPOSER_MUTANT_RULES",
+    "ACCEPTOR_MUTANT_RULES", "FAST_MUTANTS", "GC_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS",
+    "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES",
 ]
 
 MUTANTS: Final[dict[str, str]] = {
@@ -66,10 +66,17 @@ MUTANTS: Final[dict[str, str]] = {
                              "two values of one fast ballot was chosen",
     "fast-read-as-classic": "a one-round-trip read takes a classic quorum of identical "
                             "reports at a fast ballot for a chosen value",
+    "gc-without-fence": "a collected tombstone's row is removed without raising its bucket's "
+                        "floor: the key reads as never written (promise and version zero)",
+    "gc-before-all-accepted": "a tombstone is collected once a quorum (not every acceptor) "
+                              "accepted it: an acceptor that missed it keeps the older value",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
+
+GC_MUTANTS: Final = frozenset({"gc-without-fence", "gc-before-all-accepted"})
+"""Mutants of tombstone collection (docs/gc.md): their runs need it on."""
 """Mutants of Fast Paxos rules: their runs have fast Paxos on (``SimOptions.fast_paxos``)."""
 
 
@@ -90,6 +97,21 @@ def _accept_always(state: AcceptorState, msg: Accept) -> Step:
 
 NO_PROMISE_CHECK_RULES: Final = AcceptorRules(on_prepare=_promise_always,
                                               on_accept=_accept_always)
+
+
+def _collect_without_fence(state: AcceptorState, floor: Floor, msg: Collect, has_row: bool
+                           ) -> CollectStep:
+    """Broken rule: the row goes, the bucket's floor stays where it was (the CASPaxos
+    paper's first proposal): a delayed or cached lower ballot is promised and accepted
+    again, and the key's version starts over."""
+    step = on_collect(state, floor, msg, has_row)
+    return CollectStep(step.remove, floor, step.reply)
+
+
+ACCEPTOR_MUTANT_RULES: Final[dict[str, AcceptorRules]] = {
+    "gc-without-fence": AcceptorRules(on_collect=_collect_without_fence),
+}
+"""The acceptor mutants besides no-promise-check, one rule swapped each."""
 
 
 def _start_without_marker(is_acceptor: bool, rejoin_flag: bool, rebuild_flag: bool,
@@ -161,6 +183,7 @@ PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
     "forward-runs-twice": ProposerRules(remember_forwards=False),
     "fast-read-as-classic": ProposerRules(query_round=_FastReadAsClassic),
+    "gc-before-all-accepted": ProposerRules(gc_everyone=False),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 

@@ -64,7 +64,9 @@ from paxoskv.node import Node as RealNode
 from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import (
+    ACCEPTOR_MUTANT_RULES,
     FAST_MUTANTS,
+    GC_MUTANTS,
     IDENTITY_MUTANT_RULES,
     MUTANTS,
     NO_PROMISE_CHECK_RULES,
@@ -158,6 +160,14 @@ class SimOptions:
     duplicate_id_probability: float = 0.02
     """At each fault tick, the chance that a second process with a fresh data directory
     starts under the id of a live node (duplicate_id), if every node is up and normal."""
+    tombstone_grace_s: float = 0.5
+    """Every node collects tombstones this long (virtual seconds) after it first saw them
+    (``--tombstone-grace``, docs/gc.md), under every other fault; 0: never (and no
+    ``gc_action`` either)."""
+    gc_action_ms_mean: float = 150.0
+    """Mean time between gc_actions (exponential) in the safety phase: a random up node is
+    told to collect a random key at once if its own acceptor holds a tombstone of it,
+    grace or not (collection must be safe at any moment; the grace only spares clients)."""
     fast_paxos: bool = False
     """Every node runs with ``--fast-paxos on`` and ``--forward-writes off``, so clients on
     every node write the same few keys with fast rounds that collide."""
@@ -172,6 +182,8 @@ class SimOptions:
             raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
         if self.mutant == "small-quorum" and self.nodes < 2:
             raise ValueError("small-quorum needs at least two nodes")
+        if self.mutant in GC_MUTANTS and self.tombstone_grace_s <= 0:
+            raise ValueError(f"{self.mutant} needs tombstone collection (a grace above 0)")
         if self.mutant in FAST_MUTANTS and not self.fast_paxos:
             # Only fast rounds exercise the rule these break; the repro line shows it.
             object.__setattr__(self, "fast_paxos", True)
@@ -245,6 +257,9 @@ class _SimMetrics(Metrics):
     def forward(self, result: str) -> None:
         self._sim.faults[f"forward_{result}"] += 1
 
+    def tombstones_collected(self) -> None:
+        self._sim.faults["gc_rows_removed"] += 1
+
     def amnesia(self, refusing: bool) -> None:
         if refusing and self._node_id not in self._sim.rolled_back:
             # Only a node whose disk the simulator replaced may legitimately see amnesia
@@ -298,10 +313,11 @@ class _Simulation:
         self.config = {i: NodeConfig(node_id=i, peers=self.peers, cluster_id=CLUSTER_ID,
                                      repair_interval_s=self._repair_interval_s(options),
                                      fast_paxos=options.fast_paxos,
+                                     tombstone_grace_s=options.tombstone_grace_s,
                                      forward_writes=not options.fast_paxos)
                        for i in self.ids}
         self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
-            else AcceptorRules()
+            else ACCEPTOR_MUTANT_RULES.get(options.mutant or "", AcceptorRules())
         self.identity_rules = IDENTITY_MUTANT_RULES.get(options.mutant or "", IdentityRules())
         self.proposer_rules = PROPOSER_MUTANT_RULES.get(options.mutant or "", ProposerRules())
         # Identity faults: a mutant that only they can reveal raises their rates (like
@@ -502,6 +518,29 @@ class _Simulation:
             elif roll < options.crash_probability + net.partition_probability \
                     + options.pause_probability:
                 self._fault_pause(rng)
+
+    async def gc_actions(self) -> None:
+        """gc_action: collect a tombstone now, from a random node, under whatever faults
+        are going on (its own rng: the other faults' draws stay as they were)."""
+        if self.options.tombstone_grace_s <= 0 or self.options.fast_paxos:
+            return  # collection is off with fast Paxos (docs/gc.md)
+        rng = random.Random(f"{self.seed}-gc")
+        while self.in_safety_phase():
+            await asyncio.sleep(rng.expovariate(1000.0 / self.options.gc_action_ms_mean))
+            host = self.hosts[rng.choice(self.acceptor_ids)]
+            key = rng.choice(self.keys)
+            node = host.node
+            if not host.up or node is None or not node.machine.may_propose:
+                continue
+            state = self.storages[host.node_id].load(key)
+            if state.value.exists or state.ballot_accepted.is_zero():
+                continue
+            self.faults["gc_action"] += 1
+            host.spawn(self._collect(node, key))
+
+    async def _collect(self, node: RealNode, key: str) -> None:
+        if await node.collector.collect(key):
+            self.faults["gc_collected"] += 1
 
     async def _fault_crash(self, rng: random.Random) -> None:
         up = [i for i in self.ids if self.hosts[i].up]
@@ -988,6 +1027,7 @@ class _Simulation:
         if self.options.ops == 0:
             self.budget_spent.set()
         faults = self._spawn(self.inject_faults())
+        gc_actions = self._spawn(self.gc_actions())
         clients = [asyncio.ensure_future(self.client(c, self._fork()))
                    for c in range(self.options.clients)]
         reader_rng = self._fork()
@@ -997,7 +1037,8 @@ class _Simulation:
         except TimeoutError:
             pass
         faults.cancel()
-        await asyncio.gather(faults, return_exceptions=True)
+        gc_actions.cancel()
+        await asyncio.gather(faults, gc_actions, return_exceptions=True)
         await self.heal()
         operator = self._spawn(self.operate())
         deadline = loop.time() + self.options.liveness_s_max

@@ -20,7 +20,7 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
-from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
+from paxoskv.core.acceptor import NO_FLOOR, AcceptorState, Floor, absent_state, floor_bucket
 
 __all__ = ["DiskOptions", "SimStorage", "StorageCrashed", "StorageStats"]
 
@@ -56,6 +56,8 @@ class _Write:
     meta: tuple[str, str] | None
     waiter: asyncio.Future[None] | None
     landing: float = 0.0
+    collect: Floor | None = None
+    """Remove ``key``'s row and make this its bucket's floor (docs/gc.md)."""
     timer: asyncio.TimerHandle | None = None
 
 
@@ -73,9 +75,16 @@ class StorageStats:
 class _Tables:
     states: dict[str, AcceptorState] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+    floors: dict[int, Floor] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
-        return _Tables(dict(self.states), dict(self.meta))
+        return _Tables(dict(self.states), dict(self.meta), dict(self.floors))
+
+    def state(self, key: str) -> AcceptorState:
+        found = self.states.get(key)
+        if found is not None:
+            return found
+        return absent_state(self.floors.get(floor_bucket(key), NO_FLOOR))
 
 
 class SimStorage:
@@ -94,7 +103,16 @@ class SimStorage:
     # -------------------------------------------------------------- the Storage protocol
 
     def load(self, key: str) -> AcceptorState:
-        return self._memory.states.get(key, EMPTY_STATE)
+        return self._memory.state(key)
+
+    def has_row(self, key: str) -> bool:
+        return key in self._memory.states
+
+    def floor(self, key: str) -> Floor:
+        return self._memory.floors.get(floor_bucket(key), NO_FLOOR)
+
+    async def collect(self, key: str, floor: Floor) -> None:
+        await self._submit(_Write(key, None, None, None, collect=floor))
 
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         found = sorted(k for k in self._memory.states
@@ -163,7 +181,7 @@ class SimStorage:
         self._memory = copy.copy()
 
     def durable_state(self, key: str) -> AcceptorState:
-        return self._durable.states.get(key, EMPTY_STATE)
+        return self._durable.state(key)
 
     async def _submit(self, write: _Write) -> None:
         waiter = self._enqueue(write)
@@ -213,6 +231,11 @@ class SimStorage:
         if write.meta is not None:
             name, value = write.meta
             tables.meta[name] = value
+        elif write.collect is not None:
+            assert write.key is not None
+            tables.states.pop(write.key, None)
+            bucket = floor_bucket(write.key)
+            tables.floors[bucket] = tables.floors.get(bucket, NO_FLOOR).merged(write.collect)
         else:
             assert write.key is not None and write.state is not None
             tables.states[write.key] = write.state

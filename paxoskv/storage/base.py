@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from paxoskv.core.acceptor import AcceptorState
+from paxoskv.core.acceptor import AcceptorState, Floor
 
 __all__ = ["CommitObserver", "DiskUsage", "NodeIdentity", "Storage"]
 
@@ -48,7 +48,21 @@ class NodeIdentity:
 
 class Storage(Protocol):
     def load(self, key: str) -> AcceptorState:
-        """The durable state of ``key`` (EMPTY_STATE when unknown); never blocks."""
+        """The durable state of ``key``; never blocks. A key without a row reads as
+        ``absent_state`` of its bucket's floor (EMPTY_STATE where nothing was collected)."""
+        ...
+
+    def has_row(self, key: str) -> bool:
+        """Whether ``key`` has a row (``load`` of a key without one is its floor's state)."""
+        ...
+
+    def floor(self, key: str) -> Floor:
+        """The floor of ``key``'s bucket (docs/gc.md); NO_FLOOR if none was raised."""
+        ...
+
+    async def collect(self, key: str, floor: Floor) -> None:
+        """Remove ``key``'s row and make ``floor`` its bucket's floor, in one durable step
+        (docs/gc.md); return once that is durable."""
         ...
 
     async def save(self, key: str, state: AcceptorState) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import orjson
 
-from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
+from paxoskv.core.acceptor import NO_FLOOR, AcceptorState, Floor, absent_state, floor_bucket
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
 from paxoskv.limits import STORAGE_BATCH_MAX, STORAGE_CACHE_BYTES
@@ -68,7 +68,16 @@ CREATE TABLE IF NOT EXISTS registers (
   bp_fast INTEGER NOT NULL DEFAULT 0, ba_fast INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gc_floors (
+  bucket INTEGER PRIMARY KEY,
+  b_counter INTEGER NOT NULL, b_node INTEGER NOT NULL, b_inc INTEGER NOT NULL,
+  b_fast INTEGER NOT NULL, version INTEGER NOT NULL, crc INTEGER NOT NULL
+);
 """
+"""``gc_floors`` (docs/gc.md) came with tombstone collection: a directory made before gets it
+empty at its first open (CREATE TABLE IF NOT EXISTS), which is what it holds anyway."""
+
+_FLOOR_COLUMNS = "bucket, b_counter, b_node, b_inc, b_fast, version, crc"
 
 _FAST_COLUMNS = ("bp_fast", "ba_fast")
 """The ballots' fast parts (core/ballot.py), added after the first release: a directory
@@ -169,21 +178,46 @@ def _from_row(row: _Row) -> tuple[str, AcceptorState]:
 
 
 
+def _floor_crc(bucket: int, floor: Floor) -> int:
+    return zlib.crc32(f"floor\0{bucket}\0{floor.ballot}\0{floor.version}".encode())
+
+
+def _floor_row(bucket: int, floor: Floor) -> tuple[int, int, int, int, int, int, int]:
+    b = floor.ballot
+    return (bucket, b.counter, b.node_id, b.incarnation, b.fast, floor.version,
+            _floor_crc(bucket, floor))
+
+
+def _floor_from_row(row: tuple[int, int, int, int, int, int, int]) -> tuple[int, Floor]:
+    bucket, bc, bn, bi, bf, version, crc = row
+    try:
+        floor = Floor(Ballot(bc, bn, bi, bf), version)
+    except (AssertionError, TypeError) as exc:
+        raise CorruptRecord(f"impossible floor stored for bucket {bucket}") from exc
+    if _floor_crc(bucket, floor) != crc:
+        raise CorruptRecord(f"checksum mismatch for the floor of bucket {bucket}")
+    return bucket, floor
+
+
 class _Write:
-    __slots__ = ("future", "key", "meta", "state")
+    __slots__ = ("floor", "future", "key", "meta", "state")
 
     def __init__(self, key: str, state: AcceptorState | None, meta: str | None,
-                 future: asyncio.Future[None]) -> None:
+                 future: asyncio.Future[None], floor: Floor | None = None) -> None:
         self.key, self.state, self.meta, self.future = key, state, meta, future
+        self.floor = floor
+        """With ``floor``: remove ``key``'s row and make it its bucket's floor."""
 
 
 class _Done:
     """A batch whose transaction has ended, on its way from the writer to the loop."""
 
-    __slots__ = ("batch", "error", "inserted")
+    __slots__ = ("batch", "error", "inserted", "removed")
 
-    def __init__(self, batch: list[_Write], error: BaseException | None, inserted: int) -> None:
+    def __init__(self, batch: list[_Write], error: BaseException | None, inserted: int,
+                 removed: int = 0) -> None:
         self.batch, self.error, self.inserted = batch, error, inserted
+        self.removed = removed
 
 
 class SqliteStorage:
@@ -227,6 +261,10 @@ class SqliteStorage:
         self._count: int = self._reader.execute("SELECT COUNT(*) FROM registers").fetchall()[0][0]
         self._meta: dict[str, str] = dict(
             self._reader.execute("SELECT name, value FROM meta").fetchall())
+        self._floors: dict[int, Floor] = dict(
+            _floor_from_row(row) for row in self._reader.execute(
+                f"SELECT {_FLOOR_COLUMNS} FROM gc_floors").fetchall())
+        """Every raised floor: at most FLOOR_BUCKETS small entries."""
         self._cache: collections.OrderedDict[str, AcceptorState] = collections.OrderedDict()
         self._cache_bytes_max = max(0, cache_bytes)
         self._cache_bytes = 0
@@ -262,10 +300,40 @@ class SqliteStorage:
         rows = self._reader.execute(
             f"SELECT {_COLUMNS} FROM registers WHERE key = ?", (key,)).fetchall()
         if not rows:
-            return EMPTY_STATE  # not cached: misses would crowd out the states in use
+            # not cached: misses would crowd out the states in use
+            return absent_state(self._disk_floor(key))
         _, state = _from_row(rows[0])
         self._remember(key, state)
         return state
+
+    def _disk_floor(self, key: str) -> Floor:
+        """The floor of ``key``'s bucket as of a read that found no row: that read may have
+        seen a collection committed but not yet applied here (the disk is one batch ahead
+        at most), so its floor is read from the disk too, never older than the row was."""
+        bucket = floor_bucket(key)
+        floor = self._floors.get(bucket, NO_FLOOR)
+        rows = self._reader.execute(
+            f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?", (bucket,)).fetchall()
+        if rows:
+            floor = floor.merged(_floor_from_row(rows[0])[1])
+        return floor
+
+    def has_row(self, key: str) -> bool:
+        if self._done:
+            self._apply_done()
+        if key in self._cache:
+            return True
+        return bool(self._reader.execute(
+            "SELECT 1 FROM registers WHERE key = ?", (key,)).fetchall())
+
+    def floor(self, key: str) -> Floor:
+        if self._done:
+            self._apply_done()
+        return self._floors.get(floor_bucket(key), NO_FLOOR)
+
+    def floors_raised(self) -> int:
+        """Buckets with a floor (for tests and the status page)."""
+        return len(self._floors)
 
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         # SQLite's BINARY order is UTF-8 byte order, which is Python's code point order.
@@ -361,6 +429,9 @@ class SqliteStorage:
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(_Write(name, None, value, self._new_future()))
 
+    async def collect(self, key: str, floor: Floor) -> None:
+        await self._submit(_Write(key, None, None, self._new_future(), floor))
+
     def _new_future(self) -> asyncio.Future[None]:
         loop = self._loop
         if loop is None or not loop.is_running():  # once per loop (see paxoskv.loopref)
@@ -420,7 +491,7 @@ class SqliteStorage:
             self._await_applied(self._ended)
             started = time.perf_counter()
             error: BaseException | None = None
-            inserted = 0
+            inserted = removed = 0
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
@@ -431,6 +502,19 @@ class SqliteStorage:
                 if metas:
                     self._conn.executemany(
                         "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
+                for w in batch:
+                    if w.floor is not None:  # a collection: row and floor in one commit
+                        removed += self._conn.execute(
+                            "DELETE FROM registers WHERE key = ?", (w.key,)).rowcount
+                        bucket = floor_bucket(w.key)
+                        floor = w.floor
+                        for row in self._conn.execute(  # another key's collection may
+                                f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
+                                (bucket,)).fetchall():  # have raised it meanwhile
+                            floor = floor.merged(_floor_from_row(row)[1])
+                        self._conn.execute(
+                            f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
+                            "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
                 self._conn.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
             except BaseException as exc:  # reported to every waiter, never swallowed
                 error = exc
@@ -440,7 +524,7 @@ class SqliteStorage:
             elapsed = time.perf_counter() - started
             if self._observer is not None and error is None:
                 self._observer(len(batch), elapsed)
-            self._done.append(_Done(batch, error, inserted))
+            self._done.append(_Done(batch, error, inserted, removed))
             self._ended += 1
             self._report()
 
@@ -537,12 +621,19 @@ class SqliteStorage:
         while self._done:
             done = self._done.popleft()
             if done.error is None:
-                self._count += done.inserted
+                self._count += done.inserted - done.removed
                 for w in done.batch:
                     if w.state is not None:
                         self._remember(w.key, w.state)
                     elif w.meta is not None:
                         self._meta[w.key] = w.meta
+                    elif w.floor is not None:
+                        old = self._cache.pop(w.key, None)
+                        if old is not None:
+                            self._cache_bytes -= _charge(w.key, old)
+                        bucket = floor_bucket(w.key)
+                        self._floors[bucket] = self._floors.get(bucket, NO_FLOOR).merged(
+                            w.floor)
             with self._applied_cond:
                 self._applied += 1
                 self._applied_cond.notify()

@@ -507,3 +507,83 @@ def test_a_failed_batch_is_not_committed_later_by_the_vacuum_step(tmp_path: Path
         assert b"never acknowledged" not in repr(row).encode(), \
             "a batch reported failed became durable (committed by the vacuum step)"
     asyncio.run(run())
+
+
+def test_collect_removes_the_row_and_raises_the_floor_durably(tmp_path: Path) -> None:
+    """Goal: tombstone collection (docs/gc.md): one commit removes the row and raises its
+    bucket's floor; after a reopen the key reads as absent at the floor (promised at its
+    ballot, version kept), the count went down, and the other keys are untouched.
+
+    Method: save a tombstone and a live key, collect the tombstone, check load, has_row,
+    floor and key_count before and after a reopen; a second key of the same bucket
+    collected with a lower floor leaves each part at its highest."""
+    from paxoskv.core.acceptor import Floor, absent_state, floor_bucket
+
+    tomb = AcceptorState(Ballot(9, 2, 1), Ballot(9, 2, 1), Value(7, None, (("d", 7),)))
+    floor = Floor(Ballot(9, 2, 1), 7)
+    same_bucket = next(f"x{i}" for i in range(1_000_000)
+                       if floor_bucket(f"x{i}") == floor_bucket("gone"))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.save("gone", tomb)
+        await s.save("live", STATE)
+        await s.save(same_bucket, tomb)
+        assert s.key_count() == 3
+        await s.collect("gone", floor)
+        assert not s.has_row("gone") and s.has_row("live")
+        assert s.load("gone") == absent_state(floor)
+        assert s.floor("gone") == floor
+        assert s.key_count() == 2
+        await s.collect(same_bucket, Floor(Ballot(3, 1, 1), 9))
+        assert s.floor("gone") == Floor(Ballot(9, 2, 1), 9)
+        await s.close()
+        s2 = SqliteStorage(tmp_path)
+        assert s2.load("gone") == absent_state(Floor(Ballot(9, 2, 1), 9))
+        assert s2.load("live") == STATE
+        assert s2.key_count() == 1
+        assert s2.keys("", None, 10) == ["live"]
+        assert s2.floors_raised() == 1
+        await s2.close()
+    asyncio.run(run())
+
+
+def test_a_directory_made_before_collection_opens_with_no_floor(tmp_path: Path) -> None:
+    """Goal: the schema migration: a data directory without the gc_floors table opens,
+    keeps its rows, reads absent keys as before (EMPTY_STATE), and can collect."""
+    from paxoskv.core.acceptor import Floor
+
+    async def make() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.save("k", STATE)
+        await s.close()
+    asyncio.run(make())
+    conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+    conn.execute("DROP TABLE gc_floors")
+    conn.commit()
+    conn.close()
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        assert s.load("k") == STATE
+        assert s.load("never") == EMPTY_STATE
+        await s.collect("k", Floor(Ballot(3, 1, 2), 4))
+        assert s.load("k").ballot_promised == Ballot(3, 1, 2)
+        await s.close()
+    asyncio.run(run())
+
+
+def test_a_corrupt_floor_is_refused(tmp_path: Path) -> None:
+    from paxoskv.core.acceptor import Floor
+
+    async def make() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.collect("k", Floor(Ballot(3, 1, 2), 4))
+        await s.close()
+    asyncio.run(make())
+    conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+    conn.execute("UPDATE gc_floors SET version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptRecord):
+        SqliteStorage(tmp_path)
