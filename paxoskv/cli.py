@@ -177,7 +177,9 @@ def _build_parser() -> argparse.ArgumentParser:
                            ("backup", "write every live key, value and version to a file "
                             "(docs/backup.md)"),
                            ("restore", "create the keys of a backup file in a cluster"),
-                           ("status", "node status")):
+                           ("status", "node status"),
+                           ("watch", "print changes of a key (or --prefix) as JSON lines; "
+                            "reconnects and resumes")):
         c = sub.add_parser(name, help=helptext)
         url_env = _env("--url")
         c.add_argument("--url", action="append", metavar="URL[,URL...]",
@@ -218,6 +220,10 @@ def _build_parser() -> argparse.ArgumentParser:
                            "command whose outcome was unknown, to apply it at most once")
         if name == "get":
             c.add_argument("--stale", action="store_true", help="read one replica")
+        if name == "watch":
+            c.add_argument("key", nargs="?")
+            c.add_argument("--prefix", help="watch every key under this prefix")
+            c.add_argument("--count", type=int, help="exit after this many events")
         if name == "list":
             c.add_argument("--prefix", default="")
             c.add_argument("--limit", type=int, default=1000)
@@ -661,6 +667,14 @@ def _client_command(args: argparse.Namespace) -> int:
                         retry=Retry(attempts=args.retries, total_s=args.retry_timeout))
     except (ClientError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if args.command == "watch":
+        from paxoskv.watch_client import watch_command
+        try:
+            return watch_command(client, args.key, args.prefix, args.count)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            client.close()
     try:
         if args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()

@@ -35,7 +35,7 @@ import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ import aiohttp
 import orjson
 
 from paxoskv.tls import TlsError, TlsFiles, client_context
+from paxoskv.watch_client import WatchEvent, watch_async, watch_sync
 
 __all__ = [
     "DEFAULT_PORT",
@@ -74,6 +75,7 @@ __all__ = [
     "Unavailable",
     "UnknownOutcome",
     "ValueTooLarge",
+    "WatchEvent",
     "error_for",
     "new_idempotency_key",
     "parse_endpoints",
@@ -742,6 +744,12 @@ class Client(_Base):
     def status(self) -> Result:
         return self._run("GET", "/v1/status", None, None, checked=True)
 
+    def watch(self, key: str | None = None, *, prefix: str | None = None,
+              since: Mapping[str, int] | None = None) -> Iterator[WatchEvent]:
+        """Changes of ``key`` (or of every key under ``prefix``) as they are chosen,
+        forever: reconnects, fails over and resumes by itself (``paxoskv.watch_client``)."""
+        return watch_sync(self, prefix, key, since)
+
     def close(self) -> None:
         for url in builtins.list(self._conns):
             self._drop(url)
@@ -863,6 +871,11 @@ class AsyncClient(_Base):
 
     async def status(self) -> Result:
         return await self._run("GET", "/v1/status", None, None, checked=True)
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None,
+              since: Mapping[str, int] | None = None) -> AsyncIterator[WatchEvent]:
+        """As ``Client.watch``, an async iterator."""
+        return watch_async(self, prefix, key, since)
 
     async def close(self) -> None:
         await self._session.close()

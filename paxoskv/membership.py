@@ -191,6 +191,7 @@ class Membership:
             "refused": self.machine.permanent or self.machine.mode is Mode.AMNESIA,
             "lifetime_s": self.config.message_lifetime_s,
             "version": __version__,
+            "watchers": self._node.watchers_flag(),
             "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
         }
 
@@ -226,6 +227,7 @@ class Membership:
             self._refuse_peer(peer_id, "membership", MEMBERSHIP_DIFFERS)
             return self._reply("config", MEMBERSHIP_DIFFERS)
         await self._learn_records(info.get("records"), peer_id)
+        self._node.note_peer_watchers(peer_id, info.get("watchers"))
         if info.get("refused") is True:
             # A refused or amnesic process (it may keep restarting, each time with a higher
             # incarnation) must never displace the record of the node's real process.
@@ -339,6 +341,7 @@ class Membership:
             return None
         self._lift_refusal(pid, "membership")
         await self._learn_records(info.get("records"), pid)
+        self._node.note_peer_watchers(pid, info.get("watchers"))
         if not health.up:
             log.info("peer %s is up", pid)
         health.up, health.misses, health.error = True, 0, None

@@ -28,6 +28,7 @@ from paxoskv.config import ALL_ROLES, NodeConfig, PeerSpec, Role
 from paxoskv.core import acceptor as acceptor_rules
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
+from paxoskv.core.idempotency import RESERVED_PREFIX
 from paxoskv.core.identity import (
     SERVES,
     HelloClaim,
@@ -44,6 +45,8 @@ from paxoskv.core.messages import (
     Collect,
     Forward,
     Forwarded,
+    Learn,
+    Learned,
     Prepare,
     Query,
     Reply,
@@ -80,6 +83,7 @@ from paxoskv.tombstones import Collector
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
 from paxoskv.ttl import Sweeper, system_clock_ms
+from paxoskv.watch import WatchHub, learn_of
 
 __all__ = [
     "ALL_ROLES",
@@ -344,6 +348,12 @@ class _KeyedLocks:
         del self._held[key]
 
 
+def _ignore_outcome(fut: asyncio.Future[Reply]) -> None:
+    """A learn's reply or failure does not matter (retrieved, so never logged)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _kind(msg: Request) -> Literal["prepare", "accept", "query"]:
     match msg:
         case Prepare() | Collect():
@@ -403,6 +413,14 @@ class Node:
         self.recovery = Recovery(self)
         self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.collector = Collector(self)
+        self.watch = WatchHub(self.read)
+        self._watching_peers: set[int] = set()
+        """Peers whose last hello said they have watchers: they are sent learns."""
+        self._beats_started = 0
+        self._beats_done = 0
+        """The number of the last heartbeat that completed."""
+        self._last_false_beat = 0
+        """The heartbeat during which a hello last said "no watchers" (0: none yet)."""
         self.membership.publish_sender()
         self.metrics.amnesia(False)
         self.metrics.identity_refused(False)
@@ -462,6 +480,9 @@ class Node:
             return self._serve_forward(msg)
         if isinstance(msg, Collect):
             return self._serve_collect(msg, deadline)  # a coroutine, like a forward
+        if isinstance(msg, Learn):
+            self.watch.on_learn(msg)  # learner only: acceptor state is never touched
+            return Learned(msg.key)
         return self._acceptor_soon(msg, deadline)
 
     def _acceptor_soon(self, msg: Prepare | Accept | Query, deadline: float
@@ -1154,6 +1175,8 @@ class Node:
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
                 self.metrics.key_round(len(live))
+                if rnd.accept is not None:
+                    self._learned(key, rnd.accept.value, deadline)
                 for w, result in zip(live, rnd.results, strict=True):
                     if isinstance(result, Outcome) and not w.done.done():
                         w.done.set_result(result)
@@ -1171,6 +1194,59 @@ class Node:
         for w in batch:
             if not w.done.done() and not w.item.abandoned:
                 w.done.set_exception(self._failure(w.item, conflict))
+
+    # ---------------------------------------------------------------- learners
+
+    def _learned(self, key: str, value: Value, deadline: float) -> None:
+        """``value`` was chosen: tell this node's watchers, and each peer that has some.
+        Fire and forget: a lost learn costs a watcher an event, never a wrong one.
+        Reserved keys (idempotency records) are nobody's to watch."""
+        if key.startswith(RESERVED_PREFIX):
+            return
+        self.watch.publish(key, value)
+        if not self._watching_peers:
+            return
+        msg = learn_of(key, value)
+        send_soon = getattr(self.transport, "send_soon", None)
+        for pid in sorted(self._watching_peers):
+            if not self.membership.usable(pid):
+                continue
+            if send_soon is not None:
+                send_soon(pid, msg, deadline).add_done_callback(_ignore_outcome)
+            else:
+                self._spawn(self._send_learn(pid, msg, deadline))
+
+    async def _send_learn(self, pid: int, msg: Learn, deadline: float) -> None:
+        with contextlib.suppress(PeerUnreachable):
+            await self.transport.send(pid, msg, deadline)
+
+    def note_peer_watchers(self, pid: int, watching: object) -> None:
+        """A peer's hello said whether it has watchers (only then is it sent learns)."""
+        if watching is True:
+            self._watching_peers.add(pid)
+        else:
+            self._watching_peers.discard(pid)
+
+    def watchers_flag(self) -> bool:
+        """The "I have watchers" flag for a hello about to leave (a false one is noted:
+        peers may stop sending learns when they get it)."""
+        flag = self.watch.has_watchers
+        if not flag:
+            self._last_false_beat = self._beats_started
+        return flag
+
+    async def announce_watchers(self) -> None:
+        """Return once every hello since the start of a completed heartbeat has said "I
+        have watchers" (at once when that is already so; else bounded by a few beats),
+        so writes committed after this are learned here. A watch reads the keys only
+        then, which closes the gap before its first learn."""
+        if not self.peer_health or not self.watch.has_watchers:
+            return
+        loop = self._loop.get()
+        give_up = loop.time() + 4 * self.config.heartbeat_interval_s \
+            + 2 * self.config.heartbeat_timeout_s
+        while self._beats_done <= self._last_false_beat and loop.time() < give_up:
+            await asyncio.sleep(self.config.heartbeat_interval_s / 4)
 
     async def read(self, key: str) -> Outcome:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
@@ -1273,7 +1349,10 @@ class Node:
     async def heartbeat_loop(self) -> None:
         while True:
             if self.peer_health:
+                self._beats_started += 1
+                beat = self._beats_started
                 await self._guarded("heartbeat", self.heartbeat_once())
+                self._beats_done = beat
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def _guarded(self, what: str, work: Awaitable[None]) -> None:
@@ -1331,6 +1410,7 @@ class Node:
         """Cancel work started outside ``run`` (``run`` itself is cancelled by its owner)."""
         self.draining = True
         # And the local acceptor's messages still waiting for their key (_serve_in_turn).
+        await self.watch.close()
         pending = [*self._orphans, *self._turn_tasks]
         for task in pending:
             task.cancel()

@@ -210,7 +210,11 @@ async def errors_middleware(request: web.Request,
 # ------------------------------------------------------------------ client API helpers
 
 def _key(request: web.Request) -> str:
-    key = request.match_info["key"]
+    return _valid_key(request, request.match_info["key"])
+
+
+def _valid_key(request: web.Request, key: str) -> str:
+    """``key`` if it is a client key this request may touch; else ``ApiError``."""
     size = len(key.encode("utf-8", errors="surrogatepass"))
     limit = request.app[LIMITS].key_bytes_max
     if size == 0 or size > limit:
@@ -381,8 +385,15 @@ async def put_key(request: web.Request) -> web.StreamResponse:
 async def get_key(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
+    op = "get"
     try:
         key = _key(request)
+        if "index" in request.query or "wait" in request.query:
+            from paxoskv.api.watch import long_poll  # (it imports this module)
+            op = "watch"  # a long wait, kept out of the GET latency histogram
+            response = await long_poll(request, key)
+            status = response.status
+            return response
         consistency = request.query.get("consistency", "linearizable")
         node = request.app[NODE]
         if consistency == "stale":
@@ -406,7 +417,7 @@ async def get_key(request: web.Request) -> web.StreamResponse:
         status = _failed_status(exc)
         raise
     finally:
-        request.app[METRICS].request("get", status, time.perf_counter() - started)
+        request.app[METRICS].request(op, status, time.perf_counter() - started)
 
 
 async def delete_key(request: web.Request) -> web.StreamResponse:
@@ -753,6 +764,8 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
         app.router.add_post("/v1/kv/{key:.+}/renew", renew_key, expect_handler=expect_handler)
         app.router.add_get("/v1/kv", list_keys, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv", delete_prefix, expect_handler=expect_handler)
+        from paxoskv.api.watch import watch_stream  # (it imports this module)
+        app.router.add_get("/v1/watch", watch_stream, expect_handler=expect_handler)
         app.router.add_get("/v1/status", status, expect_handler=expect_handler)
         app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
         app.router.add_get("/healthz", healthz, expect_handler=expect_handler)

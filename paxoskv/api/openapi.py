@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from paxoskv import __version__
+from paxoskv.api.openapi_watch import LONG_POLL_PARAMETERS, WATCH_PATH
 
 __all__ = ["openapi_document"]
 
@@ -112,7 +113,8 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Read (linearizable by default)",
                     "parameters": [_KEY, {"name": "consistency", "in": "query",
                                           "schema": {"type": "string",
-                                                     "enum": ["linearizable", "stale"]}}],
+                                                     "enum": ["linearizable", "stale"]}},
+                                   *LONG_POLL_PARAMETERS],
                     "responses": {
                         "200": {"description": "the value; ETag holds its version, and "
                                                "Expires-At-Ms, for a key with a TTL, when it "
@@ -205,6 +207,7 @@ def openapi_document() -> dict[str, Any]:
                         "504": _error("unknown_outcome of one delete: stopped part way; the "
                                       "body also has deleted, complete: false and next")}},
             },
+            "/v1/watch": WATCH_PATH,
             "/v1/status": {"get": {"summary": "Node id, peers and reachability, config",
                                    "description": "With --auth token, an admin token sees "
                                                   "everything; a read or write token sees only "

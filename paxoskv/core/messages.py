@@ -23,6 +23,8 @@ __all__ = [
     "Collected",
     "Forward",
     "Forwarded",
+    "Learn",
+    "Learned",
     "Message",
     "Nack",
     "PeerProtocolError",
@@ -175,9 +177,31 @@ class Forwarded:
     detail: str = ""
 
 
-Request = Prepare | Accept | Query | Forward | Collect
-Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Collected
-REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded, Collected)
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """A learner's notice (``paxoskv/watch.py``): ``version`` of ``key`` was chosen. ``data``
+    is the value when small, ``exists`` False a deletion; ``inline`` False means the data was
+    left out (too large) and a learner that wants it must read the key. Never touches
+    acceptor state."""
+
+    key: str
+    version: int
+    exists: bool
+    inline: bool
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """The receipt of a ``Learn`` (the peer channel answers every request)."""
+
+    key: str
+
+
+Request = Prepare | Accept | Query | Forward | Collect | Learn
+Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Collected | Learned
+REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded, Collected,
+                      Learned)
 """Every ``Reply`` class, for a fast ``isinstance`` check."""
 Message = Request | Reply
 
@@ -280,6 +304,14 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
                        detail=detail):
             return {"t": "forwarded", "k": key, "o": kind, "ver": version, "x": exists,
                     "e": error, "d": detail}
+        case Learn(key=key, version=version, exists=exists, inline=inline, data=data):
+            wire_data: bytes | str | None = data
+            if data is not None and not raw:
+                wire_data = base64.b64encode(data).decode("ascii")
+            return {"t": "learn", "k": key, "ver": version, "x": exists, "i": inline,
+                    "d": wire_data}
+        case Learned(key=key):
+            return {"t": "learned", "k": key}
     raise AssertionError(f"unknown message {msg!r}")
 
 
@@ -360,6 +392,25 @@ def _next_ballot(raw: dict[str, Any], ballot: Ballot) -> Ballot | None:
     return nxt
 
 
+def _learn_from_wire(key: str, raw: dict[str, Any]) -> Learn:
+    version, exists, inline, data = raw.get("ver"), raw.get("x"), raw.get("i"), raw.get("d")
+    if not _is_count(version) or not isinstance(exists, bool) or not isinstance(inline, bool):
+        raise PeerProtocolError("learn needs a version and the exists and inline flags")
+    assert isinstance(version, int)
+    if isinstance(data, str):
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PeerProtocolError("learn data is not valid base64") from exc
+    if data is not None and not isinstance(data, bytes):
+        raise PeerProtocolError("learn data must be bytes, base64 text or null")
+    if data is not None and not (exists and inline):
+        raise PeerProtocolError("learn data only with an inline, existing value")
+    if exists and inline and data is None:
+        raise PeerProtocolError("an inline, existing learn needs its data")
+    return Learn(key, version, exists, inline, data)
+
+
 def from_wire(raw: object) -> Message:
     """Decode one message; raises PeerProtocolError on anything malformed."""
     if not isinstance(raw, dict):
@@ -422,4 +473,8 @@ def from_wire(raw: object) -> Message:
             if not isinstance(done, bool):
                 raise PeerProtocolError("collected done must be a boolean")
             return Collected(key, _ballot(raw, "b"), done)
+        case "learn":
+            return _learn_from_wire(key, raw)
+        case "learned":
+            return Learned(key)
     raise PeerProtocolError(f"unknown message type {kind!r}")

@@ -8,6 +8,8 @@ from paxoskv.core.messages import (
     Accepted,
     Forward,
     Forwarded,
+    Learn,
+    Learned,
     Nack,
     PeerProtocolError,
     Prepare,
@@ -38,6 +40,10 @@ MESSAGES = [
     Query("k"),
     QueryReply("k", B, Value(5, None)),
     Unavailable("k", "amnesia"),
+    Learn("k", 3, True, True, b"\x00v"),
+    Learn("k", 4, False, True),
+    Learn("k", 5, True, False),
+    Learned("k"),
 ]
 
 
@@ -67,6 +73,12 @@ def test_round_trip(msg: object) -> None:
         {"t": "accepted", "k": "k", "b": [2, 1, 1], "n": "x"},
         {"t": "bogus", "k": "k"},
         {"t": "unavailable", "k": "k", "r": 5},
+        {"t": "learn", "k": "k", "ver": -1, "x": True, "i": True, "d": "AA=="},
+        {"t": "learn", "k": "k", "ver": 1, "x": True, "i": True, "d": None},
+        {"t": "learn", "k": "k", "ver": 1, "x": False, "i": True, "d": "AA=="},
+        {"t": "learn", "k": "k", "ver": 1, "x": True, "i": False, "d": "AA=="},
+        {"t": "learn", "k": "k", "ver": 1, "x": 1, "i": True, "d": "AA=="},
+        {"t": "learn", "k": "k", "ver": 1, "x": True, "i": True, "d": "!!"},
     ],
 )
 def test_malformed_frames_raise_peer_protocol_error(raw: object) -> None:
