@@ -42,4 +42,4 @@ def restore_values(file: str) -> list[str]:
     return ["--set", "restore.enabled=true",
             "--set", f"restore.claimName={BACKUP_CLAIM}",
             "--set-string", f"restore.file={file}",
-            "--set", "restore.timeoutSeconds=240"]
+            "--set", "restore.timeoutSeconds=420"]

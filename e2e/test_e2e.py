@@ -580,8 +580,9 @@ def test_10_backup_cronjob_and_restore_into_a_new_release(release: Kube) -> None
     claim = k.core.read_namespaced_persistent_volume_claim(BACKUP_CLAIM, k.ns)
     assert claim.status.phase == "Bound", claim.status.phase
     # A new release restores the file at install (post-install hook; helm waits for it).
+    # (helm's timeout above restore.timeoutSeconds: the hook's own deadline fails first)
     res = k.helm("install", RELEASE, str(k.chart), *k.base_values(), *restore_values(file),
-                 "--timeout", "5m", check=False)
+                 "--timeout", "8m", check=False)
     restore_log = k.job_log(RESTORE_JOB)
     print(f"e2e: restore job log:\n{restore_log}")
     assert res.returncode == 0, f"helm install with restore failed:\n{res.stdout}\n{res.stderr}"
