@@ -127,7 +127,7 @@ bench-scale: $(STAMP)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m paxoskv.bench_scale $(BENCH_SCALE_ARGS)
 
-# End to end on a real cluster: image, cluster, load, the nine steps, teardown.
+# End to end on a real cluster: image, cluster, load, the ten steps, teardown.
 # E2E_KEEP_CLUSTER=1 leaves the cluster up afterwards.
 e2e: $(STAMP)
 	@set -e; started=$$(date +%s); \

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chart_values import FULLNAME, base_values
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
 RELEASE = "kv"
-FULLNAME = "kv"  # fullnameOverride: pods are kv-0, kv-1, kv-2
 HEADLESS = f"{FULLNAME}-headless"
 AUTH_SECRET = f"{FULLNAME}-auth"  # the chart's generated token Secret (auth.mode=token)
 TLS_SECRET = f"{FULLNAME}-tls"  # the chart's generated CA and certificate (tls.enabled)
@@ -38,6 +38,7 @@ class Kube:
         config.load_kube_config(config_file=kubeconfig)
         self.core = client.CoreV1Api()
         self.apps = client.AppsV1Api()
+        self.batch = client.BatchV1Api()
         self.volume_permissions = os.environ.get("PAXOSKV_E2E_VOLUME_PERMISSIONS", "true")
         self.scheme = "https"
         """The chart's default (tls.enabled); the 0.1.x-layout release of test 9 is http."""
@@ -72,16 +73,7 @@ class Kube:
         return res
 
     def base_values(self) -> list[str]:
-        return ["--set", f"fullnameOverride={FULLNAME}",
-                "--set", f"image.repository={self.repository}",
-                "--set", f"image.tag={self.tag}",
-                "--set", "persistence.size=64Mi",
-                "--set", "resources.requests.cpu=50m",
-                "--set", "resources.requests.memory=128Mi",
-                "--set", "resources.limits.memory=256Mi",
-                "--set", "minReadySeconds=2",
-                # the host-path provisioner of the local cluster ignores fsGroup
-                "--set", f"volumePermissions.enabled={self.volume_permissions}"]
+        return base_values(self.repository, self.tag, self.volume_permissions)
 
     def pod_uids(self) -> dict[str, str]:
         """The uid of each of the release's server pods (a restarted pod has a new one)."""
@@ -212,6 +204,51 @@ class Kube:
         phase = self.core.read_namespaced_pod(name, self.ns).status.phase
         if phase != "Succeeded":
             raise AssertionError(f"pod {name} {phase}; log tail:\n{log[-3000:]}")
+        return log
+
+    # ------------------------------------------------------------------ jobs
+
+    def job_from_cronjob(self, cronjob: str, name: str) -> str:
+        """What `kubectl create job --from=cronjob/<cronjob> <name>` does: a Job of the
+        CronJob's template, owned by it (so it goes with the release)."""
+        cj = self.batch.read_namespaced_cron_job(cronjob, self.ns)
+        template = cj.spec.job_template
+        job = client.V1Job(
+            metadata=client.V1ObjectMeta(
+                name=name, labels=template.metadata.labels if template.metadata else None,
+                annotations={"cronjob.kubernetes.io/instantiate": "manual"},
+                owner_references=[client.V1OwnerReference(
+                    api_version="batch/v1", kind="CronJob", name=cronjob,
+                    uid=cj.metadata.uid, controller=True)]),
+            spec=template.spec)
+        self.batch.create_namespaced_job(self.ns, job)
+        print(f"e2e: job {name} from cronjob/{cronjob}")
+        return name
+
+    def job_log(self, name: str) -> str:
+        """The logs of every pod of Job ``name``, oldest pod first."""
+        pods = sorted(self.core.list_namespaced_pod(
+            self.ns, label_selector=f"job-name={name}").items,
+            key=lambda p: p.metadata.creation_timestamp)
+        logs = []
+        for pod in pods:
+            try:
+                logs.append(self.core.read_namespaced_pod_log(
+                    pod.metadata.name, self.ns, container=pod.spec.containers[0].name))
+            except ApiException as exc:
+                logs.append(f"(no log of {pod.metadata.name}: {exc.reason})")
+        return "\n".join(logs)
+
+    def wait_job_done(self, name: str, timeout_s: float) -> str:
+        """Wait for Job ``name`` to succeed; its log (the failure says what it logged)."""
+        def done() -> tuple[bool, str]:
+            st = self.batch.read_namespaced_job(name, self.ns).status
+            return bool(st.succeeded or st.failed), (
+                f"active {st.active}, succeeded {st.succeeded}, failed {st.failed}")
+        self.wait(f"job {name}", done, timeout_s)
+        log = self.job_log(name)
+        if not self.batch.read_namespaced_job(name, self.ns).status.succeeded:
+            raise AssertionError(f"job {name} failed; log tail:\n{log[-3000:]}")
         return log
 
     # ------------------------------------------------------------------ printing

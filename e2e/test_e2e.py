@@ -1,6 +1,6 @@
 """End to end: the real image on a real Kubernetes cluster through the Helm chart.
 
-The eight steps run in order against one release; each prints what it saw. Client traffic
+The steps run in order against one release; each prints what it saw. Client traffic
 runs inside the cluster (exec into pods, or pods of the paxoskv image running the chaos
 workload), so the suite works the same on kind and on the host-process cluster of
 `make cluster-up`.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,13 @@ from typing import Any
 import pytest
 import yaml
 from chart_queries import ALLOWED_EMPTY, dashboard_exprs, rule_exprs
+from chart_values import (
+    BACKUP_CLAIM,
+    BACKUP_CRONJOB,
+    RESTORE_JOB,
+    backup_values,
+    restore_values,
+)
 from kube import FULLNAME, METRICS_PORT, PORT, RELEASE, Kube
 
 from paxoskv.chaos.runner import acknowledged_read_back
@@ -500,3 +508,88 @@ def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
     out = k.cli(f"{FULLNAME}-0", "put", "e2e/after-tls", "yes", "--url", k.service_url())
     assert '"version": 1' in out, out
     print("e2e: 10 keys written before the move read back over TLS; a new write succeeds")
+
+
+BACKUP_KEYS = 200
+
+BACKUP_DATA = """
+import hashlib, os, sys
+from paxoskv.client import Client
+def value(i):
+    # binary (not UTF-8) values of 0 to ~200 bytes; key 0 holds the empty value
+    if i == 0:
+        return b""
+    return hashlib.sha256(str(i).encode()).digest() * (1 + i % 6) + bytes([i % 256, 0, 255])
+client = Client({url!r}, token={token!r}, ca_file=os.environ["PAXOSKV_CACERT"])
+bad = []
+for i in range({n}):
+    key = f"e2e/backup/{{i:03d}}"
+    if {write}:
+        client.put(key, value(i))
+    else:
+        got = client.get(key).body
+        if got != value(i):
+            bad.append((key, len(got), len(value(i))))
+print("DATA ok=%d bad=%r" % ({n} - len(bad), bad[:10]))
+"""
+
+
+def _backup_data(k: Kube, pod: str, write: bool) -> str:
+    """Write (or read back and compare byte for byte) the step's keys from inside ``pod``,
+    through the client Service."""
+    script = BACKUP_DATA.format(url=k.service_url(), token=k.admin_token(), n=BACKUP_KEYS,
+                                write=write)
+    return line_value(k.exec(pod, ["python3", "-c", script]), "DATA ")
+
+
+def test_10_backup_cronjob_and_restore_into_a_new_release(release: Kube) -> None:
+    """Goal: the chart's backup CronJob writes a complete backup file to its volume, and the
+    chart's restore Job brings every key back, byte for byte, into a new release installed
+    after the old one and its data volumes were deleted."""
+    k = release
+    k.scheme = "https"
+    started = time.monotonic()
+    # The backup claim belongs to the test, not to the release: it outlives both.
+    k.core.create_namespaced_persistent_volume_claim(k.ns, k.raw().V1PersistentVolumeClaim(
+        metadata=k.raw().V1ObjectMeta(name=BACKUP_CLAIM),
+        spec=k.raw().V1PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteOnce"],
+            resources=k.raw().V1VolumeResourceRequirements(requests={"storage": "64Mi"}))))
+    # The release of step 9 gains the CronJob (no pod rolls); installed here if run alone.
+    k.helm("upgrade", "--install", RELEASE, str(k.chart), *k.base_values(), *backup_values(),
+           "--timeout", "5m")
+    k.wait_rollout(600)
+    assert _backup_data(k, f"{FULLNAME}-0", write=True) == f"ok={BACKUP_KEYS} bad=[]"
+    log = k.wait_job_done(k.job_from_cronjob(BACKUP_CRONJOB, "e2e-backup-now"), 240)
+    print(f"e2e: backup job log:\n{log}")
+    file = line_value(log, "backup: wrote /backup/")
+    assert re.fullmatch(r"paxoskv-[0-9]{8}T[0-9]{6}Z\.backup", file), file
+    records = int(re.findall(r'"records": ([0-9]+)', log)[-1])
+    assert records >= BACKUP_KEYS, records
+    listing = log[log.index("backup: files on the volume:"):]
+    assert file in listing and ".partial" not in listing, listing
+    # The old release and its data volumes go; the backup claim stays.
+    k.helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    for pod in k.pod_names():
+        k.core.delete_namespaced_persistent_volume_claim(f"data-{pod}", k.ns)
+    k.wait("old release and its volumes gone", lambda: (
+        not [p for p in k.core.list_namespaced_persistent_volume_claim(k.ns).items
+             if p.metadata.name.startswith("data-")]
+        and not [p for p in k.core.list_namespaced_pod(k.ns).items
+                 if p.metadata.name in k.pod_names()], "pods and pvcs"), 300)
+    claim = k.core.read_namespaced_persistent_volume_claim(BACKUP_CLAIM, k.ns)
+    assert claim.status.phase == "Bound", claim.status.phase
+    # A new release restores the file at install (post-install hook; helm waits for it).
+    # (helm's timeout above restore.timeoutSeconds: the hook's own deadline fails first)
+    res = k.helm("install", RELEASE, str(k.chart), *k.base_values(), *restore_values(file),
+                 "--timeout", "8m", check=False)
+    restore_log = k.job_log(RESTORE_JOB)
+    print(f"e2e: restore job log:\n{restore_log}")
+    assert res.returncode == 0, f"helm install with restore failed:\n{res.stdout}\n{res.stderr}"
+    k.wait_rollout(600)
+    assert k.batch.read_namespaced_job(RESTORE_JOB, k.ns).status.succeeded == 1
+    assert f'"written": {records}' in restore_log and '"failed": 0' in restore_log, restore_log
+    assert _backup_data(k, f"{FULLNAME}-1", write=False) == f"ok={BACKUP_KEYS} bad=[]"
+    print(f"e2e: {records} keys backed up by the CronJob's job and restored by the new "
+          f"release's hook; {BACKUP_KEYS} read back byte for byte; step took "
+          f"{time.monotonic() - started:.0f}s")

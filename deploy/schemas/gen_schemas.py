@@ -49,11 +49,14 @@ PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 # template gains a kind; chart-check fails with "could not find schema" until you do.
 K8S_KINDS = [
     ("v1", "ConfigMap"),
+    ("v1", "PersistentVolumeClaim"),
     ("v1", "Pod"),
     ("v1", "Secret"),
     ("v1", "Service"),
     ("v1", "ServiceAccount"),
     ("apps/v1", "StatefulSet"),
+    ("batch/v1", "CronJob"),
+    ("batch/v1", "Job"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
 ]

@@ -85,8 +85,12 @@ def kinds(docs: list[dict[str, Any]]) -> list[str]:
 def kubeconform(values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
     """`helm template` with `values`, piped through kubeconform -strict against the vendored
     schemas, exactly as `make chart-check` does for the ci/ value sets (deploy/deploy.mk)."""
+    return kubeconform_manifests(helm_template(values).stdout)
+
+
+def kubeconform_manifests(manifests: str) -> subprocess.CompletedProcess[str]:
+    """kubeconform -strict over rendered ``manifests`` (see ``kubeconform``)."""
     assert KUBECONFORM is not None
-    manifests = helm_template(values).stdout
     schemas = ROOT / "deploy" / "schemas"
     return subprocess.run(
         [

@@ -177,6 +177,12 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- if and .Values.service.externalTrafficPolicy (not (has .Values.service.type (list "NodePort" "LoadBalancer"))) -}}
 {{- fail (printf "service.externalTrafficPolicy only applies to service.type NodePort or LoadBalancer (got %s)" .Values.service.type) -}}
 {{- end -}}
+{{- if and .Values.restore.enabled (not .Values.restore.claimName) -}}
+{{- fail "restore.enabled needs restore.claimName: the PersistentVolumeClaim that holds the backup file (e.g. the backup.persistence claim of the old release)" -}}
+{{- end -}}
+{{- if and .Values.restore.enabled (not .Values.restore.file) -}}
+{{- fail "restore.enabled needs restore.file: the backup file's name on restore.claimName, e.g. paxoskv-20261201T030000Z.backup" -}}
+{{- end -}}
 {{- if and .Values.peerSecret.existingSecret (not .Values.peerSecret.existingSecretKey) -}}
 {{- fail "peerSecret.existingSecretKey must name the key inside peerSecret.existingSecret" -}}
 {{- end -}}
@@ -193,4 +199,109 @@ app.kubernetes.io/instance, so job = the release name.
 {{- else -}}
 namespace="{{ .Release.Namespace }}", job="{{ .Release.Name }}"
 {{- end -}}
+{{- end -}}
+
+{{/* The client Service's URL, as the certificate names it (https under tls.enabled). */}}
+{{- define "paxoskv.clientUrl" -}}
+{{- printf "%s://%s.%s.svc.%s:%v" (ternary "https" "http" .Values.tls.enabled) (include "paxoskv.fullname" .) .Release.Namespace .Values.clusterDomain .Values.service.port -}}
+{{- end -}}
+
+{{/*
+Environment of a paxoskv CLI pod of the chart (backup CronJob, restore Job): the client
+Service's URL, the token (from .tokenSecret.name / .key, else the auth Secret's
+adminTokenKey) and the CA mounted by "paxoskv.clientVolumes". Call with
+(dict "ctx" $ "tokenSecret" <map>).
+*/}}
+{{- define "paxoskv.clientEnv" -}}
+{{- $ctx := .ctx -}}
+- name: PAXOSKV_URL
+  value: {{ include "paxoskv.clientUrl" $ctx | quote }}
+{{- if eq $ctx.Values.auth.mode "token" }}
+- name: PAXOSKV_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "paxoskv.authSecretName" $ctx) .tokenSecret.name }}
+      key: {{ default $ctx.Values.auth.adminTokenKey .tokenSecret.key }}
+{{- end }}
+{{- if $ctx.Values.tls.enabled }}
+- name: PAXOSKV_CACERT
+  value: /etc/paxoskv/ca/ca.crt
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of such a pod: /tmp, and the CA alone (ca.crt of the TLS Secret). */}}
+{{- define "paxoskv.clientVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- if .Values.tls.enabled }}
+- name: ca
+  secret:
+    secretName: {{ include "paxoskv.tlsSecretName" . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "paxoskv.clientVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.tls.enabled }}
+- name: ca
+  mountPath: /etc/paxoskv/ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels of the backup and restore pods: the release and a component, never the selector
+labels of the nodes (the Services, the PodDisruptionBudget and the NetworkPolicy select
+those), plus the client label the NetworkPolicy admits. Call with (dict "ctx" $ "component" c).
+*/}}
+{{- define "paxoskv.clientPodLabels" -}}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/part-of: paxoskv
+app.kubernetes.io/component: {{ .component }}
+{{ include "paxoskv.clientLabel" .ctx }}: "true"
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The volumePermissions init container for a backup volume: hands the top directory of the
+volume mounted as .volume to the pods' uid/gid (volume plugins that ignore fsGroup). Call with
+(dict "ctx" $ "volume" <name>).
+*/}}
+{{- define "paxoskv.volumePermissionsInit" -}}
+{{- $ctx := .ctx -}}
+- name: volume-permissions
+  image: {{ include "paxoskv.image" $ctx | quote }}
+  imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+  command:
+    - /bin/sh
+    - -ec
+    - chown {{ $ctx.Values.securityContext.runAsUser | default 10001 | int64 }}:{{ $ctx.Values.podSecurityContext.fsGroup | default $ctx.Values.securityContext.runAsGroup | default 10001 | int64 }} /backup
+  securityContext:
+    runAsUser: 0
+    runAsGroup: 0
+    runAsNonRoot: false
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    privileged: false
+    capabilities:
+      drop: [ALL]
+      add: [CHOWN]
+    seccompProfile:
+      type: RuntimeDefault
+  resources:
+    {{- toYaml $ctx.Values.volumePermissions.resources | nindent 4 }}
+  volumeMounts:
+    - name: {{ .volume }}
+      mountPath: /backup
+{{- end -}}
+
+{{- define "paxoskv.backupClaimName" -}}
+{{- default (printf "%s-backup" (include "paxoskv.fullname" .)) .Values.backup.persistence.existingClaim -}}
 {{- end -}}
