@@ -75,7 +75,7 @@ class ReconfOptions:
     """The initial acceptor set, ids 1..acceptors; acceptors added later get fresh ids."""
     proposers: int = 3
     clients: int = 4
-    ops: int = 300
+    ops: int = 500
     keys: int = 6
     changes_max: int = 6
     """Acceptor-set changes (add, remove or replace) the driver runs, one at a time."""
@@ -337,6 +337,9 @@ class _Sim:
         self.proposers = {100 + i: _Proposer(100 + i, self) for i in range(options.proposers)}
         self.driver = _Proposer(99, self)
         self.keys = [f"k{i}" for i in range(options.keys)]
+        self.key_weights = [1 / (i + 1) ** 2 for i in range(options.keys)]
+        """Skewed (Zipf, s=2): hot keys contend, cold ones sit untouched across several
+        changes, which is what a change that forgot the catch-up loses."""
         self.history = History(clock=lambda: asyncio.get_running_loop().time())
         self._rid = 0
         self.message_faults = True
@@ -532,7 +535,7 @@ class _Sim:
             self.ops_issued += 1
             seq += 1
             kind = rng.choices(list(_KINDS), list(_KINDS.values()))[0]
-            key = rng.choice(self.keys)
+            key = rng.choices(self.keys, self.key_weights)[0]
             data = f"c{cid}.{seq}".encode()
             expected: int | None = None
             change: Change
@@ -621,6 +624,12 @@ def run_reconf_seed(seed: int, options: ReconfOptions) -> ReconfResult:
     async def main() -> float:
         sim = _Sim(seed, options)
         box.append(sim)
+
+        def on_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # An acceptor's or a round's assertion fails inside a delivery callback.
+            sim.errors.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+        asyncio.get_running_loop().set_exception_handler(on_error)
         await sim.run()
         for p in [*sim.proposers.values(), sim.driver]:
             for task in list(p.tasks):
