@@ -1,4 +1,4 @@
-"""Changing the acceptor set safely (issue 11), sans-I/O: configurations with an epoch, the
+"""Changing the acceptor set safely, sans-I/O: configurations with an epoch, the
 acceptor's epoch fence, and the change procedure as a state machine a driver steps through.
 
 Nothing here is used by the node yet: only the reconfiguration simulator

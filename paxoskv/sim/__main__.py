@@ -193,9 +193,14 @@ def _main_reconf(args: argparse.Namespace, seeds: list[int]) -> int:
     failing: list[int] = []
     caught: int | None = None
     caught_by = ""
+    last_progress = started
     for seed in seeds:
         result = run_reconf_seed(seed, options)
         runs += 1
+        if time.perf_counter() - last_progress >= PROGRESS_EVERY_S:
+            last_progress = time.perf_counter()
+            print(f"progress: {runs}/{len(seeds)} runs, {len(failing)} failing, "
+                  f"{last_progress - started:.0f}s", flush=True)
         ops += len(result.ops)
         faults.update(result.faults)
         if result.failed:

@@ -1,4 +1,4 @@
-"""Deterministic simulation of acceptor-set changes (issue 11) on the sans-I/O core.
+"""Deterministic simulation of acceptor-set changes on the sans-I/O core.
 
 The node does not reconfigure yet, so this runs the core directly: acceptors are
 ``paxoskv.core.acceptor`` plus the epoch fence (``paxoskv.core.reconfig.admit``), proposers
@@ -77,7 +77,7 @@ class ReconfOptions:
     clients: int = 4
     ops: int = 500
     keys: int = 6
-    changes_max: int = 6
+    changes_max: int = 10
     """Acceptor-set changes (add, remove or replace) the driver runs, one at a time."""
     drop: float = 0.05
     duplicate: float = 0.02
@@ -476,7 +476,9 @@ class _Sim:
             if kind in ("add", "replace"):
                 fresh = self.next_acceptor_id
                 self.next_acceptor_id += 1
-                self.acceptors[fresh] = _Acceptor(fresh, Config.stable(0, [fresh]), self)
+                # A learner: it holds the boot config, which does not name it, so it
+                # refuses every vote until a config that names it reaches it.
+                self.acceptors[fresh] = _Acceptor(fresh, self.boot_config, self)
             if kind == "add":
                 target = frozenset(members) | {fresh}
             elif kind == "remove":
