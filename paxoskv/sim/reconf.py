@@ -21,9 +21,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from paxoskv.check import CheckResult, History, Op, OpKind, check
-from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState, on_accept, on_prepare
+from paxoskv.core.acceptor import (
+    NO_FLOOR,
+    AcceptorState,
+    Floor,
+    absent_state,
+    floor_bucket,
+    on_accept,
+    on_collect,
+    on_prepare,
+)
 from paxoskv.core.ballot import Ballot
-from paxoskv.core.messages import Accept, Accepted, Nack, Prepare, Promise
+from paxoskv.core.messages import Accept, Accepted, Collect, Collected, Nack, Prepare, Promise
 from paxoskv.core.proposer import Prepared, choose_value
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.reconfig import (
@@ -38,6 +47,7 @@ from paxoskv.core.reconfig import (
     RecordPhase,
     WriteRecord,
     admit,
+    collection_allowed,
     fence_satisfied,
 )
 from paxoskv.core.register import (
@@ -87,8 +97,12 @@ class ReconfOptions:
     fault_interval_ms_mean: float = 60.0
     crash_acceptor: float = 0.3
     crash_proposer: float = 0.1
-    crash_driver: float = 0.1
+    crash_driver: float = 0.03
     """At each fault tick, the chances of each crash."""
+    gc_interval_ms_mean: float = 80.0
+    """Mean time between tombstone collection attempts of a random key (docs/gc.md: every
+    acceptor accepts the tombstone, then each removes its row and raises its floor); 0:
+    none."""
     liveness_s_max: float = 60.0
     mutant: str | None = None
 
@@ -126,11 +140,16 @@ class ReconfResult:
 @dataclass(frozen=True, slots=True)
 class InstallReq:
     config: Config
+    floors: tuple[tuple[int, Floor], ...] = ()
+    """Bucket floors for an acceptor the config adds (merged from those that acked)."""
 
 
 @dataclass(frozen=True, slots=True)
 class InstallAck:
     epoch: int
+    floors: tuple[tuple[int, Floor], ...] = ()
+    keys: frozenset[str] = frozenset()
+    """Keys this acceptor has a row of: what the catch-up must cover."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +166,8 @@ class Retired:
     config: Config
 
 
-Request = Prepare | Accept | InstallReq
-Response = Promise | Accepted | Nack | InstallAck | Stale | Retired
+Request = Prepare | Accept | Collect | InstallReq
+Response = Promise | Accepted | Nack | Collected | InstallAck | Stale | Retired
 
 
 class _Failed(Exception):
@@ -167,6 +186,7 @@ class _Acceptor:
         self.id = acceptor_id
         self.config = config
         self.rows: dict[str, AcceptorState] = {}
+        self.floors: dict[int, Floor] = {}
         self.up = True
         self.sim = sim
 
@@ -174,8 +194,12 @@ class _Acceptor:
         if isinstance(msg, InstallReq):
             if msg.config.epoch > self.config.epoch:
                 self.config = msg.config
-            return InstallAck(msg.config.epoch) if self.config.epoch >= msg.config.epoch \
-                else None
+            for bucket, floor in msg.floors:
+                self.floors[bucket] = self.floors.get(bucket, NO_FLOOR).merged(floor)
+            if self.config.epoch < msg.config.epoch:
+                return None
+            return InstallAck(msg.config.epoch, tuple(sorted(
+                self.floors.items(), key=lambda bf: bf[0])), frozenset(self.rows))
         if self.sim.options.mutant == "reconf-no-epoch-fence":
             verdict = EpochVerdict.SERVE
         else:
@@ -190,7 +214,16 @@ class _Acceptor:
             self.sim.faults["epoch_adopted"] += 1
         if self.id not in self.config.members:
             self.sim.faults["vote_after_removal"] += 1  # only the no-fence mutant gets here
-        state = self.rows.get(msg.key, EMPTY_STATE)
+        bucket = floor_bucket(msg.key)
+        floor = self.floors.get(bucket, NO_FLOOR)
+        state = self.rows.get(msg.key) or absent_state(floor)
+        if isinstance(msg, Collect):
+            collect = on_collect(state, floor, msg, msg.key in self.rows)
+            if collect.remove:
+                del self.rows[msg.key]
+                self.floors[bucket] = collect.floor
+                self.sim.faults["gc_rows_removed"] += 1
+            return collect.reply
         step = on_prepare(state, msg) if isinstance(msg, Prepare) else on_accept(state, msg)
         self.rows[msg.key] = step.state
         reply = step.reply
@@ -230,7 +263,7 @@ class _Proposer:
             self.config = cfg
             self.sim.faults["config_learned"] += 1
 
-    def _ballot(self) -> Ballot:
+    def new_ballot(self) -> Ballot:
         self.counter += 1
         return Ballot(self.counter, self.id, self.incarnation)
 
@@ -294,7 +327,7 @@ class _Proposer:
             else:
                 if cached is not None:
                     self.sim.faults["phase1_cache_dropped_by_epoch"] += 1
-                ballot = self._ballot()
+                ballot = self.new_ballot()
                 promises, seen = await self.phase(cfg, cfg.prepare_set, cfg.prepare_quorum,
                                                   Prepare(key, ballot))
                 if len(promises) < cfg.prepare_quorum:
@@ -305,7 +338,7 @@ class _Proposer:
                 ps = [p for p in promises.values() if isinstance(p, Promise)]
                 base = choose_value(ps, quorum)
             new, outcome = apply_change(base, change)
-            nxt = self._ballot()
+            nxt = self.new_ballot()
             accepted, seen = await self.phase(cfg, cfg.accept_set, cfg.accept_quorum,
                                               Accept(key, ballot, new, nxt))
             if len(accepted) >= cfg.accept_quorum:
@@ -345,6 +378,9 @@ class _Sim:
         self.message_faults = True
         self.ops_issued = 0
         self.current: Config = self.boot_config
+        self.listed: list[str] = []
+        """Keys the last install found rows of (what ``catch_up`` covers)."""
+        self.collector = _Proposer(98, self)
         """The newest config the driver installed (what proposers are told)."""
 
     def next_rid(self) -> int:
@@ -352,7 +388,9 @@ class _Sim:
         return self._rid
 
     def _proposer(self, pid: int) -> _Proposer | None:
-        return self.driver if pid == self.driver.id else self.proposers.get(pid)
+        if pid == self.driver.id:
+            return self.driver
+        return self.collector if pid == self.collector.id else self.proposers.get(pid)
 
     def send(self, src: int, dst: int, cfg: Config, msg: Request, rid: int) -> None:
         copies = 1
@@ -397,7 +435,7 @@ class _Sim:
         """Proposers hear of an installed config after a while (a watch on the register)."""
         self.current = cfg if cfg.epoch > self.current.epoch else self.current
         loop = asyncio.get_running_loop()
-        for p in self.proposers.values():
+        for p in [*self.proposers.values(), self.collector]:
             loop.call_later(self.rng.uniform(0, 1.5), p.learn, cfg)
 
     # ------------------------------------------------------------ the driver
@@ -411,21 +449,39 @@ class _Sim:
 
     async def install(self, action: Install) -> None:
         """Send the config until the fence holds and every new member has it."""
-        targets = action.config.members | action.previous.members
-        new = action.config.members - action.previous.members
+        old = action.previous.members
+        targets = action.config.members | old
+        new = action.config.members - old
         acked: set[int] = set()
-        while not (fence_satisfied(action.previous, acked) and new <= acked):
+        floors: dict[int, Floor] = {}
+        listed: set[str] = set()
+        while not fence_satisfied(action.previous, acked):
             replies, _ = await self.driver.phase(action.config, targets, len(targets),
                                                  InstallReq(action.config))
-            acked |= {a for a, r in replies.items()
-                      if isinstance(r, InstallAck) and r.epoch == action.config.epoch}
+            for a, r in replies.items():
+                if isinstance(r, InstallAck) and r.epoch == action.config.epoch and a in old:
+                    acked.add(a)
+                    listed |= r.keys
+                    for bucket, floor in r.floors:
+                        floors[bucket] = floors.get(bucket, NO_FLOOR).merged(floor)
+        given = tuple(sorted(floors.items(), key=lambda bf: bf[0]))
+        joined: set[int] = set()
+        while not new <= joined:
+            replies, _ = await self.driver.phase(action.config, frozenset(new), len(new),
+                                                 InstallReq(action.config, given))
+            joined |= {a for a, r in replies.items()
+                       if isinstance(r, InstallAck) and r.epoch == action.config.epoch}
+        # Every value chosen before the fence sits on an accept quorum of the previous
+        # config, which the fenced acceptors meet: their rows name every key to catch up
+        # (keys they collected have floors instead, which the new acceptors got).
+        self.listed = sorted(listed - {CONFIG_KEY})
         self.faults["install"] += 1
         self.driver.learn(action.config)
         self.announce(action.config)
 
     async def catch_up(self, action: CatchUp) -> None:
         """An identity round of every key, committed under ``action.config``'s epoch."""
-        for key in self.keys:
+        for key in self.listed:
             while True:
                 self.driver.learn(action.config)
                 try:
@@ -487,7 +543,7 @@ class _Sim:
                 target = (frozenset(members) - {self.rng.choice(members)}) | {fresh}
             self.faults[f"change_{kind}"] += 1
             await self._drive_surviving(target)
-            await asyncio.sleep(self.rng.uniform(0, 0.3))
+            await asyncio.sleep(self.rng.uniform(0, 2.0))  # a stable window: GC may run
 
     async def _drive_surviving(self, target: frozenset[int]) -> None:
         while True:
@@ -505,6 +561,45 @@ class _Sim:
                 self.driver.tasks.discard(task)
 
     driver_restarting: bool = False
+
+    # ------------------------------------------------------------ tombstone collection
+
+    async def collect_tombstones(self) -> None:
+        """Collect a random key's tombstone now and then, as a node's sweep would (docs/gc.md),
+        but only in a stable config the record names (``collection_allowed``)."""
+        c = self.collector
+        while True:
+            await asyncio.sleep(self.rng.expovariate(1000 / self.options.gc_interval_ms_mean))
+            # A node sweeps its own acceptor's tombstone rows; pick one any acceptor holds.
+            dead = sorted({k for a in self.acceptors.values() for k, st in a.rows.items()
+                           if k != CONFIG_KEY and not st.value.exists and st.value.version})
+            key = self.rng.choice(dead or self.keys)
+            try:
+                raw = await c.execute(CONFIG_KEY, Read())
+            except (_Failed, _Unknown):
+                continue
+            record = ConfigRecord.decode(raw.value.data) if raw.value.data is not None \
+                else ConfigRecord(RecordPhase.STABLE, self.boot_config)
+            cfg = c.config
+            if not collection_allowed(record, cfg):
+                self.faults["gc_paused_by_change"] += 1
+                continue
+            ballot = c.new_ballot()
+            promises, _ = await c.phase(cfg, cfg.prepare_set, len(cfg.prepare_set),
+                                        Prepare(key, ballot))
+            if len(promises) < len(cfg.prepare_set):
+                continue
+            value = choose_value([p for p in promises.values() if isinstance(p, Promise)],
+                                 QuorumConfig(cfg.prepare_set, cfg.prepare_quorum))
+            if value.exists or value.version == 0:
+                continue
+            accepted, _ = await c.phase(cfg, cfg.accept_set, len(cfg.accept_set),
+                                        Accept(key, ballot, value))
+            if len(accepted) < len(cfg.accept_set):
+                continue
+            self.faults["gc_collect_sent"] += 1
+            await c.phase(cfg, cfg.members, len(cfg.members),
+                          Collect(key, ballot, value.version))
 
     # ------------------------------------------------------------ faults and clients
 
@@ -593,12 +688,17 @@ class _Sim:
         loop = asyncio.get_running_loop()
         faults = asyncio.ensure_future(self.inject_faults())
         driver = asyncio.ensure_future(self.driver_loop())
+        collector = asyncio.ensure_future(self.collect_tombstones()) \
+            if self.options.gc_interval_ms_mean > 0 else None
         clients = [asyncio.ensure_future(self.client(c, random.Random(self.rng.getrandbits(64))))
                    for c in range(self.options.clients)]
         await asyncio.gather(*clients)
         # Liveness: no more faults; the change in progress must finish, every key be read.
         faults.cancel()
         await asyncio.gather(faults, return_exceptions=True)
+        if collector is not None:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
         self.message_faults = False
         for a in self.acceptors.values():
             a.up = True
@@ -633,7 +733,7 @@ def run_reconf_seed(seed: int, options: ReconfOptions) -> ReconfResult:
 
         asyncio.get_running_loop().set_exception_handler(on_error)
         await sim.run()
-        for p in [*sim.proposers.values(), sim.driver]:
+        for p in [*sim.proposers.values(), sim.driver, sim.collector]:
             for task in list(p.tasks):
                 task.cancel()
         return asyncio.get_running_loop().time()
