@@ -4,6 +4,8 @@
     python -m paxoskv.sim --seed 123 --ops 500          # replay one seed bit for bit
     PAXOSKV_SIM_SEED=123 python -m paxoskv.sim          # the same
     python -m paxoskv.sim --mutant no-fsync             # must be caught: exit 0 if it is
+    python -m paxoskv.sim --reconf --seeds 300          # acceptor-set changes (core-level)
+    python -m paxoskv.sim --mutant reconf-no-epoch-fence
 
 Exit status: 0 when every run passed (or, with ``--mutant``, when the mutant was caught);
 1 otherwise; 2 on bad arguments. Three detectors can catch a run: the linearizability
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 from paxoskv.sim.batch import DEFAULT_SEEDS, SEED_ENV, Summary, repro_command, run_many
 from paxoskv.sim.mutants import MUTANTS
+from paxoskv.sim.reconf import RECONF_MUTANTS, ReconfOptions, run_reconf_seed
 from paxoskv.sim.runner import SimOptions
 
 PROGRESS_EVERY_S = 10.0
@@ -48,7 +51,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="nodes run with --fast-paxos on and --forward-writes off")
     parser.add_argument("--ttl", action="store_true",
                         help="add the TTL workload and its invariants (paxoskv/sim/ttl.py)")
-    parser.add_argument("--mutant", choices=sorted(MUTANTS), default=None,
+    parser.add_argument("--reconf", action="store_true",
+                        help="simulate acceptor-set changes (add, remove, replace) on the "
+                             "protocol core instead of the real node (paxoskv.sim.reconf)")
+    parser.add_argument("--mutant", choices=sorted([*MUTANTS, *RECONF_MUTANTS]), default=None,
                         help="run a deliberately broken variant, which must be caught")
     parser.add_argument("--require-checker", action="store_true",
                         help="with --mutant, count only linearizability checker violations")
@@ -71,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             print(f"{SEED_ENV}={env_seed!r} is not an integer", file=sys.stderr)
             return 2
+    seeds_wanted = [single] if single is not None else list(
+        range(args.start, args.start + args.seeds))
+    if args.reconf or args.mutant in RECONF_MUTANTS:
+        return _main_reconf(args, seeds_wanted)
     try:
         options = SimOptions(nodes=args.nodes, proposers=args.proposers,
                              clients=args.clients, ops=args.ops,
@@ -155,6 +165,76 @@ def _print_failure(summary: Summary, options: SimOptions) -> None:
     if summary.report_files:
         print(f"  report: {summary.report_files[0]}")
     sys.stdout.flush()
+
+
+def _main_reconf(args: argparse.Namespace, seeds: list[int]) -> int:
+    """The reconfiguration simulator: one process (``--jobs`` is ignored), same exit codes."""
+    from paxoskv.check import write_report
+
+    if args.mutant is not None and args.mutant not in RECONF_MUTANTS:
+        print(f"--reconf runs only the reconf-* mutants, not {args.mutant!r}", file=sys.stderr)
+        return 2
+    try:
+        options = ReconfOptions(clients=args.clients, ops=args.ops, keys=args.keys,
+                                mutant=args.mutant)
+    except ValueError as exc:
+        print(f"bad options: {exc}", file=sys.stderr)
+        return 2
+    if not seeds:
+        print("no seeds to run", file=sys.stderr)
+        return 2
+    what = f"mutant {args.mutant!r} ({RECONF_MUTANTS[args.mutant]})" if args.mutant \
+        else "acceptor-set changes"
+    print(f"simulating {what}: {len(seeds)} seed(s) from {seeds[0]}, "
+          f"{options.acceptors} acceptors at first, {options.proposers} proposers, "
+          f"{options.clients} clients, {options.ops} ops over {options.keys} keys, "
+          f"up to {options.changes_max} changes per run", flush=True)
+    started = time.perf_counter()
+    runs = ops = 0
+    faults: Counter[str] = Counter()
+    failing: list[int] = []
+    caught: int | None = None
+    caught_by = ""
+    last_progress = started
+    for seed in seeds:
+        result = run_reconf_seed(seed, options)
+        runs += 1
+        if time.perf_counter() - last_progress >= PROGRESS_EVERY_S:
+            last_progress = time.perf_counter()
+            print(f"progress: {runs}/{len(seeds)} runs, {len(failing)} failing, "
+                  f"{last_progress - started:.0f}s", flush=True)
+        ops += len(result.ops)
+        faults.update(result.faults)
+        if result.failed:
+            failing.append(seed)
+            kind = "VIOLATION" if result.violated else "FAILURE"
+            print(f"{kind} seed {seed}: {result.check.summary().splitlines()[0]}")
+            for line in [*result.errors, *result.liveness_failures][:5]:
+                print(f"  {line}")
+            repro = f"python -m paxoskv.sim --reconf --seed {seed} --ops {options.ops}"
+            if args.mutant:
+                repro += f" --mutant {args.mutant}"
+            print(f"  repro: {repro}")
+            if result.check.violations:
+                paths = write_report(result.check, result.ops, f"{args.report_dir}/reconf-{seed}")
+                print(f"  report: {paths[0]}")
+            if args.mutant and result.violated and caught is None:
+                caught = seed
+                caught_by = "checker" if result.check.violations else "assertion"
+                if not args.keep_going:
+                    break
+    wall_s = time.perf_counter() - started
+    print(f"runs: {runs}   operations: {ops}   wall: {wall_s:.1f}s "
+          f"({wall_s / max(runs, 1):.3f}s per run)")
+    print("events: " + ", ".join(f"{k}={v}" for k, v in sorted(faults.items())))
+    print(f"failing runs: {len(failing)}")
+    if args.mutant:
+        if caught is not None:
+            print(f"mutant {args.mutant!r} CAUGHT at seed {caught} by: {caught_by}")
+            return 0
+        print(f"mutant {args.mutant!r} NOT caught in {runs} seed(s)")
+        return 1
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":
