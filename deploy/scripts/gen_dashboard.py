@@ -690,6 +690,28 @@ def build() -> dict[str, Any]:
     )
     L.add(
         timeseries(
+            "Tombstones and expired keys",
+            "Tombstones each node waits to collect (grace period not over, or an acceptor "
+            "unreachable: collection needs every acceptor), rows removed per second, and "
+            "expired keys the TTL sweeper deleted or kept (renewed since) per second.",
+            [
+                target(f"max by (pod) (paxoskv_tombstones_pending{{{SEL}}})", "{{pod}} pending"),
+                target(
+                    f"sum by (pod) (rate(paxoskv_tombstones_collected_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}} collected/s",
+                ),
+                target(
+                    f"sum by (result) (rate(paxoskv_ttl_expired_total{{{SEL}}}[{RATE}]))",
+                    "expired {{result}}/s",
+                ),
+            ],
+            "short",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
             "Volume free and size",
             "Free bytes and size of each node's data volume (statvfs). Every replica holds "
             "the same data, so the volumes fill together.",

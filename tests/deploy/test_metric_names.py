@@ -138,10 +138,7 @@ def test_design_metrics_are_all_shown() -> None:
     }
     shown = {re.sub(r"_(bucket|count|sum|total)$", "", n) for n in used}
     # Internal tuning metrics may stay off the dashboard; list them here on purpose.
-    # Tombstone collection (docs/gc.md): not on the dashboard yet (no panel for it).
-    not_shown_on_purpose: set[str] = {"paxoskv_tombstones_collected",
-                                      "paxoskv_tombstones_pending",
-                                      "paxoskv_ttl_expired"}
+    not_shown_on_purpose: set[str] = set()
     missing = sorted(families - shown - not_shown_on_purpose)
     assert not missing, f"exported but neither on the dashboard nor in an alert: {missing}"
 
