@@ -302,6 +302,9 @@ class PromMetrics(Metrics):
             "paxoskv_ttl_expired", "Expired keys the TTL sweeper tried to delete, by result "
             "(deleted; kept: renewed or rewritten since; failed: no quorum or unknown)",
             ["result"], registry=r)
+        for result in ("deleted", "kept", "failed"):
+            # exported at 0 from the start, so a dashboard rate has a series before any expiry
+            self._ttl_expired.labels(result)
         self._identity_refused = Gauge(
             "paxoskv_identity_refused",
             "1 if peers refuse this process: its state is older than one they saw (a restored "

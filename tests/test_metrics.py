@@ -67,6 +67,16 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return value
 
 
+def test_ttl_expiry_results_are_exported_at_zero_before_any_expiry() -> None:
+    """A dashboard rate of an absent labelled series draws nothing: every result exists
+    from the start."""
+    registry = CollectorRegistry()
+    PromMetrics(registry)
+    text = generate_latest(registry).decode()
+    for result in ("deleted", "kept", "failed"):
+        assert f'paxoskv_ttl_expired_total{{result="{result}"}} 0.0' in text
+
+
 def test_build_info_names_the_version_and_python() -> None:
     """Goal: paxoskv_build_info is 1 with this package's version and the interpreter's."""
     registry = CollectorRegistry()
