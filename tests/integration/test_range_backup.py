@@ -80,12 +80,6 @@ def _page_through_with_deletes(cluster: Cluster, n: int) -> None:
     print(f"\n{n} keys: written in {wrote_s:.1f}s, read in {pages} pages in {read_s:.1f}s")
 
 
-def test_range_read_pages_through_2000_keys_with_deletes_between_pages(
-        cluster: Cluster) -> None:
-    _page_through_with_deletes(cluster, 2000)
-
-
-@pytest.mark.slow
 def test_range_read_pages_through_10000_keys_with_deletes_between_pages(
         cluster: Cluster) -> None:
     _page_through_with_deletes(cluster, 10_000)
@@ -115,7 +109,7 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(cluster: Cluster,
     byte for byte (binary values included); a corrupted file and a non-empty cluster are
     refused in one line each, never a traceback; delete-prefix then empties a prefix."""
     rng = random.Random(7)
-    values = {f"app/{i:04d}": rng.randbytes(rng.randrange(0, 300)) for i in range(1500)}
+    values = {f"app/{i:05d}": rng.randbytes(rng.randrange(0, 300)) for i in range(10_000)}
     values |= {"bin": bytes(range(256)), "ключ": "значение".encode(), "empty": b""}
     asyncio.run(_write(cluster.urls(), values))
     with Client(cluster.urls()[0]) as c:
@@ -151,11 +145,19 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(cluster: Cluster,
 
         res = paxoskv("delete-prefix", "--url", fresh.urls()[1], "--prefix", "app/")
         assert res.returncode == 0, res.stderr
-        assert json.loads(res.stdout) == {"prefix": "app/", "deleted": 1500}
-        res = paxoskv("range", "--url", fresh.urls()[0], "-o", "json")
-        assert res.returncode == 0, res.stderr
-        doc = json.loads(res.stdout)
-        assert [i["key"] for i in doc["items"]] == ["bin", "empty", "ключ"]
-        assert doc["items"][2]["value"] == "значение" and doc["next"] is None
+        assert json.loads(res.stdout) == {"prefix": "app/", "deleted": 10_000}
+        # past 10,000 fresh tombstones a page may stop early: follow the cursor to the end
+        items: list[dict[str, object]] = []
+        cursor: list[str] = []
+        for _ in range(200):
+            res = paxoskv("range", "--url", fresh.urls()[0], "-o", "json", *cursor)
+            assert res.returncode == 0, res.stderr
+            doc = json.loads(res.stdout)
+            items += doc["items"]
+            if doc["next"] is None:
+                break
+            cursor = ["--cursor", doc["next"]]
+        assert [i["key"] for i in items] == ["bin", "empty", "ключ"]
+        assert items[2]["value"] == "значение" and doc["next"] is None
     finally:
         fresh.stop()
