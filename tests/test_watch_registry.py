@@ -341,3 +341,18 @@ def test_a_long_poll_whose_client_left_frees_its_watcher() -> None:
             await asyncio.sleep(0.1)
         assert len(node.watch) == 0
     with_client(t)
+
+
+def test_a_since_token_naming_a_reserved_key_does_not_read_it() -> None:
+    """Goal: idempotency records are never watched (db0ceab keeps them out of learns and
+    listings); a ``since`` token that names one must not make the stream's scan read it
+    and send the record (its fingerprint and claim token) as an event."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        r = await c.put("/v1/kv/a", data=b"x", headers={"Idempotency-Key": "k1"})
+        assert r.status in (200, 201, 204)
+        since = encode_since({"\U0010ffffidem/k1": 0})
+        resp = await c.get(f"/v1/watch?prefix=&since={since}")
+        events = await _events(resp, 2)
+        assert [(k, e.get("key")) for k, e in events] == [("put", "a"), ("synced", None)]
+        resp.close()
+    with_client(t)

@@ -165,7 +165,10 @@ async def _scan(node: Node, response: web.StreamResponse, watcher: Watcher,
             if cursor is None:
                 break
     listed = set(keys)
-    keys.extend(k for k in extra if k not in listed and watcher.matches(k))
+    # ``extra`` comes from the client's ``since`` token: reserved keys (idempotency
+    # records) are nobody's to watch, whatever the token names
+    keys.extend(k for k in extra if k not in listed and watcher.matches(k)
+                and not k.startswith(RESERVED_PREFIX))
     for start in range(0, len(keys), SCAN_READS):
         chunk = keys[start:start + SCAN_READS]
         outcomes = await asyncio.gather(*(node.read(k) for k in chunk))
