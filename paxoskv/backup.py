@@ -45,6 +45,7 @@ from paxoskv.client import (
     PaxosKVError,
     PreconditionFailed,
 )
+from paxoskv.ttl import TTL_MS_MIN
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BackupError", "BackupFileError", "BackupInfo",
            "BackupStats", "Progress", "RestoreStats", "backup", "cursor_after", "read_backup",
@@ -133,14 +134,21 @@ class BackupInfo:
     """Bytes up to the end of the last complete record (where a resumed backup appends)."""
 
 
-def _record(line: bytes, where: str) -> tuple[str, int, bytes]:
+Record = tuple[str, int, bytes, int | None]
+"""key, version, value, and a TTL key's ``expires_ms`` (None: no expiry)."""
+
+
+def _record(line: bytes, where: str) -> Record:
     try:
         doc = orjson.loads(line)
         key, version, value = doc["key"], doc["version"], doc["value_base64"]
+        expires = doc.get("expires_ms")
         if not isinstance(key, str) or not key or isinstance(version, bool) \
-                or not isinstance(version, int) or not isinstance(value, str):
-            raise TypeError("key, version or value_base64 has the wrong type")
-        return key, version, base64.b64decode(value, validate=True)
+                or not isinstance(version, int) or not isinstance(value, str) \
+                or (expires is not None and (not isinstance(expires, int)
+                                             or isinstance(expires, bool))):
+            raise TypeError("key, version, value_base64 or expires_ms has the wrong type")
+        return key, version, base64.b64decode(value, validate=True), expires
     except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError) as exc:
         raise BackupFileError(f"{where}: not a backup record ({exc})") from None
 
@@ -211,7 +219,7 @@ def scan(path: Path, records: list[tuple[str, int, bytes]] | None = None,
                     raise BackupFileError(f"{where}: the trailer is not an object")
                 continue
             else:
-                key, version, value = _record(line, where)
+                key, version, value, _ = _record(line, where)
                 if last_key is not None and key <= last_key:
                     raise BackupFileError(f"{where}: key {key!r} is out of order: the file "
                                           "is corrupted")
@@ -245,7 +253,7 @@ def read_backup(path: Path) -> BackupInfo:
     return scan(path)
 
 
-def _iter_records(path: Path) -> Iterator[tuple[str, int, bytes]]:
+def _iter_records(path: Path) -> Iterator[Record]:
     """The records of a file already checked by ``scan`` (read again: memory stays one
     line, whatever the file's size)."""
     with path.open("rb") as f:
@@ -292,10 +300,10 @@ async def count_keys(client: AsyncClient, prefix: str) -> int:
 
 
 async def _pages(client: AsyncClient, prefix: str, cursor: str | None
-                 ) -> AsyncIterator[list[tuple[str, int, bytes]]]:
+                 ) -> AsyncIterator[list[Record]]:
     for _ in range(PAGES_MAX):
         page = await client.range(prefix, PAGE_KEYS, cursor)
-        yield [(i.key, i.version, i.value) for i in page.items]
+        yield [(i.key, i.version, i.value, i.expires_ms) for i in page.items]
         if page.next is None:
             return
         cursor = page.next
@@ -303,6 +311,15 @@ async def _pages(client: AsyncClient, prefix: str, cursor: str | None
 
 def _line(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc) + b"\n"
+
+
+def _record_doc(key: str, version: int, data: bytes, expires_ms: int | None
+                ) -> dict[str, Any]:
+    doc: dict[str, Any] = {"key": key, "version": version,
+                           "value_base64": base64.b64encode(data).decode("ascii")}
+    if expires_ms is not None:  # a TTL key: restore gives it what is left of its TTL
+        doc["expires_ms"] = expires_ms
+    return doc
 
 
 async def backup(client: AsyncClient, out: Path, prefix: str = "", resume: bool = False,
@@ -349,9 +366,7 @@ async def backup(client: AsyncClient, out: Path, prefix: str = "", resume: bool 
             digest.update(header)
             sink.write(header)
         async for page in _pages(client, prefix, cursor):
-            chunk = b"".join(_line({"key": k, "version": v,
-                                    "value_base64": base64.b64encode(d).decode("ascii")})
-                             for k, v, d in page)
+            chunk = b"".join(_line(_record_doc(k, v, d, e)) for k, v, d, e in page)
             digest.update(chunk)
             sink.write(chunk)
             sink.flush()  # a resumed run trusts only whole lines on disk
@@ -377,6 +392,8 @@ class RestoreStats:
     """Keys an earlier run of this restore (same file) wrote: its write's outcome was
     replayed (Idempotency-Key), nothing was written again. Not in ``written``."""
     failed: int = 0
+    expired: int = 0
+    """TTL keys whose expiry passed between the backup and the restore: not written."""
     errors: list[str] = field(default_factory=list)
     """The first few failures, for the report."""
 
@@ -418,14 +435,27 @@ async def restore(client: AsyncClient, path: Path, force: bool = False,
                           "(existing keys are skipped, never overwritten)")
     stats = RestoreStats()
     progress = Progress("restore", info.records, progress_stream)
-    queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(maxsize=at_once * 2)
+    queue: asyncio.Queue[tuple[str, bytes, int | None] | None] = \
+        asyncio.Queue(maxsize=at_once * 2)
 
     async def worker() -> None:
         while (item := await queue.get()) is not None:
-            key, value = item
+            key, value, expires_ms = item
+            ttl: str | None = None
+            if expires_ms is not None:
+                left_ms = expires_ms - time.time_ns() // 1_000_000
+                if left_ms <= 0:  # it expired since the backup: it is absent, as it would be
+                    stats.expired += 1
+                    progress.add()
+                    continue
+                ttl = f"{max(left_ms, TTL_MS_MIN)}ms"
             try:
+                # A TTL is part of what an Idempotency-Key promises to repeat, and what is
+                # left of one differs per run: a re-run's TTL key gets a key of its own
+                # (it finds the key created, 412, and counts it skipped)
+                idem = _idempotency_key(info.sha256, key if ttl is None else f"{key}\0{ttl}")
                 result = await client.put(key, value, if_none_match=True,
-                                          idempotency_key=_idempotency_key(info.sha256, key))
+                                          idempotency_key=idem, ttl=ttl)
                 if result.replayed:
                     stats.replayed += 1
                 else:
@@ -440,8 +470,8 @@ async def restore(client: AsyncClient, path: Path, force: bool = False,
 
     workers = [asyncio.create_task(worker()) for _ in range(at_once)]
     try:
-        for key, _version, value in _iter_records(path):
-            await queue.put((key, value))
+        for key, _version, value, expires_ms in _iter_records(path):
+            await queue.put((key, value, expires_ms))
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)

@@ -787,7 +787,7 @@ def _backup_command(args: argparse.Namespace, urls: list[str]) -> int:
                 print(f"paxoskv: restore failed for {error}", file=sys.stderr)
             _print_doc(args, {"file": args.in_file, "written": r.written,
                               "skipped": r.skipped, "failed": r.failed,
-                              "replayed": r.replayed})
+                              "replayed": r.replayed, "expired": r.expired})
             return EXIT_REFUSED if r.failed else 0
         finally:
             await client.close()

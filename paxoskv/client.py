@@ -562,6 +562,8 @@ class RangeItem:
     key: str
     version: int
     value: bytes
+    expires_ms: int | None = None
+    """A TTL key's expiry (Unix ms, the server's clock); None: it never expires."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,7 +580,8 @@ class RangePage:
         try:
             doc = result.json()
             items = [RangeItem(i["key"], int(i["version"]),
-                               base64.b64decode(i["value_base64"], validate=True))
+                               base64.b64decode(i["value_base64"], validate=True),
+                               None if i.get("expires_ms") is None else int(i["expires_ms"]))
                      for i in doc["items"]]
             cursor = doc["next"]
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:

@@ -578,8 +578,11 @@ async def _range_read(request: web.Request, prefix: str, limits: Limits
                     if items and size + len(data) > limits.range_bytes_max:
                         return page(True)
                     size += len(data)
-                    items.append({"key": key, "version": outcome.value.version,
-                                  "value_base64": base64.b64encode(data).decode("ascii")})
+                    item = {"key": key, "version": outcome.value.version,
+                            "value_base64": base64.b64encode(data).decode("ascii")}
+                    if outcome.value.expires_ms is not None:  # a TTL key (docs/ttl.md)
+                        item["expires_ms"] = outcome.value.expires_ms
+                    items.append(item)
                 cursor = key
             if start + RANGE_READS_AT_ONCE < len(keys) and loop.time() >= deadline:
                 return page(True)

@@ -251,7 +251,10 @@ def openapi_document() -> dict[str, Any]:
                                       "value_base64": {"type": "string",
                                                        "contentEncoding": "base64",
                                                        "description": "the value's bytes, "
-                                                       "base64 (RFC 4648, padded)"}}}},
+                                                       "base64 (RFC 4648, padded)"},
+                                      "expires_ms": {"type": "integer",
+                                                     "description": "a TTL key only: "
+                                                     "its expiry, Unix ms"}}}},
                               "count": {"type": "integer"}, "next": _NEXT,
                               "consistency": {"type": "string",
                                               "enum": ["linearizable", "stale"]}}},

@@ -128,7 +128,7 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(cluster: Cluster,
         res = paxoskv("restore", "--url", ",".join(fresh.urls()), "--in", str(out))
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout) == {"file": str(out), "written": len(values),
-                                          "skipped": 0, "failed": 0, "replayed": 0}
+                                          "skipped": 0, "failed": 0, "replayed": 0, "expired": 0}
         assert _all(fresh.urls()[2]) == values
 
         res = paxoskv("restore", "--url", fresh.urls()[0], "--in", str(out))
