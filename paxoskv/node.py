@@ -985,6 +985,26 @@ class Node:
                     best, best_score = pid, score
         return best
 
+    def sweeps(self, key: str) -> bool:
+        """Whether this node's background sweeps (TTL sweeper, tombstone collector) take
+        ``key``: the preferred proposer among the live nodes that are acceptors too. Both
+        sweeps walk their own acceptor rows, so a proposer-only node, preferred for some
+        keys' writes, would sweep none of them; a node that is no acceptor sweeps nothing.
+        Two nodes that disagree for a moment both sweep the key: harmless (an expiry is a
+        compare-and-delete, a collection round one round among others)."""
+        if not self.config.is_acceptor:
+            return False
+        raw = key.encode("utf-8", "surrogatepass")
+        best, best_score = self.config.node_id, _rendezvous(raw, self.config.node_id)
+        for pid, health in self.peer_health.items():
+            roles = self.config.peers[pid].roles
+            if health.up and health.refused is None and "proposer" in roles \
+                    and "acceptor" in roles:
+                score = _rendezvous(raw, pid)
+                if score > best_score or (score == best_score and pid > best):
+                    best, best_score = pid, score
+        return best == self.config.node_id
+
     async def _forward(self, target: int, key: str, change: ClientChange, request_id: str
                        ) -> tuple[Outcome | None, RequestProgress]:
         """Ask ``target`` to run the change. Returns its outcome, or None and the progress

@@ -1,6 +1,6 @@
 """The tombstone collector: removes a deleted key's row from every acceptor (docs/gc.md).
 
-For each tombstone this node is the preferred proposer of, once it has been seen unchanged
+For each tombstone this node sweeps (``Node.sweeps``), once it has been seen unchanged
 for the grace period (``--tombstone-grace``):
 
 1. an identity round that every acceptor must promise and accept (not a quorum): the
@@ -101,7 +101,7 @@ class Collector:
             for key in page:
                 state = node.storage.load(key)
                 if state.value.exists or state.ballot_accepted.is_zero() \
-                        or node.preferred_proposer(key) != node.config.node_id:
+                        or not node.sweeps(key):
                     self._pending.pop(key, None)
                     continue
                 seen = self._pending.get(key)

@@ -56,8 +56,9 @@ class Sweeper:
     """Deletes expired keys through the protocol, a bounded batch at a time.
 
     Each batch reads the next ``batch`` keys of the local acceptor (a cursor that wraps)
-    and, for every one whose local copy looks expired and whose preferred proposer is this
-    node, runs ``Expire(version)``: a compare-and-delete that a round applies only if the
+    and, for every one whose local copy looks expired and that this node sweeps
+    (``Node.sweeps``: the preferred proposer among the live acceptors), runs
+    ``Expire(version)``: a compare-and-delete that a round applies only if the
     version is still the one seen here and is expired at that round's time. A local copy
     may be stale (a renew this acceptor missed): the compare makes that harmless, the key
     stays. ``unconditional`` is the simulator's mutant ``ttl-delete-without-compare``.
@@ -78,7 +79,7 @@ class Sweeper:
         deleted = 0
         for key in keys:
             value = node.storage.load(key).value
-            if not value.expired(now) or node.preferred_proposer(key) != node.config.node_id:
+            if not value.expired(now) or not node.sweeps(key):
                 continue
             change = Delete() if self.unconditional else Expire(value.version)
             try:
