@@ -42,6 +42,8 @@ event by at most this long, never loses the key's latest state."""
 SCAN_READS: Final = 16
 """Keys read at once while a stream scans its prefix."""
 SINCE_KEYS_MAX: Final = 10_000
+EXPIRY_SLACK_S: Final = 0.05
+"""A long-poll on a TTL key reads again this long after the key's expiry."""
 
 _WAIT = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)?")
 
@@ -102,6 +104,8 @@ def _value_response(key: str, value: Value) -> web.Response:
     headers = {"X-Paxoskv-Version": str(value.version)}
     if value.data is None:
         return api._error(404, "not_found", f"key {key!r} does not exist", headers)
+    if value.expires_ms is not None:  # as GET answers a TTL key
+        headers["Expires-At-Ms"] = str(value.expires_ms)
     return web.Response(status=200, body=value.data,
                         headers={"ETag": api._etag(value.version), **headers},
                         content_type="application/octet-stream")
@@ -120,6 +124,12 @@ async def long_poll(request: web.Request, key: str) -> web.Response:
         value = (await node.read(key)).value
         if value.version > index:
             return _value_response(key, value)
+        if value.expires_ms is not None:
+            # A TTL running out is no write: nothing would wake this poll when it does
+            # (only a round deletes the key, e.g. the sweeper's, maybe much later). So wait
+            # no longer than the expiry, then read: that read deletes it and answers 404.
+            left_s = max(0.0, (value.expires_ms - node.clock_ms()) / 1000) + EXPIRY_SLACK_S
+            deadline = min(deadline, loop.time() + left_s)
         while (remaining := deadline - loop.time()) > 0 and not _gone(request):
             event = await watcher.next(min(POLL_S, remaining))
             if event is not None:

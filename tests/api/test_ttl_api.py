@@ -132,3 +132,30 @@ def test_openapi_documents_ttl_and_renew() -> None:
     doc = openapi_document()
     assert "/v1/kv/{key}/renew" in doc["paths"]
     assert any(p["name"] == "ttl" for p in doc["paths"]["/v1/kv/{key}"]["put"]["parameters"])
+
+
+def test_a_long_poll_on_a_ttl_key_answers_404_once_it_expires() -> None:
+    """Goal: a long-poll waiting for a TTL key's next version learns of its expiry (a
+    lock holder's successor waits this way) when it happens, not at the end of ``wait``:
+    an expiry is no write, so before, nothing woke the poll until some round (the sweeper
+    of a large keyspace, maybe minutes later) deleted the key. Its 200 answers carry
+    Expires-At-Ms as GET's do."""
+    async def t(c: TestClient[Any, Any], now: list[int]) -> None:
+        node: Node = c.server.app[NODE]
+        node.sweeper.sweep_once = _no_sweep  # type: ignore[method-assign]
+        await c.put("/v1/kv/a?ttl=1s", data=b"x")
+        r = await c.get("/v1/kv/a?index=0&wait=1s")
+        assert r.status == 200 and r.headers["Expires-At-Ms"] == str(T0 + 1000)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        poll = asyncio.ensure_future(c.get("/v1/kv/a?index=1&wait=20s"))
+        await asyncio.sleep(0.2)
+        now[0] = T0 + 5000
+        r = await asyncio.wait_for(poll, 10)
+        assert r.status == 404 and r.headers["X-Paxoskv-Version"] == "2"
+        assert loop.time() - started < 5
+    run(t)
+
+
+async def _no_sweep() -> int:
+    return 0
