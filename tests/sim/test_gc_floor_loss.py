@@ -8,34 +8,19 @@ import asyncio
 import dataclasses
 
 import pytest
+from scripted import QUIET, wait_mode
 
 from paxoskv.core.register import Cas, Delete, Outcome, Read, Set
 from paxoskv.node import IdentityRules
 from paxoskv.sim.loop import run_virtual
-from paxoskv.sim.network import SimNetworkOptions
 from paxoskv.sim.runner import SimOptions, _Simulation
-
-QUIET = SimNetworkOptions(drop_probability=0.0, duplicate_probability=0.0,
-                          reorder_probability=0.0, partition_probability=0.0)
-
-
-async def _wait_mode(sim: _Simulation, node_id: int, modes: tuple[str, ...],
-                     timeout_s: float) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        node = sim.hosts[node_id].node
-        if node is not None and node.acceptor_mode in modes:
-            return node.acceptor_mode
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"node {node_id} never reached {modes}")
 
 
 async def _lose_disk_and_rejoin(sim: _Simulation, node_id: int) -> None:
     await sim.crash(node_id)
     sim.storages[node_id].wipe()
     await sim.boot(node_id, rejoin=True)
-    await _wait_mode(sim, node_id, ("normal",), 120.0)
+    await wait_mode(sim, node_id, ("normal",), 120.0)
 
 
 async def _two_disk_losses(copy_floors: bool) -> tuple[Outcome, Outcome]:
@@ -119,7 +104,7 @@ async def _rebuild_from_old_copies() -> Outcome:
     sim.config[1] = dataclasses.replace(sim.config[1], rejoin=True,
                                         rejoin_after_quorum_loss=True)
     await sim.boot(1, rejoin=True)
-    await _wait_mode(sim, 1, ("normal",), 120.0)
+    await wait_mode(sim, 1, ("normal",), 120.0)
     n1 = sim.hosts[1].node
     assert n1 is not None
     try:

@@ -7,28 +7,13 @@ import asyncio
 import dataclasses
 
 import pytest
+from scripted import QUIET, wait_mode
 
 from paxoskv.core.errors import UnknownOutcome
 from paxoskv.core.register import Cas, Delete, Read, Set, Value
 from paxoskv.node import IdentityRules
 from paxoskv.sim.loop import run_virtual
-from paxoskv.sim.network import SimNetworkOptions
 from paxoskv.sim.runner import SimOptions, _Simulation
-
-QUIET = SimNetworkOptions(drop_probability=0.0, duplicate_probability=0.0,
-                          reorder_probability=0.0, partition_probability=0.0)
-
-
-async def _wait_mode(sim: _Simulation, node_id: int, modes: tuple[str, ...],
-                     timeout_s: float) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        node = sim.hosts[node_id].node
-        if node is not None and node.acceptor_mode in modes:
-            return node.acceptor_mode
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"node {node_id} never reached {modes}")
 
 
 async def _scenario(recheck_own_keys: bool) -> Value:
@@ -57,10 +42,10 @@ async def _scenario(recheck_own_keys: bool) -> Value:
     sim.storages[3].restore(copy)
     assert sim.storages[3].has_row("k")
     await sim.boot(3)
-    await _wait_mode(sim, 3, ("refused",), 30.0)
+    await wait_mode(sim, 3, ("refused",), 30.0)
     await sim.crash(3)
     await sim.boot(3, rejoin=True)
-    await _wait_mode(sim, 3, ("normal",), 120.0)
+    await wait_mode(sim, 3, ("normal",), 120.0)
     # With node 2 down, every quorum holds node 3. Node 3 reads: node 1 may still hold a
     # phase-1-skip ballot for k from the delete, whose refused accept would rewrite the row.
     await sim.crash(2)
@@ -113,7 +98,7 @@ async def _lost_disk_scenario(prepared_lifetime_s: float | None, copy_floors: bo
     await sim.crash(3)
     sim.storages[3].wipe()
     await sim.boot(3, rejoin=True)
-    await _wait_mode(sim, 3, ("normal",), 120.0)
+    await wait_mode(sim, 3, ("normal",), 120.0)
     await sim.crash(2)  # every quorum holds node 3
     try:
         try:
