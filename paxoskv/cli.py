@@ -792,26 +792,23 @@ def _backup_command(args: argparse.Namespace, urls: list[str]) -> int:
         finally:
             await client.close()
 
+    def stopped(message: str, code: int,
+                hint: str = "the backup stopped; run it again with --resume to continue"
+                ) -> int:
+        print(f"paxoskv: {message}", file=sys.stderr)
+        if args.command == "backup":
+            print(f"paxoskv: {hint}", file=sys.stderr)
+        return code
+
     try:
         return asyncio.run(run())
     except BackupError as exc:
-        print(f"paxoskv: {exc}", file=sys.stderr)
-        if args.command == "backup":
-            print("paxoskv: an unfinished backup file continues with --resume",
-                  file=sys.stderr)
-        return EXIT_REFUSED
+        return stopped(str(exc), EXIT_REFUSED,
+                       "an unfinished backup file continues with --resume")
     except ClientError as exc:
-        print(f"paxoskv: cannot reach {', '.join(urls)} (last error: {exc})", file=sys.stderr)
-        if args.command == "backup":
-            print("paxoskv: the backup stopped; run it again with --resume to continue",
-                  file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return stopped(f"cannot reach {', '.join(urls)} (last error: {exc})", EXIT_UNREACHABLE)
     except PaxosKVError as exc:
-        print(f"paxoskv: {exc}", file=sys.stderr)
-        if args.command == "backup":
-            print("paxoskv: the backup stopped; run it again with --resume to continue",
-                  file=sys.stderr)
-        return EXIT_REFUSED
+        return stopped(str(exc), EXIT_REFUSED)
 
 
 def _table(command: str, doc: Any) -> str:
