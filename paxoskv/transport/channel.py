@@ -68,6 +68,11 @@ class _Link:
     backoff_s: float = BACKOFF_MIN_S
 
 
+def _time_out(answer: asyncio.Future[tuple[int, bytes]]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
+
+
 class ChannelTransport(HttpTransport):
     """Implements ``paxoskv.transport.base.Transport``; batches ride the peer channel."""
 
@@ -83,16 +88,22 @@ class ChannelTransport(HttpTransport):
         self._links: dict[int, _Link] = {id(p): _Link() for p in self._peers.values()}
 
     async def _exchange(self, p: _Peer, frame: bytes) -> bytes:
-        sock = await self._socket(p)
-        loop = asyncio.get_running_loop()
+        sock = self._links[id(p)].socket  # (open: no coroutine to look it up)
+        if sock is None:
+            sock = await self._socket(p)
+        loop = self._loop.get()
         sock.next_id = (sock.next_id + 1) & 0xFFFF_FFFF
         request_id = sock.next_id
         answer: asyncio.Future[tuple[int, bytes]] = loop.create_future()
         sock.pending[request_id] = answer
+        timer: asyncio.TimerHandle | None = None
         try:
             await sock.ws.send_bytes(channel_request(request_id, frame))
-            async with asyncio.timeout(self._timeout_s):
-                status, body = await answer
+            # The wait for the answer is bounded by a timer that fails the answer future,
+            # rather than asyncio.timeout around it, which costs a Timeout, a lookup of the
+            # current task and a cancel-and-convert of this task on expiry.
+            timer = loop.call_later(self._timeout_s, _time_out, answer)
+            status, body = await answer
         except TimeoutError:
             # A slow frame (an fsync) on a live peer: the socket stays; a dead peer is
             # the heartbeat's to notice.
@@ -102,6 +113,8 @@ class ChannelTransport(HttpTransport):
             self._drop(p, sock, f"{type(exc).__name__}: {exc}")
             raise PeerUnreachable(f"peer channel: {type(exc).__name__}: {exc}") from None
         finally:
+            if timer is not None:
+                timer.cancel()
             sock.pending.pop(request_id, None)
             if answer.done() and not answer.cancelled():
                 answer.exception()  # a drop may have failed it after we stopped waiting

@@ -188,7 +188,7 @@ class HttpTransport:
             if not batch:
                 continue
             lane.inflight += 1
-            self._track(asyncio.ensure_future(self._post_batch(p, lane, batch)))
+            self._track(self._loop.get().create_task(self._post_batch(p, lane, batch)))
 
     async def _post_batch(self, p: _Peer, lane: _Lane,
                           batch: list[tuple[Request, int, asyncio.Future[Reply]]]) -> None:
