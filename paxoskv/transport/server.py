@@ -232,13 +232,14 @@ class PeerServer:
         await ws.prepare(request)
         self._channels.add(ws)
         tasks: set[asyncio.Task[None]] = set()
+        loop = self._loop.get()  # (asyncio.ensure_future would look it up per frame)
         try:
             async for message in ws:
                 if message.type is not WSMsgType.BINARY:
                     await ws.close(code=WSCloseCode.UNSUPPORTED_DATA,
                                    message=b"binary frames only")
                     break
-                task = asyncio.ensure_future(self._channel_frame(ws, message.data))
+                task = loop.create_task(self._channel_frame(ws, message.data))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
