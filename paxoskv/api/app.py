@@ -21,14 +21,11 @@ import logging
 import math
 import re
 import time
-import warnings
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, Final, Literal
 
 import orjson
-from aiohttp import hdrs, web
-from aiohttp.web_urldispatcher import AbstractResource, SystemRoute, UrlMappingMatchInfo
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from paxoskv.api.guard import GuardLimits, client_guard_middleware
@@ -730,64 +727,6 @@ async def value_expect_handler(request: web.Request) -> web.StreamResponse | Non
     return await expect_handler(request)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_KV_PREFIX = "/v1/kv/"
-_KV_METHODS = frozenset({"GET", "PUT"})
-
-with warnings.catch_warnings():
-    # aiohttp discourages subclassing Application (its internals may change): this one
-    # overrides only ``_handle``, against the aiohttp pinned in constraints.txt.
-    warnings.simplefilter("ignore", DeprecationWarning)
-
-    class _App(web.Application):
-        """aiohttp's Application with a leaner ``_handle``, the per-request entry point,
-        doing what aiohttp's does (resolve the route, Expect, middlewares, handler) less a
-        few costs that do not apply to this app: ``asyncio.get_event_loop()`` (a
-        ``getpid`` system call on Python 3.11) for a debug check; the middleware that
-        records the current sub-application (there are none),
-        one coroutine frame per request; building the middleware chain per request. GET
-        and PUT on ``/v1/kv/{key}`` go straight to that route's resource: the router
-        would try it first anyway (``tests/api/test_app.py`` checks both agree)."""
-
-        __slots__ = ("_chains", "_kv_resource")
-        ATTRS = web.Application.ATTRS | {"_chains", "_kv_resource"}  # (aiohttp's debug mode)
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._kv_resource: AbstractResource | None = None
-            self._chains: dict[Handler, Handler] = {}
-
-        async def _handle(self, request: web.Request) -> web.StreamResponse:
-            if self._subapps or self._has_legacy_middlewares:  # (none here)
-                return await super()._handle(request)
-            match_info: UrlMappingMatchInfo | None = None
-            kv = self._kv_resource
-            if kv is not None and request.method in _KV_METHODS \
-                    and request.rel_url.path_safe.startswith(_KV_PREFIX):
-                match_info, _ = await kv.resolve(request)
-            if match_info is None:
-                match_info = await self._router.resolve(request)
-            match_info.add_app(self)
-            match_info.freeze()
-            request._match_info = match_info
-            if request.headers.get(hdrs.EXPECT):
-                resp = await match_info.expect_handler(request)
-                await request.writer.drain()
-                if resp is not None:
-                    return resp
-            handler: Handler = match_info.handler
-            if self._run_middlewares:
-                chain = self._chains.get(handler)
-                if chain is None:
-                    chain = handler
-                    for m in reversed(self._middlewares):  # the first one outermost
-                        chain = partial(m, handler=chain)
-                    if not isinstance(match_info.route, SystemRoute):
-                        self._chains[handler] = chain  # (a 404's or 405's is new each time)
-                handler = chain
-            return await handler(request)
-
-
 def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
              idempotency_window_s: float = DEFAULT_WINDOW_S,
              parts: frozenset[Part] = ALL_PARTS,
@@ -812,7 +751,7 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
             middlewares.append(auth_middleware)
     # A client request's body is one value; only peer frames may be larger.
     body_max = limits.frame_bytes_max if "peer" in parts else limits.value_bytes_max + 1
-    app = _App(middlewares=middlewares, client_max_size=body_max)
+    app = web.Application(middlewares=middlewares, client_max_size=body_max)
     if tokens is not None:
         app[TOKENS] = tokens
     app[METRICS_AUTH] = metrics_auth
@@ -822,9 +761,7 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
     app[METRICS] = metrics
     app[IDEMPOTENCY_WINDOW] = idempotency_window_s
     if "client" in parts:
-        kv_route = app.router.add_put("/v1/kv/{key:.+}", put_key,
-                                      expect_handler=value_expect_handler)
-        app._kv_resource = kv_route.resource
+        app.router.add_put("/v1/kv/{key:.+}", put_key, expect_handler=value_expect_handler)
         app.router.add_get("/v1/kv/{key:.+}", get_key, expect_handler=expect_handler)
         app.router.add_delete("/v1/kv/{key:.+}", delete_key, expect_handler=expect_handler)
         app.router.add_post("/v1/kv/{key:.+}/renew", renew_key, expect_handler=expect_handler)

@@ -295,38 +295,3 @@ def test_errors_are_json_with_and_without_the_client_guard(guard: GuardLimits | 
             r = await c.get(f"/v1/kv/k{i}")
             assert (r.status, await r.read()) == (200, b"v")
     with_client(t, guard=guard)
-
-
-def test_kv_routes_resolve_as_the_router_would() -> None:
-    """Goal: the app's shortcut for GET and PUT on /v1/kv/{key} (straight to that route's
-    resource, app.py ``_App._handle``) picks the route and key aiohttp's router would, for
-    every kind of path under /v1/kv/ (escapes, slashes, a trailing /renew, the bare
-    prefix), and any other method or path still goes through the router."""
-    from aiohttp.test_utils import make_mocked_request
-
-    async def run() -> None:
-        limits = Limits()
-        config = NodeConfig(1, {1: PeerSpec(1, "http://127.0.0.1:1")}, limits=limits)
-        node = Node(config, NodeIdentity("c", 1, "d", 1, False), MemoryStorage(), NoPeers())
-        for guard in (None, GuardLimits()):
-            app = make_app(node, "secret", limits, Metrics(), guard=guard)
-            app.freeze()
-            fast = app._kv_resource  # type: ignore[attr-defined]
-            assert fast is not None
-            for method in ("GET", "PUT"):
-                for path in ("/v1/kv/a", "/v1/kv/a/b/c", "/v1/kv/with%20space",
-                             "/v1/kv/%D0%BA%D0%BB%D1%8E%D1%87", "/v1/kv/x/renew",
-                             "/v1/kv/a%2Fb", "/v1/kv//", "/v1/kv/a?ttl=5s"):
-                    request = make_mocked_request(method, path, app=app)
-                    routed = await app.router.resolve(request)
-                    direct, _ = await fast.resolve(request)
-                    assert direct is not None, (method, path)
-                    assert direct.route is routed.route, (method, path)
-                    assert dict(direct) == dict(routed), (method, path)
-            for method, path in (("POST", "/v1/kv/x/renew"), ("DELETE", "/v1/kv/a"),
-                                 ("GET", "/v1/kv/"), ("PUT", "/v1/kv/"), ("GET", "/v1/kv")):
-                request = make_mocked_request(method, path, app=app)
-                direct, _ = await fast.resolve(request)
-                routed = await app.router.resolve(request)
-                assert direct is None or direct.route is routed.route, (method, path)
-    asyncio.run(run())
