@@ -156,7 +156,8 @@ class Collector:
         for key, ballot in to_pin:
             if not (node.machine.may_propose and node.quorum_reachable()):
                 break
-            await self.pin(key, ballot)
+            if await self.pin(key, ballot) is None:
+                break  # an acceptor did not answer: every other pin would wait for it too
         for key, ballot in due:
             if not (node.machine.may_propose and node.quorum_reachable()):
                 break
@@ -167,9 +168,10 @@ class Collector:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
 
-    async def pin(self, key: str, ballot: Ballot) -> bool:
+    async def pin(self, key: str, ballot: Ballot) -> bool | None:
         """Start ``key``'s grace if every acceptor now holds its tombstone at ``ballot`` (or
-        no row): one query to each, no promise, nothing written."""
+        no row): one query to each, no promise, nothing written. None if some acceptor
+        did not answer."""
         node = self._node
         loop = asyncio.get_running_loop()
         reports: dict[int, QueryReply] = {}
@@ -184,11 +186,12 @@ class Collector:
             return Wait()
 
         await node._broadcast(Query(key), on_reply, loop.time() + node.config.phase_timeout_s)
+        if set(reports) < node.quorum.acceptors:
+            return None
         noted = self._pending.get(key)  # again: the sweep may have moved on meanwhile
-        if noted is None or noted.ballot != ballot or set(reports) < node.quorum.acceptors \
-                or not held_since_pin(((r.ballot_accepted, r.value)
-                                       for r in reports.values()), ballot):
-            return False  # someone lags, is down, or the key changed: the next sweep retries
+        if noted is None or noted.ballot != ballot or not held_since_pin(
+                ((r.ballot_accepted, r.value) for r in reports.values()), ballot):
+            return False  # someone lags, or the key changed: the next sweep retries
         noted.pinned_at = loop.time()  # after the last answer: each held it by then
         self.progress.pins += 1
         return True
