@@ -145,6 +145,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_flag(s, "--rejoin", "bring back a node that lost its data directory (README)")
     _add_flag(s, "--rejoin-after-quorum-loss", "with --rejoin: a majority of acceptors lost "
               "their disks; rejoin from whatever survived (README)")
+    _add_flag(s, "--rejoin-accept-old-copy", "with --rejoin-after-quorum-loss: rebuild even "
+              "on a data directory older than the tombstone grace, though a key deleted and "
+              "collected since may come back (docs/recovery.md)")
     _add(s, "--forward-writes", "send each client write to its key's preferred proposer",
          "on", choices=["on", "off"])
     _add(s, "--fast-paxos", "try each write as a one-round-trip Fast Paxos round from this "
@@ -400,7 +403,8 @@ def _serve(args: argparse.Namespace) -> int:
             tombstone_grace_s=args.tombstone_grace,
             forward_writes=args.forward_writes == "on",
             fast_paxos=args.fast_paxos == "on",
-            rejoin_after_quorum_loss=args.rejoin_after_quorum_loss, limits=limits)
+            rejoin_after_quorum_loss=args.rejoin_after_quorum_loss,
+            rejoin_accept_old_copy=args.rejoin_accept_old_copy, limits=limits)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

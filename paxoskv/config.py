@@ -60,6 +60,9 @@ class NodeConfig:
     rejoin: bool = False
     rejoin_after_quorum_loss: bool = False
     """Rejoin trusting whatever acceptors survive (README: two disks lost at once)."""
+    rejoin_accept_old_copy: bool = False
+    """Rebuild (``rejoin_after_quorum_loss``) even on a data directory too old to be sure
+    that no key deleted and collected since comes back (docs/recovery.md)."""
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -79,6 +82,8 @@ class NodeConfig:
             raise ValueError("tombstone grace must not be negative")
         if self.rejoin_after_quorum_loss and not self.rejoin:
             raise ValueError("--rejoin-after-quorum-loss needs --rejoin")
+        if self.rejoin_accept_old_copy and not self.rejoin_after_quorum_loss:
+            raise ValueError("--rejoin-accept-old-copy needs --rejoin-after-quorum-loss")
 
     @property
     def acceptors(self) -> frozenset[int]:

@@ -30,6 +30,9 @@ from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.core.idempotency import RESERVED_PREFIX
 from paxoskv.core.identity import (
+    META_ALIVE_AT,
+    META_REFUSED,
+    META_REJOIN,
     SERVES,
     HelloClaim,
     IdentityMachine,
@@ -37,6 +40,7 @@ from paxoskv.core.identity import (
     PeerRecord,
     Verdict,
     judge_hello,
+    judge_rebuild_copy,
 )
 from paxoskv.core.messages import (
     REPLY_TYPES,
@@ -95,8 +99,10 @@ __all__ = [
     "Overloaded",
     "PeerSpec",
     "ProposerRules",
+    "RebuildRefused",
     "Role",
     "UnknownOutcome",
+    "check_rebuild_copy",
     "open_identity",
 ]
 
@@ -106,6 +112,9 @@ T = TypeVar("T")
 
 LOOP_ERROR_PAUSE_S: Final = 1.0
 """A background loop that hit an unexpected error waits this long before trying again."""
+ALIVE_REFRESH_S: Final = 60.0
+"""How often a normal acceptor records in its data directory that it is current (the
+``alive_at`` meta row a rebuild judges a copy's age by): one small durable write a minute."""
 LIST_PAGES_MAX: Final = 8
 """Pages of tombstones a list call skips before it answers with a cursor and no keys."""
 
@@ -140,6 +149,9 @@ class IdentityRules:
     rejoin_rechecks_own_keys: bool = True
     """A rejoin also runs an identity round on every key of its own rows, which no peer
     may list any more (a collected tombstone, docs/gc.md)."""
+    judge_rebuild_copy: Callable[[bool, int | None, int, float], str | None] = (
+        judge_rebuild_copy)
+    """Whether a rebuild after a quorum loss may trust this data directory's rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,10 @@ class ProposerRules:
     gc_everyone: bool = True
     """A tombstone collection round must be promised and accepted by every acceptor, not
     a quorum (docs/gc.md)."""
+    gc_pins: bool = True
+    """A tombstone's grace starts once every acceptor is seen holding it (the pin), and a
+    sweep's collection round goes on only if every promise still shows it (or no row):
+    each acceptor held it for the whole grace (docs/gc.md)."""
 
 
 @dataclass(slots=True)
@@ -291,6 +307,46 @@ async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> Node
     data_id = storage.get_meta("data_id")
     assert data_id is not None
     return NodeIdentity(cluster_id, node_id, data_id, incarnation, fresh)
+
+
+class RebuildRefused(Exception):
+    """A rebuild after a quorum loss would run on rows that may bring back collected keys;
+    the message says why and what to do (the server prints it and exits non-zero)."""
+
+
+def check_rebuild_copy(storage: Storage, config: NodeConfig, now_ms: int,
+                       rules: IdentityRules | None = None) -> None:
+    """Before anything is written: refuse to rebuild on a data directory too old to be
+    trusted (``identity.judge_rebuild_copy``), unless the operator accepted the risk.
+
+    Checked whenever this start will rebuild: with the flags, and when resuming a rebuild
+    a crash cut short (its rows may still be the copy's), so a resumption after the bound
+    needs the flags again."""
+    if not config.is_acceptor:
+        return
+    if config.rejoin:
+        rebuild = config.rejoin_after_quorum_loss
+    else:
+        rebuild = not storage.get_meta(META_REFUSED) and \
+            storage.get_meta(META_REJOIN) == "rebuild"
+    if not rebuild:
+        return
+    raw = storage.get_meta(META_ALIVE_AT)
+    alive_at = int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
+    judge = (rules or IdentityRules()).judge_rebuild_copy
+    why = judge(storage.key_count() > 0, alive_at, now_ms, config.tombstone_grace_s)
+    if why is None:
+        return
+    if config.rejoin_accept_old_copy:
+        log.warning("rebuild: %s; going on as --rejoin-accept-old-copy asks: a key deleted "
+                    "and collected since this copy may come back (docs/recovery.md)", why)
+        return
+    raise RebuildRefused(
+        f"refusing to rebuild after a quorum loss on this data directory: {why}. A key "
+        "deleted and collected since could come back with its old value. Rebuild from an "
+        "empty data directory (move this one aside) or a newer copy; or, to keep these "
+        "rows and accept that risk, start again with --rejoin --rejoin-after-quorum-loss "
+        "--rejoin-accept-old-copy (docs/recovery.md)")
 
 
 def _local_failure(key: str, exc: Exception) -> Unavailable:
@@ -1413,11 +1469,28 @@ class Node:
                     tg.create_task(self.sweeper.run(self.config.ttl_sweep_interval_s))
                 if self.collector.enabled:
                     tg.create_task(self.collector.loop())
+                if self.config.is_acceptor:
+                    tg.create_task(self.alive_loop())
                 if self.machine.rejoining:
                     tg.create_task(self._guarded_rejoin())
         finally:
             self._group = None
         raise AssertionError("the node's loops should never complete")
+
+    async def alive_loop(self) -> None:
+        """Record, about once a minute, that this data directory is a normal acceptor's
+        current state (``META_ALIVE_AT``): a copy of it then carries a lower bound on when
+        it was current, so an idle node's copy is not judged old. Only in the normal mode:
+        a refused or rejoining directory's rows may be older than its clock says."""
+        last: float | None = None
+        while True:
+            now = asyncio.get_running_loop().time()
+            if self.machine.mode is Mode.NORMAL and (last is None or now - last
+                                                     >= ALIVE_REFRESH_S):
+                await self._guarded("alive record", self.storage.set_meta(
+                    META_ALIVE_AT, str(self.clock_ms())))
+                last = now
+            await asyncio.sleep(min(5.0, ALIVE_REFRESH_S))
 
     async def _guarded_rejoin(self) -> None:
         while self.machine.rejoining:

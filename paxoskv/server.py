@@ -21,11 +21,12 @@ from paxoskv.auth import TokenStore
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
-from paxoskv.node import Node, NodeConfig, open_identity
+from paxoskv.node import Node, NodeConfig, RebuildRefused, check_rebuild_copy, open_identity
 from paxoskv.storage.sqlite import SqliteStorage
 from paxoskv.tls import Reloader, TlsError, TlsFiles, client_context, server_context
 from paxoskv.transport.channel import ChannelTransport
 from paxoskv.transport.http import HttpTransport
+from paxoskv.ttl import system_clock_ms
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -103,6 +104,11 @@ async def serve(opts: ServeOptions) -> None:
             f"{exc} (check that it exists and is writable; in Kubernetes, a volume plugin "
             "that ignores fsGroup needs the chart's volumePermissions.enabled=true)") from None
     metrics.disk_source(storage.disk_usage)
+    try:
+        check_rebuild_copy(storage, opts.config, system_clock_ms())
+    except RebuildRefused as exc:
+        await storage.close()
+        raise SystemExit(f"paxoskv: {exc}") from None
     identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id)
     log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
              identity.cluster_id, identity.incarnation, identity.data_id,

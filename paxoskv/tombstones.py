@@ -1,13 +1,22 @@
 """The tombstone collector: removes a deleted key's row from every acceptor (docs/gc.md).
 
-For each tombstone this node sweeps (``Node.sweeps``), once it has been seen unchanged
-for the grace period (``--tombstone-grace``):
+For each tombstone this node sweeps (``Node.sweeps``):
 
-1. an identity round that every acceptor must promise and accept (not a quorum): the
-   tombstone is then the value accepted, at one ballot ``b``, by all of them;
+0. the pin: a query to every acceptor must find each of them holding the tombstone at the
+   ballot ``p`` of this node's own row (or no row); the grace (``--tombstone-grace``)
+   counts from the moment the last answer arrived, and restarts if the row changes;
+1. once the grace is over, an identity round that every acceptor must promise and accept
+   (not a quorum), whose promises must all still show the tombstone at ``p`` (or no row,
+   ``proposer.held_since_pin``): the tombstone is then the value accepted, at one ballot
+   ``b``, by all of them, each having held it for the whole grace;
 2. ``Collect(key, b, version)`` to every acceptor: each removes the row only if it still
    holds exactly that, and raises its bucket's floor in the same durable step
    (``core/acceptor.py`` ``on_collect``).
+
+Step 0 is what lets a rebuild after a quorum loss trust a copy of a data directory younger
+than the grace (``identity.judge_rebuild_copy``): counted from the sweeper's own first
+sight, the grace could run out while another acceptor still held the old value (it was
+down or cut off), and a copy of it taken then would bring the key back.
 
 An acceptor that missed step 2 keeps a tombstone row at ``b``; the next sweep collects it.
 What the rounds decide lives in ``core/``; this module only drives them, in bounded pages
@@ -23,8 +32,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from paxoskv.core.ballot import Ballot
-from paxoskv.core.messages import Collect, Collected, Reply
-from paxoskv.core.proposer import Abort, Committed, ProposerRound, SendAccept, Wait
+from paxoskv.core.messages import Collect, Collected, Query, QueryReply, Reply
+from paxoskv.core.proposer import (
+    Abort,
+    Committed,
+    ProposerRound,
+    SendAccept,
+    Wait,
+    held_since_pin,
+)
 from paxoskv.core.register import Read
 
 if TYPE_CHECKING:
@@ -41,8 +57,21 @@ GC_BATCH_KEYS: Final = 100
 GC_PENDING_MAX: Final = 100_000
 """Tombstones remembered (key, ballot, first seen) while their grace runs; beyond it the
 sweep notes no more until some are collected (memory stays bounded)."""
+GC_PIN_KEYS: Final = 500
+"""Tombstones pinned per sweep at most (one query to every acceptor each)."""
 GC_ATTEMPTS: Final = 3
 """Rounds one collection tries (refused for a higher ballot) before the next sweep."""
+
+
+@dataclass(slots=True)
+class _Noted:
+    """A tombstone of this node's own rows while its grace runs."""
+
+    ballot: Ballot
+    """The ballot its row was accepted at (the pin's, once pinned)."""
+    pinned_at: float | None = None
+    """Loop time by which every acceptor was seen holding it at ``ballot``; None until
+    then. The grace counts from here."""
 
 
 @dataclass(slots=True)
@@ -55,14 +84,16 @@ class GcProgress:
     """Collections some acceptor did not confirm (retried by a later sweep)."""
     declined: int = 0
     """Collection rounds that found the key alive or could not reach every acceptor."""
+    pins: int = 0
+    """Tombstones every acceptor was seen holding: their grace started."""
 
 
 class Collector:
     def __init__(self, node: Node) -> None:
         self._node = node
         self.progress = GcProgress()
-        self._pending: OrderedDict[str, tuple[Ballot, float]] = OrderedDict()
-        """Tombstones seen: the ballot their row was accepted at, and when first seen so."""
+        self._pending: OrderedDict[str, _Noted] = OrderedDict()
+        """Tombstones seen, with their pin once taken."""
 
     @property
     def enabled(self) -> bool:
@@ -90,11 +121,13 @@ class Collector:
                 await node._guarded("tombstone collection", self.sweep())
 
     async def sweep(self) -> None:
-        """Page through this acceptor's keys; collect tombstones whose grace is over."""
+        """Page through this acceptor's keys; pin new tombstones, collect those whose grace
+        since their pin is over."""
         node = self._node
         loop = asyncio.get_running_loop()
         grace = node.config.tombstone_grace_s
         due: list[tuple[str, Ballot]] = []
+        to_pin: list[tuple[str, Ballot]] = []
         after: str | None = None
         for _ in range(1_000_000):
             page = node.storage.keys("", after, GC_PAGE_KEYS)
@@ -104,33 +137,74 @@ class Collector:
                         or not node.sweeps(key):
                     self._pending.pop(key, None)
                     continue
-                seen = self._pending.get(key)
-                now = loop.time()
-                if seen is None or seen[0] != state.ballot_accepted:
+                noted = self._pending.get(key)
+                if noted is None or noted.ballot != state.ballot_accepted:
                     # New, or written since (a collection round of ours leaves its own
-                    # ballot here, see ``collect``): the grace starts now.
-                    if seen is None and len(self._pending) >= GC_PENDING_MAX:
+                    # ballot here, see ``collect``): it needs a new pin.
+                    if noted is None and len(self._pending) >= GC_PENDING_MAX:
                         continue
-                    seen = self._pending[key] = (state.ballot_accepted, now)
-                if now - seen[1] >= grace and len(due) < GC_BATCH_KEYS:
-                    due.append((key, state.ballot_accepted))
+                    noted = self._pending[key] = _Noted(state.ballot_accepted)
+                if noted.pinned_at is None:
+                    if len(to_pin) < GC_PIN_KEYS:
+                        to_pin.append((key, noted.ballot))
+                elif loop.time() - noted.pinned_at >= grace and len(due) < GC_BATCH_KEYS:
+                    due.append((key, noted.ballot))
             if len(page) < GC_PAGE_KEYS or len(due) >= GC_BATCH_KEYS:
                 break
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
-        for key, _ in due:
+        for key, ballot in to_pin:
             if not (node.machine.may_propose and node.quorum_reachable()):
                 break
-            await self.collect(key)
+            if await self.pin(key, ballot) is None:
+                break  # an acceptor did not answer: every other pin would wait for it too
+        for key, ballot in due:
+            if not (node.machine.may_propose and node.quorum_reachable()):
+                break
+            await self.collect(key, ballot)
         self.progress.sweeps += 1
         node.metrics.tombstones_pending(len(self._pending))
         if due:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
 
-    async def collect(self, key: str) -> bool:
+    async def pin(self, key: str, ballot: Ballot) -> bool | None:
+        """Start ``key``'s grace if every acceptor now holds its tombstone at ``ballot`` (or
+        no row): one query to each, no promise, nothing written. None if some acceptor
+        did not answer."""
+        node = self._node
+        loop = asyncio.get_running_loop()
+        reports: dict[int, QueryReply] = {}
+        noted = self._pending.get(key)
+        if not node.proposer_rules.gc_pins and noted is not None:
+            noted.pinned_at = loop.time()  # the mutant: the grace from the first sight
+            return True
+
+        def on_reply(acceptor_id: int, reply: Reply) -> Wait:
+            if isinstance(reply, QueryReply) and reply.key == key:
+                reports[acceptor_id] = reply
+            return Wait()
+
+        await node._broadcast(Query(key), on_reply, loop.time() + node.config.phase_timeout_s)
+        if set(reports) < node.quorum.acceptors:
+            return None
+        noted = self._pending.get(key)  # again: the sweep may have moved on meanwhile
+        if noted is None or noted.ballot != ballot or not held_since_pin(
+                ((r.ballot_accepted, r.value) for r in reports.values()), ballot):
+            return False  # someone lags, or the key changed: the next sweep retries
+        noted.pinned_at = loop.time()  # after the last answer: each held it by then
+        self.progress.pins += 1
+        return True
+
+    async def collect(self, key: str, pinned: Ballot | None = None) -> bool:
         """One collection of ``key``: the all-acceptor round, then ``Collect`` everywhere.
-        True once every acceptor confirmed the row gone."""
+        True once every acceptor confirmed the row gone.
+
+        ``pinned``: the ballot of the pin whose grace is over (the sweep's case); every
+        promise must still show that tombstone, or no row. None (a direct call, the
+        simulator's gc_action) collects whatever every acceptor accepts now: what must
+        never break is the register, whose safety does not rest on the grace; only a
+        rebuild from an old copy does (docs/gc.md)."""
         node = self._node
         if not self.enabled:
             return False
@@ -150,6 +224,12 @@ class Collector:
                     self._pending.pop(key, None)  # written again meanwhile: not ours
                     self.progress.declined += 1
                     return False
+                if pinned is not None and node.proposer_rules.gc_pins and not \
+                        held_since_pin(((p.ballot_accepted, p.value) for p in rnd.promises),
+                                       pinned):
+                    self._pending.pop(key, None)  # changed since its pin: pinned anew
+                    self.progress.declined += 1
+                    return False
                 deadline = loop.time() + node.config.phase_timeout_s
                 step = await node._broadcast(step.accept, rnd.on_reply, deadline)
                 if step is None:
@@ -157,8 +237,11 @@ class Collector:
             if isinstance(step, Committed):
                 assert rnd.accept is not None
                 # Every acceptor of ``config`` accepted the tombstone at ``ballot``.
-                # A partial removal is retried by the next sweep without a new grace.
-                self._pending[key] = (ballot, self._pending.get(key, (ballot, loop.time()))[1])
+                # A partial removal is retried by the next sweep without a new grace: each
+                # acceptor held the tombstone at the pin's ballot, then at this one, or
+                # has no row (which is what the retry's promises must show).
+                noted = self._pending.get(key)
+                self._pending[key] = _Noted(ballot, noted.pinned_at if noted else None)
                 return await self._remove_everywhere(key, ballot, rnd.accept.value.version)
             if isinstance(step, Abort) and step.conflict:
                 seen = max(seen, step.ballot_seen)

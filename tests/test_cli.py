@@ -41,6 +41,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     (["serve", "--node-id", "5", "--peers", "1=http://127.0.0.1:1"], "not among"),
     (["serve", "--peers", "garbage"], "not ID=URL"),
     (["serve", "--statefulset"], "needs POD_NAME"),
+    (["serve", "--node-id", "1", "--rejoin", "--rejoin-accept-old-copy"],
+     "--rejoin-accept-old-copy needs --rejoin-after-quorum-loss"),
     (["serve", "--node-id", "1", "--max-value-bytes", "0"], "max value bytes"),
     (["serve", "--node-id", "1", "--idempotency-window", "0"], "--idempotency-window"),
     (["serve", "--node-id", "1", "--idempotency-window", "inf"], "--idempotency-window"),
@@ -86,6 +88,56 @@ def test_a_bad_token_rate_limit_stops_serve_with_one_line(tmp_path: Path) -> Non
     assert res.returncode == 2
     assert "--token-rate-limit: rate '50/0': burst must be a whole number" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("alive_ago_s", [None, 2 * 86400])
+def test_a_rebuild_on_an_old_data_directory_stops_serve_with_what_to_do(
+        tmp_path: Path, alive_ago_s: int | None) -> None:
+    """Goal: ``--rejoin --rejoin-after-quorum-loss`` on a data directory with rows that last
+    served as a normal acceptor more than the tombstone grace ago (or cannot tell when)
+    stops before it changes anything: one message naming the way out, a non-zero exit, no
+    traceback (docs/recovery.md)."""
+    import asyncio
+    import time
+
+    from paxoskv.core.acceptor import AcceptorState
+    from paxoskv.core.ballot import Ballot
+    from paxoskv.core.identity import META_ALIVE_AT
+    from paxoskv.core.register import Value
+    from paxoskv.storage.sqlite import SqliteStorage
+
+    data = tmp_path / "d"
+    data.mkdir()
+
+    async def make() -> None:
+        storage = SqliteStorage(data)
+        for name, value in (("cluster_id", "paxoskv"), ("node_id", "1"), ("data_id", "d1"),
+                            ("incarnation", "4")):
+            await storage.set_meta(name, value)
+        if alive_ago_s is not None:
+            await storage.set_meta(META_ALIVE_AT, str(int((time.time() - alive_ago_s) * 1000)))
+        await storage.save("k", AcceptorState(Ballot(3, 2), Ballot(3, 2), Value(1, b"old")))
+        await storage.close()
+
+    asyncio.run(make())
+    ports = free_ports(3)
+    peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
+    res = run("serve", "--node-id", "1", "--peers", peers, "--listen", f"127.0.0.1:{ports[0]}",
+              "--data-dir", str(data), "--rejoin", "--rejoin-after-quorum-loss",
+              env={"PAXOSKV_PEER_SECRET": "s" * 32})
+    assert res.returncode == 1, res
+    assert "refusing to rebuild after a quorum loss" in res.stderr
+    assert "--rejoin-accept-old-copy" in res.stderr and "empty data directory" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    async def incarnation() -> str | None:
+        storage = SqliteStorage(data)
+        try:
+            return storage.get_meta("incarnation")
+        finally:
+            await storage.close()
+
+    assert asyncio.run(incarnation()) == "4", "refused before anything was written"
 
 
 def test_token_new_writes_the_rate_option(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ tests/integration cover the same paths end to end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import warnings
 from typing import Any
@@ -752,3 +753,26 @@ def test_stop_cancels_the_messages_still_waiting_for_their_key() -> None:
         assert storage.saved == [1]
         assert not node._acceptor_locks._held["k"]  # held by A alone, no turn queued
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("verdict", "recorded"), [("ok", True), ("refused", False),
+                                                   ("amnesia", False)])
+def test_only_a_normal_acceptor_records_that_its_directory_is_current(
+        verdict: str, recorded: bool) -> None:
+    """Goal: ``alive_at`` (what a rebuild after a quorum loss judges a copy's age by,
+    docs/gc.md) is written by a normal acceptor, idle or not, and never by a refused or
+    amnesic one: their rows may be older than their clock, and a copy of them must not
+    look young."""
+    async def run() -> None:
+        node, storage, _ = _node(verdict)
+        node.clock_ms = lambda: 1_234_567
+        await node.start()
+        await node.heartbeat_once()
+        task = asyncio.ensure_future(node.alive_loop())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert storage.meta.get("alive_at") == ("1234567" if recorded else None), \
+            node.acceptor_mode
+    asyncio.run(run())

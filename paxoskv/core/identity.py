@@ -45,6 +45,8 @@ __all__ = [
     "Welcome",
     "judge_frame",
     "judge_hello",
+    "judge_rebuild_copy",
+    "rebuild_copy_bound_s",
     "supersedes",
 ]
 
@@ -54,6 +56,17 @@ Written before a rejoin does anything else, cleared as its last step."""
 META_REFUSED: Final = "refused"
 """Why this data directory may never vote again without a rejoin; ``""`` when it may."""
 META_VERIFIED: Final = "verified"
+META_ALIVE_AT: Final = "alive_at"
+"""Unix ms (the node's wall clock) at which this data directory last served as a normal
+acceptor; refreshed about once a minute, never on the write path. A copy of the directory
+holds the last value written before the copy, so it never makes a copy look younger."""
+
+REBUILD_CLOCK_MARGIN_S: Final = 300.0
+"""What a rebuild allows for wall clocks: the node that wrote ``alive_at`` and the one
+rebuilding may disagree by this much (NTP keeps them within milliseconds)."""
+REBUILD_RATE_MARGIN: Final = 1e-3
+"""And for clock rates, per second of grace: the collector counts the grace on its own
+monotonic clock (a quartz runs within 50 ppm; the simulator's nodes within 200)."""
 
 
 class Mode(enum.Enum):
@@ -378,3 +391,37 @@ def judge_frame(known: PeerRecord | None, sender: PeerRecord) -> bool:
     """Serve a peer's messages only from the process its hello made us remember: anything
     else may be a restored copy or a second process reusing ballots."""
     return known is not None and known == sender
+
+
+def rebuild_copy_bound_s(grace_s: float) -> float:
+    """How old (by ``alive_at``) a data directory may be for a rebuild after a quorum loss
+    to trust it: the tombstone grace less the clock margins."""
+    return grace_s - REBUILD_CLOCK_MARGIN_S - REBUILD_RATE_MARGIN * grace_s
+
+
+def judge_rebuild_copy(has_rows: bool, alive_at_ms: int | None, now_ms: int,
+                       grace_s: float) -> str | None:
+    """Why a rebuild after a quorum loss must not run on this data directory, or None.
+
+    A rebuilding acceptor answers prepares with its rows (``Mode.REBUILDING``), and the
+    survivors hold only a bucket floor for a key deleted and collected after those rows
+    were last current: its old row would then be the highest accepted value, and the key
+    would come back (docs/gc.md). A collection needs every acceptor to have held the
+    tombstone for a whole grace (``proposer.held_since_pin``), so a directory that served
+    as a normal acceptor less than a grace ago holds the tombstone of every key collected
+    since, or no row. The floors cannot tell stale rows apart: a live key of the same
+    bucket may sit below its floor. A directory without rows has nothing to bring back;
+    with a grace of 0 (collection off, on every member) nothing was collected.
+    """
+    if not has_rows or grace_s <= 0:
+        return None
+    bound = rebuild_copy_bound_s(grace_s)
+    if alive_at_ms is None:
+        return ("it holds rows but no record of when it last served as a normal acceptor "
+                "(made by an older release, or never caught up)")
+    age_s = (now_ms - alive_at_ms) / 1000
+    if age_s < bound:
+        return None
+    return (f"it last served as a normal acceptor {age_s:.0f}s ago by this clock, and a "
+            f"rebuild trusts only copies younger than {max(bound, 0.0):.0f}s "
+            f"(--tombstone-grace {grace_s:g}s less a clock margin)")

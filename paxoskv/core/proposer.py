@@ -9,7 +9,7 @@ lives in ``Previous`` (see ``ProposerRound.__init__``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +47,7 @@ __all__ = [
     "choose_value",
     "classify_failure",
     "fast_base",
+    "held_since_pin",
     "next_ballot",
     "prepared_after",
 ]
@@ -215,6 +216,11 @@ class ProposerRound:
         """Per item: its outcome in this round's accept, ``Unknown``, or None (abandoned)."""
 
     @property
+    def promises(self) -> tuple[Promise, ...]:
+        """The promises received so far (the collector checks them against its pin)."""
+        return tuple(self._promises.values())
+
+    @property
     def outcome(self) -> Outcome | None:
         """The first item's outcome (the whole round's, with one item)."""
         first = self.results[0]
@@ -363,6 +369,22 @@ def choose_value(promises: Sequence[Promise], config: QuorumConfig) -> Value:
     ranked = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0].digest()))
     must = [v for v, c in ranked if c >= could_be_chosen]
     return must[0] if must else ranked[0][0]
+
+
+def held_since_pin(reports: Iterable[tuple[Ballot, Value]], pinned: Ballot) -> bool:
+    """Whether every acceptor's report (accepted ballot, value) of a key still shows the
+    tombstone the collector pinned at ``pinned``, or no row at all (docs/gc.md).
+
+    A tombstone's grace counts from a moment every acceptor was seen holding it at
+    ``pinned`` (the pin), and collection needs every acceptor to report it again: accepted
+    ballots only grow, so each acceptor then held exactly that tombstone for the whole
+    grace, and a copy of its data directory taken in that time holds it too. That is what
+    lets a rebuild trust a copy younger than the grace (``identity.judge_rebuild_copy``).
+    "Nothing accepted" is a row already removed by an earlier, partial collection (or a
+    key this acceptor never held): it has no old value to give back.
+    """
+    return all((ballot == pinned and not value.exists) or ballot.is_zero()
+               for ballot, value in reports)
 
 
 def prepared_after(rnd: ProposerRound, step: RoundStep) -> Prepared | None:

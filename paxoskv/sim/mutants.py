@@ -40,7 +40,7 @@ from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
     "ACCEPTOR_MUTANT_RULES", "FAST_MUTANTS", "GC_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS",
-    "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES", "TTL_MUTANTS",
+    "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES", "SCRIPTED_MUTANTS", "TTL_MUTANTS",
 ]
 
 MUTANTS: Final[dict[str, str]] = {
@@ -78,6 +78,18 @@ MUTANTS: Final[dict[str, str]] = {
                               "accepted it: an acceptor that missed it keeps the older value",
 }
 """Each mutant's one broken rule; the identity ones go through `IdentityRules`."""
+
+SCRIPTED_MUTANTS: Final[dict[str, str]] = {
+    "rebuild-ignores-copy-age": "a rebuild after a quorum loss runs on a data directory "
+                                "older than the tombstone grace: a key deleted and collected "
+                                "since the copy comes back",
+    "gc-grace-from-first-sight": "a tombstone's grace counts from when the collector first "
+                                 "saw its own row, not from when every acceptor held it: a "
+                                 "young copy of a lagging acceptor brings the key back",
+}
+"""Mutants only a scripted scenario reaches (a rebuild from old copies after a majority
+loss, which the random runs never do): tests/sim/test_gc_floor_loss.py catches each; they
+are not among ``MUTANTS``, whose random-seed budget could not."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
 TTL_MUTANTS: Final = frozenset({"ttl-delete-without-compare", "ttl-read-without-delete"})
@@ -129,6 +141,12 @@ def _start_without_marker(is_acceptor: bool, rejoin_flag: bool, rebuild_flag: bo
     machine, persist = IdentityMachine.start(is_acceptor, rejoin_flag, rebuild_flag,
                                              meta_rejoin, meta_refused)
     return machine, tuple(record for record in persist if record[0] != META_REJOIN)
+
+
+def _trust_any_copy(has_rows: bool, alive_at_ms: int | None, now_ms: int,
+                    grace_s: float) -> str | None:
+    """Broken rule: a rebuild after a quorum loss trusts a data directory of any age."""
+    return None
 
 
 def _judge_welcoming(known: PeerRecord | None, claim: HelloClaim, known_alive: bool) -> Verdict:
@@ -193,6 +211,7 @@ PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "fast-read-as-classic": ProposerRules(query_round=_FastReadAsClassic),
     "ttl-read-without-delete": ProposerRules(read_deletes_expired=False),
     "gc-before-all-accepted": ProposerRules(gc_everyone=False),
+    "gc-grace-from-first-sight": ProposerRules(gc_pins=False),
 }
 """The proposer mutants, each one rule swapped through the `ProposerRules` seam."""
 
@@ -204,5 +223,6 @@ IDENTITY_MUTANT_RULES: Final[dict[str, IdentityRules]] = {
     "no-incarnation-check": IdentityRules(judge_hello=_judge_welcoming),
     "no-config-check": IdentityRules(check_membership=False),
     "no-duplicate-check": IdentityRules(judge_hello=_judge_no_duplicate_check),
+    "rebuild-ignores-copy-age": IdentityRules(judge_rebuild_copy=_trust_any_copy),
 }
 """The identity mutants, each one rule swapped through the `IdentityRules` seam."""

@@ -58,6 +58,7 @@ from paxoskv.node import (
     PeerSpec,
     ProposerRules,
     UnknownOutcome,
+    check_rebuild_copy,
     open_identity,
 )
 from paxoskv.node import Node as RealNode
@@ -453,6 +454,8 @@ class _Simulation:
             self.state_checker.on_restart(node_id, storage)
         if rejoin or node_id in self.rolled_back:
             self.state_checker.fence(node_id, loop.time() + 2 * config.message_lifetime_s)
+        # A refused rebuild raises RebuildRefused here, as the server exits: nothing runs.
+        check_rebuild_copy(storage, config, self.clocks[node_id](), self.identity_rules)
         identity = await open_identity(storage, CLUSTER_ID, node_id)
         first = self.first_incarnation.setdefault(node_id, identity.incarnation)
         rng = self._fork()

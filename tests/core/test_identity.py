@@ -182,3 +182,21 @@ def test_supersedes_takes_only_a_higher_incarnation() -> None:
     assert supersedes(A, PeerRecord("e", 6, "x"))
     assert not supersedes(A, PeerRecord("d", 5, "other"))
     assert not supersedes(A, PeerRecord("d", 4, "x"))
+
+
+def test_a_rebuild_trusts_only_a_data_directory_current_less_than_a_grace_ago() -> None:
+    """Goal: a rebuild after a quorum loss runs on a directory's rows only if they were a
+    normal acceptor's current state less than the tombstone grace (less the clock margin)
+    ago; rows of unknown age are refused; no rows, or no collection, need no check."""
+    from paxoskv.core.identity import judge_rebuild_copy, rebuild_copy_bound_s
+    grace = 86400.0
+    bound = rebuild_copy_bound_s(grace)
+    assert grace - 400 < bound < grace - 300
+    now = 10_000_000_000
+    assert judge_rebuild_copy(True, now - int((bound - 1) * 1000), now, grace) is None
+    old = judge_rebuild_copy(True, now - int((bound + 1) * 1000), now, grace)
+    assert old is not None and "--tombstone-grace" in old
+    assert judge_rebuild_copy(True, None, now, grace) is not None
+    assert judge_rebuild_copy(False, None, now, grace) is None, "nothing to bring back"
+    assert judge_rebuild_copy(True, None, now, 0.0) is None, "nothing was collected"
+    assert judge_rebuild_copy(True, now, now, 200.0) is not None, "grace below the margin"

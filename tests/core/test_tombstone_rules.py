@@ -26,7 +26,13 @@ from paxoskv.core.messages import (
     from_wire,
     to_wire,
 )
-from paxoskv.core.proposer import ProposerRound, SendAccept, Unknown, choose_value
+from paxoskv.core.proposer import (
+    ProposerRound,
+    SendAccept,
+    Unknown,
+    choose_value,
+    held_since_pin,
+)
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Create, Set, Value
 
@@ -155,3 +161,19 @@ def test_buckets_are_stable_and_spread() -> None:
     # The simulator's keys each have a bucket of their own, so its histories keep exact
     # versions (a shared floor makes a re-created key jump, docs/gc.md).
     assert len({floor_bucket(f"k{i}") for i in range(6)}) == 6
+
+
+def test_a_collection_goes_on_only_while_every_acceptor_still_holds_the_pinned_tombstone() -> None:
+    """Goal: the grace counts from the pin, so the collection round must find every
+    acceptor still at the pinned tombstone (or without a row): anything else means some
+    acceptor did not hold it for the whole grace (docs/gc.md)."""
+    from paxoskv.core.register import Value
+    pinned = Ballot(7, 1)
+    tomb = Value(2, None)
+    assert held_since_pin([(pinned, tomb), (pinned, tomb), (Ballot.ZERO, Value(2, None))],
+                          pinned)
+    assert not held_since_pin([(pinned, tomb), (Ballot(5, 2), Value(1, b"old"))], pinned), \
+        "an acceptor that still holds the old value"
+    assert not held_since_pin([(pinned, tomb), (Ballot(9, 3), tomb)], pinned), \
+        "a tombstone accepted again since the pin (a rejoin's catch-up, a repair)"
+    assert not held_since_pin([(pinned, tomb), (Ballot(9, 3), Value(3, b"new"))], pinned)

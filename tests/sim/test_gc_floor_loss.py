@@ -1,18 +1,22 @@
-"""Scripted simulator runs: bucket floors are not copied when an acceptor rejoins after a
-lost disk (docs/gc.md), so two single-disk losses, one after the other and each handled by
-the documented rejoin, leave a quorum without the floor of a collected key."""
+"""Scripted simulator runs of what a collected key leaves behind (docs/gc.md): bucket floors
+across two single-disk losses, each handled by the documented rejoin; and a rebuild after a
+majority loss from copies of the lost volumes, which must not bring a collected key back
+(the copy's age against the grace, and the grace counted from the pin)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Literal
 
 import pytest
 from scripted import QUIET, wait_mode
 
 from paxoskv.core.register import Cas, Delete, Outcome, Read, Set
-from paxoskv.node import IdentityRules
+from paxoskv.node import ALIVE_REFRESH_S, IdentityRules, ProposerRules, RebuildRefused
+from paxoskv.node import Node as RealNode
 from paxoskv.sim.loop import run_virtual
+from paxoskv.sim.mutants import IDENTITY_MUTANT_RULES, PROPOSER_MUTANT_RULES, SCRIPTED_MUTANTS
 from paxoskv.sim.runner import SimOptions, _Simulation
 
 
@@ -76,56 +80,195 @@ def test_two_lost_disks_in_turn_keep_a_collected_keys_version(copy_floors: bool)
         assert stale_cas.kind == "applied", stale_cas
 
 
-async def _rebuild_from_old_copies() -> Outcome:
-    sim = _Simulation(11, SimOptions(ops=0, tombstone_grace_s=1e6, network=QUIET,
-                                      mismatched_config_probability=0.0))
-    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6) for i, c in sim.config.items()}
+GRACE_S = 3600.0
+"""The grace of the rebuild scenarios (virtual seconds): well above the rebuild check's
+clock margin (``identity.rebuild_copy_bound_s``), and below its bound the copies stay."""
+
+
+async def _cluster(seed: int, identity_rules: IdentityRules | None = None,
+                   proposer_rules: ProposerRules | None = None) -> _Simulation:
+    """Three quiet nodes with the rebuild scenarios' grace and no background repair, ready,
+    each having recorded (``alive_at``) that it serves as a normal acceptor."""
+    sim = _Simulation(seed, SimOptions(ops=0, tombstone_grace_s=GRACE_S, network=QUIET,
+                                       mismatched_config_probability=0.0))
+    if identity_rules is not None:
+        sim.identity_rules = identity_rules
+    if proposer_rules is not None:
+        sim.proposer_rules = proposer_rules
+    # Heartbeats every 2 s, not 0.5: the same scenario in a quarter of the events.
+    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, heartbeat_interval_s=2.0)
+                  for i, c in sim.config.items()}
     await asyncio.gather(*(sim.boot(i) for i in sim.ids))
     await sim.wait_ready(30.0)
-    n3 = sim.hosts[3].node
-    assert n3 is not None
-    await n3.execute("k", Set(b"old"), forward=False)
-    await asyncio.sleep(1.0)  # the accept reaches every acceptor
-    # Copies of nodes 1 and 2 are taken while they are down; they then run on.
-    await sim.crash(1, 2)
-    copies = {i: sim.storages[i].snapshot() for i in (1, 2)}
-    await sim.boot(1)
-    await sim.boot(2)
+    await asyncio.sleep(ALIVE_REFRESH_S + 10.0)
+    return sim
+
+
+def _node(sim: _Simulation, node_id: int) -> RealNode:
+    node = sim.hosts[node_id].node
+    assert node is not None
+    return node
+
+
+async def _copy_of(sim: _Simulation, node_id: int) -> object:
+    """A copy of ``node_id``'s volume, taken while it is briefly down; it then runs on."""
+    await sim.crash(node_id)
+    copy = sim.storages[node_id].snapshot()
+    await sim.boot(node_id)
     await sim.wait_ready(30.0)
-    n3 = sim.hosts[3].node
-    assert n3 is not None
-    await n3.execute("k", Delete(), forward=False)
-    assert await n3.collector.collect("k")
-    # Nodes 1 and 2 lose their volumes (a majority); the operator puts the old copies back
-    # and brings node 1 back with --rejoin --rejoin-after-quorum-loss (docs/recovery.md).
+    return copy
+
+
+def _has_row(sim: _Simulation, key: str) -> list[int]:
+    return [i for i in sim.ids if sim.storages[i].has_row(key)]
+
+
+async def _rebuild_and_read(sim: _Simulation, copies: dict[int, object], key: str = "k",
+                            accept_old_copy: bool = False) -> Outcome:
+    """Nodes 1 and 2 lose their volumes (a majority); node 1 gets its copy back and is
+    rebuilt with --rejoin --rejoin-after-quorum-loss (docs/recovery.md), node 2 stays down;
+    k is read through {1, 3}. Raises RebuildRefused as the server would exit."""
     await sim.crash(1, 2)
-    for i in (1, 2):
-        sim.storages[i].restore(copies[i])
+    sim.storages[2].wipe()
+    sim.storages[1].restore(copies[1])  # type: ignore[arg-type]
     sim.config[1] = dataclasses.replace(sim.config[1], rejoin=True,
-                                        rejoin_after_quorum_loss=True)
-    await sim.boot(1, rejoin=True)
-    await wait_mode(sim, 1, ("normal",), 120.0)
-    n1 = sim.hosts[1].node
-    assert n1 is not None
+                                        rejoin_after_quorum_loss=True,
+                                        rejoin_accept_old_copy=accept_old_copy)
     try:
-        return await n1.execute("k", Read(), forward=False)
+        await sim.boot(1, rejoin=True)
+        await wait_mode(sim, 1, ("normal",), 120.0)
+        return await _node(sim, 1).execute(key, Read(), forward=False)
     finally:
         for i in (1, 3):
-            await sim.crash(i)
+            if sim.hosts[i].up:
+                await sim.crash(i)
 
 
-@pytest.mark.xfail(strict=True, reason="open hole: a rebuilding acceptor (majority loss) "
-                   "promises with the stale rows of an old copy before anything re-checks "
-                   "them, and the survivor has only a floor for the collected key")
-def test_a_rebuild_from_old_copies_does_not_bring_a_collected_key_back() -> None:
+async def _deleted_after_copies(age: Literal["old", "young"], accept_old_copy: bool = False,
+                                identity_rules: IdentityRules | None = None
+                                ) -> Outcome | RebuildRefused:
+    """k set everywhere; a copy of node 1's volume taken; k deleted. ``old``: the
+    collectors then run, grace respected, until k's row is gone everywhere (a floor is all
+    that is left of it), and the rebuild comes after (the copy older than the grace).
+    ``young``: the rebuild comes a tenth of the grace after the delete."""
+    sim = await _cluster(11, identity_rules=identity_rules)
+    await _node(sim, 3).execute("k", Set(b"old"), forward=False)
+    await asyncio.sleep(1.0)  # the accept reaches every acceptor
+    copies = {1: await _copy_of(sim, 1)}
+    deleted_at = asyncio.get_running_loop().time()
+    await _node(sim, 3).execute("k", Delete(), forward=False)
+    if age == "old":
+        while _has_row(sim, "k"):
+            await asyncio.sleep(10.0)
+            assert asyncio.get_running_loop().time() < deleted_at + 2 * GRACE_S, \
+                "the collectors should remove k within the grace and a few sweeps"
+        collected_after = asyncio.get_running_loop().time() - deleted_at
+        assert collected_after >= GRACE_S, collected_after
+    else:
+        await asyncio.sleep(GRACE_S / 10)
+        assert _has_row(sim, "k") == sim.ids, "not collected within the grace"
+    try:
+        return await _rebuild_and_read(sim, copies, accept_old_copy=accept_old_copy)
+    except RebuildRefused as exc:
+        return exc
+
+
+def test_a_rebuild_from_a_copy_older_than_the_grace_is_refused() -> None:
     """Goal: after a majority loss whose volumes are replaced by old copies, the documented
     rebuild (``--rejoin --rejoin-after-quorum-loss``) must not bring back a key that was
-    deleted and collected: its deletion is on the surviving acceptor.
+    deleted and collected after the copy: its deletion is on the surviving acceptor, which
+    holds only a bucket floor for it once collected.
 
-    Method: k set on all three; copies of nodes 1 and 2 taken; k deleted and collected
-    everywhere; nodes 1 and 2 replaced by their copies, node 1 rebuilt; read k through
-    {1, 3}. Before collection node 3's tombstone (a higher ballot) won; now node 3 holds
-    only a floor (accepted nothing), so node 1's stale row is the value of the highest
-    accepted ballot: the rebuild's own re-check writes ``old`` back (seen: version 1)."""
-    outcome = run_virtual(_rebuild_from_old_copies())
+    Method: k set on all three; a copy of node 1 taken; k deleted and, a grace (3600 s)
+    later, collected by the nodes' own collectors; nodes 1 and 2 lose their volumes, node
+    1 is rebuilt on its copy. The rebuild must refuse before it starts (the copy last served
+    as a normal acceptor more than the grace less the clock margin ago), and say what to
+    do. Without the check (mutant ``rebuild-ignores-copy-age``, below) node 1's stale row
+    is the value of the highest accepted ballot and ``old`` comes back."""
+    result = run_virtual(_deleted_after_copies("old"))
+    assert isinstance(result, RebuildRefused), result
+    assert "--rejoin-accept-old-copy" in str(result) and "empty data directory" in str(result)
+
+
+def test_a_rebuild_from_a_copy_younger_than_the_grace_runs_and_keeps_the_delete() -> None:
+    """Goal: the check lets a rebuild from a recent copy run, and that is safe: a key
+    deleted after the copy cannot have been collected yet.
+
+    Method: as above, but the rebuild comes a tenth of the grace after the delete: it runs
+    to ``normal``, and k reads absent (node 3's tombstone is the highest accepted value)."""
+    result = run_virtual(_deleted_after_copies("young"))
+    assert isinstance(result, Outcome), result
+    assert not result.value.exists, result
+
+
+def test_the_override_rebuilds_from_an_old_copy_and_may_bring_a_collected_key_back() -> None:
+    """Goal: ``--rejoin-accept-old-copy`` lets the operator rebuild on a copy older than
+    the grace (better than nothing when no newer copy exists), and this is the risk it
+    takes, as documented (docs/recovery.md).
+
+    Method: the refused scenario above with the flag: the rebuild runs to ``normal``, and
+    the collected key k is back with its value from before the delete."""
+    result = run_virtual(_deleted_after_copies("old", accept_old_copy=True))
+    assert isinstance(result, Outcome), result
+    assert result.value.exists and result.value.data == b"old", result
+
+
+def test_mutant_rebuild_ignores_copy_age_is_caught() -> None:
+    """Goal: the refusal above is what keeps the collected key dead (the mutant
+    ``rebuild-ignores-copy-age``, paxoskv/sim/mutants.py, removes the check).
+
+    Method: the refused scenario with the mutant's identity rules: the rebuild runs, and k
+    is read back as ``old``: the hole the check closes."""
+    assert "rebuild-ignores-copy-age" in SCRIPTED_MUTANTS
+    result = run_virtual(_deleted_after_copies(
+        "old", identity_rules=IDENTITY_MUTANT_RULES["rebuild-ignores-copy-age"]))
+    assert isinstance(result, Outcome), result
+    assert result.value.exists and result.value.data == b"old", result
+
+
+async def _lagging_copy(proposer_rules: ProposerRules | None) -> tuple[list[int], Outcome]:
+    """A key set everywhere; deleted while node 1 is cut off from node 3 (the proposer), so
+    node 1 keeps ``old``; it is not repaired (no background repair). Near the end of the
+    grace a copy of node 1 is taken (fresh ``alive_at``: it served as a normal acceptor);
+    past the grace, the majority is lost and node 1 rebuilt on that copy. Returns the nodes
+    that still held a row of the key before the loss, and the key read after the rebuild.
+    The key is one node 3 sweeps: node 1, holding a value, would never collect it."""
+    sim = await _cluster(13, proposer_rules=proposer_rules)
+    key = next(k for k in (f"k{i}" for i in range(100)) if _node(sim, 3).sweeps(k))
+    await _node(sim, 3).execute(key, Set(b"old"), forward=False)
+    await asyncio.sleep(1.0)
+    links = [(1, 3), (3, 1)]
+    sim.network.block(links)
+    await _node(sim, 3).execute(key, Delete(), forward=False)
+    await asyncio.sleep(1.0)
+    sim.network.unblock(links)
+    assert _node(sim, 1).storage.load(key).value.data == b"old"
+    await asyncio.sleep(GRACE_S - 300.0)
+    copies = {1: await _copy_of(sim, 1)}
+    await asyncio.sleep(600.0)
+    rows = _has_row(sim, key)
+    return rows, await _rebuild_and_read(sim, copies, key)
+
+
+def test_the_grace_counts_from_when_every_acceptor_holds_the_tombstone() -> None:
+    """Goal: a copy younger than the grace is trusted by the rebuild, so no key may be
+    collected while a copy of some acceptor taken less than a grace before still holds its
+    old value: the grace must count from when every acceptor held the tombstone (the pin),
+    not from when the collector first saw its own.
+
+    Method: node 1 misses k's delete (cut off from the proposer) and is not repaired; a
+    copy of it is taken near the end of the grace, and a little past the grace the
+    majority is lost and node 1 rebuilt on that copy (young: the check lets it run). With
+    the pin, k is never pinned (node 1 reports ``old``), so not collected, and reads
+    absent after the rebuild. With the grace counted from the collector's first sight
+    (mutant ``gc-grace-from-first-sight``) k is collected everywhere once the grace is
+    over (the collection round itself brings node 1 the tombstone), and the rebuild on
+    node 1's copy brings ``old`` back."""
+    rows, outcome = run_virtual(_lagging_copy(None))
+    assert rows == [1, 2, 3], rows
     assert not outcome.value.exists, outcome
+    assert "gc-grace-from-first-sight" in SCRIPTED_MUTANTS
+    rows, outcome = run_virtual(_lagging_copy(
+        PROPOSER_MUTANT_RULES["gc-grace-from-first-sight"]))
+    assert rows == [], rows
+    assert outcome.value.exists and outcome.value.data == b"old", outcome
