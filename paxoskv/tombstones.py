@@ -30,7 +30,8 @@ from paxoskv.core.register import Read
 if TYPE_CHECKING:
     from paxoskv.node import Node
 
-__all__ = ["GC_BATCH_KEYS", "GC_PAGE_KEYS", "GC_PENDING_MAX", "Collector", "GcProgress"]
+__all__ = ["GC_BATCH_KEYS", "GC_BUSY_PAUSE_S", "GC_CONCURRENCY", "GC_PAGE_KEYS",
+           "GC_PENDING_MAX", "Collector", "GcProgress"]
 
 log = logging.getLogger("paxoskv.node")
 
@@ -41,6 +42,15 @@ GC_BATCH_KEYS: Final = 100
 GC_PENDING_MAX: Final = 100_000
 """Tombstones remembered (key, ballot, first seen) while their grace runs; beyond it the
 sweep notes no more until some are collected (memory stays bounded)."""
+GC_CONCURRENCY: Final = 16
+"""Collections of one sweep's batch run at once at most. One collection is two rounds and a
+``Collect`` that all wait on every acceptor's fsync: one at a time, a batch of 100 took
+about 2 s on a loaded 2-core machine, which capped collection near 50 keys a second per node
+however many tombstones were due."""
+GC_BUSY_PAUSE_S: Final = 0.05
+"""After a sweep that filled its batch (more keys are likely due), the next sweep starts
+after this pause instead of a whole interval: with the interval (up to 60 s) between
+batches of 100, 100,000 deleted keys took hours past their grace to be collected."""
 GC_ATTEMPTS: Final = 3
 """Rounds one collection tries (refused for a higher ballot) before the next sweep."""
 
@@ -83,14 +93,22 @@ class Collector:
 
     async def loop(self) -> None:
         node = self._node
+        more = False
+
+        async def step() -> None:
+            nonlocal more
+            more = await self.sweep()
+
         while True:
-            await asyncio.sleep(self.interval_s())
+            await asyncio.sleep(GC_BUSY_PAUSE_S if more else self.interval_s())
+            more = False
             if node.machine.counts_as_acceptor and node.machine.may_propose \
                     and node.quorum_reachable():
-                await node._guarded("tombstone collection", self.sweep())
+                await node._guarded("tombstone collection", step())
 
-    async def sweep(self) -> None:
-        """Page through this acceptor's keys; collect tombstones whose grace is over."""
+    async def sweep(self) -> bool:
+        """Page through this acceptor's keys; collect tombstones whose grace is over.
+        True when the batch bound stopped it (more are probably due: sweep again soon)."""
         node = self._node
         loop = asyncio.get_running_loop()
         grace = node.config.tombstone_grace_s
@@ -118,15 +136,25 @@ class Collector:
                 break
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
-        for key, _ in due:
+        stopped = False
+        for first in range(0, len(due), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):
+                stopped = True
                 break
-            await self.collect(key)
+            # Every collection of the group ends before an error is raised (as it was
+            # raised when they ran one by one): none is left running unobserved.
+            results = await asyncio.gather(
+                *(self.collect(key) for key, _ in due[first:first + GC_CONCURRENCY]),
+                return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         self.progress.sweeps += 1
         node.metrics.tombstones_pending(len(self._pending))
         if due:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
+        return not stopped and len(due) >= GC_BATCH_KEYS
 
     async def collect(self, key: str) -> bool:
         """One collection of ``key``: the all-acceptor round, then ``Collect`` everywhere.
