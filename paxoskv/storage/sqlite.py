@@ -110,7 +110,13 @@ _RECENT_ENTRY_BYTES = 160
 
 VACUUM_THRESHOLD_BYTES = 8 << 20
 """Free pages inside the file above which the writer starts returning them; it stops at
-half this, so the next writes still find free pages to reuse instead of growing the file."""
+half this, so the next writes still find free pages to reuse instead of growing the file,
+or at ``VACUUM_KEEP_FRACTION`` of the pages in use if that is less."""
+
+VACUUM_KEEP_FRACTION = 16
+"""Trimming stops once at most 1/16 of the pages in use are free (when that is under half
+the threshold): the slack kept for reuse scales with the data. With a fixed 4 MiB kept, a
+node whose keys were all deleted stayed many times its empty size (0.1 MB of data)."""
 
 VACUUM_STEP_PAGES = 256
 """Pages one ``incremental_vacuum`` step returns (1 MiB of 4 KiB pages, about 2.5 ms with
@@ -573,8 +579,9 @@ class SqliteStorage:
     def _maintain(self) -> None:
         """Writer thread, between batches: return free pages to the volume, one bounded
         ``incremental_vacuum`` step per call, once the free list passes the threshold and
-        until it is under half of it; then a passive checkpoint, which is what truncates
-        the file in WAL mode. Each step is its own transaction with no acceptor state in
+        until it is under half of it, or under 1/16 of the pages in use if that is less;
+        then a TRUNCATE checkpoint, which shrinks the database file in WAL mode and empties
+        the WAL the steps went through. Each step is its own transaction with no acceptor state in
         it, so a batch waits for at most one step, and a failed step loses nothing."""
         self._maintain_at = time.monotonic() + self._maintain_interval_s
         if not self._incremental:
@@ -594,7 +601,8 @@ class SqliteStorage:
             free = self._conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
             if not self._trimming and free < self._vacuum_high:
                 return
-            if free > self._vacuum_high // 2:
+            pages = self._conn.execute("PRAGMA page_count").fetchall()[0][0]
+            if free > self._trim_to(pages * self._page_size - free):
                 if not self._trimming:
                     log.info("returning free pages of %s to the volume (%d bytes free inside "
                              "it)", self.path, free)
@@ -605,12 +613,20 @@ class SqliteStorage:
                 self._maintain_at = time.monotonic() + self._vacuum_step_pause_s
                 return
             self._trimming = False
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            log.info("returned free pages of %s: %d bytes now", self.path,
-                     self.path.stat().st_size)
+            # TRUNCATE, not PASSIVE: the steps went through the WAL, which otherwise keeps
+            # their size (up to journal_size_limit) after the database file has shrunk.
+            # It waits for no writer (this thread is the only one) and for readers only
+            # through the busy timeout; busy, it leaves the WAL as PASSIVE would.
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+            log.info("returned free pages of %s: %d bytes now%s", self.path,
+                     self.path.stat().st_size, " (WAL busy, not truncated)" if busy else "")
         except (sqlite3.Error, OSError) as exc:  # e.g. a full disk: try again later
             self._trimming = False
             log.warning("returning free pages of %s failed: %s", self.path, exc)
+
+    def _trim_to(self, used_bytes: int) -> int:
+        """Free bytes at which trimming stops (``VACUUM_KEEP_FRACTION``)."""
+        return min(self._vacuum_high // 2, used_bytes // VACUUM_KEEP_FRACTION)
 
     def _await_applied(self, ended: int) -> None:
         """Wait until the loop has applied the first ``ended`` batches (module doc: this

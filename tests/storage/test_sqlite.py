@@ -392,6 +392,47 @@ def test_new_files_return_free_pages_to_the_volume(tmp_path: Path) -> None:
     assert s2.verify() == 1000
 
 
+def test_collecting_every_row_shrinks_the_file_and_the_wal_back_to_the_data(
+        tmp_path: Path) -> None:
+    """Goal: once every row is collected, trimming returns the free pages down to a small
+    fraction of the pages still in use, and ends with a TRUNCATE checkpoint, so the
+    directory comes back near an empty one. Before, trimming stopped with half the
+    threshold still free inside the file (4 MiB by default) and a passive checkpoint left
+    the WAL at the size the vacuum steps had grown it to.
+
+    Method: 3,000 rows of 1 KB, each collected; a 1 MiB threshold (so the old stop level
+    would be 512 KiB free) and steps of 64 KiB. The file must end under 256 KiB and the WAL
+    empty."""
+    from paxoskv.core.acceptor import Floor
+
+    wal = tmp_path / "paxoskv.sqlite3-wal"
+
+    async def run() -> tuple[int, int, int, int]:
+        s = SqliteStorage(tmp_path, vacuum_threshold_bytes=1 << 40, vacuum_step_pages=16,
+                          vacuum_step_pause_s=0.0, maintain_interval_s=0.05)
+        keys = [f"k{j:05d}" for j in range(3000)]
+        for i in range(0, len(keys), 500):
+            await asyncio.gather(*(s.save(k, _st(1, b"x" * 1000)) for k in keys[i:i + 500]))
+        full = _db_bytes(s)
+        await asyncio.gather(*(s.collect(k, Floor(Ballot(2, 1), 1)) for k in keys))
+        assert s.key_count() == 0
+        s._vacuum_high = 1 << 20  # trimming is due now
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (wal.stat().st_size > 0 or s._trimming):
+            await asyncio.sleep(0.05)
+        after, wal_after = _db_bytes(s), wal.stat().st_size
+        free = s.disk_usage().freelist_bytes
+        await s.close()
+        return full, after, wal_after, free
+
+    full, after, wal_after, free = asyncio.run(run())
+    print(f"file {full} bytes full; after collection {after} bytes ({free} free inside), "
+          f"WAL {wal_after} bytes")
+    assert full > 3_000_000
+    assert after < 256 * 1024
+    assert wal_after == 0
+
+
 def test_a_file_made_without_auto_vacuum_keeps_working_untouched(tmp_path: Path) -> None:
     """Goal: a data directory made before auto_vacuum (NONE) opens, keeps NONE (no VACUUM
     at start-up: docs/storage.md) and its free pages are still reported."""
