@@ -589,6 +589,66 @@ def test_collect_removes_the_row_and_raises_the_floor_durably(tmp_path: Path) ->
     asyncio.run(run())
 
 
+def test_collected_keys_leave_no_memory_behind(tmp_path: Path) -> None:
+    """Goal: once every key is collected the storage holds about what it held empty: the
+    bucket floors stay on disk (read when needed), and the cache's table, which held every
+    key, is rebuilt small. Before, each raised floor was kept in a dict (about 230 bytes a
+    bucket, 12 MB after 100,000 keys) and the emptied cache kept its table.
+
+    Method: 20,000 keys saved and then collected (about 17,000 buckets raised) with the
+    floors' memory traced; the cache's table size (``sys.getsizeof``) before and after.
+    The floors still answer, from the disk, after a reopen too."""
+    import gc
+    import sys
+    import tracemalloc
+
+    from paxoskv.core.acceptor import Floor, absent_state
+
+    keys = [f"k{j:06d}" for j in range(20_000)]
+    floor = Floor(Ballot(5, 1, 1), 3)
+
+    async def run() -> tuple[int, int, int, int]:
+        s = SqliteStorage(tmp_path)
+        empty_table = sys.getsizeof(s._cache)
+        for i in range(0, len(keys), 5000):
+            await asyncio.gather(*(s.save(k, _st(1, b"v")) for k in keys[i:i + 5000]))
+        full_table = sys.getsizeof(s._cache)
+        async def collect_all() -> None:
+            for i in range(0, len(keys), 5000):
+                await asyncio.gather(*(s.collect(k, floor) for k in keys[i:i + 5000]))
+
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        await collect_all()
+        await asyncio.sleep(0)
+        gc.collect()  # the finished tasks of the last gather
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert s.key_count() == 0
+        assert s.load(keys[7]) == absent_state(floor)
+        assert s.floors_raised() > 15_000
+        assert s.floor_page(-1, 3)[0][1] == floor
+        table = sys.getsizeof(s._cache)
+        await s.close()
+        return empty_table, full_table, table, grown
+
+    empty_table, full_table, table, grown = asyncio.run(run())
+    print(f"cache table {empty_table} bytes empty, {full_table} full, {table} after; "
+          f"{grown} bytes traced growth over the collections")
+    assert full_table > 500_000
+    assert table < 100_000  # at most COMPACT_MIN entries' table is left (42 KB)
+    assert grown < 1_000_000  # floors in memory: about 4 MB
+    s2 = SqliteStorage(tmp_path)
+    try:
+        assert asyncio.run(_load_after_reopen(s2, keys[7])) == absent_state(floor)
+    finally:
+        asyncio.run(s2.close())
+
+
+async def _load_after_reopen(s: SqliteStorage, key: str) -> AcceptorState:
+    return s.load(key)
+
+
 def test_a_directory_made_before_collection_opens_with_no_floor(tmp_path: Path) -> None:
     """Goal: the schema migration: a data directory without the gc_floors table opens,
     keeps its rows, reads absent keys as before (EMPTY_STATE), and can collect."""
