@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from paxoskv.compact import compacted
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Collect, Collected, Reply
 from paxoskv.core.proposer import Abort, Committed, ProposerRound, SendAccept, Wait
@@ -73,6 +74,7 @@ class Collector:
         self.progress = GcProgress()
         self._pending: OrderedDict[str, tuple[Ballot, float]] = OrderedDict()
         """Tombstones seen: the ballot their row was accepted at, and when first seen so."""
+        self._pending_peak = 0
 
     @property
     def enabled(self) -> bool:
@@ -136,6 +138,7 @@ class Collector:
                 break
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
+        self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
         stopped = False
         for first in range(0, len(due), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):
@@ -151,6 +154,7 @@ class Collector:
                     raise result
         self.progress.sweeps += 1
         node.metrics.tombstones_pending(len(self._pending))
+        self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
         if due:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
