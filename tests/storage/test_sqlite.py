@@ -433,6 +433,38 @@ def test_collecting_every_row_shrinks_the_file_and_the_wal_back_to_the_data(
     assert wal_after == 0
 
 
+def test_a_small_store_emptied_by_collection_is_trimmed_below_the_threshold(
+        tmp_path: Path) -> None:
+    """Goal: with the default threshold (8 MiB), a store whose few MB of rows were all
+    collected is still trimmed, because its free pages are far more than the pages in use
+    (a quarter of them, at least 1 MiB, starts a trim). Before, under 8 MiB free was never
+    returned: a node whose 10,000 keys were collected kept 2 MB of free pages and 4 MB of
+    WAL beside 0.25 MB of data (``make bench-gc``)."""
+    from paxoskv.core.acceptor import Floor
+
+    wal = tmp_path / "paxoskv.sqlite3-wal"
+
+    async def run() -> tuple[int, int, int]:
+        s = SqliteStorage(tmp_path, vacuum_step_pause_s=0.0, maintain_interval_s=0.05)
+        keys = [f"k{j:05d}" for j in range(3000)]
+        for i in range(0, len(keys), 500):
+            await asyncio.gather(*(s.save(k, _st(1, b"x" * 1000)) for k in keys[i:i + 500]))
+        full = _db_bytes(s)
+        await asyncio.gather(*(s.collect(k, Floor(Ballot(2, 1), 1)) for k in keys))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (wal.stat().st_size > 0 or s._trimming):
+            await asyncio.sleep(0.05)
+        after, wal_after = _db_bytes(s), wal.stat().st_size
+        await s.close()
+        return full, after, wal_after
+
+    full, after, wal_after = asyncio.run(run())
+    print(f"file {full} bytes full; {after} bytes after collection, WAL {wal_after} bytes")
+    assert 3_000_000 < full < sqlite_module.VACUUM_THRESHOLD_BYTES
+    assert after < 256 * 1024
+    assert wal_after == 0
+
+
 def test_a_file_made_without_auto_vacuum_keeps_working_untouched(tmp_path: Path) -> None:
     """Goal: a data directory made before auto_vacuum (NONE) opens, keeps NONE (no VACUUM
     at start-up: docs/storage.md) and its free pages are still reported."""
