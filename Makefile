@@ -8,13 +8,14 @@ PYTEST_ARGS ?=
 BENCH_COMPARE_ARGS ?=
 BENCH_MEMORY_ARGS ?=
 BENCH_SCALE_ARGS ?=
+BENCH_GC_ARGS ?=
 AUDIT_ARGS ?=
 SEEDS  ?= 1000
 OPS    ?= 500
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lint test unit run demo chaos sim bench bench-compare profile \
-	bench-storage bench-memory bench-scale bench-fast clean e2e e2e-tests lock audit
+	bench-storage bench-memory bench-scale bench-fast bench-gc clean e2e e2e-tests lock audit
 
 help:
 	@echo "make run     install, start a local 3-node cluster and run a demo (Ctrl-C stops it)"
@@ -38,6 +39,9 @@ help:
 	@echo "             (100 B..100 KB) and nodes (3, 5) grow (~5 min, ~3.5 GB of disk; installs"
 	@echo "             wrk; table + reports/bench-scale.json; BENCH_SCALE_ARGS='--max-keys 100000'"
 	@echo "             or '--axes keys' for less)"
+	@echo "make bench-gc  10^5 keys written and deleted on 3 nodes: data dir and RSS empty, full"
+	@echo "             and after tombstone collection (~40 min on 2 busy cores; table +"
+	@echo "             reports/bench-gc.json; BENCH_GC_ARGS='--keys 10000' for less)"
 	@echo "make image / chart-check / cluster-up / e2e: see README"
 
 # Python 3.11+ is required; python3-venv comes from Debian where the interpreter lacks it.
@@ -120,6 +124,9 @@ bench-storage: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(PY) -m paxoskv.bench_memory $(BENCH_MEMORY_ARGS)
+
+bench-gc: $(STAMP)
+	$(PY) -m paxoskv.bench_gc $(BENCH_GC_ARGS)
 
 # wrk comes from Debian by package name when missing (run as root).
 bench-scale: $(STAMP)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
 from paxoskv import __version__
+from paxoskv.compact import compacted
 from paxoskv.config import ALL_ROLES, NodeConfig, PeerSpec, Role
 from paxoskv.core import acceptor as acceptor_rules
 from paxoskv.core.ballot import Ballot
@@ -226,6 +227,7 @@ class _SeenIds:
     def __init__(self, window_s: float, count_max: int) -> None:
         self._window_s, self._count_max = window_s, count_max
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._peak = 0
 
     def admit(self, rid: str, now: float) -> bool:
         """Record ``rid``; False if it was already seen within the window."""
@@ -235,7 +237,18 @@ class _SeenIds:
         if rid in self._seen:
             return False
         self._seen[rid] = now
+        self._peak = max(self._peak, len(self._seen))
         return True
+
+    def expire(self, now: float) -> None:
+        """Forget ids older than the window without waiting for the next ``admit``: a
+        node whose forwarded writes stopped kept up to ``count_max`` of them (many MB)."""
+        while self._seen and next(iter(self._seen.values())) < now - self._window_s:
+            self._seen.popitem(last=False)
+        self._seen, self._peak = compacted(self._seen, self._peak)
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class _PreparedKeys:
@@ -255,6 +268,8 @@ class _PreparedKeys:
         self._bytes = 0
         self._entries: OrderedDict[str, Prepared] = OrderedDict()
         self._made: dict[str, float] = {}
+        """When each entry was made, in the same (oldest first) order as ``_entries``."""
+        self._peak = 0
 
     @staticmethod
     def _cost(key: str, prepared: Prepared) -> int:
@@ -278,10 +293,25 @@ class _PreparedKeys:
         self._entries[key] = prepared
         self._made[key] = now
         self._bytes += cost
+        self._peak = max(self._peak, len(self._entries))
         while self._bytes > self._bytes_max:
             old_key, old = self._entries.popitem(last=False)
             self._made.pop(old_key, None)
             self._bytes -= self._cost(old_key, old)
+
+    def expire(self, now: float) -> None:
+        """Drop entries past their lifetime, which ``pop`` would refuse anyway: without
+        this, a node whose writes stopped kept its last keys' entries (and their values,
+        up to ``bytes_max``) for ever, also of keys deleted and collected since."""
+        for _ in range(len(self._made)):
+            key, made = next(iter(self._made.items()))
+            if now - made <= self._lifetime_s:
+                break
+            self.pop(key, now)
+        entries, peak = compacted(self._entries, self._peak)
+        if entries is not self._entries:  # same keys, same order: copied together
+            self._made = dict(self._made)
+        self._entries, self._peak = entries, peak
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -1426,7 +1456,15 @@ class Node:
                 beat = self._beats_started
                 await self._guarded("heartbeat", self.heartbeat_once())
                 self._beats_done = beat
+            self.expire_memory()
             await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    def expire_memory(self) -> None:
+        """Forget per-key and per-request entries past their lifetime (between heartbeats:
+        each call is cheap, O(entries expired), plus an occasional compacting copy)."""
+        now = asyncio.get_running_loop().time()
+        self._prepared.expire(now)
+        self._forwards_seen.expire(now)
 
     async def _guarded(self, what: str, work: Awaitable[None]) -> None:
         """Run one step of a background loop: an unexpected error is logged and the loop

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import orjson
 
+from paxoskv.compact import compacted
 from paxoskv.core.acceptor import NO_FLOOR, AcceptorState, Floor, absent_state, floor_bucket
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
@@ -110,7 +111,13 @@ _RECENT_ENTRY_BYTES = 160
 
 VACUUM_THRESHOLD_BYTES = 8 << 20
 """Free pages inside the file above which the writer starts returning them; it stops at
-half this, so the next writes still find free pages to reuse instead of growing the file."""
+half this, so the next writes still find free pages to reuse instead of growing the file,
+or at ``VACUUM_KEEP_FRACTION`` of the pages in use if that is less."""
+
+VACUUM_KEEP_FRACTION = 16
+"""Trimming stops once at most 1/16 of the pages in use are free (when that is under half
+the threshold): the slack kept for reuse scales with the data. With a fixed 4 MiB kept, a
+node whose keys were all deleted stayed many times its empty size (0.1 MB of data)."""
 
 VACUUM_STEP_PAGES = 256
 """Pages one ``incremental_vacuum`` step returns (1 MiB of 4 KiB pages, about 2.5 ms with
@@ -280,13 +287,18 @@ class SqliteStorage:
         self._count: int = self._reader.execute("SELECT COUNT(*) FROM registers").fetchall()[0][0]
         self._meta: dict[str, str] = dict(
             self._reader.execute("SELECT name, value FROM meta").fetchall())
-        self._floors: dict[int, Floor] = dict(
-            _floor_from_row(row) for row in self._reader.execute(
-                f"SELECT {_FLOOR_COLUMNS} FROM gc_floors").fetchall())
-        """Every raised floor: at most FLOOR_BUCKETS small entries."""
+        # Floors stay on disk, read when needed (``_disk_floor``): held in memory, the
+        # up to FLOOR_BUCKETS of them cost about 230 bytes each (12 MB once 100,000 keys were
+        # collected), for ever, on a node that may hold no key at all. Each is checked once
+        # here, so a damaged one stops the start as it did when they were all loaded.
+        for row in self._reader.execute(f"SELECT {_FLOOR_COLUMNS} FROM gc_floors"):
+            _floor_from_row(row)
         self._cache: collections.OrderedDict[str, AcceptorState] = collections.OrderedDict()
         self._cache_bytes_max = max(0, cache_bytes)
         self._cache_bytes = 0
+        self._cache_peak = 0
+        """Most entries the cache's table held since it was last compacted (``compacted``):
+        collections empty it without the table shrinking."""
         # Ended batches, writer to loop; the writer waits until _applied counts each one
         # before it begins the next.
         self._done: collections.deque[_Done] = collections.deque()
@@ -326,16 +338,14 @@ class SqliteStorage:
         return state
 
     def _disk_floor(self, key: str) -> Floor:
-        """The floor of ``key``'s bucket as of a read that found no row: that read may have
-        seen a collection committed but not yet applied here (the disk is one batch ahead
-        at most), so its floor is read from the disk too, never older than the row was."""
-        bucket = floor_bucket(key)
-        floor = self._floors.get(bucket, NO_FLOOR)
+        """The floor of ``key``'s bucket, read from the disk: only committed floors are
+        there, possibly one batch ahead of what the loop has applied, which for a floor
+        only means a higher one (floors only go up). A read that found no row may have
+        seen a collection not yet applied here, so its floor is never older than the row."""
         rows = self._reader.execute(
-            f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?", (bucket,)).fetchall()
-        if rows:
-            floor = floor.merged(_floor_from_row(rows[0])[1])
-        return floor
+            f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
+            (floor_bucket(key),)).fetchall()
+        return _floor_from_row(rows[0])[1] if rows else NO_FLOOR
 
     def has_row(self, key: str) -> bool:
         if self._done:
@@ -348,19 +358,21 @@ class SqliteStorage:
     def floor(self, key: str) -> Floor:
         if self._done:
             self._apply_done()
-        return self._floors.get(floor_bucket(key), NO_FLOOR)
+        return self._disk_floor(key)
 
     def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]]:
         if self._done:
             self._apply_done()
-        return sorted(item for item in self._floors.items() if item[0] > after)[:limit]
+        return [_floor_from_row(row) for row in self._reader.execute(
+            f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket > ? ORDER BY bucket "
+            "LIMIT ?", (after, limit)).fetchall()]
 
     async def raise_floors(self, floors: list[tuple[int, Floor]]) -> None:
         await self._submit(_Write("", None, None, self._new_future(), None, list(floors)))
 
     def floors_raised(self) -> int:
         """Buckets with a floor (for tests and the status page)."""
-        return len(self._floors)
+        return int(self._reader.execute("SELECT COUNT(*) FROM gc_floors").fetchall()[0][0])
 
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         # SQLite's BINARY order is UTF-8 byte order, which is Python's code point order.
@@ -438,6 +450,8 @@ class SqliteStorage:
             return  # too large to cache: the stale copy is gone, the disk answers
         self._cache[key] = state
         self._cache_bytes += cost
+        if len(self._cache) > self._cache_peak:
+            self._cache_peak = len(self._cache)
         while self._cache_bytes > self._cache_bytes_max:
             # Only committed states are cached, so dropping one loses nothing.
             evicted_key, evicted = self._cache.popitem(last=False)
@@ -572,9 +586,11 @@ class SqliteStorage:
 
     def _maintain(self) -> None:
         """Writer thread, between batches: return free pages to the volume, one bounded
-        ``incremental_vacuum`` step per call, once the free list passes the threshold and
-        until it is under half of it; then a passive checkpoint, which is what truncates
-        the file in WAL mode. Each step is its own transaction with no acceptor state in
+        ``incremental_vacuum`` step per call, once the free list passes the threshold (or a
+        quarter of the pages in use, at least 1/8 of the threshold: ``_trim_from``) and
+        until it is under half of it, or under 1/16 of the pages in use if that is less;
+        then a TRUNCATE checkpoint, which shrinks the database file in WAL mode and empties
+        the WAL the steps went through. Each step is its own transaction with no acceptor state in
         it, so a batch waits for at most one step, and a failed step loses nothing."""
         self._maintain_at = time.monotonic() + self._maintain_interval_s
         if not self._incremental:
@@ -592,9 +608,11 @@ class SqliteStorage:
                 return
         try:
             free = self._conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
-            if not self._trimming and free < self._vacuum_high:
+            pages = self._conn.execute("PRAGMA page_count").fetchall()[0][0]
+            used = pages * self._page_size - free
+            if not self._trimming and free < self._trim_from(used):
                 return
-            if free > self._vacuum_high // 2:
+            if free > self._trim_to(used):
                 if not self._trimming:
                     log.info("returning free pages of %s to the volume (%d bytes free inside "
                              "it)", self.path, free)
@@ -605,12 +623,29 @@ class SqliteStorage:
                 self._maintain_at = time.monotonic() + self._vacuum_step_pause_s
                 return
             self._trimming = False
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            log.info("returned free pages of %s: %d bytes now", self.path,
-                     self.path.stat().st_size)
+            # TRUNCATE, not PASSIVE: the steps went through the WAL, which otherwise keeps
+            # their size (up to journal_size_limit) after the database file has shrunk.
+            # It waits for no writer (this thread is the only one) and for readers only
+            # through the busy timeout; busy, it leaves the WAL as PASSIVE would.
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+            log.info("returned free pages of %s: %d bytes now%s", self.path,
+                     self.path.stat().st_size, " (WAL busy, not truncated)" if busy else "")
         except (sqlite3.Error, OSError) as exc:  # e.g. a full disk: try again later
             self._trimming = False
             log.warning("returning free pages of %s failed: %s", self.path, exc)
+
+    def _trim_from(self, used_bytes: int) -> int:
+        """Free bytes at which trimming starts: the threshold, or a quarter of the pages
+        in use if that is less, but never under an eighth of the threshold (1 MiB), so
+        small amounts are not trimmed over and over. With the threshold alone, a node whose
+        10,000 keys were deleted and collected kept 2 MB of free pages (and 4 MB of WAL)
+        next to 0.25 MB of data for ever."""
+        high = self._vacuum_high
+        return min(high, max(high // 8, used_bytes // 4))
+
+    def _trim_to(self, used_bytes: int) -> int:
+        """Free bytes at which trimming stops (``VACUUM_KEEP_FRACTION``)."""
+        return min(self._vacuum_high // 2, used_bytes // VACUUM_KEEP_FRACTION)
 
     def _await_applied(self, ended: int) -> None:
         """Wait until the loop has applied the first ``ended`` batches (module doc: this
@@ -675,6 +710,7 @@ class SqliteStorage:
         """On the loop, in commit order: put what each ended batch made durable into the
         cache, meta and count, then wake its waiters (also those no longer waiting: a
         cancelled save may still have committed)."""
+        removed = False
         while self._done:
             done = self._done.popleft()
             if done.error is None:
@@ -684,17 +720,11 @@ class SqliteStorage:
                         self._remember(w.key, w.state)
                     elif w.meta is not None:
                         self._meta[w.key] = w.meta
-                    elif w.buckets is not None:
-                        for bucket, given in w.buckets:
-                            self._floors[bucket] = self._floors.get(
-                                bucket, NO_FLOOR).merged(given)
                     elif w.floor is not None:
                         old = self._cache.pop(w.key, None)
                         if old is not None:
                             self._cache_bytes -= _charge(w.key, old)
-                        bucket = floor_bucket(w.key)
-                        self._floors[bucket] = self._floors.get(bucket, NO_FLOOR).merged(
-                            w.floor)
+                            removed = True
             with self._applied_cond:
                 self._applied += 1
                 self._applied_cond.notify()
@@ -705,6 +735,8 @@ class SqliteStorage:
                     w.future.set_result(None)
                 else:
                     w.future.set_exception(RuntimeError(f"storage commit failed: {done.error}"))
+        if removed:
+            self._cache, self._cache_peak = compacted(self._cache, self._cache_peak)
 
     async def close(self) -> None:
         if self._closed:

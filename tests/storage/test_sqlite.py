@@ -392,6 +392,79 @@ def test_new_files_return_free_pages_to_the_volume(tmp_path: Path) -> None:
     assert s2.verify() == 1000
 
 
+def test_collecting_every_row_shrinks_the_file_and_the_wal_back_to_the_data(
+        tmp_path: Path) -> None:
+    """Goal: once every row is collected, trimming returns the free pages down to a small
+    fraction of the pages still in use, and ends with a TRUNCATE checkpoint, so the
+    directory comes back near an empty one. Before, trimming stopped with half the
+    threshold still free inside the file (4 MiB by default) and a passive checkpoint left
+    the WAL at the size the vacuum steps had grown it to.
+
+    Method: 3,000 rows of 1 KB, each collected; a 1 MiB threshold (so the old stop level
+    would be 512 KiB free) and steps of 64 KiB. The file must end under 256 KiB and the WAL
+    empty."""
+    from paxoskv.core.acceptor import Floor
+
+    wal = tmp_path / "paxoskv.sqlite3-wal"
+
+    async def run() -> tuple[int, int, int, int]:
+        s = SqliteStorage(tmp_path, vacuum_threshold_bytes=1 << 40, vacuum_step_pages=16,
+                          vacuum_step_pause_s=0.0, maintain_interval_s=0.05)
+        keys = [f"k{j:05d}" for j in range(3000)]
+        for i in range(0, len(keys), 500):
+            await asyncio.gather(*(s.save(k, _st(1, b"x" * 1000)) for k in keys[i:i + 500]))
+        full = _db_bytes(s)
+        await asyncio.gather(*(s.collect(k, Floor(Ballot(2, 1), 1)) for k in keys))
+        assert s.key_count() == 0
+        s._vacuum_high = 1 << 20  # trimming is due now
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (wal.stat().st_size > 0 or s._trimming):
+            await asyncio.sleep(0.05)
+        after, wal_after = _db_bytes(s), wal.stat().st_size
+        free = s.disk_usage().freelist_bytes
+        await s.close()
+        return full, after, wal_after, free
+
+    full, after, wal_after, free = asyncio.run(run())
+    print(f"file {full} bytes full; after collection {after} bytes ({free} free inside), "
+          f"WAL {wal_after} bytes")
+    assert full > 3_000_000
+    assert after < 256 * 1024
+    assert wal_after == 0
+
+
+def test_a_small_store_emptied_by_collection_is_trimmed_below_the_threshold(
+        tmp_path: Path) -> None:
+    """Goal: with the default threshold (8 MiB), a store whose few MB of rows were all
+    collected is still trimmed, because its free pages are far more than the pages in use
+    (a quarter of them, at least 1 MiB, starts a trim). Before, under 8 MiB free was never
+    returned: a node whose 10,000 keys were collected kept 2 MB of free pages and 4 MB of
+    WAL beside 0.25 MB of data (``make bench-gc``)."""
+    from paxoskv.core.acceptor import Floor
+
+    wal = tmp_path / "paxoskv.sqlite3-wal"
+
+    async def run() -> tuple[int, int, int]:
+        s = SqliteStorage(tmp_path, vacuum_step_pause_s=0.0, maintain_interval_s=0.05)
+        keys = [f"k{j:05d}" for j in range(3000)]
+        for i in range(0, len(keys), 500):
+            await asyncio.gather(*(s.save(k, _st(1, b"x" * 1000)) for k in keys[i:i + 500]))
+        full = _db_bytes(s)
+        await asyncio.gather(*(s.collect(k, Floor(Ballot(2, 1), 1)) for k in keys))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (wal.stat().st_size > 0 or s._trimming):
+            await asyncio.sleep(0.05)
+        after, wal_after = _db_bytes(s), wal.stat().st_size
+        await s.close()
+        return full, after, wal_after
+
+    full, after, wal_after = asyncio.run(run())
+    print(f"file {full} bytes full; {after} bytes after collection, WAL {wal_after} bytes")
+    assert 3_000_000 < full < sqlite_module.VACUUM_THRESHOLD_BYTES
+    assert after < 256 * 1024
+    assert wal_after == 0
+
+
 def test_a_file_made_without_auto_vacuum_keeps_working_untouched(tmp_path: Path) -> None:
     """Goal: a data directory made before auto_vacuum (NONE) opens, keeps NONE (no VACUUM
     at start-up: docs/storage.md) and its free pages are still reported."""
@@ -546,6 +619,66 @@ def test_collect_removes_the_row_and_raises_the_floor_durably(tmp_path: Path) ->
         assert s2.floors_raised() == 1
         await s2.close()
     asyncio.run(run())
+
+
+def test_collected_keys_leave_no_memory_behind(tmp_path: Path) -> None:
+    """Goal: once every key is collected the storage holds about what it held empty: the
+    bucket floors stay on disk (read when needed), and the cache's table, which held every
+    key, is rebuilt small. Before, each raised floor was kept in a dict (about 230 bytes a
+    bucket, 12 MB after 100,000 keys) and the emptied cache kept its table.
+
+    Method: 20,000 keys saved and then collected (about 17,000 buckets raised) with the
+    floors' memory traced; the cache's table size (``sys.getsizeof``) before and after.
+    The floors still answer, from the disk, after a reopen too."""
+    import gc
+    import sys
+    import tracemalloc
+
+    from paxoskv.core.acceptor import Floor, absent_state
+
+    keys = [f"k{j:06d}" for j in range(20_000)]
+    floor = Floor(Ballot(5, 1, 1), 3)
+
+    async def run() -> tuple[int, int, int, int]:
+        s = SqliteStorage(tmp_path)
+        empty_table = sys.getsizeof(s._cache)
+        for i in range(0, len(keys), 5000):
+            await asyncio.gather(*(s.save(k, _st(1, b"v")) for k in keys[i:i + 5000]))
+        full_table = sys.getsizeof(s._cache)
+        async def collect_all() -> None:
+            for i in range(0, len(keys), 5000):
+                await asyncio.gather(*(s.collect(k, floor) for k in keys[i:i + 5000]))
+
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        await collect_all()
+        await asyncio.sleep(0)
+        gc.collect()  # the finished tasks of the last gather
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert s.key_count() == 0
+        assert s.load(keys[7]) == absent_state(floor)
+        assert s.floors_raised() > 15_000
+        assert s.floor_page(-1, 3)[0][1] == floor
+        table = sys.getsizeof(s._cache)
+        await s.close()
+        return empty_table, full_table, table, grown
+
+    empty_table, full_table, table, grown = asyncio.run(run())
+    print(f"cache table {empty_table} bytes empty, {full_table} full, {table} after; "
+          f"{grown} bytes traced growth over the collections")
+    assert full_table > 500_000
+    assert table < 100_000  # at most COMPACT_MIN entries' table is left (42 KB)
+    assert grown < 1_000_000  # floors in memory: about 4 MB
+    s2 = SqliteStorage(tmp_path)
+    try:
+        assert asyncio.run(_load_after_reopen(s2, keys[7])) == absent_state(floor)
+    finally:
+        asyncio.run(s2.close())
+
+
+async def _load_after_reopen(s: SqliteStorage, key: str) -> AcceptorState:
+    return s.load(key)
 
 
 def test_a_directory_made_before_collection_opens_with_no_floor(tmp_path: Path) -> None:
