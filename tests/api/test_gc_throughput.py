@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from paxoskv import tombstones
+from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Delete, Set
 from paxoskv.node import Node, NodeConfig, PeerSpec
 from paxoskv.storage.base import NodeIdentity
@@ -45,12 +46,12 @@ def test_a_sweep_collects_its_batch_concurrently_and_says_more_are_due(
         running = peak = 0
         real_collect = Collector.collect
 
-        async def counting(self: Collector, key: str) -> bool:
+        async def counting(self: Collector, key: str, pinned: Ballot | None = None) -> bool:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
             try:
-                return await real_collect(self, key)
+                return await real_collect(self, key, pinned)
             finally:
                 running -= 1
 
@@ -124,7 +125,7 @@ def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
         await asyncio.gather(*(storage.save(k, tomb) for k in keys))
         collector = node.collector
 
-        async def collect(key: str) -> bool:
+        async def collect(key: str, pinned: Ballot | None = None) -> bool:
             await storage.collect(key, Floor(Ballot(2, 1, 1), 2))
             collector._pending.pop(key, None)
             return True
@@ -145,3 +146,31 @@ def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
     noted, left, permille = asyncio.run(main())
     assert (noted, left) == (3000, 0)
     assert permille < 300  # rebuilt (last when a quarter was left): not its peak size
+
+
+def test_a_sweep_that_filled_its_pins_says_more_are_due(tmp_path: Path) -> None:
+    """Goal: pins are bounded per sweep too, and a sweep stopped by that bound asks for the
+    next one at once (with 100,000 tombstones and a sweep a minute, pinning them all took
+    over three hours). Method: GC_PIN_KEYS + 100 tombstones, a long grace (nothing due):
+    the first sweep pins GC_PIN_KEYS and says more; the second pins the rest and does not."""
+    from paxoskv.core.acceptor import AcceptorState
+    from paxoskv.core.register import Value
+
+    async def main() -> tuple[list[bool], list[int]]:
+        node = await _single_node(tmp_path, grace_s=3600.0)
+        storage = node.storage
+        assert isinstance(storage, SqliteStorage)
+        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
+        await asyncio.gather(*(storage.save(f"p{i:04d}", tomb)
+                               for i in range(tombstones.GC_PIN_KEYS + 100)))
+        collector = node.collector
+        more, pins = [], []
+        for _ in range(2):
+            more.append(await collector.sweep())
+            pins.append(collector.progress.pins)
+        await storage.close()
+        return more, pins
+
+    more, pins = asyncio.run(main())
+    assert more == [True, False]
+    assert pins == [tombstones.GC_PIN_KEYS, tombstones.GC_PIN_KEYS + 100]
