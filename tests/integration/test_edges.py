@@ -71,7 +71,7 @@ def test_rejoin_interrupted_by_a_crash_continues_after_restart(quiet_cluster: Cl
     --rejoin: the node must not serve as an acceptor with an empty store.
 
     Method: node 2 down while 10 keys are written (they live on 1 and 3 only). Node 3 loses
-    its disk, starts with --rejoin, is killed 2.5 s later (inside the fence), and starts
+    its disk, starts with --rejoin, is killed once it reports the fence, and starts
     again WITHOUT the flag. Once node 3 says acceptor_mode normal, node 1 stops: nodes 2 and
     3 must still read every key.
 
@@ -91,7 +91,9 @@ def test_rejoin_interrupted_by_a_crash_continues_after_restart(quiet_cluster: Cl
     shutil.rmtree(n3.data_dir)
     n3.extra = [*NO_REPAIR, "--rejoin"]
     n3.start()
-    time.sleep(2.5)
+    # Killed inside the fence, once the rejoin is seen to have begun (a fixed sleep killed
+    # it before it started when the machine was busy).
+    wait_status(n3, lambda s: s["acceptor_mode"] == "fencing", 60, "the rejoin's fence")
     assert n3.alive(), f"node 3 exited during the rejoin; log {n3.log_path}"
     n3.kill9()
     n3.extra = list(NO_REPAIR)
