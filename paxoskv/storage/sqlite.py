@@ -129,6 +129,11 @@ to the acceptor's commits."""
 
 MAINTAIN_INTERVAL_S = 10.0
 """How often the writer looks at the free list when it is not trimming."""
+IDLE_WAL_TRUNCATE_BYTES = 1 << 20
+"""A WAL at least this large is truncated once the writer has committed nothing for a whole
+maintenance interval. SQLite's automatic checkpoints copy the WAL into the database but
+keep the file at its size for reuse, so a node gone quiet after a burst (a mass delete and
+its collection, say) kept megabytes of WAL for as long as it ran."""
 
 _WAL_SIZE_LIMIT = 64 << 20
 """``journal_size_limit``: the WAL file is cut back to this when it is reset after a
@@ -303,6 +308,7 @@ class SqliteStorage:
         # before it begins the next.
         self._done: collections.deque[_Done] = collections.deque()
         self._ended = 0  # writer thread only
+        self._ended_at_maintain = -1  # writer thread only: batches ended at the last look
         self._applied = 0
         self._applied_cond = threading.Condition()
         self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
@@ -593,7 +599,9 @@ class SqliteStorage:
         the WAL the steps went through. Each step is its own transaction with no acceptor state in
         it, so a batch waits for at most one step, and a failed step loses nothing."""
         self._maintain_at = time.monotonic() + self._maintain_interval_s
-        if not self._incremental:
+        idle = self._ended == self._ended_at_maintain
+        self._ended_at_maintain = self._ended
+        if not self._incremental and not idle:
             return
         if self._conn.in_transaction:
             # A batch whose COMMIT and ROLLBACK both failed left its transaction open;
@@ -606,6 +614,10 @@ class SqliteStorage:
                 return
             if self._conn.in_transaction:
                 return
+        if idle:
+            self._truncate_idle_wal()
+        if not self._incremental:
+            return
         try:
             free = self._conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
             pages = self._conn.execute("PRAGMA page_count").fetchall()[0][0]
@@ -633,6 +645,19 @@ class SqliteStorage:
         except (sqlite3.Error, OSError) as exc:  # e.g. a full disk: try again later
             self._trimming = False
             log.warning("returning free pages of %s failed: %s", self.path, exc)
+
+    def _truncate_idle_wal(self) -> None:
+        """Writer thread, nothing committed since the last look: empty a large WAL
+        (``IDLE_WAL_TRUNCATE_BYTES``). Only the size changes: a TRUNCATE checkpoint first
+        copies every frame into the database, as the automatic ones do."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if wal.stat().st_size < IDLE_WAL_TRUNCATE_BYTES:
+                return
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+            log.debug("truncated the idle WAL of %s%s", self.path, " (busy)" if busy else "")
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("truncating the idle WAL of %s failed: %s", self.path, exc)
 
     def _trim_from(self, used_bytes: int) -> int:
         """Free bytes at which trimming starts: the threshold, or a quarter of the pages
