@@ -34,6 +34,7 @@ from paxoskv.core.identity import (
     judge_frame,
     supersedes,
 )
+from paxoskv.core.quorum import QuorumConfig
 from paxoskv.storage.base import NodeIdentity
 from paxoskv.transport.base import PeerUnreachable, Refusal
 from paxoskv.transport.codec import Sender
@@ -77,6 +78,11 @@ class Membership:
     change; ``identity`` is written back here when the incarnation is raised.
     """
 
+    @property
+    def quorum(self) -> QuorumConfig:
+        """The node's quorum now (it follows the acceptor-set config the node holds)."""
+        return self._node.quorum
+
     def __init__(self, node: Node) -> None:
         self._node = node
         config, storage = node.config, node.storage
@@ -84,7 +90,6 @@ class Membership:
         self.storage = storage
         self.transport = node.transport
         self.metrics = node.metrics
-        self.quorum = node.quorum
         self.identity_rules = node.identity_rules
         self.boot_id = node.boot_id
         self.fingerprint = node.fingerprint
@@ -287,7 +292,7 @@ class Membership:
         now = asyncio.get_running_loop().time() if mutual else 0.0
         fresh_s = self.config.down_after_s
         up = {a for a in self.quorum.acceptors if a != self.config.node_id
-              and self.usable(a) and self.peer_health[a].up
+              and a in self.peer_health and self.usable(a) and self.peer_health[a].up
               and (not mutual or now - self.heard_from.get(a, -1e18) <= fresh_s)}
         if self.config.node_id in self.quorum.acceptors and self.machine.counts_as_acceptor:
             up.add(self.config.node_id)

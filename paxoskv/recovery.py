@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.core.identity import CaughtUp, FenceElapsed, Mode
 from paxoskv.core.proposer import Committed, QueryRound
+from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Read
 from paxoskv.transport.codec import FLOOR_PAGE_MAX
 
@@ -33,12 +34,16 @@ REPAIR_PAGE_KEYS: Final = 500
 class Recovery:
     """The node's repair sweep and rejoin, and the progress ``/v1/status`` shows of each."""
 
+    @property
+    def quorum(self) -> QuorumConfig:
+        """The node's quorum now (it follows the acceptor-set config the node holds)."""
+        return self._node.quorum
+
     def __init__(self, node: Node) -> None:
         self._node = node
         self.config = node.config
         self.storage = node.storage
         self.metrics = node.metrics
-        self.quorum = node.quorum
         self.repair_progress: dict[str, int] = {"checked": 0, "repaired": 0, "sweeps": 0}
         self.rejoin_progress: dict[str, Any] = {}
 

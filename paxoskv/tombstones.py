@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Final
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Collect, Collected, Reply
 from paxoskv.core.proposer import Abort, Committed, ProposerRound, SendAccept, Wait
+from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.core.register import Read
 
 if TYPE_CHECKING:
-    from paxoskv.node import Node
+    from paxoskv.node import ConfigView, Node
 
 __all__ = ["GC_BATCH_KEYS", "GC_PAGE_KEYS", "GC_PENDING_MAX", "Collector", "GcProgress"]
 
@@ -55,6 +56,9 @@ class GcProgress:
     """Collections some acceptor did not confirm (retried by a later sweep)."""
     declined: int = 0
     """Collection rounds that found the key alive or could not reach every acceptor."""
+    paused_by_change: int = 0
+    """Sweeps or collections skipped: the acceptor-set record was not STABLE with the
+    config this node holds (docs/reconfiguration.md, GC), or could not be read."""
 
 
 class Collector:
@@ -101,7 +105,7 @@ class Collector:
             for key in page:
                 state = node.storage.load(key)
                 if state.value.exists or state.ballot_accepted.is_zero() \
-                        or not node.sweeps(key):
+                        or not node.sweeps(key) or key == CONFIG_KEY:
                     self._pending.pop(key, None)
                     continue
                 seen = self._pending.get(key)
@@ -118,31 +122,43 @@ class Collector:
                 break
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
+        view = await node.collection_allowed() if due else None
+        if due and view is None:
+            self.progress.paused_by_change += 1
+            log.info("tombstone collection paused: an acceptor-set change is in progress")
+            due = []
         for key, _ in due:
             if not (node.machine.may_propose and node.quorum_reachable()):
                 break
-            await self.collect(key)
+            await self.collect(key, view)
         self.progress.sweeps += 1
         node.metrics.tombstones_pending(len(self._pending))
         if due:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
 
-    async def collect(self, key: str) -> bool:
-        """One collection of ``key``: the all-acceptor round, then ``Collect`` everywhere.
-        True once every acceptor confirmed the row gone."""
+    async def collect(self, key: str, view: ConfigView | None = None) -> bool:
+        """One collection of ``key``: the all-acceptor round, then ``Collect`` everywhere,
+        all under one config (``view``: one ``Node.collection_allowed`` returned; asked for
+        here when not given). True once every acceptor confirmed the row gone."""
         node = self._node
         if not self.enabled:
             return False
+        if view is None:
+            view = await node.collection_allowed()
+        if view is None or node.view is not view:
+            self.progress.paused_by_change += 1
+            return False
         loop = asyncio.get_running_loop()
-        config = node.quorum.everyone() if node.proposer_rules.gc_everyone else node.quorum
+        quorum = view.prepare
+        config = quorum.everyone() if node.proposer_rules.gc_everyone else quorum
         seen = Ballot.ZERO
         for _ in range(GC_ATTEMPTS):
             ballot = node._next_ballot(seen)
             rnd = ProposerRound(key, ballot, Read(), config)
             self.progress.rounds += 1
             deadline = loop.time() + node.config.phase_timeout_s
-            step = await node._broadcast(rnd.prepare(), rnd.on_reply, deadline)
+            step = await node._broadcast(rnd.prepare(), rnd.on_reply, deadline, view)
             if step is None:
                 step = rnd.on_timeout()
             if isinstance(step, SendAccept):
@@ -151,7 +167,7 @@ class Collector:
                     self.progress.declined += 1
                     return False
                 deadline = loop.time() + node.config.phase_timeout_s
-                step = await node._broadcast(step.accept, rnd.on_reply, deadline)
+                step = await node._broadcast(step.accept, rnd.on_reply, deadline, view)
                 if step is None:
                     step = rnd.on_timeout()
             if isinstance(step, Committed):
@@ -159,7 +175,8 @@ class Collector:
                 # Every acceptor of ``config`` accepted the tombstone at ``ballot``.
                 # A partial removal is retried by the next sweep without a new grace.
                 self._pending[key] = (ballot, self._pending.get(key, (ballot, loop.time()))[1])
-                return await self._remove_everywhere(key, ballot, rnd.accept.value.version)
+                return await self._remove_everywhere(key, ballot, rnd.accept.value.version,
+                                                     view)
             if isinstance(step, Abort) and step.conflict:
                 seen = max(seen, step.ballot_seen)
                 continue
@@ -167,7 +184,8 @@ class Collector:
         self.progress.declined += 1
         return False
 
-    async def _remove_everywhere(self, key: str, ballot: Ballot, version: int) -> bool:
+    async def _remove_everywhere(self, key: str, ballot: Ballot, version: int,
+                                 view: ConfigView) -> bool:
         node = self._node
         loop = asyncio.get_running_loop()
         done: set[int] = set()
@@ -178,8 +196,8 @@ class Collector:
             return Wait()
 
         await node._broadcast(Collect(key, ballot, version), on_reply,
-                              loop.time() + node.config.phase_timeout_s)
-        if done >= node.quorum.acceptors:
+                              loop.time() + node.config.phase_timeout_s, view)
+        if done >= view.prepare.acceptors:
             self._pending.pop(key, None)
             self.progress.collected += 1
             return True

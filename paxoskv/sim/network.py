@@ -19,6 +19,7 @@ checks, sender admission and message deadlines are the server's own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,6 +30,7 @@ import orjson
 
 from paxoskv.core.acceptor import Floor
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.node import Node
 from paxoskv.transport.base import KeyPage, PeerUnreachable
 from paxoskv.transport.codec import (
@@ -271,14 +273,18 @@ class SimTransport:
     def set_sender(self, sender: Sender) -> None:
         self._sender = sender
 
-    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
+    async def send(self, peer: int, msg: Request, deadline: float,
+                   config: Config | None = None) -> Reply:
         network = self._network
         ttl_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
         if ttl_ms <= 0:
             raise PeerUnreachable("message expired before it was sent")
         if self._sender is None:
             raise PeerUnreachable("no sender identity yet")
-        frame = encode_frame(self._sender, [(msg, ttl_ms)])
+        sender = self._sender
+        if config is not None and config.epoch > 0:
+            sender = dataclasses.replace(sender, config=config)
+        frame = encode_frame(sender, [(msg, ttl_ms)])
 
         async def serve(server: PeerServer) -> tuple[int, bytes]:
             status, body = await server.batch(_AUTH, frame)

@@ -24,6 +24,7 @@ from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
 from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
 from paxoskv.core.messages import REPLY_TYPES, PeerProtocolError, Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.limits import KEYS_PAGE_MAX, Limits
 from paxoskv.loopref import LoopRef
 from paxoskv.transport.base import KeyPage, Refusal
@@ -68,9 +69,12 @@ class PeerHandler(Protocol):
         """Answer one request; ``deadline`` is loop time after which it must not act."""
         ...
 
-    def handle_soon(self, msg: Request, deadline: float) -> Reply | Awaitable[Reply]:
+    def handle_soon(self, msg: Request, deadline: float, config: Config | None = None
+                    ) -> Reply | Awaitable[Reply]:
         """``handle`` started now: the reply, or an awaitable of it (a future where no
-        coroutine is needed, so a frame's messages need no task each)."""
+        coroutine is needed, so a frame's messages need no task each). ``config``: the
+        acceptor-set config the frame's header names (None: epoch 0), which the acceptor's
+        epoch fence judges (docs/reconfiguration.md)."""
         ...
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]: ...
@@ -129,8 +133,13 @@ class PeerServer:
         now = self._loop.get().time()
         # Every message is started now, in frame order; only those still waiting (for an
         # fsync, a lock, a forwarded round) are awaited, together.
-        replies: list[Any] = [self._handler.handle_soon(msg, now + ttl_ms / 1000)
-                              for msg, ttl_ms in items]
+        config = sender.config
+        if config is None:  # epoch 0: the call as it always was
+            replies: list[Any] = [self._handler.handle_soon(msg, now + ttl_ms / 1000)
+                                  for msg, ttl_ms in items]
+        else:
+            replies = [self._handler.handle_soon(msg, now + ttl_ms / 1000, config)
+                       for msg, ttl_ms in items]
         waiting = [i for i, r in enumerate(replies) if not isinstance(r, REPLY_TYPES)]
         if waiting:
             done = await asyncio.gather(*(replies[i] for i in waiting))

@@ -26,6 +26,7 @@ from paxoskv.core.idempotency import (
     fingerprint,
     record_key,
 )
+from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.core.register import Set
 from paxoskv.limits import Limits
 from paxoskv.metrics import Metrics
@@ -217,6 +218,24 @@ def test_reserved_keys_are_refused() -> None:
             r = await c.request(method, "/v1/kv/%F4%8F%BF%BFidem/x", data=b"v")
             assert r.status == 400, method
             assert (await r.json())["error"] == "bad_key"
+    with_client(t)
+
+
+def test_the_config_register_is_refused_and_never_listed() -> None:
+    """Goal: the acceptor-set config register (core.reconfig.CONFIG_KEY) is not a client
+    key: reads and writes of it are 400 bad_key naming why, and a listing leaves it out
+    even when its row exists."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        for method in ("PUT", "GET", "DELETE"):
+            r = await c.request(method, "/v1/kv/%00paxoskv%2Fconfig", data=b"v")
+            body = await r.json()
+            assert (r.status, body["error"]) == (400, "bad_key"), method
+            assert "acceptor-set config" in body["message"]
+        assert (await c.put("/v1/kv/a", data=b"1")).status == 200
+        node = c.server.app[NODE]
+        await node.storage.save(CONFIG_KEY, node.storage.load("a"))
+        listed = await (await c.get("/v1/kv", params={"prefix": ""})).json()
+        assert listed["keys"] == ["a"]
     with_client(t)
 
 
