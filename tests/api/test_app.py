@@ -314,3 +314,25 @@ def test_errors_are_json_with_and_without_the_client_guard(guard: GuardLimits | 
             r = await c.get(f"/v1/kv/k{i}")
             assert (r.status, await r.read()) == (200, b"v")
     with_client(t, guard=guard)
+
+
+def test_admin_acceptors_checks_its_body_and_reports_the_record() -> None:
+    """Goal: POST /admin/acceptors refuses a body that is not a list of acceptor-role node
+    ids (400), and GET /admin/acceptors reads the record: absent, it is STABLE at epoch 0
+    on the configured set, which this node holds."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        for body in (b"nope", b"{}", b'{"acceptors": []}', b'{"acceptors": ["1"]}',
+                     b'{"acceptors": [1, 7]}'):
+            r = await c.post("/admin/acceptors", data=body)
+            assert (r.status, (await r.json())["error"]) == (400, "bad_request"), body
+        r = await c.get("/admin/acceptors")
+        doc = await r.json()
+        assert r.status == 200, doc
+        assert doc["record"]["phase"] == "stable" and doc["record"]["version"] == 0
+        assert doc["record"]["config"] == [0, [1], 1, [1], 1] == doc["held"]
+        assert doc["reconfiguration"]["running"] is False
+        r = await c.post("/admin/acceptors", data=b'{"acceptors": [1]}')
+        assert r.status == 202  # already the set: the driver finds nothing to do
+        status = await (await c.get("/v1/status")).json()
+        assert status["acceptor_config"]["epoch"] == 0
+    with_client(t)
