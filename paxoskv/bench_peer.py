@@ -66,6 +66,9 @@ class _Acceptor:
     def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]] | None:
         return []
 
+    async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
+        return False
+
 
 async def _serve(port: int) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)

@@ -851,6 +851,28 @@ class Node:
             return None
         return self.storage.floor_page(after, limit)
 
+    async def install_floors(self, floors: list[tuple[int, acceptor_rules.Floor]]) -> bool:
+        """Raise bucket floors that an acceptor-set change adding this acceptor brings
+        (merged from the acceptors that fenced the old config; docs/reconfiguration.md,
+        GC). Floors only go up, so a repeat is harmless. False unless this node is an
+        acceptor of the config it holds."""
+        if self._retired or self.config.node_id not in self._view.config.members \
+                or not self.config.is_acceptor:
+            return False
+        await self.storage.raise_floors(floors)
+        return True
+
+    async def give_floors(self, acceptor_id: int, floors: list[tuple[int, acceptor_rules.Floor]]
+                          ) -> bool:
+        """``install_floors`` on ``acceptor_id`` (here, or through the transport)."""
+        if acceptor_id == self.config.node_id:
+            return await self.install_floors(floors)
+        try:
+            await self.transport.push_floors(acceptor_id, floors)
+        except PeerUnreachable:
+            return False
+        return True
+
     async def floors_from(self, acceptor_id: int, after: int, limit: int
                           ) -> list[tuple[int, acceptor_rules.Floor]] | None:
         """``floor_page`` of ``acceptor_id``; None if it could not be had."""

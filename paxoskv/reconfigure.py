@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from paxoskv.core.acceptor import FLOOR_BUCKETS, NO_FLOOR, Floor
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.core.messages import Query, QueryReply, Reply, Stale
 from paxoskv.core.reconfig import (
@@ -40,6 +41,7 @@ from paxoskv.core.reconfig import (
 )
 from paxoskv.core.register import Cas, Create, Read
 from paxoskv.transport.base import PeerUnreachable
+from paxoskv.transport.codec import FLOOR_PAGE_MAX
 
 if TYPE_CHECKING:
     from paxoskv.node import Node
@@ -253,12 +255,39 @@ class Reconfigurer:
             replies = await asyncio.gather(*(self._install_one(a, config) for a in pending))
             acked.update(a for a, ok in zip(pending, replies, strict=True) if ok)
             if fence_satisfied(previous, acked) and added <= acked:
+                if added:
+                    await self._give_floors(sorted(acked & previous.members), sorted(added))
                 log.info("epoch %d installed on %s", config.epoch, sorted(acked))
                 return
             if loop.time() >= give_up:
                 raise ChangeFailed(f"install of epoch {config.epoch}: only {sorted(acked)} "
                                    "hold it")
             await asyncio.sleep(INSTALL_RETRY_S)
+
+    async def _give_floors(self, sources: list[int], targets: list[int]) -> None:
+        """The bucket floors of ``sources`` (acceptors that hold the new epoch, so no
+        collection of the old one can raise theirs any more), merged bucket by bucket,
+        raised on each added acceptor in ``targets`` (docs/reconfiguration.md, GC)."""
+        node = self._node
+        merged: dict[int, Floor] = {}
+        for a in sources:
+            after = -1
+            for _ in range(FLOOR_BUCKETS // FLOOR_PAGE_MAX + 2):
+                page = await node.floors_from(a, after, FLOOR_PAGE_MAX)
+                if page is None:
+                    raise ChangeFailed(f"install: acceptor {a}'s floors could not be read")
+                for bucket, floor in page:
+                    merged[bucket] = merged.get(bucket, NO_FLOOR).merged(floor)
+                if len(page) < FLOOR_PAGE_MAX:
+                    break
+                after = page[-1][0]
+        items = sorted(merged.items())
+        for target in targets:
+            for start in range(0, len(items), FLOOR_PAGE_MAX):
+                if not await node.give_floors(target, items[start:start + FLOOR_PAGE_MAX]):
+                    raise ChangeFailed(f"install: floors not raised on acceptor {target}")
+        if items:
+            log.info("install: %d bucket floors raised on %s", len(items), targets)
 
     async def _install_one(self, acceptor_id: int, config: Config) -> bool:
         """Ask one acceptor a question under ``config``: it adopts the config (durably)

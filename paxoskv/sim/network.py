@@ -38,6 +38,7 @@ from paxoskv.transport.codec import (
     decode_floor_page,
     decode_key_page,
     decode_replies,
+    encode_floor_page,
     encode_frame,
     floor_page_query,
     key_page_query,
@@ -341,6 +342,16 @@ class SimTransport:
             return decode_floor_page(orjson.loads(body))
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
+
+    async def push_floors(self, peer: int, floors: list[tuple[int, Floor]]) -> None:
+        body = orjson.dumps(encode_floor_page(floors))
+
+        async def serve(server: PeerServer) -> tuple[int, bytes]:
+            return await server.raise_floors(_AUTH, body)
+
+        status, answer = await self._network.call(self._node_id, self._generation, peer, serve)
+        if status != 200:
+            raise PeerUnreachable(f"HTTP {status}: {answer[:200]!r}")
 
     async def close(self) -> None:
         return None

@@ -61,4 +61,9 @@ class Transport(Protocol):
         acceptor)."""
         ...
 
+    async def push_floors(self, peer: int, floors: list[tuple[int, Floor]]) -> None:
+        """Have the peer raise these bucket floors (an acceptor-set change adding it,
+        docs/reconfiguration.md); return once durable there; raise PeerUnreachable."""
+        ...
+
     async def close(self) -> None: ...

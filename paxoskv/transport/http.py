@@ -32,6 +32,7 @@ from paxoskv.transport.codec import (
     decode_floor_page,
     decode_key_page,
     decode_replies,
+    encode_floor_page,
     encode_frame,
     floor_page_query,
     key_page_query,
@@ -291,6 +292,12 @@ class HttpTransport:
             return decode_floor_page(result)
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
+
+    async def push_floors(self, peer: int, floors: list[tuple[int, Floor]]) -> None:
+        result = await self._json_call(peer, "POST", "/internal/floors",
+                                       orjson.dumps(encode_floor_page(floors)))
+        if result.get("raised") != len(floors):
+            raise PeerUnreachable(f"floors not raised: {result}")
 
     async def close(self) -> None:
         # Let retired sessions finish closing (cancelling them left "Unclosed client

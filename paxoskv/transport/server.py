@@ -35,6 +35,7 @@ from paxoskv.transport.codec import (
     Sender,
     channel_reply,
     check_peer_auth,
+    decode_floor_page,
     decode_frame,
     encode_floor_page,
     encode_key_page,
@@ -87,6 +88,11 @@ class PeerHandler(Protocol):
     def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
         """Up to ``limit`` entries after ``after`` and whether more follow; None when not
         serving as an acceptor."""
+        ...
+
+    async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
+        """Raise these bucket floors (an acceptor-set change adding this acceptor brings
+        them); False when this node is no acceptor of the config it holds."""
         ...
 
 
@@ -196,6 +202,21 @@ class PeerServer:
             return _error(503, "not_acceptor", "this node is not serving as an acceptor")
         return _json(200, encode_floor_page(found))
 
+    async def raise_floors(self, auth: str | None, body: bytes) -> Answer:
+        """Bucket floors an acceptor-set change brings to an acceptor it adds
+        (docs/reconfiguration.md, GC): raised durably before the answer."""
+        if not self._authorized(auth):
+            return _error(401, "unauthorized", "peer credentials missing or wrong")
+        try:
+            floors = decode_floor_page(orjson.loads(body))
+        except (orjson.JSONDecodeError, PeerProtocolError) as exc:
+            return _error(400, "bad_request", f"floors: {exc}")
+        if len(floors) > FLOOR_PAGE_MAX:
+            return _error(400, "bad_request", f"at most {FLOOR_PAGE_MAX} floors at once")
+        if not await self._handler.install_floors(floors):
+            return _error(503, "not_acceptor", "this node is no acceptor of its config")
+        return _json(200, {"raised": len(floors)})
+
     def add_routes(self, app: web.Application) -> None:
         """Mount the endpoints on an aiohttp application (the real server)."""
         async def batch(request: web.Request) -> web.StreamResponse:
@@ -214,6 +235,10 @@ class PeerServer:
             return _response(await self.floors(request.headers.get(AUTH_HEADER),
                                                request.query))
 
+        async def raise_floors(request: web.Request) -> web.StreamResponse:
+            return _response(await self.raise_floors(request.headers.get(AUTH_HEADER),
+                                                     await request.read()))
+
         async def channel(request: web.Request) -> web.StreamResponse:
             if not self._authorized(request.headers.get(AUTH_HEADER)):
                 return _response(_error(401, "unauthorized",
@@ -231,6 +256,7 @@ class PeerServer:
         app.router.add_post("/internal/hello", hello, expect_handler=expect_handler)
         app.router.add_get("/internal/keys", keys, expect_handler=expect_handler)
         app.router.add_get("/internal/floors", floors, expect_handler=expect_handler)
+        app.router.add_post("/internal/floors", raise_floors, expect_handler=expect_handler)
 
 
     async def _serve_channel(self, request: web.Request) -> web.WebSocketResponse:

@@ -72,3 +72,39 @@ def test_stale_round_trips_with_its_config() -> None:
         body = encode_replies([Stale("k", END)], binary=binary)
         assert decode_replies(body, 1) == [Stale("k", END)]
     assert config_from_wire(END.to_json()) == END
+
+
+def test_the_floors_endpoint_checks_the_secret_and_the_body() -> None:
+    """Goal: POST /internal/floors (an acceptor-set change giving an added acceptor the
+    bucket floors) answers 401 without the peer secret, 400 to a malformed body, 503 when
+    the node is no acceptor of its config, and raises the floors otherwise."""
+    import asyncio
+    from typing import Any
+
+    from paxoskv.core.acceptor import Floor
+    from paxoskv.transport.codec import encode_floor_page
+    from paxoskv.transport.server import PeerServer
+
+    class Handler:
+        def __init__(self) -> None:
+            self.member = True
+            self.raised: list[tuple[int, Floor]] = []
+
+        async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
+            if self.member:
+                self.raised.extend(floors)
+            return self.member
+
+    async def run() -> None:
+        handler = Handler()
+        server = PeerServer(handler, "s3cret")  # type: ignore[arg-type]
+        floors = [(7, Floor(Ballot(3, 1, 1), 4))]
+        body = orjson.dumps(encode_floor_page(floors))
+        ok: Any = await server.raise_floors("Bearer s3cret", body)
+        assert ok[0] == 200 and handler.raised == floors
+        assert (await server.raise_floors(None, body))[0] == 401
+        assert (await server.raise_floors("Bearer s3cret", b"{nope"))[0] == 400
+        assert (await server.raise_floors("Bearer s3cret", b'{"floors": [[1, 2]]}'))[0] == 400
+        handler.member = False
+        assert (await server.raise_floors("Bearer s3cret", body))[0] == 503
+    asyncio.run(run())
