@@ -529,9 +529,11 @@ class Node:
     def _set_view(self, view: ConfigView) -> None:
         self._view = view
         self.metrics.config_epoch(view.epoch)
-        # Above epoch 0 an acceptor its config does not name never votes again (RETIRED);
-        # at epoch 0 the identity rules decide who serves, as they always did.
-        self._retired = view.epoch > 0 and self.config.node_id not in view.config.members
+        # An acceptor its config does not name never votes (RETIRED once removed; at epoch 0
+        # an acceptor-role node marked "initial: false", until a change adds it). On a
+        # cluster that never changed this is exactly "not an acceptor-role node", whose
+        # identity mode already serves nothing.
+        self._retired = self.config.node_id not in view.config.members
 
     async def adopt_config(self, cfg: Config) -> bool:
         """Hold ``cfg`` from now on if its epoch is newer than ours: durably first (one meta
@@ -588,7 +590,7 @@ class Node:
             self.metrics.epoch_refused()
             return Stale(msg.key, own)
         if verdict is EpochVerdict.RETIRED:
-            return Unavailable(msg.key, f"retired: no acceptor at epoch {own.epoch}")
+            return Unavailable(msg.key, f"retired: not an acceptor at epoch {own.epoch}")
         if verdict is EpochVerdict.ADOPT:
             return self._adopt_then(msg, deadline, cfg)
         if cfg.epoch == own.epoch and cfg != own:
@@ -684,7 +686,7 @@ class Node:
         if not self._serves(kind):
             return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
         if self._retired:
-            return Unavailable(msg.key, f"retired: no acceptor at epoch {self._view.epoch}")
+            return Unavailable(msg.key, f"retired: not an acceptor at epoch {self._view.epoch}")
         if isinstance(msg, Query):
             return acceptor_rules.on_query(self.storage.load(msg.key), msg)
         loop = self._loop.get()
@@ -743,7 +745,7 @@ class Node:
             if epoch != self._view.epoch or self._retired:
                 self._acceptor_locks.release(key)
                 if self._retired:
-                    return Unavailable(key, f"retired: no acceptor at epoch {self._view.epoch}")
+                    return Unavailable(key, f"retired: not an acceptor at epoch {self._view.epoch}")
                 self.metrics.epoch_refused()
                 return Stale(key, self._view.config)
             state = self.storage.load(key)
@@ -802,7 +804,7 @@ class Node:
             if not self._serves("prepare"):
                 return Unavailable(key, f"acceptor {self.acceptor_mode}")
             if self._retired:
-                return Unavailable(key, f"retired: no acceptor at epoch {self._view.epoch}")
+                return Unavailable(key, f"retired: not an acceptor at epoch {self._view.epoch}")
             if epoch != self._view.epoch:
                 self.metrics.epoch_refused()
                 return Stale(key, self._view.config)
@@ -1239,14 +1241,15 @@ class Node:
         keys' writes, would sweep none of them; a node that is no acceptor sweeps nothing.
         Two nodes that disagree for a moment both sweep the key: harmless (an expiry is a
         compare-and-delete, a collection round one round among others)."""
-        if not self.config.is_acceptor:
+        members = self._view.config.members  # acceptors now: not one waiting or removed
+        if not self.config.is_acceptor or self.config.node_id not in members:
             return False
         raw = key.encode("utf-8", "surrogatepass")
         best, best_score = self.config.node_id, _rendezvous(raw, self.config.node_id)
         for pid, health in self.peer_health.items():
             roles = self.config.peers[pid].roles
             if health.up and health.refused is None and "proposer" in roles \
-                    and "acceptor" in roles:
+                    and "acceptor" in roles and pid in members:
                 score = _rendezvous(raw, pid)
                 if score > best_score or (score == best_score and pid > best):
                     best, best_score = pid, score

@@ -6,6 +6,7 @@ tests/test_node.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -223,4 +224,27 @@ def test_the_adopted_config_survives_a_restart_of_sqlite_storage(tmp_path: Path)
         with pytest.raises(SystemExit):
             stored_config(reopened)
         await reopened.close()
+    asyncio.run(run())
+
+
+def test_an_acceptor_marked_initial_false_waits_until_a_change_names_it() -> None:
+    """Goal: an acceptor-role node left out of epoch 0 ("initial: false") serves no vote
+    at epoch 0, and serves once a config that names it is installed."""
+    async def run() -> None:
+        peers = dict(PEERS)
+        peers[1] = dataclasses.replace(peers[1], initial=False)
+        config = NodeConfig(1, peers, cluster_id="c")
+        assert config.initial_acceptors == {2, 3}
+        assert config.fingerprint() != NodeConfig(1, PEERS, cluster_id="c").fingerprint()
+        node = Node(config, NodeIdentity("c", 1, "d1", 2, False), _Storage(),
+                    _Transport(config.fingerprint()))
+        await node.start()
+        await node.heartbeat_once()
+        deadline = asyncio.get_running_loop().time() + 5
+        assert node.epoch_config == Config.stable(0, {2, 3})
+        early = await node.handle(Prepare("k", Ballot(1, 2, 1)), deadline)
+        assert isinstance(early, Unavailable) and "retired" in early.reason
+        grown = change_configs(Config.stable(0, {2, 3}), {1, 2, 3})[0]
+        late = await node.handle(Prepare("k", Ballot(2, 2, 1)), deadline, grown)
+        assert isinstance(late, Promise)
     asyncio.run(run())
