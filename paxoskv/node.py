@@ -546,7 +546,18 @@ class Node:
         async with self._adopting:
             if cfg.epoch <= self._view.epoch:
                 return False
+            joining = self.config.node_id in cfg.accept_set - cfg.prepare_set
+            if joining:
+                # Added by this change: whatever rows this acceptor still holds (it may be a
+                # removed acceptor added back) belong to no quorum of the configs that can
+                # still form one (it is in neither set of the one before), and would win a
+                # later prepare with a stale value. Drop them before it adopts; it votes
+                # nothing meanwhile (docs/reconfiguration.md, "Adding an acceptor back").
+                self._retired = True
+                await self._drop_rows()
             await self.storage.set_meta(META_CONFIG, orjson.dumps(cfg.to_json()).decode())
+            if joining:
+                await self._drop_rows()  # saves computed before the first drop have landed
             old = self._view.epoch
             self._set_view(self._view_of(cfg))
             log.warning("acceptor-set config: epoch %d -> %d (prepare %s/%d, accept %s/%d)%s",
@@ -554,6 +565,20 @@ class Node:
                         sorted(cfg.accept_set), cfg.accept_quorum,
                         "; this node is no acceptor of it" if self._retired else "")
             return True
+
+    async def _drop_rows(self) -> None:
+        """Remove every row this acceptor holds, floors kept (they only ever go up)."""
+        dropped = 0
+        after: str | None = None
+        while page := self.storage.keys("", after, 500):
+            for key in page:
+                await self.storage.collect(key, self.storage.floor(key))
+            dropped += len(page)
+            after = page[-1]
+        if dropped:
+            log.warning("acceptor-set config adds this acceptor: dropped %d rows it held "
+                        "from before", dropped)
+            self.metrics.keys(self.storage.key_count())
 
     def spawn_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task the node owns (its task group's once running): the change driver's."""
@@ -590,6 +615,8 @@ class Node:
             self.metrics.epoch_refused()
             return Stale(msg.key, own)
         if verdict is EpochVerdict.RETIRED:
+            if cfg.epoch > own.epoch:
+                return self._adopt_retired(msg, cfg)
             return Unavailable(msg.key, f"retired: not an acceptor at epoch {own.epoch}")
         if verdict is EpochVerdict.ADOPT:
             return self._adopt_then(msg, deadline, cfg)
@@ -602,6 +629,14 @@ class Node:
         await self.adopt_config(cfg)
         reply = self.handle_soon(msg, deadline, cfg)
         return reply if isinstance(reply, REPLY_TYPES) else await reply
+
+    async def _adopt_retired(self, msg: Prepare | Accept | Query | Collect, cfg: Config
+                             ) -> Reply:
+        """A newer config that does not name this acceptor: hold it (durably, so the
+        removal survives a restart and ``/v1/status`` says ``member: false``), then refuse,
+        as for every later message."""
+        await self.adopt_config(cfg)
+        return Unavailable(msg.key, f"retired: not an acceptor at epoch {cfg.epoch}")
 
     def _serve_at(self, msg: Prepare | Accept | Query | Collect, deadline: float, epoch: int
                   ) -> Reply | Awaitable[Reply]:
@@ -688,7 +723,10 @@ class Node:
         if self._retired:
             return Unavailable(msg.key, f"retired: not an acceptor at epoch {self._view.epoch}")
         if isinstance(msg, Query):
-            return acceptor_rules.on_query(self.storage.load(msg.key), msg)
+            reply = acceptor_rules.on_query(self.storage.load(msg.key), msg)
+            # Above epoch 0 the reply names the epoch it was answered under: the proof an
+            # install counts (a release without epochs cannot give it).
+            return dataclasses.replace(reply, epoch=epoch) if epoch else reply
         loop = self._loop.get()
         turn = self._acceptor_locks.take(msg.key, loop)
         if turn is None:
@@ -832,7 +870,7 @@ class Node:
         """Up to ``limit`` of this acceptor's keys (tombstones included) after ``after`` in
         key order, and whether more follow; None if it does not serve as an acceptor (it
         must not be counted as one that has no keys)."""
-        if not self._serves("list"):
+        if not self._serves("list") or self._retired:
             return None
         # Every stored key, even one only promised (ballot zero, not live): a page must hold
         # exactly the keys storage returned, or "more" and the cursor would skip the rest.
@@ -848,8 +886,9 @@ class Node:
 
     def floor_page(self, after: int, limit: int) -> list[tuple[int, acceptor_rules.Floor]] | None:
         """Up to ``limit`` of this acceptor's bucket floors above bucket ``after`` (docs/gc.md,
-        copied by a rejoining acceptor); None if it does not serve as an acceptor."""
-        if not self._serves("list"):
+        copied by a rejoining acceptor); None if it does not serve as an acceptor (nor
+        when its config does not name it: a removed acceptor's rows are out of date)."""
+        if not self._serves("list") or self._retired:
             return None
         return self.storage.floor_page(after, limit)
 

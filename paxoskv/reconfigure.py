@@ -291,7 +291,8 @@ class Reconfigurer:
 
     async def _install_one(self, acceptor_id: int, config: Config) -> bool:
         """Ask one acceptor a question under ``config``: it adopts the config (durably)
-        before answering. Holding it or a newer one counts."""
+        before answering. Holding it or a newer one counts, shown by the epoch its answer
+        names (``QueryReply.epoch``) or by a ``Stale`` refusal."""
         node = self._node
         deadline = asyncio.get_running_loop().time() + node.config.phase_timeout_s
         msg = Query(CONFIG_KEY)
@@ -308,7 +309,9 @@ class Reconfigurer:
         if isinstance(reply, Stale):
             node.learn_config(reply.config)
             return reply.config.epoch >= config.epoch
-        return isinstance(reply, QueryReply)
+        # Only an answer that names the epoch proves the acceptor holds the config: one
+        # running a release without epochs answers the query all the same, at epoch 0.
+        return isinstance(reply, QueryReply) and reply.epoch >= config.epoch
 
     async def catch_up(self, mid: Config, old: Config) -> None:
         """An identity round under ``mid`` of every key the old accept set's answering

@@ -86,14 +86,20 @@ def test_an_acceptor_adopts_a_newer_config_durably_and_then_refuses_older_epochs
 
 
 def test_an_acceptor_its_config_leaves_out_never_votes_again() -> None:
-    """Goal: RETIRED: a config that does not name this acceptor is not adopted from a
-    message, and once held (an install) every message is refused, its own epoch's too."""
+    """Goal: RETIRED: a message under a config that does not name this acceptor is
+    refused, and the config is adopted first (durably: the removal is recorded, survives a
+    restart, and /v1/status says member: false); then every message is refused, its own
+    epoch's too, and its keys are no longer listed (a rejoin must not count it)."""
     async def run() -> None:
         node, storage, deadline = await _serving()
+        assert node.key_page("", None, 10) == ([], False)
         reply = await node.handle(Prepare("k", Ballot(1, 2, 1)), deadline, WITHOUT_1)
         assert isinstance(reply, Unavailable) and "retired" in reply.reason
-        assert node.epoch_config == EPOCH0
-        assert await node.adopt_config(WITHOUT_1)
+        assert node.epoch_config == WITHOUT_1
+        assert orjson.loads(storage.meta[META_CONFIG]) == WITHOUT_1.to_json()
+        assert node.status()["acceptor_config"]["member"] is False
+        assert not await node.adopt_config(WITHOUT_1)
+        assert node.key_page("", None, 10) is None and node.floor_page(-1, 10) is None
         for msg in (Prepare("k", Ballot(2, 2, 1)), Query("k"),
                     Accept("k", Ballot(3, 2, 1), Value(1, b"x")), Collect("k", Ballot(3, 2, 1), 1)):
             got = await node.handle(msg, deadline, WITHOUT_1)
@@ -247,4 +253,52 @@ def test_an_acceptor_marked_initial_false_waits_until_a_change_names_it() -> Non
         grown = change_configs(Config.stable(0, {2, 3}), {1, 2, 3})[0]
         late = await node.handle(Prepare("k", Ballot(2, 2, 1)), deadline, grown)
         assert isinstance(late, Promise)
+    asyncio.run(run())
+
+
+def test_a_query_reply_names_the_epoch_it_was_answered_under() -> None:
+    """Goal: above epoch 0 a query's answer carries the epoch (what an install counts as
+    proof of adoption; an acceptor of a release without epochs answers at 0), and at
+    epoch 0 it carries nothing."""
+    async def run() -> None:
+        node, _, deadline = await _serving()
+        reply = await node.handle(Query("k"), deadline)
+        assert isinstance(reply, QueryReply) and reply.epoch == 0
+        reply = await node.handle(Query("k"), deadline, MID)
+        assert isinstance(reply, QueryReply) and reply.epoch == MID.epoch
+    asyncio.run(run())
+
+
+def _readd_configs() -> tuple[Config, Config]:
+    """Epoch 4 is {2,3,4} (1 was removed); the next change adds 1 back: mid at epoch 5."""
+    return change_configs(Config.stable(4, {2, 3, 4}), {1, 2, 3, 4})
+
+
+@pytest.mark.parametrize("member", [False, True])
+def test_an_acceptor_added_back_drops_the_rows_it_held(tmp_path: Path, member: bool) -> None:
+    """Goal: an acceptor that a config adds (in its accept set, not its prepare set) drops
+    every row it still holds before it adopts that config, floors kept: a removed acceptor
+    added back must not bring back values from before (here it even still holds epoch 0,
+    having missed its removal). An acceptor that stays a member (the ``member`` case: it is
+    in both sets) keeps its rows."""
+    async def run() -> None:
+        storage = SqliteStorage(tmp_path)
+        node, _, _ = _node()
+        node.storage = storage  # type: ignore[assignment]
+        await node.start()
+        await node.heartbeat_once()
+        deadline = asyncio.get_running_loop().time() + 5
+        for key in ("a", "b"):
+            reply = await node.handle(Accept(key, Ballot(1, 2, 1), Value(1, b"old")), deadline)
+            assert isinstance(reply, Accepted)
+        assert storage.key_count() == 2
+        mid, _ = _readd_configs() if not member else change_configs(EPOCH0, {1, 2, 3, 4})
+        reply = await node.handle(Query("a"), deadline, mid)
+        assert isinstance(reply, QueryReply) and reply.epoch == mid.epoch
+        assert node.epoch_config == mid
+        if member:
+            assert storage.key_count() == 2 and reply.value.data == b"old"
+        else:
+            assert storage.key_count() == 0 and reply.value.data is None
+        await storage.close()
     asyncio.run(run())

@@ -112,6 +112,10 @@ class QueryReply:
     key: str
     ballot_accepted: Ballot
     value: Value
+    epoch: int = 0
+    """The config epoch the acceptor answered under (on the wire only above 0): an install
+    counts an acceptor as holding its config only on this proof, which a release without
+    epochs never gives (docs/reconfiguration.md, "Rolling upgrades")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,9 +305,12 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
             return {"t": "nack", "k": key, "b": b.to_wire(), "bp": bp.to_wire()}
         case Query(key=key):
             return {"t": "query", "k": key}
-        case QueryReply(key=key, ballot_accepted=ba, value=v):
-            return {"t": "query_reply", "k": key, "ba": ba.to_wire(),
-                    "v": _value_to_wire(v, raw)}
+        case QueryReply(key=key, ballot_accepted=ba, value=v, epoch=epoch):
+            out = {"t": "query_reply", "k": key, "ba": ba.to_wire(),
+                   "v": _value_to_wire(v, raw)}
+            if epoch:
+                out["ep"] = epoch
+            return out
         case Unavailable(key=key, reason=reason):
             return {"t": "unavailable", "k": key, "r": reason}
         case Forward(key=key, change=change, request_id=rid, to_boot=boot):
@@ -486,7 +493,11 @@ def from_wire(raw: object) -> Message:
         case "query":
             return Query(key)
         case "query_reply":
-            return QueryReply(key, _ballot(raw, "ba"), _value_from_wire(raw.get("v")))
+            epoch = raw.get("ep", 0)
+            if not (isinstance(epoch, int) and not isinstance(epoch, bool)
+                    and 0 <= epoch <= WIRE_INT_MAX):
+                raise PeerProtocolError("query_reply 'ep' must be a non-negative integer")
+            return QueryReply(key, _ballot(raw, "ba"), _value_from_wire(raw.get("v")), epoch)
         case "unavailable":
             reason = raw.get("r")
             if not isinstance(reason, str):

@@ -110,25 +110,28 @@ def test_a_rejoin_after_a_change_catches_up_from_the_current_set() -> None:
     """Goal: an acceptor that lost its disk rejoins against the acceptors of the config in
     force, not the --peers set of epoch 0 (which holds a retired acceptor): an
     acknowledged write survives."""
-    data, epoch, mode = run_virtual(_rejoin_after_a_change())
+    data, epoch, _mode = run_virtual(_rejoin_after_a_change())
     assert data == b"new", f"acknowledged write lost: read {data!r} (node 1 at epoch {epoch})"
 
 
 def test_a_rejoin_of_an_acceptor_only_node_after_a_change() -> None:
     """The same with node 1 acceptor-only: nothing makes it adopt epoch 4 before its
     catch-up lists the acceptors of epoch 0 (3 is retired but still lists its keys)."""
-    data, epoch, mode = run_virtual(_rejoin_after_a_change(acceptor_only=True))
+    data, epoch, _mode = run_virtual(_rejoin_after_a_change(acceptor_only=True))
     assert data == b"new", f"acknowledged write lost: read {data!r} (node 1 at epoch {epoch})"
 
 
-async def _old_version_acceptor() -> tuple[bool, bytes | None, int]:
+async def _old_version_acceptor() -> tuple[bool, bytes | None, int, bool]:
     """A rolling upgrade not finished: node 3 runs the previous release, which ignores the
     frame header's ``cfg`` (it never adopts, never refuses, and answers an install's query
     like any query). Epoch 0 {1,2,3}, 4 waits, 5 is a proposer only (cut off, it stays at
     epoch 0). With node 1 down, node 2 drives +4 then -1: {2,3,4} at epoch 4. k=new is then
     written on {2,4}. Node 1 comes back; node 5, which reaches only 1 and 3, reads k.
-    Returns (linearizable, what node 5 read, node 3's epoch)."""
+    Returns (linearizable, what node 5 read, node 3's epoch, whether the change went on).
+    With node 1 down and node 3 unable to prove it holds epoch 1, nothing can fence epoch 0:
+    the change must stop there (the driver gives up; the scenario ends)."""
     from paxoskv.check import History, check
+    from paxoskv.reconfigure import ChangeFailed
     sim = _Simulation(23, SimOptions(nodes=4, proposers=1, ops=0, network=QUIET,
                                       mismatched_config_probability=0.0))
     sim.rules = AcceptorRules()
@@ -168,8 +171,13 @@ async def _old_version_acceptor() -> tuple[bool, bytes | None, int]:
         history.complete(op, "ok", out_version=out.value.version)
         await asyncio.sleep(1.0)
         await sim.crash(1)
-        await n2.reconfigurer.drive(frozenset({1, 2, 3, 4}))
-        await n2.reconfigurer.drive(frozenset({2, 3, 4}))
+        n3 = sim.hosts[3].node
+        assert n3 is not None
+        try:
+            await n2.reconfigurer.drive(frozenset({1, 2, 3, 4}))
+            await n2.reconfigurer.drive(frozenset({2, 3, 4}))
+        except ChangeFailed:
+            return check(history.ops()).ok, None, n3.epoch_config.epoch, False
         assert n2.epoch_config.epoch == 4
         sim.network.block([(2, 3), (3, 2), (4, 3), (3, 4)])
         op = history.invoke(2, "k", "set", b"new")
@@ -190,7 +198,7 @@ async def _old_version_acceptor() -> tuple[bool, bytes | None, int]:
         outcome = await n5.read("k")
         history.complete(op, "ok", out_version=outcome.value.version,
                          out_value=outcome.value.data)
-        return check(history.ops()).ok, outcome.value.data, n3.epoch_config.epoch
+        return check(history.ops()).ok, outcome.value.data, n3.epoch_config.epoch, True
     finally:
         await sim.crash(*[i for i in sim.ids if sim.hosts[i].up])
 
@@ -199,5 +207,7 @@ def test_an_install_is_not_acknowledged_by_an_acceptor_that_ignores_epochs() -> 
     """Goal: the install must count only acceptors that hold the new config; one running a
     release without epochs answers the install's query all the same, so the change must
     not go on on its word (here node 5 reads "old" after "new" was acknowledged)."""
-    ok, data, epoch3 = run_virtual(_old_version_acceptor())
-    assert ok and data == b"new", f"read {data!r}; node 3 (old release) at epoch {epoch3}"
+    ok, data, epoch3, went_on = run_virtual(_old_version_acceptor())
+    assert not went_on, f"the change went on (node 5 then read {data!r}; node 3, old " \
+                        f"release, at epoch {epoch3})"
+    assert ok and epoch3 == 0
