@@ -691,6 +691,13 @@ async def change_acceptors(request: web.Request) -> web.StreamResponse:
     if unknown:
         raise ApiError(400, "bad_request", f"nodes {unknown} are not acceptor-role nodes of "
                        "this cluster's --peers")
+    old = sorted(pid for pid, h in node.peer_health.items()
+                 if pid in node.config.acceptors and h.up and not h.epochs)
+    if old:
+        # Their acks could not prove they hold a new config (the install would stall):
+        # every node must run a release with epochs before the first change.
+        raise ApiError(409, "peers_without_epochs", f"acceptors {old} run a release without "
+                       "acceptor-set epochs; upgrade every node first")
     if not node.reconfigurer.start(ids):
         return _error(409, "change_in_progress", "this node is already driving a change",
                       reconfiguration=node.reconfigurer.progress.as_dict())

@@ -336,3 +336,22 @@ def test_admin_acceptors_checks_its_body_and_reports_the_record() -> None:
         status = await (await c.get("/v1/status")).json()
         assert status["acceptor_config"]["epoch"] == 0
     with_client(t)
+
+
+def test_admin_acceptors_refuses_while_an_acceptor_runs_a_release_without_epochs() -> None:
+    """Goal: POST /admin/acceptors answers 409 while an acceptor that is up said nothing of
+    epochs in its last hello (a release before acceptor-set changes: it could never prove
+    it holds a new config), and names it; no change is started."""
+    from paxoskv.membership import PeerHealth
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+        peers = {i: PeerSpec(i, f"http://127.0.0.1:{i}") for i in (1, 2)}
+        node.config = NodeConfig(1, peers, limits=node.config.limits)
+        node.membership.peer_health[2] = PeerHealth(up=True)
+        r = await c.post("/admin/acceptors", data=b'{"acceptors": [1, 2]}')
+        doc = await r.json()
+        assert (r.status, doc["error"]) == (409, "peers_without_epochs"), doc
+        assert "[2]" in str(doc)
+        assert node.reconfigurer.running is False
+    with_client(t)
