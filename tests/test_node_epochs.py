@@ -302,3 +302,33 @@ def test_an_acceptor_added_back_drops_the_rows_it_held(tmp_path: Path, member: b
             assert storage.key_count() == 0 and reply.value.data is None
         await storage.close()
     asyncio.run(run())
+
+
+def test_a_rejoin_waits_for_a_prepare_quorum_of_the_others_to_back_the_config_held() -> None:
+    """Goal: before (and after) it lists, a rejoin waits until a prepare quorum of the other
+    acceptors of the config held named that config in hellos sent since the wait began:
+    one peer is not enough (the other may hold a newer config that fenced this one), an
+    older hello does not count, and a peer naming a newer epoch holds it up until that
+    config is held."""
+    async def run() -> None:
+        node, _, _ = _node()
+        await node.start()
+        health = node.membership.peer_health
+        waiting = asyncio.create_task(node.recovery._learn_config(10.0))
+
+        async def still_waiting() -> bool:
+            await asyncio.sleep(1.2)
+            return not waiting.done()
+
+        health[2].epoch, health[2].epoch_asked_at = 0, 11.0
+        health[3].epoch, health[3].epoch_asked_at = 0, 9.0  # sent before the wait began
+        assert await still_waiting()
+        health[3].epoch, health[3].epoch_asked_at = MID.epoch, 12.0  # a newer config
+        assert await still_waiting()
+        newer = Config.stable(2, {1, 2, 3})
+        await node.adopt_config(newer)  # the newest config they name, held
+        health[2].epoch, health[2].epoch_asked_at = newer.epoch, 13.0
+        assert await still_waiting()  # 3 still names epoch 1
+        health[3].epoch, health[3].epoch_asked_at = newer.epoch, 13.0
+        assert await asyncio.wait_for(waiting, 5.0) == newer.epoch
+    asyncio.run(run())
