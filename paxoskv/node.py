@@ -391,6 +391,10 @@ class _KeyedLocks:
         waiters.append(turn)
         return turn
 
+    def idle(self) -> bool:
+        """No key is held."""
+        return not self._held
+
     def give_up(self, key: str, turn: asyncio.Future[None]) -> None:
         """The owner of ``turn`` ended without serving its message."""
         if turn.done() and not turn.cancelled():
@@ -556,8 +560,6 @@ class Node:
                 self._retired = True
                 await self._drop_rows()
             await self.storage.set_meta(META_CONFIG, orjson.dumps(cfg.to_json()).decode())
-            if joining:
-                await self._drop_rows()  # saves computed before the first drop have landed
             old = self._view.epoch
             self._set_view(self._view_of(cfg))
             log.warning("acceptor-set config: epoch %d -> %d (prepare %s/%d, accept %s/%d)%s",
@@ -567,12 +569,16 @@ class Node:
             return True
 
     async def _drop_rows(self) -> None:
-        """Remove every row this acceptor holds, floors kept (they only ever go up)."""
+        """Remove every row this acceptor holds, floors kept (they only ever go up). Called
+        with ``_retired`` set: no step starts; first the steps already computed end (their
+        saves land), so no row appears behind the pass."""
+        while not self._acceptor_locks.idle():
+            await asyncio.sleep(0.01)
         dropped = 0
         after: str | None = None
         while page := self.storage.keys("", after, 500):
-            for key in page:
-                await self.storage.collect(key, self.storage.floor(key))
+            await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
+                                   for key in page))
             dropped += len(page)
             after = page[-1]
         if dropped:
