@@ -10,8 +10,16 @@ import pytest
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
-from paxoskv.core.messages import PeerProtocolError, Prepare, Stale, config_from_wire
+from paxoskv.core.messages import (
+    PeerProtocolError,
+    Prepare,
+    QueryReply,
+    Stale,
+    config_from_wire,
+    to_wire,
+)
 from paxoskv.core.reconfig import Config, change_configs
+from paxoskv.core.register import Value
 from paxoskv.transport.codec import (
     Sender,
     decode_frame,
@@ -72,6 +80,19 @@ def test_stale_round_trips_with_its_config() -> None:
         body = encode_replies([Stale("k", END)], binary=binary)
         assert decode_replies(body, 1) == [Stale("k", END)]
     assert config_from_wire(END.to_json()) == END
+
+
+def test_a_query_reply_names_its_epoch_only_above_0() -> None:
+    """Goal: the epoch an install counts as proof of adoption crosses the wire (``ep``);
+    at epoch 0 the reply is what it always was, and a malformed ``ep`` is refused."""
+    at0 = QueryReply("k", Ballot(1, 2, 1), Value(1, b"x"))
+    assert "ep" not in to_wire(at0)
+    for reply in (at0, dataclasses.replace(at0, epoch=7)):
+        for binary in (True, False):
+            assert decode_replies(encode_replies([reply], binary=binary), 1) == [reply]
+    bad = orjson.dumps({"r": [{**to_wire(at0), "ep": -1}]})
+    with pytest.raises(PeerProtocolError):
+        decode_replies(bad, 1)
 
 
 def test_the_floors_endpoint_checks_the_secret_and_the_body() -> None:
