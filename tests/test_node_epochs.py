@@ -15,6 +15,7 @@ import pytest
 from test_node import PEERS, _GatedStorage, _kinds, _node, _Storage, _Transport
 
 from paxoskv.config import NodeConfig
+from paxoskv.core.acceptor import NO_FLOOR, AcceptorState, Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import (
     Accept,
@@ -331,4 +332,54 @@ def test_a_rejoin_waits_for_a_prepare_quorum_of_the_others_to_back_the_config_he
         assert await still_waiting()  # 3 still names epoch 1
         health[3].epoch, health[3].epoch_asked_at = newer.epoch, 13.0
         assert await asyncio.wait_for(waiting, 5.0) == newer.epoch
+    asyncio.run(run())
+
+
+class _LateRowStorage(_Storage):
+    """A save's row is listed only once the save completes (``land``), as with a storage
+    whose listing reads what is committed; ``collect`` removes a row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.landing: list[tuple[str, AcceptorState, asyncio.Future[None]]] = []
+
+    def save_soon(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.landing.append((key, state, done))
+        return done
+
+    def land(self) -> None:
+        for key, state, done in self.landing:
+            self.data[key] = state
+            done.set_result(None)
+        self.landing.clear()
+
+    def floor(self, key: str) -> Floor:
+        return NO_FLOOR
+
+    async def collect(self, key: str, floor: Floor) -> None:
+        self.data.pop(key, None)
+
+
+def test_an_acceptor_being_added_drops_rows_whose_saves_were_on_their_way() -> None:
+    """Goal: a vote computed before an acceptor learns it is being added, whose save has not
+    landed yet, leaves no row behind the drop: the adoption waits for it to land, then
+    drops it (otherwise the row would appear once the pass had listed the keys)."""
+    async def run() -> None:
+        node, _, _ = _node()
+        await node.start()
+        await node.heartbeat_once()
+        storage = _LateRowStorage()
+        node.storage = storage  # type: ignore[assignment]
+        deadline = asyncio.get_running_loop().time() + 5
+        vote = asyncio.ensure_future(node.handle_soon(  # type: ignore[arg-type]
+            Accept("k", Ballot(1, 2, 1), Value(1, b"old")), deadline))
+        mid, _ = _readd_configs()
+        adopting = asyncio.create_task(node.adopt_config(mid))
+        await asyncio.sleep(0.05)
+        assert not adopting.done() and storage.landing  # waits for the save on its way
+        storage.land()
+        assert await asyncio.wait_for(adopting, 5.0)
+        assert isinstance(await vote, Accepted)
+        assert "k" not in storage.data and node.epoch_config == mid
     asyncio.run(run())
