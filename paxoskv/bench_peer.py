@@ -28,6 +28,7 @@ from paxoskv.core.acceptor import Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import Accept, Accepted, QueryReply, Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.core.register import Value
 from paxoskv.transport import http
 from paxoskv.transport.base import KeyPage
@@ -52,7 +53,8 @@ class _Acceptor:
             return Accepted(msg.key, msg.ballot)
         return QueryReply(msg.key, Ballot.ZERO, Value(0, None))
 
-    def handle_soon(self, msg: Request, deadline: float) -> Awaitable[Reply]:
+    def handle_soon(self, msg: Request, deadline: float, config: Config | None = None
+                    ) -> Awaitable[Reply]:
         return self.handle(msg, deadline)
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +65,9 @@ class _Acceptor:
 
     def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]] | None:
         return []
+
+    async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
+        return False
 
 
 async def _serve(port: int) -> None:

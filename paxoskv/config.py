@@ -24,6 +24,10 @@ class PeerSpec:
     node_id: int
     url: str
     roles: frozenset[Role] = ALL_ROLES
+    initial: bool = True
+    """An acceptor of epoch 0 (with the acceptor role). False (``initial: false`` in a hosts
+    file): an acceptor-role node that waits, serving no votes, until an acceptor-set change
+    adds it (docs/reconfiguration.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,12 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
 
     @property
+    def initial_acceptors(self) -> frozenset[int]:
+        """Epoch 0's acceptor set: the acceptor-role nodes not marked ``initial: false``."""
+        return frozenset(p.node_id for p in self.peers.values()
+                         if "acceptor" in p.roles and p.initial)
+
+    @property
     def forward_timeout_s(self) -> float:
         """How long a node waits for the preferred proposer before running a forwarded write
         itself: half the request's time, so the fallback has the other half."""
@@ -84,6 +94,8 @@ class NodeConfig:
             raise ValueError("--rejoin-after-quorum-loss needs --rejoin")
         if self.rejoin_accept_old_copy and not self.rejoin_after_quorum_loss:
             raise ValueError("--rejoin-accept-old-copy needs --rejoin-after-quorum-loss")
+        if not self.initial_acceptors:
+            raise ValueError("no acceptor of epoch 0: every acceptor is marked initial: false")
 
     @property
     def acceptors(self) -> frozenset[int]:
@@ -117,5 +129,7 @@ class NodeConfig:
         """
         parts = [self.cluster_id]
         for pid in sorted(self.peers):
-            parts.append(f"{pid}:{','.join(sorted(self.peers[pid].roles))}")
+            parts.append(f"{pid}:{','.join(sorted(self.peers[pid].roles))}"
+                         # only when set: a cluster without it keeps its fingerprint
+                         + ("" if self.peers[pid].initial else ":later"))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -34,6 +34,9 @@ from paxoskv.core.identity import (
     judge_frame,
     supersedes,
 )
+from paxoskv.core.messages import PeerProtocolError, config_from_wire
+from paxoskv.core.quorum import QuorumConfig
+from paxoskv.core.reconfig import Config
 from paxoskv.storage.base import NodeIdentity
 from paxoskv.transport.base import PeerUnreachable, Refusal
 from paxoskv.transport.codec import Sender
@@ -67,6 +70,13 @@ class PeerHealth:
     """Which check refused it: only that check, passing again, lifts the refusal."""
     lifetime_s: float | None = None
     """The longest a message of its can live (its request plus peer timeout)."""
+    epochs: bool = False
+    """Its hellos say it runs a release with acceptor-set epochs (docs/reconfiguration.md)."""
+    epoch: int = 0
+    """The config epoch its last answered hello named (0 when it named none)."""
+    epoch_asked_at: float | None = None
+    """When (loop time) the hello that last told ``epoch`` was sent: the peer held that epoch
+    at some moment after this."""
 
 
 class Membership:
@@ -77,6 +87,11 @@ class Membership:
     change; ``identity`` is written back here when the incarnation is raised.
     """
 
+    @property
+    def quorum(self) -> QuorumConfig:
+        """The node's quorum now (it follows the acceptor-set config the node holds)."""
+        return self._node.quorum
+
     def __init__(self, node: Node) -> None:
         self._node = node
         config, storage = node.config, node.storage
@@ -84,7 +99,6 @@ class Membership:
         self.storage = storage
         self.transport = node.transport
         self.metrics = node.metrics
-        self.quorum = node.quorum
         self.identity_rules = node.identity_rules
         self.boot_id = node.boot_id
         self.fingerprint = node.fingerprint
@@ -179,6 +193,13 @@ class Membership:
         return fingerprint == self.fingerprint or not self.identity_rules.check_membership
 
     def hello_info(self) -> dict[str, Any]:
+        info = self._hello_info()
+        cfg = self._node.epoch_config
+        if cfg.epoch > 0:  # (a cluster that never changed its acceptor set sends no config)
+            info["cfg"] = cfg.to_json()
+        return info
+
+    def _hello_info(self) -> dict[str, Any]:
         return {
             "cluster_id": self._node.identity.cluster_id,
             "node_id": self._node.identity.node_id,
@@ -192,6 +213,7 @@ class Membership:
             "lifetime_s": self.config.message_lifetime_s,
             "version": __version__,
             "watchers": self._node.watchers_flag(),
+            "epochs": True,
             "records": {str(pid): r.to_meta() for pid, r in sorted(self._records.items())},
         }
 
@@ -228,6 +250,9 @@ class Membership:
             return self._reply("config", MEMBERSHIP_DIFFERS)
         await self._learn_records(info.get("records"), peer_id)
         self._node.note_peer_watchers(peer_id, info.get("watchers"))
+        cfg = _config_of(info)
+        if cfg is not None and self._learns_config_from_hellos():
+            self._node.learn_config(cfg)  # a newer one: adopted in the background
         if info.get("refused") is True:
             # A refused or amnesic process (it may keep restarting, each time with a higher
             # incarnation) must never displace the record of the node's real process.
@@ -287,7 +312,7 @@ class Membership:
         now = asyncio.get_running_loop().time() if mutual else 0.0
         fresh_s = self.config.down_after_s
         up = {a for a in self.quorum.acceptors if a != self.config.node_id
-              and self.usable(a) and self.peer_health[a].up
+              and a in self.peer_health and self.usable(a) and self.peer_health[a].up
               and (not mutual or now - self.heard_from.get(a, -1e18) <= fresh_s)}
         if self.config.node_id in self.quorum.acceptors and self.machine.counts_as_acceptor:
             up.add(self.config.node_id)
@@ -348,6 +373,9 @@ class Membership:
         health.rtt_s = loop.time() - started
         health.last_ok = loop.time()
         health.version = str(info.get("version"))
+        cfg = _config_of(info)
+        health.epochs = info.get("epochs") is True
+        health.epoch, health.epoch_asked_at = (0 if cfg is None else cfg.epoch), started
         lifetime = info.get("lifetime_s")
         if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
             health.lifetime_s = float(lifetime)
@@ -356,6 +384,14 @@ class Membership:
 
     async def heartbeat_once(self) -> None:
         replies = await asyncio.gather(*(self._beat(pid) for pid in sorted(self.peer_health)))
+        # Until its identity is confirmed, and while it rejoins, a node holds the newest
+        # acceptor-set config its peers name before it counts their confirmations (a node
+        # that lost its disk starts at epoch 0); later, refusals teach it (Node.learn_config).
+        if self._learns_config_from_hellos():
+            newest = max((c for c in map(_config_of, filter(None, replies)) if c is not None),
+                         key=lambda c: c.epoch, default=None)
+            if newest is not None:
+                await self._node.adopt_config(newest)
         self.metrics.quorum_reachable(self.quorum_reachable())
         confirmed = 0
         floor = 0
@@ -393,12 +429,33 @@ class Membership:
                 (not silent or waited >= self.config.down_after_s):
             await self.transition(Confirmed())
 
+    def _learns_config_from_hellos(self) -> bool:
+        return self.machine.rejoining or not self.machine.may_propose
+
+    def epochs_told_since(self, since: float) -> dict[int, int]:
+        """The config epoch each peer named in a hello sent at or after ``since``."""
+        return {pid: h.epoch for pid, h in self.peer_health.items()
+                if h.epoch_asked_at is not None and h.epoch_asked_at >= since}
+
     def _confirmations_needed(self) -> int:
         if self.machine.rebuild:
             return min(1, self.quorum.confirmations_needed(self.config.node_id))
         if self._new_identity:
             return self.quorum.intersecting_confirmations()
         return self.quorum.confirmations_needed(self.config.node_id)
+
+
+def _config_of(info: dict[str, Any]) -> Config | None:
+    """The acceptor-set config a hello (or its reply) names; None at epoch 0, from a release
+    without epochs, or malformed."""
+    raw = info.get("cfg")
+    if raw is None:
+        return None
+    try:
+        cfg = config_from_wire(raw)
+    except PeerProtocolError:
+        return None
+    return cfg if cfg.epoch > 0 else None
 
 
 def _parse_hello(info: dict[str, Any]) -> tuple[int, HelloClaim] | None:

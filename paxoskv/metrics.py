@@ -229,6 +229,16 @@ class Metrics:
         """This acceptor removed one collected tombstone's row (docs/gc.md)."""
     def tombstones_pending(self, count: int) -> None:
         """Tombstones this node waits to collect (seen, grace period not over)."""
+    def config_epoch(self, epoch: int) -> None:
+        """The acceptor-set config epoch this node holds (docs/reconfiguration.md)."""
+    def epoch_refused(self) -> None:
+        """This acceptor refused a message of an older config epoch (``Stale``)."""
+    def reconfig_running(self, running: bool) -> None:
+        """Whether this node is driving an acceptor-set change."""
+    def reconfig_step(self, step: str) -> None:
+        """The driver finished an ``install`` or a ``catch_up``."""
+    def reconfig_keys(self, count: int) -> None:
+        """The driver's catch-up ran identity rounds on ``count`` more keys."""
     def key_round(self, changes: int) -> None: ...
     def forward(self, result: str) -> None: ...
     def http_connections(self, count: int) -> None: ...
@@ -323,6 +333,23 @@ class PromMetrics(Metrics):
                                   "Tombstone rows this acceptor removed after every acceptor "
                                   "had accepted them and the grace period was over "
                                   "(docs/gc.md)", registry=r)
+        self._config_epoch = Gauge("paxoskv_config_epoch",
+                                   "Acceptor-set config epoch this node holds (0: the "
+                                   "configured set, never changed)", registry=r)
+        self._epoch_refused = Counter("paxoskv_epoch_refusals",
+                                      "Messages of an older acceptor-set config epoch this "
+                                      "acceptor refused", registry=r)
+        self._reconfig_running = Gauge("paxoskv_reconfig_running",
+                                       "1 while this node drives an acceptor-set change",
+                                       registry=r)
+        self._reconfig_steps = Counter("paxoskv_reconfig_steps",
+                                       "Acceptor-set change steps this node's driver finished",
+                                       ["step"], registry=r)
+        for step in ("install", "catch_up"):
+            self._reconfig_steps.labels(step)
+        self._reconfig_keys = Counter("paxoskv_reconfig_keys_caught_up",
+                                      "Keys the acceptor-set change driver ran a catch-up "
+                                      "identity round on", registry=r)
         self._gc_pending = Gauge("paxoskv_tombstones_pending",
                                  "Tombstones this node drives to collection, still within "
                                  "their grace period or not yet accepted everywhere",
@@ -431,6 +458,21 @@ class PromMetrics(Metrics):
 
     def tombstones_pending(self, count: int) -> None:
         self._gc_pending.set(count)
+
+    def config_epoch(self, epoch: int) -> None:
+        self._config_epoch.set(epoch)
+
+    def epoch_refused(self) -> None:
+        self._epoch_refused.inc()
+
+    def reconfig_running(self, running: bool) -> None:
+        self._reconfig_running.set(1 if running else 0)
+
+    def reconfig_step(self, step: str) -> None:
+        self._reconfig_steps.labels(step).inc()
+
+    def reconfig_keys(self, count: int) -> None:
+        self._reconfig_keys.inc(count)
 
     def key_round(self, changes: int) -> None:
         self._key_round.observe(changes)

@@ -23,13 +23,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
+import orjson
+
 from paxoskv import __version__
 from paxoskv.compact import compacted
 from paxoskv.config import ALL_ROLES, NodeConfig, PeerSpec, Role
 from paxoskv.core import acceptor as acceptor_rules
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.core.idempotency import RESERVED_PREFIX
+from paxoskv.core.idempotency import is_reserved
 from paxoskv.core.identity import (
     META_ALIVE_AT,
     META_REFUSED,
@@ -52,11 +54,14 @@ from paxoskv.core.messages import (
     Forwarded,
     Learn,
     Learned,
+    PeerProtocolError,
     Prepare,
     Query,
     Reply,
     Request,
+    Stale,
     Unavailable,
+    config_from_wire,
 )
 from paxoskv.core.proposer import (
     Abort,
@@ -77,11 +82,13 @@ from paxoskv.core.proposer import (
     prepared_after,
 )
 from paxoskv.core.quorum import QuorumConfig
+from paxoskv.core.reconfig import Config, EpochVerdict, admit, collection_allowed
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
 from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
+from paxoskv.reconfigure import ChangeFailed, Reconfigurer
 from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
 from paxoskv.tombstones import Collector
@@ -118,6 +125,9 @@ ALIVE_REFRESH_S: Final = 60.0
 ``alive_at`` meta row a rebuild judges a copy's age by): one small durable write a minute."""
 LIST_PAGES_MAX: Final = 8
 """Pages of tombstones a list call skips before it answers with a cursor and no keys."""
+META_CONFIG: Final = "acceptor_config"
+"""The meta row holding the acceptor-set config this node has adopted (``Config.to_json``);
+absent: epoch 0, the flag-configured set (docs/reconfiguration.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +138,8 @@ class AcceptorRules:
         acceptor_rules.on_prepare)
     on_accept: Callable[[acceptor_rules.AcceptorState, Accept], acceptor_rules.Step] = (
         acceptor_rules.on_accept)
+    admit: Callable[[Config, int, Config], EpochVerdict] = admit
+    """The epoch fence (``core/reconfig.py``); the simulator's mutants replace it."""
     on_collect: Callable[[acceptor_rules.AcceptorState, acceptor_rules.Floor, Collect, bool],
                          acceptor_rules.CollectStep] = acceptor_rules.on_collect
 
@@ -270,33 +282,48 @@ class _PreparedKeys:
         self._made: dict[str, float] = {}
         """When each entry was made, in the same (oldest first) order as ``_entries``."""
         self._peak = 0
+        self._epochs: dict[str, int] = {}
+        """The config epoch each entry was promised under, for entries above epoch 0 (a
+        cluster that never reconfigures keeps this empty)."""
+        self.dropped_by_epoch = 0
+        """Entries thrown away because the config changed since they were made."""
 
     @staticmethod
     def _cost(key: str, prepared: Prepared) -> int:
         return 200 + len(key) + len(prepared.value.data or b"")
 
-    def pop(self, key: str, now: float) -> Prepared | None:
-        """The entry of ``key`` (removed), unless it is older than the lifetime."""
+    def pop(self, key: str, now: float, epoch: int = 0) -> Prepared | None:
+        """The entry of ``key`` (removed), unless it is older than the lifetime or was
+        made under another config epoch than ``epoch``: a promise is one from a prepare
+        quorum of the config it was made under, and counts only there
+        (docs/reconfiguration.md, phase-1 skip)."""
         prepared = self._entries.pop(key, None)
         made = self._made.pop(key, now)
+        made_epoch = self._epochs.pop(key, 0) if self._epochs else 0
         if prepared is not None:
             self._bytes -= self._cost(key, prepared)
             if now - made > self._lifetime_s:
                 return None
+            if made_epoch != epoch:
+                self.dropped_by_epoch += 1
+                return None
         return prepared
 
-    def put(self, key: str, prepared: Prepared, now: float) -> None:
-        self.pop(key, now)
+    def put(self, key: str, prepared: Prepared, now: float, epoch: int = 0) -> None:
+        self.pop(key, now, epoch)
         cost = self._cost(key, prepared)
         if cost > self._bytes_max:
             return
         self._entries[key] = prepared
         self._made[key] = now
+        if epoch:
+            self._epochs[key] = epoch
         self._bytes += cost
         self._peak = max(self._peak, len(self._entries))
         while self._bytes > self._bytes_max:
             old_key, old = self._entries.popitem(last=False)
             self._made.pop(old_key, None)
+            self._epochs.pop(old_key, None)
             self._bytes -= self._cost(old_key, old)
 
     def expire(self, now: float) -> None:
@@ -378,6 +405,42 @@ def check_rebuild_copy(storage: Storage, config: NodeConfig, now_ms: int,
         "rows and accept that risk, start again with --rejoin --rejoin-after-quorum-loss "
         "--rejoin-accept-old-copy (docs/recovery.md)")
 
+@dataclass(frozen=True, slots=True)
+class ConfigView:
+    """The acceptor-set config a round runs under, as the quorum views its phases count
+    with: prepares (and queries, collections) go to ``prepare``'s acceptors, accepts to
+    ``accept``'s. At epoch 0 both are the flag-configured quorum (``Node(quorum=...)``)."""
+
+    config: Config
+    prepare: QuorumConfig
+    accept: QuorumConfig
+
+    @property
+    def epoch(self) -> int:
+        return self.config.epoch
+
+    @property
+    def wire(self) -> Config | None:
+        """What a frame's header names: None at epoch 0 (nothing is added to it)."""
+        return None if self.config.epoch == 0 else self.config
+
+
+def stored_config(storage: Storage) -> Config | None:
+    """The config this data directory adopted (``META_CONFIG``), or None (epoch 0). A row
+    that does not parse stops the start: voting under a guessed config could break the
+    fence."""
+    raw = storage.get_meta(META_CONFIG)
+    if raw is None:
+        return None
+    try:
+        return config_from_wire(orjson.loads(raw))
+    except (orjson.JSONDecodeError, PeerProtocolError) as exc:
+        raise SystemExit(f"stored acceptor config {raw!r} is unreadable: {exc}") from exc
+
+
+async def _awaited(reply: Awaitable[Reply]) -> Reply:
+    return await reply
+
 
 def _local_failure(key: str, exc: Exception) -> Unavailable:
     """The local acceptor's own disk failed: logged, and a reply that cannot count toward an
@@ -412,6 +475,10 @@ class _KeyedLocks:
         turn: asyncio.Future[None] = loop.create_future()
         waiters.append(turn)
         return turn
+
+    def idle(self) -> bool:
+        """No key is held."""
+        return not self._held
 
     def give_up(self, key: str, turn: asyncio.Future[None]) -> None:
         """The owner of ``turn`` ended without serving its message."""
@@ -475,7 +542,16 @@ class Node:
         self.metrics = metrics or Metrics()
         self.rng = rng or random.Random()
         self.rules = rules or AcceptorRules()
-        self.quorum = quorum or QuorumConfig.of(config.acceptors)
+        self.config0 = Config.stable(0, config.initial_acceptors)
+        """Epoch 0: the flag-configured set (``--peers`` or a hosts file, less the acceptors
+        marked ``initial: false``), what every node starts from."""
+        assert quorum is None or quorum.acceptors == self.config0.prepare_set, \
+            "the quorum given must be of epoch 0's acceptors"
+        self._quorum0 = quorum or QuorumConfig.of(self.config0.prepare_set)
+        self._view = self._view_of(stored_config(storage) or self.config0)
+        self._retired = False
+        self._adopting: asyncio.Lock | None = None
+        self._set_view(self._view)
         self.identity_rules = identity_rules or IdentityRules()
         self.proposer_rules = proposer_rules or ProposerRules()
         self.clock_ms = clock_ms or system_clock_ms
@@ -499,6 +575,7 @@ class Node:
         self.recovery = Recovery(self)
         self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.collector = Collector(self)
+        self.reconfigurer = Reconfigurer(self)
         self.watch = WatchHub(self.read)
         self._watching_peers: set[int] = set()
         """Peers whose last hello said they have watchers: they are sent learns."""
@@ -513,6 +590,150 @@ class Node:
         for pid in self.peer_health:
             self.metrics.peer_refused(str(pid), False)
         self.metrics.keys(storage.key_count())
+
+    # ---------------------------------------------------------------- acceptor-set config
+
+    @property
+    def quorum(self) -> QuorumConfig:
+        """The prepare-side quorum of the config this node holds now."""
+        return self._view.prepare
+
+    @property
+    def view(self) -> ConfigView:
+        return self._view
+
+    @property
+    def epoch_config(self) -> Config:
+        """The acceptor-set config this node holds (durably, once above epoch 0)."""
+        return self._view.config
+
+    def _view_of(self, cfg: Config) -> ConfigView:
+        if cfg.epoch == 0:
+            return ConfigView(cfg, self._quorum0, self._quorum0)
+        prepare = QuorumConfig(cfg.prepare_set, cfg.prepare_quorum)
+        if cfg.is_stable:
+            return ConfigView(cfg, prepare, prepare)  # one object: rounds test ``is``
+        return ConfigView(cfg, prepare, QuorumConfig(cfg.accept_set, cfg.accept_quorum))
+
+    def _set_view(self, view: ConfigView) -> None:
+        self._view = view
+        self.metrics.config_epoch(view.epoch)
+        # An acceptor its config does not name never votes (RETIRED once removed; at epoch 0
+        # an acceptor-role node marked "initial: false", until a change adds it). On a
+        # cluster that never changed this is exactly "not an acceptor-role node", whose
+        # identity mode already serves nothing.
+        self._retired = self.config.node_id not in view.config.members
+
+    async def adopt_config(self, cfg: Config) -> bool:
+        """Hold ``cfg`` from now on if its epoch is newer than ours: durably first (one meta
+        row), then in memory, so every step computed after this returns is judged under
+        it. Epochs only go up. True if adopted."""
+        if cfg.epoch <= self._view.epoch:
+            return False
+        if self._adopting is None:
+            self._adopting = asyncio.Lock()
+        async with self._adopting:
+            if cfg.epoch <= self._view.epoch:
+                return False
+            joining = self.config.node_id in cfg.accept_set - cfg.prepare_set
+            if joining:
+                # Added by this change: whatever rows this acceptor still holds (it may be a
+                # removed acceptor added back) belong to no quorum of the configs that can
+                # still form one (it is in neither set of the one before), and would win a
+                # later prepare with a stale value. Drop them before it adopts; it votes
+                # nothing meanwhile (docs/reconfiguration.md, "Adding an acceptor back").
+                self._retired = True
+                await self._drop_rows()
+            await self.storage.set_meta(META_CONFIG, orjson.dumps(cfg.to_json()).decode())
+            old = self._view.epoch
+            self._set_view(self._view_of(cfg))
+            log.warning("acceptor-set config: epoch %d -> %d (prepare %s/%d, accept %s/%d)%s",
+                        old, cfg.epoch, sorted(cfg.prepare_set), cfg.prepare_quorum,
+                        sorted(cfg.accept_set), cfg.accept_quorum,
+                        "; this node is no acceptor of it" if self._retired else "")
+            return True
+
+    async def _drop_rows(self) -> None:
+        """Remove every row this acceptor holds, floors kept (they only ever go up). Called
+        with ``_retired`` set: no step starts; first the steps already computed end (their
+        saves land), so no row appears behind the pass."""
+        while not self._acceptor_locks.idle():
+            await asyncio.sleep(0.01)
+        dropped = 0
+        after: str | None = None
+        while page := self.storage.keys("", after, 500):
+            await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
+                                   for key in page))
+            dropped += len(page)
+            after = page[-1]
+        if dropped:
+            log.warning("acceptor-set config adds this acceptor: dropped %d rows it held "
+                        "from before", dropped)
+            self.metrics.keys(self.storage.key_count())
+
+    def spawn_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task the node owns (its task group's once running): the change driver's."""
+        return self._spawn(coro)
+
+    async def collection_allowed(self) -> ConfigView | None:
+        """The view tombstone collection may run under now, or None: only while the change
+        record is STABLE and names exactly the config this node holds, read by a round
+        (``core.reconfig.collection_allowed``; docs/reconfiguration.md, GC)."""
+        view = self._view
+        if not view.config.is_stable:
+            return None
+        try:
+            record, _ = await self.reconfigurer.read_record()
+        except (NoQuorum, UnknownOutcome, Overloaded, ChangeFailed):
+            return None
+        if self._view is not view or not collection_allowed(record, view.config):
+            return None
+        return view
+
+    def learn_config(self, cfg: Config) -> None:
+        """A peer refused us with its newer config (``Stale``): adopt it in the background
+        (the refused round fails or retries; the next one runs under it)."""
+        if cfg.epoch > self._view.epoch:
+            self._spawn(self.adopt_config(cfg))
+
+    def _fence(self, msg: Prepare | Accept | Query | Collect, deadline: float, cfg: Config
+               ) -> Reply | Awaitable[Reply]:
+        """The epoch fence for a message sent under ``cfg`` when that is not simply our
+        own config (``core/reconfig.py`` ``admit``)."""
+        own = self._view.config
+        verdict = self.rules.admit(own, self.config.node_id, cfg)
+        if verdict is EpochVerdict.STALE:
+            self.metrics.epoch_refused()
+            return Stale(msg.key, own)
+        if verdict is EpochVerdict.RETIRED:
+            if cfg.epoch > own.epoch:
+                return self._adopt_retired(msg, cfg)
+            return Unavailable(msg.key, f"retired: not an acceptor at epoch {own.epoch}")
+        if verdict is EpochVerdict.ADOPT:
+            return self._adopt_then(msg, deadline, cfg)
+        if cfg.epoch == own.epoch and cfg != own:
+            return Unavailable(msg.key, f"another config at epoch {own.epoch}")
+        return self._serve_at(msg, deadline, own.epoch)
+
+    async def _adopt_then(self, msg: Prepare | Accept | Query | Collect, deadline: float,
+                          cfg: Config) -> Reply:
+        await self.adopt_config(cfg)
+        reply = self.handle_soon(msg, deadline, cfg)
+        return reply if isinstance(reply, REPLY_TYPES) else await reply
+
+    async def _adopt_retired(self, msg: Prepare | Accept | Query | Collect, cfg: Config
+                             ) -> Reply:
+        """A newer config that does not name this acceptor: hold it (durably, so the
+        removal survives a restart and ``/v1/status`` says ``member: false``), then refuse,
+        as for every later message."""
+        await self.adopt_config(cfg)
+        return Unavailable(msg.key, f"retired: not an acceptor at epoch {cfg.epoch}")
+
+    def _serve_at(self, msg: Prepare | Accept | Query | Collect, deadline: float, epoch: int
+                  ) -> Reply | Awaitable[Reply]:
+        if isinstance(msg, Collect):
+            return self._serve_collect(msg, deadline, epoch)  # a coroutine, like a forward
+        return self._acceptor_soon(msg, deadline, epoch)
 
     # ---------------------------------------------------------------- identity
 
@@ -551,27 +772,36 @@ class Node:
         """Serve frames only from a peer process whose hello was accepted (``Membership``)."""
         self.membership.admit(sender)
 
-    async def handle(self, msg: Request, deadline: float) -> Reply:
+    async def handle(self, msg: Request, deadline: float, config: Config | None = None
+                     ) -> Reply:
         """Answer one peer request; the reply leaves only after its state is durable."""
-        reply = self.handle_soon(msg, deadline)
+        reply = self.handle_soon(msg, deadline, config)
         if isinstance(reply, REPLY_TYPES):
             return reply
         return await reply
 
-    def handle_soon(self, msg: Request, deadline: float) -> Reply | Awaitable[Reply]:
+    def handle_soon(self, msg: Request, deadline: float, config: Config | None = None
+                    ) -> Reply | Awaitable[Reply]:
         """``handle`` without a coroutine where it can: the reply itself when nothing needs
         to be made durable, else an awaitable that completes with the reply once its state
-        is durable (a forward: a coroutine). See ``_acceptor_soon``."""
+        is durable (a forward: a coroutine). See ``_acceptor_soon``. ``config``: the one
+        the message was sent under (None: epoch 0), judged by the epoch fence first."""
         if isinstance(msg, Forward):
             return self._serve_forward(msg)
-        if isinstance(msg, Collect):
-            return self._serve_collect(msg, deadline)  # a coroutine, like a forward
         if isinstance(msg, Learn):
             self.watch.on_learn(msg)  # learner only: acceptor state is never touched
             return Learned(msg.key)
-        return self._acceptor_soon(msg, deadline)
+        view = self._view
+        if config is None:
+            if view.epoch != 0:  # (epoch 0 at both ends: the path as it always was)
+                return self._fence(msg, deadline, self.config0)
+        elif config is not view.config:
+            return self._fence(msg, deadline, config)
+        if isinstance(msg, Collect):
+            return self._serve_collect(msg, deadline, view.epoch)  # a coroutine
+        return self._acceptor_soon(msg, deadline, view.epoch)
 
-    def _acceptor_soon(self, msg: Prepare | Accept | Query, deadline: float
+    def _acceptor_soon(self, msg: Prepare | Accept | Query, deadline: float, epoch: int = 0
                        ) -> Reply | asyncio.Future[Reply]:
         """The local acceptor's answer to ``msg``, started now. The common case (its key
         not held by another message) takes the key, computes the step, submits the save
@@ -581,16 +811,21 @@ class Node:
         kind = _kind(msg)
         if not self._serves(kind):
             return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
+        if self._retired:
+            return Unavailable(msg.key, f"retired: not an acceptor at epoch {self._view.epoch}")
         if isinstance(msg, Query):
-            return acceptor_rules.on_query(self.storage.load(msg.key), msg)
+            reply = acceptor_rules.on_query(self.storage.load(msg.key), msg)
+            # Above epoch 0 the reply names the epoch it was answered under: the proof an
+            # install counts (a release without epochs cannot give it).
+            return dataclasses.replace(reply, epoch=epoch) if epoch else reply
         loop = self._loop.get()
         turn = self._acceptor_locks.take(msg.key, loop)
         if turn is None:
-            return self._serve_locked(msg, kind, deadline)
-        return self._serve_in_turn(loop, turn, msg, kind, deadline)
+            return self._serve_locked(msg, kind, deadline, epoch)
+        return self._serve_in_turn(loop, turn, msg, kind, deadline, epoch)
 
     def _serve_in_turn(self, loop: asyncio.AbstractEventLoop, turn: asyncio.Future[None],
-                       msg: Prepare | Accept, kind: str, deadline: float
+                       msg: Prepare | Accept, kind: str, deadline: float, epoch: int = 0
                        ) -> asyncio.Task[Reply]:
         """Serve ``msg`` once ``turn`` (queued at its arrival) hands it the key: a task,
         created here, so that no caller can leave the key held by never awaiting it.
@@ -605,7 +840,7 @@ class Node:
             nonlocal holds
             await turn
             holds = True
-            reply = self._serve_locked(msg, kind, deadline)
+            reply = self._serve_locked(msg, kind, deadline, epoch)
             if isinstance(reply, REPLY_TYPES):
                 return reply
             return await reply
@@ -620,10 +855,13 @@ class Node:
         task.add_done_callback(ended)
         return task
 
-    def _serve_locked(self, msg: Prepare | Accept, kind: str, deadline: float
+    def _serve_locked(self, msg: Prepare | Accept, kind: str, deadline: float, epoch: int = 0
                       ) -> Reply | asyncio.Future[Reply]:
         """Serve a prepare or accept whose key this call holds; the key is released when
-        the reply is known: at once, or once the step's state is durable."""
+        the reply is known: at once, or once the step's state is durable. ``epoch``: the
+        config epoch the message was admitted under; judged again here, since a newer one
+        may have been adopted while it waited for the key (the fence: once an install is
+        acknowledged, no step of an older epoch is computed)."""
         key = msg.key
         try:
             loop = self._loop.get()
@@ -633,6 +871,12 @@ class Node:
             if not self._serves(kind):
                 self._acceptor_locks.release(key)
                 return Unavailable(key, f"acceptor {self.acceptor_mode}")
+            if epoch != self._view.epoch or self._retired:
+                self._acceptor_locks.release(key)
+                if self._retired:
+                    return Unavailable(key, f"retired: not an acceptor at epoch {self._view.epoch}")
+                self.metrics.epoch_refused()
+                return Stale(key, self._view.config)
             state = self.storage.load(key)
             if isinstance(msg, Prepare):
                 step = self.rules.on_prepare(state, msg)
@@ -671,7 +915,7 @@ class Node:
         saved.add_done_callback(on_saved)
         return answer
 
-    async def _serve_collect(self, msg: Collect, deadline: float) -> Reply:
+    async def _serve_collect(self, msg: Collect, deadline: float, epoch: int = 0) -> Reply:
         """Remove a collected tombstone's row (``core/acceptor.py`` ``on_collect``), with
         the key held like a prepare's, and answer once the removal and the raised floor
         are durable."""
@@ -688,6 +932,11 @@ class Node:
                 return Unavailable(key, "expired: its round has ended")
             if not self._serves("prepare"):
                 return Unavailable(key, f"acceptor {self.acceptor_mode}")
+            if self._retired:
+                return Unavailable(key, f"retired: not an acceptor at epoch {self._view.epoch}")
+            if epoch != self._view.epoch:
+                self.metrics.epoch_refused()
+                return Stale(key, self._view.config)
             step = self.rules.on_collect(self.storage.load(key), self.storage.floor(key), msg,
                                          self.storage.has_row(key))
             if step.remove:
@@ -712,7 +961,7 @@ class Node:
         """Up to ``limit`` of this acceptor's keys (tombstones included) after ``after`` in
         key order, and whether more follow; None if it does not serve as an acceptor (it
         must not be counted as one that has no keys)."""
-        if not self._serves("list"):
+        if not self._serves("list") or self._retired:
             return None
         # Every stored key, even one only promised (ballot zero, not live): a page must hold
         # exactly the keys storage returned, or "more" and the cursor would skip the rest.
@@ -728,10 +977,33 @@ class Node:
 
     def floor_page(self, after: int, limit: int) -> list[tuple[int, acceptor_rules.Floor]] | None:
         """Up to ``limit`` of this acceptor's bucket floors above bucket ``after`` (docs/gc.md,
-        copied by a rejoining acceptor); None if it does not serve as an acceptor."""
-        if not self._serves("list"):
+        copied by a rejoining acceptor); None if it does not serve as an acceptor (nor
+        when its config does not name it: a removed acceptor's rows are out of date)."""
+        if not self._serves("list") or self._retired:
             return None
         return self.storage.floor_page(after, limit)
+
+    async def install_floors(self, floors: list[tuple[int, acceptor_rules.Floor]]) -> bool:
+        """Raise bucket floors that an acceptor-set change adding this acceptor brings
+        (merged from the acceptors that fenced the old config; docs/reconfiguration.md,
+        GC). Floors only go up, so a repeat is harmless. False unless this node is an
+        acceptor of the config it holds."""
+        if self._retired or self.config.node_id not in self._view.config.members \
+                or not self.config.is_acceptor:
+            return False
+        await self.storage.raise_floors(floors)
+        return True
+
+    async def give_floors(self, acceptor_id: int, floors: list[tuple[int, acceptor_rules.Floor]]
+                          ) -> bool:
+        """``install_floors`` on ``acceptor_id`` (here, or through the transport)."""
+        if acceptor_id == self.config.node_id:
+            return await self.install_floors(floors)
+        try:
+            await self.transport.push_floors(acceptor_id, floors)
+        except PeerUnreachable:
+            return False
+        return True
 
     async def floors_from(self, acceptor_id: int, after: int, limit: int
                           ) -> list[tuple[int, acceptor_rules.Floor]] | None:
@@ -770,11 +1042,11 @@ class Node:
         self._counter = ballot.counter
         return ballot
 
-    async def _ask(self, acceptor_id: int, msg: Request, deadline: float
-                   ) -> tuple[int, Reply]:
+    async def _ask(self, acceptor_id: int, msg: Request, deadline: float,
+                   config: Config | None = None) -> tuple[int, Reply]:
         if acceptor_id == self.config.node_id:
             try:
-                return acceptor_id, await self.handle(msg, deadline)
+                return acceptor_id, await self.handle(msg, deadline, config)
             except AssertionError:
                 raise
             except Exception as exc:
@@ -782,7 +1054,9 @@ class Node:
         if not self.membership.usable(acceptor_id):
             return acceptor_id, Unavailable(msg.key, "peer down or refused")
         try:
-            return acceptor_id, await self.transport.send(acceptor_id, msg, deadline)
+            if config is None:
+                return acceptor_id, await self.transport.send(acceptor_id, msg, deadline)
+            return acceptor_id, await self.transport.send(acceptor_id, msg, deadline, config)
         except PeerUnreachable as exc:
             return acceptor_id, _unreachable(msg.key, exc)
 
@@ -797,9 +1071,11 @@ class Node:
 
     async def _broadcast(self, msg: Prepare | Accept | Query | Collect,
                          on_reply: Callable[[int, Reply], Any],
-                         deadline: float) -> Any:
-        """Send ``msg`` to every acceptor; feed replies until one returns non-Wait (that
-        step), or return None once every acceptor answered or ``deadline`` passed.
+                         deadline: float, view: ConfigView | None = None) -> Any:
+        """Send ``msg`` to every acceptor of its phase in ``view`` (default: the config held
+        now), under that config; feed replies until one returns non-Wait (that step), or
+        return None once every acceptor answered or ``deadline`` passed. A ``Stale``
+        refusal teaches this node the newer config and counts as a refusal.
 
         Sends still in flight once the decision is made are left to finish (accepts that
         land late still help the lagging acceptor) but are no longer waited for. Replies
@@ -811,10 +1087,17 @@ class Node:
         decided: asyncio.Future[Any] = loop.create_future()
         outstanding = 0
         ready: list[tuple[int, Reply]] = []  # answered before every send was issued
+        if view is None:
+            view = self._view
+        wire = view.wire
+        targets = view.accept.acceptors if isinstance(msg, Accept) else view.prepare.acceptors
 
         def feed(acceptor_id: int, reply: Reply) -> None:
             nonlocal outstanding
             outstanding -= 1
+            if type(reply) is Stale:
+                self.learn_config(reply.config)
+                reply = Unavailable(reply.key, f"stale: epoch {reply.config.epoch} there")
             if decided.done():
                 return
             try:
@@ -868,12 +1151,19 @@ class Node:
             feed(*task.result())
 
         send_soon = getattr(self.transport, "send_soon", None)
-        for a in sorted(self.quorum.acceptors):
+        for a in sorted(targets):
             outstanding += 1
             if a == self.config.node_id:
                 try:
-                    local: Reply | asyncio.Future[Reply]
-                    if isinstance(msg, Collect):  # rare: a task of its own
+                    local: Reply | Awaitable[Reply]
+                    if wire is not None or self._view is not view:
+                        # Under a config above epoch 0, or one this node has since left:
+                        # through the fence, as a peer's message would be.
+                        local = self.handle_soon(msg, deadline, wire)
+                        if not isinstance(local, asyncio.Future) and \
+                                not isinstance(local, REPLY_TYPES):
+                            local = self._spawn(_awaited(local))
+                    elif isinstance(msg, Collect):  # rare: a task of its own
                         local = self._spawn(self._serve_collect(msg, deadline))
                     else:
                         local = self._acceptor_soon(msg, deadline)
@@ -885,14 +1175,17 @@ class Node:
                 if isinstance(local, REPLY_TYPES):
                     ready.append((a, local))
                 else:  # the save's future, or the task of a message queued for its key
+                    assert isinstance(local, asyncio.Future)
                     local.add_done_callback(on_answer(a, local_failure))
             elif not self.membership.usable(a):
                 ready.append((a, Unavailable(msg.key, "peer down or refused")))
             elif send_soon is None:  # a transport without it (tests): a task per send
-                self._spawn(self._ask(a, msg, deadline)).add_done_callback(on_task)
+                self._spawn(self._ask(a, msg, deadline, wire)).add_done_callback(on_task)
             else:
                 try:
-                    sent: asyncio.Future[Reply] = send_soon(a, msg, deadline)
+                    sent: asyncio.Future[Reply] = (
+                        send_soon(a, msg, deadline) if wire is None
+                        else send_soon(a, msg, deadline, wire))
                 except PeerUnreachable as exc:
                     ready.append((a, _unreachable(msg.key, exc)))
                     continue
@@ -1066,14 +1359,15 @@ class Node:
         keys' writes, would sweep none of them; a node that is no acceptor sweeps nothing.
         Two nodes that disagree for a moment both sweep the key: harmless (an expiry is a
         compare-and-delete, a collection round one round among others)."""
-        if not self.config.is_acceptor:
+        members = self._view.config.members  # acceptors now: not one waiting or removed
+        if not self.config.is_acceptor or self.config.node_id not in members:
             return False
         raw = key.encode("utf-8", "surrogatepass")
         best, best_score = self.config.node_id, _rendezvous(raw, self.config.node_id)
         for pid, health in self.peer_health.items():
             roles = self.config.peers[pid].roles
             if health.up and health.refused is None and "proposer" in roles \
-                    and "acceptor" in roles:
+                    and "acceptor" in roles and pid in members:
                 score = _rendezvous(raw, pid)
                 if score > best_score or (score == best_score and pid > best):
                     best, best_score = pid, score
@@ -1203,13 +1497,15 @@ class Node:
             deadline = max((w.deadline for w in live), default=0.0)
             if not live or loop.time() >= deadline:
                 return
+            view = self._view  # this attempt's config, whatever is adopted meanwhile
             # A key this node committed last, with its next ballot promised: skip phase 1.
-            prepared = self._prepared.pop(key, loop.time())
+            prepared = self._prepared.pop(key, loop.time(), view.epoch)
             if prepared is not None and not self.quorum_reachable():
                 # An accept that cannot reach a quorum would leave the outcome unknown
                 # (504); a prepare fails cleanly (503, nothing written).
                 prepared = None
-            fast = self._fast_base(key, live) if attempt == 0 and prepared is None else None
+            fast = (self._fast_base(key, live) if attempt == 0 and prepared is None
+                    and view.prepare is view.accept else None)
             nxt: Ballot | None = None
             if fast is not None:
                 ballot = fast.ballot.successor()
@@ -1222,15 +1518,22 @@ class Node:
                 # Not in fast mode: a promise of our next ballot would refuse every other
                 # node's fast round on the key.
                 nxt = self._next_ballot(ballot)
-            rnd = self.proposer_rules.round(key, ballot, live[0].item.change, self.quorum,
-                                next_ballot=nxt, prepared=prepared,
-                                items=[w.item for w in live], fast=fast,
-                                clock_ms=self.clock_ms)
+            if view.prepare is view.accept:
+                rnd = self.proposer_rules.round(key, ballot, live[0].item.change, view.prepare,
+                                                next_ballot=nxt, prepared=prepared,
+                                                items=[w.item for w in live], fast=fast,
+                                                clock_ms=self.clock_ms)
+            else:  # a change in progress: prepares to the old set, accepts to the new
+                rnd = self.proposer_rules.round(key, ballot, live[0].item.change, view.prepare,
+                                                next_ballot=nxt, prepared=prepared,
+                                                items=[w.item for w in live], fast=None,
+                                                clock_ms=self.clock_ms,
+                                                accept_config=view.accept)
             step: RoundStep | Prepare | None = rnd.start()
             if isinstance(step, Prepare):
                 started = loop.time()
                 phase_deadline = min(deadline, started + self.config.phase_timeout_s)
-                step = await self._broadcast(step, rnd.on_reply, phase_deadline)
+                step = await self._broadcast(step, rnd.on_reply, phase_deadline, view)
                 self.metrics.phase("prepare", loop.time() - started)
                 if step is None:
                     step = rnd.on_timeout()
@@ -1249,7 +1552,7 @@ class Node:
                 rnd.note_accept_sent()
                 started = loop.time()
                 phase_deadline = min(deadline, started + self.config.phase_timeout_s)
-                step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline)
+                step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline, view)
                 self.metrics.phase("accept", loop.time() - started)
                 if step is None:
                     step = rnd.on_timeout()
@@ -1265,7 +1568,7 @@ class Node:
             assert step is not None and not isinstance(step, Prepare)
             kept = self.proposer_rules.prepared_after(rnd, step)
             if kept is not None:
-                self._prepared.put(key, kept, loop.time())
+                self._prepared.put(key, kept, loop.time(), view.epoch)
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
                 self.metrics.key_round(len(live))
@@ -1283,7 +1586,7 @@ class Node:
             if step.conflict:
                 self.metrics.conflict()
             seen = max(seen, step.ballot_seen)
-            if not step.conflict and not self.quorum_reachable():
+            if not step.conflict and not self.quorum_reachable() and self._view is view:
                 break  # fail fast: the failure detector sees no quorum
         for w in batch:
             if not w.done.done() and not w.item.abandoned:
@@ -1295,7 +1598,7 @@ class Node:
         """``value`` was chosen: tell this node's watchers, and each peer that has some.
         Fire and forget: a lost learn costs a watcher an event, never a wrong one.
         Reserved keys (idempotency records) are nobody's to watch."""
-        if key.startswith(RESERVED_PREFIX):
+        if is_reserved(key):
             return
         self.watch.publish(key, value)
         if not self._watching_peers:
@@ -1346,6 +1649,11 @@ class Node:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
         if not self.machine.may_propose:  # (no coroutine for the common case, as execute)
             await self.wait_may_propose()
+        if self._view.prepare is not self._view.accept:
+            # A change in progress: agreeing reports from a prepare quorum need not be an
+            # accept quorum's, so the read is a full (identity) round, correct under both.
+            self.metrics.round("query", "fallback")
+            return await self.execute(key, Read())
         # One of the rounds_inflight_max rounds this node runs at once (reads and writes
         # alike); beyond them a request is refused at once (Overloaded, 503). Inline, not a
         # context manager: its generator was a measurable share of a read's CPU.
@@ -1353,11 +1661,12 @@ class Node:
             raise Overloaded(f"{self._inflight} rounds in flight")
         self._inflight += 1
         try:
-            rnd = self.proposer_rules.query_round(key, self.quorum)
+            view = self._view
+            rnd = self.proposer_rules.query_round(key, view.prepare)
             loop = self._loop.get()
             started = loop.time()
             step = await self._broadcast(rnd.query(), rnd.on_reply,
-                                         started + self.config.phase_timeout_s)
+                                         started + self.config.phase_timeout_s, view)
             self.metrics.phase("query", loop.time() - started)
         finally:
             self._inflight -= 1
@@ -1380,6 +1689,11 @@ class Node:
         if value.expired(self.clock_ms()):
             value = Value(value.version, None)
         return Outcome("read", value)
+
+    async def page_from(self, acceptor_id: int, prefix: str, after: str | None, limit: int
+                        ) -> KeyPage | None:
+        """One page of ``acceptor_id``'s keys (``key_page``), None if it cannot be had."""
+        return await self._page_from(acceptor_id, prefix, after, limit)
 
     async def _page_from(self, acceptor_id: int, prefix: str, after: str | None, limit: int
                          ) -> KeyPage | None:
@@ -1511,6 +1825,8 @@ class Node:
                     tg.create_task(self.alive_loop())
                 if self.machine.rejoining:
                     tg.create_task(self._guarded_rejoin())
+                if "proposer" in self.config.roles:
+                    tg.create_task(self._resume_change())
         finally:
             self._group = None
         raise AssertionError("the node's loops should never complete")
@@ -1529,6 +1845,15 @@ class Node:
                     META_ALIVE_AT, str(self.clock_ms())))
                 last = now
             await asyncio.sleep(min(5.0, ALIVE_REFRESH_S))
+
+    async def _resume_change(self) -> None:
+        """Finish an acceptor-set change a driver left half done (the record says so)."""
+        for _ in range(60):  # until this node may propose: about a minute at most
+            if self.machine.may_propose and self.quorum_reachable():
+                await self._guarded("acceptor-set change resume",
+                                    self.reconfigurer.resume_if_changing())
+                return
+            await asyncio.sleep(1.0)
 
     async def _guarded_rejoin(self) -> None:
         while self.machine.rejoining:
@@ -1584,4 +1909,13 @@ class Node:
                 **dataclasses.asdict(self.collector.progress)},
             "rejoin": dict(self.rejoin_progress) or None,
             "rounds_inflight": self._inflight,
+            "acceptor_config": {
+                "epoch": self._view.epoch,
+                "prepare": sorted(self._view.config.prepare_set),
+                "prepare_quorum": self._view.config.prepare_quorum,
+                "accept": sorted(self._view.config.accept_set),
+                "accept_quorum": self._view.config.accept_quorum,
+                "member": not self._retired and self.config.node_id in
+                self._view.config.members},
+            "reconfiguration": self.reconfigurer.progress.as_dict(),
         }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.core.identity import CaughtUp, FenceElapsed, Mode
 from paxoskv.core.proposer import Committed, QueryRound
+from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Read
 from paxoskv.transport.codec import FLOOR_PAGE_MAX
 
@@ -33,12 +34,16 @@ REPAIR_PAGE_KEYS: Final = 500
 class Recovery:
     """The node's repair sweep and rejoin, and the progress ``/v1/status`` shows of each."""
 
+    @property
+    def quorum(self) -> QuorumConfig:
+        """The node's quorum now (it follows the acceptor-set config the node holds)."""
+        return self._node.quorum
+
     def __init__(self, node: Node) -> None:
         self._node = node
         self.config = node.config
         self.storage = node.storage
         self.metrics = node.metrics
-        self.quorum = node.quorum
         self.repair_progress: dict[str, int] = {"checked": 0, "repaired": 0, "sweeps": 0}
         self.rejoin_progress: dict[str, Any] = {}
 
@@ -107,6 +112,28 @@ class Recovery:
         log.warning("rejoin: fence of %.1fs over; catching up", self.fence_s())
         self.rejoin_progress.update(phase="catching_up", peers_listed=0, keys_checked=0,
                                     keys_caught_up=0)
+        loop = asyncio.get_running_loop()
+        await self._learn_config(loop.time())
+        while True:
+            # Each pass lists the acceptors of the config held when it starts; one that
+            # ends under another (learned meanwhile) is run again under that one, and the
+            # last is confirmed by peers after it ended (docs/reconfiguration.md, rejoin).
+            epoch = self._node.epoch_config.epoch
+            if not await self._list_survivors(epoch):
+                continue
+            if await self._learn_config(loop.time()) == epoch:
+                break
+        if self._node.identity_rules.rejoin_rechecks_own_keys:
+            await self._recheck_own_keys()
+        await self._node.membership.transition(CaughtUp())
+        self.rejoin_progress["phase"] = "done"
+        log.warning("rejoin: complete (%d keys checked, %d caught up); serving as an "
+                    "acceptor", self.rejoin_progress["keys_checked"],
+                    self.rejoin_progress["keys_caught_up"])
+
+    async def _list_survivors(self, epoch: int) -> bool:
+        """Catch up from enough acceptors of the config held; False if that config changed
+        before they were all listed."""
         needed = 1 if self._node.machine.mode is Mode.REBUILDING \
             else self.quorum.survivors_needed()
         listed: set[int] = set()
@@ -118,17 +145,46 @@ class Recovery:
                 if await self._catch_up_from(pid):
                     listed.add(pid)
                     self.rejoin_progress["peers_listed"] = len(listed)
+                if self._node.epoch_config.epoch != epoch:
+                    log.warning("rejoin: the acceptor-set config moved to epoch %d; listing "
+                                "its acceptors", self._node.epoch_config.epoch)
+                    return False
             if len(listed) < needed:
                 log.warning("rejoin: %d of %d surviving acceptors listed; retrying",
                             len(listed), needed)
                 await asyncio.sleep(1.0)
-        if self._node.identity_rules.rejoin_rechecks_own_keys:
-            await self._recheck_own_keys()
-        await self._node.membership.transition(CaughtUp())
-        self.rejoin_progress["phase"] = "done"
-        log.warning("rejoin: complete (%d keys checked, %d caught up); serving as an "
-                    "acceptor", self.rejoin_progress["keys_checked"],
-                    self.rejoin_progress["keys_caught_up"])
+        return True
+
+    async def _learn_config(self, since: float) -> int:
+        """Wait until peers, in hellos sent at or after ``since``, back the acceptor-set
+        config this node holds (adopting any newer one they name, ``Membership``), and it is
+        not mid-change; its epoch.
+
+        A newer config, once installed, is held by enough acceptors of the one before that
+        every prepare quorum of that one holds one of them (the install's fence); so when a
+        prepare quorum's worth of the other acceptors of the config held all name it, no
+        newer one had been installed at ``since``. This node's own share cannot count: it
+        may have been among the fenced ones before it lost its state. A rebuild (quorum
+        lost) asks for one."""
+        node = self._node
+        waited = 0
+        while True:
+            cfg = node.epoch_config
+            others = cfg.prepare_set - {self.config.node_id}
+            needed = 1 if node.machine.mode is Mode.REBUILDING \
+                else min(len(others), cfg.prepare_quorum)
+            told = node.membership.epochs_told_since(since)
+            backing = sum(1 for pid in others if told.get(pid) == cfg.epoch)
+            if cfg.is_stable and backing >= needed \
+                    and all(e <= cfg.epoch for e in told.values()):
+                self.rejoin_progress["epoch"] = cfg.epoch
+                return cfg.epoch
+            waited += 1
+            if waited % 20 == 0:
+                log.warning("rejoin: waiting for %d acceptors of epoch %d to confirm it "
+                            "(%d did)%s", needed, cfg.epoch, backing,
+                            "" if cfg.is_stable else "; an acceptor-set change is in progress")
+            await asyncio.sleep(min(0.5, self.config.heartbeat_interval_s))
 
     async def _recheck_own_keys(self) -> None:
         """Run an identity round on every key this acceptor holds a row of (docs/gc.md).

@@ -42,10 +42,11 @@ from paxoskv.core.proposer import (
     Wait,
     held_since_pin,
 )
+from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.core.register import Read
 
 if TYPE_CHECKING:
-    from paxoskv.node import Node
+    from paxoskv.node import ConfigView, Node
 
 __all__ = ["GC_BATCH_KEYS", "GC_BUSY_PAUSE_S", "GC_CONCURRENCY", "GC_PAGE_KEYS",
            "GC_PENDING_MAX", "Collector", "GcProgress"]
@@ -97,6 +98,9 @@ class GcProgress:
     """Collection rounds that found the key alive or could not reach every acceptor."""
     pins: int = 0
     """Tombstones every acceptor was seen holding: their grace started."""
+    paused_by_change: int = 0
+    """Sweeps or collections skipped: the acceptor-set record was not STABLE with the
+    config this node holds (docs/reconfiguration.md, GC), or could not be read."""
 
 
 class Collector:
@@ -154,7 +158,7 @@ class Collector:
             for key in page:
                 state = node.storage.load(key)
                 if state.value.exists or state.ballot_accepted.is_zero() \
-                        or not node.sweeps(key):
+                        or not node.sweeps(key) or key == CONFIG_KEY:
                     self._pending.pop(key, None)
                     continue
                 noted = self._pending.get(key)
@@ -174,13 +178,21 @@ class Collector:
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
         self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
+        view = await node.collection_allowed() if due or to_pin else None
+        if (due or to_pin) and view is None:
+            # Pins and collections both count "every acceptor" of one config: none while
+            # the acceptor set is changing (docs/reconfiguration.md, GC).
+            self.progress.paused_by_change += 1
+            log.info("tombstone collection paused: an acceptor-set change is in progress")
+            due, to_pin = [], []
         stopped = False
         for first in range(0, len(to_pin), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):
                 stopped = True
                 break
             pinned = await asyncio.gather(
-                *(self.pin(key, ballot) for key, ballot in to_pin[first:first + GC_CONCURRENCY]),
+                *(self.pin(key, ballot, view)
+                  for key, ballot in to_pin[first:first + GC_CONCURRENCY]),
                 return_exceptions=True)
             for result in pinned:
                 if isinstance(result, BaseException):
@@ -195,7 +207,7 @@ class Collector:
             # Every collection of the group ends before an error is raised (as it was
             # raised when they ran one by one): none is left running unobserved.
             results = await asyncio.gather(
-                *(self.collect(key, ballot)
+                *(self.collect(key, ballot, view)
                   for key, ballot in due[first:first + GC_CONCURRENCY]),
                 return_exceptions=True)
             for result in results:
@@ -209,10 +221,12 @@ class Collector:
                      len(due), self.progress.collected, len(self._pending))
         return not stopped and (len(due) >= GC_BATCH_KEYS or len(to_pin) >= GC_PIN_KEYS)
 
-    async def pin(self, key: str, ballot: Ballot) -> bool | None:
+    async def pin(self, key: str, ballot: Ballot, view: ConfigView | None = None
+                  ) -> bool | None:
         """Start ``key``'s grace if every acceptor now holds its tombstone at ``ballot`` (or
         no row): one query to each, no promise, nothing written. None if some acceptor
-        did not answer."""
+        did not answer. ``view``: the config of the sweep's ``Node.collection_allowed``
+        (default: the one held now)."""
         node = self._node
         loop = asyncio.get_running_loop()
         reports: dict[int, QueryReply] = {}
@@ -226,8 +240,10 @@ class Collector:
                 reports[acceptor_id] = reply
             return Wait()
 
-        await node._broadcast(Query(key), on_reply, loop.time() + node.config.phase_timeout_s)
-        if set(reports) < node.quorum.acceptors:
+        view = view if view is not None else node.view
+        await node._broadcast(Query(key), on_reply, loop.time() + node.config.phase_timeout_s,
+                              view)
+        if set(reports) < view.prepare.acceptors:
             return None
         noted = self._pending.get(key)  # again: the sweep may have moved on meanwhile
         if noted is None or noted.ballot != ballot or not held_since_pin(
@@ -237,7 +253,8 @@ class Collector:
         self.progress.pins += 1
         return True
 
-    async def collect(self, key: str, pinned: Ballot | None = None) -> bool:
+    async def collect(self, key: str, pinned: Ballot | None = None,
+                      view: ConfigView | None = None) -> bool:
         """One collection of ``key``: the all-acceptor round, then ``Collect`` everywhere.
         True once every acceptor confirmed the row gone.
 
@@ -245,19 +262,26 @@ class Collector:
         promise must still show that tombstone, or no row. None (a direct call, the
         simulator's gc_action) collects whatever every acceptor accepts now: what must
         never break is the register, whose safety does not rest on the grace; only a
-        rebuild from an old copy does (docs/gc.md)."""
+        rebuild from an old copy does (docs/gc.md). ``view``: the config every phase runs
+        under (one ``Node.collection_allowed`` returned; asked for here when not given)."""
         node = self._node
         if not self.enabled:
             return False
+        if view is None:
+            view = await node.collection_allowed()
+        if view is None or node.view is not view:
+            self.progress.paused_by_change += 1
+            return False
         loop = asyncio.get_running_loop()
-        config = node.quorum.everyone() if node.proposer_rules.gc_everyone else node.quorum
+        quorum = view.prepare
+        config = quorum.everyone() if node.proposer_rules.gc_everyone else quorum
         seen = Ballot.ZERO
         for _ in range(GC_ATTEMPTS):
             ballot = node._next_ballot(seen)
             rnd = ProposerRound(key, ballot, Read(), config)
             self.progress.rounds += 1
             deadline = loop.time() + node.config.phase_timeout_s
-            step = await node._broadcast(rnd.prepare(), rnd.on_reply, deadline)
+            step = await node._broadcast(rnd.prepare(), rnd.on_reply, deadline, view)
             if step is None:
                 step = rnd.on_timeout()
             if isinstance(step, SendAccept):
@@ -272,7 +296,7 @@ class Collector:
                     self.progress.declined += 1
                     return False
                 deadline = loop.time() + node.config.phase_timeout_s
-                step = await node._broadcast(step.accept, rnd.on_reply, deadline)
+                step = await node._broadcast(step.accept, rnd.on_reply, deadline, view)
                 if step is None:
                     step = rnd.on_timeout()
             if isinstance(step, Committed):
@@ -283,7 +307,8 @@ class Collector:
                 # has no row (which is what the retry's promises must show).
                 noted = self._pending.get(key)
                 self._pending[key] = _Noted(ballot, noted.pinned_at if noted else None)
-                return await self._remove_everywhere(key, ballot, rnd.accept.value.version)
+                return await self._remove_everywhere(key, ballot, rnd.accept.value.version,
+                                                     view)
             if isinstance(step, Abort) and step.conflict:
                 seen = max(seen, step.ballot_seen)
                 continue
@@ -291,7 +316,8 @@ class Collector:
         self.progress.declined += 1
         return False
 
-    async def _remove_everywhere(self, key: str, ballot: Ballot, version: int) -> bool:
+    async def _remove_everywhere(self, key: str, ballot: Ballot, version: int,
+                                 view: ConfigView) -> bool:
         node = self._node
         loop = asyncio.get_running_loop()
         done: set[int] = set()
@@ -302,8 +328,8 @@ class Collector:
             return Wait()
 
         await node._broadcast(Collect(key, ballot, version), on_reply,
-                              loop.time() + node.config.phase_timeout_s)
-        if done >= node.quorum.acceptors:
+                              loop.time() + node.config.phase_timeout_s, view)
+        if done >= view.prepare.acceptors:
             self._pending.pop(key, None)
             self.progress.collected += 1
             return True

@@ -712,6 +712,36 @@ def build() -> dict[str, Any]:
     )
     L.add(
         timeseries(
+            "Acceptor-set changes",
+            "The config epoch each node holds (it goes up by two per one-acceptor change), "
+            "whether a node drives a change, the driver's finished steps and caught-up keys "
+            "per second, and messages refused for an older epoch (a node that missed a "
+            "change learns it from these) per second (docs/reconfiguration.md).",
+            [
+                target(f"max by (pod) (paxoskv_config_epoch{{{SEL}}})", "{{pod}} epoch"),
+                target(
+                    f"max by (pod) (paxoskv_reconfig_running{{{SEL}}})", "{{pod}} driving"
+                ),
+                target(
+                    f"sum by (step) (rate(paxoskv_reconfig_steps_total{{{SEL}}}[{RATE}]))",
+                    "{{step}}/s",
+                ),
+                target(
+                    f"sum (rate(paxoskv_reconfig_keys_caught_up_total{{{SEL}}}[{RATE}]))",
+                    "keys caught up/s",
+                ),
+                target(
+                    f"sum by (pod) (rate(paxoskv_epoch_refusals_total{{{SEL}}}[{RATE}]))",
+                    "{{pod}} stale refusals/s",
+                ),
+            ],
+            "short",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
             "Volume free and size",
             "Free bytes and size of each node's data volume (statvfs). Every replica holds "
             "the same data, so the volumes fill together.",

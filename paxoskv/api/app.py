@@ -31,12 +31,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from paxoskv.api.guard import GuardLimits, client_guard_middleware
 from paxoskv.api.openapi import openapi_document
 from paxoskv.auth import Principal, Role, TokenStore
-from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint
+from paxoskv.core.idempotency import RESERVED_PREFIX, RecordOutcome, fingerprint, is_reserved
+from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Renew, Set
 from paxoskv.idempotency import DEFAULT_WINDOW_S, InProgress, KeyReused, run_idempotent, summarize
 from paxoskv.limits import DELETE_PREFIX_KEYS_MAX, RANGE_READS_AT_ONCE, Limits
 from paxoskv.metrics import REGISTRY, Metrics
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
+from paxoskv.reconfigure import ChangeFailed
 from paxoskv.transport.server import PeerServer, expect_handler
 from paxoskv.ttl import parse_ttl
 
@@ -225,6 +227,9 @@ def _valid_key(request: web.Request, key: str) -> str:
         raise ApiError(400, "bad_key", "key is not valid UTF-8") from None
     if key.startswith(RESERVED_PREFIX):
         raise ApiError(400, "bad_key", "keys starting with U+10FFFF are reserved")
+    if key == CONFIG_KEY:
+        raise ApiError(400, "bad_key", "this key is reserved: it holds the acceptor-set "
+                       "config (docs/reconfiguration.md)")
     _check_key(request, key)
     return key
 
@@ -529,7 +534,7 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
         keys, last = await request.app[NODE].list_keys(prefix, limit, _cursor(request))
         # reserved keys (idempotency records) sort after every client key, so they only
         # ever fill the tail of a listing, and are dropped from it
-        keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
+        keys = [k for k in keys if not is_reserved(k)]
         return _json(200, {"keys": keys, "count": len(keys), "next": _encode_cursor(last),
                            "consistency": "quorum-union"})
     # range reads are timed apart: a page of reads is far slower than a listing
@@ -568,7 +573,7 @@ async def _range_read(request: web.Request, prefix: str, limits: Limits
 
     for _ in range(RANGE_LISTINGS_MAX):
         keys, last = await node.list_keys(prefix, limit - len(items), cursor)
-        keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
+        keys = [k for k in keys if not is_reserved(k)]
         for start in range(0, len(keys), RANGE_READS_AT_ONCE):
             batch = keys[start:start + RANGE_READS_AT_ONCE]
             outcomes = await _read_all(node, batch, consistency == "stale")
@@ -635,7 +640,7 @@ async def delete_prefix(request: web.Request) -> web.StreamResponse:
         deleted = seen = 0
         for _ in range(DELETE_PREFIX_KEYS_MAX):  # one batch at least, even past the deadline
             keys, last = await node.list_keys(prefix, RANGE_READS_AT_ONCE, cursor)
-            keys = [k for k in keys if not k.startswith(RESERVED_PREFIX)]
+            keys = [k for k in keys if not is_reserved(k)]
             results = await asyncio.gather(*(node.execute(k, Delete(None)) for k in keys),
                                            return_exceptions=True)
             deleted += sum(1 for r in results if isinstance(r, Outcome) and r.kind == "applied")
@@ -654,6 +659,68 @@ async def delete_prefix(request: web.Request) -> web.StreamResponse:
                            "message": "stopped at this request's bound (keys or time); "
                                       "continue with cursor=next"})
     return await _timed(request, "delete_prefix", run)
+
+
+ACCEPTORS_MAX = 64
+"""Acceptors a change may name (the peer wire's bound on a config's sets)."""
+
+
+def _require_admin(request: web.Request, what: str) -> None:
+    principal = request.get(PRINCIPAL)
+    if principal is not None and not principal.has_role("admin"):
+        raise _refuse(request, "forbidden", 403,
+                      f"token {principal.name!r} has role {principal.role}; {what} needs admin")
+
+
+async def change_acceptors(request: web.Request) -> web.StreamResponse:
+    """Start changing the acceptor set to ``{"acceptors": [ids]}``, one acceptor at a time,
+    in the background on this node (docs/reconfiguration.md); 202 with the driver's
+    progress. Posting again after a crash (or on another node) continues from the record;
+    409 while this node is already driving one. Admin only."""
+    _require_admin(request, "changing the acceptor set")
+    node = request.app[NODE]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "bad_request", "body must be JSON: {\"acceptors\": [ids]}") from None
+    ids = body.get("acceptors") if isinstance(body, dict) else None
+    if not (isinstance(ids, list) and 1 <= len(ids) <= ACCEPTORS_MAX
+            and all(type(i) is int and i >= 0 for i in ids)):
+        raise ApiError(400, "bad_request", "acceptors must be a list of node ids")
+    unknown = sorted(set(ids) - node.config.acceptors)
+    if unknown:
+        raise ApiError(400, "bad_request", f"nodes {unknown} are not acceptor-role nodes of "
+                       "this cluster's --peers")
+    old = sorted(pid for pid, h in node.peer_health.items()
+                 if pid in node.config.acceptors and h.up and not h.epochs)
+    if old:
+        # Their acks could not prove they hold a new config (the install would stall):
+        # every node must run a release with epochs before the first change.
+        raise ApiError(409, "peers_without_epochs", f"acceptors {old} run a release without "
+                       "acceptor-set epochs; upgrade every node first")
+    if not node.reconfigurer.start(ids):
+        return _error(409, "change_in_progress", "this node is already driving a change",
+                      reconfiguration=node.reconfigurer.progress.as_dict())
+    return _json(202, {"reconfiguration": node.reconfigurer.progress.as_dict()})
+
+
+async def acceptors_status(request: web.Request) -> web.StreamResponse:
+    """The change record (read by a round), the config this node holds, and its driver's
+    progress. Admin only."""
+    _require_admin(request, "the acceptor-set record")
+    node = request.app[NODE]
+    try:
+        record, version = await node.reconfigurer.read_record()
+    except ChangeFailed as exc:
+        raise ApiError(503, "no_quorum", f"the record could not be read: {exc}",
+                       {"Retry-After": RETRY_AFTER_S}) from None
+    return _json(200, {"record": {"phase": record.phase.value,
+                                  "config": record.config.to_json(),
+                                  "target": None if record.target is None
+                                  else record.target.to_json(),
+                                  "version": version},
+                       "held": node.epoch_config.to_json(),
+                       "reconfiguration": node.reconfigurer.progress.as_dict()})
 
 
 async def status(request: web.Request) -> web.StreamResponse:
@@ -770,6 +837,9 @@ def make_app(node: Node, secret: str, limits: Limits, metrics: Metrics,
         from paxoskv.api.watch import watch_stream  # (it imports this module)
         app.router.add_get("/v1/watch", watch_stream, expect_handler=expect_handler)
         app.router.add_get("/v1/status", status, expect_handler=expect_handler)
+        app.router.add_post("/admin/acceptors", change_acceptors,
+                            expect_handler=expect_handler)
+        app.router.add_get("/admin/acceptors", acceptors_status, expect_handler=expect_handler)
         app.router.add_get("/v1/openapi.json", openapi, expect_handler=expect_handler)
         app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
         app.router.add_get("/readyz", readyz, expect_handler=expect_handler)

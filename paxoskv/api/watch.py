@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from paxoskv.api import app as api
-from paxoskv.core.idempotency import RESERVED_PREFIX
+from paxoskv.core.idempotency import is_reserved
 from paxoskv.core.register import Value
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.watch import Event, SlowConsumer, TooManyWatchers, Watcher
@@ -171,14 +171,14 @@ async def _scan(node: Node, response: web.StreamResponse, watcher: Watcher,
         cursor: str | None = None
         for _ in range(node.watch.limits.keys_max // 1000 + 1):
             page, cursor = await node.list_keys(watcher.prefix, 1000, cursor)
-            keys.extend(k for k in page if not k.startswith(RESERVED_PREFIX))
+            keys.extend(k for k in page if not is_reserved(k))
             if cursor is None:
                 break
     listed = set(keys)
     # ``extra`` comes from the client's ``since`` token: reserved keys (idempotency
     # records) are nobody's to watch, whatever the token names
     keys.extend(k for k in extra if k not in listed and watcher.matches(k)
-                and not k.startswith(RESERVED_PREFIX))
+                and not is_reserved(k))
     for start in range(0, len(keys), SCAN_READS):
         chunk = keys[start:start + SCAN_READS]
         outcomes = await asyncio.gather(*(node.read(k) for k in chunk))

@@ -29,6 +29,8 @@ from typing import Literal
 
 import orjson
 
+from paxoskv.core.reconfig import CONFIG_KEY
+
 __all__ = [
     "RESERVED_PREFIX",
     "Claim",
@@ -41,6 +43,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "fingerprint",
+    "is_reserved",
     "record_key",
 ]
 
@@ -51,6 +54,15 @@ U+10FFFF is a Unicode noncharacter ("for internal use") and the largest code poi
 reserved keys sort after every client key: a listing from "" with a limit reaches every
 client key before any reserved one (a prefix such as "\\x00" would sort first and could
 fill a listing's limit with records that are then filtered out)."""
+
+
+
+def is_reserved(key: str) -> bool:
+    """Internal keys that clients can neither name, list nor watch: the idempotency records
+    and the acceptor-set config register (``core.reconfig.CONFIG_KEY``, which sorts first,
+    so a listing from "" may hold it and answers one key fewer than its limit)."""
+    return key.startswith(RESERVED_PREFIX) or key == CONFIG_KEY
+
 
 RecordState = Literal["pending", "done"]
 OutcomeKind = Literal["applied", "rejected", "absent"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
+from paxoskv.core.reconfig import Config
 from paxoskv.core.register import RECENT_MAX, Cas, Create, Delete, OutcomeKind, Set, Value
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "QueryReply",
     "Reply",
     "Request",
+    "Stale",
     "Unavailable",
+    "config_from_wire",
     "from_wire",
     "to_wire",
 ]
@@ -109,6 +112,10 @@ class QueryReply:
     key: str
     ballot_accepted: Ballot
     value: Value
+    epoch: int = 0
+    """The config epoch the acceptor answered under (on the wire only above 0): an install
+    counts an acceptor as holding its config only on this proof, which a release without
+    epochs never gives (docs/reconfiguration.md, "Rolling upgrades")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,15 @@ class Unavailable:
 
     key: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """Refusal of a message sent under an older epoch than the acceptor holds: ``config``
+    is the acceptor's, so the sender learns it (docs/reconfiguration.md, the fence)."""
+
+    key: str
+    config: Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +215,10 @@ class Learned:
 
 
 Request = Prepare | Accept | Query | Forward | Collect | Learn
-Reply = Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Collected | Learned
+Reply = (Promise | Accepted | Nack | QueryReply | Unavailable | Forwarded | Collected | Learned
+         | Stale)
 REPLY_TYPES: Final = (Promise, Accepted, Nack, QueryReply, Unavailable, Forwarded, Collected,
-                      Learned)
+                      Learned, Stale)
 """Every ``Reply`` class, for a fast ``isinstance`` check."""
 Message = Request | Reply
 
@@ -288,9 +305,12 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
             return {"t": "nack", "k": key, "b": b.to_wire(), "bp": bp.to_wire()}
         case Query(key=key):
             return {"t": "query", "k": key}
-        case QueryReply(key=key, ballot_accepted=ba, value=v):
-            return {"t": "query_reply", "k": key, "ba": ba.to_wire(),
-                    "v": _value_to_wire(v, raw)}
+        case QueryReply(key=key, ballot_accepted=ba, value=v, epoch=epoch):
+            out = {"t": "query_reply", "k": key, "ba": ba.to_wire(),
+                   "v": _value_to_wire(v, raw)}
+            if epoch:
+                out["ep"] = epoch
+            return out
         case Unavailable(key=key, reason=reason):
             return {"t": "unavailable", "k": key, "r": reason}
         case Forward(key=key, change=change, request_id=rid, to_boot=boot):
@@ -312,6 +332,8 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
                     "d": wire_data}
         case Learned(key=key):
             return {"t": "learned", "k": key}
+        case Stale(key=key, config=config):
+            return {"t": "stale", "k": key, "cfg": config.to_json()}
     raise AssertionError(f"unknown message {msg!r}")
 
 
@@ -411,6 +433,30 @@ def _learn_from_wire(key: str, raw: dict[str, Any]) -> Learn:
     return Learn(key, version, exists, inline, data)
 
 
+CONFIG_MEMBERS_MAX: Final = 64
+"""Acceptors a config on the wire may name: far more than any cluster runs."""
+
+
+def config_from_wire(raw: object) -> Config:
+    """A ``Config.to_json`` from a peer, checked strictly (ids, quorum sizes, and that its
+    own quorums intersect); PeerProtocolError otherwise."""
+    if not isinstance(raw, list) or len(raw) != 5:
+        raise PeerProtocolError("config must be [epoch, prepare set, quorum, accept set, "
+                                "quorum]")
+    epoch, ps, pq, acc, aq = raw
+    if not (_is_count(epoch) and _is_count(pq) and _is_count(aq)):
+        raise PeerProtocolError("config epoch and quorum sizes must be counts")
+    for ids in (ps, acc):
+        if not (isinstance(ids, list) and 1 <= len(ids) <= CONFIG_MEMBERS_MAX
+                and all(_is_count(i) for i in ids) and len(set(ids)) == len(ids)):
+            raise PeerProtocolError("config sets must be lists of distinct node ids")
+    assert isinstance(epoch, int) and isinstance(pq, int) and isinstance(aq, int)
+    assert isinstance(ps, list) and isinstance(acc, list)
+    if not (1 <= pq <= len(ps) and 1 <= aq <= len(acc) and pq + aq > len(set(ps) | set(acc))):
+        raise PeerProtocolError("config quorum sizes out of range or not intersecting")
+    return Config(epoch, frozenset(ps), pq, frozenset(acc), aq)
+
+
 def from_wire(raw: object) -> Message:
     """Decode one message; raises PeerProtocolError on anything malformed."""
     if not isinstance(raw, dict):
@@ -447,7 +493,11 @@ def from_wire(raw: object) -> Message:
         case "query":
             return Query(key)
         case "query_reply":
-            return QueryReply(key, _ballot(raw, "ba"), _value_from_wire(raw.get("v")))
+            epoch = raw.get("ep", 0)
+            if not (isinstance(epoch, int) and not isinstance(epoch, bool)
+                    and 0 <= epoch <= WIRE_INT_MAX):
+                raise PeerProtocolError("query_reply 'ep' must be a non-negative integer")
+            return QueryReply(key, _ballot(raw, "ba"), _value_from_wire(raw.get("v")), epoch)
         case "unavailable":
             reason = raw.get("r")
             if not isinstance(reason, str):
@@ -477,4 +527,6 @@ def from_wire(raw: object) -> Message:
             return _learn_from_wire(key, raw)
         case "learned":
             return Learned(key)
+        case "stale":
+            return Stale(key, config_from_wire(raw.get("cfg")))
     raise PeerProtocolError(f"unknown message type {kind!r}")

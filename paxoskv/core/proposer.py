@@ -166,6 +166,7 @@ class ProposerRound:
         items: Sequence[Pending] | None = None,
         fast: FastBase | None = None,
         clock_ms: Callable[[], int] | None = None,
+        accept_config: QuorumConfig | None = None,
     ) -> None:
         """``request_id`` identifies the client request across retries (and across client
         retries with an Idempotency-Key). ``sent_from_version``: an earlier attempt sent an
@@ -181,7 +182,10 @@ class ProposerRound:
         needs a fast quorum of accepts, carries no piggybacked prepare, and any refusal
         ends it (the node then runs a classic round). ``clock_ms``: the proposer's wall
         clock (Unix ms), read when the accept is built: TTLs count from it and a value
-        expired at it is deleted by this round (``register.expire``, docs/ttl.md)."""
+        expired at it is deleted by this round (``register.expire``, docs/ttl.md).
+        ``accept_config``: where accepts go and how many choose the value, when that is not
+        ``config`` (a change of the acceptor set in progress: prepares to the old set,
+        accepts to the new one; docs/reconfiguration.md); such a round is never fast."""
         assert next_ballot is None or next_ballot > ballot
         assert prepared is None or prepared.ballot == ballot
         assert fast is None or (fast.ballot.successor() == ballot and next_ballot is None
@@ -196,11 +200,13 @@ class ProposerRound:
         self.change = self.items[0].change
         self.request_id = self.items[0].request_id
         self.config = config
+        self.accept_config = accept_config or config
+        assert fast is None or self.accept_config is config
         self.next_ballot = next_ballot
         self.prepared = prepared
         self.fast = fast
         self.clock_ms = clock_ms
-        self._needed = config.fast if fast is not None else config.quorum
+        self._needed = config.fast if fast is not None else self.accept_config.quorum
         """Accepts that choose this round's value: a fast quorum for a fast round."""
         self.phase = Phase.PREPARE
         self._promises: dict[int, Promise] = {}
@@ -239,11 +245,16 @@ class ProposerRound:
 
     @property
     def next_promised(self) -> bool:
-        """Whether a quorum of the acceptors that accepted also promised ``next_ballot``."""
-        return len(self._promised_next) >= self.config.quorum
+        """Whether a quorum of the acceptors that accepted also promised ``next_ballot``: a
+        *prepare* quorum (accept replies may come from acceptors outside the prepare set)."""
+        config = self.config
+        if self.accept_config is config:
+            return len(self._promised_next) >= config.quorum
+        return config.is_quorum(self._promised_next)
 
     def on_reply(self, acceptor_id: int, reply: Reply) -> RoundStep:
-        if acceptor_id not in self.config.acceptors or self.phase is Phase.DONE:
+        members = (self.accept_config if self.phase is Phase.ACCEPT else self.config).acceptors
+        if acceptor_id not in members or self.phase is Phase.DONE:
             return Wait()
         match reply:
             case Promise(ballot=b) if b == self.ballot and self.phase is Phase.PREPARE:
@@ -276,8 +287,10 @@ class ProposerRound:
 
     def _refuse(self, acceptor_id: int) -> RoundStep:
         self._refused.add(acceptor_id)
-        answered = self._accepted if self.phase is Phase.ACCEPT else self._promises.keys()
-        still_possible = len(self.config.acceptors) - len(self._refused - set(answered))
+        accepting = self.phase is Phase.ACCEPT
+        answered = self._accepted if accepting else self._promises.keys()
+        members = (self.accept_config if accepting else self.config).acceptors
+        still_possible = len(members) - len(self._refused - set(answered))
         needed = self._needed if self.phase is Phase.ACCEPT else self.config.quorum
         if still_possible < needed:
             return self.on_timeout()

@@ -1,8 +1,10 @@
 """Changing the acceptor set safely, sans-I/O: configurations with an epoch, the
 acceptor's epoch fence, and the change procedure as a state machine a driver steps through.
 
-Nothing here is used by the node yet: only the reconfiguration simulator
-(``paxoskv.sim.reconf``) drives it. docs/reconfiguration.md has the argument.
+The node applies ``admit`` to every acceptor message (``Node._fence``) and its driver
+(``paxoskv.reconfigure``) steps ``ChangeMachine``; the reconfiguration simulator
+(``paxoskv.sim.reconf``) drives the core on its own. docs/reconfiguration.md has the
+argument.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def _roles(raw: Any, where: str) -> frozenset[Role]:
 
 
 def parse_hosts_file(path: Path) -> dict[int, PeerSpec]:
-    """Read a YAML or TOML hosts file: ``nodes: [{id, url, roles}]``."""
+    """Read a YAML or TOML hosts file: ``nodes: [{id, url, roles, initial}]`` (``initial:
+    false``: an acceptor that joins through an acceptor-set change, not at epoch 0)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -95,8 +96,11 @@ def parse_hosts_file(path: Path) -> dict[int, PeerSpec]:
             raise DiscoveryError(f"{where}: url must be a string")
         if node_id in peers:
             raise DiscoveryError(f"{where}: node id {node_id} appears twice")
-        peers[node_id] = PeerSpec(node_id, _check_url(url, where), _roles(entry.get("roles"),
-                                                                           where))
+        initial = entry.get("initial", True)
+        if not isinstance(initial, bool):
+            raise DiscoveryError(f"{where}: initial must be true or false")
+        peers[node_id] = PeerSpec(node_id, _check_url(url, where),
+                                  _roles(entry.get("roles"), where), initial)
     return peers
 
 

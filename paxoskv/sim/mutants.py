@@ -35,12 +35,14 @@ from paxoskv.core.proposer import (
     Unknown,
     prepared_after,
 )
+from paxoskv.core.reconfig import Config, EpochVerdict
 from paxoskv.core.register import Value, apply_change
 from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
     "ACCEPTOR_MUTANT_RULES", "FAST_MUTANTS", "GC_MUTANTS", "IDENTITY_MUTANT_RULES", "MUTANTS",
-    "NO_PROMISE_CHECK_RULES", "PROPOSER_MUTANT_RULES", "SCRIPTED_MUTANTS", "TTL_MUTANTS",
+    "NODE_RECONF_MUTANTS", "NODE_RECONF_MUTANT_RULES", "NO_PROMISE_CHECK_RULES",
+    "PROPOSER_MUTANT_RULES", "SCRIPTED_MUTANTS", "TTL_MUTANTS",
 ]
 
 MUTANTS: Final[dict[str, str]] = {
@@ -126,6 +128,29 @@ def _collect_without_fence(state: AcceptorState, floor: Floor, msg: Collect, has
     again, and the key's version starts over."""
     step = on_collect(state, floor, msg, has_row)
     return CollectStep(step.remove, floor, step.reply)
+
+
+def _admit_any(own: Config, acceptor_id: int, msg_config: Config) -> EpochVerdict:
+    """Broken rule: the node's acceptor still adopts a newer config that names it (so
+    installs work), but serves a message of an older epoch instead of refusing it, so a
+    proposer that missed two changes still gets a quorum of the set it knew, removed
+    acceptors included."""
+    if msg_config.epoch > own.epoch and acceptor_id in msg_config.members:
+        return EpochVerdict.ADOPT
+    return EpochVerdict.SERVE
+
+
+NODE_RECONF_MUTANTS: Final[dict[str, str]] = {
+    "node-no-epoch-fence": "the node's acceptor ignores the config epoch of the messages it "
+                           "serves (and never retires)",
+}
+"""Node-level mutants of acceptor-set changes. The random simulator runs no change, so
+these are caught by the scripted scenario of tests/sim/test_reconf_node.py instead of the
+default seed budget (``MUTANTS``)."""
+
+NODE_RECONF_MUTANT_RULES: Final[dict[str, AcceptorRules]] = {
+    "node-no-epoch-fence": AcceptorRules(admit=_admit_any),
+}
 
 
 ACCEPTOR_MUTANT_RULES: Final[dict[str, AcceptorRules]] = {

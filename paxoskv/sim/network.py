@@ -19,6 +19,7 @@ checks, sender admission and message deadlines are the server's own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,6 +30,7 @@ import orjson
 
 from paxoskv.core.acceptor import Floor
 from paxoskv.core.messages import PeerProtocolError, Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.node import Node
 from paxoskv.transport.base import KeyPage, PeerUnreachable
 from paxoskv.transport.codec import (
@@ -36,6 +38,7 @@ from paxoskv.transport.codec import (
     decode_floor_page,
     decode_key_page,
     decode_replies,
+    encode_floor_page,
     encode_frame,
     floor_page_query,
     key_page_query,
@@ -271,14 +274,18 @@ class SimTransport:
     def set_sender(self, sender: Sender) -> None:
         self._sender = sender
 
-    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
+    async def send(self, peer: int, msg: Request, deadline: float,
+                   config: Config | None = None) -> Reply:
         network = self._network
         ttl_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
         if ttl_ms <= 0:
             raise PeerUnreachable("message expired before it was sent")
         if self._sender is None:
             raise PeerUnreachable("no sender identity yet")
-        frame = encode_frame(self._sender, [(msg, ttl_ms)])
+        sender = self._sender
+        if config is not None and config.epoch > 0:
+            sender = dataclasses.replace(sender, config=config)
+        frame = encode_frame(sender, [(msg, ttl_ms)])
 
         async def serve(server: PeerServer) -> tuple[int, bytes]:
             status, body = await server.batch(_AUTH, frame)
@@ -335,6 +342,16 @@ class SimTransport:
             return decode_floor_page(orjson.loads(body))
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
+
+    async def push_floors(self, peer: int, floors: list[tuple[int, Floor]]) -> None:
+        body = orjson.dumps(encode_floor_page(floors))
+
+        async def serve(server: PeerServer) -> tuple[int, bytes]:
+            return await server.raise_floors(_AUTH, body)
+
+        status, answer = await self._network.call(self._node_id, self._generation, peer, serve)
+        if status != 200:
+            raise PeerUnreachable(f"HTTP {status}: {answer[:200]!r}")
 
     async def close(self) -> None:
         return None

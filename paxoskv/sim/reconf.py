@@ -1,6 +1,7 @@
 """Deterministic simulation of acceptor-set changes on the sans-I/O core.
 
-The node does not reconfigure yet, so this runs the core directly: acceptors are
+This runs the core directly (the node's own wiring is exercised by the scripted scenario
+of tests/sim/test_reconf_node.py and by tests/integration): acceptors are
 ``paxoskv.core.acceptor`` plus the epoch fence (``paxoskv.core.reconfig.admit``), proposers
 are classic CASPaxos rounds with split prepare/accept quorums and the phase-1-skip cache,
 and a driver steps ``ChangeMachine`` through adds, removes and replaces while clients write.

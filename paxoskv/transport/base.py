@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from paxoskv.core.acceptor import Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.transport.codec import Sender
 
 __all__ = ["KeyEntry", "KeyPage", "PeerNotReached", "PeerUnreachable", "Refusal", "Transport"]
@@ -36,10 +37,12 @@ class Transport(Protocol):
         """Who we are in every frame's header (changes when the incarnation is raised)."""
         ...
 
-    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
+    async def send(self, peer: int, msg: Request, deadline: float,
+                   config: Config | None = None) -> Reply:
         """Deliver one request and return the peer's reply; raise PeerUnreachable. The
         message is dropped (never sent, or not acted on by the peer) after ``deadline``
-        (event loop time)."""
+        (event loop time). ``config``: the acceptor-set config it is sent under, named in
+        its frame's header (None: epoch 0, nothing added)."""
         ...
 
     async def hello(self, peer: int, info: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +59,11 @@ class Transport(Protocol):
         """Up to ``limit`` bucket floors of the peer's acceptor (docs/gc.md), buckets above
         ``after`` in order; raise PeerUnreachable (also when it does not serve as an
         acceptor)."""
+        ...
+
+    async def push_floors(self, peer: int, floors: list[tuple[int, Floor]]) -> None:
+        """Have the peer raise these bucket floors (an acceptor-set change adding it,
+        docs/reconfiguration.md); return once durable there; raise PeerUnreachable."""
         ...
 
     async def close(self) -> None: ...

@@ -27,7 +27,15 @@ import orjson
 from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
 from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
 from paxoskv.core.identity import PeerRecord
-from paxoskv.core.messages import PeerProtocolError, Reply, Request, from_wire, to_wire
+from paxoskv.core.messages import (
+    PeerProtocolError,
+    Reply,
+    Request,
+    config_from_wire,
+    from_wire,
+    to_wire,
+)
+from paxoskv.core.reconfig import Config
 
 __all__ = [
     "AUTH_HEADER",
@@ -60,11 +68,22 @@ class Sender:
     node_id: int
     record: PeerRecord
     fingerprint: str
+    config: Config | None = None
+    """The acceptor-set config the sender's messages are sent under; None is epoch 0, the
+    flag-configured set (docs/reconfiguration.md). Only an epoch above 0 is put on the
+    wire (``cfg``), so a cluster that never reconfigures sends the header it always did."""
 
     def to_wire(self) -> dict[str, Any]:
         r = self.record
-        return {"from": self.node_id, "data": r.data_id, "inc": r.incarnation,
-                "boot": r.boot_id, "fp": self.fingerprint}
+        out: dict[str, Any] = {"from": self.node_id, "data": r.data_id, "inc": r.incarnation,
+                               "boot": r.boot_id, "fp": self.fingerprint}
+        if self.config is not None and self.config.epoch > 0:
+            out["cfg"] = self.config.to_json()
+        return out
+
+    @property
+    def epoch(self) -> int:
+        return 0 if self.config is None else self.config.epoch
 
     @staticmethod
     def from_wire(raw: object) -> Sender:
@@ -80,7 +99,12 @@ class Sender:
             if not isinstance(part, str) or not 1 <= len(part) <= 64 or " " in part:
                 raise PeerProtocolError(f"header {name!r} must be a short string")
         assert isinstance(data, str) and isinstance(boot, str) and isinstance(fp, str)
-        return Sender(node_id, PeerRecord(data, inc, boot), fp)
+        config: Config | None = None
+        if "cfg" in raw:
+            config = config_from_wire(raw["cfg"])
+            if config.epoch == 0:
+                raise PeerProtocolError("header 'cfg' is sent only above epoch 0")
+        return Sender(node_id, PeerRecord(data, inc, boot), fp, config)
 
 
 def check_peer_auth(header: str | None, secret: str) -> bool:

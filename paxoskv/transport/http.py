@@ -10,6 +10,7 @@ at the end of the turn that sent it, so batching costs no measurable latency.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from collections import deque
@@ -20,6 +21,7 @@ import orjson
 
 from paxoskv.core.acceptor import Floor
 from paxoskv.core.messages import Forward, PeerProtocolError, Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.loopref import LoopRef
 from paxoskv.metrics import Metrics
@@ -30,6 +32,7 @@ from paxoskv.transport.codec import (
     decode_floor_page,
     decode_key_page,
     decode_replies,
+    encode_floor_page,
     encode_frame,
     floor_page_query,
     key_page_query,
@@ -45,11 +48,17 @@ QUEUE_MESSAGES_MAX = 8192
 """Messages waiting for one peer; beyond it a send fails at once (the peer is too slow)."""
 
 
+_Queued = tuple[Request, float, asyncio.Future[Reply], Config | None]
+"""A message waiting to be sent: its deadline, its reply's future, and the config it is sent
+under (None: epoch 0). A frame carries one config in its header, so a batch holds messages
+of one config only."""
+
+
 class _Lane:
     """Messages waiting for one peer, and the frames of theirs on the wire."""
 
     def __init__(self) -> None:
-        self.queue: deque[tuple[Request, float, asyncio.Future[Reply]]] = deque()
+        self.queue: deque[_Queued] = deque()
         self.inflight = 0
         self.flush_due = False
         """A flush is scheduled for the end of this turn of the event loop."""
@@ -134,20 +143,23 @@ class HttpTransport:
         except KeyError:
             raise PeerNotReached(f"unknown peer {peer}") from None
 
-    async def send(self, peer: int, msg: Request, deadline: float) -> Reply:
-        return await self.send_soon(peer, msg, deadline)
+    async def send(self, peer: int, msg: Request, deadline: float,
+                   config: Config | None = None) -> Reply:
+        return await self.send_soon(peer, msg, deadline, config)
 
-    def send_soon(self, peer: int, msg: Request, deadline: float) -> asyncio.Future[Reply]:
+    def send_soon(self, peer: int, msg: Request, deadline: float,
+                  config: Config | None = None) -> asyncio.Future[Reply]:
         """``send`` without a coroutine: the message is queued now and the future gets its
         reply (or PeerUnreachable); PeerNotReached is raised at once when it cannot even
-        be queued."""
+        be queued. ``config``: the acceptor-set config the message is sent under (its
+        frame's header says so); None is epoch 0."""
         p = self._peer(peer)
         lane = p.lane(msg)
         if len(lane.queue) >= QUEUE_MESSAGES_MAX:
             raise PeerNotReached(f"{len(lane.queue)} messages already queued for peer {peer}")
         loop = self._loop.get()
         fut: asyncio.Future[Reply] = loop.create_future()
-        lane.queue.append((msg, deadline, fut))
+        lane.queue.append((msg, deadline, fut, config))
         if not lane.flush_due:
             # Frames leave once this turn of the loop is over, so every message queued in
             # it (the accepts of many keys' rounds woken together) shares one frame, where
@@ -160,43 +172,54 @@ class HttpTransport:
         lane.flush_due = False
         self._pump(p, lane)
 
-    def _take_batch(self, lane: _Lane) -> list[tuple[Request, int, asyncio.Future[Reply]]]:
-        """The next batch: live messages only, capped by count and by bytes."""
+    def _take_batch(self, lane: _Lane
+                    ) -> tuple[list[tuple[Request, int, asyncio.Future[Reply]]], Config | None]:
+        """The next batch: live messages only, of one config, capped by count and by
+        bytes; and that config."""
         now = self._loop.get().time()
         batch: list[tuple[Request, int, asyncio.Future[Reply]]] = []
         size = 0
         bytes_max = self._limits.frame_bytes_max // 2
+        config: Config | None = None
         while lane.queue and len(batch) < self._limits.batch_messages_max:
-            msg, deadline, fut = lane.queue[0]
+            msg, deadline, fut, cfg = lane.queue[0]
             ttl_ms = int((deadline - now) * 1000)
             if fut.done() or ttl_ms <= 0:
                 lane.queue.popleft()
                 if not fut.done():
                     fut.set_exception(PeerNotReached("message expired before it was sent"))
                 continue
+            if not batch:
+                config = cfg
+            elif cfg is not config:
+                break  # the next frame's, under its own header
             cost = _wire_size(msg)
             if batch and size + cost > bytes_max:
                 break
             lane.queue.popleft()
             batch.append((msg, ttl_ms, fut))
             size += cost
-        return batch
+        return batch, config
 
     def _pump(self, p: _Peer, lane: _Lane) -> None:
         while lane.queue and lane.inflight < self._inflight_max:
-            batch = self._take_batch(lane)
+            batch, config = self._take_batch(lane)
             if not batch:
                 continue
             lane.inflight += 1
-            self._track(self._loop.get().create_task(self._post_batch(p, lane, batch)))
+            self._track(self._loop.get().create_task(self._post_batch(p, lane, batch, config)))
 
     async def _post_batch(self, p: _Peer, lane: _Lane,
-                          batch: list[tuple[Request, int, asyncio.Future[Reply]]]) -> None:
+                          batch: list[tuple[Request, int, asyncio.Future[Reply]]],
+                          config: Config | None = None) -> None:
         self._metrics.transport_batch(len(batch))
         try:
             if self._sender is None:
                 raise PeerNotReached("no sender identity yet")
-            body = encode_frame(self._sender, [(m, ttl) for m, ttl, _ in batch])
+            sender = self._sender
+            if config is not None and config.epoch > 0:
+                sender = dataclasses.replace(sender, config=config)
+            body = encode_frame(sender, [(m, ttl) for m, ttl, _ in batch])
             frame = await self._exchange(p, body)
             self._metrics.peer_bytes(len(frame), len(body))
             replies = decode_replies(frame, len(batch))
@@ -270,6 +293,12 @@ class HttpTransport:
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
 
+    async def push_floors(self, peer: int, floors: list[tuple[int, Floor]]) -> None:
+        result = await self._json_call(peer, "POST", "/internal/floors",
+                                       orjson.dumps(encode_floor_page(floors)))
+        if result.get("raised") != len(floors):
+            raise PeerUnreachable(f"floors not raised: {result}")
+
     async def close(self) -> None:
         # Let retired sessions finish closing (cancelling them left "Unclosed client
         # session" warnings); cancel only batches still on the wire.
@@ -281,7 +310,7 @@ class HttpTransport:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for p in self._peers.values():
             for lane in p.lanes:
-                for _, _, fut in lane.queue:
+                for _, _, fut, _ in lane.queue:
                     if not fut.done():
                         fut.set_exception(PeerUnreachable("transport closed"))
                 lane.queue.clear()

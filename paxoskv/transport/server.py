@@ -24,6 +24,7 @@ from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
 from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
 from paxoskv.core.messages import REPLY_TYPES, PeerProtocolError, Reply, Request
+from paxoskv.core.reconfig import Config
 from paxoskv.limits import KEYS_PAGE_MAX, Limits
 from paxoskv.loopref import LoopRef
 from paxoskv.transport.base import KeyPage, Refusal
@@ -34,6 +35,7 @@ from paxoskv.transport.codec import (
     Sender,
     channel_reply,
     check_peer_auth,
+    decode_floor_page,
     decode_frame,
     encode_floor_page,
     encode_key_page,
@@ -68,9 +70,12 @@ class PeerHandler(Protocol):
         """Answer one request; ``deadline`` is loop time after which it must not act."""
         ...
 
-    def handle_soon(self, msg: Request, deadline: float) -> Reply | Awaitable[Reply]:
+    def handle_soon(self, msg: Request, deadline: float, config: Config | None = None
+                    ) -> Reply | Awaitable[Reply]:
         """``handle`` started now: the reply, or an awaitable of it (a future where no
-        coroutine is needed, so a frame's messages need no task each)."""
+        coroutine is needed, so a frame's messages need no task each). ``config``: the
+        acceptor-set config the frame's header names (None: epoch 0), which the acceptor's
+        epoch fence judges (docs/reconfiguration.md)."""
         ...
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]: ...
@@ -83,6 +88,11 @@ class PeerHandler(Protocol):
     def key_page(self, prefix: str, after: str | None, limit: int) -> KeyPage | None:
         """Up to ``limit`` entries after ``after`` and whether more follow; None when not
         serving as an acceptor."""
+        ...
+
+    async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
+        """Raise these bucket floors (an acceptor-set change adding this acceptor brings
+        them); False when this node is no acceptor of the config it holds."""
         ...
 
 
@@ -129,8 +139,13 @@ class PeerServer:
         now = self._loop.get().time()
         # Every message is started now, in frame order; only those still waiting (for an
         # fsync, a lock, a forwarded round) are awaited, together.
-        replies: list[Any] = [self._handler.handle_soon(msg, now + ttl_ms / 1000)
-                              for msg, ttl_ms in items]
+        config = sender.config
+        if config is None:  # epoch 0: the call as it always was
+            replies: list[Any] = [self._handler.handle_soon(msg, now + ttl_ms / 1000)
+                                  for msg, ttl_ms in items]
+        else:
+            replies = [self._handler.handle_soon(msg, now + ttl_ms / 1000, config)
+                       for msg, ttl_ms in items]
         waiting = [i for i, r in enumerate(replies) if not isinstance(r, REPLY_TYPES)]
         if waiting:
             done = await asyncio.gather(*(replies[i] for i in waiting))
@@ -187,6 +202,21 @@ class PeerServer:
             return _error(503, "not_acceptor", "this node is not serving as an acceptor")
         return _json(200, encode_floor_page(found))
 
+    async def raise_floors(self, auth: str | None, body: bytes) -> Answer:
+        """Bucket floors an acceptor-set change brings to an acceptor it adds
+        (docs/reconfiguration.md, GC): raised durably before the answer."""
+        if not self._authorized(auth):
+            return _error(401, "unauthorized", "peer credentials missing or wrong")
+        try:
+            floors = decode_floor_page(orjson.loads(body))
+        except (orjson.JSONDecodeError, PeerProtocolError) as exc:
+            return _error(400, "bad_request", f"floors: {exc}")
+        if len(floors) > FLOOR_PAGE_MAX:
+            return _error(400, "bad_request", f"at most {FLOOR_PAGE_MAX} floors at once")
+        if not await self._handler.install_floors(floors):
+            return _error(503, "not_acceptor", "this node is no acceptor of its config")
+        return _json(200, {"raised": len(floors)})
+
     def add_routes(self, app: web.Application) -> None:
         """Mount the endpoints on an aiohttp application (the real server)."""
         async def batch(request: web.Request) -> web.StreamResponse:
@@ -205,6 +235,10 @@ class PeerServer:
             return _response(await self.floors(request.headers.get(AUTH_HEADER),
                                                request.query))
 
+        async def raise_floors(request: web.Request) -> web.StreamResponse:
+            return _response(await self.raise_floors(request.headers.get(AUTH_HEADER),
+                                                     await request.read()))
+
         async def channel(request: web.Request) -> web.StreamResponse:
             if not self._authorized(request.headers.get(AUTH_HEADER)):
                 return _response(_error(401, "unauthorized",
@@ -222,6 +256,7 @@ class PeerServer:
         app.router.add_post("/internal/hello", hello, expect_handler=expect_handler)
         app.router.add_get("/internal/keys", keys, expect_handler=expect_handler)
         app.router.add_get("/internal/floors", floors, expect_handler=expect_handler)
+        app.router.add_post("/internal/floors", raise_floors, expect_handler=expect_handler)
 
 
     async def _serve_channel(self, request: web.Request) -> web.WebSocketResponse:

@@ -385,3 +385,19 @@ def test_the_client_guards_run_request_cap_then_auth_then_body(tmp_path: Path) -
                 writer.close()
     with_auth(tmp_path, t, guard=GuardLimits(requests_max=2, body_bytes_inflight_max=1500,
                                              header_timeout_s=3.0))
+
+
+def test_changing_the_acceptor_set_needs_admin(tmp_path: Path) -> None:
+    """Goal: POST and GET /admin/acceptors need a token (401) with the admin role (403 for
+    read and write); admin gets through."""
+    async def t(c: TestClient[Any, Any], _: PromMetrics) -> None:
+        body = b'{"acceptors": [1]}'
+        assert (await c.post("/admin/acceptors", data=body)).status == 401
+        for name in ("read", "write"):
+            r = await c.post("/admin/acceptors", data=body, headers=bearer(name))
+            assert r.status == 403, name
+            assert (await c.get("/admin/acceptors", headers=bearer(name))).status == 403
+        assert (await c.get("/admin/acceptors", headers=bearer("admin"))).status == 200
+        r = await c.post("/admin/acceptors", data=body, headers=bearer("admin"))
+        assert r.status == 202
+    with_auth(tmp_path, t)

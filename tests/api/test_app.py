@@ -26,6 +26,7 @@ from paxoskv.core.idempotency import (
     fingerprint,
     record_key,
 )
+from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.core.register import Set
 from paxoskv.limits import Limits
 from paxoskv.metrics import Metrics
@@ -220,6 +221,24 @@ def test_reserved_keys_are_refused() -> None:
     with_client(t)
 
 
+def test_the_config_register_is_refused_and_never_listed() -> None:
+    """Goal: the acceptor-set config register (core.reconfig.CONFIG_KEY) is not a client
+    key: reads and writes of it are 400 bad_key naming why, and a listing leaves it out
+    even when its row exists."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        for method in ("PUT", "GET", "DELETE"):
+            r = await c.request(method, "/v1/kv/%00paxoskv%2Fconfig", data=b"v")
+            body = await r.json()
+            assert (r.status, body["error"]) == (400, "bad_key"), method
+            assert "acceptor-set config" in body["message"]
+        assert (await c.put("/v1/kv/a", data=b"1")).status == 200
+        node = c.server.app[NODE]
+        await node.storage.save(CONFIG_KEY, node.storage.load("a"))
+        listed = await (await c.get("/v1/kv", params={"prefix": ""})).json()
+        assert listed["keys"] == ["a"]
+    with_client(t)
+
+
 def test_openapi_documents_the_idempotency_key() -> None:
     """Goal: the OpenAPI document names the header and its 409 / 422 answers on writes."""
     async def t(c: TestClient[Any, Any]) -> None:
@@ -295,3 +314,44 @@ def test_errors_are_json_with_and_without_the_client_guard(guard: GuardLimits | 
             r = await c.get(f"/v1/kv/k{i}")
             assert (r.status, await r.read()) == (200, b"v")
     with_client(t, guard=guard)
+
+
+def test_admin_acceptors_checks_its_body_and_reports_the_record() -> None:
+    """Goal: POST /admin/acceptors refuses a body that is not a list of acceptor-role node
+    ids (400), and GET /admin/acceptors reads the record: absent, it is STABLE at epoch 0
+    on the configured set, which this node holds."""
+    async def t(c: TestClient[Any, Any]) -> None:
+        for body in (b"nope", b"{}", b'{"acceptors": []}', b'{"acceptors": ["1"]}',
+                     b'{"acceptors": [1, 7]}'):
+            r = await c.post("/admin/acceptors", data=body)
+            assert (r.status, (await r.json())["error"]) == (400, "bad_request"), body
+        r = await c.get("/admin/acceptors")
+        doc = await r.json()
+        assert r.status == 200, doc
+        assert doc["record"]["phase"] == "stable" and doc["record"]["version"] == 0
+        assert doc["record"]["config"] == [0, [1], 1, [1], 1] == doc["held"]
+        assert doc["reconfiguration"]["running"] is False
+        r = await c.post("/admin/acceptors", data=b'{"acceptors": [1]}')
+        assert r.status == 202  # already the set: the driver finds nothing to do
+        status = await (await c.get("/v1/status")).json()
+        assert status["acceptor_config"]["epoch"] == 0
+    with_client(t)
+
+
+def test_admin_acceptors_refuses_while_an_acceptor_runs_a_release_without_epochs() -> None:
+    """Goal: POST /admin/acceptors answers 409 while an acceptor that is up said nothing of
+    epochs in its last hello (a release before acceptor-set changes: it could never prove
+    it holds a new config), and names it; no change is started."""
+    from paxoskv.membership import PeerHealth
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+        peers = {i: PeerSpec(i, f"http://127.0.0.1:{i}") for i in (1, 2)}
+        node.config = NodeConfig(1, peers, limits=node.config.limits)
+        node.membership.peer_health[2] = PeerHealth(up=True)
+        r = await c.post("/admin/acceptors", data=b'{"acceptors": [1, 2]}')
+        doc = await r.json()
+        assert (r.status, doc["error"]) == (409, "peers_without_epochs"), doc
+        assert "[2]" in str(doc)
+        assert node.reconfigurer.running is False
+    with_client(t)
