@@ -46,12 +46,13 @@ def test_a_sweep_collects_its_batch_concurrently_and_says_more_are_due(
         running = peak = 0
         real_collect = Collector.collect
 
-        async def counting(self: Collector, key: str, pinned: Ballot | None = None) -> bool:
+        async def counting(self: Collector, key: str, pinned: Ballot | None = None,
+                           view: object = None) -> bool:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
             try:
-                return await real_collect(self, key, pinned)
+                return await real_collect(self, key, pinned, view)  # type: ignore[arg-type]
             finally:
                 running -= 1
 
@@ -125,7 +126,7 @@ def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
         await asyncio.gather(*(storage.save(k, tomb) for k in keys))
         collector = node.collector
 
-        async def collect(key: str, pinned: Ballot | None = None) -> bool:
+        async def collect(key: str, pinned: Ballot | None = None, view: object = None) -> bool:
             await storage.collect(key, Floor(Ballot(2, 1, 1), 2))
             collector._pending.pop(key, None)
             return True
