@@ -82,7 +82,13 @@ from paxoskv.core.proposer import (
     prepared_after,
 )
 from paxoskv.core.quorum import QuorumConfig
-from paxoskv.core.reconfig import Config, EpochVerdict, admit, collection_allowed
+from paxoskv.core.reconfig import (
+    CONFIG_KEY,
+    Config,
+    EpochVerdict,
+    admit,
+    collection_allowed,
+)
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
 from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.loopref import LoopRef
@@ -1847,7 +1853,11 @@ class Node:
             await asyncio.sleep(min(5.0, ALIVE_REFRESH_S))
 
     async def _resume_change(self) -> None:
-        """Finish an acceptor-set change a driver left half done (the record says so)."""
+        """Finish an acceptor-set change a driver left half done (the record says so).
+        Only on a node that has seen a change (an epoch above 0, or the record's row in
+        its own acceptor): a cluster that never changed runs no extra round at start."""
+        if self._view.epoch == 0 and not self.storage.has_row(CONFIG_KEY):
+            return
         for _ in range(60):  # until this node may propose: about a minute at most
             if self.machine.may_propose and self.quorum_reachable():
                 await self._guarded("acceptor-set change resume",

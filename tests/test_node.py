@@ -38,6 +38,9 @@ class _Storage:
     def load(self, key: str) -> AcceptorState:
         return self.data.get(key, EMPTY_STATE)
 
+    def has_row(self, key: str) -> bool:
+        return key in self.data
+
     async def save(self, key: str, state: AcceptorState) -> None:
         if self.fail:
             raise OSError("disk full")
