@@ -68,6 +68,23 @@ DRIVE_TRIES: Final = 20
 """Failed steps (no quorum, a lost CAS race, a timeout) a change survives before it stops."""
 
 
+class Superseded(Exception):
+    """Another driver's change moved the set away from this driver's target: a later POST
+    (or a resumed one) with another target wins, and this driver stops instead of
+    undoing it step by step (two drivers with different targets took turns reversing each
+    other's changes)."""
+
+
+def moved_toward(record: ConfigRecord, target: frozenset[int]) -> bool:
+    """Whether the change that left this STABLE ``record`` (from its ``previous`` mid
+    config's prepare set to its own) brought the acceptor set closer to ``target``."""
+    if record.previous is None:
+        return False
+    before = record.previous.prepare_set
+    after = record.config.prepare_set
+    return len(after ^ target) < len(before ^ target)
+
+
 class ChangeFailed(Exception):
     """The change stopped; the record says where, and a new request continues from it."""
 
@@ -142,6 +159,9 @@ class Reconfigurer:
             p.step = "done"
             p.changes_done += 1
             log.warning("acceptor set is now %s (epoch %d)", sorted(target), p.epoch)
+        except Superseded as exc:
+            p.step, p.error = "superseded", str(exc)
+            log.warning("acceptor-set change to %s stopped: %s", sorted(target), exc)
         except ChangeFailed as exc:
             p.step, p.error = "failed", str(exc)
             log.error("acceptor-set change to %s stopped: %s", sorted(target), exc)
@@ -163,12 +183,22 @@ class Reconfigurer:
         node.metrics.reconfig_running(True)
         machine = ChangeMachine(target)
         failures = 0
+        first_version: int | None = None
         for _ in range(STEPS_MAX):
             try:
                 record, version = await self.read_record()
+                if first_version is None:
+                    first_version = version
                 self.progress.epoch = record.config.epoch
                 self.progress.record_phase = record.phase.value
                 action = machine.next_action(record, version)
+                if isinstance(action, WriteRecord) and record.phase is RecordPhase.STABLE \
+                        and version != first_version and not moved_toward(record, target):
+                    # A new change from a record someone else's change left: only if that
+                    # change went our way (it was ours, or a resumed one toward our target).
+                    raise Superseded(f"the acceptor set moved to "
+                                     f"{sorted(record.config.prepare_set)} away from this "
+                                     f"driver's target {sorted(target)}")
                 match action:
                     case Done():
                         self.progress.step = "done"
