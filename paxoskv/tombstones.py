@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from paxoskv.compact import compacted
 from paxoskv.core.ballot import Ballot
@@ -52,6 +53,7 @@ __all__ = ["GC_BATCH_KEYS", "GC_BUSY_PAUSE_S", "GC_CONCURRENCY", "GC_PAGE_KEYS",
            "GC_PENDING_MAX", "Collector", "GcProgress"]
 
 log = logging.getLogger("paxoskv.node")
+T = TypeVar("T")
 
 GC_PAGE_KEYS: Final = 500
 """Keys read from storage per page of a sweep."""
@@ -101,6 +103,16 @@ class GcProgress:
     paused_by_change: int = 0
     """Sweeps or collections skipped: the acceptor-set record was not STABLE with the
     config this node holds (docs/reconfiguration.md, GC), or could not be read."""
+
+
+async def _all_of(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Run ``calls`` at once; every one ends before the first error is raised (as when
+    they ran one by one), so none is left running unobserved."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 class Collector:
@@ -190,13 +202,8 @@ class Collector:
             if not (node.machine.may_propose and node.quorum_reachable()):
                 stopped = True
                 break
-            pinned = await asyncio.gather(
-                *(self.pin(key, ballot, view)
-                  for key, ballot in to_pin[first:first + GC_CONCURRENCY]),
-                return_exceptions=True)
-            for result in pinned:
-                if isinstance(result, BaseException):
-                    raise result
+            pinned = await _all_of(self.pin(key, ballot, view)
+                                   for key, ballot in to_pin[first:first + GC_CONCURRENCY])
             if None in pinned:
                 stopped = True
                 break  # an acceptor did not answer: every other pin would wait for it too
@@ -204,15 +211,8 @@ class Collector:
             if not (node.machine.may_propose and node.quorum_reachable()):
                 stopped = True
                 break
-            # Every collection of the group ends before an error is raised (as it was
-            # raised when they ran one by one): none is left running unobserved.
-            results = await asyncio.gather(
-                *(self.collect(key, ballot, view)
-                  for key, ballot in due[first:first + GC_CONCURRENCY]),
-                return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await _all_of(self.collect(key, ballot, view)
+                          for key, ballot in due[first:first + GC_CONCURRENCY])
         self.progress.sweeps += 1
         node.metrics.tombstones_pending(len(self._pending))
         self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
