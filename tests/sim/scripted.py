@@ -1,11 +1,16 @@
-"""Helpers for the scripted simulator scenarios (tests/sim/test_gc_*.py): a network without
-faults, so each scenario's steps happen in the order it writes them."""
+"""Helpers for the scripted simulator scenarios (tests/sim/test_gc_*.py, test_reconf_node.py,
+test_review_reconf.py): a network without faults, so each scenario's steps happen in the
+order it writes them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from typing import Any
 
+from paxoskv.core.quorum import QuorumConfig
+from paxoskv.node import AcceptorRules
 from paxoskv.sim.network import SimNetworkOptions
-from paxoskv.sim.runner import _Simulation
+from paxoskv.sim.runner import SimOptions, _Simulation
 
 QUIET = SimNetworkOptions(drop_probability=0.0, duplicate_probability=0.0,
                           reorder_probability=0.0, partition_probability=0.0)
@@ -22,3 +27,26 @@ async def wait_mode(sim: _Simulation, node_id: int, modes: tuple[str, ...],
             return node.acceptor_mode
         await asyncio.sleep(0.1)
     raise AssertionError(f"node {node_id} never reached {modes}")
+
+
+async def four_nodes_one_waiting(seed: int, *, rules: AcceptorRules | None = None,
+                                 acceptor_only: frozenset[int] = frozenset(),
+                                 **options: Any) -> _Simulation:
+    """Boot the reconfiguration scenarios' cluster: epoch 0 is acceptors {1, 2, 3}, node 4
+    an acceptor that waits (``initial: false``) until a change adds it, no repair sweeps
+    (each scenario says when a key is touched), and wait until it is ready. ``options`` go
+    to ``SimOptions`` (``proposers=1`` adds node 5, a proposer only); nodes in
+    ``acceptor_only`` lose their proposer role."""
+    sim = _Simulation(seed, SimOptions(nodes=4, ops=0, network=QUIET,
+                                       mismatched_config_probability=0.0, **options))
+    sim.rules = rules if rules is not None else AcceptorRules()
+    sim.peers[4] = dataclasses.replace(sim.peers[4], initial=False)
+    for node_id in acceptor_only:
+        sim.peers[node_id] = dataclasses.replace(sim.peers[node_id],
+                                                 roles=frozenset({"acceptor"}))
+    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, peers=sim.peers)
+                  for i, c in sim.config.items()}
+    sim.quorum = QuorumConfig.of({1, 2, 3})
+    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
+    await sim.wait_ready(30.0)
+    return sim

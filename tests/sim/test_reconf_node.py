@@ -7,19 +7,15 @@ linearizability checker."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
-from scripted import QUIET
+from scripted import four_nodes_one_waiting
 
 from paxoskv.check import History, check
 from paxoskv.core.acceptor import NO_FLOOR, Floor
-from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Delete, Set
-from paxoskv.node import AcceptorRules
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import NODE_RECONF_MUTANT_RULES, NODE_RECONF_MUTANTS
-from paxoskv.sim.runner import SimOptions, _Simulation
 
 
 async def _missed_two_changes(mutant: str | None) -> tuple[bool, bytes | None, int]:
@@ -28,15 +24,8 @@ async def _missed_two_changes(mutant: str | None) -> tuple[bool, bytes | None, i
     With node 2 down, node 3 writes "new" (accepted by 3 and 4); node 2 comes back. Node 5,
     which cannot reach node 3, then reads k. Returns (history linearizable, what node 5
     read, node 5's epoch)."""
-    sim = _Simulation(11, SimOptions(nodes=4, proposers=1, ops=0, network=QUIET,
-                                      mismatched_config_probability=0.0))
-    sim.rules = NODE_RECONF_MUTANT_RULES[mutant] if mutant else AcceptorRules()
-    sim.peers[4] = dataclasses.replace(sim.peers[4], initial=False)
-    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, peers=sim.peers)
-                  for i, c in sim.config.items()}
-    sim.quorum = QuorumConfig.of({1, 2, 3})
-    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
-    await sim.wait_ready(30.0)
+    sim = await four_nodes_one_waiting(
+        11, rules=NODE_RECONF_MUTANT_RULES[mutant] if mutant else None, proposers=1)
     loop = asyncio.get_running_loop()
     history = History(clock=loop.time)
 
@@ -98,14 +87,7 @@ def test_the_node_reconf_mutant_is_caught(mutant: str) -> None:
 async def _floors_after_an_add(give_floors: bool) -> tuple[Floor, Floor]:
     """Epoch 0 {1,2,3}; k is written, deleted and collected (floors raised on 1, 2, 3);
     then node 1 drives +4. Returns (node 1's floor of k's bucket, node 4's)."""
-    sim = _Simulation(12, SimOptions(nodes=4, ops=0, network=QUIET, tombstone_grace_s=1e6,
-                                      mismatched_config_probability=0.0))
-    sim.peers[4] = dataclasses.replace(sim.peers[4], initial=False)
-    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, peers=sim.peers)
-                  for i, c in sim.config.items()}
-    sim.quorum = QuorumConfig.of({1, 2, 3})
-    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
-    await sim.wait_ready(30.0)
+    sim = await four_nodes_one_waiting(12, tombstone_grace_s=1e6)
     try:
         n1 = sim.hosts[1].node
         n4 = sim.hosts[4].node

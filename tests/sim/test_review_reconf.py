@@ -4,15 +4,11 @@ acceptor-set change must keep; a failing test is a finding."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
-from scripted import QUIET
+from scripted import four_nodes_one_waiting
 
-from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.register import Delete, Read, Set
-from paxoskv.node import AcceptorRules
 from paxoskv.sim.loop import run_virtual
-from paxoskv.sim.runner import SimOptions, _Simulation
 
 
 async def _readd_removed_acceptor() -> tuple[bytes | None, int, int]:
@@ -21,15 +17,7 @@ async def _readd_removed_acceptor() -> tuple[bytes | None, int, int]:
     {1,2,4}. Node 1 then drives +3 again. A read of k whose prepare quorum holds 3
     (4 cut off from node 1) must see k deleted. Returns (value read, version read,
     version of the tombstone)."""
-    sim = _Simulation(21, SimOptions(nodes=4, ops=0, network=QUIET, tombstone_grace_s=1e6,
-                                      mismatched_config_probability=0.0))
-    sim.rules = AcceptorRules()
-    sim.peers[4] = dataclasses.replace(sim.peers[4], initial=False)
-    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, peers=sim.peers)
-                  for i, c in sim.config.items()}
-    sim.quorum = QuorumConfig.of({1, 2, 3})
-    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
-    await sim.wait_ready(30.0)
+    sim = await four_nodes_one_waiting(21, tombstone_grace_s=1e6)
     try:
         n1, n3 = sim.hosts[1].node, sim.hosts[3].node
         assert n1 is not None and n3 is not None
@@ -67,17 +55,9 @@ async def _rejoin_after_a_change(acceptor_only: bool = False
     it is back, with node 4 down, node 2 reads k through {1, 2}: it must read "new".
     Returns (value read, node 1's epoch after its rejoin, node 1's mode)."""
     from scripted import wait_mode
-    sim = _Simulation(22, SimOptions(nodes=4, ops=0, network=QUIET,
-                                      mismatched_config_probability=0.0))
-    sim.rules = AcceptorRules()
-    sim.peers[4] = dataclasses.replace(sim.peers[4], initial=False)
-    if acceptor_only:  # no proposer role: no start-up read of the record teaches it
-        sim.peers[1] = dataclasses.replace(sim.peers[1], roles=frozenset({"acceptor"}))
-    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, peers=sim.peers)
-                  for i, c in sim.config.items()}
-    sim.quorum = QuorumConfig.of({1, 2, 3})
-    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
-    await sim.wait_ready(30.0)
+    # acceptor_only: no proposer role, so no start-up read of the record teaches node 1
+    sim = await four_nodes_one_waiting(
+        22, acceptor_only=frozenset({1}) if acceptor_only else frozenset())
     try:
         n4 = sim.hosts[4].node
         n2 = sim.hosts[2].node
@@ -132,15 +112,7 @@ async def _old_version_acceptor() -> tuple[bool, bytes | None, int, bool]:
     the change must stop there (the driver gives up; the scenario ends)."""
     from paxoskv.check import History, check
     from paxoskv.reconfigure import ChangeFailed
-    sim = _Simulation(23, SimOptions(nodes=4, proposers=1, ops=0, network=QUIET,
-                                      mismatched_config_probability=0.0))
-    sim.rules = AcceptorRules()
-    sim.peers[4] = dataclasses.replace(sim.peers[4], initial=False)
-    sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6, peers=sim.peers)
-                  for i, c in sim.config.items()}
-    sim.quorum = QuorumConfig.of({1, 2, 3})
-    await asyncio.gather(*(sim.boot(i) for i in sim.ids))
-    await sim.wait_ready(30.0)
+    sim = await four_nodes_one_waiting(23, proposers=1)
 
     def old_release(node_id: int) -> None:
         node = sim.hosts[node_id].node
