@@ -202,6 +202,20 @@ def _expiry(ttl_ms: int | None, now_ms: int | None) -> int | None:
     return now_ms + ttl_ms
 
 
+def _record_expiry(current: Value, change: Claim | Finish | Release) -> int | None:
+    """An idempotency record expires, as a TTL key does, when its window ends: the TTL
+    sweeper then deletes it and tombstone collection removes its row, so records do not
+    pile up forever. A claim's window counts from the claim; finishing keeps it (and a
+    release leaves a tombstone, which has none)."""
+    match change:
+        case Claim(now_ms=now, window_ms=window):
+            return now + window
+        case Finish():
+            return current.expires_ms
+        case Release():
+            return None
+
+
 def expire(current: Value, now_ms: int | None) -> Value:
     """``current`` as a round at ``now_ms`` must build on it: a value whose TTL ran out
     becomes a tombstone (the next version, no request id), which the round's accept
@@ -267,6 +281,6 @@ def apply_change(current: Value, change: Change, request_id: str | None = None,
             changed, record = apply_record_change(current.data, change)
             if not changed:
                 return current, Outcome("rejected", current)
-            new = _next(current, record, request_id)
+            new = _next(current, record, request_id, _record_expiry(current, change))
             return new, Outcome("applied", new)
     raise AssertionError(f"unknown change {change!r}")

@@ -21,7 +21,7 @@ from paxoskv.core.idempotency import (
     fingerprint,
     record_key,
 )
-from paxoskv.core.register import RECENT_MAX, Set, Value, apply_change
+from paxoskv.core.register import RECENT_MAX, Read, Set, Value, apply_change
 
 WINDOW = 1000
 APPLIED = RecordOutcome("applied", 7)
@@ -100,6 +100,29 @@ def test_through_apply_change_versions_and_request_ids() -> None:
     other, outcome3 = apply_change(new, Claim("f9", "t9", 6, WINDOW), "r2")
     assert other == new and outcome3.kind == "rejected"
     assert decode_record(outcome3.value.data) == decode_record(new.data)
+
+
+def test_a_record_expires_when_its_window_ends_and_not_before() -> None:
+    """Goal: a record carries the TTL of its window, counted from the claim: finishing
+    keeps it, so the TTL sweeper deletes the record (and collection then removes its row)
+    once the window is over; a round inside the window still sees it, one at its end sees
+    a tombstone, and a fresh claim there owns the key anew."""
+    claim = Claim("f1", "t1", 100, WINDOW)
+    pending, _ = apply_change(Value(0, None), claim, "r1", now_ms=100)
+    assert pending.expires_ms == 100 + WINDOW
+    done, outcome = apply_change(pending, Finish("t1", APPLIED), "r2", now_ms=500)
+    assert outcome.kind == "applied" and done.expires_ms == 100 + WINDOW
+    released, _ = apply_change(pending, Release("t1"), "r3", now_ms=500)
+    assert released.data is None and released.expires_ms is None
+
+    inside, _ = apply_change(done, Read(), now_ms=100 + WINDOW - 1)
+    assert inside == done
+    after, _ = apply_change(done, Read(), now_ms=100 + WINDOW)
+    assert after.data is None and after.version == done.version + 1
+    again, outcome = apply_change(done, Claim("f2", "t2", 100 + WINDOW, WINDOW), "r4",
+                                  now_ms=100 + WINDOW)
+    assert outcome.kind == "applied" and again.expires_ms == 100 + 2 * WINDOW
+    assert decode_record(again.data) == Record("f2", "t2", 100 + WINDOW, WINDOW, "pending")
 
 
 def test_fingerprint_covers_method_key_body_and_conditions() -> None:

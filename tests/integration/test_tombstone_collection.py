@@ -13,6 +13,7 @@ import pytest
 from procs import Cluster
 
 from paxoskv.client import HttpClient as Client
+from paxoskv.core.idempotency import record_key
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +106,42 @@ def test_deleted_keys_are_collected_everywhere_and_come_back_above_their_version
     created = c1.put(other, b"created", if_none_match=True)
     assert created.status in (200, 201) and created.version is not None \
         and created.version > 3, created
+
+
+def test_idempotency_records_go_away_after_their_window(tmp_path: Path) -> None:
+    """Goal: an Idempotency-Key's record is kept for the window (a retry inside it replays
+    the first outcome), then expires like a TTL key: the sweeper deletes it and collection
+    removes its row from every node, while the data key stays; the same key then runs
+    afresh.
+
+    Method: three nodes with a 3 s window and a 1 s grace; PUT with Idempotency-Key, retry
+    at once (replayed, version 1); poll every node's SQLite file until none holds the
+    record's row (at most 40 s); the data row is still there; the same request again is
+    applied anew (version 2, not replayed)."""
+    record = record_key("gc-idem")
+    cluster = Cluster(3, tmp_path, extra=["--tombstone-grace", "1",
+                                          "--idempotency-window", "3"])
+    cluster.start()
+    try:
+        c1 = Client(cluster.nodes[1].url)
+        first = c1.put("gc/idem-data", b"once", idempotency_key="gc-idem")
+        assert (first.status, first.version, first.replayed) == (200, 1, False), first
+        again = c1.put("gc/idem-data", b"once", idempotency_key="gc-idem")
+        assert (again.version, again.replayed) == (1, True), again
+        assert any(_rows(cluster, i, [record]) for i in cluster.nodes)
+
+        deadline = time.monotonic() + 40.0
+        left: dict[int, set[str]] = {}
+        while time.monotonic() < deadline:
+            left = {i: _rows(cluster, i, [record]) for i in cluster.nodes}
+            if not any(left.values()):
+                break
+            time.sleep(0.2)
+        assert not any(left.values()), f"record rows left after 40 s: {left}"
+        for node_id in cluster.nodes:
+            assert _rows(cluster, node_id, ["gc/idem-data"]) == {"gc/idem-data"}
+
+        fresh = c1.put("gc/idem-data", b"once", idempotency_key="gc-idem")
+        assert (fresh.status, fresh.version, fresh.replayed) == (200, 2, False), fresh
+    finally:
+        cluster.stop()
