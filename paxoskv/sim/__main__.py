@@ -5,6 +5,7 @@
     PAXOSKV_SIM_SEED=123 python -m paxoskv.sim          # the same
     python -m paxoskv.sim --mutant no-fsync             # must be caught: exit 0 if it is
     python -m paxoskv.sim --reconf --seeds 300          # acceptor-set changes (core-level)
+    python -m paxoskv.sim --spares 2 --seeds 100        # ... driven through the real node
     python -m paxoskv.sim --mutant reconf-no-epoch-fence
 
 Exit status: 0 when every run passed (or, with ``--mutant``, when the mutant was caught);
@@ -25,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from paxoskv.sim.batch import DEFAULT_SEEDS, SEED_ENV, Summary, repro_command, run_many
-from paxoskv.sim.mutants import MUTANTS
+from paxoskv.sim.mutants import MUTANTS, NODE_RECONF_MUTANTS
 from paxoskv.sim.reconf import RECONF_MUTANTS, ReconfOptions, run_reconf_seed
 from paxoskv.sim.runner import SimOptions
 
@@ -54,7 +55,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reconf", action="store_true",
                         help="simulate acceptor-set changes (add, remove, replace) on the "
                              "protocol core instead of the real node (paxoskv.sim.reconf)")
-    parser.add_argument("--mutant", choices=sorted([*MUTANTS, *RECONF_MUTANTS]), default=None,
+    parser.add_argument("--spares", type=int, default=default.spares,
+                        help="acceptor-role nodes outside the first acceptor set, and random "
+                             "acceptor-set changes driven through the real node (default 0)")
+    parser.add_argument("--mutant", choices=sorted([*MUTANTS, *RECONF_MUTANTS,
+                                                    *NODE_RECONF_MUTANTS]), default=None,
                         help="run a deliberately broken variant, which must be caught")
     parser.add_argument("--require-checker", action="store_true",
                         help="with --mutant, count only linearizability checker violations")
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SimOptions(nodes=args.nodes, proposers=args.proposers,
                              clients=args.clients, ops=args.ops,
                              keys=args.keys, fast_paxos=args.fast_paxos,
-                             ttl=args.ttl, mutant=args.mutant)
+                             ttl=args.ttl, spares=args.spares, mutant=args.mutant)
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
         return 2
@@ -93,9 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not seeds:
         print("no seeds to run", file=sys.stderr)
         return 2
-    what = f"mutant {args.mutant!r} ({MUTANTS[args.mutant]})" if args.mutant else "the real node"
+    described = {**MUTANTS, **NODE_RECONF_MUTANTS}
+    what = f"mutant {args.mutant!r} ({described[args.mutant]})" if args.mutant \
+        else "the real node"
     print(f"simulating {what}: {len(seeds)} seed(s) from {seeds[0]}, {options.nodes} nodes "
-          f"(+{options.proposers} proposer-only), "
+          f"(+{options.proposers} proposer-only, +{options.spares} spare acceptors), "
           f"{options.clients} clients, {options.ops} ops over {options.keys} keys, "
           f"{args.jobs} job(s)", flush=True)
 

@@ -76,6 +76,8 @@ def repro_command(seed: int, options: SimOptions) -> str:
         parts.append("--fast-paxos")
     if options.ttl:
         parts.append("--ttl")
+    if options.spares != default.spares:
+        parts.append(f"--spares {options.spares}")
     if options.mutant is not None:
         parts.append(f"--mutant {options.mutant}")
     rest = " ".join(parts)

@@ -144,9 +144,10 @@ NODE_RECONF_MUTANTS: Final[dict[str, str]] = {
     "node-no-epoch-fence": "the node's acceptor ignores the config epoch of the messages it "
                            "serves (and never retires)",
 }
-"""Node-level mutants of acceptor-set changes. The random simulator runs no change, so
-these are caught by the scripted scenario of tests/sim/test_reconf_node.py instead of the
-default seed budget (``MUTANTS``)."""
+"""Node-level mutants of acceptor-set changes. Only runs with acceptor-set changes
+exercise them (``SimOptions.spares``, which such a mutant turns on), so they are kept out of
+``MUTANTS``; tests/sim/test_reconf_node.py catches each with a scripted scenario and within
+the default seed budget of random changes."""
 
 NODE_RECONF_MUTANT_RULES: Final[dict[str, AcceptorRules]] = {
     "node-no-epoch-fence": AcceptorRules(admit=_admit_any),

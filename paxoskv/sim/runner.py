@@ -62,6 +62,7 @@ from paxoskv.node import (
     open_identity,
 )
 from paxoskv.node import Node as RealNode
+from paxoskv.reconfigure import ChangeFailed, Superseded
 from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import (
@@ -71,6 +72,8 @@ from paxoskv.sim.mutants import (
     IDENTITY_MUTANT_RULES,
     MUTANTS,
     NO_PROMISE_CHECK_RULES,
+    NODE_RECONF_MUTANT_RULES,
+    NODE_RECONF_MUTANTS,
     PROPOSER_MUTANT_RULES,
     TTL_MUTANTS,
 )
@@ -177,6 +180,14 @@ class SimOptions:
     ttl: bool = False
     """TTL clients on keys of their own beside the others, the nodes' TTL sweepers on, and
     the TTL invariants checked (paxoskv/sim/ttl.py). Every run skews node clocks."""
+    spares: int = 0
+    """Acceptor-role nodes outside epoch 0's set (``initial: false``), and an operator that
+    changes the acceptor set at random through the real node's driver
+    (``paxoskv/reconfigure.py``): adds a spare, removes a member (never below 3), one change
+    at a time, each retried on another node when its driver dies or gives up, under every
+    other fault but the identity ones (their checks are those of epoch 0). 0: no changes."""
+    reconf_pause_ms_mean: float = 1500.0
+    """Mean pause (exponential) between one change's end and the next one's start."""
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -184,8 +195,14 @@ class SimOptions:
             raise ValueError("nodes, clients and keys must be positive, ops non-negative")
         if self.proposers < 0:
             raise ValueError("proposers must be non-negative")
-        if self.mutant is not None and self.mutant not in MUTANTS:
-            raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(MUTANTS)}")
+        if self.spares < 0:
+            raise ValueError("spares must be non-negative")
+        if self.mutant in NODE_RECONF_MUTANTS and self.spares == 0:
+            object.__setattr__(self, "spares", 2)  # only acceptor-set changes exercise it
+        if self.mutant is not None and self.mutant not in MUTANTS \
+                and self.mutant not in NODE_RECONF_MUTANTS:
+            raise ValueError(f"unknown mutant {self.mutant!r}; one of "
+                             f"{sorted([*MUTANTS, *NODE_RECONF_MUTANTS])}")
         if self.mutant == "small-quorum" and self.nodes < 2:
             raise ValueError("small-quorum needs at least two nodes")
         if self.mutant in TTL_MUTANTS and not self.ttl:
@@ -303,8 +320,9 @@ class _Simulation:
         self.network = SimNetwork(self._fork(), network_options, self.faults)
         self.state_checker = StateChecker()
         self.network.observer = self.state_checker.on_reply
-        self.ids = list(range(1, options.nodes + options.proposers + 1))
+        self.ids = list(range(1, options.nodes + options.proposers + options.spares + 1))
         self.acceptor_ids = self.ids[:options.nodes]
+        self.spare_ids = self.ids[options.nodes + options.proposers:]
         self.keys = [f"k{i}" for i in range(options.keys)]
         disk = options.disk
         if options.mutant == "no-fsync":
@@ -316,6 +334,7 @@ class _Simulation:
             self.hosts[i] = host
             self.network.add_host(host)
         self.peers = {i: PeerSpec(i, f"sim://node-{i}") if i in self.acceptor_ids
+                      else PeerSpec(i, f"sim://node-{i}", initial=False) if i in self.spare_ids
                       else PeerSpec(i, f"sim://node-{i}", frozenset({"proposer"}))
                       for i in self.ids}
         self.config = {i: NodeConfig(node_id=i, peers=self.peers, cluster_id=CLUSTER_ID,
@@ -332,7 +351,8 @@ class _Simulation:
         self.clocks = {i: SimClock.draw(clock_rng, now) for i in self.ids}
         self.ttl: TtlWorkload | None = None
         self.rules = NO_PROMISE_CHECK_RULES if options.mutant == "no-promise-check" \
-            else ACCEPTOR_MUTANT_RULES.get(options.mutant or "", AcceptorRules())
+            else ACCEPTOR_MUTANT_RULES.get(options.mutant or "", None) \
+            or NODE_RECONF_MUTANT_RULES.get(options.mutant or "", AcceptorRules())
         self.identity_rules = IDENTITY_MUTANT_RULES.get(options.mutant or "", IdentityRules())
         self.proposer_rules = PROPOSER_MUTANT_RULES.get(options.mutant or "", ProposerRules())
         # Identity faults: a mutant that only they can reveal raises their rates (like
@@ -352,6 +372,11 @@ class _Simulation:
             mismatched_p = 1.0
         if options.mutant == "no-duplicate-check":
             self.duplicate_p = max(self.duplicate_p, 0.05)
+        if options.spares:
+            # The identity checks know epoch 0 only (README, "Limits"): not run with changes.
+            self.disk_loss_p = self.restore_p = self.duplicate_p = mismatched_p = 0.0
+        self.reconf_target: frozenset[int] | None = None
+        """spares: the acceptor set the change in progress moves to (None: none running)."""
         self.shadow_hosts: dict[int, Host] = {}
         """duplicate_id: the shadow host of each node id duplicated so far (reused)."""
         self.shadow_seq = 0
@@ -560,6 +585,78 @@ class _Simulation:
     async def _collect(self, node: RealNode, key: str) -> None:
         if await node.collector.collect(key):
             self.faults["gc_collected"] += 1
+
+    # -------------------------------------------------------------- acceptor-set changes
+
+    async def change_acceptors(self) -> None:
+        """spares: the operator changes the acceptor set at random, one change at a time,
+        each through ``Reconfigurer.drive`` on a random up node, retried on another when
+        that node dies or its driver gives up, until it is done (its own rng: the other
+        faults' draws stay as they were)."""
+        rng = random.Random(f"{self.seed}-reconf")
+        members = set(self.acceptor_ids)
+        spares = list(self.spare_ids)
+        while self.in_safety_phase():
+            await self._sleep_in_safety(
+                rng.expovariate(1000.0 / self.options.reconf_pause_ms_mean))
+            if not self.in_safety_phase():
+                return
+            if spares and (len(members) <= 3 or rng.random() < 0.5):
+                target = frozenset(members | {spares.pop(0)})
+                self.faults["reconf_add"] += 1
+            elif len(members) > 3:
+                target = frozenset(members - {rng.choice(sorted(members))})
+                self.faults["reconf_remove"] += 1
+            else:
+                return  # every spare used and the set at its smallest
+            self.reconf_target = target
+            while self.in_safety_phase():
+                if await self._drive(target, rng):
+                    members = set(target)
+                    self.reconf_target = None
+                    self.faults["reconf_done"] += 1
+                    break
+                await self._sleep_in_safety(rng.uniform(0.1, 1.0))
+
+    async def _drive(self, target: frozenset[int], rng: random.Random) -> bool:
+        """One attempt at driving the set to ``target`` from a random up node; True when
+        that driver saw the change done."""
+        up = [i for i in self.ids if self.hosts[i].up]
+        if not up:
+            return False
+        node_id = rng.choice(up)
+        host = self.hosts[node_id]
+        node = host.node
+        assert node is not None
+        call = host.spawn(node.reconfigurer.drive(target), report_errors=False)
+        await asyncio.wait([call])
+        if call.cancelled():  # its node died under it: the record tells the next driver
+            self.faults["reconf_driver_died"] += 1
+            return False
+        exc = call.exception()
+        if isinstance(exc, (ChangeFailed, Superseded, *_EXPECTED_ERRORS)):
+            self.faults["reconf_driver_gave_up"] += 1
+            return False
+        if exc is not None:
+            self._on_task_error(node_id, exc)
+            return False
+        return True
+
+    async def finish_change(self, deadline: float) -> None:
+        """Liveness: the change in progress at the heal must finish."""
+        target = self.reconf_target
+        if target is None:
+            return
+        loop = asyncio.get_running_loop()
+        rng = random.Random(f"{self.seed}-reconf-finish")
+        while loop.time() < deadline:
+            if await self._drive(target, rng):
+                self.reconf_target = None
+                self.faults["reconf_done"] += 1
+                return
+            await asyncio.sleep(0.5)
+        self.liveness_failures.append(f"the change to acceptors {sorted(target)} never "
+                                      "finished")
 
     async def _fault_crash(self, rng: random.Random) -> None:
         up = [i for i in self.ids if self.hosts[i].up]
@@ -1047,6 +1144,7 @@ class _Simulation:
             self.budget_spent.set()
         faults = self._spawn(self.inject_faults())
         gc_actions = self._spawn(self.gc_actions())
+        changes = self._spawn(self.change_acceptors()) if self.spare_ids else None
         clients = [asyncio.ensure_future(self.client(c, self._fork()))
                    for c in range(self.options.clients)]
         if self.options.ttl:
@@ -1058,12 +1156,14 @@ class _Simulation:
                 await self.budget_spent.wait()
         except TimeoutError:
             pass
-        faults.cancel()
-        gc_actions.cancel()
-        await asyncio.gather(faults, gc_actions, return_exceptions=True)
+        stopped = [faults, gc_actions] + ([changes] if changes is not None else [])
+        for task in stopped:
+            task.cancel()
+        await asyncio.gather(*stopped, return_exceptions=True)
         await self.heal()
         operator = self._spawn(self.operate())
         deadline = loop.time() + self.options.liveness_s_max
+        await self.finish_change(deadline)
         _, pending = await asyncio.wait(clients, timeout=self.options.liveness_s_max)
         for task in pending:
             self.liveness_failures.append("a client did not finish its last operation")
@@ -1106,7 +1206,8 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def run_seed(seed: int, options: SimOptions) -> RunResult:
     """Run one seed to the end and check its history."""
-    logging.getLogger("paxoskv.node").setLevel(logging.CRITICAL)
+    for name in ("paxoskv.node", "paxoskv.reconfigure"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     errors: list[str] = []
 
     async def main() -> _Simulation:
