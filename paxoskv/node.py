@@ -816,7 +816,10 @@ class Node:
         """
         kind = _kind(msg)
         if not self._serves(kind):
-            return Unavailable(msg.key, f"acceptor {self.acceptor_mode}")
+            # A mode that votes in nothing (a rejoin) still holds, durably, the config the
+            # fence adopted: it says which, so an install that adds this acceptor counts it.
+            return Unavailable(msg.key, f"acceptor {self.acceptor_mode}",
+                               epoch if kind == "query" else 0)
         if self._retired:
             return Unavailable(msg.key, f"retired: not an acceptor at epoch {self._view.epoch}")
         if isinstance(msg, Query):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from paxoskv.core.acceptor import FLOOR_BUCKETS, NO_FLOOR, Floor
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.core.messages import Query, QueryReply, Reply, Stale
+from paxoskv.core.messages import Query, QueryReply, Reply, Stale, Unavailable
 from paxoskv.core.reconfig import (
     CONFIG_KEY,
     CatchUp,
@@ -340,8 +340,10 @@ class Reconfigurer:
             node.learn_config(reply.config)
             return reply.config.epoch >= config.epoch
         # Only an answer that names the epoch proves the acceptor holds the config: one
-        # running a release without epochs answers the query all the same, at epoch 0.
-        return isinstance(reply, QueryReply) and reply.epoch >= config.epoch
+        # running a release without epochs answers the query all the same, at epoch 0. An
+        # acceptor in a rejoin answers no query but holds the config it was sent durably,
+        # and says so (``Unavailable.epoch``): it votes in no older epoch either.
+        return isinstance(reply, QueryReply | Unavailable) and reply.epoch >= config.epoch
 
     async def catch_up(self, mid: Config, old: Config) -> None:
         """An identity round under ``mid`` of every key the old accept set's answering

@@ -124,6 +124,11 @@ class Unavailable:
 
     key: str
     reason: str
+    epoch: int = 0
+    """Above 0: the config epoch this acceptor holds, durably, though it votes in nothing
+    now (a rejoin): adopting a config is not a vote, and an install that adds it counts it
+    (paxoskv/reconfigure.py); without it a rejoin waiting for a change to finish and that
+    change waiting for the rejoining acceptor would wait for each other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +316,11 @@ def to_wire(msg: Message, raw: bool = False) -> dict[str, Any]:
             if epoch:
                 out["ep"] = epoch
             return out
-        case Unavailable(key=key, reason=reason):
-            return {"t": "unavailable", "k": key, "r": reason}
+        case Unavailable(key=key, reason=reason, epoch=epoch):
+            out = {"t": "unavailable", "k": key, "r": reason}
+            if epoch:
+                out["ep"] = epoch
+            return out
         case Forward(key=key, change=change, request_id=rid, to_boot=boot):
             return {"t": "forward", "k": key, "c": _change_to_wire(change, raw), "id": rid,
                     "to": boot}
@@ -381,6 +389,16 @@ def _change_from_wire(raw: object) -> ClientChange:
         case "create" if expected is None:
             return Create(payload)
     raise PeerProtocolError(f"unknown change {kind!r}")
+
+
+def _epoch(raw: dict[str, Any], what: str) -> int:
+    """A reply's optional config epoch (``ep``; absent: 0, as from epoch 0 or an older
+    release)."""
+    epoch = raw.get("ep", 0)
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool)
+            and 0 <= epoch <= WIRE_INT_MAX):
+        raise PeerProtocolError(f"{what} 'ep' must be a non-negative integer")
+    return int(epoch)
 
 
 def _ballot(raw: dict[str, Any], field: str) -> Ballot:
@@ -493,16 +511,13 @@ def from_wire(raw: object) -> Message:
         case "query":
             return Query(key)
         case "query_reply":
-            epoch = raw.get("ep", 0)
-            if not (isinstance(epoch, int) and not isinstance(epoch, bool)
-                    and 0 <= epoch <= WIRE_INT_MAX):
-                raise PeerProtocolError("query_reply 'ep' must be a non-negative integer")
+            epoch = _epoch(raw, "query_reply")
             return QueryReply(key, _ballot(raw, "ba"), _value_from_wire(raw.get("v")), epoch)
         case "unavailable":
             reason = raw.get("r")
             if not isinstance(reason, str):
                 raise PeerProtocolError("unavailable reason must be a string")
-            return Unavailable(key, reason)
+            return Unavailable(key, reason, _epoch(raw, "unavailable"))
         case "forward":
             rid, boot = raw.get("id"), raw.get("to")
             if not isinstance(rid, str) or not 1 <= len(rid) <= 200:

@@ -185,7 +185,8 @@ class SimOptions:
     changes the acceptor set at random through the real node's driver
     (``paxoskv/reconfigure.py``): adds a spare, removes a member (never below 3), one change
     at a time, each retried on another node when its driver dies or gives up, under every
-    other fault but the identity ones (their checks are those of epoch 0). 0: no changes."""
+    other fault but old-copy restores, duplicate ids and mismatched memberships (their
+    checks know epoch 0 only). 0: no changes."""
     reconf_pause_ms_mean: float = 1500.0
     """Mean pause (exponential) between one change's end and the next one's start."""
     mutant: str | None = None
@@ -373,8 +374,9 @@ class _Simulation:
         if options.mutant == "no-duplicate-check":
             self.duplicate_p = max(self.duplicate_p, 0.05)
         if options.spares:
-            # The identity checks know epoch 0 only (README, "Limits"): not run with changes.
-            self.disk_loss_p = self.restore_p = self.duplicate_p = mismatched_p = 0.0
+            # Restores of old copies, duplicate ids and mismatched memberships are checked
+            # against epoch 0 only (README, "Limits"): not run with changes. Disk loss is.
+            self.restore_p = self.duplicate_p = mismatched_p = 0.0
         self.reconf_target: frozenset[int] | None = None
         """spares: the acceptor set the change in progress moves to (None: none running)."""
         self.shadow_hosts: dict[int, Host] = {}

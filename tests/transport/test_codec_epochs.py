@@ -15,6 +15,7 @@ from paxoskv.core.messages import (
     Prepare,
     QueryReply,
     Stale,
+    Unavailable,
     config_from_wire,
     to_wire,
 )
@@ -82,17 +83,20 @@ def test_stale_round_trips_with_its_config() -> None:
     assert config_from_wire(END.to_json()) == END
 
 
-def test_a_query_reply_names_its_epoch_only_above_0() -> None:
-    """Goal: the epoch an install counts as proof of adoption crosses the wire (``ep``);
-    at epoch 0 the reply is what it always was, and a malformed ``ep`` is refused."""
-    at0 = QueryReply("k", Ballot(1, 2, 1), Value(1, b"x"))
+@pytest.mark.parametrize("at0", [QueryReply("k", Ballot(1, 2, 1), Value(1, b"x")),
+                                 Unavailable("k", "acceptor catching_up")])
+def test_a_reply_names_its_epoch_only_above_0(at0: QueryReply | Unavailable) -> None:
+    """Goal: the epoch an install counts as proof of adoption crosses the wire (``ep``), on
+    a query's answer and on a rejoining acceptor's refusal; at epoch 0 the reply is what it
+    always was, and a malformed ``ep`` is refused."""
     assert "ep" not in to_wire(at0)
     for reply in (at0, dataclasses.replace(at0, epoch=7)):
         for binary in (True, False):
             assert decode_replies(encode_replies([reply], binary=binary), 1) == [reply]
-    bad = orjson.dumps({"r": [{**to_wire(at0), "ep": -1}]})
-    with pytest.raises(PeerProtocolError):
-        decode_replies(bad, 1)
+    for bad_epoch in (-1, "7", True):
+        bad = orjson.dumps({"r": [{**to_wire(at0), "ep": bad_epoch}]})
+        with pytest.raises(PeerProtocolError):
+            decode_replies(bad, 1)
 
 
 def test_the_floors_endpoint_checks_the_secret_and_the_body() -> None:
