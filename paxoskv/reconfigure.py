@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from paxoskv.core.acceptor import FLOOR_BUCKETS, NO_FLOOR, Floor
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
@@ -66,6 +66,11 @@ ROUND_TRIES: Final = 20
 RETRY_PAUSE_S: Final = 0.2
 DRIVE_TRIES: Final = 20
 """Failed steps (no quorum, a lost CAS race, a timeout) a change survives before it stops."""
+
+
+InstallAnswer = Literal["voting", "holding"] | None
+"""What an install learned of one acceptor: it holds the config and answers ("voting"),
+holds it while in a rejoin ("holding"), or nothing shown (None)."""
 
 
 class Superseded(Exception):
@@ -278,15 +283,23 @@ class Reconfigurer:
         targets = sorted(config.members | previous.members)
         added = config.members - previous.members
         acked: set[int] = set()
+        voting: set[int] = set()
+        """Of ``acked``, those that answered the query: not in a rejoin, so their floors
+        are whole (a rejoining acceptor lists none while it copies its peers')."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + INSTALL_TIMEOUT_S
         while True:
-            pending = [a for a in targets if a not in acked]
+            pending = [a for a in targets if a not in voting]
             replies = await asyncio.gather(*(self._install_one(a, config) for a in pending))
-            acked.update(a for a, ok in zip(pending, replies, strict=True) if ok)
-            if fence_satisfied(previous, acked) and added <= acked:
+            for a, held in zip(pending, replies, strict=True):
+                if held is not None:
+                    acked.add(a)
+                if held == "voting":
+                    voting.add(a)
+            sources = sorted(voting & previous.members)
+            if fence_satisfied(previous, acked) and added <= acked and (sources or not added):
                 if added:
-                    await self._give_floors(sorted(acked & previous.members), sorted(added))
+                    await self._give_floors(sources, sorted(added))
                 log.info("epoch %d installed on %s", config.epoch, sorted(acked))
                 return
             if loop.time() >= give_up:
@@ -319,10 +332,11 @@ class Reconfigurer:
         if items:
             log.info("install: %d bucket floors raised on %s", len(items), targets)
 
-    async def _install_one(self, acceptor_id: int, config: Config) -> bool:
+    async def _install_one(self, acceptor_id: int, config: Config) -> InstallAnswer:
         """Ask one acceptor a question under ``config``: it adopts the config (durably)
         before answering. Holding it or a newer one counts, shown by the epoch its answer
-        names (``QueryReply.epoch``) or by a ``Stale`` refusal."""
+        names (``QueryReply.epoch``: "voting"; ``Unavailable.epoch`` from an acceptor in a
+        rejoin: "holding") or by a ``Stale`` refusal ("voting"); None: not shown."""
         node = self._node
         deadline = asyncio.get_running_loop().time() + node.config.phase_timeout_s
         msg = Query(CONFIG_KEY)
@@ -332,18 +346,22 @@ class Reconfigurer:
                 reply = await node.handle(msg, deadline, config)
             else:
                 if acceptor_id not in node.config.peers:
-                    return False
+                    return None
                 reply = await node.transport.send(acceptor_id, msg, deadline, config)
         except PeerUnreachable:
-            return False
+            return None
         if isinstance(reply, Stale):
             node.learn_config(reply.config)
-            return reply.config.epoch >= config.epoch
+            return "voting" if reply.config.epoch >= config.epoch else None
         # Only an answer that names the epoch proves the acceptor holds the config: one
         # running a release without epochs answers the query all the same, at epoch 0. An
         # acceptor in a rejoin answers no query but holds the config it was sent durably,
         # and says so (``Unavailable.epoch``): it votes in no older epoch either.
-        return isinstance(reply, QueryReply | Unavailable) and reply.epoch >= config.epoch
+        if isinstance(reply, QueryReply) and reply.epoch >= config.epoch:
+            return "voting"
+        if isinstance(reply, Unavailable) and reply.epoch >= config.epoch:
+            return "holding"
+        return None
 
     async def catch_up(self, mid: Config, old: Config) -> None:
         """An identity round under ``mid`` of every key the old accept set's answering
