@@ -9,6 +9,7 @@ the same ordering rule as etcd-raft's ``Ready``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,12 +30,14 @@ from paxoskv.core.register import Value
 
 __all__ = [
     "FLOOR_BUCKETS",
+    "LEGACY_FLOOR_BUCKETS",
     "NO_FLOOR",
     "AcceptorState",
     "CollectStep",
     "Floor",
     "Step",
     "absent_state",
+    "coarsen_floors",
     "floor_bucket",
     "on_accept",
     "on_collect",
@@ -58,11 +61,20 @@ EMPTY_STATE = AcceptorState(Ballot.ZERO, Ballot.ZERO, Value(0, None))
 
 # ------------------------------------------------------------ tombstone collection floors
 
-FLOOR_BUCKETS: Final = 1 << 16
-"""Keys are hashed into this many buckets, each with a durable floor (docs/gc.md). More
-buckets: fewer keys whose first ballot is refused by a floor they never needed, and fewer
-re-created keys whose version jumps past their own tombstone's; each bucket in use costs
-one small row and one entry in memory."""
+FLOOR_BUCKETS: Final = 256
+"""Keys are hashed into this many buckets, each with a durable floor (docs/gc.md). Each
+bucket with a floor costs one row for ever, so few: 256 rows are 2 pages of the database,
+against 1.7 MB for the 65,536 buckets of earlier releases, which alone kept a node that
+had all its keys deleted ten times its empty size. What fewer buckets cost: a fresh key's
+first prepare is refused by a floor it never needed (one round trip) whenever that floor
+is above the proposer's ballot counter; the counter is node-wide and jumps past any refusal,
+so that happens about once per rise of the floors, whatever the bucket count. And a
+re-created key's version jumps to the highest of its bucket, not of its own tombstone.
+Must divide ``LEGACY_FLOOR_BUCKETS`` (``coarsen_floors``)."""
+
+LEGACY_FLOOR_BUCKETS: Final = 1 << 16
+"""The bucket count of releases before: a floor table, or a peer's floor page, that does
+not say its count has this many."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +100,35 @@ class Floor:
 
 NO_FLOOR: Final = Floor(Ballot.ZERO, 0)
 
+assert LEGACY_FLOOR_BUCKETS % FLOOR_BUCKETS == 0
+
 
 def floor_bucket(key: str) -> int:
     """The floor bucket of ``key``: the same on every node and every release."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % FLOOR_BUCKETS
+
+
+def coarsen_floors(floors: Iterable[tuple[int, Floor]], buckets: int
+                   ) -> list[tuple[int, Floor]]:
+    """Floors of a ``buckets``-bucket table as floors of ours, sorted by bucket; ValueError
+    when ``buckets`` is not a multiple of ``FLOOR_BUCKETS``.
+
+    A key's bucket there is its hash mod ``buckets``, and ours is the hash mod
+    ``FLOOR_BUCKETS``, which then equals theirs mod ``FLOOR_BUCKETS``. Each of our buckets
+    takes the highest of the floors that map to it, part by part: at least the floor any of
+    its keys had, so no floor goes down (a higher one only costs a refused first prepare or
+    a larger version jump). The other way, one coarse floor cannot be split back without
+    copying it onto every finer bucket it covers."""
+    if buckets < FLOOR_BUCKETS or buckets % FLOOR_BUCKETS:
+        raise ValueError(f"floors of {buckets} buckets do not map onto {FLOOR_BUCKETS}")
+    out: dict[int, Floor] = {}
+    for bucket, floor in floors:
+        if not 0 <= bucket < buckets:
+            raise ValueError(f"bucket {bucket} out of range for {buckets} buckets")
+        mine = bucket % FLOOR_BUCKETS
+        out[mine] = out.get(mine, NO_FLOOR).merged(floor)
+    return sorted(out.items())
 
 
 def absent_state(floor: Floor) -> AcceptorState:

@@ -35,13 +35,12 @@ from paxoskv.node import Node
 from paxoskv.transport.base import KeyPage, PeerUnreachable
 from paxoskv.transport.codec import (
     Sender,
-    decode_floor_page,
     decode_key_page,
     decode_replies,
     encode_floor_page,
     encode_frame,
-    floor_page_query,
     key_page_query,
+    read_floor_page,
 )
 from paxoskv.transport.server import PeerServer
 
@@ -330,16 +329,18 @@ class SimTransport:
             raise PeerUnreachable(str(exc)) from exc
 
     async def list_floors(self, peer: int, after: int, limit: int) -> list[tuple[int, Floor]]:
-        query = floor_page_query(after, limit)
+        async def fetch(query: dict[str, str]) -> object:
+            async def serve(server: PeerServer) -> tuple[int, bytes]:
+                return await server.floors(_AUTH, query)
 
-        async def serve(server: PeerServer) -> tuple[int, bytes]:
-            return await server.floors(_AUTH, query)
+            status, body = await self._network.call(self._node_id, self._generation, peer,
+                                                    serve)
+            if status != 200:
+                raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
+            return orjson.loads(body)
 
-        status, body = await self._network.call(self._node_id, self._generation, peer, serve)
-        if status != 200:
-            raise PeerUnreachable(f"HTTP {status}: {body[:200]!r}")
         try:
-            return decode_floor_page(orjson.loads(body))
+            return await read_floor_page(fetch, after, limit)
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
+from paxoskv.core.acceptor import FLOOR_BUCKETS, LEGACY_FLOOR_BUCKETS, Floor, coarsen_floors
 from paxoskv.core.ballot import WIRE_INT_MAX, Ballot
 from paxoskv.core.identity import PeerRecord
 from paxoskv.core.messages import (
@@ -46,18 +47,21 @@ __all__ = [
     "channel_request",
     "check_peer_auth",
     "decode_floor_page",
+    "decode_floor_reply",
     "decode_frame",
     "decode_key_page",
     "decode_replies",
     "encode_floor_page",
     "encode_frame",
     "encode_key_page",
+    "encode_legacy_floor_page",
     "encode_replies",
     "floor_page_query",
     "is_binary_frame",
     "key_page_query",
     "parse_channel_reply",
     "parse_channel_request",
+    "read_floor_page",
 ]
 
 AUTH_HEADER = "Authorization"
@@ -333,27 +337,87 @@ FLOOR_PAGE_MAX = 4096
 
 
 def floor_page_query(after: int, limit: int) -> dict[str, str]:
-    """The query of a ``/internal/floors`` request: floors of buckets above ``after``."""
-    return {"after": str(after), "limit": str(limit)}
+    """The query of a ``/internal/floors`` request: floors of buckets above ``after``, in
+    our bucket count (a peer of an earlier release ignores ``buckets`` and answers in its
+    own 65,536: ``read_floor_page``)."""
+    return {"after": str(after), "limit": str(limit), "buckets": str(FLOOR_BUCKETS)}
 
 
 def encode_floor_page(floors: list[tuple[int, Floor]]) -> dict[str, Any]:
+    """Floors of our ``FLOOR_BUCKETS``, under ``bucket_floors`` with the count: a
+    receiver of an earlier release finds no ``floors`` list and refuses the whole page
+    (400), where the old name would have had it raise bucket 5 of 65,536 for bucket 5 of
+    256 and leave the keys of the 255 other buckets it covers without their floor."""
+    return {"buckets": FLOOR_BUCKETS,
+            "bucket_floors": [[bucket, f.ballot.to_wire(), f.version] for bucket, f in floors]}
+
+
+def encode_legacy_floor_page(floors: list[tuple[int, Floor]]) -> dict[str, Any]:
+    """Floors of ``LEGACY_FLOOR_BUCKETS`` in the format of earlier releases, for a peer of
+    one (a request without ``buckets``)."""
     return {"floors": [[bucket, f.ballot.to_wire(), f.version] for bucket, f in floors]}
 
 
-def decode_floor_page(raw: object) -> list[tuple[int, Floor]]:
-    """Parse a ``/internal/floors`` answer; PeerProtocolError on anything malformed."""
-    entries = raw.get("floors") if isinstance(raw, dict) else None
+def decode_floor_reply(raw: object) -> tuple[int, list[tuple[int, Floor]]]:
+    """A floor page as sent: (its bucket count, its floors); PeerProtocolError on anything
+    malformed. A page without a count is of an earlier release (65,536 buckets)."""
+    if isinstance(raw, dict) and "bucket_floors" in raw:
+        buckets, entries = raw.get("buckets"), raw.get("bucket_floors")
+        if type(buckets) is not int or not 1 <= buckets <= LEGACY_FLOOR_BUCKETS:
+            raise PeerProtocolError("floors reply 'buckets' must be a positive integer")
+    else:
+        buckets, entries = LEGACY_FLOOR_BUCKETS, (raw.get("floors")
+                                                  if isinstance(raw, dict) else None)
     if not isinstance(entries, list):
         raise PeerProtocolError("floors reply must be an object with 'floors'")
     out: list[tuple[int, Floor]] = []
     for item in entries:
         if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int
-                and 0 <= item[0] < FLOOR_BUCKETS and type(item[2]) is int
+                and 0 <= item[0] < buckets and type(item[2]) is int
                 and 0 <= item[2] <= WIRE_INT_MAX):
             raise PeerProtocolError("floors reply entries must be [bucket, ballot, version]")
         try:
             out.append((item[0], Floor(Ballot.from_wire(item[1]), item[2])))
         except ValueError as exc:
             raise PeerProtocolError(f"floors reply ballot: {exc}") from exc
-    return out
+    return buckets, out
+
+
+def decode_floor_page(raw: object) -> list[tuple[int, Floor]]:
+    """A floor page as floors of our buckets (``coarsen_floors``); PeerProtocolError on
+    anything malformed, or from a peer whose bucket count does not fold onto ours."""
+    buckets, floors = decode_floor_reply(raw)
+    if buckets == FLOOR_BUCKETS:
+        return floors
+    try:
+        return coarsen_floors(floors, buckets)
+    except ValueError as exc:
+        raise PeerProtocolError(f"floors reply: {exc}; upgrade every member") from exc
+
+
+async def read_floor_page(fetch: Callable[[dict[str, str]], Awaitable[object]], after: int,
+                          limit: int) -> list[tuple[int, Floor]]:
+    """Up to ``limit`` of a peer's floors above our bucket ``after``, ``fetch`` sending one
+    ``/internal/floors`` query and returning the decoded JSON. A peer of an earlier release
+    answers in its 65,536 buckets, whatever we asked: all its pages are read and folded
+    into ours (``coarsen_floors``), since any of them may raise any of our buckets."""
+    buckets, floors = decode_floor_reply(await fetch(floor_page_query(after, limit)))
+    if buckets == FLOOR_BUCKETS:
+        return floors
+    every, asked = list(floors), limit
+    for _ in range(buckets // min(limit, FLOOR_PAGE_MAX) + 2):
+        if len(floors) < asked or not floors:
+            break
+        asked = FLOOR_PAGE_MAX
+        more = await fetch(floor_page_query(floors[-1][0], asked))
+        page_buckets, floors = decode_floor_reply(more)
+        if page_buckets != buckets:
+            raise PeerProtocolError("floors reply changed its bucket count between pages")
+        every.extend(floors)
+    else:
+        raise PeerProtocolError("floors reply did not end")
+    try:
+        folded = coarsen_floors(every, buckets)
+    except ValueError as exc:
+        raise PeerProtocolError(f"floors reply: {exc}; upgrade every member") from exc
+    return [(b, f) for b, f in folded if b > after][:limit]

@@ -29,13 +29,12 @@ from paxoskv.transport.base import KeyPage, PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import (
     AUTH_HEADER,
     Sender,
-    decode_floor_page,
     decode_key_page,
     decode_replies,
     encode_floor_page,
     encode_frame,
-    floor_page_query,
     key_page_query,
+    read_floor_page,
 )
 
 __all__ = ["QUEUE_MESSAGES_MAX", "HttpTransport"]
@@ -286,10 +285,11 @@ class HttpTransport:
             raise PeerUnreachable(str(exc)) from exc
 
     async def list_floors(self, peer: int, after: int, limit: int) -> list[tuple[int, Floor]]:
-        result = await self._json_call(peer, "GET", "/internal/floors",
-                                       params=floor_page_query(after, limit))
+        async def fetch(query: dict[str, str]) -> object:
+            return await self._json_call(peer, "GET", "/internal/floors", params=query)
+
         try:
-            return decode_floor_page(result)
+            return await read_floor_page(fetch, after, limit)
         except PeerProtocolError as exc:
             raise PeerUnreachable(str(exc)) from exc
 

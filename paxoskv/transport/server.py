@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import HttpVersion11, WSCloseCode, WSMsgType, web
 
-from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
+from paxoskv.core.acceptor import FLOOR_BUCKETS, LEGACY_FLOOR_BUCKETS, Floor
 from paxoskv.core.messages import REPLY_TYPES, PeerProtocolError, Reply, Request
 from paxoskv.core.reconfig import Config
 from paxoskv.limits import KEYS_PAGE_MAX, Limits
@@ -36,9 +36,11 @@ from paxoskv.transport.codec import (
     channel_reply,
     check_peer_auth,
     decode_floor_page,
+    decode_floor_reply,
     decode_frame,
     encode_floor_page,
     encode_key_page,
+    encode_legacy_floor_page,
     encode_replies,
     is_binary_frame,
     parse_channel_request,
@@ -190,17 +192,25 @@ class PeerServer:
         if not self._authorized(auth):
             return _error(401, "unauthorized", "peer credentials missing or wrong")
         raw_after, raw_limit = query.get("after", "-1"), query.get("limit", "")
+        # A peer of an earlier release sends no "buckets": it gets our floors copied onto
+        # its 65,536 buckets, in its format (``_legacy_floor_page``).
+        buckets = FLOOR_BUCKETS if "buckets" in query else LEGACY_FLOOR_BUCKETS
         try:
             after, limit = int(raw_after), int(raw_limit)
         except ValueError:
             after = limit = -2
-        if not (-1 <= after < FLOOR_BUCKETS and 1 <= limit <= FLOOR_PAGE_MAX):
-            return _error(400, "bad_request", f"after must be within -1..{FLOOR_BUCKETS - 1} "
+        if not (-1 <= after < buckets and 1 <= limit <= FLOOR_PAGE_MAX):
+            return _error(400, "bad_request", f"after must be within -1..{buckets - 1} "
                                               f"and limit within 1..{FLOOR_PAGE_MAX}")
-        found = self._handler.floor_page(after, limit)
-        if found is None:
+        if buckets == FLOOR_BUCKETS:
+            found = self._handler.floor_page(after, limit)
+            if found is None:
+                return _error(503, "not_acceptor", "this node is not serving as an acceptor")
+            return _json(200, encode_floor_page(found))
+        ours = self._handler.floor_page(-1, FLOOR_BUCKETS)
+        if ours is None:
             return _error(503, "not_acceptor", "this node is not serving as an acceptor")
-        return _json(200, encode_floor_page(found))
+        return _json(200, encode_legacy_floor_page(_legacy_floor_page(ours, after, limit)))
 
     async def raise_floors(self, auth: str | None, body: bytes) -> Answer:
         """Bucket floors an acceptor-set change brings to an acceptor it adds
@@ -208,14 +218,18 @@ class PeerServer:
         if not self._authorized(auth):
             return _error(401, "unauthorized", "peer credentials missing or wrong")
         try:
-            floors = decode_floor_page(orjson.loads(body))
+            raw = orjson.loads(body)
+            sent = len(decode_floor_reply(raw)[1])
+            floors = decode_floor_page(raw)
         except (orjson.JSONDecodeError, PeerProtocolError) as exc:
             return _error(400, "bad_request", f"floors: {exc}")
-        if len(floors) > FLOOR_PAGE_MAX:
+        if sent > FLOOR_PAGE_MAX:
             return _error(400, "bad_request", f"at most {FLOOR_PAGE_MAX} floors at once")
         if not await self._handler.install_floors(floors):
             return _error(503, "not_acceptor", "this node is no acceptor of its config")
-        return _json(200, {"raised": len(floors)})
+        # The count sent, which its sender checks: an earlier release's page of 65,536
+        # buckets may fold into fewer of ours.
+        return _json(200, {"raised": sent})
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the endpoints on an aiohttp application (the real server)."""
@@ -324,3 +338,20 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
         request.writer.output_size = 0
         return None
     return _response(_error(417, "expectation_failed", "only Expect: 100-continue is supported"))
+
+
+def _legacy_floor_page(ours: list[tuple[int, Floor]], after: int, limit: int
+                       ) -> list[tuple[int, Floor]]:
+    """Our floors as floors of ``LEGACY_FLOOR_BUCKETS``, buckets above ``after``, at most
+    ``limit``: each of its buckets takes the floor of ours it maps into (its number mod
+    ours), which is at least what its own floor would have been, since ours took the
+    highest of every key that maps to it."""
+    floors = dict(ours)
+    out: list[tuple[int, Floor]] = []
+    for bucket in range(after + 1, LEGACY_FLOOR_BUCKETS):
+        floor = floors.get(bucket % FLOOR_BUCKETS)
+        if floor is not None:
+            out.append((bucket, floor))
+            if len(out) == limit:
+                break
+    return out

@@ -157,7 +157,8 @@ def test_buckets_are_stable_and_spread() -> None:
     """Goal: every node and release hashes a key to the same bucket (floors are durable)."""
     assert floor_bucket("k0") == floor_bucket("k0")
     assert all(0 <= floor_bucket(f"key{i}") < FLOOR_BUCKETS for i in range(100))
-    assert len({floor_bucket(f"key{i}") for i in range(100)}) > 90
+    # 256 buckets: 100 keys fall into about 83 of them
+    assert len({floor_bucket(f"key{i}") for i in range(100)}) > 70
     # The simulator's keys each have a bucket of their own, so its histories keep exact
     # versions (a shared floor makes a re-created key jump, docs/gc.md).
     assert len({floor_bucket(f"k{i}") for i in range(6)}) == 6

@@ -197,13 +197,95 @@ def test_floor_pages_round_trip_and_refuse_garbage() -> None:
 
     Method: encode a page through JSON and decode it; then decode answers with a bucket out
     of range, a negative version, a bad ballot and a missing list."""
-    from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
+    from paxoskv.core.acceptor import FLOOR_BUCKETS, LEGACY_FLOOR_BUCKETS, Floor
     from paxoskv.transport.codec import decode_floor_page, encode_floor_page
 
     page = [(0, Floor(Ballot(3, 1, 2), 7)), (FLOOR_BUCKETS - 1, Floor(Ballot(9, 2, 1, 4), 0))]
     assert decode_floor_page(orjson.loads(orjson.dumps(encode_floor_page(page)))) == page
-    for bad in ({"floors": [[FLOOR_BUCKETS, [1, 1, 1], 1]]}, {"floors": [[1, [1, 1, 1], -1]]},
+    for bad in ({"floors": [[LEGACY_FLOOR_BUCKETS, [1, 1, 1], 1]]},
+                {"buckets": FLOOR_BUCKETS, "bucket_floors": [[FLOOR_BUCKETS, [1, 1, 1], 1]]},
+                {"buckets": 0, "bucket_floors": []}, {"buckets": "256", "bucket_floors": []},
+                {"floors": [[1, [1, 1, 1], -1]]},
                 {"floors": [[1, [1, -1, 1], 1]]}, {"floors": [[True, [1, 1, 1], 1]]},
                 {"floors": None}, []):
         with pytest.raises(PeerProtocolError):
             decode_floor_page(bad)
+
+
+def test_floor_pages_of_another_bucket_count_only_ever_raise_floors() -> None:
+    """Goal: mixed releases never make a floor go down or land on the wrong keys. An
+    earlier release's page (65,536 buckets, no count) folds into ours, each bucket the
+    highest of those mapping to it; a count that does not fold onto ours is refused; and
+    our page is one an earlier release's decoder refuses (no ``floors`` list), rather than
+    reading our bucket 5 as its bucket 5 of 65,536.
+
+    Method: decode a legacy page whose buckets 5 and 5 + 256 * 3 map onto our bucket 5;
+    decode a page of 100 buckets; look at what we send."""
+    from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor, floor_bucket
+    from paxoskv.transport.codec import decode_floor_page, encode_floor_page
+
+    low, high = Floor(Ballot(9, 1, 1), 2), Floor(Ballot(4, 2, 1), 30)
+    legacy = {"floors": [[5, low.ballot.to_wire(), low.version],
+                         [5 + FLOOR_BUCKETS * 3, high.ballot.to_wire(), high.version]]}
+    assert decode_floor_page(legacy) == [(5, Floor(Ballot(9, 1, 1), 30))]
+    with pytest.raises(PeerProtocolError, match="upgrade"):
+        decode_floor_page({"buckets": 100, "bucket_floors": [[5, [1, 1, 1], 1]]})
+    sent = encode_floor_page([(5, low)])
+    assert "floors" not in sent and sent["buckets"] == FLOOR_BUCKETS
+    # the fold is the key's own bucket: its hash mod 65,536, then mod ours
+    import hashlib
+    digest = hashlib.blake2b(b"some-key", digest_size=8).digest()
+    assert int.from_bytes(digest, "big") % (1 << 16) % FLOOR_BUCKETS == floor_bucket("some-key")
+
+
+def test_an_earlier_release_asking_for_floors_gets_them_on_its_buckets() -> None:
+    """Goal: a rejoining acceptor of an earlier release (65,536 buckets, no ``buckets`` in
+    its query) copies, for each of its buckets, a floor at least what its own would be:
+    the floor of ours its bucket maps into. Paging by its bucket numbers works.
+
+    Method: call the server's handler with a fake acceptor holding floors of our buckets 0
+    and 7, page through with a limit of 300, and check every returned bucket."""
+
+    from paxoskv.core.acceptor import FLOOR_BUCKETS, LEGACY_FLOOR_BUCKETS, Floor
+    from paxoskv.transport.codec import decode_floor_reply
+    from paxoskv.transport.server import _legacy_floor_page
+
+    ours = [(0, Floor(Ballot(3, 1, 1), 4)), (7, Floor(Ballot(5, 2, 1), 9))]
+    got, after = [], -1
+    for _ in range(LEGACY_FLOOR_BUCKETS):
+        page = _legacy_floor_page(ours, after, 300)
+        buckets, floors = decode_floor_reply({"floors": [[b, f.ballot.to_wire(), f.version]
+                                                         for b, f in page]})
+        assert buckets == LEGACY_FLOOR_BUCKETS
+        got.extend(floors)
+        if len(page) < 300:
+            break
+        after = page[-1][0]
+    assert len(got) == 2 * LEGACY_FLOOR_BUCKETS // FLOOR_BUCKETS
+    assert all(f == dict(ours)[b % FLOOR_BUCKETS] for b, f in got)
+
+
+def test_floors_read_from_an_earlier_release_are_folded_from_all_its_pages() -> None:
+    """Goal: copying floors from a peer of an earlier release (which ignores ``buckets``
+    and answers in 65,536 buckets, 4,096 a page) reads every page, since any of them may
+    raise any of our buckets, and folds them (highest wins).
+
+    Method: a fake peer with a floor on each of its 65,536 buckets, version = bucket."""
+    import asyncio
+
+    from paxoskv.core.acceptor import FLOOR_BUCKETS, LEGACY_FLOOR_BUCKETS, Floor
+    from paxoskv.transport.codec import read_floor_page
+
+    asked: list[dict[str, str]] = []
+
+    async def fetch(query: dict[str, str]) -> object:
+        asked.append(query)
+        after, limit = int(query["after"]), int(query["limit"])
+        top = min(LEGACY_FLOOR_BUCKETS, after + 1 + limit)
+        return {"floors": [[b, [1, 1, 1], b] for b in range(after + 1, top)]}
+
+    got = asyncio.run(read_floor_page(fetch, -1, 4096))
+    assert len(got) == FLOOR_BUCKETS and len(asked) == LEGACY_FLOOR_BUCKETS // 4096 + 1
+    assert all(f == Floor(Ballot(1, 1, 1), LEGACY_FLOOR_BUCKETS - FLOOR_BUCKETS + b)
+               for b, f in got)
+    assert asyncio.run(read_floor_page(fetch, 10, 2))[0][0] == 11

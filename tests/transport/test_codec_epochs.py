@@ -133,3 +133,33 @@ def test_the_floors_endpoint_checks_the_secret_and_the_body() -> None:
         handler.member = False
         assert (await server.raise_floors("Bearer s3cret", body))[0] == 503
     asyncio.run(run())
+
+
+def test_floors_posted_by_an_earlier_release_are_folded_and_counted_as_sent() -> None:
+    """Goal: an acceptor-set change driven by a node of an earlier release (65,536
+    buckets, no count in its page) raises, on an upgraded acceptor, each of our buckets
+    to the highest of its floors that map there, and is answered with the count it sent
+    (which its sender checks), not the fewer buckets they fold into."""
+    import asyncio
+    from typing import Any
+
+    from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor
+    from paxoskv.transport.server import PeerServer
+
+    class Handler:
+        def __init__(self) -> None:
+            self.raised: list[tuple[int, Floor]] = []
+
+        async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
+            self.raised.extend(floors)
+            return True
+
+    async def run() -> None:
+        handler = Handler()
+        server = PeerServer(handler, "s3cret")  # type: ignore[arg-type]
+        body = orjson.dumps({"floors": [[3, [9, 1, 1], 1], [3 + FLOOR_BUCKETS, [2, 1, 1], 8],
+                                        [4, [1, 1, 1], 1]]})
+        ok: Any = await server.raise_floors("Bearer s3cret", body)
+        assert ok[0] == 200 and orjson.loads(ok[1]) == {"raised": 3}
+        assert handler.raised == [(3, Floor(Ballot(9, 1, 1), 8)), (4, Floor(Ballot(1, 1, 1), 1))]
+    asyncio.run(run())
