@@ -366,6 +366,7 @@ class SqliteStorage:
         self._done: collections.deque[_Done] = collections.deque()
         self._ended = 0  # writer thread only
         self._ended_at_maintain = -1  # writer thread only: batches ended at the last look
+        self._ended_at = 0.0  # writer thread only: when the last batch ended (monotonic)
         self._applied = 0
         self._applied_cond = threading.Condition()
         self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
@@ -629,6 +630,7 @@ class SqliteStorage:
                 self._removed_since_release += removed
             self._done.append(_Done(batch, error, inserted, removed))
             self._ended += 1
+            self._ended_at = time.monotonic()
             self._report()
 
     def _report(self) -> None:
@@ -644,19 +646,22 @@ class SqliteStorage:
         map to it (``coarsen_floors``: no floor goes down), in one transaction, so a crash
         leaves the old table or the new one, never a mix or a gap. Rows that check under
         neither count are CorruptRecord."""
-        rows = self._conn.execute(f"SELECT {_FLOOR_COLUMNS} FROM gc_floors").fetchall()
-        legacy: list[tuple[int, Floor]] = []
-        current: list[tuple[int, Floor]] = []
-        for row in rows:
-            try:
-                current.append(_floor_from_row(row))
-            except CorruptRecord:
-                legacy.append(_floor_from_row(row, LEGACY_FLOOR_BUCKETS))
-        if not legacy:
-            return
-        folded = coarsen_floors([*legacy, *current], LEGACY_FLOOR_BUCKETS)
+        # Read inside the transaction: a floor written between the read and the DELETE
+        # (another process on the same directory) would otherwise go down.
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            rows = self._conn.execute(f"SELECT {_FLOOR_COLUMNS} FROM gc_floors").fetchall()
+            legacy: list[tuple[int, Floor]] = []
+            current: list[tuple[int, Floor]] = []
+            for row in rows:
+                try:
+                    current.append(_floor_from_row(row))
+                except CorruptRecord:
+                    legacy.append(_floor_from_row(row, LEGACY_FLOOR_BUCKETS))
+            if not legacy:
+                self._conn.execute("COMMIT")
+                return
+            folded = coarsen_floors([*legacy, *current], LEGACY_FLOOR_BUCKETS)
             self._conn.execute("DELETE FROM gc_floors")
             self._conn.executemany(
                 f"INSERT INTO gc_floors({_FLOOR_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
@@ -691,8 +696,12 @@ class SqliteStorage:
         then a TRUNCATE checkpoint, which shrinks the database file in WAL mode and empties
         the WAL the steps went through. Each step is its own transaction with no acceptor state in
         it, so a batch waits for at most one step, and a failed step loses nothing."""
-        self._maintain_at = time.monotonic() + self._maintain_interval_s
-        idle = self._ended == self._ended_at_maintain
+        now = time.monotonic()
+        self._maintain_at = now + self._maintain_interval_s
+        # Idle: nothing ended for a whole interval. Not merely since the last look: while
+        # trimming, looks come every VACUUM_STEP_PAUSE_S, between the batches of a load.
+        idle = self._ended == self._ended_at_maintain \
+            and now - self._ended_at >= self._maintain_interval_s
         self._ended_at_maintain = self._ended
         if not self._incremental and not idle:
             return
@@ -748,8 +757,9 @@ class SqliteStorage:
     def _release_memory(self) -> None:
         """Writer thread, idle after many rows were removed: have SQLite free the page
         caches of both connections (``PRAGMA shrink_memory``; the reader's on the loop,
-        which owns it), then give the C heap's free pages back (``release_c_heap``). Once
-        per burst of collections, never on a request's path."""
+        which owns it), then give the C heap's free pages back (``release_c_heap``, here:
+        it walks every arena, a quarter of a second on a large heap, which on the loop
+        would stall every request). Once per burst of collections."""
         self._removed_since_release = 0
         try:
             self._conn.execute("PRAGMA shrink_memory").fetchall()
@@ -759,17 +769,14 @@ class SqliteStorage:
         with contextlib.suppress(RuntimeError):  # closed meanwhile
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(self._shrink_reader)
-                return
         release_c_heap()
         self.memory_releases += 1
 
     def _shrink_reader(self) -> None:
-        """On the loop (``_release_memory``)."""
+        """On the loop (``_release_memory``): the reader's page cache only."""
         if not self._closed:
             with contextlib.suppress(sqlite3.Error):
                 self._reader.execute("PRAGMA shrink_memory").fetchall()
-        release_c_heap()
-        self.memory_releases += 1
 
     def _truncate_idle_wal(self) -> None:
         """Writer thread, nothing committed since the last look: empty a large WAL

@@ -826,6 +826,44 @@ def test_an_idle_writer_releases_memory_after_many_collections(
     asyncio.run(run())
 
 
+def test_a_writer_that_keeps_committing_while_trimming_is_not_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: the idle-only work (memory release, WAL truncation) waits until the writer
+    has been idle for a whole maintenance interval. While free pages go back, the writer
+    looks every VACUUM_STEP_PAUSE_S; a look that only compared batch counts called a node
+    "idle" between two writes of a steady load, and released memory under it.
+
+    Method: 4,000 rows of 400 bytes saved, deleted and collected (trimming starts, more
+    than 1 MiB free) with a 0.5 s interval, then one write every 0.12 s for 2.5 s: no
+    release during the writes; one within 5 s after them."""
+    import paxoskv.storage.sqlite as mod
+    from paxoskv.core.acceptor import Floor
+
+    monkeypatch.setattr(mod, "release_c_heap", lambda: True)
+    tomb = AcceptorState(Ballot(9, 2, 1), Ballot(9, 2, 1), Value(7, None, (("d", 7),)))
+
+    async def run() -> tuple[int, int]:
+        s = SqliteStorage(tmp_path, maintain_interval_s=0.5)
+        keys = [f"k{i}" for i in range(4000)]
+        await asyncio.gather(*(s.save(k, _st(1, b"v" * 400)) for k in keys))
+        await asyncio.gather(*(s.save(k, tomb) for k in keys))
+        await asyncio.gather(*(s.collect(k, Floor(Ballot(9, 2, 1), 7)) for k in keys))
+        during = 0
+        for i in range(21):
+            await s.save(f"steady{i}", _st(1, b"s"))
+            during = max(during, s.memory_releases)
+            await asyncio.sleep(0.12)
+        for _ in range(100):
+            if s.memory_releases:
+                break
+            await asyncio.sleep(0.05)
+        after = s.memory_releases
+        await s.close()
+        return during, after
+    during, after = asyncio.run(run())
+    assert (during, after) == (0, 1), (during, after)
+
+
 def test_an_idle_node_gives_back_free_pages_below_the_trim_threshold(tmp_path: Path) -> None:
     """Goal: once writes stop, the free pages a collection left go back to the volume and
     the WAL is emptied, even when they are fewer than the threshold at which trimming
