@@ -8,6 +8,7 @@ workload), so the suite works the same on kind and on the host-process cluster o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from chart_values import (
     restore_values,
 )
 from kube import FULLNAME, METRICS_PORT, PORT, RELEASE, Kube
+from kubernetes.client.rest import ApiException
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.check import History, check, write_report
@@ -44,7 +46,8 @@ from paxoskv.check import History
 from paxoskv.chaos.workload import Workload, WorkloadOptions
 url, duration, seed = {url!r}, {duration}, {seed}
 history = History()
-work = Workload({{1: url}}, history, seed, WorkloadOptions(clients={clients}, keys=20, hot_keys=5))
+work = Workload({{1: url}}, history, seed, WorkloadOptions(clients={clients}, keys=20, hot_keys=5,
+                                                          key_prefix={prefix!r}))
 async def main():
     await work.run(duration)
     for key in work.all_keys():
@@ -198,7 +201,8 @@ def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
     linearizable (project checker) and every acknowledged write is read back."""
     k = release
     duration = int(os.environ.get("PAXOSKV_E2E_LOAD_SECONDS", "75"))
-    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=4, clients=6)
+    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=4, clients=6,
+                             prefix="e2e4-")
     pod = k.run_pod("e2e-workload", script, duration + 300)
     k.wait("workload running", lambda: (
         k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
@@ -494,14 +498,32 @@ def test_8_scaling_follows_the_replica_count_under_load_and_kills(release: Kube)
     `helm upgrade --set replicas=5` and back to 3 do the same without rolling a pod (the
     pod template does not depend on the count)."""
     k = release
+    try:
+        _scale_3_5_3(k)
+    finally:
+        # The later steps start from three pods and three volumes, whatever happened here.
+        k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": 3}})
+        for ordinal in (3, 4):
+            with contextlib.suppress(ApiException):
+                k.core.delete_namespaced_persistent_volume_claim(f"data-{FULLNAME}-{ordinal}",
+                                                                 k.ns)
+        k.wait("volumes of ordinals 3 and 4 gone", lambda: (
+            len(k.core.list_namespaced_persistent_volume_claim(k.ns).items) == 3, "pvcs"), 300)
+    k.print_state("after scaling 3 -> 5 -> 3 twice")
+
+
+def _scale_3_5_3(k: Kube) -> None:
+    """Step 8's body (the step itself cleans up after it, passed or not)."""
     started = time.monotonic()
     # Some keys, so each change's catch-up has work to do (a window to kill a pod in).
     k.exec(f"{FULLNAME}-0", ["sh", "-c", "PAXOSKV_TOKEN=" + shlex.quote(k.admin_token())
                              + " python3 -c " + shlex.quote(FILL.format(
                                  url=k.service_url(), n=500))])
-    uids = k.pod_uids()
     duration = int(os.environ.get("PAXOSKV_E2E_SCALE_SECONDS", "180"))
-    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=8, clients=4)
+    # Keys of their own: step 4's workload wrote k000... and once-c... (the checker starts
+    # each key from absent).
+    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=8, clients=4,
+                             prefix="e2e8-")
     pod = k.run_pod("e2e-workload-8", script, duration + 300)
     k.wait("workload running", lambda: (
         k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
@@ -540,14 +562,8 @@ def test_8_scaling_follows_the_replica_count_under_load_and_kills(release: Kube)
                        ("e2e/fill/0499", "x" * 64)):
         got = k.cli(f"{FULLNAME}-2", "get", key, "--url", k.service_url())
         assert got == value, (key, got)
-    # The later steps start from three pods and three volumes.
-    for ordinal in (3, 4):
-        k.core.delete_namespaced_persistent_volume_claim(f"data-{FULLNAME}-{ordinal}", k.ns)
-    k.wait("volumes of ordinals 3 and 4 gone", lambda: (
-        len(k.core.list_namespaced_persistent_volume_claim(k.ns).items) == 3, "pvcs"), 300)
     print(f"e2e: helm upgrade replicas=5 in {helm_grow_s:.0f}s, back to 3 in "
           f"{helm_shrink_s:.0f}s, no pod rolled; step took {time.monotonic() - started:.0f}s")
-    k.print_state("after scaling 3 -> 5 -> 3 twice")
 
 
 def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
