@@ -21,12 +21,13 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt build/docker-ca-bundle.cr[t] ./
 # Dependencies first, from pyproject.toml alone, so editing the code does not reinstall them:
 # install a stub package with the real metadata, then replace it with the real one below.
-# constraints.txt pins every runtime dependency to the versions tested together.
+# constraints.txt pins every runtime dependency to the versions tested together. The k8s extra
+# (the `kubernetes` client) is for --follow-replicas, which the chart turns on.
 RUN python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
  && if [ -f docker-ca-bundle.crt ]; then export PIP_CERT=/src/docker-ca-bundle.crt; fi \
  && python3 -m venv /opt/paxoskv \
  && mkdir -p paxoskv && touch paxoskv/__init__.py README.md \
- && /opt/paxoskv/bin/pip install -q -c constraints.txt . \
+ && /opt/paxoskv/bin/pip install -q -c constraints.txt '.[k8s]' \
  && /opt/paxoskv/bin/pip uninstall -q -y paxoskv \
  && rm -rf paxoskv build *.egg-info
 COPY . .

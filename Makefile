@@ -59,7 +59,7 @@ lock:
 	rm -rf build/lock-venv && mkdir -p build
 	$(PYTHON) -m venv build/lock-venv
 	build/lock-venv/bin/pip install -q --upgrade pip
-	build/lock-venv/bin/pip install -q .
+	build/lock-venv/bin/pip install -q '.[k8s]'
 	sed -n '/^#/p' constraints.txt > build/constraints.new
 	build/lock-venv/bin/pip freeze --exclude paxoskv >> build/constraints.new
 	mv build/constraints.new constraints.txt

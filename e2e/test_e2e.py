@@ -8,9 +8,11 @@ workload), so the suite works the same on kind and on the host-process cluster o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import time
@@ -30,6 +32,7 @@ from chart_values import (
     restore_values,
 )
 from kube import FULLNAME, METRICS_PORT, PORT, RELEASE, Kube
+from kubernetes.client.rest import ApiException
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.check import History, check, write_report
@@ -43,7 +46,8 @@ from paxoskv.check import History
 from paxoskv.chaos.workload import Workload, WorkloadOptions
 url, duration, seed = {url!r}, {duration}, {seed}
 history = History()
-work = Workload({{1: url}}, history, seed, WorkloadOptions(clients={clients}, keys=20, hot_keys=5))
+work = Workload({{1: url}}, history, seed, WorkloadOptions(clients={clients}, keys=20, hot_keys=5,
+                                                          key_prefix={prefix!r}))
 async def main():
     await work.run(duration)
     for key in work.all_keys():
@@ -146,7 +150,9 @@ def test_1_install_and_rollout(release: Kube) -> None:
     status = json.loads(k.cli(f"{FULLNAME}-0", "status", "--url", k.local_url()))
     assert status["quorum"]["reachable"] is True
     assert status["quorum"]["size"] == 2
-    assert all(p["up"] for p in status["peers"].values()), status["peers"]
+    # ordinals 0..2 of the 7 the peer list names (maxReplicas): the others have no pod
+    assert all(status["peers"][str(i)]["up"] for i in (2, 3)), status["peers"]
+    assert status["scaler"]["state"] == "in_sync", status["scaler"]
 
 
 def test_2_put_get_via_service_and_every_pod(release: Kube) -> None:
@@ -195,7 +201,8 @@ def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
     linearizable (project checker) and every acknowledged write is read back."""
     k = release
     duration = int(os.environ.get("PAXOSKV_E2E_LOAD_SECONDS", "75"))
-    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=4, clients=6)
+    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=4, clients=6,
+                             prefix="e2e4-")
     pod = k.run_pod("e2e-workload", script, duration + 300)
     k.wait("workload running", lambda: (
         k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
@@ -422,33 +429,144 @@ def test_7_prometheus_scrapes_and_every_query_works(release: Kube, tmp_path: Pat
         log.close()
 
 
-def test_8_scale_down_is_refused_and_loses_nothing(release: Kube) -> None:
-    """Goal: shrinking the acceptor set through the chart is refused; a StatefulSet scaled
-    down behind the chart's back keeps serving on the configured quorum, and scaling back
-    up returns the pod with its data (no acknowledged write lost)."""
+FILL = """
+import os
+from paxoskv.client import Client
+env = os.environ
+client = Client({url!r}, token=env["PAXOSKV_TOKEN"], ca_file=env.get("PAXOSKV_CACERT"))
+for i in range({n}):
+    client.put(f"e2e/fill/{{i:04d}}", b"x" * 64)
+print("FILLED {n}")
+"""
+
+
+def _follower(k: Kube, pod: str) -> dict[str, Any]:
+    """What ``pod`` says of the acceptor set: its held config, its driver, its scaler (a
+    pod that is restarting says nothing: state "unreachable")."""
+    try:
+        status = json.loads(k.cli(pod, "status", "--url", k.local_url()))
+        return {"scaler": status["scaler"], "config": status["acceptor_config"],
+                "driving": status["reconfiguration"]["running"]}
+    except Exception as exc:  # exec into a pod being made again, or no answer yet
+        return {"scaler": {"state": "unreachable", "detail": f"{type(exc).__name__}: "
+                           f"{str(exc)[:120]}", "replicas": None},
+                "config": {"epoch": None, "prepare": None, "accept": None}, "driving": False}
+
+
+def _scale_to(k: Kube, replicas: int) -> None:
+    """``kubectl scale`` through the API: the scale subresource of the StatefulSet."""
+    print(f"e2e: scaling the StatefulSet to {replicas}")
+    k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": replicas}})
+
+
+def _wait_changing(k: Kube, replicas: int) -> None:
+    """Until pod 0 (the driver: the lowest id of the config) is driving toward ``replicas``."""
+    def check() -> tuple[bool, str]:
+        f = _follower(k, f"{FULLNAME}-0")
+        seen = f["scaler"]["replicas"] == replicas and (
+            f["scaler"]["state"] == "changing" or f["driving"])
+        return seen, f"scaler {f['scaler']['state']} ({f['scaler']['detail']})"
+    k.wait(f"a change toward {replicas} acceptors running", check, 300, interval_s=0.5)
+
+
+def _wait_acceptors(k: Kube, replicas: int, timeout_s: float = 420) -> float:
+    """Until the driver read the record by a round and found it STABLE with ordinals
+    0..replicas-1 (scaler in_sync), and holds that config itself."""
+    want = list(range(1, replicas + 1))
+
+    def check() -> tuple[bool, str]:
+        f = _follower(k, f"{FULLNAME}-0")
+        cfg, sc = f["config"], f["scaler"]
+        ok = (sc["state"] == "in_sync" and sc["replicas"] == replicas
+              and cfg["prepare"] == want and cfg["accept"] == want)
+        return ok, (f"scaler {sc['state']} ({sc['detail']}), epoch {cfg['epoch']} prepare "
+                    f"{cfg['prepare']} accept {cfg['accept']}")
+    return k.wait(f"acceptor set = ordinals 0..{replicas - 1}", check, timeout_s)
+
+
+def _kill(k: Kube, pod: str) -> None:
+    """kill -9 of a pod: deleted with no grace period (`kubectl delete --force
+    --grace-period=0`); the StatefulSet makes it again on the same volume."""
+    print(f"e2e: killing {pod} (grace period 0)")
+    k.core.delete_namespaced_pod(pod, k.ns, grace_period_seconds=0)
+
+
+def test_8_scaling_follows_the_replica_count_under_load_and_kills(release: Kube) -> None:
+    """Goal: `kubectl scale` 3 -> 5 -> 3 changes the acceptor set to match, one acceptor at
+    a time, while clients write and read and one pod is killed (grace period 0) during each
+    change: the history is linearizable and every acknowledged write reads back. Then
+    `helm upgrade --set replicas=5` and back to 3 do the same without rolling a pod (the
+    pod template does not depend on the count)."""
     k = release
-    k.cli(f"{FULLNAME}-0", "put", "e2e/before-scale", "kept", "--url", k.service_url())
-    res = k.helm("upgrade", RELEASE, str(k.chart), *k.base_values(), "--set", "replicas=2",
-                 check=False)
-    assert res.returncode != 0, "helm upgrade to 2 replicas should be refused"
-    print(f"e2e: helm refused scale-down: {res.stderr.strip().splitlines()[-1]}")
-    assert k.apps.read_namespaced_stateful_set(FULLNAME, k.ns).spec.replicas == 3
-    # behind the chart's back: the acceptor set stays 3 (PAXOSKV_REPLICAS), quorum stays 2
-    k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": 2}})
-    k.wait("kv-2 gone", lambda: (not any(p.metadata.name == f"{FULLNAME}-2" for p in
-                                         k.core.list_namespaced_pod(k.ns).items), "pods"), 180)
-    out = k.cli(f"{FULLNAME}-0", "put", "e2e/while-two", "still-quorum", "--url",
-                k.service_url())
-    assert '"version"' in out, out
-    pvc = k.core.read_namespaced_persistent_volume_claim(f"data-{FULLNAME}-2", k.ns)
-    assert pvc.status.phase == "Bound"  # retained, never deleted by a scale-down
-    k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": 3}})
+    try:
+        _scale_3_5_3(k)
+    finally:
+        # The later steps start from three pods and three volumes, whatever happened here.
+        k.apps.patch_namespaced_stateful_set_scale(FULLNAME, k.ns, {"spec": {"replicas": 3}})
+        for ordinal in (3, 4):
+            with contextlib.suppress(ApiException):
+                k.core.delete_namespaced_persistent_volume_claim(f"data-{FULLNAME}-{ordinal}",
+                                                                 k.ns)
+        k.wait("volumes of ordinals 3 and 4 gone", lambda: (
+            len(k.core.list_namespaced_persistent_volume_claim(k.ns).items) == 3, "pvcs"), 300)
+    k.print_state("after scaling 3 -> 5 -> 3 twice")
+
+
+def _scale_3_5_3(k: Kube) -> None:
+    """Step 8's body (the step itself cleans up after it, passed or not)."""
+    started = time.monotonic()
+    # Some keys, so each change's catch-up has work to do (a window to kill a pod in).
+    k.exec(f"{FULLNAME}-0", ["sh", "-c", "PAXOSKV_TOKEN=" + shlex.quote(k.admin_token())
+                             + " python3 -c " + shlex.quote(FILL.format(
+                                 url=k.service_url(), n=500))])
+    duration = int(os.environ.get("PAXOSKV_E2E_SCALE_SECONDS", "180"))
+    # Keys of their own: step 4's workload wrote k000... and once-c... (the checker starts
+    # each key from absent).
+    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=8, clients=4,
+                             prefix="e2e8-")
+    pod = k.run_pod("e2e-workload-8", script, duration + 300)
+    k.wait("workload running", lambda: (
+        k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
+        "phase"), 120)
+    time.sleep(5)
+    # Grow: pods 3 and 4 start, and are added once they answer; the driver is killed.
+    _scale_to(k, 5)
+    _wait_changing(k, 5)
+    _kill(k, f"{FULLNAME}-0")
+    grow_s = _wait_acceptors(k, 5)
     k.wait_rollout(300)
-    for key, value in (("e2e/before-scale", "kept"), ("e2e/while-two", "still-quorum"),
-                       ("e2e/greeting", "hello-k8s")):
-        got = k.cli(f"{FULLNAME}-2", "get", key, "--url", k.dns(f"{FULLNAME}-2"))
+    # Shrink: the StatefulSet deletes pods 4 and 3 at once; the driver removes them from the
+    # config (the quorum of the rest holds); another pod is killed meanwhile.
+    _scale_to(k, 3)
+    _wait_changing(k, 3)
+    _kill(k, f"{FULLNAME}-2")
+    shrink_s = _wait_acceptors(k, 3)
+    k.wait_rollout(300)
+    in_time = time.monotonic() - started < duration
+    log = k.wait_pod_done(pod, duration + 400)
+    check_history(log, "scale-3-5-3")
+    print(f"e2e: kubectl scale 3 -> 5 in {grow_s:.0f}s, 5 -> 3 in {shrink_s:.0f}s "
+          f"({'within' if in_time else 'partly after'} the {duration}s of load)")
+    # The same through helm: only spec.replicas changes, no pod rolls.
+    uids = k.pod_uids()
+    # --reuse-values, as the chart README says: step 5 left a pod annotation that the base
+    # values alone would take away (and roll the pods for).
+    k.helm("upgrade", RELEASE, str(k.chart), "--reuse-values", "--set", "replicas=5",
+           "--timeout", "5m")
+    k.wait_rollout(300)
+    helm_grow_s = _wait_acceptors(k, 5)
+    k.cli(f"{FULLNAME}-4", "put", "e2e/five", "5", "--url", k.dns(f"{FULLNAME}-4"))
+    k.helm("upgrade", RELEASE, str(k.chart), "--reuse-values", "--set", "replicas=3",
+           "--timeout", "5m")
+    helm_shrink_s = _wait_acceptors(k, 3)
+    k.wait_rollout(300)
+    assert k.pod_uids() == uids, "helm upgrade --set replicas rolled a pod"
+    for key, value in (("e2e/five", "5"), ("e2e/greeting", "hello-k8s"),
+                       ("e2e/fill/0499", "x" * 64)):
+        got = k.cli(f"{FULLNAME}-2", "get", key, "--url", k.service_url())
         assert got == value, (key, got)
-    k.print_state("after scale down and up")
+    print(f"e2e: helm upgrade replicas=5 in {helm_grow_s:.0f}s, back to 3 in "
+          f"{helm_shrink_s:.0f}s, no pod rolled; step took {time.monotonic() - started:.0f}s")
 
 
 def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
@@ -501,7 +619,7 @@ def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
     print(f"e2e: every pod restarted with TLS; ready again in "
           f"{time.monotonic() - switch_started:.0f}s")
     status = json.loads(k.cli(f"{FULLNAME}-1", "status", "--url", k.local_url()))
-    assert all(p["up"] for p in status["peers"].values()), status["peers"]
+    assert all(status["peers"][str(i)]["up"] for i in (1, 3)), status["peers"]
     for i in range(10):
         got = k.cli(f"{FULLNAME}-2", "get", f"e2e/old/{i}", "--url", k.service_url())
         assert got == f"v{i}", (i, got)

@@ -81,7 +81,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--peers", "every node as ID=URL,... (this one included)")
     _add(s, "--hosts", "hosts file (YAML, or TOML by .toml suffix) naming nodes and roles")
     _add_flag(s, "--statefulset", "derive peers from POD_NAME and StatefulSet DNS")
-    _add(s, "--replicas", "StatefulSet mode: number of acceptors", type=int)
+    _add(s, "--replicas", "StatefulSet mode: epoch 0's acceptors, ordinals 0..N-1 (a data "
+         "directory that holds a later acceptor set uses that)", type=int)
+    _add(s, "--max-replicas", "StatefulSet mode: ordinals the peer list names, 0..N-1; those "
+         "from --replicas on wait, voting for nothing, until a change adds them (default: "
+         "--replicas)", type=int)
+    _add_flag(s, "--follow-replicas", "StatefulSet mode: follow the StatefulSet's "
+              "spec.replicas (Kubernetes API, in-cluster service account) with the acceptor "
+              "set, one acceptor at a time")
     _add(s, "--service", "StatefulSet mode: headless Service name")
     _add(s, "--namespace", "StatefulSet mode: namespace (else POD_NAMESPACE)")
     _add(s, "--cluster-domain", "StatefulSet mode: cluster DNS domain", "cluster.local")
@@ -107,8 +114,8 @@ def _build_parser() -> argparse.ArgumentParser:
          "--peer-listen the peer port requires one (mutual TLS)")
     _add(s, "--peer-port", "StatefulSet mode: peers' port (default: the --peer-listen port, "
          "else the listen port)", type=int)
-    _add(s, "--dns-timeout", "StatefulSet mode: seconds to wait for peer DNS names", 120.0,
-         type=float)
+    _add(s, "--dns-timeout", "StatefulSet mode: seconds to wait for the DNS names of the "
+         "acceptors of the config the node holds", 120.0, type=float)
     _add(s, "--data-dir", "directory for the acceptor's durable state", "./data")
     _add(s, "--cluster-id", "cluster name, checked against the data directory and peers",
          "paxoskv")
@@ -317,10 +324,11 @@ def _serve(args: argparse.Namespace) -> int:
         DiscoveryError,
         parse_hosts_file,
         parse_peers,
+        statefulset_name,
         statefulset_peers,
-        wait_for_dns,
     )
     from paxoskv.limits import Limits
+    from paxoskv.scaler import ScalerOptions
     from paxoskv.server import ServeOptions, serve
 
     _setup_logging(args.log_format, args.log_level)
@@ -348,6 +356,9 @@ def _serve(args: argparse.Namespace) -> int:
     if sources > 1:
         raise UsageError("give only one of --peers, --hosts and --statefulset")
     node_id = args.node_id
+    scaler: ScalerOptions | None = None
+    if (args.max_replicas or args.follow_replicas) and not args.statefulset:
+        raise UsageError("--max-replicas and --follow-replicas need --statefulset")
     try:
         if args.statefulset:
             pod = os.environ.get("POD_NAME", "")
@@ -358,7 +369,11 @@ def _serve(args: argparse.Namespace) -> int:
             node_id, peers = statefulset_peers(pod, args.replicas, args.service, namespace,
                                                args.cluster_domain, args.peer_port or (
                                                    peer_listen[1] if peer_listen else port),
-                                               scheme="https" if tls else "http")
+                                               scheme="https" if tls else "http",
+                                               max_replicas=args.max_replicas)
+            if args.follow_replicas:
+                scaler = ScalerOptions(statefulset_name(pod), namespace,
+                                       args.max_replicas or args.replicas)
         elif args.hosts:
             peers = parse_hosts_file(Path(args.hosts))
         elif args.peers:
@@ -409,8 +424,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
     async def main() -> None:
-        if args.statefulset:
-            await wait_for_dns(peers, node_id, args.dns_timeout)
         await serve(ServeOptions(config, host, port, Path(args.data_dir),
                                  secret or secrets.token_hex(16),
                                  peer_timeout_s=args.peer_timeout,
@@ -419,7 +432,9 @@ def _serve(args: argparse.Namespace) -> int:
                                  peer_transport=args.peer_transport,
                                  peer_listen=peer_listen, metrics_listen=metrics_listen,
                                  peer_on_client_port=args.peer_on_client_port, tls=tls,
-                                 guard=guard, tokens=tokens, metrics_auth=args.metrics_auth))
+                                 guard=guard, tokens=tokens, metrics_auth=args.metrics_auth,
+                                 dns_timeout_s=args.dns_timeout if args.statefulset else None,
+                                 scaler=scaler))
 
     with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
         runner.run(main())

@@ -126,10 +126,14 @@ class NodeConfig:
         """What every member must agree on: cluster id, node ids and their roles.
 
         URLs are left out on purpose: nodes may reach one another under different names.
+        So are the acceptors marked ``initial: false``: they are no part of epoch 0, every
+        later acceptor set is carried, epoch-fenced, by the config record, and leaving them
+        out lets a StatefulSet's peer list grow (``--max-replicas``) pod by pod, and a
+        release of the one-list layout roll to it, without two fingerprints in one cluster.
         """
         parts = [self.cluster_id]
         for pid in sorted(self.peers):
-            parts.append(f"{pid}:{','.join(sorted(self.peers[pid].roles))}"
-                         # only when set: a cluster without it keeps its fingerprint
-                         + ("" if self.peers[pid].initial else ":later"))
+            if not self.peers[pid].initial and "acceptor" in self.peers[pid].roles:
+                continue
+            parts.append(f"{pid}:{','.join(sorted(self.peers[pid].roles))}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -55,6 +55,12 @@ RefusalKind = Literal["membership", "process"]
 
 MEMBERSHIP_DIFFERS: Final = "membership differs (acceptor set, roles or cluster id)"
 
+QUIET_MIN_S: Final = 1.0
+QUIET_MAX_S: Final = 5.0
+"""Between hellos to a silent acceptor that the held config does not name (a StatefulSet
+ordinal not scaled to, or one removed): backed off up to this, instead of every heartbeat,
+and a hello from it ends the wait at once (the scaler adds a pod once it answers)."""
+
 
 @dataclass
 class PeerHealth:
@@ -123,6 +129,8 @@ class Membership:
         once raised, a new incarnation): its confirmation must meet every earlier one."""
         self.verified = asyncio.Event()
         """Set while the identity machine lets this node propose."""
+        self._quiet_until: dict[int, float] = {}
+        self._quiet_s: dict[int, float] = {}
 
     def _record(self) -> PeerRecord:
         return PeerRecord(self._node.identity.data_id, self._node.identity.incarnation,
@@ -271,6 +279,7 @@ class Membership:
                                     record.data_id, known.data_id)
                 self._records[peer_id] = record
                 self.heard_from[peer_id] = now
+                self._quiet_until.pop(peer_id, None)  # it runs: hello it at the next beat
                 self._lift_refusal(peer_id, "process")
                 return self._reply("ok", your_data_id=record.data_id)
             case RaiseIncarnation(floor=floor):
@@ -342,6 +351,8 @@ class Membership:
         loop = asyncio.get_running_loop()
         health = self.peer_health[pid]
         started = loop.time()
+        if started < self._quiet_until.get(pid, 0.0):
+            return None
         try:
             async with asyncio.timeout(self.config.heartbeat_timeout_s):
                 info = await self.transport.hello(pid, self.hello_info())
@@ -352,8 +363,16 @@ class Membership:
                 if health.up:
                     log.warning("peer %s is down: %s", pid, health.error)
                 health.up = False
-            self.metrics.peer(str(pid), health.up, None)
+            if not health.up and self._waiting(pid):
+                # No pod, most likely: no down series for it (no alert), and fewer hellos.
+                quiet = min(max(self._quiet_s.get(pid, 0.0) * 2, QUIET_MIN_S), QUIET_MAX_S)
+                self._quiet_s[pid] = quiet
+                self._quiet_until[pid] = loop.time() + quiet
+                self.metrics.peer_absent(str(pid))
+            else:
+                self.metrics.peer(str(pid), health.up, None)
             return None
+        self._quiet_s.pop(pid, None)
         verdict = info.get("verdict")
         if info.get("cluster_id") != self._node.identity.cluster_id or verdict in ("foreign", None):
             health.up, health.error = False, f"foreign peer: {info.get('detail') or info}"
@@ -381,6 +400,13 @@ class Membership:
             health.lifetime_s = float(lifetime)
         self.metrics.peer(str(pid), True, health.rtt_s)
         return info
+
+    def _waiting(self, pid: int) -> bool:
+        """An acceptor of the peer list that the config this node holds does not name: one
+        waiting for a change to add it (``initial: false``) or one removed. Its silence
+        costs nothing: no quorum, readiness or confirmation counts it."""
+        return "acceptor" in self.config.peers[pid].roles \
+            and pid not in self._node.epoch_config.members
 
     async def heartbeat_once(self) -> None:
         replies = await asyncio.gather(*(self._beat(pid) for pid in sorted(self.peer_health)))

@@ -7,6 +7,7 @@ The node reports through ``Metrics``; the server uses ``PromMetrics`` on the pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 from bisect import bisect_left
@@ -37,6 +38,9 @@ PHASES = ("prepare", "accept", "query")
 acceptor persists only the first two (``paxoskv_acceptor_persist_duration_seconds``)."""
 
 AUTH_FAILURE_REASONS = ("missing", "unknown", "forbidden")
+SCALER_STATES = ("in_sync", "changing", "waiting_for_pods", "over_max", "standby",
+                 "api_error", "no_quorum")
+"""What the StatefulSet follower (paxoskv/scaler.py) can be doing."""
 HTTP_REFUSED_REASONS = ("connections", "requests", "header_timeout", "body_timeout",
                         "malformed", "token_rate", "body_too_large", "body_bytes")
 """The limit that turned a client connection or request away (paxoskv/api/guard.py; a
@@ -216,6 +220,8 @@ class Metrics:
     def conflict(self) -> None: ...
     def commit(self, batch_size: int, seconds: float) -> None: ...
     def peer(self, peer: str, up: bool, rtt_seconds: float | None) -> None: ...
+    def peer_absent(self, peer: str) -> None:
+        """A peer-list acceptor outside the held config is silent (no pod): no series."""
     def keys(self, count: int) -> None: ...
     def quorum_reachable(self, ok: bool) -> None: ...
     def amnesia(self, refusing: bool) -> None: ...
@@ -239,6 +245,9 @@ class Metrics:
         """The driver finished an ``install`` or a ``catch_up``."""
     def reconfig_keys(self, count: int) -> None:
         """The driver's catch-up ran identity rounds on ``count`` more keys."""
+    def scaler(self, state: str, replicas: int | None) -> None:
+        """What the StatefulSet follower (paxoskv/scaler.py) is doing, and the replica count
+        it last read (None: not read)."""
     def key_round(self, changes: int) -> None: ...
     def forward(self, result: str) -> None: ...
     def http_connections(self, count: int) -> None: ...
@@ -347,6 +356,14 @@ class PromMetrics(Metrics):
                                        ["step"], registry=r)
         for step in ("install", "catch_up"):
             self._reconfig_steps.labels(step)
+        self._scaler_state = Gauge("paxoskv_scaler_state",
+                                   "1 for what the StatefulSet follower is doing now (in_sync, "
+                                   "changing, waiting_for_pods, over_max, standby, api_error, "
+                                   "no_quorum); no series when it is off", ["state"],
+                                   registry=r)
+        self._scaler_replicas = Gauge("paxoskv_scaler_desired_acceptors",
+                                      "The StatefulSet's spec.replicas the follower last read "
+                                      "(the acceptor set it drives to)", registry=r)
         self._reconfig_keys = Counter("paxoskv_reconfig_keys_caught_up",
                                       "Keys the acceptor-set change driver ran a catch-up "
                                       "identity round on", registry=r)
@@ -420,6 +437,10 @@ class PromMetrics(Metrics):
         self._fsync.observe(seconds)
         self._batch.observe(batch_size)
 
+    def peer_absent(self, peer: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._peer_up.remove(peer)
+
     def peer(self, peer: str, up: bool, rtt_seconds: float | None) -> None:
         self._peer_up.labels(peer).set(1 if up else 0)
         if rtt_seconds is not None:
@@ -473,6 +494,12 @@ class PromMetrics(Metrics):
 
     def reconfig_keys(self, count: int) -> None:
         self._reconfig_keys.inc(count)
+
+    def scaler(self, state: str, replicas: int | None) -> None:
+        for each in SCALER_STATES:
+            self._scaler_state.labels(each).set(1 if each == state else 0)
+        if replicas is not None:
+            self._scaler_replicas.set(replicas)
 
     def key_round(self, changes: int) -> None:
         self._key_round.observe(changes)

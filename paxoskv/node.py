@@ -582,6 +582,8 @@ class Node:
         self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.collector = Collector(self)
         self.reconfigurer = Reconfigurer(self)
+        self.scaler_status: Callable[[], dict[str, Any]] | None = None
+        """What the StatefulSet follower reports (paxoskv/scaler.py), when it runs."""
         self.watch = WatchHub(self.read)
         self._watching_peers: set[int] = set()
         """Peers whose last hello said they have watchers: they are sent learns."""
@@ -1931,4 +1933,5 @@ class Node:
                 "member": not self._retired and self.config.node_id in
                 self._view.config.members},
             "reconfiguration": self.reconfigurer.progress.as_dict(),
+            "scaler": None if self.scaler_status is None else self.scaler_status(),
         }

@@ -18,10 +18,12 @@ from aiohttp import web
 from paxoskv.api.app import ALL_PARTS, Part, make_app
 from paxoskv.api.guard import GuardedSite, GuardLimits
 from paxoskv.auth import TokenStore
+from paxoskv.discovery.peers import wait_for_dns
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
 from paxoskv.node import Node, NodeConfig, RebuildRefused, check_rebuild_copy, open_identity
+from paxoskv.scaler import KubeReplicas, Scaler, ScalerOptions
 from paxoskv.storage.sqlite import SqliteStorage
 from paxoskv.tls import Reloader, TlsError, TlsFiles, client_context, server_context
 from paxoskv.transport.channel import ChannelTransport
@@ -67,6 +69,12 @@ class ServeOptions:
     """Client bearer tokens (``--auth token``); None serves every client (``--auth none``)."""
     metrics_auth: bool = False
     """/metrics needs a token too (any role)."""
+    dns_timeout_s: float | None = None
+    """StatefulSet mode: wait this long at most for the names of the acceptors of the config
+    the node holds (not the whole peer list: ordinals the StatefulSet does not have never
+    resolve)."""
+    scaler: ScalerOptions | None = None
+    """Follow the StatefulSet's replica count with the acceptor set (paxoskv/scaler.py)."""
 
 
 GC_THRESHOLDS: Final = (20_000, 10, 10)
@@ -129,6 +137,14 @@ async def serve(opts: ServeOptions) -> None:
                               metrics=metrics, ssl_context=dial_ssl)
     node = Node(opts.config, identity, storage, transport, metrics)
     metrics.in_flight_sources(rounds=lambda: node.rounds_in_flight)
+    if opts.dns_timeout_s is not None:
+        await wait_for_dns(opts.config.peers, opts.config.node_id, opts.dns_timeout_s,
+                           only=node.epoch_config.members)
+    scaler = None
+    if opts.scaler is not None:
+        scaler = Scaler(node, opts.scaler,
+                        KubeReplicas(opts.scaler.statefulset, opts.scaler.namespace))
+        node.scaler_status = scaler.as_dict
     # The client listener first and alone in the list's head: it is drained first below,
     # while peers (whose rounds need this acceptor) and scrapers are still served.
     listeners: list[tuple[frozenset[Part], tuple[str, int]]] = []
@@ -192,6 +208,7 @@ async def serve(opts: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     node_task = asyncio.ensure_future(node.run())
+    scaler_task = asyncio.ensure_future(scaler.run()) if scaler is not None else None
     stop_lag_probe = metrics.watch_event_loop()
     reload_task = asyncio.ensure_future(reloader.run()) if reloader is not None else None
     try:
@@ -212,6 +229,10 @@ async def serve(opts: ServeOptions) -> None:
         stop_lag_probe()
         if reload_task is not None:
             reload_task.cancel()
+        if scaler_task is not None:
+            scaler_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scaler_task
         node.drain()
         node_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -41,6 +41,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     (["serve", "--node-id", "5", "--peers", "1=http://127.0.0.1:1"], "not among"),
     (["serve", "--peers", "garbage"], "not ID=URL"),
     (["serve", "--statefulset"], "needs POD_NAME"),
+    (["serve", "--node-id", "1", "--max-replicas", "5"], "need --statefulset"),
+    (["serve", "--node-id", "1", "--follow-replicas"], "need --statefulset"),
     (["serve", "--node-id", "1", "--rejoin", "--rejoin-accept-old-copy"],
      "--rejoin-accept-old-copy needs --rejoin-after-quorum-loss"),
     (["serve", "--node-id", "1", "--max-value-bytes", "0"], "max value bytes"),

@@ -59,6 +59,8 @@ K8S_KINDS = [
     ("batch/v1", "Job"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
 ]
 CRD_FILES = [
     "monitoring.coreos.com_servicemonitors.yaml",

@@ -742,6 +742,28 @@ def build() -> dict[str, Any]:
     )
     L.add(
         timeseries(
+            "Scaling (follows the StatefulSet)",
+            "The StatefulSet's replica count the nodes read (the acceptor set they drive to: "
+            "--follow-replicas), and what the follower does on each node: 1 for its state "
+            "(in_sync; changing; waiting_for_pods: a pod to add does not answer yet; over_max: "
+            "above maxReplicas, nothing is changed; api_error: the Kubernetes API is not "
+            "read; no_quorum; standby: another node drives).",
+            [
+                target(
+                    f"max (paxoskv_scaler_desired_acceptors{{{SEL}}})", "replicas asked for"
+                ),
+                target(
+                    f"max by (pod, state) (paxoskv_scaler_state{{{SEL}}}) > 0",
+                    "{{pod}} {{state}}",
+                ),
+            ],
+            "short",
+        ),
+        w=8,
+        h=8,
+    )
+    L.add(
+        timeseries(
             "Volume free and size",
             "Free bytes and size of each node's data volume (statvfs). Every replica holds "
             "the same data, so the volumes fill together.",

@@ -72,6 +72,9 @@ class WorkloadOptions:
     """Each client sleeps up to this long between ops (leaves CPU to the servers)."""
     weights: dict[str, float] = field(default_factory=lambda: {
         "read": 0.30, "set": 0.20, "cas": 0.25, "create": 0.10, "delete": 0.15})
+    key_prefix: str = ""
+    """Put before every key: two workloads against one cluster (the e2e steps) must not
+    share keys, since the checker starts each key from absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,7 @@ class Workload:
         self.history = history
         self.seed = seed
         self.options = options
-        self.keys = [f"k{i:03d}" for i in range(options.keys)]
+        self.keys = [f"{options.key_prefix}k{i:03d}" for i in range(options.keys)]
         self.once_keys: list[str] = []
         self.counts: Counter[tuple[str, str]] = Counter()
         self.unexpected: list[str] = []
@@ -226,7 +229,7 @@ class Workload:
             node = self._pick_node(rng, client_id)
             kind: OpKind
             if rng.random() < opts.once_fraction:
-                key = f"once-c{client_id}-{seq}"
+                key = f"{opts.key_prefix}once-c{client_id}-{seq}"
                 self.once_keys.append(key)
                 kind = "create"
             else:

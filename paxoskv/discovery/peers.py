@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,8 +20,8 @@ import yaml
 
 from paxoskv.config import ALL_ROLES, PeerSpec, Role
 
-__all__ = ["DiscoveryError", "parse_hosts_file", "parse_peers", "statefulset_peers",
-           "wait_for_dns"]
+__all__ = ["DiscoveryError", "parse_hosts_file", "parse_peers", "statefulset_name",
+           "statefulset_peers", "wait_for_dns"]
 
 log = logging.getLogger(__name__)
 
@@ -109,33 +110,56 @@ _POD = re.compile(r"^(?P<set>[a-z0-9]([-a-z0-9]*[a-z0-9])?)-(?P<ordinal>\d+)$")
 
 def statefulset_peers(
     pod_name: str, replicas: int, service: str, namespace: str, domain: str, port: int,
-    scheme: str = "http",
+    scheme: str = "http", max_replicas: int | None = None,
 ) -> tuple[int, dict[int, PeerSpec]]:
-    """Node id (ordinal + 1) and every member's DNS URL, from the pod's own name."""
+    """Node id (ordinal + 1) and every peer's DNS URL, from the pod's own name.
+
+    Ordinals ``0..replicas-1`` are epoch 0's acceptors; ``replicas..max_replicas-1`` are
+    acceptors marked ``initial: false`` (like in a hosts file): pods the StatefulSet may
+    get when scaled, each waiting, voting for nothing, until an acceptor-set change adds
+    it (paxoskv/scaler.py). A pod that does not exist costs a backed-off hello now and then.
+    """
     match = _POD.match(pod_name)
     if not match:
         raise DiscoveryError(f"POD_NAME {pod_name!r} is not <statefulset>-<ordinal>")
     if replicas < 1:
         raise DiscoveryError("replica count must be at least 1")
+    most = replicas if max_replicas is None else max_replicas
+    if most < replicas:
+        raise DiscoveryError(f"--max-replicas {most} is below --replicas {replicas}")
     ordinal = int(match["ordinal"])
-    if ordinal >= replicas:
+    if ordinal >= most:
         raise DiscoveryError(
-            f"pod ordinal {ordinal} is outside the configured {replicas} replicas: scaling "
-            "changes the acceptor set and needs the reconfiguration procedure (README)")
+            f"pod ordinal {ordinal} is outside the {most} ordinals the peer list names "
+            "(--max-replicas): raise it (every pod must list the same peers) before scaling "
+            "beyond it")
     name = match["set"]
     peers = {
-        i + 1: PeerSpec(i + 1, f"{scheme}://{name}-{i}.{service}.{namespace}.svc.{domain}:{port}")
-        for i in range(replicas)
+        i + 1: PeerSpec(i + 1, f"{scheme}://{name}-{i}.{service}.{namespace}.svc.{domain}:{port}",
+                        initial=i < replicas)
+        for i in range(most)
     }
     return ordinal + 1, peers
 
 
+def statefulset_name(pod_name: str) -> str:
+    """The StatefulSet a pod belongs to: its name less the ``-<ordinal>`` suffix."""
+    match = _POD.match(pod_name)
+    if not match:
+        raise DiscoveryError(f"POD_NAME {pod_name!r} is not <statefulset>-<ordinal>")
+    return match["set"]
+
+
 async def wait_for_dns(peers: dict[int, PeerSpec], self_id: int, timeout_s: float,
-                       interval_s: float = 2.0) -> None:
-    """Wait (bounded, logged) until every peer's name resolves; DNS lags pod start."""
+                       interval_s: float = 2.0, only: Iterable[int] | None = None) -> None:
+    """Wait (bounded, logged) until the peers' names resolve; DNS lags pod start. ``only``:
+    just these (the acceptors of the config the node holds: a peer-list entry whose pod
+    the StatefulSet does not have never resolves, and must not hold the start up)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    pending = {pid: urlparse(p.url).hostname or "" for pid, p in peers.items() if pid != self_id}
+    wanted = set(peers) if only is None else set(only)
+    pending = {pid: urlparse(p.url).hostname or "" for pid, p in peers.items()
+               if pid != self_id and pid in wanted}
     while pending:
         for pid, host in list(pending.items()):
             try:

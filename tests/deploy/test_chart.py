@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def test_default_render_kinds(default_docs: list[dict[str, Any]]) -> None:
             "ConfigMap",
             "Pod",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Secret",
             "Secret",
@@ -89,6 +92,8 @@ def test_all_features_render_kinds() -> None:
             "PodDisruptionBudget",
             "PodMonitor",
             "PrometheusRule",
+            "Role",
+            "RoleBinding",
             "Service",
             "Service",
             "ServiceAccount",
@@ -133,6 +138,8 @@ def test_env_contract(default_docs: list[dict[str, Any]]) -> None:
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["PAXOSKV_STATEFULSET"] == "true"
     assert env["PAXOSKV_REPLICAS"] == "3"
+    assert env["PAXOSKV_MAX_REPLICAS"] == "7"
+    assert env["PAXOSKV_FOLLOW_REPLICAS"] == "true"
     assert env["PAXOSKV_SERVICE"] == HEADLESS
     assert env["PAXOSKV_CLUSTER_DOMAIN"] == "cluster.local"
     assert env["PAXOSKV_LISTEN"] == "0.0.0.0:7000"
@@ -241,12 +248,16 @@ def test_liveness_never_checks_quorum() -> None:
 # ---- PodDisruptionBudget ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("replicas", "max_unavailable"), [(1, 0), (3, 1), (4, 1), (5, 2), (7, 3)])
-def test_pdb_keeps_quorum(replicas: int, max_unavailable: int) -> None:
+@pytest.mark.parametrize("replicas", [1, 3, 4, 5, 7])
+def test_pdb_keeps_quorum_for_any_replica_count(replicas: int) -> None:
+    """Goal: the budget follows `kubectl scale` (no value computed at render time):
+    minAvailable 51%, which Kubernetes rounds up to a majority of the current replicas."""
     pdb = only(render({"replicas": replicas}), "PodDisruptionBudget")
-    assert pdb["spec"]["maxUnavailable"] == max_unavailable
-    quorum = replicas // 2 + 1
-    assert replicas - pdb["spec"]["maxUnavailable"] >= quorum
+    assert pdb["spec"]["minAvailable"] == "51%"
+    assert "maxUnavailable" not in pdb["spec"]
+    for current in range(1, 16):  # whatever the StatefulSet is scaled to
+        kept = math.ceil(current * 51 / 100)
+        assert kept == current // 2 + 1, current
 
 
 def test_pdb_refuses_unsafe_override() -> None:
@@ -274,10 +285,14 @@ def test_security_context(default_docs: list[dict[str, Any]]) -> None:
     assert csc["allowPrivilegeEscalation"] is False
     assert csc["capabilities"] == {"drop": ["ALL"]}
     assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert spec["automountServiceAccountToken"] is False
+    # followReplicas (on by default) reads the StatefulSet: the pods get the token, the
+    # ServiceAccount keeps automount off for anything else that uses it.
+    assert spec["automountServiceAccountToken"] is True
     sa = only(default_docs, "ServiceAccount")
     assert sa["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == sa["metadata"]["name"]
+    off = pod_spec(render({"followReplicas": False}))
+    assert off["automountServiceAccountToken"] is False
 
 
 def test_only_data_and_tmp_writable(default_docs: list[dict[str, Any]]) -> None:
@@ -706,12 +721,71 @@ def test_schema_covers_every_top_level_value() -> None:
 # ---- acceptor-set guards and rejoin -------------------------------------------------------
 
 
-def test_replica_change_is_guarded() -> None:
-    """On upgrade the StatefulSet template compares replicas with the live object (lookup)."""
+def test_replica_changes_are_not_refused_and_epoch_0_is_pinned_from_the_live_object() -> None:
+    """On upgrade PAXOSKV_REPLICAS (epoch 0's set) comes from the live StatefulSet's env
+    (lookup), never from `replicas`, so a scale rolls no pod; only TLS switches and a lower
+    maxReplicas are refused."""
     src = (CHART / "templates" / "statefulset.yaml").read_text()
     assert re.search(r'lookup\s+"apps/v1"\s+"StatefulSet"\s+\.Release\.Namespace\s+\$fullname', src)
-    assert "allowReplicaChange" in src
-    assert "fail" in src
+    assert "allowReplicaChange" not in src
+    assert re.search(r'eq \.name "PAXOSKV_REPLICAS" -}}{{- \$initial = int \.value', src)
+    assert re.search(r"name: PAXOSKV_REPLICAS\n\s+value: {{ \$initial \| quote }}", src)
+    assert "allowReplicaChange" not in (CHART / "values.yaml").read_text()
+
+
+def test_replicas_change_only_the_replica_count_not_the_pod_template() -> None:
+    """Without a live object (helm template) the epoch-0 set is `replicas`; with the same
+    epoch-0 set pinned, another `replicas` leaves the pod template as it is."""
+    three = only(render({"replicas": 3}), "StatefulSet")
+    five = only(render({"replicas": 5}), "StatefulSet")
+    assert (three["spec"]["replicas"], five["spec"]["replicas"]) == (3, 5)
+    env3, env5 = env_of(container([three])), env_of(container([five]))
+    assert env5["PAXOSKV_REPLICAS"] == "5"  # install: epoch 0 is the count at install
+    differ = {k for k in env3.keys() | env5.keys() if env3.get(k) != env5.get(k)}
+    assert differ == {"PAXOSKV_REPLICAS"}
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"replicas": 9}, "maxReplicas=7 is below replicas=9"),
+    ({"replicas": 3, "maxReplicas": 2}, "maxReplicas=2 is below replicas=3"),
+])
+def test_max_replicas_below_replicas_is_refused(values: dict[str, Any], message: str) -> None:
+    res = helm_template(values, check=False)
+    assert res.returncode != 0
+    assert message in res.stderr
+
+
+def test_schema_bounds_max_replicas() -> None:
+    res = helm_template({"maxReplicas": 0}, check=False)
+    assert res.returncode != 0 and "maxReplicas" in res.stderr
+
+
+def test_rbac_grants_only_reading_the_own_statefulset() -> None:
+    """Goal: the Role names the release's StatefulSet alone, read verbs only, bound to the
+    pods' ServiceAccount; none without followReplicas or with rbac.create=false."""
+    docs = render()
+    role, binding = only(docs, "Role"), only(docs, "RoleBinding")
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets"],
+                              "resourceNames": [FULLNAME], "verbs": ["get", "list", "watch"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    sa = only(docs, "ServiceAccount")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa,
+                                    "namespace": NAMESPACE}]
+    for values in ({"followReplicas": False}, {"rbac": {"create": False}}):
+        assert not {"Role", "RoleBinding"} & set(kinds(render(values)))
+    off = env_of(container(render({"followReplicas": False})))
+    assert "PAXOSKV_FOLLOW_REPLICAS" not in off
+
+
+def test_network_policy_lets_the_follower_reach_the_api() -> None:
+    docs = render({"networkPolicy": {"enabled": True}})
+    ports = [{p["port"] for p in rule["ports"]} for rule in only(docs, "NetworkPolicy")[
+        "spec"]["egress"]]
+    assert {443, 6443} in ports
+    docs = render({"networkPolicy": {"enabled": True}, "followReplicas": False})
+    ports = [{p["port"] for p in rule["ports"]} for rule in only(docs, "NetworkPolicy")[
+        "spec"]["egress"]]
+    assert {443, 6443} not in ports
 
 
 def test_rejoin_wrapper_sets_flag_only_for_listed_ordinals(tmp_path: Any) -> None:
@@ -1092,7 +1166,7 @@ def test_common_annotations_on_every_object() -> None:
     docs = render(values)
     assert {"Certificate", "NetworkPolicy", "PodMonitor", "PrometheusRule", "ServiceMonitor",
             "ConfigMap", "Secret", "PodDisruptionBudget", "ServiceAccount", "StatefulSet",
-            "Service", "Pod"} == set(kinds(docs))
+            "Service", "Pod", "Role", "RoleBinding"} == set(kinds(docs))
     for d in docs:
         ann = d["metadata"].get("annotations", {})
         assert ann.get("example.com/owner") == "storage", (d["kind"], d["metadata"]["name"])

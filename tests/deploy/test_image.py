@@ -31,6 +31,18 @@ def test_license_file_matches_the_package_metadata_and_the_image_label() -> None
     assert _labels()["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
+def test_image_installs_the_kubernetes_client_pinned() -> None:
+    """The chart turns --follow-replicas on, which needs the `kubernetes` package: the image
+    installs the k8s extra, and constraints.txt pins it and what it pulls in."""
+    assert "-c constraints.txt '.[k8s]'" in DOCKERFILE
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["k8s"]
+    pins = {line.split("==")[0].lower() for line in
+            (ROOT / "constraints.txt").read_text().splitlines() if "==" in line}
+    for req in extras:
+        assert re.split(r"[<>=\[; ]", req)[0].lower() in pins, req
+
+
 def test_image_carries_the_oci_labels() -> None:
     labels = _labels()
     for name in ("title", "description", "licenses", "version", "revision"):

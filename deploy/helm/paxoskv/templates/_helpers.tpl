@@ -153,6 +153,9 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- if lt (int .Values.replicas) 1 -}}
 {{- fail "replicas must be >= 1" -}}
 {{- end -}}
+{{- if lt (int .Values.maxReplicas) (int .Values.replicas) -}}
+{{- fail (printf "maxReplicas=%v is below replicas=%v: the peer list names ordinals 0..maxReplicas-1 only, so pods beyond it could not start" (int .Values.maxReplicas) (int .Values.replicas)) -}}
+{{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or none (got %q)" .Values.podAntiAffinity) -}}
 {{- end -}}
