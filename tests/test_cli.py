@@ -387,3 +387,18 @@ def test_bash_completion(line: str, expected: str, tmp_path: Path) -> None:
     assert res.stdout.strip() == expected, res.stderr
     zsh = run("completion", "zsh").stdout
     assert "bashcompinit" in zsh and "complete -o default -F _paxoskv paxoskv" in zsh
+
+
+def test_follow_replicas_without_the_kubernetes_package_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Goal: the follower on and no ``kubernetes`` package is one line and exit 2 at start,
+    not an api_error the follower reports on every poll."""
+    import paxoskv.scaler
+
+    monkeypatch.setattr(paxoskv.scaler, "kube_client_available", lambda: False)
+    monkeypatch.setenv("POD_NAME", "kv-0")
+    assert main(["serve", "--statefulset", "--replicas", "3", "--service", "kv-h",
+                 "--namespace", "ns", "--follow-replicas"]) == 2
+    err = capsys.readouterr().err
+    assert "--follow-replicas needs the kubernetes package" in err
+    assert "Traceback" not in err
