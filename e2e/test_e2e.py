@@ -439,6 +439,25 @@ for i in range({n}):
 print("FILLED {n}")
 """
 
+FILL_KEYS = 500
+
+FILL_CHECK = """
+import os
+from paxoskv.client import Client
+env = os.environ
+client = Client({url!r}, token=env["PAXOSKV_TOKEN"], ca_file=env.get("PAXOSKV_CACERT"))
+bad = [i for i in range({n}) if client.get(f"e2e/fill/{{i:04d}}").body != b"x" * 64]
+print("FILL ok=%d bad=%r" % ({n} - len(bad), bad[:10]))
+"""
+
+
+def _check_fill(k: Kube) -> None:
+    """Every key FILL wrote reads back, through the client Service."""
+    script = FILL_CHECK.format(url=k.service_url(), n=FILL_KEYS)
+    out = k.exec(f"{FULLNAME}-0", ["sh", "-c", "PAXOSKV_TOKEN=" + shlex.quote(k.admin_token())
+                                   + " python3 -c " + shlex.quote(script)])
+    assert line_value(out, "FILL ") == f"ok={FILL_KEYS} bad=[]", out
+
 
 def _follower(k: Kube, pod: str) -> dict[str, Any]:
     """What ``pod`` says of the acceptor set: its held config, its driver, its scaler (a
@@ -518,7 +537,7 @@ def _scale_3_5_3(k: Kube) -> None:
     # Some keys, so each change's catch-up has work to do (a window to kill a pod in).
     k.exec(f"{FULLNAME}-0", ["sh", "-c", "PAXOSKV_TOKEN=" + shlex.quote(k.admin_token())
                              + " python3 -c " + shlex.quote(FILL.format(
-                                 url=k.service_url(), n=500))])
+                                 url=k.service_url(), n=FILL_KEYS))])
     duration = int(os.environ.get("PAXOSKV_E2E_SCALE_SECONDS", "180"))
     # Keys of their own: step 4's workload wrote k000... and once-c... (the checker starts
     # each key from absent).
@@ -543,10 +562,12 @@ def _scale_3_5_3(k: Kube) -> None:
     shrink_s = _wait_acceptors(k, 3)
     k.wait_rollout(300)
     in_time = time.monotonic() - started < duration
+    _check_fill(k)
     log = k.wait_pod_done(pod, duration + 400)
     check_history(log, "scale-3-5-3")
     print(f"e2e: kubectl scale 3 -> 5 in {grow_s:.0f}s, 5 -> 3 in {shrink_s:.0f}s "
           f"({'within' if in_time else 'partly after'} the {duration}s of load)")
+    assert in_time, f"the changes outlasted the {duration}s of load"
     # The same through helm: only spec.replicas changes, no pod rolls.
     uids = k.pod_uids()
     # --reuse-values, as the chart README says: step 5 left a pod annotation that the base
@@ -561,8 +582,8 @@ def _scale_3_5_3(k: Kube) -> None:
     helm_shrink_s = _wait_acceptors(k, 3)
     k.wait_rollout(300)
     assert k.pod_uids() == uids, "helm upgrade --set replicas rolled a pod"
-    for key, value in (("e2e/five", "5"), ("e2e/greeting", "hello-k8s"),
-                       ("e2e/fill/0499", "x" * 64)):
+    _check_fill(k)
+    for key, value in (("e2e/five", "5"), ("e2e/greeting", "hello-k8s")):
         got = k.cli(f"{FULLNAME}-2", "get", key, "--url", k.service_url())
         assert got == value, (key, got)
     print(f"e2e: helm upgrade replicas=5 in {helm_grow_s:.0f}s, back to 3 in "

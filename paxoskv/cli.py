@@ -328,7 +328,7 @@ def _serve(args: argparse.Namespace) -> int:
         statefulset_peers,
     )
     from paxoskv.limits import Limits
-    from paxoskv.scaler import ScalerOptions
+    from paxoskv.scaler import ScalerOptions, kube_client_available
     from paxoskv.server import ServeOptions, serve
 
     _setup_logging(args.log_format, args.log_level)
@@ -372,6 +372,9 @@ def _serve(args: argparse.Namespace) -> int:
                                                scheme="https" if tls else "http",
                                                max_replicas=args.max_replicas)
             if args.follow_replicas:
+                if not kube_client_available():
+                    raise UsageError("--follow-replicas needs the kubernetes package "
+                                     "(pip install 'paxoskv[k8s]'; the image has it)")
                 scaler = ScalerOptions(statefulset_name(pod), namespace,
                                        args.max_replicas or args.replicas)
         elif args.hosts:

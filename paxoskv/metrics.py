@@ -39,7 +39,7 @@ acceptor persists only the first two (``paxoskv_acceptor_persist_duration_second
 
 AUTH_FAILURE_REASONS = ("missing", "unknown", "forbidden")
 SCALER_STATES = ("in_sync", "changing", "waiting_for_pods", "over_max", "standby",
-                 "api_error", "no_quorum")
+                 "api_error", "no_quorum", "below_quorum")
 """What the StatefulSet follower (paxoskv/scaler.py) can be doing."""
 HTTP_REFUSED_REASONS = ("connections", "requests", "header_timeout", "body_timeout",
                         "malformed", "token_rate", "body_too_large", "body_bytes")
@@ -359,7 +359,7 @@ class PromMetrics(Metrics):
         self._scaler_state = Gauge("paxoskv_scaler_state",
                                    "1 for what the StatefulSet follower is doing now (in_sync, "
                                    "changing, waiting_for_pods, over_max, standby, api_error, "
-                                   "no_quorum); no series when it is off", ["state"],
+                                   "no_quorum, below_quorum); no series when it is off", ["state"],
                                    registry=r)
         self._scaler_replicas = Gauge("paxoskv_scaler_desired_acceptors",
                                       "The StatefulSet's spec.replicas the follower last read "

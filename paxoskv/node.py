@@ -105,6 +105,7 @@ from paxoskv.watch import WatchHub, learn_of
 
 __all__ = [
     "ALL_ROLES",
+    "META_INITIAL_ACCEPTORS",
     "AcceptorRules",
     "IdentityRules",
     "NoQuorum",
@@ -350,8 +351,23 @@ class _PreparedKeys:
         return len(self._entries)
 
 
-async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> NodeIdentity:
-    """Read this data directory's identity and durably bump the incarnation."""
+META_INITIAL_ACCEPTORS: Final = "initial_acceptors"
+"""Meta row: the acceptor ids of epoch 0 this directory was first started with."""
+
+
+def _id_list(ids: frozenset[int]) -> str:
+    return ",".join(str(i) for i in sorted(ids))
+
+
+async def open_identity(storage: Storage, cluster_id: str, node_id: int,
+                        initial_acceptors: frozenset[int] | None = None) -> NodeIdentity:
+    """Read this data directory's identity and durably bump the incarnation.
+
+    With ``initial_acceptors`` (epoch 0's acceptor set, from the flags), it is stored on the
+    first start (and on the first start of a directory written before it was stored) and
+    every later start with another set is refused before anything is written: epoch 0 is
+    what a node without a stored config believes, and two nodes believing different epoch-0
+    sets could form two quorums that do not intersect (split brain)."""
     stored_cluster = storage.get_meta("cluster_id")
     stored_node = storage.get_meta("node_id")
     # The data id is written last: a crash part way through the first start leaves a
@@ -360,11 +376,25 @@ async def open_identity(storage: Storage, cluster_id: str, node_id: int) -> Node
     if fresh:
         await storage.set_meta("cluster_id", cluster_id)
         await storage.set_meta("node_id", str(node_id))
+        if initial_acceptors is not None:
+            await storage.set_meta(META_INITIAL_ACCEPTORS, _id_list(initial_acceptors))
         await storage.set_meta("data_id", uuid.uuid4().hex)
     elif stored_cluster != cluster_id or stored_node != str(node_id):
         raise SystemExit(
             f"data directory belongs to cluster {stored_cluster!r} node {stored_node}, "
             f"not cluster {cluster_id!r} node {node_id}; refusing to start")
+    elif initial_acceptors is not None:
+        stored_set = storage.get_meta(META_INITIAL_ACCEPTORS)
+        if stored_set is None:  # written by a release that did not store it
+            await storage.set_meta(META_INITIAL_ACCEPTORS, _id_list(initial_acceptors))
+        elif stored_set != _id_list(initial_acceptors):
+            raise SystemExit(
+                f"paxoskv: the data directory was first started with the epoch-0 acceptor "
+                f"set [{stored_set}] and this start names [{_id_list(initial_acceptors)}]; "
+                "refusing to start: keep --replicas (PAXOSKV_REPLICAS; the chart's "
+                "initialReplicas) or the peer list / hosts file as at the first start: the "
+                "acceptor set is changed by acceptor-set changes (docs/reconfiguration.md), "
+                "not by flags")
     incarnation = int(storage.get_meta("incarnation") or "0") + 1
     await storage.set_meta("incarnation", str(incarnation))
     data_id = storage.get_meta("data_id")

@@ -15,25 +15,32 @@ carries out safely, or none.
   config then is like losing those acceptors, which the quorum of the rest outlives.
 - Above ``--max-replicas``: the pods cannot even start (the peer list does not name them);
   nothing is changed and the state says so.
+- Below a quorum (``kubectl scale`` 3 -> 1, 5 -> 2): the pods are deleted first, fewer than
+  a majority of the held config's acceptors are left, and no change can complete (each
+  needs a quorum of the current set): none is started, the state is ``below_quorum`` until
+  the StatefulSet is scaled back up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.core.reconfig import RecordPhase
+from paxoskv.core.reconfig import Config, RecordPhase
 from paxoskv.reconfigure import ChangeFailed
 
 if TYPE_CHECKING:
     from paxoskv.node import Node
 
-__all__ = ["Decision", "KubeReplicas", "ReplicaSource", "Scaler", "ScalerOptions", "decide",
-           "desired_set", "is_driver"]
+__all__ = ["Decision", "KubeReplicas", "ReplicaSource", "Scaler", "ScalerOptions",
+           "api_error_text", "below_quorum", "decide", "desired_set", "is_driver",
+           "kube_client_available"]
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +97,54 @@ def decide(self_id: int, replicas: int, max_replicas: int, current: frozenset[in
     return Decision("in_sync", None, f"acceptors {sorted(current)}")
 
 
+def below_quorum(config: Config, replicas: int) -> Decision | None:
+    """A ``below_quorum`` decision when the StatefulSet's pods (ordinals ``0..replicas-1``)
+    leave fewer than a quorum of ``config``'s prepare or accept set: every acceptor-set
+    change needs such a quorum, so starting one would only hang. None otherwise."""
+    def enough(count: int) -> bool:
+        running = desired_set(count)
+        return (len(config.prepare_set & running) >= config.prepare_quorum
+                and len(config.accept_set & running) >= config.accept_quorum)
+
+    if enough(replicas):
+        return None
+    least = next(n for n in range(replicas + 1, max(config.members) + 1) if enough(n))
+    return Decision("below_quorum", None,
+                    f"the StatefulSet has {replicas} replicas, which leaves fewer than a quorum "
+                    f"of the acceptors {sorted(config.members)} a pod, so no acceptor-set change "
+                    f"can complete; scale it back up to at least {least} replicas (then down "
+                    "by less than half of the acceptors at a time)")
+
+
+def api_error_text(exc: BaseException) -> str:
+    """One stable line for a failed API read: an ``ApiException``'s status, reason and the
+    Status object's message, never its headers (they change on every call, so a logged
+    ``str(exc)`` was new each poll and "logged once" never held)."""
+    status = getattr(exc, "status", None)
+    if status is None:
+        return f"{type(exc).__name__}: {exc}"
+    text = f"{status} {getattr(exc, 'reason', '') or ''}".strip()
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            message = json.loads(body).get("message")
+        except (ValueError, TypeError, AttributeError):
+            message = None
+        if isinstance(message, str) and message:
+            text += f": {message}"
+    return text
+
+
 class ReplicaSource(Protocol):
     async def replicas(self) -> int:
         """The StatefulSet's ``spec.replicas`` now; raises on any failure."""
         ...
+
+
+def kube_client_available() -> bool:
+    """Whether the ``kubernetes`` package (the ``k8s`` extra) is installed: without it the
+    follower could only report the import error on every poll, so serve refuses to start."""
+    return importlib.util.find_spec("kubernetes") is not None
 
 
 class KubeReplicas:
@@ -150,7 +201,8 @@ class Scaler:
 
     def _report(self, state: str, detail: str) -> None:
         if state != self.state or (state != "changing" and detail != self.detail):
-            level = logging.WARNING if state in ("over_max", "api_error") else logging.INFO
+            level = logging.WARNING if state in ("over_max", "api_error", "below_quorum") \
+                else logging.INFO
             log.log(level, "scaler: %s: %s", state, detail)
         self.state, self.detail = state, detail
         self._node.metrics.scaler(state, self.replicas)
@@ -168,12 +220,16 @@ class Scaler:
             self.read_at = time.time()
         except Exception as exc:  # the API, RBAC, the network: all only delay the change
             self._report("api_error", f"reading StatefulSet {self.options.statefulset}: "
-                         f"{type(exc).__name__}: {exc}")
+                         f"{api_error_text(exc)}")
             return
         if self.replicas > self.options.max_replicas:
             self._report("over_max", decide(node.config.node_id, self.replicas,
                                             self.options.max_replicas, frozenset(), True,
                                             frozenset()).detail)
+            return
+        stuck = below_quorum(node.epoch_config, self.replicas) if self.replicas >= 1 else None
+        if stuck is not None:
+            self._report(stuck.state, stuck.detail)
             return
         up = self._up()
         self.driver = is_driver(node.config.node_id, node.epoch_config.members, up)

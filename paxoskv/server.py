@@ -117,7 +117,12 @@ async def serve(opts: ServeOptions) -> None:
     except RebuildRefused as exc:
         await storage.close()
         raise SystemExit(f"paxoskv: {exc}") from None
-    identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id)
+    try:
+        identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id,
+                                       opts.config.initial_acceptors)
+    except SystemExit:
+        await storage.close()
+        raise
     log.info("node %d (cluster %s, incarnation %d, data %s%s)", identity.node_id,
              identity.cluster_id, identity.incarnation, identity.data_id,
              ", new data directory" if identity.fresh else "")

@@ -142,6 +142,45 @@ def test_a_rebuild_on_an_old_data_directory_stops_serve_with_what_to_do(
     assert asyncio.run(incarnation()) == "4", "refused before anything was written"
 
 
+def test_serve_with_another_epoch0_acceptor_set_is_refused_with_what_to_do(
+        tmp_path: Path) -> None:
+    """Goal: a real ``paxoskv serve`` whose data directory was first started with the
+    acceptor set {1, 2, 3} and is now told {1..5} (PAXOSKV_REPLICAS rendered anew) stops
+    with one line saying what to do, a non-zero exit, no traceback, nothing written."""
+    import asyncio
+
+    from paxoskv.node import META_INITIAL_ACCEPTORS
+    from paxoskv.storage.sqlite import SqliteStorage
+
+    data = tmp_path / "d"
+    data.mkdir()
+
+    async def meta(name: str, value: str | None = None) -> str | None:
+        storage = SqliteStorage(data)
+        try:
+            if value is not None:
+                await storage.set_meta(name, value)
+            return storage.get_meta(name)
+        finally:
+            await storage.close()
+
+    for name, value in (("cluster_id", "paxoskv"), ("node_id", "1"), ("data_id", "d1"),
+                        ("incarnation", "4"), (META_INITIAL_ACCEPTORS, "1,2,3")):
+        asyncio.run(meta(name, value))
+    ports = free_ports(5)
+    peers = ",".join(f"{i + 1}=http://127.0.0.1:{p}" for i, p in enumerate(ports))
+    res = run("serve", "--node-id", "1", "--peers", peers, "--listen", f"127.0.0.1:{ports[0]}",
+              "--data-dir", str(data),
+              env={"PAXOSKV_PEER_SECRET": "s" * 32})
+    assert res.returncode == 1, res
+    assert "epoch-0 acceptor set [1,2,3]" in res.stderr and "[1,2,3,4,5]" in res.stderr
+    assert "--replicas" in res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("paxoskv: ") and "[1,2,3,4,5]" in last, res.stderr
+    assert asyncio.run(meta("incarnation")) == "4", "refused before anything was written"
+
+
 def test_token_new_writes_the_rate_option(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     a = run("token", "new", "--name", "app", "--role", "write", "--rate", "50/100",
@@ -348,3 +387,18 @@ def test_bash_completion(line: str, expected: str, tmp_path: Path) -> None:
     assert res.stdout.strip() == expected, res.stderr
     zsh = run("completion", "zsh").stdout
     assert "bashcompinit" in zsh and "complete -o default -F _paxoskv paxoskv" in zsh
+
+
+def test_follow_replicas_without_the_kubernetes_package_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Goal: the follower on and no ``kubernetes`` package is one line and exit 2 at start,
+    not an api_error the follower reports on every poll."""
+    import paxoskv.scaler
+
+    monkeypatch.setattr(paxoskv.scaler, "kube_client_available", lambda: False)
+    monkeypatch.setenv("POD_NAME", "kv-0")
+    assert main(["serve", "--statefulset", "--replicas", "3", "--service", "kv-h",
+                 "--namespace", "ns", "--follow-replicas"]) == 2
+    err = capsys.readouterr().err
+    assert "--follow-replicas needs the kubernetes package" in err
+    assert "Traceback" not in err

@@ -13,7 +13,15 @@ from paxoskv.core.reconfig import Config, ConfigRecord, RecordPhase, change_conf
 from paxoskv.membership import PeerHealth
 from paxoskv.metrics import Metrics
 from paxoskv.reconfigure import ChangeFailed, DriverProgress
-from paxoskv.scaler import Scaler, ScalerOptions, decide, desired_set, is_driver
+from paxoskv.scaler import (
+    Scaler,
+    ScalerOptions,
+    api_error_text,
+    below_quorum,
+    decide,
+    desired_set,
+    is_driver,
+)
 
 S = frozenset
 
@@ -179,3 +187,64 @@ def test_api_errors_over_max_and_no_quorum_change_nothing_and_are_reported(
     asyncio.run(scaler.step())
     assert scaler.state == "no_quorum"
     assert node.reconfigurer.started == []
+
+
+@pytest.mark.parametrize(("members", "replicas", "stuck", "least"), [
+    ({1, 2, 3}, 1, True, 2),          # 3 -> 1: 1 of 3 left
+    ({1, 2, 3}, 2, False, None),      # 3 -> 2: 2 of 3
+    ({1, 2, 3, 4, 5}, 2, True, 3),    # 5 -> 2
+    ({1, 2, 3, 4, 5}, 3, False, None),
+    ({1, 2, 3, 4}, 2, True, 3),       # 4 -> 2: 2 of 4 is no majority
+    ({1, 2}, 1, True, 2),
+    ({1, 2, 3}, 5, False, None),      # scaling up
+])
+def test_below_quorum_when_the_pods_left_are_no_majority(
+        members: set[int], replicas: int, stuck: bool, least: int | None) -> None:
+    """Goal: a scale-down by a majority or more (the pods are deleted first) is reported as
+    below_quorum, with the count to scale back up to, and starts no change."""
+    d = below_quorum(Config.stable(3, members), replicas)
+    assert (d is not None) is stuck
+    if d is not None:
+        assert d.state == "below_quorum" and d.target is None
+        assert f"at least {least} replicas" in d.detail
+
+
+def test_below_quorum_starts_nothing_and_is_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    node = _Node(1, Config.stable(0, {1, 2, 3, 4, 5}), {2})
+    scaler = _scaler(node, _Source(2))
+    for _ in range(3):
+        asyncio.run(scaler.step())
+    assert scaler.state == "below_quorum" and scaler.as_dict()["state"] == "below_quorum"
+    assert node.metrics.states == ["below_quorum"] * 3
+    assert node.reconfigurer.started == []
+    assert sum("below_quorum" in r.getMessage() for r in caplog.records) == 1
+
+
+def _api_exception(request_id: str) -> Exception:
+    from kubernetes.client import ApiException  # type: ignore[import-untyped]
+
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.headers = {"Audit-Id": request_id, "Date": request_id}
+    exc.body = ('{"kind": "Status", "status": "Failure", "message": "statefulsets.apps '
+                '\\"kv\\" is forbidden", "reason": "Forbidden", "code": 403}')
+    return exc
+
+
+def test_api_errors_are_one_stable_line_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Goal: an ApiException's text carries headers that change on every call; the detail
+    and the log keep only status, reason and the Status message, so a lasting error is
+    logged once."""
+    pytest.importorskip("kubernetes")
+    first, second = _api_exception("id-1"), _api_exception("id-2")
+    assert str(first) != str(second)
+    assert api_error_text(first) == api_error_text(second)
+    assert api_error_text(first) == '403 Forbidden: statefulsets.apps "kv" is forbidden'
+    node = _Node(1, Config.stable(0, {1, 2, 3}), {2, 3})
+    source = _Source(3)
+    scaler = _scaler(node, source)
+    for exc in (first, second, _api_exception("id-3")):
+        source.value = exc
+        asyncio.run(scaler.step())
+    assert scaler.state == "api_error" and "403 Forbidden" in scaler.detail
+    assert sum("api_error" in r.getMessage() for r in caplog.records) == 1

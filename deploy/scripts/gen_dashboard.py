@@ -747,7 +747,8 @@ def build() -> dict[str, Any]:
             "--follow-replicas), and what the follower does on each node: 1 for its state "
             "(in_sync; changing; waiting_for_pods: a pod to add does not answer yet; over_max: "
             "above maxReplicas, nothing is changed; api_error: the Kubernetes API is not "
-            "read; no_quorum; standby: another node drives).",
+            "read; no_quorum; below_quorum: scaled below a majority of the acceptors, nothing "
+            "is changed until scaled back up; standby: another node drives).",
             [
                 target(
                     f"max (paxoskv_scaler_desired_acceptors{{{SEL}}})", "replicas asked for"

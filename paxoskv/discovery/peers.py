@@ -153,27 +153,39 @@ def statefulset_name(pod_name: str) -> str:
 async def wait_for_dns(peers: dict[int, PeerSpec], self_id: int, timeout_s: float,
                        interval_s: float = 2.0, only: Iterable[int] | None = None) -> None:
     """Wait (bounded, logged) until the peers' names resolve; DNS lags pod start. ``only``:
-    just these (the acceptors of the config the node holds: a peer-list entry whose pod
-    the StatefulSet does not have never resolves, and must not hold the start up)."""
+    the acceptors of the config the node holds, and only until a majority of them resolve
+    (this node counts): a peer-list entry whose pod the StatefulSet does not have never
+    resolves, nor does a pod a scale-down just deleted while the held config still names it;
+    either held a restarting member for the whole timeout. A quorum is what the node needs
+    to serve; the rest count as down until they resolve."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     wanted = set(peers) if only is None else set(only)
     pending = {pid: urlparse(p.url).hostname or "" for pid, p in peers.items()
                if pid != self_id and pid in wanted}
-    while pending:
+    if only is None:
+        needed = len(pending)
+    else:
+        needed = len(wanted) // 2 + 1 - (1 if self_id in wanted else 0)
+    resolved = 0
+    while pending and resolved < needed:
         for pid, host in list(pending.items()):
             try:
                 await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
                 del pending[pid]
+                resolved += 1
             except OSError:
                 pass
-        if not pending:
+        if not pending or resolved >= needed:
             break
         left = deadline - loop.time()
         if left <= 0:
             log.warning("DNS: %s still unresolved after %.0fs; starting anyway (peers count as "
                         "down until they resolve)", sorted(pending.values()), timeout_s)
             return
-        log.info("DNS: waiting for %d peer names (%s), %.0fs left", len(pending),
-                 ", ".join(sorted(pending.values())), left)
+        log.info("DNS: waiting for %d more of the peer names %s, %.0fs left",
+                 needed - resolved, ", ".join(sorted(pending.values())), left)
         await asyncio.sleep(min(interval_s, left))
+    if pending:
+        log.info("DNS: a majority of the acceptors resolves; starting (%s not yet: counted "
+                 "down until they resolve)", ", ".join(sorted(pending.values())))

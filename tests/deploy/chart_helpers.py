@@ -40,14 +40,20 @@ SKIP_REASON = (
 
 
 def helm_template(
-    values: dict[str, Any] | None = None, *, release: str = RELEASE, check: bool = True
+    values: dict[str, Any] | None = None,
+    *,
+    release: str = RELEASE,
+    check: bool = True,
+    extra_args: tuple[str, ...] = (),
+    chart: Path = CHART,
 ) -> subprocess.CompletedProcess[str]:
     assert HELM is not None
     cmd = [
         HELM,
         "template",
         release,
-        str(CHART),
+        str(chart),
+        *extra_args,
         "--namespace",
         NAMESPACE,
         "--kube-version",

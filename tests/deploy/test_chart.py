@@ -728,21 +728,104 @@ def test_replica_changes_are_not_refused_and_epoch_0_is_pinned_from_the_live_obj
     src = (CHART / "templates" / "statefulset.yaml").read_text()
     assert re.search(r'lookup\s+"apps/v1"\s+"StatefulSet"\s+\.Release\.Namespace\s+\$fullname', src)
     assert "allowReplicaChange" not in src
-    assert re.search(r'eq \.name "PAXOSKV_REPLICAS" -}}{{- \$initial = int \.value', src)
+    assert re.search(r'eq \.name "PAXOSKV_REPLICAS" -}}{{- \$liveInitial = int \.value', src)
+    assert "{{- $initial = $liveInitial -}}" in src
     assert re.search(r"name: PAXOSKV_REPLICAS\n\s+value: {{ \$initial \| quote }}", src)
     assert "allowReplicaChange" not in (CHART / "values.yaml").read_text()
 
 
 def test_replicas_change_only_the_replica_count_not_the_pod_template() -> None:
-    """Without a live object (helm template) the epoch-0 set is `replicas`; with the same
-    epoch-0 set pinned, another `replicas` leaves the pod template as it is."""
-    three = only(render({"replicas": 3}), "StatefulSet")
+    """Without a live object (helm template) the epoch-0 set is `initialReplicas` when set,
+    else `replicas` (an install); with it set, another `replicas` leaves the pod template
+    as it is, so a GitOps render never tells the pods another epoch-0 set."""
     five = only(render({"replicas": 5}), "StatefulSet")
+    assert env_of(container([five]))["PAXOSKV_REPLICAS"] == "5"  # install: the count
+    three = only(render({"replicas": 3, "initialReplicas": 3}), "StatefulSet")
+    five = only(render({"replicas": 5, "initialReplicas": 3}), "StatefulSet")
     assert (three["spec"]["replicas"], five["spec"]["replicas"]) == (3, 5)
     env3, env5 = env_of(container([three])), env_of(container([five]))
-    assert env5["PAXOSKV_REPLICAS"] == "5"  # install: epoch 0 is the count at install
-    differ = {k for k in env3.keys() | env5.keys() if env3.get(k) != env5.get(k)}
-    assert differ == {"PAXOSKV_REPLICAS"}
+    assert env5["PAXOSKV_REPLICAS"] == "3"
+    assert env3 == env5
+
+
+def test_an_upgrade_that_cannot_read_the_live_statefulset_needs_initial_replicas() -> None:
+    """Goal: an upgrade render without the live object (client-side --dry-run, a StatefulSet
+    deleted with --cascade=orphan, `helm template --is-upgrade`) would take epoch 0 from
+    `replicas`: refused unless initialReplicas names it."""
+    res = helm_template({"replicas": 5}, check=False, extra_args=("--is-upgrade",))
+    assert res.returncode != 0
+    assert "set initialReplicas to the replica count the release was installed with" in (
+        res.stderr)
+    ok = helm_template({"replicas": 5, "initialReplicas": 3}, extra_args=("--is-upgrade",))
+    docs = [d for d in yaml.safe_load_all(ok.stdout) if d]
+    assert env_of(container(docs))["PAXOSKV_REPLICAS"] == "3"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"initialReplicas": 8}, "initialReplicas=8 must be between 1 and maxReplicas=7"),
+    ({"initialReplicas": 5, "maxReplicas": 4, "replicas": 3},
+     "initialReplicas=5 must be between 1 and maxReplicas=4"),
+    ({"initialReplicas": -1}, "initialReplicas"),
+    ({"initialReplicas": 16}, "initialReplicas"),
+])
+def test_initial_replicas_is_bounded(values: dict[str, Any], message: str) -> None:
+    res = helm_template(values, check=False)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("live", "asked", "refused", "hint"), [
+    (5, 3, False, ""), (5, 4, False, ""), (5, 7, False, ""), (3, 2, False, ""),
+    (4, 3, False, ""),
+    (5, 2, True, "The largest safe step is 5 -> 3"),
+    (3, 1, True, "The largest safe step is 3 -> 2"),
+    (4, 2, True, "The largest safe step is 4 -> 3"),
+    (7, 3, True, "The largest safe step is 7 -> 4"),
+    (2, 1, True, "a release of 2 replicas cannot be scaled down by deleting pods"),
+])
+def test_a_scale_down_by_a_majority_is_refused(tmp_path: Any, live: int, asked: int,
+                                               refused: bool, hint: str) -> None:
+    """Goal: on upgrade (the live StatefulSet read) a `replicas` below live/2+1 is refused
+    with the largest safe step: the pods are deleted first and no change could complete.
+    lookup answers nothing under helm template, so the check (the helper the StatefulSet
+    template calls with the live count) is rendered from a copy of the chart."""
+    import shutil
+
+    chart = tmp_path / "paxoskv"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "zz-check.yaml").write_text(
+        f'{{{{- include "paxoskv.checkScaleDown" (dict "live" {live} "replicas" {asked}) }}}}\n')
+    res = helm_template(check=False, chart=chart)
+    assert (res.returncode != 0) is refused, res.stderr
+    assert hint in res.stderr
+    src = (CHART / "templates" / "statefulset.yaml").read_text()
+    assert re.search(r'include "paxoskv.checkScaleDown" \(dict "live" \(int '
+                     r'\$live.spec.replicas\) "replicas" \(int .Values.replicas\)\)', src)
+
+
+def test_when_scaled_delete_with_follow_replicas_is_refused() -> None:
+    """Goal: claims of pods a scale-down deletes belong to acceptors still in the set until
+    the change removes them: whenScaled=Delete is refused while the pods follow replicas."""
+    values: dict[str, Any] = {"persistence": {"retentionPolicy": {"whenScaled": "Delete"}}}
+    res = helm_template(values, check=False)
+    assert res.returncode != 0
+    assert "whenScaled=Delete with followReplicas" in res.stderr
+    assert "Retain" in res.stderr
+    sts = only(render({**values, "followReplicas": False}), "StatefulSet")
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete"
+
+
+def test_values_of_the_previous_chart_render_reuse_values() -> None:
+    """Goal: `helm upgrade --reuse-values` from the chart before followReplicas keeps the old
+    values, which lack maxReplicas, followReplicas, rbac and initialReplicas (a null in the
+    values drops the key, as there): the chart's defaults apply instead of maxReplicas=0 or
+    a nil dereference."""
+    docs = render({"maxReplicas": None, "followReplicas": None, "rbac": None,
+                   "initialReplicas": None})
+    env = env_of(container(docs))
+    assert env["PAXOSKV_MAX_REPLICAS"] == "7"
+    assert env["PAXOSKV_FOLLOW_REPLICAS"] == "true"
+    assert only(docs, "Role")["rules"][0]["verbs"] == ["get"]
+    assert pod_spec(docs)["automountServiceAccountToken"] is True
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -766,7 +849,7 @@ def test_rbac_grants_only_reading_the_own_statefulset() -> None:
     docs = render()
     role, binding = only(docs, "Role"), only(docs, "RoleBinding")
     assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets"],
-                              "resourceNames": [FULLNAME], "verbs": ["get", "list", "watch"]}]
+                              "resourceNames": [FULLNAME], "verbs": ["get"]}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa = only(docs, "ServiceAccount")["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa,

@@ -103,3 +103,24 @@ def test_dns_wait_covers_only_the_acceptors_named() -> None:
     started = time.monotonic()
     asyncio.run(wait_for_dns(peers, 1, 30.0, interval_s=0.1, only={1, 2}))
     assert time.monotonic() - started < 5.0
+
+
+def test_dns_wait_needs_only_a_majority_of_the_held_config() -> None:
+    """Goal: a member restarting during a scale-down (the held config still names pods just
+    deleted, whose names no longer resolve) starts once a majority of the held acceptors
+    resolves, this node counted, not after the whole --dns-timeout; without a majority it
+    still waits."""
+    import asyncio
+    import time
+
+    from paxoskv.discovery.peers import wait_for_dns
+
+    gone = "http://no-such-pod.invalid:1"
+    peers = {1: PeerSpec(1, "http://127.0.0.1:1"), 2: PeerSpec(2, "http://localhost:1"),
+             3: PeerSpec(3, gone), 4: PeerSpec(4, gone), 5: PeerSpec(5, gone)}
+    started = time.monotonic()
+    asyncio.run(wait_for_dns(peers, 1, 20.0, interval_s=0.1, only={1, 2, 3}))
+    assert time.monotonic() - started < 5.0
+    started = time.monotonic()
+    asyncio.run(wait_for_dns(peers, 1, 1.0, interval_s=0.1, only={1, 2, 3, 4, 5}))
+    assert time.monotonic() - started >= 0.9  # 2 of 5: no majority, the timeout runs out

@@ -14,7 +14,7 @@ import pytest
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
-from paxoskv.node import open_identity
+from paxoskv.node import META_INITIAL_ACCEPTORS, open_identity
 from paxoskv.storage import sqlite as sqlite_module
 from paxoskv.storage.sqlite import CorruptRecord, SqliteStorage, _charge
 
@@ -107,6 +107,50 @@ def test_identity_is_made_once_and_incarnation_grows(tmp_path: Path) -> None:
         asyncio.run(start(cluster="other"))
     with pytest.raises(SystemExit):
         asyncio.run(start(node=2))
+
+
+def test_epoch0_acceptor_set_is_stored_and_another_refused(tmp_path: Path) -> None:
+    """Goal: a directory remembers the epoch-0 acceptor set of its first start and a later
+    start naming another set (``helm template`` rendering PAXOSKV_REPLICAS from a new
+    ``replicas``) is refused before anything is written: a node without a stored config
+    believing another epoch 0 could form a second quorum. A directory of an older release
+    (no stored set) stores the current one."""
+    async def start(initial: frozenset[int]) -> int:
+        s = SqliteStorage(tmp_path)
+        try:
+            return (await open_identity(s, "c", 1, initial)).incarnation
+        finally:
+            await s.close()
+
+    async def meta(name: str, value: str | None = None) -> str | None:
+        s = SqliteStorage(tmp_path)
+        try:
+            if value is not None:
+                await s.set_meta(name, value)
+            return s.get_meta(name)
+        finally:
+            await s.close()
+
+    three, five = frozenset({1, 2, 3}), frozenset({1, 2, 3, 4, 5})
+    assert asyncio.run(start(three)) == 1
+    assert asyncio.run(meta(META_INITIAL_ACCEPTORS)) == "1,2,3"
+    assert asyncio.run(start(three)) == 2
+    with pytest.raises(SystemExit) as refused:
+        asyncio.run(start(five))
+    message = str(refused.value)
+    assert "[1,2,3]" in message and "[1,2,3,4,5]" in message and "--replicas" in message
+    assert asyncio.run(meta("incarnation")) == "2", "refused before anything was written"
+    # An older release's directory: no stored set; the current one is stored.
+    s = SqliteStorage(tmp_path)
+    path = s.path
+    asyncio.run(s.close())
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM meta WHERE name = ?", (META_INITIAL_ACCEPTORS,))
+    conn.commit()
+    conn.close()
+    assert asyncio.run(meta(META_INITIAL_ACCEPTORS)) is None
+    assert asyncio.run(start(five)) == 3
+    assert asyncio.run(meta(META_INITIAL_ACCEPTORS)) == "1,2,3,4,5"
 
 
 def test_identity_after_a_crash_during_the_first_start(tmp_path: Path) -> None:

@@ -148,13 +148,58 @@ An explicit value above that is refused (it would let a drain break quorum).
 {{- end -}}
 {{- end -}}
 
+{{/*
+Values added with followReplicas, read nil-safe: `helm upgrade --reuse-values` from a chart
+without them keeps the old release's values, which lack them (no chart defaults merged).
+"true" or "" for the booleans (include returns a string).
+*/}}
+{{- define "paxoskv.maxReplicas" -}}
+{{- .Values.maxReplicas | default 7 | int -}}
+{{- end -}}
+
+{{- define "paxoskv.followReplicas" -}}
+{{- if or (not (hasKey .Values "followReplicas")) .Values.followReplicas -}}true{{- end -}}
+{{- end -}}
+
+{{- define "paxoskv.rbacCreate" -}}
+{{- $rbac := .Values.rbac | default dict -}}
+{{- if or (not (hasKey $rbac "create")) $rbac.create -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Refuse a scale-down that deletes a majority of the running pods at once: the StatefulSet
+deletes them first, fewer than a majority of the current acceptors stay, and no acceptor-set
+change can complete (each needs a quorum of the current set). One step may go from N down to
+N/2+1. Call with (dict "live" <live spec.replicas> "replicas" <asked>); empty output.
+*/}}
+{{- define "paxoskv.checkScaleDown" -}}
+{{- $live := int .live -}}
+{{- $asked := int .replicas -}}
+{{- $safe := add (div $live 2) 1 | int -}}
+{{- if and (ge $asked 1) (lt $asked $safe) -}}
+{{- if lt $safe $live -}}
+{{- fail (printf "replicas: scaling %v -> %v would delete a majority of the running acceptors at once, so no acceptor-set change could complete (no quorum). The largest safe step is %v -> %v: go %v -> %v, then on from there once the scaler reports in_sync (chart README, 'Scaling')." $live $asked $live $safe $live $safe) -}}
+{{- else -}}
+{{- fail (printf "replicas: scaling %v -> %v would leave fewer than a majority of the %v acceptors running, so no acceptor-set change could complete (no quorum): a release of %v replicas cannot be scaled down by deleting pods (chart README, 'Scaling')." $live $asked $live $live) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Release-wide checks that fail rendering early with a clear message. */}}
 {{- define "paxoskv.validate" -}}
 {{- if lt (int .Values.replicas) 1 -}}
 {{- fail "replicas must be >= 1" -}}
 {{- end -}}
-{{- if lt (int .Values.maxReplicas) (int .Values.replicas) -}}
-{{- fail (printf "maxReplicas=%v is below replicas=%v: the peer list names ordinals 0..maxReplicas-1 only, so pods beyond it could not start" (int .Values.maxReplicas) (int .Values.replicas)) -}}
+{{- $maxReplicas := include "paxoskv.maxReplicas" . | int -}}
+{{- if lt $maxReplicas (int .Values.replicas) -}}
+{{- fail (printf "maxReplicas=%v is below replicas=%v: the peer list names ordinals 0..maxReplicas-1 only, so pods beyond it could not start" $maxReplicas (int .Values.replicas)) -}}
+{{- end -}}
+{{- $initialReplicas := .Values.initialReplicas | default 0 | int -}}
+{{- if and $initialReplicas (or (lt $initialReplicas 1) (gt $initialReplicas $maxReplicas)) -}}
+{{- fail (printf "initialReplicas=%v must be between 1 and maxReplicas=%v (or unset): it names epoch 0's acceptors, ordinals 0..initialReplicas-1" $initialReplicas $maxReplicas) -}}
+{{- end -}}
+{{- if and .Values.persistence.enabled (include "paxoskv.followReplicas" .) (eq (toString (dig "retentionPolicy" "whenScaled" "" (.Values.persistence | default dict))) "Delete") -}}
+{{- fail "persistence.retentionPolicy.whenScaled=Delete with followReplicas: a scale-down deletes the pods first, and their claims with them, while their acceptors are still members of the acceptor set until the change removes them (a pod coming back in that time would start empty). Use whenScaled=Retain and delete the claims of removed ordinals by hand once the scaler reports in_sync." -}}
 {{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or none (got %q)" .Values.podAntiAffinity) -}}
