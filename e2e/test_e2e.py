@@ -643,10 +643,26 @@ def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
     assert all(status["peers"][str(i)]["up"] for i in (1, 3)), status["peers"]
     for i in range(10):
         got = k.cli(f"{FULLNAME}-2", "get", f"e2e/old/{i}", "--url", k.service_url())
+        if got != f"v{i}":
+            _explain_missing_read(k, f"e2e/old/{i}")
         assert got == f"v{i}", (i, got)
     out = k.cli(f"{FULLNAME}-0", "put", "e2e/after-tls", "yes", "--url", k.service_url())
     assert '"version": 1' in out, out
     print("e2e: 10 keys written before the move read back over TLS; a new write succeeds")
+
+
+def _explain_missing_read(k: Kube, key: str) -> None:
+    """Print what a failed read-back said and what each pod logged, for the report."""
+    token = shlex.quote(k.admin_token())
+    for pod in k.pod_names():
+        said = k.exec(pod, ["sh", "-c", f"PAXOSKV_TOKEN={token} paxoskv get {shlex.quote(key)} "
+                             f"--url {shlex.quote(k.local_url())} 2>&1; echo rc=$?"])
+        print(f"e2e: {pod} reading {key} locally: {said.strip()[-400:]}")
+        try:
+            log = k.core.read_namespaced_pod_log(pod, k.ns, container="paxoskv")
+        except ApiException as exc:
+            log = f"(no log: {exc.reason})"
+        print(f"e2e: {pod} log tail:\n{log[-6000:]}")
 
 
 BACKUP_KEYS = 200
