@@ -611,7 +611,10 @@ def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
     k.helm("install", RELEASE, str(k.chart), *k.base_values(), *one_port, "--timeout", "5m")
     k.wait_rollout(600)
     for i in range(10):
-        k.cli(f"{FULLNAME}-0", "put", f"e2e/old/{i}", f"v{i}", "--url", k.service_url())
+        out = k.cli(f"{FULLNAME}-0", "put", f"e2e/old/{i}", f"v{i}", "--url", k.service_url())
+        if '"version"' not in out:
+            _explain_missing_read(k, f"e2e/old/{i}")
+        assert '"version"' in out, (i, out)
     steps = ["both-dial-port", "both-dial-peer-port", "separate"]
     duration = 130 * len(steps)
     _start_prober(k, "e2e-prober-9", duration, https=False)
