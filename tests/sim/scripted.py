@@ -1,14 +1,16 @@
-"""Helpers for the scripted simulator scenarios (tests/sim/test_gc_*.py, test_reconf_node.py,
-test_review_reconf.py): a network without faults, so each scenario's steps happen in the
-order it writes them."""
+"""Helpers for the simulator tests: for the scripted scenarios (tests/sim/test_gc_*.py,
+test_reconf_node.py, test_review_reconf.py) a network without faults, so each scenario's
+steps happen in the order it writes them; for the seeded ones, a run of seeds."""
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 from typing import Any
 
 from paxoskv.core.quorum import QuorumConfig
 from paxoskv.node import AcceptorRules
+from paxoskv.sim.batch import run_many
 from paxoskv.sim.network import SimNetworkOptions
 from paxoskv.sim.runner import SimOptions, _Simulation
 
@@ -50,3 +52,18 @@ async def four_nodes_one_waiting(seed: int, *, rules: AcceptorRules | None = Non
     await asyncio.gather(*(sim.boot(i) for i in sim.ids))
     await sim.wait_ready(30.0)
     return sim
+
+
+def run_seeds(seeds: range, options: SimOptions, jobs: int) -> tuple[Counter[str], list[str]]:
+    """Run ``seeds`` of the node simulator: the faults injected across them, and one line
+    per failing run (its checker summary, node errors, state-checker and liveness
+    failures)."""
+    faults: Counter[str] = Counter()
+    failing: list[str] = []
+    for summary in run_many(seeds, options, None, jobs):
+        faults.update(summary.faults)
+        if summary.failed:
+            failing.append(f"seed {summary.seed}: {summary.check_summary} "
+                           f"{summary.node_errors} {summary.invariant_failures} "
+                           f"{summary.liveness_failures}")
+    return faults, failing

@@ -7,10 +7,9 @@ linearizability checker."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 
 import pytest
-from scripted import four_nodes_one_waiting
+from scripted import four_nodes_one_waiting, run_seeds
 
 from paxoskv.check import History, check
 from paxoskv.core.acceptor import NO_FLOOR, Floor
@@ -135,14 +134,7 @@ def test_random_changes_through_the_real_driver_stay_linearizable() -> None:
     Method: ``SimOptions(spares=2)`` for a few seeds of 300 ops (the CLI runs more:
     ``python -m paxoskv.sim --spares 2``); changes must really complete, and some drivers
     must die mid-change and be resumed by another node."""
-    faults: Counter[str] = Counter()
-    failing: list[str] = []
-    for summary in run_many(range(RANDOM_SEEDS), SimOptions(ops=300, spares=2), None, 1):
-        faults.update(summary.faults)
-        if summary.failed:
-            failing.append(f"seed {summary.seed}: {summary.check_summary} "
-                           f"{summary.node_errors} {summary.invariant_failures} "
-                           f"{summary.liveness_failures}")
+    faults, failing = run_seeds(range(RANDOM_SEEDS), SimOptions(ops=300, spares=2), 1)
     assert not failing, "\n".join(failing)
     assert faults["reconf_done"] >= RANDOM_SEEDS * 2, faults
     assert faults["reconf_add"] > 0 and faults["reconf_remove"] > 0, faults

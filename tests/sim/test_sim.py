@@ -6,6 +6,7 @@ import os
 from collections import Counter
 
 import pytest
+from scripted import run_seeds
 
 from paxoskv.sim.batch import DEFAULT_SEEDS, run_many
 from paxoskv.sim.mutants import MUTANTS
@@ -161,14 +162,7 @@ def test_fast_paxos_collides_recovers_and_stays_linearizable() -> None:
     Method: six seeds of 300 ops with fast Paxos on and the default faults; every run
     passes, and the fast_chosen and fast_collision counters are both > 0.
     """
-    faults: Counter[str] = Counter()
-    failing: list[str] = []
-    for summary in run_many(range(6), SimOptions(ops=300, fast_paxos=True), None, JOBS):
-        faults.update(summary.faults)
-        if summary.failed:
-            failing.append(f"seed {summary.seed}: {summary.check_summary} "
-                           f"{summary.node_errors} {summary.invariant_failures} "
-                           f"{summary.liveness_failures}")
+    faults, failing = run_seeds(range(6), SimOptions(ops=300, fast_paxos=True), JOBS)
     assert not failing, "\n".join(failing)
     assert faults["fast_chosen"] > 0, faults
     assert faults["fast_collision"] > 0, faults
@@ -185,15 +179,8 @@ def test_tombstone_collection_runs_under_every_fault_and_stays_linearizable() ->
     rows were removed, and some collections were driven to the end on every acceptor.
     (The seed budget above runs with collection on too; the gc-* mutants show each rule is
     needed.)"""
-    faults: Counter[str] = Counter()
-    failing: list[str] = []
     options = SimOptions(ops=300, disk_loss_probability=0.05, restore_probability=0.05)
-    for summary in run_many(range(8), options, None, JOBS):
-        faults.update(summary.faults)
-        if summary.failed:
-            failing.append(f"seed {summary.seed}: {summary.check_summary} "
-                           f"{summary.node_errors} {summary.invariant_failures} "
-                           f"{summary.liveness_failures}")
+    faults, failing = run_seeds(range(8), options, JOBS)
     assert not failing, "\n".join(failing)
     assert faults["gc_rows_removed"] > 0, faults
     assert faults["gc_collected"] > 0, faults
