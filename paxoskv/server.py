@@ -172,6 +172,10 @@ async def serve(opts: ServeOptions) -> None:
         await storage.close()
         raise SystemExit(f"paxoskv: {message}")
 
+    # The starting mode is durable before anyone can see it (a rejoin marker above all):
+    # a status that said "fencing" while the marker was still being written let a node
+    # killed then restart without it, refused instead of resuming its rejoin.
+    await node.start()
     for parts, (host, port) in listeners:
         listen_ssl = None
         if reloader is not None and parts != {"metrics"}:
