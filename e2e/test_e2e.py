@@ -196,18 +196,26 @@ def test_3_deleted_pod_comes_back_with_its_data(release: Kube) -> None:
     assert status["incarnation"] >= 2
 
 
+def _start_workload(k: Kube, name: str, duration: int, *, seed: int, clients: int,
+                    prefix: str) -> str:
+    """Start the WORKLOAD pod ``name`` (``clients`` clients for ``duration`` s on keys under
+    ``prefix``), wait until it runs and give it 5 s of load; its pod name."""
+    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=seed,
+                             clients=clients, prefix=prefix)
+    pod = k.run_pod(name, script, duration + 300)
+    k.wait("workload running", lambda: (
+        k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
+        "phase"), 120)
+    time.sleep(5)
+    return pod
+
+
 def test_4_rolling_pod_deletes_under_load_lose_nothing(release: Kube) -> None:
     """Goal: pods deleted one at a time while 6 clients write and read: the history is
     linearizable (project checker) and every acknowledged write is read back."""
     k = release
     duration = int(os.environ.get("PAXOSKV_E2E_LOAD_SECONDS", "75"))
-    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=4, clients=6,
-                             prefix="e2e4-")
-    pod = k.run_pod("e2e-workload", script, duration + 300)
-    k.wait("workload running", lambda: (
-        k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
-        "phase"), 120)
-    time.sleep(5)
+    pod = _start_workload(k, "e2e-workload", duration, seed=4, clients=6, prefix="e2e4-")
     for victim in k.pod_names():
         old = k.core.read_namespaced_pod(victim, k.ns).metadata.uid
         k.core.delete_namespaced_pod(victim, k.ns)
@@ -541,13 +549,7 @@ def _scale_3_5_3(k: Kube) -> None:
     duration = int(os.environ.get("PAXOSKV_E2E_SCALE_SECONDS", "180"))
     # Keys of their own: step 4's workload wrote k000... and once-c... (the checker starts
     # each key from absent).
-    script = WORKLOAD.format(url=k.service_url(), duration=duration, seed=8, clients=4,
-                             prefix="e2e8-")
-    pod = k.run_pod("e2e-workload-8", script, duration + 300)
-    k.wait("workload running", lambda: (
-        k.core.read_namespaced_pod(pod, k.ns).status.phase in ("Running", "Succeeded"),
-        "phase"), 120)
-    time.sleep(5)
+    pod = _start_workload(k, "e2e-workload-8", duration, seed=8, clients=4, prefix="e2e8-")
     # Grow: pods 3 and 4 start, and are added once they answer; the driver is killed.
     _scale_to(k, 5)
     _wait_changing(k, 5)
