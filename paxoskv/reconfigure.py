@@ -283,9 +283,9 @@ class Reconfigurer:
         targets = sorted(config.members | previous.members)
         added = config.members - previous.members
         acked: set[int] = set()
+        # Of ``acked``, those that answered the query: not in a rejoin, so their floors
+        # are whole (a rejoining acceptor lists none while it copies its peers').
         voting: set[int] = set()
-        """Of ``acked``, those that answered the query: not in a rejoin, so their floors
-        are whole (a rejoining acceptor lists none while it copies its peers')."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + INSTALL_TIMEOUT_S
         while True:
