@@ -231,6 +231,7 @@ async def serve(opts: ServeOptions) -> None:
                      opts.drain_s)
             await asyncio.sleep(opts.drain_s)
         log.info("shutting down: draining requests in flight")
+        node.watch.end_all("this node is shutting down")
         for runner in runners:
             await runner.shutdown()
             await runner.cleanup()

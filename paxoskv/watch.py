@@ -31,6 +31,7 @@ __all__ = [
     "LEARN_INLINE_MAX",
     "Event",
     "SlowConsumer",
+    "StreamEnded",
     "TooManyWatchers",
     "WatchHub",
     "WatchLimits",
@@ -77,6 +78,11 @@ class SlowConsumer(Exception):
     """A subscriber's queue overflowed: its stream ends, and its client resumes."""
 
 
+class StreamEnded(Exception):
+    """The node is shutting down: its streams end at once, rather than holding the
+    shutdown for its whole timeout, and their clients resume elsewhere with ``since``."""
+
+
 class Watcher:
     """One subscriber: the keys under ``prefix`` (or the one key ``prefix`` with
     ``exact``), the last version of each that it was given, and its queue."""
@@ -88,6 +94,7 @@ class Watcher:
         self._queue: deque[Event] = deque()
         self._wake = asyncio.Event()
         self.overflowed: str | None = None
+        self.ended: str | None = None
 
     def matches(self, key: str) -> bool:
         return key == self.prefix if self.exact else key.startswith(self.prefix)
@@ -111,9 +118,15 @@ class Watcher:
         self._wake.set()
         return False
 
+    def end(self, why: str) -> None:
+        """Wake the subscriber: once its queue is drained, ``next`` raises ``StreamEnded``."""
+        self.ended = why
+        self._wake.set()
+
     async def next(self, timeout: float) -> Event | None:
-        """The next event, or None after ``timeout`` seconds; raises ``SlowConsumer``."""
-        if not self._queue and self.overflowed is None:
+        """The next event, or None after ``timeout`` seconds; raises ``SlowConsumer``, or
+        ``StreamEnded`` once ``end`` was called and nothing is left to hand out."""
+        if not self._queue and self.overflowed is None and self.ended is None:
             self._wake.clear()
             try:
                 async with asyncio.timeout(timeout):
@@ -122,7 +135,11 @@ class Watcher:
                 return None
         if self.overflowed is not None:
             raise SlowConsumer(self.overflowed)
-        return self._queue.popleft() if self._queue else None
+        if self._queue:
+            return self._queue.popleft()
+        if self.ended is not None:
+            raise StreamEnded(self.ended)
+        return None
 
     def pending(self) -> int:
         return len(self._queue)
@@ -150,6 +167,8 @@ class WatchHub:
         self._newest: OrderedDict[str, int] = OrderedDict()
         self.skipped = 0
         """Learned versions never delivered: their fetch failed or was over the bound."""
+        self.ending: str | None = None
+        """Set by ``end_all``: every subscriber, later ones too, is ended with this."""
 
     @property
     def has_watchers(self) -> bool:
@@ -164,8 +183,17 @@ class WatchHub:
             raise TooManyWatchers(f"this node serves {self.limits.watchers_max} watchers "
                                   "already")
         watcher = Watcher(prefix, exact, since or {}, self.limits)
+        if self.ending is not None:
+            watcher.end(self.ending)
         self._watchers.add(watcher)
         return watcher
+
+    def end_all(self, why: str) -> None:
+        """End every subscriber (the node is shutting down): streams close once their queued
+        events are written, long-polls answer the current value."""
+        self.ending = why
+        for watcher in self._watchers:
+            watcher.end(why)
 
     def unsubscribe(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)

@@ -24,6 +24,7 @@ from paxoskv.watch import (
     LEARN_INLINE_MAX,
     Event,
     SlowConsumer,
+    StreamEnded,
     TooManyWatchers,
     WatchHub,
     WatchLimits,
@@ -250,6 +251,37 @@ def test_stream_slow_consumer_gets_an_error_event() -> None:
         assert w.overflowed
         events = await _events(resp, 1)
         assert events[0][0] == "error" and events[0][1]["error"] == "slow_consumer"
+    with_client(t)
+
+
+def test_ending_the_hub_drains_then_ends_every_watcher_and_later_ones_too() -> None:
+    """Goal: a node shutting down ends its streams at once: queued events first, then
+    StreamEnded; a watcher that subscribes afterwards is ended too."""
+    async def t() -> None:
+        hub = WatchHub()
+        w = hub.subscribe("k")
+        hub.publish("k", Value(1, b"v"))
+        waiting = asyncio.ensure_future(hub.subscribe("other").next(30))
+        await asyncio.sleep(0)
+        hub.end_all("bye")
+        assert await w.next(30) == Event("k", 1, b"v")
+        with pytest.raises(StreamEnded):
+            await w.next(30)
+        with pytest.raises(StreamEnded):
+            await asyncio.wait_for(waiting, 1)  # woken, not left to its 30 s
+        with pytest.raises(StreamEnded):
+            await hub.subscribe("k").next(30)
+    run(t())
+
+
+def test_stream_ends_with_a_shutting_down_error_event() -> None:
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+        resp = await c.get("/v1/watch?key=k")
+        assert (await _events(resp, 1))[0][0] == "synced"
+        node.watch.end_all("this node is shutting down")
+        events = await _events(resp, 1)
+        assert events[0][0] == "error" and events[0][1]["error"] == "shutting_down"
     with_client(t)
 
 

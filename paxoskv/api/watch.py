@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from paxoskv.api import app as api
 from paxoskv.core.idempotency import is_reserved
 from paxoskv.core.register import Value
 from paxoskv.node import Node, NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.watch import Event, SlowConsumer, TooManyWatchers, Watcher
+from paxoskv.watch import Event, SlowConsumer, StreamEnded, TooManyWatchers, Watcher
 
 __all__ = ["WAIT_DEFAULT_S", "WAIT_MAX_S", "decode_since", "encode_since", "long_poll",
            "parse_wait", "watch_stream"]
@@ -130,10 +131,11 @@ async def long_poll(request: web.Request, key: str) -> web.Response:
             # no longer than the expiry, then read: that read deletes it and answers 404.
             left_s = max(0.0, (value.expires_ms - node.clock_ms()) / 1000) + EXPIRY_SLACK_S
             deadline = min(deadline, loop.time() + left_s)
-        while (remaining := deadline - loop.time()) > 0 and not _gone(request):
-            event = await watcher.next(min(POLL_S, remaining))
-            if event is not None:
-                return _value_response(key, Value(event.version, event.data))
+        with contextlib.suppress(StreamEnded):  # shutting down: answer what is there now
+            while (remaining := deadline - loop.time()) > 0 and not _gone(request):
+                event = await watcher.next(min(POLL_S, remaining))
+                if event is not None:
+                    return _value_response(key, Value(event.version, event.data))
         return _value_response(key, (await node.read(key)).value)
     finally:
         node.watch.unsubscribe(watcher)
@@ -209,6 +211,9 @@ async def watch_stream(request: web.Request) -> web.StreamResponse:
         except SlowConsumer as exc:
             await response.write(_error_bytes("slow_consumer", f"stream dropped: {exc}; "
                                               "reconnect with since= to resume"))
+        except StreamEnded as exc:
+            await response.write(_error_bytes("shutting_down", f"{exc}; reconnect with "
+                                              "since= (to another node) to resume"))
         except (NoQuorum, UnknownOutcome, Overloaded) as exc:
             await response.write(_error_bytes("unavailable", str(exc)))
     except ConnectionError:
