@@ -58,9 +58,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="simulate acceptor-set changes (add, remove, replace) on the "
                              "protocol core instead of the real node (paxoskv.sim.reconf)")
     parser.add_argument("--replication-factor", type=int, default=None, metavar="R",
-                        help="with --reconf: each key lives on R acceptors (docs/groups.md); "
+                        help="each key lives on R acceptors (docs/groups.md); with --reconf "
                              "the set starts at max(5, R + 2) and stays between 3 and that "
-                             "plus 2")
+                             "plus 2; on the real node, every node runs with it (use "
+                             "--nodes above R)")
     parser.add_argument("--spares", type=int, default=default.spares,
                         help="acceptor-role nodes outside the first acceptor set, and random "
                              "acceptor-set changes driven through the real node (default 0)")
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SimOptions(nodes=args.nodes, proposers=args.proposers,
                              clients=args.clients, ops=args.ops,
                              keys=args.keys, fast_paxos=args.fast_paxos,
-                             ttl=args.ttl, spares=args.spares, mutant=args.mutant)
+                             ttl=args.ttl, spares=args.spares, mutant=args.mutant,
+                             replication_factor=args.replication_factor)
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
         return 2
