@@ -669,6 +669,9 @@ class Node:
         self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.collector = Collector(self)
         self.reconfigurer = Reconfigurer(self)
+        self.rows_dropped: Callable[[list[str]], None] | None = None
+        """Told the keys whose rows an adoption dropped (the simulator's state checker: the
+        promises of those rows bind the acceptor no more; docs/groups.md, "Stale rows")."""
         self.scaler_status: Callable[[], dict[str, Any]] | None = None
         """What the StatefulSet follower reports (paxoskv/scaler.py), when it runs."""
         self.watch = WatchHub(self.read)
@@ -767,6 +770,8 @@ class Node:
         after: str | None = None
         while page := self.storage.keys("", after, 500):
             doomed = [k for k in page if every or joins_group(cfg, me, k)]
+            if doomed and self.rows_dropped is not None:
+                self.rows_dropped(doomed)
             await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
                                    for key in doomed))
             dropped += len(doomed)

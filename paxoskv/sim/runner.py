@@ -192,8 +192,8 @@ class SimOptions:
     replication_factor: int | None = None
     """Every node runs with ``--replication-factor`` (docs/groups.md). Lost disks, old-copy
     restores and duplicate ids are off then (each ends with the operator's ``--rejoin``,
-    refused with it), and so are acceptor-set changes (``spares``:
-    the state checker's promise rule does not yet know the rows a change drops)."""
+    refused with it). With ``spares``, changes move keys between groups; the rows an
+    acceptor drops then are forgotten by the state checker (``Node.rows_dropped``)."""
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -231,8 +231,8 @@ class SimOptions:
                 raise ValueError(f"{name} must be within 0..1")
         if not 0 < self.down_ms_min <= self.down_ms_max:
             raise ValueError("need 0 < down_ms_min <= down_ms_max")
-        if self.replication_factor is not None and (self.fast_paxos or self.spares):
-            raise ValueError("--replication-factor runs without --fast-paxos and --spares")
+        if self.replication_factor is not None and self.fast_paxos:
+            raise ValueError("--replication-factor runs without --fast-paxos")
 
     @property
     def down_max(self) -> int:
@@ -511,10 +511,15 @@ class _Simulation:
                         proposer_rules=self.proposer_rules, clock_ms=self.clocks[node_id])
         if self.options.mutant == "ttl-delete-without-compare":
             node.sweeper.unconditional = True
+        node.rows_dropped = lambda keys: self._rows_dropped(node_id, keys)
         host.node = node
         host.server = PeerServer(node, SIM_SECRET)
         host.up = True
         host.spawn(node.run())
+
+    def _rows_dropped(self, node_id: int, keys: list[str]) -> None:
+        self.faults["rows_dropped_joining_group"] += len(keys)
+        self.state_checker.forget_keys(node_id, keys)
 
     async def crash(self, *node_ids: int) -> None:
         """Kill processes at this virtual instant: unsynced writes and all their tasks die.
