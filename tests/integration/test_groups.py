@@ -174,17 +174,21 @@ def _wait_stable(nodes: dict[int, ServerProcess], target: set[int], timeout_s: f
     pytest.fail(f"acceptor set never became {sorted(target)}: {last}")
 
 
-def test_grow_five_to_six_with_replication_factor_three_under_load(tmp_path: Path) -> None:
+def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
+        tmp_path: Path) -> None:
     """Goal: adding a sixth acceptor with R = 3 moves keys between groups through the
-    change procedure (grown mid quorums, group fence, catch-up, rows dropped on joining)
-    while clients write and read, through kill -9 of an acceptor mid-change.
+    change procedure (grown mid quorums, group fence, catch-up), and removing it again
+    moves them back (the acceptors a key returns to drop the rows they kept of it), while
+    clients write and read, through kill -9 of an acceptor during each change.
 
     Method: six processes, --replication-factor 3, node 6 "initial: false"; the chaos
     workload over 30 keys throughout; POST {1..6} to node 1, kill -9 node 2 shortly after
-    and restart it; wait until the record is STABLE on {1..6}; then final reads of every
-    key from every node. Linearizable, every acknowledged write read back, and from the
-    databases: every key's rows lie in its old or new group, with at least two in the new
-    one, and node 6 holds rows of keys that moved to it."""
+    and restart it; wait until the record is STABLE on {1..6}; check from node 6's status;
+    then POST {1..5}, kill -9 node 3, wait until STABLE on {1..5}; then final reads of every
+    key from every node. Linearizable, every acknowledged write read back; some acceptor
+    logged rows dropped on joining a group; and from the databases: every key's rows on
+    nodes 1-5 lie in its group of {1..5} or of {1..6}, with at least two in the first, and
+    node 6 holds rows of keys that had moved to it."""
     ids = (1, 2, 3, 4, 5, 6)
     ports = dict(zip(ids, free_ports(len(ids)), strict=True))
     hosts = tmp_path / "hosts.yaml"
@@ -249,16 +253,35 @@ def test_grow_five_to_six_with_replication_factor_three_under_load(tmp_path: Pat
         nodes[2].start()
         nodes[2].wait_ready(30)
         _wait_stable(nodes, set(ids), 90.0)
-        time.sleep(3.0)
-        stop.set()
-        thread.join(120)
-        assert not thread.is_alive(), "clients did not stop"
-        assert not errors, errors
         code, body = nodes[6].get("/v1/status")
         assert code == 200, body
         status = json.loads(body)
         assert status["acceptor_config"]["prepare"] == list(ids), status["acceptor_config"]
         assert status["groups"]["acceptors"] == 6 and status["groups"]["grouped"]
+        time.sleep(2.0)
+        five = [1, 2, 3, 4, 5]
+        for _ in range(50):
+            code, body = _post(nodes[1], "/admin/acceptors", {"acceptors": five})
+            if code != 409:
+                break
+            time.sleep(0.2)
+        assert code == 202, body
+        time.sleep(0.5)
+        nodes[3].kill9()
+        time.sleep(2.0)
+        nodes[3].start()
+        nodes[3].wait_ready(30)
+        _wait_stable(nodes, set(five), 90.0)
+        time.sleep(3.0)
+        stop.set()
+        thread.join(120)
+        assert not thread.is_alive(), "clients did not stop"
+        assert not errors, errors
+        code, body = nodes[1].get("/v1/status")
+        assert code == 200, body
+        status = json.loads(body)
+        assert status["acceptor_config"]["prepare"] == five, status["acceptor_config"]
+        assert status["groups"]["acceptors"] == 5
     finally:
         stop.set()
         for n in nodes.values():
@@ -274,13 +297,15 @@ def test_grow_five_to_six_with_replication_factor_three_under_load(tmp_path: Pat
             db.close()
     moved = 0
     for key in workload.all_keys():
-        holders = {nid for nid in ids if key in rows[nid]}
-        old, new = group(key, range(1, 6), R), group(key, ids, R)
-        assert holders <= old | new, (key, sorted(holders), sorted(old), sorted(new))
+        holders = {nid for nid in ids if key in rows[nid]} - {6}
+        g5, g6 = group(key, range(1, 6), R), group(key, ids, R)
+        assert holders <= g5 | g6, (key, sorted(holders), sorted(g5), sorted(g6))
         if holders:
-            assert len(holders & new) >= 2, (key, sorted(holders), sorted(new))
-        if 6 in new and 6 in holders:
+            assert len(holders & g5) >= 2, (key, sorted(holders), sorted(g5))
+        if 6 in g6 and key in rows[6]:
             moved += 1
+    logs = "".join((tmp_path / f"node{i}.log").read_text() for i in ids)
+    assert "rows of keys whose group this acceptor joins" in logs
     ops = history.ops()
     result = check(ops)
     assert result.ok, result.summary()
@@ -288,7 +313,7 @@ def test_grow_five_to_six_with_replication_factor_three_under_load(tmp_path: Pat
     assert not problems, problems[:5]
     counts = workload.counts
     ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
-    print(f"groups grow 5->6: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} "
+    print(f"groups grow 5->6->5: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} "
           f"keys read back, {moved} keys moved to node 6, {finals['reads']} final reads, "
           f"{time.monotonic() - started:.1f}s")
     assert ok_writes >= 50, counts
