@@ -262,3 +262,17 @@ def test_chains_of_changes_keep_per_key_intersection(n: int, r: int, steps: list
         for p, a in _adjacent_pairs(cur, mid, end):
             assert key_quorums_intersect(key_quorums(p, key), key_quorums(a, key))
         cur = end
+
+
+@pytest.mark.xfail(strict=True, reason="review finding: with R = 3 the mid config of a "
+                   "remove needs the removed acceptor itself in the prepare quorum (3 of 3) "
+                   "of every key whose group it leaves, so a dead acceptor cannot be removed "
+                   "(the catch-up of those keys never completes)")
+def test_a_dead_acceptor_can_be_removed_with_r_3() -> None:
+    members = frozenset(range(1, 6))
+    dead = 5
+    mid, _ = change_configs(Config.stable(0, members, 3), members - {dead})
+    for key in KEYS:
+        kq = key_quorums(mid, key)
+        alive = kq.prepare.acceptors - {dead}
+        assert len(alive) >= kq.prepare.quorum, (key, sorted(kq.prepare.acceptors))
