@@ -1786,9 +1786,11 @@ class Node:
         """Linearizable read: one round trip when a quorum agrees, else a full round."""
         if not self.machine.may_propose:  # (no coroutine for the common case, as execute)
             await self.wait_may_propose()
-        if self._view.prepare is not self._view.accept or not self._view.config.is_stable:
+        if self._view.prepare is not self._view.accept:
             # A change in progress: agreeing reports from a prepare quorum need not be an
             # accept quorum's, so the read is a full (identity) round, correct under both.
+            # (``_view_of`` gives one object to both sides exactly when the config is
+            # stable, with or without groups: no per-read set comparison is needed.)
             self.metrics.round("query", "fallback")
             return await self.execute(key, Read())
         # One of the rounds_inflight_max rounds this node runs at once (reads and writes
