@@ -160,6 +160,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add(s, "--fast-paxos", "try each write as a one-round-trip Fast Paxos round from this "
          "node (needs every acceptor up; pair with --forward-writes off; docs/fast-paxos.md)",
          "off", choices=["on", "off"])
+    _add(s, "--replication-factor", "each key lives on this many acceptors, chosen by "
+         "rendezvous hashing (at least 3; every node the same; pinned at the first start; "
+         "default: every acceptor; docs/groups.md)", None, type=int)
     _add(s, "--event-loop", "asyncio event loop: uvloop (libuv, faster) or the standard "
          "library's", "uvloop", choices=["uvloop", "asyncio"])
     _add(s, "--log-format", "log format", "text", choices=["text", "json"])
@@ -422,7 +425,8 @@ def _serve(args: argparse.Namespace) -> int:
             forward_writes=args.forward_writes == "on",
             fast_paxos=args.fast_paxos == "on",
             rejoin_after_quorum_loss=args.rejoin_after_quorum_loss,
-            rejoin_accept_old_copy=args.rejoin_accept_old_copy, limits=limits)
+            rejoin_accept_old_copy=args.rejoin_accept_old_copy, limits=limits,
+            replication_factor=args.replication_factor)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

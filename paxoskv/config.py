@@ -68,6 +68,10 @@ class NodeConfig:
     """Rebuild (``rejoin_after_quorum_loss``) even on a data directory too old to be sure
     that no key deleted and collected since comes back (docs/recovery.md)."""
     limits: Limits = field(default_factory=Limits)
+    replication_factor: int | None = None
+    """R (docs/groups.md): each key lives on R of the acceptors, chosen by rendezvous
+    hashing; None: every key on every acceptor. Pinned in the data directory at the first
+    start, like epoch 0's acceptor set."""
 
     @property
     def initial_acceptors(self) -> frozenset[int]:
@@ -96,6 +100,17 @@ class NodeConfig:
             raise ValueError("--rejoin-accept-old-copy needs --rejoin-after-quorum-loss")
         if not self.initial_acceptors:
             raise ValueError("no acceptor of epoch 0: every acceptor is marked initial: false")
+        if self.replication_factor is not None:
+            if self.replication_factor < 3:
+                raise ValueError("--replication-factor must be at least 3")
+            # Not group-aware yet (docs/groups.md, "What is not group-aware"): refused
+            # rather than silently wrong.
+            if self.fast_paxos:
+                raise ValueError("--replication-factor does not work with --fast-paxos on yet")
+            if self.rejoin:
+                raise ValueError("--replication-factor does not work with --rejoin yet: a "
+                                 "node that lost its disk is brought back by removing and "
+                                 "re-adding it (docs/groups.md)")
 
     @property
     def acceptors(self) -> frozenset[int]:
@@ -136,4 +151,6 @@ class NodeConfig:
             if not self.peers[pid].initial and "acceptor" in self.peers[pid].roles:
                 continue
             parts.append(f"{pid}:{','.join(sorted(self.peers[pid].roles))}")
+        if self.replication_factor is not None:  # absent without it: the same fingerprint
+            parts.append(f"replication-factor:{self.replication_factor}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

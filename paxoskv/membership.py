@@ -327,8 +327,16 @@ class Membership:
             up.add(self.config.node_id)
         return up
 
+    def _reachable(self, up: set[int]) -> bool:
+        """Whether ``up`` holds a quorum; with acceptor groups, a quorum of every group
+        (at most ``maj(R) - 1`` acceptors down; docs/groups.md, "Readiness")."""
+        view = self._node.view
+        if view.config.grouped:
+            return view.every_group_reachable(frozenset(up))
+        return self.quorum.reachable(up)
+
     def quorum_reachable(self) -> bool:
-        return self.quorum.reachable(self._up_acceptors(mutual=False))
+        return self._reachable(self._up_acceptors(mutual=False))
 
     def fast_quorum_reachable(self) -> bool:
         """Whether a fast round could gather its fast quorum (all 3 of 3 acceptors)."""
@@ -344,7 +352,7 @@ class Membership:
         rolling update that took it for ready would stop the next pod and lose the quorum.
         """
         return self.machine.may_propose and not self._node.draining \
-            and self.quorum.reachable(self._up_acceptors(mutual=True))
+            and self._reachable(self._up_acceptors(mutual=True))
 
     async def _beat(self, pid: int) -> dict[str, Any] | None:
         """One heartbeat to ``pid``; its reply, or None if it did not answer as a member."""

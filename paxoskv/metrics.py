@@ -237,6 +237,8 @@ class Metrics:
         """Tombstones this node waits to collect (seen, grace period not over)."""
     def config_epoch(self, epoch: int) -> None:
         """The acceptor-set config epoch this node holds (docs/reconfiguration.md)."""
+    def replication_factor(self, r: int) -> None:
+        """Acceptors each key lives on (docs/groups.md); 0: every acceptor."""
     def epoch_refused(self) -> None:
         """This acceptor refused a message of an older config epoch (``Stale``)."""
     def reconfig_running(self, running: bool) -> None:
@@ -345,6 +347,9 @@ class PromMetrics(Metrics):
         self._config_epoch = Gauge("paxoskv_config_epoch",
                                    "Acceptor-set config epoch this node holds (0: the "
                                    "configured set, never changed)", registry=r)
+        self._replication = Gauge("paxoskv_replication_factor",
+                                  "Acceptors each key lives on (--replication-factor; "
+                                  "docs/groups.md); 0: every acceptor", registry=r)
         self._epoch_refused = Counter("paxoskv_epoch_refusals",
                                       "Messages of an older acceptor-set config epoch this "
                                       "acceptor refused", registry=r)
@@ -482,6 +487,9 @@ class PromMetrics(Metrics):
 
     def config_epoch(self, epoch: int) -> None:
         self._config_epoch.set(epoch)
+
+    def replication_factor(self, r: int) -> None:
+        self._replication.set(r)
 
     def epoch_refused(self) -> None:
         self._epoch_refused.inc()

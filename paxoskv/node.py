@@ -81,13 +81,16 @@ from paxoskv.core.proposer import (
     next_ballot,
     prepared_after,
 )
-from paxoskv.core.quorum import QuorumConfig
+from paxoskv.core.quorum import QuorumConfig, majority
 from paxoskv.core.reconfig import (
     CONFIG_KEY,
     Config,
     EpochVerdict,
     admit,
     collection_allowed,
+    drops_all_rows,
+    joins_group,
+    key_quorums,
 )
 from paxoskv.core.register import Cas, Change, Create, Delete, Outcome, Read, Set, Value
 from paxoskv.limits import KEYS_PAGE_MAX
@@ -353,6 +356,31 @@ class _PreparedKeys:
 
 META_INITIAL_ACCEPTORS: Final = "initial_acceptors"
 """Meta row: the acceptor ids of epoch 0 this directory was first started with."""
+META_REPLICATION: Final = "replication_factor"
+"""Meta row: the replication factor this directory was first started with ("all": none)."""
+
+
+async def pin_replication(storage: Storage, replication: int | None, fresh: bool) -> None:
+    """Store R at the first start; refuse a later start with another R (docs/groups.md):
+    nodes counting a key's quorums over different groups could form two quorums that do
+    not intersect. A directory of a release before groups has every key on every acceptor,
+    so it counts as "all"."""
+    want = "all" if replication is None else str(replication)
+    stored = storage.get_meta(META_REPLICATION)
+    if stored is None:
+        if not fresh and replication is not None:
+            raise SystemExit(
+                "paxoskv: this data directory was first started without "
+                f"--replication-factor; refusing to start with --replication-factor "
+                f"{replication}: R cannot change on a cluster (docs/groups.md)")
+        await storage.set_meta(META_REPLICATION, want)
+    elif stored != want:
+        shown = "no --replication-factor" if stored == "all" else \
+            f"--replication-factor {stored}"
+        raise SystemExit(
+            f"paxoskv: this data directory was first started with {shown}; refusing to "
+            f"start with {'none' if replication is None else replication}: R cannot change "
+            "on a cluster (docs/groups.md)")
 
 
 def _id_list(ids: frozenset[int]) -> str:
@@ -459,6 +487,35 @@ class ConfigView:
     def wire(self) -> Config | None:
         """What a frame's header names: None at epoch 0 (nothing is added to it)."""
         return None if self.config.epoch == 0 else self.config
+
+    def for_key(self, key: str) -> ConfigView:
+        """The view a round of ``key`` runs under: with acceptor groups, the key's group on
+        each side and its quorums there (``core.reconfig.key_quorums``; docs/groups.md);
+        without, this very view (no cost per request)."""
+        if not self.config.grouped:
+            return self
+        kq = key_quorums(self.config, key)
+        if kq.prepare == kq.accept:
+            return ConfigView(self.config, kq.prepare, kq.prepare)  # ``is``: one group
+        return ConfigView(self.config, kq.prepare, kq.accept)
+
+    def every_group_reachable(self, up: frozenset[int]) -> bool:
+        """With groups, whether every possible group of the prepare set (any R members)
+        keeps a quorum among ``up``: at most ``R - maj(R)`` of the set down (R = 3: one)."""
+        r = self.config.replication
+        assert r is not None
+        side = self.config.prepare_set
+        g = min(r, len(side))
+        return len(side - up) <= g - majority(g)
+
+    def every_group_met(self, answered: frozenset[int]) -> bool:
+        """With groups, whether ``answered`` meets every accept quorum of every possible
+        group of the prepare set: at most ``maj(R) - 1`` of the set missing (what a
+        listing needs to see every committed write)."""
+        r = self.config.replication
+        assert r is not None
+        side = self.config.prepare_set
+        return len(side - answered) <= majority(min(r, len(side))) - 1
 
 
 def stored_config(storage: Storage) -> Config | None:
@@ -578,7 +635,7 @@ class Node:
         self.metrics = metrics or Metrics()
         self.rng = rng or random.Random()
         self.rules = rules or AcceptorRules()
-        self.config0 = Config.stable(0, config.initial_acceptors)
+        self.config0 = Config.stable(0, config.initial_acceptors, config.replication_factor)
         """Epoch 0: the flag-configured set (``--peers`` or a hosts file, less the acceptors
         marked ``initial: false``), what every node starts from."""
         assert quorum is None or quorum.acceptors == self.config0.prepare_set, \
@@ -612,6 +669,9 @@ class Node:
         self.sweeper = Sweeper(self, self.clock_ms, config.ttl_sweep_batch)
         self.collector = Collector(self)
         self.reconfigurer = Reconfigurer(self)
+        self.rows_dropped: Callable[[list[str]], None] | None = None
+        """Told the keys whose rows an adoption dropped (the simulator's state checker: the
+        promises of those rows bind the acceptor no more; docs/groups.md, "Stale rows")."""
         self.scaler_status: Callable[[], dict[str, Any]] | None = None
         """What the StatefulSet follower reports (paxoskv/scaler.py), when it runs."""
         self.watch = WatchHub(self.read)
@@ -656,6 +716,7 @@ class Node:
     def _set_view(self, view: ConfigView) -> None:
         self._view = view
         self.metrics.config_epoch(view.epoch)
+        self.metrics.replication_factor(view.config.replication or 0)
         # An acceptor its config does not name never votes (RETIRED once removed; at epoch 0
         # an acceptor-role node marked "initial: false", until a change adds it). On a
         # cluster that never changed this is exactly "not an acceptor-role node", whose
@@ -673,8 +734,9 @@ class Node:
         async with self._adopting:
             if cfg.epoch <= self._view.epoch:
                 return False
-            joining = self.config.node_id in cfg.accept_set - cfg.prepare_set
-            if joining:
+            if cfg.replication is not None:
+                await self._drop_group_rows(self._view.config, cfg)
+            elif self.config.node_id in cfg.accept_set - cfg.prepare_set:
                 # Added by this change: whatever rows this acceptor still holds (it may be a
                 # removed acceptor added back) belong to no quorum of the configs that can
                 # still form one (it is in neither set of the one before), and would win a
@@ -690,6 +752,35 @@ class Node:
                         sorted(cfg.accept_set), cfg.accept_quorum,
                         "; this node is no acceptor of it" if self._retired else "")
             return True
+
+    async def _drop_group_rows(self, held: Config, cfg: Config) -> None:
+        """With groups: before adopting ``cfg``, drop the rows of keys it brings this
+        acceptor into the group of (it left before: its row may carry a ballot above any
+        the group used since), or every row when it missed a whole change
+        (``joins_group``, ``drops_all_rows``; docs/groups.md, "Stale rows"). It votes for
+        nothing meanwhile (``_retired``), as for ``_drop_rows``."""
+        every = drops_all_rows(held, cfg)
+        me = self.config.node_id
+        if not every and (cfg.is_stable or me not in cfg.members):
+            return  # a stable config brings no acceptor into a group
+        self._retired = True
+        while not self._acceptor_locks.idle():
+            await asyncio.sleep(0.01)
+        dropped = 0
+        after: str | None = None
+        while page := self.storage.keys("", after, 500):
+            doomed = [k for k in page if every or joins_group(cfg, me, k)]
+            if doomed and self.rows_dropped is not None:
+                self.rows_dropped(doomed)
+            await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
+                                   for key in doomed))
+            dropped += len(doomed)
+            after = page[-1]
+        if dropped:
+            log.warning("acceptor-set config epoch %d: dropped %d rows of keys whose group "
+                        "this acceptor %s", cfg.epoch, dropped,
+                        "may have left and rejoined" if every else "joins")
+            self.metrics.keys(self.storage.key_count())
 
     async def _drop_rows(self) -> None:
         """Remove every row this acceptor holds, floors kept (they only ever go up). Called
@@ -1197,7 +1288,7 @@ class Node:
             if a == self.config.node_id:
                 try:
                     local: Reply | Awaitable[Reply]
-                    if wire is not None or self._view is not view:
+                    if wire is not None or self._view.config is not view.config:
                         # Under a config above epoch 0, or one this node has since left:
                         # through the fence, as a peer's message would be.
                         local = self.handle_soon(msg, deadline, wire)
@@ -1400,7 +1491,11 @@ class Node:
         keys' writes, would sweep none of them; a node that is no acceptor sweeps nothing.
         Two nodes that disagree for a moment both sweep the key: harmless (an expiry is a
         compare-and-delete, a collection round one round among others)."""
-        members = self._view.config.members  # acceptors now: not one waiting or removed
+        view = self._view
+        members = view.config.members  # acceptors now: not one waiting or removed
+        if view.config.grouped:  # with groups, the key's group (docs/groups.md)
+            kv = view.for_key(key)
+            members = kv.prepare.acceptors | kv.accept.acceptors
         if not self.config.is_acceptor or self.config.node_id not in members:
             return False
         raw = key.encode("utf-8", "surrogatepass")
@@ -1538,7 +1633,8 @@ class Node:
             deadline = max((w.deadline for w in live), default=0.0)
             if not live or loop.time() >= deadline:
                 return
-            view = self._view  # this attempt's config, whatever is adopted meanwhile
+            base = self._view  # this attempt's config, whatever is adopted meanwhile
+            view = base.for_key(key)
             # A key this node committed last, with its next ballot promised: skip phase 1.
             prepared = self._prepared.pop(key, loop.time(), view.epoch)
             if prepared is not None and not self.quorum_reachable():
@@ -1627,7 +1723,7 @@ class Node:
             if step.conflict:
                 self.metrics.conflict()
             seen = max(seen, step.ballot_seen)
-            if not step.conflict and not self.quorum_reachable() and self._view is view:
+            if not step.conflict and not self.quorum_reachable() and self._view is base:
                 break  # fail fast: the failure detector sees no quorum
         for w in batch:
             if not w.done.done() and not w.item.abandoned:
@@ -1693,6 +1789,8 @@ class Node:
         if self._view.prepare is not self._view.accept:
             # A change in progress: agreeing reports from a prepare quorum need not be an
             # accept quorum's, so the read is a full (identity) round, correct under both.
+            # (``_view_of`` gives one object to both sides exactly when the config is
+            # stable, with or without groups: no per-read set comparison is needed.)
             self.metrics.round("query", "fallback")
             return await self.execute(key, Read())
         # One of the rounds_inflight_max rounds this node runs at once (reads and writes
@@ -1702,7 +1800,7 @@ class Node:
             raise Overloaded(f"{self._inflight} rounds in flight")
         self._inflight += 1
         try:
-            view = self._view
+            view = self._view.for_key(key)
             rnd = self.proposer_rules.query_round(key, view.prepare)
             loop = self._loop.get()
             started = loop.time()
@@ -1763,24 +1861,39 @@ class Node:
         live: list[str] = []
         cursor = after
         page_keys = min(limit, KEYS_PAGE_MAX)
+        view = self._view
         for _ in range(LIST_PAGES_MAX + limit // page_keys):
+            asked = sorted(view.prepare.acceptors)
             pages = await asyncio.gather(*(self._page_from(a, prefix, cursor, page_keys)
-                                           for a in sorted(self.quorum.acceptors)))
+                                           for a in asked))
             answered = [p for p in pages if p is not None]
-            if not self.quorum.can_still_reach(len(answered)):
+            if view.config.grouped:
+                # With groups (docs/groups.md): every key's group must have a quorum among
+                # those that answered, and only a key's group members count for it (a row
+                # of an acceptor that left the group is stale).
+                answering = frozenset(a for a, p in zip(asked, pages, strict=True)
+                                      if p is not None)
+                if not view.every_group_met(answering):
+                    raise NoQuorum("not every group's quorum of acceptors answered the list")
+            elif not self.quorum.can_still_reach(len(answered)):
                 raise NoQuorum("no quorum of acceptors answered the list")
             best: dict[str, tuple[Ballot, int]] = {}
             horizon: str | None = None
-            for entries, more in answered:
+            for a, page in zip(asked, pages, strict=True):
+                if page is None:
+                    continue
+                entries, more = page
+                if more and entries:
+                    last = entries[-1][0]
+                    horizon = last if horizon is None else min(horizon, last)
+                if view.config.grouped:
+                    entries = [e for e in entries if a in view.for_key(e[0]).prepare.acceptors]
                 for key, ballot, is_live in entries:
                     vote = 1 if is_live else -1
                     if key not in best or best[key][0] < ballot:
                         best[key] = (ballot, vote)
                     elif best[key][0] == ballot:
                         best[key] = (ballot, best[key][1] + vote)
-                if more and entries:
-                    last = entries[-1][0]
-                    horizon = last if horizon is None else min(horizon, last)
             # At one fast ballot acceptors may disagree; a value a fast quorum chose is
             # reported by most of those at it (docs/design.md invariant 9).
             live.extend(sorted(k for k, (_, votes) in best.items()
@@ -1915,6 +2028,18 @@ class Node:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def groups_status(self) -> dict[str, Any]:
+        """Acceptor groups (docs/groups.md): R, how many acceptors hold each key, each
+        acceptor's share of the keyspace, and how many acceptors may be down with every
+        group keeping a quorum."""
+        cfg = self._view.config
+        n = len(cfg.prepare_set)
+        copies = n if cfg.replication is None else min(cfg.replication, n)
+        return {"replication_factor": cfg.replication, "grouped": cfg.grouped,
+                "acceptors": n, "copies_per_key": copies,
+                "group_quorum": majority(copies), "share_per_acceptor": round(copies / n, 4),
+                "acceptors_down_tolerated": copies - majority(copies)}
+
     def status(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         return {
@@ -1962,6 +2087,7 @@ class Node:
                 "accept_quorum": self._view.config.accept_quorum,
                 "member": not self._retired and self.config.node_id in
                 self._view.config.members},
+            "groups": self.groups_status(),
             "reconfiguration": self.reconfigurer.progress.as_dict(),
             "scaler": None if self.scaler_status is None else self.scaler_status(),
         }

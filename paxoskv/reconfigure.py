@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from paxoskv.core.acceptor import FLOOR_BUCKETS, NO_FLOOR, Floor
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
 from paxoskv.core.messages import Query, QueryReply, Reply, Stale, Unavailable
+from paxoskv.core.quorum import majority
 from paxoskv.core.reconfig import (
     CONFIG_KEY,
     CatchUp,
@@ -370,6 +371,11 @@ class Reconfigurer:
         await node.adopt_config(mid)
         sources = sorted(old.accept_set)
         needed = old.fence_size("accept")
+        if old.grouped and old.replication is not None:
+            # With groups a key's accept quorum is a majority of its group (any R of the
+            # set): the listed acceptors meet each one when at most maj(R) - 1 are missing
+            # (docs/groups.md).
+            needed = len(sources) - (majority(min(old.replication, len(sources))) - 1)
         done: set[str] = set()
         answered = 0
         for acceptor_id in sources:

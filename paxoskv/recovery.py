@@ -49,10 +49,11 @@ class Recovery:
 
     async def repair_key(self, key: str) -> bool:
         """Check one key on every acceptor; run an identity round if they disagree."""
-        rnd = QueryRound(key, self.quorum.everyone())
+        view = self._node.view.for_key(key)  # with groups, the key's group (docs/groups.md)
+        rnd = QueryRound(key, view.prepare.everyone())
         loop = asyncio.get_running_loop()
         step = await self._node._broadcast(rnd.query(), rnd.on_reply,
-                                           loop.time() + self.config.phase_timeout_s)
+                                           loop.time() + self.config.phase_timeout_s, view)
         self.repair_progress["checked"] += 1
         self.metrics.repair("checked")
         if isinstance(step, Committed) or not rnd.disagreed():

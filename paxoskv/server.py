@@ -22,7 +22,14 @@ from paxoskv.discovery.peers import wait_for_dns
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
 from paxoskv.metrics import PromMetrics
-from paxoskv.node import Node, NodeConfig, RebuildRefused, check_rebuild_copy, open_identity
+from paxoskv.node import (
+    Node,
+    NodeConfig,
+    RebuildRefused,
+    check_rebuild_copy,
+    open_identity,
+    pin_replication,
+)
 from paxoskv.scaler import KubeReplicas, Scaler, ScalerOptions
 from paxoskv.storage.sqlite import SqliteStorage
 from paxoskv.tls import Reloader, TlsError, TlsFiles, client_context, server_context
@@ -120,6 +127,7 @@ async def serve(opts: ServeOptions) -> None:
     try:
         identity = await open_identity(storage, opts.config.cluster_id, opts.config.node_id,
                                        opts.config.initial_acceptors)
+        await pin_replication(storage, opts.config.replication_factor, identity.fresh)
     except SystemExit:
         await storage.close()
         raise

@@ -128,9 +128,12 @@ class Collector:
         """Collection runs on acceptors with a grace above 0, and not with --fast-paxos on:
         an acceptor rebuilt after a collection has no floor for the collected key, and a
         fast round (which needs no promise) built on its empty state could be accepted
-        there and then picked by a recovery round (docs/gc.md, "Not guaranteed")."""
+        there and then picked by a recovery round (docs/gc.md, "Not guaranteed"). Nor with
+        --replication-factor yet: collection per group, and the floors an install must then
+        give every member, are not built (docs/groups.md); tombstones are kept."""
         config = self._node.config
-        return config.tombstone_grace_s > 0 and config.is_acceptor and not config.fast_paxos
+        return config.tombstone_grace_s > 0 and config.is_acceptor and not config.fast_paxos \
+            and config.replication_factor is None
 
     @property
     def pending(self) -> int:

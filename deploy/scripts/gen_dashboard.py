@@ -716,9 +716,11 @@ def build() -> dict[str, Any]:
             "The config epoch each node holds (it goes up by two per one-acceptor change), "
             "whether a node drives a change, the driver's finished steps and caught-up keys "
             "per second, and messages refused for an older epoch (a node that missed a "
-            "change learns it from these) per second (docs/reconfiguration.md).",
+            "change learns it from these) per second (docs/reconfiguration.md); and the "
+            "replication factor (acceptors each key lives on, 0: all; docs/groups.md).",
             [
                 target(f"max by (pod) (paxoskv_config_epoch{{{SEL}}})", "{{pod}} epoch"),
+                target(f"max (paxoskv_replication_factor{{{SEL}}})", "replication factor"),
                 target(
                     f"max by (pod) (paxoskv_reconfig_running{{{SEL}}})", "{{pod}} driving"
                 ),

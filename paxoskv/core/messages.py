@@ -458,10 +458,14 @@ CONFIG_MEMBERS_MAX: Final = 64
 def config_from_wire(raw: object) -> Config:
     """A ``Config.to_json`` from a peer, checked strictly (ids, quorum sizes, and that its
     own quorums intersect); PeerProtocolError otherwise."""
-    if not isinstance(raw, list) or len(raw) != 5:
+    if not isinstance(raw, list) or len(raw) not in (5, 6):
         raise PeerProtocolError("config must be [epoch, prepare set, quorum, accept set, "
-                                "quorum]")
-    epoch, ps, pq, acc, aq = raw
+                                "quorum] and the replication factor if any")
+    epoch, ps, pq, acc, aq, *rest = raw
+    r = rest[0] if rest else None
+    if r is not None and not (_is_count(r) and r >= 2):
+        raise PeerProtocolError("a config's replication factor must be a count of at least 2")
+    assert r is None or isinstance(r, int)
     if not (_is_count(epoch) and _is_count(pq) and _is_count(aq)):
         raise PeerProtocolError("config epoch and quorum sizes must be counts")
     for ids in (ps, acc):
@@ -472,7 +476,7 @@ def config_from_wire(raw: object) -> Config:
     assert isinstance(ps, list) and isinstance(acc, list)
     if not (1 <= pq <= len(ps) and 1 <= aq <= len(acc) and pq + aq > len(set(ps) | set(acc))):
         raise PeerProtocolError("config quorum sizes out of range or not intersecting")
-    return Config(epoch, frozenset(ps), pq, frozenset(acc), aq)
+    return Config(epoch, frozenset(ps), pq, frozenset(acc), aq, r)
 
 
 def from_wire(raw: object) -> Message:

@@ -10,13 +10,14 @@ argument.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 import orjson
 
-from paxoskv.core.quorum import majority
+from paxoskv.core.quorum import QuorumConfig, majority
 
 __all__ = [
     "CONFIG_KEY",
@@ -28,12 +29,18 @@ __all__ = [
     "Done",
     "EpochVerdict",
     "Install",
+    "KeyQuorums",
     "RecordPhase",
     "WriteRecord",
     "admit",
     "change_configs",
     "collection_allowed",
+    "drops_all_rows",
     "fence_satisfied",
+    "group",
+    "joins_group",
+    "key_quorums",
+    "key_quorums_intersect",
     "quorums_intersect",
 ]
 
@@ -53,17 +60,29 @@ class Config:
     prepare_quorum: int
     accept_set: frozenset[int]
     accept_quorum: int
+    replication: int | None = None
+    """The replication factor R (docs/groups.md): each key lives on the R members of each
+    set with the highest rendezvous score (``group``), and its quorums are counted there
+    (``key_quorums``). None: every key on every acceptor, as before groups."""
 
     def __post_init__(self) -> None:
         assert self.epoch >= 0
         assert 1 <= self.prepare_quorum <= len(self.prepare_set)
         assert 1 <= self.accept_quorum <= len(self.accept_set)
+        assert self.replication is None or self.replication >= 2, "R >= 2 (docs/groups.md)"
         assert quorums_intersect(self, self), "a config's own quorums must intersect"
 
     @staticmethod
-    def stable(epoch: int, members: Iterable[int]) -> Config:
+    def stable(epoch: int, members: Iterable[int], replication: int | None = None) -> Config:
         s = frozenset(members)
-        return Config(epoch, s, majority(len(s)), s, majority(len(s)))
+        return Config(epoch, s, majority(len(s)), s, majority(len(s)), replication)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether some key lives on fewer than all acceptors of a set (R below a set's
+        size); False keeps every rule exactly as without groups."""
+        r = self.replication
+        return r is not None and (r < len(self.prepare_set) or r < len(self.accept_set))
 
     @property
     def members(self) -> frozenset[int]:
@@ -81,15 +100,118 @@ class Config:
         return len(self.accept_set) - self.accept_quorum + 1
 
     def to_json(self) -> list[object]:
-        return [self.epoch, sorted(self.prepare_set), self.prepare_quorum,
-                sorted(self.accept_set), self.accept_quorum]
+        out: list[object] = [self.epoch, sorted(self.prepare_set), self.prepare_quorum,
+                             sorted(self.accept_set), self.accept_quorum]
+        if self.replication is not None:
+            out.append(self.replication)  # absent without groups: the same bytes as before
+        return out
 
     @staticmethod
     def from_json(raw: list[object]) -> Config:
-        epoch, ps, pq, acc, aq = raw
+        epoch, ps, pq, acc, aq, *rest = raw
         assert isinstance(epoch, int) and isinstance(pq, int) and isinstance(aq, int)
         assert isinstance(ps, list) and isinstance(acc, list)
-        return Config(epoch, frozenset(ps), pq, frozenset(acc), aq)
+        r = rest[0] if rest else None
+        assert r is None or isinstance(r, int)
+        return Config(epoch, frozenset(ps), pq, frozenset(acc), aq, r)
+
+
+# ------------------------------------------------------------ groups (docs/groups.md)
+
+
+def _score(key: bytes, acceptor_id: int) -> bytes:
+    return hashlib.blake2b(acceptor_id.to_bytes(8, "big", signed=True) + key,
+                           digest_size=8).digest()
+
+
+def group(key: str, members: Iterable[int], r: int | None) -> frozenset[int]:
+    """The acceptors of ``members`` that hold ``key``: the ``r`` with the highest rendezvous
+    score (a stable hash of the acceptor id and the key, the same on every node and release),
+    or all of them when ``r`` is None or not below their number; ``CONFIG_KEY`` is on all.
+
+    Rendezvous hashing moves the fewest keys: adding X to a set changes a key's group at
+    most by X taking the place of its lowest-scoring member, and removing Y at most by the
+    best-scoring non-member taking Y's place."""
+    s = frozenset(members)
+    if r is None or r >= len(s) or key == CONFIG_KEY:
+        return s
+    kb = key.encode("utf-8", "surrogatepass")
+    ranked = sorted(s, key=lambda a: (_score(kb, a), a), reverse=True)
+    return frozenset(ranked[:r])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyQuorums:
+    """One key's quorums under a config: prepares go to ``prepare.acceptors`` and need
+    ``prepare.quorum`` promises, accepts likewise with ``accept``."""
+
+    prepare: QuorumConfig
+    accept: QuorumConfig
+
+
+_WHOLE: dict[Config, KeyQuorums] = {}
+
+
+def key_quorums(cfg: Config, key: str, *, mid_majorities: bool = False) -> KeyQuorums:
+    """``key``'s quorums under ``cfg``.
+
+    Without groups (``not cfg.grouped``, or ``CONFIG_KEY``) the config's own sets and
+    quorums, for every key. With groups, ``GP = group(key, prepare_set)`` and
+    ``GA = group(key, accept_set)``; at rest they are one group and both quorums are its
+    majority. Mid-change they may differ by one swap, and plain majorities of R on each
+    side no longer meet the neighbouring configs' quorums (R = 3: {a,b,c} -> {a,b,x}, the
+    prepare quorum {b,c} misses the accept quorum {a,x} of the end config). So the prepare
+    quorum grows until it meets every majority of GA, and the accept quorum until it meets
+    every majority of GP: ``qp = max(maj|GP|, |GP u GA| - maj|GA| + 1)`` and symmetrically,
+    which is plain ``maj`` when the groups are equal and ``maj(R + 1)`` across a swap
+    (docs/groups.md). ``mid_majorities`` is the ``group-mid-majorities`` mutant."""
+    if not cfg.grouped or key == CONFIG_KEY:
+        whole = _WHOLE.get(cfg)
+        if whole is None:
+            whole = KeyQuorums(QuorumConfig(cfg.prepare_set, cfg.prepare_quorum),
+                               QuorumConfig(cfg.accept_set, cfg.accept_quorum))
+            if len(_WHOLE) > 64:
+                _WHOLE.clear()
+            _WHOLE[cfg] = whole
+        return whole
+    gp = group(key, cfg.prepare_set, cfg.replication)
+    ga = group(key, cfg.accept_set, cfg.replication)
+    mp, ma = majority(len(gp)), majority(len(ga))
+    if mid_majorities:
+        return KeyQuorums(QuorumConfig(gp, mp), QuorumConfig(ga, ma))
+    u = len(gp | ga)
+    qp, qa = max(mp, u - ma + 1), max(ma, u - mp + 1)
+    assert qp <= len(gp) and qa <= len(ga), "groups more than one swap apart"
+    return KeyQuorums(QuorumConfig(gp, qp), QuorumConfig(ga, qa))
+
+
+def key_quorums_intersect(prepares: KeyQuorums, accepts: KeyQuorums) -> bool:
+    """Whether every prepare quorum of ``prepares`` meets every accept quorum of
+    ``accepts`` (the arithmetic of ``quorums_intersect``, on one key's groups)."""
+    p, a = prepares.prepare, accepts.accept
+    return p.quorum + a.quorum > len(p.acceptors | a.acceptors)
+
+
+def joins_group(cfg: Config, acceptor_id: int, key: str) -> bool:
+    """Whether ``cfg`` brings ``acceptor_id`` into ``key``'s group: it is in the accept
+    side and not in the prepare side (the mid config of a change that adds it to the key's
+    group; without groups, of a change that adds it to the set). A row of such a key that
+    it holds is from before it left the group (or the set) and must be dropped before it
+    votes under ``cfg``: its ballot may exceed any the group used since (docs/groups.md,
+    "Stale rows")."""
+    kq = key_quorums(cfg, key)
+    return acceptor_id in kq.accept.acceptors and acceptor_id not in kq.prepare.acceptors
+
+
+def drops_all_rows(held: Config, adopted: Config) -> bool:
+    """Whether an acceptor holding ``held`` must drop every row before it adopts
+    ``adopted``: with groups, when it missed a whole change (a stable config's successor's
+    successor, a mid config's successor's successor's successor), it may have left a key's
+    group and come back without ever seeing the configs that say so; and the catch-up of the
+    change it missed carried every value it holds to quorums without it (docs/groups.md)."""
+    if adopted.replication is None:
+        return False
+    return adopted.epoch - held.epoch >= (2 if held.is_stable else 3)
 
 
 def quorums_intersect(prepares: Config, accepts: Config) -> bool:
@@ -115,8 +237,9 @@ def change_configs(current: Config, target: Iterable[int]) -> tuple[Config, Conf
     s = current.prepare_set
     assert len(s ^ t) == 1, "one acceptor at a time"
     assert t, "at least one acceptor"
-    mid = Config(current.epoch + 1, s, majority(len(s)), t, majority(len(t)))
-    end = Config.stable(current.epoch + 2, t)
+    r = current.replication
+    mid = Config(current.epoch + 1, s, majority(len(s)), t, majority(len(t)), r)
+    end = Config.stable(current.epoch + 2, t, r)
     return mid, end
 
 
@@ -148,12 +271,28 @@ def admit(own: Config, acceptor_id: int, msg_config: Config) -> EpochVerdict:
     return EpochVerdict.ADOPT if msg_config.epoch > own.epoch else EpochVerdict.SERVE
 
 
-def fence_satisfied(previous: Config, acked: Iterable[int]) -> bool:
+def fence_satisfied(previous: Config, acked: Iterable[int], *,
+                    as_one_group: bool = False) -> bool:
     """Whether the acceptors in ``acked`` (which hold the next epoch) leave ``previous``
-    with no prepare quorum and no accept quorum free of a fenced acceptor."""
+    with no prepare quorum and no accept quorum free of a fenced acceptor.
+
+    With groups this must hold for every key's group, and any R members of a set may be
+    some key's group: a quorum of a group that avoids the fenced acceptors exists exactly
+    when the unfenced ones of the set number at least its size, so at most ``q - 1`` of
+    each set may be unfenced, ``q`` the smallest per-key quorum on that side (at least
+    ``maj(min(R, |set|))``, ``key_quorums``). Without groups that is today's
+    ``|set| - quorum + 1`` fenced. ``as_one_group`` is the ``group-fence-as-if-one-group``
+    mutant."""
     a = frozenset(acked)
-    return (len(a & previous.prepare_set) >= previous.fence_size("prepare")
-            and len(a & previous.accept_set) >= previous.fence_size("accept"))
+    if not previous.grouped or as_one_group:
+        return (len(a & previous.prepare_set) >= previous.fence_size("prepare")
+                and len(a & previous.accept_set) >= previous.fence_size("accept"))
+    r = previous.replication
+    assert r is not None
+    for side in (previous.prepare_set, previous.accept_set):
+        if len(side - a) > majority(min(r, len(side))) - 1:
+            return False
+    return True
 
 
 # ------------------------------------------------------------ the change, durably recorded

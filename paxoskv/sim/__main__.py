@@ -7,6 +7,7 @@
     python -m paxoskv.sim --reconf --seeds 300          # acceptor-set changes (core-level)
     python -m paxoskv.sim --spares 2 --seeds 100        # ... driven through the real node
     python -m paxoskv.sim --mutant reconf-no-epoch-fence
+    python -m paxoskv.sim --reconf --replication-factor 3   # ... with acceptor groups
 
 Exit status: 0 when every run passed (or, with ``--mutant``, when the mutant was caught);
 1 otherwise; 2 on bad arguments. Three detectors can catch a run: the linearizability
@@ -24,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from paxoskv.sim.batch import DEFAULT_SEEDS, SEED_ENV, Summary, repro_command, run_many
 from paxoskv.sim.mutants import MUTANTS, NODE_RECONF_MUTANTS
@@ -55,6 +57,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reconf", action="store_true",
                         help="simulate acceptor-set changes (add, remove, replace) on the "
                              "protocol core instead of the real node (paxoskv.sim.reconf)")
+    parser.add_argument("--replication-factor", type=int, default=None, metavar="R",
+                        help="each key lives on R acceptors (docs/groups.md); with --reconf "
+                             "the set starts at max(5, R + 2) and stays between 3 and that "
+                             "plus 2; on the real node, every node runs with it (use "
+                             "--nodes above R)")
     parser.add_argument("--spares", type=int, default=default.spares,
                         help="acceptor-role nodes outside the first acceptor set, and random "
                              "acceptor-set changes driven through the real node (default 0)")
@@ -90,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = SimOptions(nodes=args.nodes, proposers=args.proposers,
                              clients=args.clients, ops=args.ops,
                              keys=args.keys, fast_paxos=args.fast_paxos,
-                             ttl=args.ttl, spares=args.spares, mutant=args.mutant)
+                             ttl=args.ttl, spares=args.spares, mutant=args.mutant,
+                             replication_factor=args.replication_factor)
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
         return 2
@@ -174,6 +182,17 @@ def _print_failure(summary: Summary, options: SimOptions) -> None:
     sys.stdout.flush()
 
 
+def reconf_sizes(replication_factor: int | None) -> dict[str, Any]:
+    """The reconfiguration simulator's set sizes for ``--replication-factor``: without it
+    the defaults (3 to 5 acceptors); with R, sets from 3 (every key everywhere when R >= 3)
+    to R + 4 at least, starting at max(5, R + 2)."""
+    if replication_factor is None:
+        return {}
+    start = max(5, replication_factor + 2)
+    return {"replication_factor": replication_factor, "acceptors": start,
+            "min_acceptors": 3, "max_acceptors": start + 2}
+
+
 def _main_reconf(args: argparse.Namespace, seeds: list[int]) -> int:
     """The reconfiguration simulator: one process (``--jobs`` is ignored), same exit codes."""
     from paxoskv.check import write_report
@@ -183,7 +202,7 @@ def _main_reconf(args: argparse.Namespace, seeds: list[int]) -> int:
         return 2
     try:
         options = ReconfOptions(clients=args.clients, ops=args.ops, keys=args.keys,
-                                mutant=args.mutant)
+                                mutant=args.mutant, **reconf_sizes(args.replication_factor))
     except ValueError as exc:
         print(f"bad options: {exc}", file=sys.stderr)
         return 2
@@ -193,7 +212,9 @@ def _main_reconf(args: argparse.Namespace, seeds: list[int]) -> int:
     what = f"mutant {args.mutant!r} ({RECONF_MUTANTS[args.mutant]})" if args.mutant \
         else "acceptor-set changes"
     print(f"simulating {what}: {len(seeds)} seed(s) from {seeds[0]}, "
-          f"{options.acceptors} acceptors at first, {options.proposers} proposers, "
+          f"{options.acceptors} acceptors at first ({options.min_acceptors} to "
+          f"{options.max_acceptors}), replication factor "
+          f"{options.replication_factor or 'all'}, {options.proposers} proposers, "
           f"{options.clients} clients, {options.ops} ops over {options.keys} keys, "
           f"up to {options.changes_max} changes per run", flush=True)
     started = time.perf_counter()
@@ -219,6 +240,8 @@ def _main_reconf(args: argparse.Namespace, seeds: list[int]) -> int:
             for line in [*result.errors, *result.liveness_failures][:5]:
                 print(f"  {line}")
             repro = f"python -m paxoskv.sim --reconf --seed {seed} --ops {options.ops}"
+            if options.replication_factor is not None:
+                repro += f" --replication-factor {options.replication_factor}"
             if args.mutant:
                 repro += f" --mutant {args.mutant}"
             print(f"  repro: {repro}")

@@ -78,6 +78,8 @@ def repro_command(seed: int, options: SimOptions) -> str:
         parts.append("--ttl")
     if options.spares != default.spares:
         parts.append(f"--spares {options.spares}")
+    if options.replication_factor is not None:
+        parts.append(f"--replication-factor {options.replication_factor}")
     if options.mutant is not None:
         parts.append(f"--mutant {options.mutant}")
     rest = " ".join(parts)

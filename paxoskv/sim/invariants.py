@@ -99,6 +99,13 @@ class StateChecker:
             del self._promised[slot]
         self._forget_fast_values(acceptor_id)
 
+    def forget_keys(self, acceptor_id: int, keys: list[str]) -> None:
+        """``acceptor_id`` dropped its rows of ``keys`` before adopting a config that brings
+        it into their groups (docs/groups.md, "Stale rows"): their promises are no part of
+        any quorum that can still form, and bind it no more."""
+        for key in keys:
+            self._promised.pop((acceptor_id, key), None)
+
     def _forget_fast_values(self, acceptor_id: int) -> None:
         """A lost or rolled-back state may accept anew under a fast ballot it took before
         (it no longer holds that accept); rule 3 holds per state, not per node id."""

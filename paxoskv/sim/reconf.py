@@ -35,7 +35,6 @@ from paxoskv.core.acceptor import (
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Accept, Accepted, Collect, Collected, Nack, Prepare, Promise
 from paxoskv.core.proposer import Prepared, choose_value
-from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.reconfig import (
     CONFIG_KEY,
     CatchUp,
@@ -49,7 +48,10 @@ from paxoskv.core.reconfig import (
     WriteRecord,
     admit,
     collection_allowed,
+    drops_all_rows,
     fence_satisfied,
+    joins_group,
+    key_quorums,
 )
 from paxoskv.core.register import (
     Cas,
@@ -63,14 +65,23 @@ from paxoskv.core.register import (
 )
 from paxoskv.sim.loop import run_virtual
 
-__all__ = ["RECONF_MUTANTS", "ReconfOptions", "ReconfResult", "run_reconf_seed"]
+__all__ = ["GROUP_MUTANTS", "RECONF_MUTANTS", "ReconfOptions", "ReconfResult", "run_reconf_seed"]
 
 RECONF_MUTANTS: Final[dict[str, str]] = {
     "reconf-skip-identity-round": "the prepare set is widened (the change completed) without "
                                   "the catch-up identity round of every key",
     "reconf-no-epoch-fence": "acceptors serve messages of any epoch, so a removed acceptor's "
                              "votes still count for proposers that missed the change",
+    "group-mid-majorities": "with groups, mid-change quorums are plain majorities of each "
+                            "side's group, so across a swap a prepare quorum of one config "
+                            "misses an accept quorum of its neighbour",
+    "group-fence-as-if-one-group": "with groups, an install is done once the rule without "
+                                   "groups fences the previous config, which leaves some "
+                                   "key's group a quorum of unfenced acceptors",
+    "group-keep-stale-rows": "with groups, an acceptor a change brings back into a key's "
+                             "group keeps the row it had before it left",
 }
+GROUP_MUTANTS: Final = frozenset(m for m in RECONF_MUTANTS if m.startswith("group-"))
 
 _KINDS: Final[dict[OpKind, int]] = {"set": 25, "cas": 25, "create": 10, "delete": 10,
                                      "read": 30}
@@ -106,12 +117,23 @@ class ReconfOptions:
     none."""
     liveness_s_max: float = 60.0
     mutant: str | None = None
+    replication_factor: int | None = None
+    """R (docs/groups.md): each key lives on R acceptors of the set; None: on all."""
+    min_acceptors: int = 3
+    max_acceptors: int = 5
+    """The driver keeps the set between these sizes."""
 
     def __post_init__(self) -> None:
-        if self.acceptors < 3:
+        if self.acceptors < 3 or self.min_acceptors < 3:
             raise ValueError("start with at least three acceptors (removes keep three)")
+        if not self.min_acceptors <= self.acceptors <= self.max_acceptors:
+            raise ValueError("acceptors must lie between min_acceptors and max_acceptors")
         if self.mutant is not None and self.mutant not in RECONF_MUTANTS:
             raise ValueError(f"unknown mutant {self.mutant!r}; one of {sorted(RECONF_MUTANTS)}")
+        if self.replication_factor is not None and self.replication_factor < 2:
+            raise ValueError("the replication factor is at least 2")
+        if self.mutant in GROUP_MUTANTS and self.replication_factor is None:
+            raise ValueError(f"{self.mutant} needs a replication factor")
 
 
 @dataclass(slots=True)
@@ -194,7 +216,7 @@ class _Acceptor:
     def handle(self, cfg: Config, msg: Request) -> Response | None:
         if isinstance(msg, InstallReq):
             if msg.config.epoch > self.config.epoch:
-                self.config = msg.config
+                self.adopt(msg.config)
             for bucket, floor in msg.floors:
                 self.floors[bucket] = self.floors.get(bucket, NO_FLOOR).merged(floor)
             if self.config.epoch < msg.config.epoch:
@@ -211,7 +233,7 @@ class _Acceptor:
         if verdict is EpochVerdict.RETIRED:
             return Retired(self.config if cfg.epoch <= self.config.epoch else cfg)
         if verdict is EpochVerdict.ADOPT:
-            self.config = cfg
+            self.adopt(cfg)
             self.sim.faults["epoch_adopted"] += 1
         if self.id not in self.config.members:
             self.sim.faults["vote_after_removal"] += 1  # only the no-fence mutant gets here
@@ -230,6 +252,22 @@ class _Acceptor:
         reply = step.reply
         assert isinstance(reply, Promise | Accepted | Nack)
         return reply
+
+    def adopt(self, cfg: Config) -> None:
+        """Hold ``cfg`` from now on, first dropping the rows it must not vote with: those of
+        keys ``cfg`` brings it into the group of, or all of them when it missed a whole
+        change (``joins_group``, ``drops_all_rows``; docs/groups.md, "Stale rows"). Floors
+        stay: they only go up."""
+        if self.sim.options.mutant != "group-keep-stale-rows":
+            if drops_all_rows(self.config, cfg):
+                if self.rows:
+                    self.sim.faults["rows_dropped_missed_change"] += len(self.rows)
+                self.rows.clear()
+            else:
+                for key in [k for k in self.rows if joins_group(cfg, self.id, k)]:
+                    del self.rows[key]
+                    self.sim.faults["rows_dropped_joining_group"] += 1
+        self.config = cfg
 
 
 class _Proposer:
@@ -317,10 +355,12 @@ class _Proposer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _OP_DEADLINE_S
         writes = not isinstance(change, Read)
+        mid_majorities = self.sim.options.mutant == "group-mid-majorities"
         while loop.time() < deadline:
             cfg = self.config
             if cfg.epoch < min_epoch:
                 raise _Failed
+            kq = key_quorums(cfg, key, mid_majorities=mid_majorities)
             cached = self.prepared.pop(key, None)
             if cached is not None and cached[0] == cfg.epoch:
                 ballot, base = cached[1].ballot, cached[1].value
@@ -329,23 +369,22 @@ class _Proposer:
                 if cached is not None:
                     self.sim.faults["phase1_cache_dropped_by_epoch"] += 1
                 ballot = self.new_ballot()
-                promises, seen = await self.phase(cfg, cfg.prepare_set, cfg.prepare_quorum,
-                                                  Prepare(key, ballot))
-                if len(promises) < cfg.prepare_quorum:
+                promises, seen = await self.phase(cfg, kq.prepare.acceptors,
+                                                  kq.prepare.quorum, Prepare(key, ballot))
+                if len(promises) < kq.prepare.quorum:
                     self.counter = max(self.counter, seen.counter)
                     await asyncio.sleep(self.sim.rng.uniform(0, 0.03))
                     continue
-                quorum = QuorumConfig(cfg.prepare_set, cfg.prepare_quorum)
                 ps = [p for p in promises.values() if isinstance(p, Promise)]
-                base = choose_value(ps, quorum)
+                base = choose_value(ps, kq.prepare)
             new, outcome = apply_change(base, change)
             nxt = self.new_ballot()
-            accepted, seen = await self.phase(cfg, cfg.accept_set, cfg.accept_quorum,
+            accepted, seen = await self.phase(cfg, kq.accept.acceptors, kq.accept.quorum,
                                               Accept(key, ballot, new, nxt))
-            if len(accepted) >= cfg.accept_quorum:
+            if len(accepted) >= kq.accept.quorum:
                 promised = {a for a, r in accepted.items()
                             if isinstance(r, Accepted) and r.next == nxt}
-                if len(promised & cfg.prepare_set) >= cfg.prepare_quorum:
+                if kq.prepare.is_quorum(promised):
                     self.prepared[key] = (cfg.epoch, Prepared(nxt, new))
                 return outcome
             if writes and new is not base:
@@ -364,7 +403,8 @@ class _Sim:
         self.faults: Counter[str] = Counter()
         self.errors: list[str] = []
         self.liveness_failures: list[str] = []
-        self.boot_config = Config.stable(0, range(1, options.acceptors + 1))
+        self.boot_config = Config.stable(0, range(1, options.acceptors + 1),
+                                         options.replication_factor)
         self.acceptors = {i: _Acceptor(i, self.boot_config, self)
                           for i in self.boot_config.members}
         self.next_acceptor_id = options.acceptors + 1
@@ -456,7 +496,8 @@ class _Sim:
         acked: set[int] = set()
         floors: dict[int, Floor] = {}
         listed: set[str] = set()
-        while not fence_satisfied(action.previous, acked):
+        one_group = self.options.mutant == "group-fence-as-if-one-group"
+        while not fence_satisfied(action.previous, acked, as_one_group=one_group):
             replies, _ = await self.driver.phase(action.config, targets, len(targets),
                                                  InstallReq(action.config))
             for a, r in replies.items():
@@ -467,6 +508,11 @@ class _Sim:
                         floors[bucket] = floors.get(bucket, NO_FLOOR).merged(floor)
         given = tuple(sorted(floors.items(), key=lambda bf: bf[0]))
         joined: set[int] = set()
+        if action.previous.grouped and action.previous.is_stable:
+            # With groups a collection raised floors on the key's group only, and any
+            # member may join some key's group in this change: all of them get the floors
+            # (docs/groups.md, "Floors").
+            new = action.config.members
         while not new <= joined:
             replies, _ = await self.driver.phase(action.config, frozenset(new), len(new),
                                                  InstallReq(action.config, given))
@@ -526,9 +572,10 @@ class _Sim:
         for _ in range(self.options.changes_max):
             members = sorted(self.current.members)
             kind = self.rng.choice(["add", "remove", "replace"])
-            if kind == "remove" and len(members) <= 3:
-                kind = "add" if len(members) < 5 else "replace"
-            if kind == "add" and len(members) >= 5:
+            lo, hi = self.options.min_acceptors, self.options.max_acceptors
+            if kind == "remove" and len(members) <= lo:
+                kind = "add" if len(members) < hi else "replace"
+            if kind == "add" and len(members) >= hi:
                 kind = "remove"
             if kind in ("add", "replace"):
                 fresh = self.next_acceptor_id
@@ -585,21 +632,22 @@ class _Sim:
             if not collection_allowed(record, cfg):
                 self.faults["gc_paused_by_change"] += 1
                 continue
+            # Every acceptor of the key's group (all of them without groups).
+            kq = key_quorums(cfg, key)
+            group_p, group_a = kq.prepare.acceptors, kq.accept.acceptors
             ballot = c.new_ballot()
-            promises, _ = await c.phase(cfg, cfg.prepare_set, len(cfg.prepare_set),
-                                        Prepare(key, ballot))
-            if len(promises) < len(cfg.prepare_set):
+            promises, _ = await c.phase(cfg, group_p, len(group_p), Prepare(key, ballot))
+            if len(promises) < len(group_p):
                 continue
             value = choose_value([p for p in promises.values() if isinstance(p, Promise)],
-                                 QuorumConfig(cfg.prepare_set, cfg.prepare_quorum))
+                                 kq.prepare)
             if value.exists or value.version == 0:
                 continue
-            accepted, _ = await c.phase(cfg, cfg.accept_set, len(cfg.accept_set),
-                                        Accept(key, ballot, value))
-            if len(accepted) < len(cfg.accept_set):
+            accepted, _ = await c.phase(cfg, group_a, len(group_a), Accept(key, ballot, value))
+            if len(accepted) < len(group_a):
                 continue
             self.faults["gc_collect_sent"] += 1
-            await c.phase(cfg, cfg.members, len(cfg.members),
+            await c.phase(cfg, group_p | group_a, len(group_p | group_a),
                           Collect(key, ballot, value.version))
 
     # ------------------------------------------------------------ faults and clients

@@ -189,6 +189,11 @@ class SimOptions:
     checks know epoch 0 only). 0: no changes."""
     reconf_pause_ms_mean: float = 1500.0
     """Mean pause (exponential) between one change's end and the next one's start."""
+    replication_factor: int | None = None
+    """Every node runs with ``--replication-factor`` (docs/groups.md). Lost disks, old-copy
+    restores and duplicate ids are off then (each ends with the operator's ``--rejoin``,
+    refused with it). With ``spares``, changes move keys between groups; the rows an
+    acceptor drops then are forgotten by the state checker (``Node.rows_dropped``)."""
     mutant: str | None = None
 
     def __post_init__(self) -> None:
@@ -226,6 +231,8 @@ class SimOptions:
                 raise ValueError(f"{name} must be within 0..1")
         if not 0 < self.down_ms_min <= self.down_ms_max:
             raise ValueError("need 0 < down_ms_min <= down_ms_max")
+        if self.replication_factor is not None and self.fast_paxos:
+            raise ValueError("--replication-factor runs without --fast-paxos")
 
     @property
     def down_max(self) -> int:
@@ -344,7 +351,8 @@ class _Simulation:
                                      tombstone_grace_s=options.tombstone_grace_s,
                                      forward_writes=not options.fast_paxos,
                                      ttl_sweep_interval_s=SWEEP_INTERVAL_S if options.ttl
-                                     else 0.0)
+                                     else 0.0,
+                                     replication_factor=options.replication_factor)
                        for i in self.ids}
         # A generator of their own: the master one's sequence is the same as before clocks.
         clock_rng = random.Random(f"clocks-{seed}")
@@ -358,7 +366,8 @@ class _Simulation:
         self.proposer_rules = PROPOSER_MUTANT_RULES.get(options.mutant or "", ProposerRules())
         # Identity faults: a mutant that only they can reveal raises their rates (like
         # small-quorum, an option the mutant sets), so the default budget catches it.
-        self.disk_loss_p = options.disk_loss_probability
+        self.disk_loss_p = options.disk_loss_probability \
+            if options.replication_factor is None else 0.0
         self.restore_p = options.restore_probability
         self.duplicate_p = options.duplicate_id_probability
         self.mid_rejoin_p = options.mid_rejoin_crash_probability
@@ -377,6 +386,9 @@ class _Simulation:
             # Restores of old copies, duplicate ids and mismatched memberships are checked
             # against epoch 0 only (README, "Limits"): not run with changes. Disk loss is.
             self.restore_p = self.duplicate_p = mismatched_p = 0.0
+        if options.replication_factor is not None:
+            # Each ends with the operator's --rejoin, refused with --replication-factor.
+            self.restore_p = self.duplicate_p = 0.0
         self.reconf_target: frozenset[int] | None = None
         """spares: the acceptor set the change in progress moves to (None: none running)."""
         self.shadow_hosts: dict[int, Host] = {}
@@ -499,10 +511,15 @@ class _Simulation:
                         proposer_rules=self.proposer_rules, clock_ms=self.clocks[node_id])
         if self.options.mutant == "ttl-delete-without-compare":
             node.sweeper.unconditional = True
+        node.rows_dropped = lambda keys: self._rows_dropped(node_id, keys)
         host.node = node
         host.server = PeerServer(node, SIM_SECRET)
         host.up = True
         host.spawn(node.run())
+
+    def _rows_dropped(self, node_id: int, keys: list[str]) -> None:
+        self.faults["rows_dropped_joining_group"] += len(keys)
+        self.state_checker.forget_keys(node_id, keys)
 
     async def crash(self, *node_ids: int) -> None:
         """Kill processes at this virtual instant: unsynced writes and all their tasks die.

@@ -9,7 +9,7 @@ import pytest
 
 from paxoskv.check.history import op_to_json
 from paxoskv.sim.batch import DEFAULT_SEEDS
-from paxoskv.sim.reconf import RECONF_MUTANTS, ReconfOptions, run_reconf_seed
+from paxoskv.sim.reconf import GROUP_MUTANTS, RECONF_MUTANTS, ReconfOptions, run_reconf_seed
 
 SEEDS = 25
 OPS = 300
@@ -43,14 +43,15 @@ def test_changes_under_faults_stay_linearizable() -> None:
     assert faults["vote_after_removal"] == 0
 
 
-@pytest.mark.parametrize("mutant", sorted(RECONF_MUTANTS))
+@pytest.mark.parametrize("mutant", sorted(set(RECONF_MUTANTS) - GROUP_MUTANTS))
 def test_reconf_mutant_is_caught_by_the_checker_within_default_budget(mutant: str) -> None:
     """Goal: each broken variant of the change procedure loses a write a client sees.
 
     Method: the CLI's default budget (100 seeds, default options), in order, until the
     linearizability checker flags a run. Measured: reconf-skip-identity-round is first
     caught at seed 1 (37 of seeds 0-99 caught), reconf-no-epoch-fence at seed 0 (66 of 100)
-    (docs/reconfiguration.md has the rates)."""
+    (docs/reconfiguration.md has the rates). The group-* mutants need a replication
+    factor: tests/sim/test_groups_sim.py."""
     for seed in range(DEFAULT_SEEDS):
         result = run_reconf_seed(seed, ReconfOptions(mutant=mutant))
         if result.check.violations:

@@ -1,0 +1,321 @@
+"""Acceptor groups on real processes (docs/groups.md): five nodes with
+``--replication-factor 3`` under a client workload, kill -9 of one node; linearizable,
+every acknowledged write read back, and a key's row exists only on its group's acceptors.
+
+Every wait is bounded; every process is stopped by PID in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import Cluster, ServerProcess, free_ports
+
+from paxoskv.chaos.runner import acknowledged_read_back
+from paxoskv.chaos.workload import FINAL_READ_CLIENT_BASE, Workload, WorkloadOptions
+from paxoskv.check import History, check
+from paxoskv.core.reconfig import group
+
+pytestmark = pytest.mark.integration
+
+NODES = (1, 2, 3, 4, 5)
+R = 3
+
+
+def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
+    """Goal: with R = 3 of 5, writes and linearizable reads through any node stay correct
+    through kill -9 of a node, and each key is stored on its group only.
+
+    Method: five processes with --replication-factor 3; the chaos workload (sets, CASes,
+    creates, deletes, reads over 20 keys, through any node) for ~12 s, during which node 4
+    is killed -9 and restarted; then every key is read from every node. The history must be
+    linearizable and each acknowledged last write read back. Status shows R and the groups.
+    Then, from each stopped node's database: every key's rows are on acceptors of its
+    group only, and on at least two of them."""
+    c = Cluster(len(NODES), tmp_path, extra=["--replication-factor", str(R),
+                                             "--repair-interval", "3600"])
+    history = History()
+    workload = Workload({i: n.url for i, n in c.nodes.items()}, history, seed=11,
+                        options=WorkloadOptions(clients=4, keys=20, hot_keys=5,
+                                                think_s_max=0.05))
+    stop = threading.Event()
+    finals: dict[str, int] = {"reads": 0, "unreadable": 0}
+    errors: list[BaseException] = []
+
+    async def clients() -> None:
+        try:
+            for _ in range(40):
+                if stop.is_set():
+                    break
+                await workload.run(1.0)
+            for key in workload.all_keys():
+                for nid in NODES:
+                    for attempt in range(10):
+                        outcome = await workload.call(FINAL_READ_CLIENT_BASE + nid, nid,
+                                                      "read", key, count=False)
+                        finals["reads"] += 1
+                        if outcome.status == "ok":
+                            break
+                        await asyncio.sleep(0.1 * (attempt + 1))
+                    else:
+                        finals["unreadable"] += 1
+        finally:
+            await workload.close()
+
+    def run_clients() -> None:
+        try:
+            asyncio.run(clients())
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_clients, daemon=True)
+    started = time.monotonic()
+    try:
+        c.start()
+        thread.start()
+        time.sleep(4.0)
+        c.nodes[4].kill9()
+        time.sleep(3.0)
+        c.nodes[4].start()
+        c.nodes[4].wait_ready(30)
+        time.sleep(4.0)
+        stop.set()
+        thread.join(120)
+        assert not thread.is_alive(), "clients did not stop"
+        assert not errors, errors
+        code, body = c.nodes[1].get("/v1/status")
+        assert code == 200, body
+        status = json.loads(body)
+        assert status["groups"]["replication_factor"] == R
+        assert status["groups"]["grouped"] is True
+        assert status["groups"]["copies_per_key"] == R
+        assert status["groups"]["acceptors_down_tolerated"] == 1
+    finally:
+        stop.set()
+        c.stop()
+    # Rows, read from each stopped node's database: a key is stored on its group only,
+    # and on at least a quorum of it.
+    rows: dict[int, set[str]] = {}
+    for nid in NODES:
+        db = sqlite3.connect(f"file:{tmp_path / f'node{nid}' / 'paxoskv.sqlite3'}?mode=ro",
+                             uri=True)
+        try:
+            rows[nid] = {k for (k,) in db.execute("SELECT key FROM registers")}
+        finally:
+            db.close()
+    members = frozenset(NODES)
+    rows_checked = 0
+    for key in workload.all_keys():
+        holders = {nid for nid in NODES if key in rows[nid]}
+        g = group(key, members, R)
+        assert holders <= g, (key, sorted(holders), sorted(g))
+        if holders:
+            assert len(holders) >= 2, (key, sorted(holders), sorted(g))
+            rows_checked += 1
+    assert rows_checked >= 10
+    ops = history.ops()
+    result = check(ops)
+    assert result.ok, result.summary()
+    checked, problems = acknowledged_read_back(ops)
+    assert not problems, problems[:5]
+    counts = workload.counts
+    ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
+    print(f"groups: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} keys read "
+          f"back, {finals['reads']} final reads, {time.monotonic() - started:.1f}s")
+    assert ok_writes >= 50, counts
+    assert checked >= 10
+    assert finals["unreadable"] == 0
+
+
+def _post(node: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def _wait_stable(nodes: dict[int, ServerProcess], target: set[int], timeout_s: float
+                 ) -> None:
+    """Until node 1's record is STABLE on ``target`` and installed there; re-POST the
+    change whenever no live node runs it (its driver may have been killed)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        code, body = nodes[1].get("/admin/acceptors", timeout=6)
+        if code == 200:
+            last = json.loads(body)
+            record = last["record"]
+            if record["phase"] == "stable" and set(record["config"][1]) == target \
+                    and last["held"][0] == record["config"][0]:
+                return
+        running = False
+        for n in nodes.values():
+            if n.alive():
+                scode, sbody = n.get("/v1/status", timeout=3)
+                if scode == 200 and json.loads(sbody)["reconfiguration"]["running"]:
+                    running = True
+        if not running and nodes[1].alive():
+            _post(nodes[1], "/admin/acceptors", {"acceptors": sorted(target)})
+        time.sleep(0.3)
+    pytest.fail(f"acceptor set never became {sorted(target)}: {last}")
+
+
+def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
+        tmp_path: Path) -> None:
+    """Goal: adding a sixth acceptor with R = 3 moves keys between groups through the
+    change procedure (grown mid quorums, group fence, catch-up), and removing it again
+    moves them back (the acceptors a key returns to drop the rows they kept of it), while
+    clients write and read, through kill -9 of an acceptor during each change.
+
+    Method: six processes, --replication-factor 3, node 6 "initial: false"; the chaos
+    workload over 30 keys throughout; POST {1..6} to node 1, kill -9 node 2 shortly after
+    and restart it; wait until the record is STABLE on {1..6}; check from node 6's status;
+    then POST {1..5}, kill -9 node 3, wait until STABLE on {1..5}; then final reads of every
+    key from every node. Linearizable, every acknowledged write read back; some acceptor
+    logged rows dropped on joining a group; and from the databases: every key's rows on
+    nodes 1-5 lie in its group of {1..5} or of {1..6}, with at least two in the first, and
+    node 6 holds rows of keys that had moved to it."""
+    ids = (1, 2, 3, 4, 5, 6)
+    ports = dict(zip(ids, free_ports(len(ids)), strict=True))
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("nodes:\n" + "\n".join(
+        f'  - {{id: {i}, url: "http://127.0.0.1:{ports[i]}", initial: {str(i <= 5).lower()}}}'
+        for i in ids) + "\n")
+    extra = ["--replication-factor", str(R), "--repair-interval", "3600"]
+    nodes = {i: ServerProcess(i, ports[i], f"@{hosts}", tmp_path / f"node{i}",
+                              tmp_path / f"node{i}.log", extra) for i in ids}
+    history = History()
+    workload = Workload({i: n.url for i, n in nodes.items()}, history, seed=5,
+                        options=WorkloadOptions(clients=4, keys=30, hot_keys=5,
+                                                think_s_max=0.05))
+    stop = threading.Event()
+    finals: dict[str, int] = {"reads": 0, "unreadable": 0}
+    errors: list[BaseException] = []
+
+    async def clients() -> None:
+        try:
+            for _ in range(120):
+                if stop.is_set():
+                    break
+                await workload.run(1.0)
+            for key in workload.all_keys():
+                for nid in ids:
+                    for attempt in range(10):
+                        outcome = await workload.call(FINAL_READ_CLIENT_BASE + nid, nid,
+                                                      "read", key, count=False)
+                        finals["reads"] += 1
+                        if outcome.status == "ok":
+                            break
+                        await asyncio.sleep(0.1 * (attempt + 1))
+                    else:
+                        finals["unreadable"] += 1
+        finally:
+            await workload.close()
+
+    def run_clients() -> None:
+        try:
+            asyncio.run(clients())
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_clients, daemon=True)
+    started = time.monotonic()
+    try:
+        for n in nodes.values():
+            n.start()
+        for i in (1, 2, 3, 4, 5):
+            nodes[i].wait_ready(30)
+        thread.start()
+        time.sleep(3.0)
+        for _ in range(50):
+            code, body = _post(nodes[1], "/admin/acceptors", {"acceptors": list(ids)})
+            if code != 409:
+                break
+            time.sleep(0.2)
+        assert code == 202, body
+        time.sleep(0.5)
+        nodes[2].kill9()
+        time.sleep(2.0)
+        nodes[2].start()
+        nodes[2].wait_ready(30)
+        _wait_stable(nodes, set(ids), 90.0)
+        code, body = nodes[6].get("/v1/status")
+        assert code == 200, body
+        status = json.loads(body)
+        assert status["acceptor_config"]["prepare"] == list(ids), status["acceptor_config"]
+        assert status["groups"]["acceptors"] == 6 and status["groups"]["grouped"]
+        time.sleep(2.0)
+        five = [1, 2, 3, 4, 5]
+        for _ in range(50):
+            code, body = _post(nodes[1], "/admin/acceptors", {"acceptors": five})
+            if code != 409:
+                break
+            time.sleep(0.2)
+        assert code == 202, body
+        time.sleep(0.5)
+        nodes[3].kill9()
+        time.sleep(2.0)
+        nodes[3].start()
+        nodes[3].wait_ready(30)
+        _wait_stable(nodes, set(five), 90.0)
+        time.sleep(3.0)
+        stop.set()
+        thread.join(120)
+        assert not thread.is_alive(), "clients did not stop"
+        assert not errors, errors
+        code, body = nodes[1].get("/v1/status")
+        assert code == 200, body
+        status = json.loads(body)
+        assert status["acceptor_config"]["prepare"] == five, status["acceptor_config"]
+        assert status["groups"]["acceptors"] == 5
+    finally:
+        stop.set()
+        for n in nodes.values():
+            if n.alive():
+                n.terminate()
+    rows: dict[int, set[str]] = {}
+    for nid in ids:
+        db = sqlite3.connect(f"file:{tmp_path / f'node{nid}' / 'paxoskv.sqlite3'}?mode=ro",
+                             uri=True)
+        try:
+            rows[nid] = {k for (k,) in db.execute("SELECT key FROM registers")}
+        finally:
+            db.close()
+    moved = 0
+    for key in workload.all_keys():
+        holders = {nid for nid in ids if key in rows[nid]} - {6}
+        g5, g6 = group(key, range(1, 6), R), group(key, ids, R)
+        assert holders <= g5 | g6, (key, sorted(holders), sorted(g5), sorted(g6))
+        if holders:
+            assert len(holders & g5) >= 2, (key, sorted(holders), sorted(g5))
+        if 6 in g6 and key in rows[6]:
+            moved += 1
+    logs = "".join((tmp_path / f"node{i}.log").read_text() for i in ids)
+    assert "rows of keys whose group this acceptor joins" in logs
+    ops = history.ops()
+    result = check(ops)
+    assert result.ok, result.summary()
+    checked, problems = acknowledged_read_back(ops)
+    assert not problems, problems[:5]
+    counts = workload.counts
+    ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
+    print(f"groups grow 5->6->5: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} "
+          f"keys read back, {moved} keys moved to node 6, {finals['reads']} final reads, "
+          f"{time.monotonic() - started:.1f}s")
+    assert ok_writes >= 50, counts
+    assert moved >= 3
+    assert finals["unreadable"] == 0
