@@ -108,9 +108,8 @@ class NodeConfig:
             if self.fast_paxos:
                 raise ValueError("--replication-factor does not work with --fast-paxos on yet")
             if self.rejoin:
-                raise ValueError("--replication-factor does not work with --rejoin yet: a "
-                                 "node that lost its disk is brought back by removing and "
-                                 "re-adding it (docs/groups.md)")
+                raise ValueError("--replication-factor does not work with --rejoin yet "
+                                 "(docs/groups.md, \"Limits\")")
 
     @property
     def acceptors(self) -> frozenset[int]:
