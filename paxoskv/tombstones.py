@@ -86,6 +86,9 @@ class _Noted:
     pinned_at: float | None = None
     """Loop time by which every acceptor was seen holding it at ``ballot``; None until
     then. The grace counts from here."""
+    seen: int = 0
+    """The last sweep (``Collector._sweeps``) that found its row: an entry no full pass
+    found any more (the row went, removed by another node's collection) is dropped."""
 
 
 @dataclass(slots=True)
@@ -122,6 +125,8 @@ class Collector:
         self._pending: OrderedDict[str, _Noted] = OrderedDict()
         """Tombstones seen, with their pin once taken."""
         self._pending_peak = 0
+        self._sweeps = 0
+        """Sweeps begun (marks the entries each one finds, ``_Noted.seen``)."""
 
     @property
     def enabled(self) -> bool:
@@ -165,6 +170,9 @@ class Collector:
         due: list[tuple[str, Ballot]] = []
         to_pin: list[tuple[str, Ballot]] = []
         after: str | None = None
+        self._sweeps += 1
+        this = self._sweeps
+        whole = False  # paged through every key (not stopped by the batch bound)
         for _ in range(1_000_000):
             page = node.storage.keys("", after, GC_PAGE_KEYS)
             for key in page:
@@ -180,14 +188,23 @@ class Collector:
                     if noted is None and len(self._pending) >= GC_PENDING_MAX:
                         continue
                     noted = self._pending[key] = _Noted(state.ballot_accepted)
+                noted.seen = this
                 if noted.pinned_at is None:
                     if len(to_pin) < GC_PIN_KEYS:
                         to_pin.append((key, noted.ballot))
                 elif loop.time() - noted.pinned_at >= grace and len(due) < GC_BATCH_KEYS:
                     due.append((key, noted.ballot))
             if len(page) < GC_PAGE_KEYS or len(due) >= GC_BATCH_KEYS:
+                whole = len(page) < GC_PAGE_KEYS
                 break
             after = page[-1]
+        if whole:
+            # Entries whose row this whole pass did not find: another node's collection
+            # removed it here (our own removals pop theirs). Without this they stayed for
+            # as long as the node ran, one per key another node collected first. (Nothing
+            # awaited since the pass began, so every entry made meanwhile was marked.)
+            for key in [k for k, n in self._pending.items() if n.seen != this]:
+                del self._pending[key]
         node.metrics.tombstones_pending(len(self._pending))
         self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
         view = await node.collection_allowed() if due or to_pin else None
