@@ -140,3 +140,20 @@ def test_warmup_argument() -> None:
     assert parse_args(["--warmup", "0"]).warmup == 0
     with pytest.raises(SystemExit):
         parse_args(["--warmup", "-1"])
+
+
+def test_key_rows_leaves_out_the_acceptor_set_record(tmp_path: Path) -> None:
+    from paxoskv.bench_gc import key_rows
+    from paxoskv.core.reconfig import CONFIG_KEY
+
+    db = tmp_path / "paxoskv.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE registers (key TEXT PRIMARY KEY);")
+    conn.execute("INSERT INTO registers VALUES (?)", (CONFIG_KEY,))
+    conn.commit()
+    assert key_rows(db) == 0
+    conn.execute("INSERT INTO registers VALUES ('gcbench/00000001')")
+    conn.commit()
+    conn.close()
+    assert key_rows(db) == 1
+    assert key_rows(tmp_path / "missing.sqlite3") == -1
