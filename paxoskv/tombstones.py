@@ -244,7 +244,7 @@ class Collector:
             # the acceptor set is changing (docs/reconfiguration.md, GC).
             self.progress.paused_by_change += 1
             log.info("tombstone collection paused: an acceptor-set change is in progress")
-            due, to_pin = [], []
+            due, to_pin, full = [], [], False  # the next sweep after the interval
         stopped = False
         for first in range(0, len(to_pin), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):

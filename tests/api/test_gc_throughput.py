@@ -268,3 +268,32 @@ def test_sweeps_resume_after_a_full_batch_instead_of_rereading_from_the_first_ke
     assert pin_loads <= 4 * n  # a pass to pin, one more to find none left; each pin's
     # query loads the row once more on this acceptor (8,820 before: a pass per batch)
     assert (collected, left) == (n, 0)
+
+
+def test_a_sweep_paused_by_an_acceptor_set_change_does_not_ask_for_another_at_once(
+        tmp_path: Path) -> None:
+    """Goal: while the acceptor set is changing a sweep pins and collects nothing, and
+    does not ask for the next sweep after the short pause even when its batch of pins
+    filled (it would re-sweep every 50 ms for as long as the change lasts). Method:
+    GC_PIN_KEYS + 100 tombstones, ``collection_allowed`` answering None."""
+    from paxoskv.core.acceptor import AcceptorState
+    from paxoskv.core.register import Value
+
+    async def main() -> tuple[bool, int, int]:
+        node = await _single_node(tmp_path, grace_s=3600.0)
+        storage = node.storage
+        assert isinstance(storage, SqliteStorage)
+        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
+        await asyncio.gather(*(storage.save(f"p{i:04d}", tomb)
+                               for i in range(tombstones.GC_PIN_KEYS + 100)))
+
+        async def changing() -> None:
+            return None
+
+        node.collection_allowed = changing  # type: ignore[method-assign, assignment]
+        collector = node.collector
+        more = await collector.sweep()
+        await storage.close()
+        return more, collector.progress.pins, collector.progress.paused_by_change
+
+    assert asyncio.run(main()) == (False, 0, 1)
