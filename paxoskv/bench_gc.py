@@ -7,17 +7,24 @@ within a tolerance (10 %) of what the same node held empty.
 1. Starts 3 real ``paxoskv serve`` processes on 127.0.0.1 over fresh data directories
    (fsync on, ``--tombstone-grace`` short) and records each node's RSS (VmRSS) and
    data-directory bytes (the database with its -wal and -shm files) once ready: "empty".
+   Then, unless ``--warmup 0``, writes, deletes and waits for the collection of a few keys
+   (100) and samples again: "warm", a second baseline with imports done and first-use
+   caches filled. The claim is judged against "empty"; "warm" only says how much of the
+   difference is a node having served at all.
 2. Writes ``--keys`` keys of ``--value-bytes`` through the HTTP API from ``--clients``
    workers spread over the nodes, then deletes each of them (one DELETE per key, no token:
    the nodes run without auth). RSS and bytes again: "full".
-3. Waits (bounded by ``--wait-seconds``) until every node's ``/v1/status`` counts no row
-   left, then until the directories stop shrinking (the storage returns free pages between
-   batches; bounded by ``--settle-seconds``). RSS and bytes again: "after".
+3. Waits (bounded by ``--wait-seconds``) until no node's database holds a row (but the
+   acceptor-set record's, which is never collected), then until the directories stop
+   shrinking (the storage returns free pages between batches; bounded by
+   ``--settle-seconds``). RSS and bytes again: "after".
 
-Prints a table per node (empty / full / after, after/empty) and writes
+Prints a table per node (empty / full / after, after/empty; warm, after/warm) and writes
 ``reports/bench-gc.json``. Everything is real and every process is stopped by PID; the
 temporary directories are removed unless ``--keep``. The machine may be shared, so the
-load average goes into the output.
+load average goes into the output. With ``PAXOSKV_DEBUG_MEMORY=<dir>`` in the environment
+(the nodes inherit it), every node also writes a memory report there after each sample
+(``paxoskv/memdebug.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -46,6 +54,8 @@ import orjson
 from paxoskv.bench import start_cluster, stop_cluster
 from paxoskv.bench_compare import _loadavg, _sigterm_as_exit, nan_to_none
 from paxoskv.bench_preload import dir_bytes, proc_status
+from paxoskv.core.reconfig import CONFIG_KEY
+from paxoskv.memdebug import ENV as MEMORY_DUMP_ENV
 
 __all__ = ["NodeFigures", "Sample", "format_table", "main", "parse_args", "to_json"]
 
@@ -78,12 +88,23 @@ class NodeFigures:
     """What the database holds after collection, read once the node has stopped: bytes
     of each table and index (``dbstat``), rows of ``registers`` and ``gc_floors``, free
     pages. Says which part of "after" is by design (the floors) and which is not."""
+    warm: Sample | None = None
+    """The same node after a small warm-up (``--warmup`` keys written, deleted and
+    collected before the run): imports done, first-use caches filled. A second baseline
+    beside "empty", never instead of it."""
 
     def ratio(self, what: str) -> float:
         """after / empty of ``what`` ("rss" or "dir_bytes"); NaN when not measured."""
         if self.after is None:
             return math.nan
         base = getattr(self.empty, what)
+        return getattr(self.after, what) / base if base else math.nan
+
+    def ratio_warm(self, what: str) -> float:
+        """after / warm of ``what``; NaN when either was not measured."""
+        if self.after is None or self.warm is None:
+            return math.nan
+        base = getattr(self.warm, what)
         return getattr(self.after, what) / base if base else math.nan
 
     def within(self, tolerance: float = TOLERANCE) -> bool:
@@ -125,6 +146,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="longest wait for every row to be collected")
     ap.add_argument("--settle-seconds", type=float, default=120.0,
                     help="longest wait, after that, for the directories to stop shrinking")
+    ap.add_argument("--warmup", type=int, default=100,
+                    help="keys written, deleted and collected before the run, for a second "
+                    "baseline (\"warm\") beside the cold empty one; 0: none")
     ap.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for every node (repeatable), e.g. "
                     "--node-arg=--cache-bytes=8000000")
@@ -140,6 +164,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("--clients must be between 1 and 1024")
     if not 0 < args.grace <= 3600:
         ap.error("--grace must be above 0 and at most 3600 seconds (0 keeps tombstones)")
+    if args.warmup < 0:
+        ap.error("--warmup must not be negative")
     if args.wait_seconds <= 0 or args.settle_seconds <= 0:
         ap.error("--wait-seconds and --settle-seconds must be positive")
     return args
@@ -154,18 +180,25 @@ def _ratio(x: float) -> str:
 
 
 def format_table(figures: Sequence[NodeFigures], tolerance: float = TOLERANCE) -> str:
-    """One line per node and measure: MB empty, full, after, and after/empty."""
+    """One line per node and measure: MB empty, full, after, and after/empty (the claim's
+    verdict); then, when a warm-up ran, MB warm and after/warm (a second baseline)."""
+    warm = any(f.warm is not None for f in figures)
     lines = [f"{'node':>4} | {'measure':<13} | {'empty MB':>9} | {'full MB':>9} | "
-             f"{'after MB':>9} | {'after/empty':>11} | within {tolerance:.0%}"]
+             f"{'after MB':>9} | {'after/empty':>11} | within {tolerance:.0%}"
+             + (f" | {'warm MB':>9} | {'after/warm':>10}" if warm else "")]
     for f in figures:
         for what, label in (("dir_bytes", "data dir"), ("rss", "RSS")):
             after = math.nan if f.after is None else float(getattr(f.after, what))
             ratio = f.ratio(what)
             verdict = "-" if math.isnan(ratio) else ("yes" if ratio <= 1 + tolerance
                                                      else "NO")
-            lines.append(f"{f.node:>4} | {label:<13} | {_mb(getattr(f.empty, what)):>9} | "
-                         f"{_mb(getattr(f.full, what)):>9} | {_mb(after):>9} | "
-                         f"{_ratio(ratio):>11} | {verdict}")
+            line = (f"{f.node:>4} | {label:<13} | {_mb(getattr(f.empty, what)):>9} | "
+                    f"{_mb(getattr(f.full, what)):>9} | {_mb(after):>9} | "
+                    f"{_ratio(ratio):>11} | {verdict:<10}")
+            if warm:
+                w = math.nan if f.warm is None else float(getattr(f.warm, what))
+                line += f" | {_mb(w):>9} | {_ratio(f.ratio_warm(what)):>10}"
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -176,6 +209,8 @@ def to_json(figures: Sequence[NodeFigures], phases: Sequence[Phase], collection:
         row: dict[str, Any] = asdict(f)
         row["ratio_rss"] = f.ratio("rss")
         row["ratio_dir_bytes"] = f.ratio("dir_bytes")
+        row["ratio_rss_to_warm"] = f.ratio_warm("rss")
+        row["ratio_dir_bytes_to_warm"] = f.ratio_warm("dir_bytes")
         row["within"] = None if f.after is None else f.within(tolerance)
         nodes.append(row)
     return json.dumps(nan_to_none({
@@ -210,8 +245,14 @@ def _files(path: Path) -> dict[str, int]:
 
 
 def _sample(procs: Sequence[subprocess.Popen[bytes]], dirs: Sequence[Path]) -> list[Sample]:
-    return [Sample(proc_status(p.pid)["VmRSS"], dir_bytes(d), _files(d))
-            for p, d in zip(procs, dirs, strict=True)]
+    samples = [Sample(proc_status(p.pid)["VmRSS"], dir_bytes(d), _files(d))
+               for p, d in zip(procs, dirs, strict=True)]
+    if os.environ.get(MEMORY_DUMP_ENV):
+        # Debug (paxoskv/memdebug.py): each node writes where its memory is, after the
+        # figures were taken.
+        for p in procs:
+            p.send_signal(signal.SIGUSR2)
+    return samples
 
 
 def db_tables(path: Path) -> dict[str, int]:
@@ -265,8 +306,9 @@ def _get(url: str) -> bytes:
 
 
 async def _load(name: str, urls: Sequence[str], keys: int, clients: int, value_bytes: int,
-                procs: Sequence[subprocess.Popen[bytes]]) -> Phase:
-    """PUT (or DELETE, by ``name``) every key once, ``clients`` at a time."""
+                procs: Sequence[subprocess.Popen[bytes]], first: int = 0) -> Phase:
+    """PUT (or DELETE, by ``name``) every key once, ``clients`` at a time: ``keys`` of
+    them from index ``first``."""
     phase = Phase(name)
     value = b"g" * value_bytes
     ok_status = (200, 201, 204) if name == "write" else (200, 204, 404)
@@ -281,7 +323,7 @@ async def _load(name: str, urls: Sequence[str], keys: int, clients: int, value_b
             while next_index < keys:
                 i = next_index
                 next_index += 1
-                url = f"{urls[(w + i) % len(urls)]}/v1/kv/{_key(i)}"
+                url = f"{urls[(w + i) % len(urls)]}/v1/kv/{_key(first + i)}"
                 for attempt in range(ATTEMPTS):
                     try:
                         if name == "write":
@@ -322,14 +364,31 @@ async def _load(name: str, urls: Sequence[str], keys: int, clients: int, value_b
     return phase
 
 
-def _rows_left(urls: Sequence[str]) -> tuple[list[int], list[int], list[int]]:
-    """Per node: rows its storage holds, tombstones it is waiting to collect, rows it
-    removed (-1 for a node that did not answer)."""
+def key_rows(path: Path) -> int:
+    """Rows of a (running) node's database other than the acceptor-set record's
+    (``CONFIG_KEY``), which is never collected: a collection sweep may read the record
+    through a round, which leaves its row (seen once in a 10,000-key run, where the run
+    then waited for a row that cannot go). -1 when it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=STATUS_TIMEOUT_S)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM registers WHERE key != ?",
+                                    (CONFIG_KEY,)).fetchall()[0][0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return -1
+
+
+def _rows_left(urls: Sequence[str], dirs: Sequence[Path]
+               ) -> tuple[list[int], list[int], list[int]]:
+    """Per node: rows its storage holds (``key_rows``), tombstones it is waiting to
+    collect, rows it removed (-1 for a node that did not answer)."""
     rows, pending, collected = [], [], []
-    for url in urls:
+    for url, d in zip(urls, dirs, strict=True):
         try:
             status = orjson.loads(_get(url + "/v1/status"))
-            rows.append(int(status["keys"]))
+            rows.append(key_rows(d / "paxoskv.sqlite3"))
             pending.append(int(status["tombstone_collection"]["pending"]))
             value = metric_value(_get(url + "/metrics").decode(),
                                  "paxoskv_tombstones_collected_total")
@@ -354,7 +413,7 @@ def wait_collected(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]]
     while clock() - started < wait_s:
         if any(p.poll() is not None for p in procs):
             raise SystemExit("bench_gc: a node exited while waiting for collection")
-        rows, pending, collected = _rows_left(urls)
+        rows, pending, collected = _rows_left(urls, dirs)
         if clock() >= next_report:
             next_report = clock() + 15
             _log(f"collection {clock() - started:4.0f}s: rows left {rows}, pending "
@@ -386,6 +445,24 @@ def wait_collected(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]]
     return result
 
 
+def _warm_up(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]],
+             dirs: Sequence[Path], args: argparse.Namespace) -> list[Sample] | None:
+    """``--warmup`` keys (after the run's own) written, deleted and collected, then the
+    directories settled: the "warm" sample; None when collection did not end."""
+    for name in ("write", "delete"):
+        asyncio.run(_load(name, urls, args.warmup, min(args.clients, args.warmup),
+                          args.value_bytes, procs, first=args.keys))
+    done = wait_collected(urls, procs, dirs, args.wait_seconds, args.settle_seconds)
+    if not done.complete:
+        _log("warm-up keys not collected: no warm baseline")
+        return None
+    warm = _sample(procs, dirs)
+    _log(f"warm ({args.warmup} keys written, deleted, collected): RSS MB "
+         f"{[round(s.rss / 1e6, 1) for s in warm]}, data dir MB "
+         f"{[round(s.dir_bytes / 1e6, 2) for s in warm]}")
+    return warm
+
+
 STABLE_S = 25.0
 """Directories unchanged this long count as settled: over two of the storage's
 maintenance intervals (10 s), so a trim that has not started yet is not missed."""
@@ -408,12 +485,15 @@ def main(argv: list[str] | None = None) -> int:
             empty = _sample(procs, dirs)
             _log(f"empty: RSS MB {[round(s.rss / 1e6, 1) for s in empty]}, data dir MB "
                  f"{[round(s.dir_bytes / 1e6, 2) for s in empty]}")
+            warm = _warm_up(urls, procs, dirs, args) if args.warmup else None
             for name in ("write", "delete"):
                 phases.append(asyncio.run(_load(name, urls, args.keys, args.clients,
                                                 args.value_bytes, procs)))
             full = _sample(procs, dirs)
             figures = [NodeFigures(i + 1, e, f) for i, (e, f) in enumerate(zip(empty, full,
                                                                                  strict=True))]
+            for i, f in enumerate(figures):
+                f.warm = None if warm is None else warm[i]
             _log(f"full: RSS MB {[round(s.rss / 1e6, 1) for s in full]}, data dir MB "
                  f"{[round(s.dir_bytes / 1e6, 2) for s in full]}; waiting for collection "
                  f"(grace {args.grace:g}s, at most {args.wait_seconds:.0f}s)")
@@ -432,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
     meta = {"keys": args.keys, "value_bytes": args.value_bytes, "clients": args.clients,
+            "warmup_keys": args.warmup,
             "grace_s": args.grace, "node_args": list(node_args), "nodes": NODES,
             "cpus": os.cpu_count(), "loadavg_before": load_before,
             "loadavg_after": _loadavg()}

@@ -21,6 +21,7 @@ from paxoskv.auth import TokenStore
 from paxoskv.discovery.peers import wait_for_dns
 from paxoskv.idempotency import DEFAULT_WINDOW_S
 from paxoskv.limits import Limits
+from paxoskv.memdebug import install as install_memory_dump
 from paxoskv.metrics import PromMetrics
 from paxoskv.node import (
     Node,
@@ -224,6 +225,8 @@ async def serve(opts: ServeOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if (dumps := install_memory_dump(loop.add_signal_handler)) is not None:
+        log.warning("debug: SIGUSR2 writes a memory report into %s", dumps)
     node_task = asyncio.ensure_future(node.run())
     scaler_task = asyncio.ensure_future(scaler.run()) if scaler is not None else None
     stop_lag_probe = metrics.watch_event_loop()

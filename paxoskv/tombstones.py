@@ -26,6 +26,7 @@ and batches. Split from ``node.py`` like ``recovery.py``; the node owns one ``Co
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable
@@ -86,6 +87,9 @@ class _Noted:
     pinned_at: float | None = None
     """Loop time by which every acceptor was seen holding it at ``ballot``; None until
     then. The grace counts from here."""
+    seen: int = 0
+    """The last pass (``Collector._passes``) that found its row: an entry a complete pass
+    did not find (the row went, removed by another node's collection) is dropped."""
 
 
 @dataclass(slots=True)
@@ -122,6 +126,14 @@ class Collector:
         self._pending: OrderedDict[str, _Noted] = OrderedDict()
         """Tombstones seen, with their pin once taken."""
         self._pending_peak = 0
+        self._passes = 0
+        """Passes from the first key begun (marks the entries each one finds,
+        ``_Noted.seen``). A pass can span several sweeps: see ``_cursor``."""
+        self._cursor: str | None = None
+        """The last key the previous sweep looked at: the next one resumes after it (None:
+        from the first key). Before, a sweep that filled its batch was followed by one
+        starting again from the first key: with 100,000 tombstones, ~200 passes over every
+        row, each loaded on the event loop, and client deletes fell to 10-20/s."""
 
     @property
     def enabled(self) -> bool:
@@ -167,10 +179,22 @@ class Collector:
         grace = node.config.tombstone_grace_s
         due: list[tuple[str, Ballot]] = []
         to_pin: list[tuple[str, Ballot]] = []
-        after: str | None = None
+        start = after = self._cursor  # where the previous sweep stopped
+        if start is None:
+            self._passes += 1
+        wrapped = False  # reached the last key and went on from the first
+        full = False  # stopped by the batch bound of pins or collections
         for _ in range(1_000_000):
             page = node.storage.keys("", after, GC_PAGE_KEYS)
+            end = len(page) < GC_PAGE_KEYS  # no key after this page
+            circle = False
+            if wrapped:
+                assert start is not None
+                cut = bisect.bisect_right(page, start)
+                circle = cut < len(page)
+                page = page[:cut]  # back where this sweep began: one round at most
             for key in page:
+                self._cursor = key
                 state = node.storage.load(key)
                 if state.value.exists or state.ballot_accepted.is_zero() \
                         or not node.sweeps(key) or key == CONFIG_KEY:
@@ -183,13 +207,37 @@ class Collector:
                     if noted is None and len(self._pending) >= GC_PENDING_MAX:
                         continue
                     noted = self._pending[key] = _Noted(state.ballot_accepted)
+                noted.seen = self._passes
                 if noted.pinned_at is None:
                     if len(to_pin) < GC_PIN_KEYS:
                         to_pin.append((key, noted.ballot))
                 elif loop.time() - noted.pinned_at >= grace and len(due) < GC_BATCH_KEYS:
                     due.append((key, noted.ballot))
-            if len(page) < GC_PAGE_KEYS or len(due) >= GC_BATCH_KEYS:
+                if len(due) >= GC_BATCH_KEYS or len(to_pin) >= GC_PIN_KEYS:
+                    full = True  # the next sweep resumes after this key
+                    break
+            if full:
                 break
+            if circle:
+                self._cursor = start
+                break
+            if end:
+                # A complete pass, from the first key to the last (over one sweep or
+                # several): entries whose row it did not find were removed by another
+                # node's collection (our own removals pop theirs). Without this they stayed
+                # for as long as the node ran, one per key another node collected first.
+                # An entry made between this pass's sweeps is either of a key it had
+                # already passed, marked then (``collect`` keeps the mark), or of a key
+                # found later, marked then.
+                for key in [k for k, n in self._pending.items() if n.seen != self._passes]:
+                    del self._pending[key]
+                self._cursor = None
+                if start is None or wrapped:
+                    break
+                wrapped = True  # began mid-way: go on from the first key to ``start``
+                self._passes += 1
+                after = None
+                continue
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
         self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
@@ -199,7 +247,7 @@ class Collector:
             # the acceptor set is changing (docs/reconfiguration.md, GC).
             self.progress.paused_by_change += 1
             log.info("tombstone collection paused: an acceptor-set change is in progress")
-            due, to_pin = [], []
+            due, to_pin, full = [], [], False  # the next sweep after the interval
         stopped = False
         for first in range(0, len(to_pin), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):
@@ -222,7 +270,7 @@ class Collector:
         if due:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
-        return not stopped and (len(due) >= GC_BATCH_KEYS or len(to_pin) >= GC_PIN_KEYS)
+        return not stopped and full
 
     async def pin(self, key: str, ballot: Ballot, view: ConfigView | None = None
                   ) -> bool | None:
@@ -309,7 +357,8 @@ class Collector:
                 # acceptor held the tombstone at the pin's ballot, then at this one, or
                 # has no row (which is what the retry's promises must show).
                 noted = self._pending.get(key)
-                self._pending[key] = _Noted(ballot, noted.pinned_at if noted else None)
+                self._pending[key] = _Noted(ballot, noted.pinned_at if noted else None,
+                                            noted.seen if noted else 0)
                 return await self._remove_everywhere(key, ballot, rnd.accept.value.version,
                                                      view)
             if isinstance(step, Abort) and step.conflict:

@@ -114,3 +114,46 @@ def test_db_tables_reads_a_database_and_tolerates_a_missing_one(tmp_path: Path) 
     assert tables["rows:gc_floors"] == 2 and tables["rows:registers"] == 0
     assert tables["bytes:gc_floors"] > 0
     assert db_tables(tmp_path / "missing.sqlite3") == {}
+
+
+def test_a_warm_baseline_adds_columns_but_the_verdict_stays_against_empty() -> None:
+    a, b = _figures()
+    a.warm = Sample(52_000_000, 150_000)
+    assert a.ratio_warm("rss") == pytest.approx(53 / 52)
+    assert math.isnan(b.ratio_warm("rss"))  # no warm sample, no "after" either
+    table = format_table([a, b])
+    assert "warm MB" in table.splitlines()[0] and "after/warm" in table.splitlines()[0]
+    assert re.search(r"1 \| RSS +\| +50\.00 \| +90\.00 \| +53\.00 \| +1\.06 \| yes +\| "
+                     r"+52\.00 \| +1\.02", table)
+    assert re.search(r"1 \| data dir +\| +0\.14 \| +40\.00 \| +2\.00 \| +14\.29 \| NO +\| "
+                     r"+0\.15 \| +13\.33", table)
+    assert "warm MB" not in format_table(_figures())  # no warm-up: no such columns
+    data = json.loads(to_json([a, b], [], Collection(), {}))
+    assert data["nodes"][0]["warm"]["rss"] == 52_000_000
+    assert data["nodes"][0]["ratio_rss_to_warm"] == pytest.approx(53 / 52)
+    assert data["nodes"][0]["within"] is False  # judged against empty, as before
+    assert data["nodes"][1]["warm"] is None
+
+
+def test_warmup_argument() -> None:
+    assert parse_args([]).warmup == 100
+    assert parse_args(["--warmup", "0"]).warmup == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--warmup", "-1"])
+
+
+def test_key_rows_leaves_out_the_acceptor_set_record(tmp_path: Path) -> None:
+    from paxoskv.bench_gc import key_rows
+    from paxoskv.core.reconfig import CONFIG_KEY
+
+    db = tmp_path / "paxoskv.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE registers (key TEXT PRIMARY KEY);")
+    conn.execute("INSERT INTO registers VALUES (?)", (CONFIG_KEY,))
+    conn.commit()
+    assert key_rows(db) == 0
+    conn.execute("INSERT INTO registers VALUES ('gcbench/00000001')")
+    conn.commit()
+    conn.close()
+    assert key_rows(db) == 1
+    assert key_rows(tmp_path / "missing.sqlite3") == -1

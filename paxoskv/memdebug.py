@@ -1,0 +1,167 @@
+"""Debug only: where a running node's memory is, written to a file on a signal.
+
+Off unless ``PAXOSKV_DEBUG_MEMORY`` names a directory when the node starts (nothing is
+installed otherwise, and nothing of this runs on a request's path). Then:
+
+* ``SIGUSR2`` writes ``memory-<pid>-<n>.txt`` there: resident memory by kind of mapping
+  (``/proc/self/smaps``: the main heap, anonymous mappings, which include the other
+  threads' glibc arenas and CPython's 1 MiB arenas, files), glibc's per-arena figures
+  (``malloc_stats``), CPython's small-object allocator (``sys._debugmallocstats``: arenas,
+  pools, blocks), the cyclic collector's counts, the most numerous tracked objects by type,
+  and, when ``tracemalloc`` is tracing (``PYTHONTRACEMALLOC=1``), the largest allocation
+  sites; with ``PAXOSKV_DEBUG_MEMORY_SNAPSHOT=1`` also the tracemalloc snapshot itself
+  (``.snapshot``, for diffing two of them); with ``PAXOSKV_DEBUG_MEMORY_COLLECT=1``, then
+  runs ``gc.collect()`` and appends what the allocator holds after it.
+
+``python -m paxoskv.memdebug A.snapshot B.snapshot`` prints what grew from A to B.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import os
+import signal
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["ENV", "dump", "install", "smaps_summary"]
+
+ENV = "PAXOSKV_DEBUG_MEMORY"
+SNAPSHOT_ENV = "PAXOSKV_DEBUG_MEMORY_SNAPSHOT"
+COLLECT_ENV = "PAXOSKV_DEBUG_MEMORY_COLLECT"
+
+
+def smaps_summary(text: str) -> dict[str, int]:
+    """Resident bytes (``Rss``) of ``/proc/<pid>/smaps`` text by kind of mapping:
+    ``[heap]``, ``anon`` (anonymous, e.g. thread arenas, CPython arenas, stacks),
+    ``file:<basename>`` for mapped files, other bracketed names as they are."""
+    out: collections.Counter[str] = collections.Counter()
+    kind = "?"
+    for line in text.splitlines():
+        head = line.split(None, 1)[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            parts = line.split()
+            name = parts[5] if len(parts) > 5 else ""
+            if not name:
+                kind = "anon"
+            elif name.startswith("["):
+                kind = name
+            else:
+                kind = "file:" + os.path.basename(name)
+        elif head == "Rss:":
+            out[kind] += int(line.split()[1]) * 1024
+    return dict(out)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """File descriptor 2 into ``path`` (C functions that print there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _malloc_stats() -> Callable[[], None] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.malloc_stats
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], None
+    return fn
+
+
+def dump(directory: Path, label: str = "") -> Path:
+    """Write one report (see the module's docstring) and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while (path := directory / f"memory-{os.getpid()}-{n}.txt").exists():
+        n += 1
+    lines = [f"pid {os.getpid()} at {time.time():.3f} {label}".rstrip()]
+    status = Path("/proc/self/status").read_text()
+    lines += [line for line in status.splitlines() if line.startswith(("Vm", "Rss"))]
+    smaps = smaps_summary(Path("/proc/self/smaps").read_text())
+    lines.append("resident by mapping (bytes):")
+    lines += [f"  {k:<40} {v:>12,}" for k, v in sorted(smaps.items(), key=lambda kv: -kv[1])
+              if v >= 64 << 10]
+    lines.append(f"sys.getallocatedblocks() {sys.getallocatedblocks():,}")
+    lines.append(f"gc.get_count() {gc.get_count()} gc.get_freeze_count() "
+                 f"{gc.get_freeze_count():,} gc.get_threshold() {gc.get_threshold()}")
+    lines.append(f"gc.get_stats() {gc.get_stats()}")
+    types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    lines.append("tracked objects by type (not frozen ones' children):")
+    lines += [f"  {name:<40} {count:>10,}" for name, count in types.most_common(30)]
+    if tracemalloc.is_tracing():
+        snap = tracemalloc.take_snapshot()
+        lines.append(f"tracemalloc traced {tracemalloc.get_traced_memory()}")
+        lines += [f"  {stat}" for stat in snap.statistics("lineno")[:40]]
+        if os.environ.get(SNAPSHOT_ENV):
+            snap.dump(str(path.with_suffix(".snapshot")))
+    path.write_text("\n".join(lines) + "\n")
+    with open(path, "a") as f:
+        f.write("\n--- malloc_stats (glibc, per arena) ---\n")
+    stats = _malloc_stats()
+    with _stderr_to(path):
+        if stats is not None:
+            stats()
+    with open(path, "a") as f:
+        f.write("\n--- sys._debugmallocstats ---\n")
+    with _stderr_to(path):
+        sys._debugmallocstats()
+    if os.environ.get(COLLECT_ENV):
+        # What a full collection would give back on top (it changes the process, so it
+        # comes after everything above was written).
+        found = gc.collect()
+        with open(path, "a") as f:
+            f.write(f"\n--- after gc.collect() (found {found:,} unreachable) ---\n"
+                    f"{_rss_line()}\nsys.getallocatedblocks() "
+                    f"{sys.getallocatedblocks():,}\n")
+        with _stderr_to(path):
+            sys._debugmallocstats()
+    return path
+
+
+def _rss_line() -> str:
+    status = Path("/proc/self/status").read_text()
+    return " ".join(line for line in status.splitlines() if line.startswith("VmRSS"))
+
+
+def install(loop_add_signal_handler: Callable[..., None]) -> Path | None:
+    """With ``PAXOSKV_DEBUG_MEMORY`` set: dump on SIGUSR2 (through the event loop's
+    ``add_signal_handler``). Returns the directory, or None when not set."""
+    where = os.environ.get(ENV)
+    if not where:
+        return None
+    directory = Path(where)
+    loop_add_signal_handler(signal.SIGUSR2, lambda: dump(directory, "SIGUSR2"))
+    return directory
+
+
+def _diff(a: str, b: str, top: int = 40) -> None:
+    old = tracemalloc.Snapshot.load(a)
+    new = tracemalloc.Snapshot.load(b)
+    for stat in new.compare_to(old, "traceback")[:top]:
+        print(stat)
+        for line in stat.traceback.format()[-8:]:
+            print("   ", line)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        print("usage: python -m paxoskv.memdebug OLD.snapshot NEW.snapshot", file=sys.stderr)
+        sys.exit(2)
+    _diff(sys.argv[1], sys.argv[2])

@@ -1,0 +1,48 @@
+"""paxoskv/memdebug.py: the debug-only memory report (off unless PAXOSKV_DEBUG_MEMORY)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paxoskv.memdebug import ENV, dump, install, smaps_summary
+
+SMAPS = """\
+55d0c0000000-55d0c1000000 rw-p 00000000 00:00 0                          [heap]
+Size:              16384 kB
+Rss:                1200 kB
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                1024 kB
+7f0000100000-7f0000200000 rw-p 00000000 00:00 0
+Rss:                 512 kB
+7f1000000000-7f1000010000 r-xp 00000000 08:01 1234                       /usr/lib/libc.so.6
+Rss:                  64 kB
+"""
+
+
+def test_smaps_summary_sorts_resident_bytes_by_kind_of_mapping() -> None:
+    assert smaps_summary(SMAPS) == {"[heap]": 1200 * 1024, "anon": 1536 * 1024,
+                                    "file:libc.so.6": 64 * 1024}
+
+
+def test_dump_writes_a_report(tmp_path: Path) -> None:
+    path = dump(tmp_path / "d", "test")
+    text = path.read_text()
+    for part in ("VmRSS", "resident by mapping", "sys.getallocatedblocks()", "gc.get_count()",
+                 "--- sys._debugmallocstats ---", "arenas allocated current"):
+        assert part in text
+    assert dump(tmp_path / "d").name != path.name  # never overwrites
+
+
+def test_install_does_nothing_without_the_variable(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    added: list[Any] = []
+    monkeypatch.delenv(ENV, raising=False)
+    assert install(lambda *a: added.append(a)) is None and not added
+    monkeypatch.setenv(ENV, str(tmp_path))
+    assert install(lambda *a: added.append(a)) == tmp_path
+    assert added[0][0] == signal.SIGUSR2
