@@ -592,6 +592,25 @@ def _scale_3_5_3(k: Kube) -> None:
           f"{helm_shrink_s:.0f}s, no pod rolled; step took {time.monotonic() - started:.0f}s")
 
 
+def _put_acknowledged(k: Kube, key: str, value: str, within_s: float = 60) -> None:
+    """Put through the Service until acknowledged. Right after a fresh install a put can
+    fail before it reaches a node (the new Service's name or endpoints are not there yet);
+    a failed put is retried and its error printed, and the step then checks that every
+    acknowledged put survives, which is its point."""
+    deadline = time.monotonic() + within_s
+    cmd = shlex.join(["paxoskv", "put", key, value, "--url", k.service_url()])
+    while True:
+        out = k.exec(f"{FULLNAME}-0", ["sh", "-c", f"PAXOSKV_TOKEN={shlex.quote(k.admin_token())} "
+                                       f"{cmd} 2>&1"])
+        if '"version"' in out:
+            return
+        print(f"e2e: put {key} not acknowledged, retrying: {out.strip()[-200:]}")
+        if time.monotonic() > deadline:
+            _explain_missing_read(k, key)
+            raise AssertionError(f"put {key} not acknowledged in {within_s:.0f}s: {out}")
+        time.sleep(2)
+
+
 def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
         release: Kube) -> None:
     """Goal: a release installed the 0.1.x way (one port for everything, no TLS) follows
@@ -613,10 +632,7 @@ def test_9_a_release_of_the_one_port_layout_moves_to_the_peer_port_and_tls(
     k.helm("install", RELEASE, str(k.chart), *k.base_values(), *one_port, "--timeout", "5m")
     k.wait_rollout(600)
     for i in range(10):
-        out = k.cli(f"{FULLNAME}-0", "put", f"e2e/old/{i}", f"v{i}", "--url", k.service_url())
-        if '"version"' not in out:
-            _explain_missing_read(k, f"e2e/old/{i}")
-        assert '"version"' in out, (i, out)
+        _put_acknowledged(k, f"e2e/old/{i}", f"v{i}")
     steps = ["both-dial-port", "both-dial-peer-port", "separate"]
     duration = 130 * len(steps)
     _start_prober(k, "e2e-prober-9", duration, https=False)
