@@ -127,8 +127,12 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(cluster: Cluster,
     try:
         res = paxoskv("restore", "--url", ",".join(fresh.urls()), "--in", str(out))
         assert res.returncode == 0, res.stderr
-        assert json.loads(res.stdout) == {"file": str(out), "written": len(values),
-                                          "skipped": 0, "failed": 0, "replayed": 0, "expired": 0}
+        summary = json.loads(res.stdout)
+        # A put whose answer was lost to a timeout (a loaded machine) is retried under its
+        # idempotency key and counted "replayed": applied once, not twice.
+        assert summary["written"] + summary["replayed"] == len(values), summary
+        assert {k: summary[k] for k in ("file", "skipped", "failed", "expired")} == \
+            {"file": str(out), "skipped": 0, "failed": 0, "expired": 0}
         assert _all(fresh.urls()[2]) == values
 
         res = paxoskv("restore", "--url", fresh.urls()[0], "--in", str(out))
