@@ -580,58 +580,70 @@ class SqliteStorage:
                     continue
             if first is None:
                 return
-            batch = list(first)
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # finish this batch, then stop
-                    break
-                if len(batch) + len(nxt) > self._batch_max:
-                    carry = nxt  # the next batch's start: a batch stays within batch_max
-                    break
-                batch.extend(nxt)
-            # The loop must have applied the batch before this one (module doc: the disk is
-            # at most one batch ahead of the cache). Waiting here, not right after that
-            # commit, lets the loop apply it while this batch gathers: usually no wait.
-            self._await_applied(self._ended)
-            started = time.perf_counter()
-            error: BaseException | None = None
-            inserted = removed = 0
+            batch, carry = self._fill(first)
+            self._commit(batch)
+            # Idle, the writer keeps no reference to the batch it ended: its writes (values
+            # too) are the loop's to free once their callers are answered.
+            del first, batch
+
+    def _fill(self, first: list[_Write]) -> tuple[list[_Write], list[_Write] | None]:
+        """``first`` and what else is queued, up to ``batch_max`` writes; returns the batch
+        and the queued chunk that did not fit (the next batch's start)."""
+        batch = list(first)
+        while len(batch) < self._batch_max:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
-                collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
-                if not collected:
-                    if rows:
-                        inserted = self._new_keys([r[0] for r in rows])
-                        self._conn.executemany(_UPSERT, rows)
-                else:
-                    inserted, removed = self._write_in_order(batch, rows, collected)
-                metas = [(w.key, w.meta) for w in batch if w.meta is not None]
-                if metas:
-                    self._conn.executemany(
-                        "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
-                for w in batch:
-                    for bucket, given in w.buckets or ():
-                        self._raise_floor(bucket, given)
-                self._conn.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
-            except BaseException as exc:  # reported to every waiter, never swallowed
-                error = exc
-                log.error("storage commit failed: %s", exc)
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-            elapsed = time.perf_counter() - started
-            if self._observer is not None and error is None:
-                self._observer(len(batch), elapsed)
-            if error is None:
-                self._removed_since_release += removed
-            self._done.append(_Done(batch, error, inserted, removed))
-            self._ended += 1
-            self._ended_at = time.monotonic()
-            self._report()
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)  # finish this batch, then stop
+                break
+            if len(batch) + len(nxt) > self._batch_max:
+                return batch, nxt  # a batch stays within batch_max
+            batch.extend(nxt)
+        return batch, None
+
+    def _commit(self, batch: list[_Write]) -> None:
+        """One write transaction for ``batch``, then its report to the loop."""
+        # The loop must have applied the batch before this one (module doc: the disk is
+        # at most one batch ahead of the cache). Waiting here, not right after that
+        # commit, lets the loop apply it while this batch gathers: usually no wait.
+        self._await_applied(self._ended)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        inserted = removed = 0
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
+            collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
+            if not collected:
+                if rows:
+                    inserted = self._new_keys([r[0] for r in rows])
+                    self._conn.executemany(_UPSERT, rows)
+            else:
+                inserted, removed = self._write_in_order(batch, rows, collected)
+            metas = [(w.key, w.meta) for w in batch if w.meta is not None]
+            if metas:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
+            for w in batch:
+                for bucket, given in w.buckets or ():
+                    self._raise_floor(bucket, given)
+            self._conn.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
+        except BaseException as exc:  # reported to every waiter, never swallowed
+            error = exc
+            log.error("storage commit failed: %s", exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+        elapsed = time.perf_counter() - started
+        if self._observer is not None and error is None:
+            self._observer(len(batch), elapsed)
+        if error is None:
+            self._removed_since_release += removed
+        self._done.append(_Done(batch, error, inserted, removed))
+        self._ended += 1
+        self._ended_at = time.monotonic()
+        self._report()
 
     def _report(self) -> None:
         """Have the loop apply the batch just ended (``_apply_done``)."""
