@@ -1,9 +1,10 @@
 """Range reads, range deletes, backup and restore on real three-node clusters of
 ``paxoskv serve`` processes, through the real clients and the real CLI.
 
-Method: keys are written concurrently (AsyncClient, 64 in flight); a range read pages
-through them from a different node each page while keys ahead of and behind its cursor
-are deleted between pages. Backup and restore run as ``paxoskv`` subprocesses.
+Method: 10,000 keys are written once for the module, concurrently (AsyncClient, 64 in
+flight); a range read pages through them from a different node each page while keys ahead
+of and behind its cursor are deleted between pages. Backup and restore run as ``paxoskv``
+subprocesses, from that cluster into a fresh one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,54 +37,80 @@ async def _write(urls: list[str], values: dict[str, bytes]) -> None:
         await asyncio.gather(*(put(k, v) for k, v in values.items()))
 
 
-def _page_through_with_deletes(cluster: Cluster, n: int) -> None:
+class Loaded:
+    """A cluster holding ``values`` (10,000 keys under ``app/``); a test that deletes some
+    removes them from ``values``, so the tests of this module run in any order."""
+
+    def __init__(self, cluster: Cluster, values: dict[str, bytes]) -> None:
+        self.cluster, self.values = cluster, values
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    """One load of 10,000 keys for both tests (the load is most of their time)."""
+    rng = random.Random(7)
+    values = {f"app/{i:05d}": rng.randbytes(rng.randrange(0, 300)) for i in range(10_000)}
+    cluster = Cluster(3, tmp_path_factory.mktemp("loaded"))
+    cluster.start()
+    try:
+        started = time.monotonic()
+        asyncio.run(_write(cluster.urls(), values))
+        print(f"\n{len(values)} keys written in {time.monotonic() - started:.1f}s")
+        yield Loaded(cluster, values)
+    finally:
+        cluster.stop()
+
+
+async def _page_through_with_deletes(loaded: Loaded, prefix: str) -> tuple[int, set[str]]:
     """Every key live throughout comes exactly once with its value; no key deleted before
-    its page is read comes at all."""
-    rng = random.Random(n)
-    values = {f"r/{i:06d}": rng.randbytes(rng.randrange(1, 64)) for i in range(n)}
-    started = time.monotonic()
-    asyncio.run(_write(cluster.urls(), values))
-    wrote_s = time.monotonic() - started
-    clients = [Client(u) for u in cluster.urls()]
+    its page is read comes at all. Each page comes from the next node; between pages five
+    keys ahead of the cursor and five behind it are deleted (concurrently)."""
+    values = {k: v for k, v in loaded.values.items() if k.startswith(prefix)}
+    rng = random.Random(len(values))
+    clients = [AsyncClient(u) for u in loaded.cluster.urls()]
     seen: dict[str, bytes] = {}
     deleted_ahead: set[str] = set()
     deleted: set[str] = set()
     cursor: str | None = None
     keys = sorted(values)
-    started = time.monotonic()
     pages = 0
-    for pages in range(1, n):
-        page = clients[pages % 3].range("r/", 100, cursor)
-        for item in page.items:
-            assert item.key not in seen, f"{item.key} came twice"
-            assert item.key not in deleted_ahead, f"{item.key} came after its delete"
-            seen[item.key] = item.value
-        if page.next is None:
-            break
-        cursor = page.next
-        last = page.items[-1].key if page.items else ""
-        ahead = [k for k in keys if k > last and k not in deleted]
-        behind = [k for k in seen if k not in deleted]
-        for key in rng.sample(ahead, min(5, len(ahead))):
-            clients[0].delete(key)
-            deleted.add(key)
-            deleted_ahead.add(key)
-        for key in rng.sample(behind, min(5, len(behind))):
-            clients[1].delete(key)
-            deleted.add(key)
-    read_s = time.monotonic() - started
-    for c in clients:
-        c.close()
+    try:
+        for pages in range(1, len(values)):
+            page = await clients[pages % 3].range(prefix, 100, cursor)
+            for item in page.items:
+                assert item.key not in seen, f"{item.key} came twice"
+                assert item.key not in deleted_ahead, f"{item.key} came after its delete"
+                seen[item.key] = item.value
+            if page.next is None:
+                break
+            cursor = page.next
+            last = page.items[-1].key if page.items else ""
+            ahead = [k for k in keys if k > last and k not in deleted]
+            ahead = rng.sample(ahead, min(5, len(ahead)))
+            behind = [k for k in seen if k not in deleted]
+            behind = rng.sample(behind, min(5, len(behind)))
+            await asyncio.gather(*(clients[0].delete(k) for k in ahead),
+                                 *(clients[1].delete(k) for k in behind))
+            deleted.update(ahead, behind)
+            deleted_ahead.update(ahead)
+    finally:
+        for c in clients:
+            await c.close()
+    for key in deleted:
+        del loaded.values[key]
     live = {k: v for k, v in values.items() if k not in deleted}
     assert deleted_ahead and pages > 3
     assert {k: seen[k] for k in live} == live  # every live key, with its value
     assert set(seen) - set(live) <= deleted - deleted_ahead  # the rest: deleted behind
-    print(f"\n{n} keys: written in {wrote_s:.1f}s, read in {pages} pages in {read_s:.1f}s")
+    return pages, deleted
 
 
 def test_range_read_pages_through_10000_keys_with_deletes_between_pages(
-        cluster: Cluster) -> None:
-    _page_through_with_deletes(cluster, 10_000)
+        loaded: Loaded) -> None:
+    started = time.monotonic()
+    pages, deleted = asyncio.run(_page_through_with_deletes(loaded, "app/"))
+    print(f"\nread in {pages} pages in {time.monotonic() - started:.1f}s, "
+          f"{len(deleted)} keys deleted between pages")
 
 
 def paxoskv(*args: str) -> subprocess.CompletedProcess[str]:
@@ -103,15 +131,15 @@ def _all(url: str) -> dict[str, bytes]:
     raise AssertionError("range did not end")
 
 
-def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(cluster: Cluster,
+def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(loaded: Loaded,
                                                              tmp_path: Path) -> None:
     """Goal: paxoskv backup of one cluster and paxoskv restore into a fresh one read back
     byte for byte (binary values included); a corrupted file and a non-empty cluster are
     refused in one line each, never a traceback; delete-prefix then empties a prefix."""
-    rng = random.Random(7)
-    values = {f"app/{i:05d}": rng.randbytes(rng.randrange(0, 300)) for i in range(10_000)}
-    values |= {"bin": bytes(range(256)), "ключ": "значение".encode(), "empty": b""}
-    asyncio.run(_write(cluster.urls(), values))
+    cluster = loaded.cluster
+    extra = {"bin": bytes(range(256)), "ключ": "значение".encode(), "empty": b""}
+    asyncio.run(_write(cluster.urls(), extra))
+    values = loaded.values | extra
     with Client(cluster.urls()[0]) as c:
         c.put("deleted", b"x")
         c.delete("deleted")
@@ -149,7 +177,7 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(cluster: Cluster,
 
         res = paxoskv("delete-prefix", "--url", fresh.urls()[1], "--prefix", "app/")
         assert res.returncode == 0, res.stderr
-        assert json.loads(res.stdout) == {"prefix": "app/", "deleted": 10_000}
+        assert json.loads(res.stdout) == {"prefix": "app/", "deleted": len(loaded.values)}
         # past 10,000 fresh tombstones a page may stop early: follow the cursor to the end
         items: list[dict[str, object]] = []
         cursor: list[str] = []

@@ -27,13 +27,19 @@ class Collector:
 
     def __init__(self, client: Client, **kwargs: Any) -> None:
         self.events: list[tuple[float, WatchEvent]] = []
+        self.error: ConnectionError | None = None
         self._stream = client.watch(**kwargs)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for event in self._stream:
-            self.events.append((time.monotonic(), event))
+        # The thread outlives its test: once the cluster is stopped the stream gives up
+        # after its reconnects, which is kept here rather than raised into a later test.
+        try:
+            for event in self._stream:
+                self.events.append((time.monotonic(), event))
+        except ConnectionError as exc:
+            self.error = exc
 
     def wait_for(self, key: str, version: int, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s
