@@ -10,7 +10,9 @@ fingerprint) and what came of it. A write carrying K:
    another request: ``KeyReused`` (422). K's request already finished: answer its outcome
    without touching the data key (3). K's request is pending: 4.
 2. Run the real write on the data key under a request id unique to this claim. A definite
-   outcome is recorded with ``Finish`` and answered. A definite non-outcome (no quorum,
+   outcome is recorded with ``Finish`` and answered; an applied one is answered at once,
+   while its ``Finish`` runs in the background (a retry that comes first finds the write
+   on the data register, as in 4). A definite non-outcome (no quorum,
    overloaded) ``Release``s the claim so a retry runs afresh. An unknown outcome leaves the
    claim pending and answers 504.
 4. Pending: if the data register still remembers the claim's request id, the write happened:
@@ -165,8 +167,18 @@ async def _write(node: Node, idempotency_key: str, record: Record, key: str,
             await node.execute(rkey, Release(record.token))
         raise
     # UnknownOutcome propagates: the claim stays pending (step 4 sorts it out)
-    await _finish(node, rkey, record.token, outcome)
+    await _record(node, rkey, record.token, outcome)
     return outcome
+
+
+async def _record(node: Node, rkey: str, token: str, outcome: RecordOutcome) -> None:
+    """Record ``outcome`` before answering only when a retry could learn it nowhere else: an
+    applied write is on the data register (step 4) until the record says it, so its
+    ``Finish`` runs in the background and the answer does not wait a round for it."""
+    if outcome.kind == "applied":
+        node.spawn_background(_finish(node, rkey, token, outcome))
+    else:
+        await _finish(node, rkey, token, outcome)
 
 
 async def _pending(node: Node, idempotency_key: str, record: Record, key: str,
@@ -175,7 +187,7 @@ async def _pending(node: Node, idempotency_key: str, record: Record, key: str,
     version = current.value.applied_version(record.request_id(idempotency_key))
     if version is not None:
         outcome = RecordOutcome("applied", version)
-        await _finish(node, record_key(idempotency_key), record.token, outcome)
+        await _record(node, record_key(idempotency_key), record.token, outcome)
         return outcome
     running_s = 2 * node.config.request_timeout_s + IN_PROGRESS_MARGIN_S
     age_s = (now_ms - record.claimed_at_ms) / 1000

@@ -175,6 +175,17 @@ async def _pending_claim(c: TestClient[Any, Any], idem: str, key: str, body: byt
     return record
 
 
+async def _record_done(node: Node, idem: str) -> Record:
+    """The key's record once it says done (an applied write's is written in the
+    background, just after the answer)."""
+    for _ in range(250):
+        stored = decode_record(node.storage.load(record_key(idem)).value.data)
+        if stored is not None and stored.state == "done":
+            return stored
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"record of {idem!r} not done: {stored}")
+
+
 def test_pending_idempotency_key_answers_409_then_504_never_reapplies() -> None:
     """Goal: a retry that finds its key's request pending, and no trace of it on the data
     key, answers 409 idempotency_in_progress (Retry-After) while that request may still be
@@ -204,10 +215,54 @@ def test_pending_idempotency_key_is_finished_from_the_data_register() -> None:
         for _ in range(2):
             r = await c.put("/v1/kv/k", data=b"v", headers={"Idempotency-Key": "half"})
             assert (r.status, r.headers["ETag"]) == (200, '"1"')
-        stored = decode_record(node.storage.load(record_key("half")).value.data)
-        assert stored is not None and stored.state == "done"
+        stored = await _record_done(node, "half")
         assert stored.outcome == RecordOutcome("applied", 1)
         assert await (await c.get("/v1/kv/k")).read() == b"newer"
+    with_client(t)
+
+
+def test_an_applied_write_answers_before_its_record_and_a_retry_meanwhile_replays() -> None:
+    """Goal: an applied write's answer does not wait for its ``Finish`` round (step 2); a
+    retry that comes while the record is still pending learns the write from the data
+    register and replays it, never applies it twice; the record then says done. A write
+    that was not applied (a failed condition) still waits for its record, which is the only
+    place a retry can learn it from.
+
+    Method: the node's ``Finish`` rounds are held on an event; the PUT still answers 200,
+    and so does its retry (same ETag) while the hold lasts."""
+    from paxoskv.core.idempotency import Finish
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        node = c.server.app[NODE]
+        real_execute = node.execute
+        hold = asyncio.Event()
+        held: list[str] = []
+
+        async def execute(key: str, change: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(change, Finish):
+                held.append(key)
+                await hold.wait()
+            return await real_execute(key, change, *args, **kwargs)
+        node.execute = execute  # type: ignore[method-assign]
+
+        headers = {"Idempotency-Key": "early"}
+        r = await asyncio.wait_for(c.put("/v1/kv/k", data=b"v", headers=headers), 5)
+        assert (r.status, r.headers["ETag"]) == (200, '"1"')
+        assert held == [record_key("early")]
+        r = await asyncio.wait_for(c.put("/v1/kv/k", data=b"v", headers=headers), 5)
+        assert (r.status, r.headers["ETag"]) == (200, '"1"')  # replayed, not applied again
+        assert await (await c.get("/v1/kv/k")).read() == b"v"
+        hold.set()
+        stored = await _record_done(node, "early")
+        assert stored.outcome == RecordOutcome("applied", 1)
+
+        hold.clear()
+        rejected = asyncio.ensure_future(c.put("/v1/kv/k", data=b"w", headers={
+            "Idempotency-Key": "late", "If-Match": '"7"'}))
+        await asyncio.sleep(0.3)
+        assert not rejected.done()  # waits for its record
+        hold.set()
+        assert (await asyncio.wait_for(rejected, 5)).status == 412
     with_client(t)
 
 
