@@ -743,7 +743,9 @@ class Node:
                 # later prepare with a stale value. Drop them before it adopts; it votes
                 # nothing meanwhile (docs/reconfiguration.md, "Adding an acceptor back").
                 self._retired = True
-                await self._drop_rows()
+                if dropped := await self._drop_rows():
+                    log.warning("acceptor-set config adds this acceptor: dropped %d rows it "
+                                "held from before", dropped)
             await self.storage.set_meta(META_CONFIG, orjson.dumps(cfg.to_json()).decode())
             old = self._view.epoch
             self._set_view(self._view_of(cfg))
@@ -764,41 +766,32 @@ class Node:
         if not every and (cfg.is_stable or me not in cfg.members):
             return  # a stable config brings no acceptor into a group
         self._retired = True
+        if dropped := await self._drop_rows(lambda key: every or joins_group(cfg, me, key)):
+            log.warning("acceptor-set config epoch %d: dropped %d rows of keys whose group "
+                        "this acceptor %s", cfg.epoch, dropped,
+                        "may have left and rejoined" if every else "joins")
+
+    async def _drop_rows(self, which: Callable[[str], bool] | None = None) -> int:
+        """Remove the rows this acceptor holds (those of the keys ``which`` names; all
+        without it), floors kept (they only ever go up); returns how many. Called with
+        ``_retired`` set: no step starts; first the steps already computed end (their saves
+        land), so no row appears behind the pass. Rows picked by ``which`` (the groups'
+        drops) are told to ``rows_dropped``."""
         while not self._acceptor_locks.idle():
             await asyncio.sleep(0.01)
         dropped = 0
         after: str | None = None
         while page := self.storage.keys("", after, 500):
-            doomed = [k for k in page if every or joins_group(cfg, me, k)]
-            if doomed and self.rows_dropped is not None:
+            doomed = page if which is None else [k for k in page if which(k)]
+            if which is not None and doomed and self.rows_dropped is not None:
                 self.rows_dropped(doomed)
             await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
                                    for key in doomed))
             dropped += len(doomed)
             after = page[-1]
         if dropped:
-            log.warning("acceptor-set config epoch %d: dropped %d rows of keys whose group "
-                        "this acceptor %s", cfg.epoch, dropped,
-                        "may have left and rejoined" if every else "joins")
             self.metrics.keys(self.storage.key_count())
-
-    async def _drop_rows(self) -> None:
-        """Remove every row this acceptor holds, floors kept (they only ever go up). Called
-        with ``_retired`` set: no step starts; first the steps already computed end (their
-        saves land), so no row appears behind the pass."""
-        while not self._acceptor_locks.idle():
-            await asyncio.sleep(0.01)
-        dropped = 0
-        after: str | None = None
-        while page := self.storage.keys("", after, 500):
-            await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
-                                   for key in page))
-            dropped += len(page)
-            after = page[-1]
-        if dropped:
-            log.warning("acceptor-set config adds this acceptor: dropped %d rows it held "
-                        "from before", dropped)
-            self.metrics.keys(self.storage.key_count())
+        return dropped
 
     def spawn_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task the node owns (its task group's once running): the change driver's."""
