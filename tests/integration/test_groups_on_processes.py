@@ -7,10 +7,8 @@ Every wait is bounded; every process is stopped by PID in a ``finally``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from background_load import BackgroundLoad
 from procs import Cluster, ServerProcess, free_ports
 
 from paxoskv.chaos.runner import acknowledged_read_back
-from paxoskv.chaos.workload import FINAL_READ_CLIENT_BASE, Workload, WorkloadOptions
+from paxoskv.chaos.workload import Workload, WorkloadOptions
 from paxoskv.check import History, check
 from paxoskv.core.reconfig import group
 
@@ -47,51 +46,18 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
     workload = Workload({i: n.url for i, n in c.nodes.items()}, history, seed=11,
                         options=WorkloadOptions(clients=4, keys=20, hot_keys=5,
                                                 think_s_max=0.05))
-    stop = threading.Event()
-    finals: dict[str, int] = {"reads": 0, "unreadable": 0}
-    errors: list[BaseException] = []
-
-    async def clients() -> None:
-        try:
-            for _ in range(40):
-                if stop.is_set():
-                    break
-                await workload.run(1.0)
-            for key in workload.all_keys():
-                for nid in NODES:
-                    for attempt in range(10):
-                        outcome = await workload.call(FINAL_READ_CLIENT_BASE + nid, nid,
-                                                      "read", key, count=False)
-                        finals["reads"] += 1
-                        if outcome.status == "ok":
-                            break
-                        await asyncio.sleep(0.1 * (attempt + 1))
-                    else:
-                        finals["unreadable"] += 1
-        finally:
-            await workload.close()
-
-    def run_clients() -> None:
-        try:
-            asyncio.run(clients())
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run_clients, daemon=True)
+    load = BackgroundLoad(workload, NODES, slices=40, slice_s=1.0)
     started = time.monotonic()
     try:
         c.start()
-        thread.start()
+        load.start()
         time.sleep(4.0)
         c.nodes[4].kill9()
         time.sleep(3.0)
         c.nodes[4].start()
         c.nodes[4].wait_ready(30)
         time.sleep(4.0)
-        stop.set()
-        thread.join(120)
-        assert not thread.is_alive(), "clients did not stop"
-        assert not errors, errors
+        load.finish()
         code, body = c.nodes[1].get("/v1/status")
         assert code == 200, body
         status = json.loads(body)
@@ -100,7 +66,7 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
         assert status["groups"]["copies_per_key"] == R
         assert status["groups"]["acceptors_down_tolerated"] == 1
     finally:
-        stop.set()
+        load.stop()
         c.stop()
     # Rows, read from each stopped node's database: a key is stored on its group only,
     # and on at least a quorum of it.
@@ -130,10 +96,10 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
     counts = workload.counts
     ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
     print(f"groups: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} keys read "
-          f"back, {finals['reads']} final reads, {time.monotonic() - started:.1f}s")
+          f"back, {load.finals['reads']} final reads, {time.monotonic() - started:.1f}s")
     assert ok_writes >= 50, counts
     assert checked >= 10
-    assert finals["unreadable"] == 0
+    assert load.finals["unreadable"] == 0
 
 
 def _post(node: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -202,44 +168,14 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
     workload = Workload({i: n.url for i, n in nodes.items()}, history, seed=5,
                         options=WorkloadOptions(clients=4, keys=30, hot_keys=5,
                                                 think_s_max=0.05))
-    stop = threading.Event()
-    finals: dict[str, int] = {"reads": 0, "unreadable": 0}
-    errors: list[BaseException] = []
-
-    async def clients() -> None:
-        try:
-            for _ in range(120):
-                if stop.is_set():
-                    break
-                await workload.run(1.0)
-            for key in workload.all_keys():
-                for nid in ids:
-                    for attempt in range(10):
-                        outcome = await workload.call(FINAL_READ_CLIENT_BASE + nid, nid,
-                                                      "read", key, count=False)
-                        finals["reads"] += 1
-                        if outcome.status == "ok":
-                            break
-                        await asyncio.sleep(0.1 * (attempt + 1))
-                    else:
-                        finals["unreadable"] += 1
-        finally:
-            await workload.close()
-
-    def run_clients() -> None:
-        try:
-            asyncio.run(clients())
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run_clients, daemon=True)
+    load = BackgroundLoad(workload, ids, slices=120, slice_s=1.0)
     started = time.monotonic()
     try:
         for n in nodes.values():
             n.start()
         for i in (1, 2, 3, 4, 5):
             nodes[i].wait_ready(30)
-        thread.start()
+        load.start()
         time.sleep(3.0)
         for _ in range(50):
             code, body = _post(nodes[1], "/admin/acceptors", {"acceptors": list(ids)})
@@ -273,17 +209,14 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
         nodes[3].wait_ready(30)
         _wait_stable(nodes, set(five), 90.0)
         time.sleep(3.0)
-        stop.set()
-        thread.join(120)
-        assert not thread.is_alive(), "clients did not stop"
-        assert not errors, errors
+        load.finish()
         code, body = nodes[1].get("/v1/status")
         assert code == 200, body
         status = json.loads(body)
         assert status["acceptor_config"]["prepare"] == five, status["acceptor_config"]
         assert status["groups"]["acceptors"] == 5
     finally:
-        stop.set()
+        load.stop()
         for n in nodes.values():
             if n.alive():
                 n.terminate()
@@ -314,8 +247,8 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
     counts = workload.counts
     ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
     print(f"groups grow 5->6->5: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} "
-          f"keys read back, {moved} keys moved to node 6, {finals['reads']} final reads, "
+          f"keys read back, {moved} keys moved to node 6, {load.finals['reads']} final reads, "
           f"{time.monotonic() - started:.1f}s")
     assert ok_writes >= 50, counts
     assert moved >= 3
-    assert finals["unreadable"] == 0
+    assert load.finals["unreadable"] == 0

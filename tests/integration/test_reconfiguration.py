@@ -7,19 +7,18 @@ Every wait is bounded; every process is stopped by PID in a ``finally``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from background_load import BackgroundLoad
 from procs import ServerProcess, free_ports
 
 from paxoskv.chaos.runner import acknowledged_read_back
-from paxoskv.chaos.workload import FINAL_READ_CLIENT_BASE, Workload, WorkloadOptions
+from paxoskv.chaos.workload import Workload, WorkloadOptions
 from paxoskv.check import History, check
 
 pytestmark = pytest.mark.integration
@@ -104,45 +103,15 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
     workload = Workload({i: n.url for i, n in nodes.items()}, history, seed=7,
                         options=WorkloadOptions(clients=4, keys=20, hot_keys=5,
                                                 think_s_max=0.05))
-    stop = threading.Event()
-    finals: dict[str, int] = {"reads": 0, "unreadable": 0}
-    errors: list[BaseException] = []
-
-    async def clients() -> None:
-        try:
-            for _ in range(200):  # bounded: 200 slices of 1.5 s, stopped far earlier
-                if stop.is_set():
-                    break
-                await workload.run(1.5)
-            keys = workload.all_keys()
-            for key in keys:
-                for nid in NODES:
-                    for attempt in range(10):
-                        outcome = await workload.call(FINAL_READ_CLIENT_BASE + nid, nid,
-                                                      "read", key, count=False)
-                        finals["reads"] += 1
-                        if outcome.status == "ok":
-                            break
-                        await asyncio.sleep(0.1 * (attempt + 1))
-                    else:
-                        finals["unreadable"] += 1
-        finally:
-            await workload.close()
-
-    def run_clients() -> None:
-        try:
-            asyncio.run(clients())
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run_clients, daemon=True)
+    # bounded: 200 slices of 1.5 s, stopped far earlier
+    load = BackgroundLoad(workload, NODES, slices=200, slice_s=1.5)
     started = time.monotonic()
     try:
         for n in nodes.values():
             n.start()
         for n in nodes.values():
             n.wait_ready(30)
-        thread.start()
+        load.start()
         time.sleep(1.0)
         # (target, driver killed, other node killed, drivers to re-POST to)
         steps = [({1, 2, 3, 4}, 1, 2, [2, 3, 1]),
@@ -167,10 +136,7 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
             nodes[other].wait_ready(30)
             _wait_stable(nodes, target, drivers, CHANGE_TIMEOUT_S)
         time.sleep(1.0)
-        stop.set()
-        thread.join(120)
-        assert not thread.is_alive(), "clients did not stop"
-        assert not errors, errors
+        load.finish()
         for nid, n in nodes.items():
             code, body = n.get("/v1/status")
             status = json.loads(body)
@@ -179,7 +145,7 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
             assert cfg["epoch"] == 8 and cfg["prepare"] == [1, 2, 3], (nid, cfg)
             assert cfg["member"] == (nid in (1, 2, 3)), (nid, cfg)
     finally:
-        stop.set()
+        load.stop()
         for n in nodes.values():
             if n.alive():
                 n.terminate()
@@ -192,8 +158,8 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
     ok_writes = sum(v for (kind, status), v in counts.items()
                     if kind != "read" and status == "ok")
     print(f"reconfiguration: {len(ops)} ops, {ok_writes} acknowledged writes, "
-          f"{checked} keys read back, {finals['reads']} final reads, "
+          f"{checked} keys read back, {load.finals['reads']} final reads, "
           f"{time.monotonic() - started:.1f}s")
     assert ok_writes >= 50, counts
     assert checked >= 10
-    assert finals["unreadable"] == 0
+    assert load.finals["unreadable"] == 0
