@@ -48,7 +48,8 @@ class Collector:
                 return
             time.sleep(0.02)
         raise AssertionError(f"no event for {key} at version {version}: "
-                             f"{[(e.key, e.version) for _, e in self.events][-5:]}")
+                             f"{[(e.key, e.version) for _, e in self.events][-5:]}"
+                             f"{f'; the stream gave up: {self.error}' if self.error else ''}")
 
 
 def check_history(events: list[WatchEvent], written: dict[tuple[str, int], bytes | None]
