@@ -102,6 +102,10 @@ FINISH_ATTEMPTS = 3
 learn an applied write from the data register's last 16 changes, and nothing else."""
 
 
+FINISH_PAUSE_S = 0.1
+"""Pause before a second try (twice that before a third)."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -110,6 +114,8 @@ async def _finish(node: Node, rkey: str, token: str, outcome: RecordOutcome) -> 
     """Record ``outcome``; if that fails, a retry still learns an applied write from the
     data register (step 4), so the answer does not wait for it."""
     for attempt in range(FINISH_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(FINISH_PAUSE_S * attempt)  # an overloaded node, a moment later
         try:
             await node.execute(rkey, Finish(token, outcome))
             return
@@ -176,7 +182,8 @@ async def _record(node: Node, rkey: str, token: str, outcome: RecordOutcome) -> 
     applied write is on the data register (step 4) until the record says it, so its
     ``Finish`` runs in the background and the answer does not wait a round for it."""
     if outcome.kind == "applied":
-        node.spawn_background(_finish(node, rkey, token, outcome))
+        node.spawn_after_answer(f"recording the outcome of {rkey!r}",
+                                _finish(node, rkey, token, outcome))
     else:
         await _finish(node, rkey, token, outcome)
 

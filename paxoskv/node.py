@@ -663,6 +663,7 @@ class Node:
         self._inflight = 0
         self._group: asyncio.TaskGroup | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
+        self._after_answer: set[asyncio.Task[None]] = set()
         self._turn_tasks: set[asyncio.Task[Reply]] = set()  # see _serve_in_turn
         self.draining = False
         self.recovery = Recovery(self)
@@ -796,6 +797,31 @@ class Node:
     def spawn_background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task the node owns (its task group's once running): the change driver's."""
         return self._spawn(coro)
+
+    def spawn_after_answer(self, what: str, work: Coroutine[Any, Any, None]) -> None:
+        """Work that completes a request already answered (an Idempotency-Key's record): an
+        unexpected error is logged, never the node's end (an AssertionError still is), and
+        a shutdown waits for it a bounded time (``settle_after_answer``)."""
+        task = self._spawn(self._logged(what, work))
+        self._after_answer.add(task)
+        task.add_done_callback(self._after_answer.discard)
+
+    async def _logged(self, what: str, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except (AssertionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("%s failed", what)
+
+    async def settle_after_answer(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the work of answered requests; returns how many
+        tasks were still running when it gave up."""
+        pending = set(self._after_answer)
+        if not pending:
+            return 0
+        _, left = await asyncio.wait(pending, timeout=timeout_s)
+        return len(left)
 
     async def collection_allowed(self) -> ConfigView | None:
         """The view tombstone collection may run under now, or None: only while the change

@@ -246,6 +246,10 @@ async def serve(opts: ServeOptions) -> None:
         for runner in runners:
             await runner.shutdown()
             await runner.cleanup()
+        # Answered writes whose Idempotency-Key record is still being written: a moment
+        # more, so a retry of a lost answer finds the record (README, Idempotency-Key).
+        if left := await node.settle_after_answer(node.config.request_timeout_s):
+            log.warning("shutting down: %d idempotency records left pending", left)
     finally:
         stop_lag_probe()
         if reload_task is not None:

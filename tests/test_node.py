@@ -544,6 +544,41 @@ def test_an_unexpected_error_in_a_round_fails_its_requests_not_the_node() -> Non
     asyncio.run(main())
 
 
+def test_work_after_an_answer_fails_alone_and_shutdown_waits_for_it() -> None:
+    """Goal: work that completes an answered request (an Idempotency-Key's record) runs in
+    the node's task group, yet an unexpected error in it is logged and leaves the node
+    running (it would otherwise end the task group, as a failed round did before its
+    guard); a shutdown waits for such work, a bounded time.
+
+    Method: a running node; one such task raises RuntimeError, another waits on an event;
+    the node's run task is still running; ``settle_after_answer`` gives up on the waiting
+    one after its timeout (1 left), and returns 0 once it is released."""
+    async def main() -> None:
+        node, _, _ = _node()
+        runner = asyncio.create_task(node.run())
+        while node._group is None:
+            await asyncio.sleep(0.01)
+        release = asyncio.Event()
+
+        async def broken() -> None:
+            raise RuntimeError("a bug")
+
+        async def waiting() -> None:
+            await release.wait()
+
+        node.spawn_after_answer("broken", broken())
+        node.spawn_after_answer("waiting", waiting())
+        await asyncio.sleep(0.05)
+        assert not runner.done(), "the node stopped"
+        assert await node.settle_after_answer(0.1) == 1
+        release.set()
+        assert await node.settle_after_answer(1.0) == 0
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    asyncio.run(main())
+
+
 def test_a_timed_out_request_leaves_no_unretrieved_exception() -> None:
     """Goal: a caller that stopped waiting (timeout) leaves nothing for asyncio to report
     as "exception was never retrieved" when its key's rounds later fail.

@@ -53,6 +53,9 @@ def test_a_retried_create_gets_its_own_outcome_after_many_writes(shared_cluster:
     assert (status, headers["ETag"], orjson.loads(body)) == (
         200, '"1"', {"key": "idem/create", "version": 1})
     assert "Idempotent-Replayed" not in headers
+    # The record of an applied write is written just after its answer; a client retries a
+    # lost answer only after its timeout, far later than this pause.
+    time.sleep(0.5)
     for writes, node in ((16, n2), (40, n3)):
         newest = plain_puts(n1, "idem/create", writes)
         status, headers, body = call(node, "PUT", "idem/create", b"created", create)
