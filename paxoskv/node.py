@@ -767,24 +767,26 @@ class Node:
         if not every and (cfg.is_stable or me not in cfg.members):
             return  # a stable config brings no acceptor into a group
         self._retired = True
-        if dropped := await self._drop_rows(lambda key: every or joins_group(cfg, me, key)):
+        if dropped := await self._drop_rows(lambda key: every or joins_group(cfg, me, key),
+                                            tell_hook=True):
             log.warning("acceptor-set config epoch %d: dropped %d rows of keys whose group "
                         "this acceptor %s", cfg.epoch, dropped,
                         "may have left and rejoined" if every else "joins")
 
-    async def _drop_rows(self, which: Callable[[str], bool] | None = None) -> int:
+    async def _drop_rows(self, which: Callable[[str], bool] | None = None,
+                         tell_hook: bool = False) -> int:
         """Remove the rows this acceptor holds (those of the keys ``which`` names; all
         without it), floors kept (they only ever go up); returns how many. Called with
         ``_retired`` set: no step starts; first the steps already computed end (their saves
-        land), so no row appears behind the pass. Rows picked by ``which`` (the groups'
-        drops) are told to ``rows_dropped``."""
+        land), so no row appears behind the pass. With ``tell_hook`` (the groups' drops)
+        the keys are told to ``rows_dropped``."""
         while not self._acceptor_locks.idle():
             await asyncio.sleep(0.01)
         dropped = 0
         after: str | None = None
         while page := self.storage.keys("", after, 500):
             doomed = page if which is None else [k for k in page if which(k)]
-            if which is not None and doomed and self.rows_dropped is not None:
+            if tell_hook and doomed and self.rows_dropped is not None:
                 self.rows_dropped(doomed)
             await asyncio.gather(*(self.storage.collect(key, self.storage.floor(key))
                                    for key in doomed))
