@@ -44,12 +44,26 @@ def test_full_plan_has_every_setting_of_the_issue() -> None:
     labels = [(axis, setting) for axis, setting, _ in groups]
     assert labels == [("keys", "10^4"), ("keys", "10^5"), ("keys", "10^6"),
                       ("values", "100 B"), ("values", "10 KB"), ("values", "100 KB"),
-                      ("nodes", "3 nodes"), ("nodes", "5 nodes")]
+                      ("nodes", "3 nodes"), ("nodes", "5 nodes"),
+                      ("groups", "3 nodes"), ("groups", "6 nodes R=3"), ("groups", "6 nodes")]
     base = Config(10_000, 100, 3)
     assert [c for _, _, c in groups].count(base) == 3
     configs = unique_configs(groups)
-    assert len(configs) == 6
+    assert len(configs) == 9
     assert configs[0] == base
+
+
+def test_groups_axis_compares_3_nodes_with_6_in_groups_of_3() -> None:
+    """Same keys and values in every setting; the load spread over every node and the keys
+    written through the API (a pre-built directory would hold every key, not its groups')."""
+    groups = plan(["groups"], 1_000_000)
+    assert [c for _, _, c in groups] == [
+        Config(10_000, 100, 3, None, "all", True),
+        Config(10_000, 100, 6, 3, "all", True),
+        Config(10_000, 100, 6, None, "all", True)]
+    assert all(c not in unique_configs(plan(["keys", "values", "nodes"], 10_000))
+               for _, _, c in groups)  # another target and load: not the base run
+    assert {c.keys for _, _, c in plan(["groups"], 2000)} == {2000}
 
 
 def test_max_keys_caps_every_axis() -> None:
@@ -68,8 +82,10 @@ def test_preloaded_keys_are_the_ones_wrk_hits() -> None:
 
 def measured(config: Config) -> Measured:
     m = Measured(config)
-    m.sides = {"put": Side(rps=500.0, p50_ms=20.0, p99_ms=45.5, errors=0),
+    m.sides = {"put": Side(rps=500.0, p50_ms=20.0, p99_ms=45.5, errors=0, requests_ok=4000,
+                           server_cpu_s=10.0),
                "get-lin": Side(rps=4000.0, p50_ms=3.0, p99_ms=8.25, errors=3)}
+    m.idle_cpu_s_per_s = 0.0305
     m.rss_after = {"put": [50_000_000, 52_000_000, 51_000_000],
                    "get-lin": [53_000_000, 50_000_000, 50_000_000]}
     m.dir_bytes_after = [2_000_000, 2_100_000, 2_050_000]
@@ -87,13 +103,15 @@ def test_rows_and_table() -> None:
     assert put.mb_per_s == pytest.approx(0.05)
     assert put.rss_mb_max == pytest.approx(52.0)
     assert put.dir_bytes_per_key == pytest.approx(210.0)
+    assert put.cpu_ms_per_op == pytest.approx(2.5)  # 10 s of CPU over 4,000 requests
+    assert rows[1].cpu_ms_per_op == 0.0  # requests that failed still count
     table = format_table(rows)
     head = table.splitlines()[0]
     for column in ("axis", "setting", "workload", "req/s", "p50 ms", "p99 ms", "MB/s",
-                   "RSS MB/node (max)", "data dir B/key"):
+                   "CPU ms/op", "idle CPU ms/s", "RSS MB/node (max)", "data dir B/key"):
         assert column in head
     assert re.search(r"values \| 100 B +\| put +\| +500 \| +20\.00 \| +45\.50 \| +0\.05 \| "
-                     r"+52\.0 \| +210 \| +0", table)
+                     r"+2\.500 \| +30 \| +52\.0 \| +210 \| +0", table)
     assert "3!" in table  # errors are flagged, never hidden
     assert "ran once" in table  # the base configuration serves two axes
 
@@ -113,7 +131,10 @@ def test_json_has_no_nan_and_keeps_the_meta() -> None:
     data = json.loads(text)
     assert data["meta"]["cpus"] == 2
     assert data["rows"][0]["rps"] == 500.0
-    assert data["configs"][0]["config"] == {"keys": 10_000, "value_bytes": 100, "nodes": 3}
+    assert data["configs"][0]["config"] == {"keys": 10_000, "value_bytes": 100, "nodes": 3,
+                                            "replication": None, "target": "one",
+                                            "via_http": False}
+    assert data["rows"][0]["cpu_ms_per_op"] == 2.5
 
 
 @pytest.mark.integration
