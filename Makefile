@@ -37,7 +37,7 @@ help:
 	@echo "             BENCH_MEMORY_ARGS='--keys 100000' for a smaller run)"
 	@echo "make bench-scale    req/s, p99, CPU per op, RSS and disk per key as keys (10^4..10^6),"
 	@echo "             values (100 B..100 KB), nodes (3, 5) and acceptor groups (3 nodes, 6 with"
-	@echo "             R=3, 6) grow (~11 min, ~3.5 GB of disk; installs wrk; table +"
+	@echo "             R=3, 6) grow (~8-14 min, ~3.5 GB of disk; installs wrk; table +"
 	@echo "             reports/bench-scale.json; BENCH_SCALE_ARGS='--max-keys 100000' or"
 	@echo "             '--axes groups' for less)"
 	@echo "make bench-gc  10^5 keys written and deleted on 3 nodes: data dir and RSS empty, full"
