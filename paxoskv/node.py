@@ -1494,16 +1494,23 @@ class Node:
     def preferred_proposer(self, key: str) -> int:
         """The live proposer this node sends ``key``'s writes to: rendezvous hashing, so
         every node that sees the same live proposers picks the same one, and a proposer
-        that goes down moves only its own keys."""
+        that goes down moves only its own keys. With groups, one of the key's group when
+        any of them is a live proposer: its own acceptor then answers without a message,
+        as every proposer's does without groups (docs/groups.md)."""
         raw = key.encode("utf-8", "surrogatepass")
-        best, best_score = self.config.node_id, _rendezvous(raw, self.config.node_id)
+        candidates = [self.config.node_id]
         for pid, health in self.peer_health.items():
             if health.up and health.refused is None and "proposer" in self.config.peers[
                     pid].roles:
-                score = _rendezvous(raw, pid)
-                if score > best_score or (score == best_score and pid > best):
-                    best, best_score = pid, score
-        return best
+                candidates.append(pid)
+        view = self._view
+        if view.config.grouped:
+            kv = view.for_key(key)
+            group = kv.prepare.acceptors | kv.accept.acceptors
+            inside = [pid for pid in candidates if pid in group]
+            if inside:
+                candidates = inside
+        return max(candidates, key=lambda pid: (_rendezvous(raw, pid), pid))
 
     def sweeps(self, key: str) -> bool:
         """Whether this node's background sweeps (TTL sweeper, tombstone collector) take

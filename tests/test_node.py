@@ -381,6 +381,30 @@ def test_preferred_proposer_is_stable_spread_and_moves_only_a_lost_nodes_keys() 
     assert all(after[k] in (1, 2) for k in keys)
 
 
+def test_with_groups_the_preferred_proposer_is_one_of_the_keys_group() -> None:
+    """Goal: with acceptor groups (6 nodes, R = 3) a key's writes go to a live proposer of
+    its own group, whose acceptor answers without a message; when none of the group is up,
+    to another live proposer; every node still agrees and keys still spread. Before, the
+    choice ignored the group: in it for about half of the keys."""
+    from paxoskv.core.reconfig import group
+
+    peers = {i: PeerSpec(i, f"http://127.0.0.1:{7000 + i}") for i in range(1, 7)}
+    config = NodeConfig(1, peers, cluster_id="c", replication_factor=3)
+    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), _Storage(),
+                _Transport(config.fingerprint()))
+    for pid in range(2, 7):
+        node.peer_health[pid].up = True
+    keys = [f"k{i}" for i in range(3000)]
+    chosen = {k: node.preferred_proposer(k) for k in keys}
+    assert all(chosen[k] in group(k, range(1, 7), 3) for k in keys)
+    counts = {pid: sum(1 for v in chosen.values() if v == pid) for pid in range(1, 7)}
+    assert all(350 < c < 650 for c in counts.values()), counts
+    key = next(k for k in keys if 1 not in group(k, range(1, 7), 3))
+    for pid in group(key, range(1, 7), 3):
+        node.peer_health[pid].up = False
+    assert node.preferred_proposer(key) not in group(key, range(1, 7), 3)
+
+
 class _ForwardTransport(_Transport):
     """Answers forwards with a scripted reply, or raises a scripted exception."""
 
