@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from background_load import BackgroundLoad
-from procs import Cluster, ServerProcess, free_ports
+from procs import Cluster, ServerProcess, waiting_members
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import Workload, WorkloadOptions
@@ -28,6 +28,18 @@ pytestmark = pytest.mark.integration
 
 NODES = (1, 2, 3, 4, 5)
 R = 3
+
+
+def _rows(nodes: dict[int, ServerProcess]) -> dict[int, set[str]]:
+    """The keys each stopped node holds a row of, read from its database."""
+    rows: dict[int, set[str]] = {}
+    for nid, node in nodes.items():
+        db = sqlite3.connect(f"file:{node.data_dir / 'paxoskv.sqlite3'}?mode=ro", uri=True)
+        try:
+            rows[nid] = {k for (k,) in db.execute("SELECT key FROM registers")}
+        finally:
+            db.close()
+    return rows
 
 
 def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
@@ -70,14 +82,7 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
         c.stop()
     # Rows, read from each stopped node's database: a key is stored on its group only,
     # and on at least a quorum of it.
-    rows: dict[int, set[str]] = {}
-    for nid in NODES:
-        db = sqlite3.connect(f"file:{tmp_path / f'node{nid}' / 'paxoskv.sqlite3'}?mode=ro",
-                             uri=True)
-        try:
-            rows[nid] = {k for (k,) in db.execute("SELECT key FROM registers")}
-        finally:
-            db.close()
+    rows = _rows(c.nodes)
     members = frozenset(NODES)
     rows_checked = 0
     for key in workload.all_keys():
@@ -156,14 +161,8 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
     nodes 1-5 lie in its group of {1..5} or of {1..6}, with at least two in the first, and
     node 6 holds rows of keys that had moved to it."""
     ids = (1, 2, 3, 4, 5, 6)
-    ports = dict(zip(ids, free_ports(len(ids)), strict=True))
-    hosts = tmp_path / "hosts.yaml"
-    hosts.write_text("nodes:\n" + "\n".join(
-        f'  - {{id: {i}, url: "http://127.0.0.1:{ports[i]}", initial: {str(i <= 5).lower()}}}'
-        for i in ids) + "\n")
-    extra = ["--replication-factor", str(R), "--repair-interval", "3600"]
-    nodes = {i: ServerProcess(i, ports[i], f"@{hosts}", tmp_path / f"node{i}",
-                              tmp_path / f"node{i}.log", extra) for i in ids}
+    nodes = waiting_members(tmp_path, ids, (1, 2, 3, 4, 5),
+                            ["--replication-factor", str(R), "--repair-interval", "3600"])
     history = History()
     workload = Workload({i: n.url for i, n in nodes.items()}, history, seed=5,
                         options=WorkloadOptions(clients=4, keys=30, hot_keys=5,
@@ -220,14 +219,7 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
         for n in nodes.values():
             if n.alive():
                 n.terminate()
-    rows: dict[int, set[str]] = {}
-    for nid in ids:
-        db = sqlite3.connect(f"file:{tmp_path / f'node{nid}' / 'paxoskv.sqlite3'}?mode=ro",
-                             uri=True)
-        try:
-            rows[nid] = {k for (k,) in db.execute("SELECT key FROM registers")}
-        finally:
-            db.close()
+    rows = _rows(nodes)
     moved = 0
     for key in workload.all_keys():
         holders = {nid for nid in ids if key in rows[nid]} - {6}
@@ -237,7 +229,7 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
             assert len(holders & g5) >= 2, (key, sorted(holders), sorted(g5))
         if 6 in g6 and key in rows[6]:
             moved += 1
-    logs = "".join((tmp_path / f"node{i}.log").read_text() for i in ids)
+    logs = "".join(n.log_path.read_text() for n in nodes.values())
     assert "rows of keys whose group this acceptor joins" in logs
     ops = history.ops()
     result = check(ops)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from background_load import BackgroundLoad
-from procs import ServerProcess, free_ports
+from procs import ServerProcess, waiting_members
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import Workload, WorkloadOptions
@@ -91,14 +91,7 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
     killed and restarted; the change is re-POSTed to a live node until the record is
     STABLE on the target. Then every key is read from every node: the history must be
     linearizable (paxoskv.check), and each acknowledged last write read back."""
-    ports = dict(zip(NODES, free_ports(len(NODES)), strict=True))
-    hosts = tmp_path / "hosts.yaml"
-    hosts.write_text("nodes:\n" + "\n".join(
-        f'  - {{id: {i}, url: "http://127.0.0.1:{ports[i]}", initial: {str(i <= 3).lower()}}}'
-        for i in NODES) + "\n")
-    extra = ["--repair-interval", "3600"]
-    nodes = {i: ServerProcess(i, ports[i], f"@{hosts}", tmp_path / f"n{i}",
-                              tmp_path / f"n{i}.log", extra) for i in NODES}
+    nodes = waiting_members(tmp_path, NODES, (1, 2, 3), ["--repair-interval", "3600"])
     history = History()
     workload = Workload({i: n.url for i, n in nodes.items()}, history, seed=7,
                         options=WorkloadOptions(clients=4, keys=20, hot_keys=5,
