@@ -32,6 +32,21 @@ async def _single_node(tmp_path: Path, grace_s: float) -> Node:
     return node
 
 
+async def _node_with_tombstones(tmp_path: Path, grace_s: float, keys: list[str]
+                                ) -> tuple[Node, SqliteStorage]:
+    """A single node whose storage holds a tombstone row for each of ``keys``, saved
+    directly (as an accepted delete leaves it), not through rounds."""
+    from paxoskv.core.acceptor import AcceptorState
+    from paxoskv.core.register import Value
+
+    node = await _single_node(tmp_path, grace_s)
+    storage = node.storage
+    assert isinstance(storage, SqliteStorage)
+    tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
+    await asyncio.gather(*(storage.save(k, tomb) for k in keys))
+    return node, storage
+
+
 def test_a_sweep_collects_its_batch_concurrently_and_says_more_are_due(
         tmp_path: Path) -> None:
     """Goal: the due keys of one sweep are collected several at a time (one at a time
@@ -113,17 +128,12 @@ def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
     ends, so the sweeps only have to page through them."""
     import sys
 
-    from paxoskv.core.acceptor import AcceptorState, Floor
+    from paxoskv.core.acceptor import Floor
     from paxoskv.core.ballot import Ballot
-    from paxoskv.core.register import Value
 
     async def main() -> tuple[int, int, int]:
-        node = await _single_node(tmp_path, grace_s=0.01)
-        storage = node.storage
-        assert isinstance(storage, SqliteStorage)
         keys = [f"t{i:05d}" for i in range(3000)]
-        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
-        await asyncio.gather(*(storage.save(k, tomb) for k in keys))
+        node, storage = await _node_with_tombstones(tmp_path, 0.01, keys)
         collector = node.collector
 
         async def collect(key: str, pinned: Ballot | None = None, view: object = None) -> bool:
@@ -159,16 +169,10 @@ def test_a_sweep_that_filled_its_pins_says_more_are_due(tmp_path: Path) -> None:
     next one at once (with 100,000 tombstones and a sweep a minute, pinning them all took
     over three hours). Method: GC_PIN_KEYS + 100 tombstones, a long grace (nothing due):
     the first sweep pins GC_PIN_KEYS and says more; the second pins the rest and does not."""
-    from paxoskv.core.acceptor import AcceptorState
-    from paxoskv.core.register import Value
 
     async def main() -> tuple[list[bool], list[int]]:
-        node = await _single_node(tmp_path, grace_s=3600.0)
-        storage = node.storage
-        assert isinstance(storage, SqliteStorage)
-        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
-        await asyncio.gather(*(storage.save(f"p{i:04d}", tomb)
-                               for i in range(tombstones.GC_PIN_KEYS + 100)))
+        node, storage = await _node_with_tombstones(
+            tmp_path, 3600.0, [f"p{i:04d}" for i in range(tombstones.GC_PIN_KEYS + 100)])
         collector = node.collector
         more, pins = [], []
         for _ in range(2):
@@ -192,16 +196,11 @@ def test_entries_of_rows_another_node_collected_are_dropped(tmp_path: Path) -> N
     due); the rows are then removed through ``SqliteStorage.collect`` as a peer's
     ``Collect`` would; one more live key keeps a row. The next sweep pages through every
     key and must drop the 600 entries."""
-    from paxoskv.core.acceptor import AcceptorState, Floor
-    from paxoskv.core.register import Value
+    from paxoskv.core.acceptor import Floor
 
     async def main() -> tuple[int, int]:
-        node = await _single_node(tmp_path, grace_s=3600.0)
-        storage = node.storage
-        assert isinstance(storage, SqliteStorage)
         keys = [f"t{i:05d}" for i in range(600)]
-        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
-        await asyncio.gather(*(storage.save(k, tomb) for k in keys))
+        node, storage = await _node_with_tombstones(tmp_path, 3600.0, keys)
         await node.execute("live", Set(b"v"), forward=False)
         collector = node.collector
         for _ in range(5):
@@ -229,18 +228,14 @@ def test_sweeps_resume_after_a_full_batch_instead_of_rereading_from_the_first_ke
     more are due) must load at most 4n rows (before: 21 passes of n); after the grace,
     sweeps until none says more must collect every one of them."""
     from paxoskv.core.acceptor import AcceptorState
-    from paxoskv.core.register import Value
 
     monkeypatch.setattr(tombstones, "GC_PIN_KEYS", 20)
     monkeypatch.setattr(tombstones, "GC_BATCH_KEYS", 20)
     n = 400
 
     async def main() -> tuple[int, int, int, int]:
-        node = await _single_node(tmp_path, grace_s=0.3)
-        storage = node.storage
-        assert isinstance(storage, SqliteStorage)
-        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
-        await asyncio.gather(*(storage.save(f"r{i:04d}", tomb) for i in range(n)))
+        node, storage = await _node_with_tombstones(
+            tmp_path, 0.3, [f"r{i:04d}" for i in range(n)])
         loads = 0
         real_load = storage.load
 
@@ -276,16 +271,10 @@ def test_a_sweep_paused_by_an_acceptor_set_change_does_not_ask_for_another_at_on
     does not ask for the next sweep after the short pause even when its batch of pins
     filled (it would re-sweep every 50 ms for as long as the change lasts). Method:
     GC_PIN_KEYS + 100 tombstones, ``collection_allowed`` answering None."""
-    from paxoskv.core.acceptor import AcceptorState
-    from paxoskv.core.register import Value
 
     async def main() -> tuple[bool, int, int]:
-        node = await _single_node(tmp_path, grace_s=3600.0)
-        storage = node.storage
-        assert isinstance(storage, SqliteStorage)
-        tomb = AcceptorState(Ballot(2, 1, 1), Ballot(2, 1, 1), Value(2, None))
-        await asyncio.gather(*(storage.save(f"p{i:04d}", tomb)
-                               for i in range(tombstones.GC_PIN_KEYS + 100)))
+        node, storage = await _node_with_tombstones(
+            tmp_path, 3600.0, [f"p{i:04d}" for i in range(tombstones.GC_PIN_KEYS + 100)])
 
         async def changing() -> None:
             return None
