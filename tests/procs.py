@@ -1,12 +1,17 @@
 """Real ``paxoskv serve`` processes on loopback: the launcher lives in the package
 (``paxoskv.chaos.processes``, which the chaos runner uses too); tests import it from here."""
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from paxoskv.chaos.processes import SECRET, Cluster, ServerProcess, free_ports
 
-__all__ = ["SECRET", "Cluster", "ServerProcess", "free_ports", "waiting_members"]
+__all__ = ["SECRET", "Cluster", "ServerProcess", "free_ports", "post_json",
+           "waiting_members"]
 
 
 def waiting_members(tmp_path: Path, ids: Collection[int], initial: Collection[int],
@@ -21,3 +26,17 @@ def waiting_members(tmp_path: Path, ids: Collection[int], initial: Collection[in
         f'initial: {str(i in initial).lower()}}}' for i in ids) + "\n")
     return {i: ServerProcess(i, ports[i], f"@{hosts}", tmp_path / f"n{i}",
                              tmp_path / f"n{i}.log", list(extra)) for i in ids}
+
+
+def post_json(node: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST ``body`` as JSON: (status, the JSON answer), or (0, the error) when the node
+    cannot be reached."""
+    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    except OSError as exc:
+        return 0, str(exc)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from background_load import BackgroundLoad
-from procs import Cluster, ServerProcess, waiting_members
+from procs import Cluster, ServerProcess, post_json, waiting_members
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import Workload, WorkloadOptions
@@ -107,18 +105,6 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
     assert load.finals["unreadable"] == 0
 
 
-def _post(node: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except OSError as exc:
-        return 0, str(exc)
-
-
 def _wait_stable(nodes: dict[int, ServerProcess], target: set[int], timeout_s: float
                  ) -> None:
     """Until node 1's record is STABLE on ``target`` and installed there; re-POST the
@@ -140,9 +126,26 @@ def _wait_stable(nodes: dict[int, ServerProcess], target: set[int], timeout_s: f
                 if scode == 200 and json.loads(sbody)["reconfiguration"]["running"]:
                     running = True
         if not running and nodes[1].alive():
-            _post(nodes[1], "/admin/acceptors", {"acceptors": sorted(target)})
+            post_json(nodes[1], "/admin/acceptors", {"acceptors": sorted(target)})
         time.sleep(0.3)
     pytest.fail(f"acceptor set never became {sorted(target)}: {last}")
+
+
+def _change_killing(nodes: dict[int, ServerProcess], target: list[int], victim: int) -> None:
+    """POST the change to ``target`` to node 1 (once the previous change lets it), kill -9
+    ``victim`` shortly after and restart it, and wait until the change is STABLE."""
+    for _ in range(50):
+        code, body = post_json(nodes[1], "/admin/acceptors", {"acceptors": target})
+        if code != 409:
+            break
+        time.sleep(0.2)
+    assert code == 202, body
+    time.sleep(0.5)
+    nodes[victim].kill9()
+    time.sleep(2.0)
+    nodes[victim].start()
+    nodes[victim].wait_ready(30)
+    _wait_stable(nodes, set(target), 90.0)
 
 
 def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
@@ -176,18 +179,7 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
             nodes[i].wait_ready(30)
         load.start()
         time.sleep(3.0)
-        for _ in range(50):
-            code, body = _post(nodes[1], "/admin/acceptors", {"acceptors": list(ids)})
-            if code != 409:
-                break
-            time.sleep(0.2)
-        assert code == 202, body
-        time.sleep(0.5)
-        nodes[2].kill9()
-        time.sleep(2.0)
-        nodes[2].start()
-        nodes[2].wait_ready(30)
-        _wait_stable(nodes, set(ids), 90.0)
+        _change_killing(nodes, list(ids), victim=2)
         code, body = nodes[6].get("/v1/status")
         assert code == 200, body
         status = json.loads(body)
@@ -195,18 +187,7 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
         assert status["groups"]["acceptors"] == 6 and status["groups"]["grouped"]
         time.sleep(2.0)
         five = [1, 2, 3, 4, 5]
-        for _ in range(50):
-            code, body = _post(nodes[1], "/admin/acceptors", {"acceptors": five})
-            if code != 409:
-                break
-            time.sleep(0.2)
-        assert code == 202, body
-        time.sleep(0.5)
-        nodes[3].kill9()
-        time.sleep(2.0)
-        nodes[3].start()
-        nodes[3].wait_ready(30)
-        _wait_stable(nodes, set(five), 90.0)
+        _change_killing(nodes, five, victim=3)
         time.sleep(3.0)
         load.finish()
         code, body = nodes[1].get("/v1/status")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from background_load import BackgroundLoad
-from procs import ServerProcess, waiting_members
+from procs import ServerProcess, post_json, waiting_members
 
 from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import Workload, WorkloadOptions
@@ -25,18 +24,6 @@ pytestmark = pytest.mark.integration
 
 NODES = (1, 2, 3, 4, 5)
 CHANGE_TIMEOUT_S = 40.0
-
-
-def _post(node: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(node.url + path, data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except OSError as exc:
-        return 0, str(exc)
 
 
 def _record(node: ServerProcess) -> dict[str, Any] | None:
@@ -74,7 +61,7 @@ def _wait_stable(nodes: dict[int, ServerProcess], target: set[int], drivers: lis
             driver = nodes[drivers[turn % len(drivers)]]
             turn += 1
             if driver.alive():
-                _post(driver, "/admin/acceptors", {"acceptors": sorted(target)})
+                post_json(driver, "/admin/acceptors", {"acceptors": sorted(target)})
         time.sleep(0.3)
     pytest.fail(f"acceptor set never became {sorted(target)}: {last}")
 
@@ -113,7 +100,7 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
                  ({1, 2, 3}, 4, 2, [1, 3, 4])]
         for target, driver, other, drivers in steps:
             for _ in range(100):  # a driver that resumed the last change may still run
-                code, body = _post(nodes[driver], "/admin/acceptors",
+                code, body = post_json(nodes[driver], "/admin/acceptors",
                                    {"acceptors": sorted(target)})
                 if code != 409:
                     break
