@@ -8,7 +8,9 @@ import asyncio
 import threading
 from collections.abc import Iterable
 
+from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import FINAL_READ_CLIENT_BASE, Workload
+from paxoskv.check import check
 
 __all__ = ["BackgroundLoad"]
 
@@ -40,6 +42,18 @@ class BackgroundLoad:
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), "clients did not stop"
         assert not self.errors, self.errors
+
+    def checked(self) -> tuple[int, int, int]:
+        """After ``finish``: the history is linearizable and every acknowledged last write
+        read back (asserted); returns (ops, acknowledged writes, keys read back)."""
+        ops = self.workload.history.ops()
+        result = check(ops)
+        assert result.ok, result.summary()
+        read_back, problems = acknowledged_read_back(ops)
+        assert not problems, problems[:5]
+        ok_writes = sum(v for (kind, status), v in self.workload.counts.items()
+                        if kind != "read" and status == "ok")
+        return len(ops), ok_writes, read_back
 
     def _run(self) -> None:
         try:

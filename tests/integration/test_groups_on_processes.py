@@ -17,9 +17,8 @@ import pytest
 from background_load import BackgroundLoad
 from procs import Cluster, ServerProcess, post_json, waiting_members
 
-from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import Workload, WorkloadOptions
-from paxoskv.check import History, check
+from paxoskv.check import History
 from paxoskv.core.reconfig import group
 
 pytestmark = pytest.mark.integration
@@ -91,16 +90,10 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
             assert len(holders) >= 2, (key, sorted(holders), sorted(g))
             rows_checked += 1
     assert rows_checked >= 10
-    ops = history.ops()
-    result = check(ops)
-    assert result.ok, result.summary()
-    checked, problems = acknowledged_read_back(ops)
-    assert not problems, problems[:5]
-    counts = workload.counts
-    ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
-    print(f"groups: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} keys read "
+    ops, ok_writes, checked = load.checked()
+    print(f"groups: {ops} ops, {ok_writes} acknowledged writes, {checked} keys read "
           f"back, {load.finals['reads']} final reads, {time.monotonic() - started:.1f}s")
-    assert ok_writes >= 50, counts
+    assert ok_writes >= 50, workload.counts
     assert checked >= 10
     assert load.finals["unreadable"] == 0
 
@@ -212,16 +205,10 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
             moved += 1
     logs = "".join(n.log_path.read_text() for n in nodes.values())
     assert "rows of keys whose group this acceptor joins" in logs
-    ops = history.ops()
-    result = check(ops)
-    assert result.ok, result.summary()
-    checked, problems = acknowledged_read_back(ops)
-    assert not problems, problems[:5]
-    counts = workload.counts
-    ok_writes = sum(v for (kind, st), v in counts.items() if kind != "read" and st == "ok")
-    print(f"groups grow 5->6->5: {len(ops)} ops, {ok_writes} acknowledged writes, {checked} "
+    ops, ok_writes, checked = load.checked()
+    print(f"groups grow 5->6->5: {ops} ops, {ok_writes} acknowledged writes, {checked} "
           f"keys read back, {moved} keys moved to node 6, {load.finals['reads']} final reads, "
           f"{time.monotonic() - started:.1f}s")
-    assert ok_writes >= 50, counts
+    assert ok_writes >= 50, workload.counts
     assert moved >= 3
     assert load.finals["unreadable"] == 0

@@ -16,9 +16,8 @@ import pytest
 from background_load import BackgroundLoad
 from procs import ServerProcess, post_json, waiting_members
 
-from paxoskv.chaos.runner import acknowledged_read_back
 from paxoskv.chaos.workload import Workload, WorkloadOptions
-from paxoskv.check import History, check
+from paxoskv.check import History
 
 pytestmark = pytest.mark.integration
 
@@ -129,17 +128,10 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
         for n in nodes.values():
             if n.alive():
                 n.terminate()
-    ops = history.ops()
-    result = check(ops)
-    assert result.ok, result.summary()
-    checked, problems = acknowledged_read_back(ops)
-    assert not problems, problems[:5]
-    counts = workload.counts
-    ok_writes = sum(v for (kind, status), v in counts.items()
-                    if kind != "read" and status == "ok")
-    print(f"reconfiguration: {len(ops)} ops, {ok_writes} acknowledged writes, "
+    ops, ok_writes, checked = load.checked()
+    print(f"reconfiguration: {ops} ops, {ok_writes} acknowledged writes, "
           f"{checked} keys read back, {load.finals['reads']} final reads, "
           f"{time.monotonic() - started:.1f}s")
-    assert ok_writes >= 50, counts
+    assert ok_writes >= 50, workload.counts
     assert checked >= 10
     assert load.finals["unreadable"] == 0
