@@ -278,7 +278,14 @@ class PeerServer:
         slow frame (an fsync) does not hold back the ones behind it."""
         ws = web.WebSocketResponse(max_msg_size=self._frame_bytes_max + 64, compress=False,
                                    heartbeat=CHANNEL_HEARTBEAT_S)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            # The peer gave up (its connect timed out, it stopped) before the handshake's
+            # answer went out: nothing to serve and nothing wrong here. It was logged as an
+            # unhandled error with a traceback; aiohttp drops the unprepared response.
+            log.debug("peer channel from %s closed during the handshake", request.remote)
+            return ws
         self._channels.add(ws)
         tasks: set[asyncio.Task[None]] = set()
         loop = self._loop.get()  # (asyncio.ensure_future would look it up per frame)

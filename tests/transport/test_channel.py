@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -210,6 +211,30 @@ def test_wrong_secret_and_refused_sender_are_peer_unreachable() -> None:
         assert node.seen == [] and refusing.seen == []
 
     _run(run)
+
+
+def test_a_peer_gone_during_the_handshake_is_no_server_error(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Goal: a peer that closes its connection before the upgrade's answer is written (as
+    aiohttp reports it: ``ClientConnectionResetError`` out of ``prepare``) costs the peer
+    its channel, never an ERROR with a traceback in this server's log. A real server;
+    only the reset is forced, since its timing cannot be on loopback."""
+    async def gone(self: web.WebSocketResponse, request: web.Request) -> None:
+        raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+    async def run() -> None:
+        node = FakeNode()
+        async with _setup(node) as (peer, t):
+            monkeypatch.setattr(web.WebSocketResponse, "prepare", gone)
+            with caplog.at_level("DEBUG"), pytest.raises(PeerUnreachable):
+                await t.send(2, Query("a"), _deadline(1))
+            assert peer.server.upgrades >= 1
+        assert node.seen == []
+
+    _run(run)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("closed during the handshake" in r.getMessage() for r in caplog.records)
 
 
 def test_expired_messages_are_dropped_not_sent() -> None:
