@@ -85,6 +85,26 @@ def _malloc_stats() -> Callable[[], None] | None:
     return fn
 
 
+def jemalloc_stats() -> dict[str, int] | None:
+    """jemalloc's own totals when it is the process's malloc (``LD_PRELOAD``), else None:
+    ``allocated`` (live bytes asked for) against ``resident`` tells live memory from pages
+    that free space keeps mapped."""
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except AttributeError:
+        return None
+    mallctl.restype = ctypes.c_int
+    epoch = ctypes.c_uint64(1)
+    mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.c_size_t(8))
+    out: dict[str, int] = {}
+    for name in ("allocated", "active", "metadata", "resident", "mapped", "retained"):
+        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size),
+                   None, ctypes.c_size_t(0)) == 0:
+            out[name] = value.value
+    return out
+
+
 def dump(directory: Path, label: str = "") -> Path:
     """Write one report (see the module's docstring) and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -99,6 +119,9 @@ def dump(directory: Path, label: str = "") -> Path:
     lines += [f"  {k:<40} {v:>12,}" for k, v in sorted(smaps.items(), key=lambda kv: -kv[1])
               if v >= 64 << 10]
     lines.append(f"sys.getallocatedblocks() {sys.getallocatedblocks():,}")
+    je = jemalloc_stats()
+    if je is not None:
+        lines.append("jemalloc (bytes): " + ", ".join(f"{k} {v:,}" for k, v in je.items()))
     lines.append(f"gc.get_count() {gc.get_count()} gc.get_freeze_count() "
                  f"{gc.get_freeze_count():,} gc.get_threshold() {gc.get_threshold()}")
     lines.append(f"gc.get_stats() {gc.get_stats()}")

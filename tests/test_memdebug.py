@@ -46,3 +46,23 @@ def test_install_does_nothing_without_the_variable(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(ENV, str(tmp_path))
     assert install(lambda *a: added.append(a)) == tmp_path
     assert added[0][0] == signal.SIGUSR2
+
+
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+
+
+def test_jemalloc_totals_only_where_jemalloc_is_the_malloc(tmp_path: Path) -> None:
+    """Goal: the report's jemalloc line (live bytes against resident ones) is there when a
+    node runs with jemalloc preloaded, and absent under glibc, where ``mallctl`` is no
+    symbol of the process."""
+    import subprocess
+    import sys
+
+    from paxoskv.memdebug import jemalloc_stats
+    assert jemalloc_stats() is None or "jemalloc" in Path("/proc/self/maps").read_text()
+    if not JEMALLOC.exists():
+        pytest.skip("Debian's libjemalloc2 is not installed here")
+    code = ("from paxoskv.memdebug import jemalloc_stats; s = jemalloc_stats(); "
+            "assert s is not None and 0 < s['allocated'] <= s['active'] <= s['resident'], s")
+    env = {"LD_PRELOAD": str(JEMALLOC), "PYTHONMALLOC": "malloc", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
