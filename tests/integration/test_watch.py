@@ -4,6 +4,7 @@ watches through; and the delay from a write's acknowledgement to its event is me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -180,6 +181,27 @@ def test_learn_frames_need_the_peer_secret(cluster: Cluster) -> None:
     assert err.value.code == 401
 
 
+def _wait_connected(pid: int, port: int, timeout_s: float = 30.0) -> None:
+    """Until process ``pid`` holds an established TCP connection to 127.0.0.1:``port``
+    (its sockets' inodes, looked up in /proc/net/tcp)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01" and fields[9] in inodes:
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not connect to port {port} in {timeout_s}s")
+
+
 def test_cli_watch_prints_json_lines(cluster: Cluster) -> None:
     """Goal: ``paxoskv watch --prefix`` prints one JSON line per change, then exits after
     --count."""
@@ -188,7 +210,10 @@ def test_cli_watch_prints_json_lines(cluster: Cluster) -> None:
                              "--url", urls, "--count", "3"], stdout=subprocess.PIPE,
                             env={**os.environ, "PAXOSKV_TOKEN": ""})
     try:
-        time.sleep(1.5)
+        # Until its stream is open the watch would miss the writes (it starts from now):
+        # a fixed pause lost that race once while the machine was busy.
+        _wait_connected(proc.pid, int(cluster.nodes[2].url.rsplit(":", 1)[1]))
+        time.sleep(0.5)  # the node subscribes as it reads the request
         writer = Client(cluster.nodes[1].url)
         writer.put("cli/a", b"1")
         writer.put("cli/a", b"2")
