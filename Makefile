@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test files run on this many worker processes at once in make test (pytest-xdist; 0: one
+# process, as before). Two cover this project's 2-core machines.
+PYTEST_JOBS ?= 2
 BENCH_COMPARE_ARGS ?=
 BENCH_MEMORY_ARGS ?=
 BENCH_SCALE_ARGS ?=
@@ -85,7 +88,7 @@ audit:
 test: lint
 	$(MAKE) --no-print-directory chart-check PAXOSKV_PROMTOOL=0
 	$(PY) -m compileall -q paxoskv
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS) tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/core tests/check tests/storage tests/transport tests/api
