@@ -7,11 +7,13 @@ installed otherwise, and nothing of this runs on a request's path). Then:
   (``/proc/self/smaps``: the main heap, anonymous mappings, which include the other
   threads' glibc arenas and CPython's 1 MiB arenas, files), glibc's per-arena figures
   (``malloc_stats``), CPython's small-object allocator (``sys._debugmallocstats``: arenas,
-  pools, blocks), the cyclic collector's counts, the most numerous tracked objects by type,
-  and, when ``tracemalloc`` is tracing (``PYTHONTRACEMALLOC=1``), the largest allocation
-  sites; with ``PAXOSKV_DEBUG_MEMORY_SNAPSHOT=1`` also the tracemalloc snapshot itself
-  (``.snapshot``, for diffing two of them); with ``PAXOSKV_DEBUG_MEMORY_COLLECT=1``, then
-  runs ``gc.collect()`` and appends what the allocator holds after it.
+  pools, blocks), jemalloc's totals when it is preloaded as the process's malloc (live
+  bytes against the pages holding them), the cyclic collector's counts, the most numerous
+  tracked objects by type, and, when ``tracemalloc`` is tracing (``PYTHONTRACEMALLOC=1``),
+  the largest allocation sites; with ``PAXOSKV_DEBUG_MEMORY_SNAPSHOT=1`` also the
+  tracemalloc snapshot itself (``.snapshot``, for diffing two of them); with
+  ``PAXOSKV_DEBUG_MEMORY_COLLECT=1``, then runs ``gc.collect()`` and appends what the
+  allocator holds after it.
 
 ``python -m paxoskv.memdebug A.snapshot B.snapshot`` prints what grew from A to B.
 """
@@ -31,7 +33,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["ENV", "dump", "install", "smaps_summary"]
+__all__ = ["ENV", "dump", "install", "jemalloc_stats", "smaps_summary"]
 
 ENV = "PAXOSKV_DEBUG_MEMORY"
 SNAPSHOT_ENV = "PAXOSKV_DEBUG_MEMORY_SNAPSHOT"
