@@ -88,7 +88,7 @@ audit:
 test: lint
 	$(MAKE) --no-print-directory chart-check PAXOSKV_PROMTOOL=0
 	$(PY) -m compileall -q paxoskv
-	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/core tests/check tests/storage tests/transport tests/api
