@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 # Test files run on this many worker processes at once in make test (pytest-xdist; 0: one
 # process, as before). Two cover this project's 2-core machines.
 PYTEST_JOBS ?= 2
+PYTEST_TEST_ARGS = -q -m "not slow" -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 BENCH_COMPARE_ARGS ?=
 BENCH_MEMORY_ARGS ?=
 BENCH_SCALE_ARGS ?=
@@ -85,10 +86,17 @@ audit:
 # promtool's cold build is long: make test uses it only when already cached (see deploy.mk)
 # Byte-compiled once here: the tests start hundreds of node and CLI processes, and where
 # PYTHONDONTWRITEBYTECODE is set each would compile every module again (0.3 s of CPU apiece).
-test: lint
+# Lint (half a minute, mostly mypy) runs beside the tests; its output follows theirs, and
+# either failing fails make test.
+test: $(STAMP)
 	$(MAKE) --no-print-directory chart-check PAXOSKV_PROMTOOL=0
 	$(PY) -m compileall -q paxoskv
-	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) tests
+	@mkdir -p build; $(MAKE) --no-print-directory lint > build/lint.log 2>&1 & lint=$$!; \
+	status=0; \
+	echo '$(PY) -m pytest $(PYTEST_TEST_ARGS) tests  (lint runs beside it)'; \
+	$(PY) -m pytest $(PYTEST_TEST_ARGS) tests || status=$$?; \
+	if wait $$lint; then echo "== lint: passed"; else echo "== lint: FAILED"; status=1; fi; \
+	cat build/lint.log; exit $$status
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/core tests/check tests/storage tests/transport tests/api
