@@ -2,6 +2,7 @@
 (``paxoskv.chaos.processes``, which the chaos runner uses too); tests import it from here."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
@@ -40,3 +41,16 @@ def post_json(node: ServerProcess, path: str, body: dict[str, Any]) -> tuple[int
         return err.code, json.loads(err.read())
     except OSError as exc:
         return 0, str(exc)
+
+
+def post_change(node: ServerProcess, acceptors: Collection[int], tries: int
+                ) -> tuple[int, Any]:
+    """POST an acceptor-set change to ``node``, again every 0.2 s while it answers 409
+    (a change, perhaps one a restarted driver resumed, is still running), at most
+    ``tries`` times: the last answer."""
+    for _ in range(tries):
+        code, body = post_json(node, "/admin/acceptors", {"acceptors": sorted(acceptors)})
+        if code != 409:
+            break
+        time.sleep(0.2)
+    return code, body

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from background_load import BackgroundLoad
-from procs import Cluster, ServerProcess, post_json, waiting_members
+from procs import Cluster, ServerProcess, post_change, post_json, waiting_members
 
 from paxoskv.chaos.workload import Workload, WorkloadOptions
 from paxoskv.check import History
@@ -127,11 +127,7 @@ def _wait_stable(nodes: dict[int, ServerProcess], target: set[int], timeout_s: f
 def _change_killing(nodes: dict[int, ServerProcess], target: list[int], victim: int) -> None:
     """POST the change to ``target`` to node 1 (once the previous change lets it), kill -9
     ``victim`` shortly after and restart it, and wait until the change is STABLE."""
-    for _ in range(50):
-        code, body = post_json(nodes[1], "/admin/acceptors", {"acceptors": target})
-        if code != 409:
-            break
-        time.sleep(0.2)
+    code, body = post_change(nodes[1], target, 50)
     assert code == 202, body
     time.sleep(0.5)
     nodes[victim].kill9()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from background_load import BackgroundLoad
-from procs import ServerProcess, post_json, waiting_members
+from procs import ServerProcess, post_change, post_json, waiting_members
 
 from paxoskv.chaos.workload import Workload, WorkloadOptions
 from paxoskv.check import History
@@ -98,12 +98,8 @@ def test_grow_to_five_and_shrink_back_to_three_under_load_with_kill9(tmp_path: P
                  ({1, 2, 3, 4}, 3, 1, [1, 2, 3]),
                  ({1, 2, 3}, 4, 2, [1, 3, 4])]
         for target, driver, other, drivers in steps:
-            for _ in range(100):  # a driver that resumed the last change may still run
-                code, body = post_json(nodes[driver], "/admin/acceptors",
-                                   {"acceptors": sorted(target)})
-                if code != 409:
-                    break
-                time.sleep(0.2)
+            # a driver that resumed the last change may still run
+            code, body = post_change(nodes[driver], target, 100)
             assert code == 202, body
             time.sleep(0.3)
             nodes[driver].kill9()
