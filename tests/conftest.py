@@ -3,9 +3,9 @@
 Each worker takes whole files in collection order as it becomes free (``make test`` passes
 ``--no-loadscope-reorder``: by default pytest-xdist orders files by their number of tests,
 which put a two-test file of five minutes last), so a long file collected late can run
-alone while the other worker has nothing left. The longest files
-(measured: each takes one to five minutes) are collected first; the order within a file,
-and of every other file, is unchanged.
+alone while the other worker has nothing left. The longest files (measured: each takes
+one to five minutes) are collected first; the order within a file, and of every other
+file, is unchanged.
 """
 
 from __future__ import annotations
