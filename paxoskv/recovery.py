@@ -245,7 +245,7 @@ class Recovery:
             for key, ballot, _ in entries:
                 self.rejoin_progress["keys_checked"] += 1
                 self.metrics.rejoin("checked")
-                mine = self.storage.load(key).ballot_accepted
+                mine = self.storage.peek(key).ballot_accepted
                 if mine > ballot or (mine == ballot and not ballot.is_fast):
                     continue  # caught up before a restart, or by a client's write
                 # (at an equal fast ballot the two may hold different values)

@@ -171,9 +171,9 @@ class Collector:
                 await node._guarded("tombstone collection", step())
 
     async def sweep(self) -> bool:
-        """Page through this acceptor's keys; pin new tombstones, collect those whose grace
-        since their pin is over. True when the batch bound stopped it (more are probably
-        due: sweep again soon)."""
+        """Page through this acceptor's tombstone rows (``Storage.tombstones``); pin new
+        tombstones, collect those whose grace since their pin is over. True when the batch
+        bound stopped it (more are probably due: sweep again soon)."""
         node = self._node
         loop = asyncio.get_running_loop()
         grace = node.config.tombstone_grace_s
@@ -185,7 +185,7 @@ class Collector:
         wrapped = False  # reached the last key and went on from the first
         full = False  # stopped by the batch bound of pins or collections
         for _ in range(1_000_000):
-            page = node.storage.keys("", after, GC_PAGE_KEYS)
+            page = node.storage.tombstones(after, GC_PAGE_KEYS)
             end = len(page) < GC_PAGE_KEYS  # no key after this page
             circle = False
             if wrapped:
@@ -195,7 +195,7 @@ class Collector:
                 page = page[:cut]  # back where this sweep began: one round at most
             for key in page:
                 self._cursor = key
-                state = node.storage.load(key)
+                state = node.storage.peek(key)
                 if state.value.exists or state.ballot_accepted.is_zero() \
                         or not node.sweeps(key) or key == CONFIG_KEY:
                     self._pending.pop(key, None)
@@ -223,8 +223,9 @@ class Collector:
                 break
             if end:
                 # A complete pass, from the first key to the last (over one sweep or
-                # several): entries whose row it did not find were removed by another
-                # node's collection (our own removals pop theirs). Without this they stayed
+                # several): entries whose tombstone row it did not find were removed by
+                # another node's collection (our own removals pop theirs) or written
+                # since. Without this they stayed
                 # for as long as the node ran, one per key another node collected first.
                 # An entry made between this pass's sweeps is either of a key it had
                 # already passed, marked then (``collect`` keeps the mark), or of a key

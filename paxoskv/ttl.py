@@ -55,7 +55,8 @@ def system_clock_ms() -> int:
 class Sweeper:
     """Deletes expired keys through the protocol, a bounded batch at a time.
 
-    Each batch reads the next ``batch`` keys of the local acceptor (a cursor that wraps)
+    Each batch reads the next ``batch`` keys with a TTL of the local acceptor (its
+    ``expiring`` listing, a cursor that wraps)
     and, for every one whose local copy looks expired and that this node sweeps
     (``Node.sweeps``: the preferred proposer among the live acceptors), runs
     ``Expire(version)``: a compare-and-delete that a round applies only if the
@@ -73,12 +74,12 @@ class Sweeper:
     async def sweep_once(self) -> int:
         """One batch; returns how many keys it deleted."""
         node = self.node
-        keys = node.storage.keys("", self._after, self.batch)
+        keys = node.storage.expiring(self._after, self.batch)
         self._after = keys[-1] if len(keys) == self.batch else None
         now = self.clock_ms()
         deleted = 0
         for key in keys:
-            value = node.storage.load(key).value
+            value = node.storage.peek(key).value
             if not value.expired(now) or not node.sweeps(key):
                 continue
             change = Delete() if self.unconditional else Expire(value.version)

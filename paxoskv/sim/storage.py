@@ -107,6 +107,9 @@ class SimStorage:
     def load(self, key: str) -> AcceptorState:
         return self._memory.state(key)
 
+    def peek(self, key: str) -> AcceptorState:
+        return self._memory.state(key)
+
     def has_row(self, key: str) -> bool:
         return key in self._memory.states
 
@@ -126,6 +129,15 @@ class SimStorage:
         found = sorted(k for k in self._memory.states
                        if k.startswith(prefix) and (after is None or k > after))
         return found[:limit]
+
+    def tombstones(self, after: str | None, limit: int) -> list[str]:
+        return sorted(k for k, state in self._memory.states.items()
+                      if state.value.data is None and (after is None or k > after))[:limit]
+
+    def expiring(self, after: str | None, limit: int) -> list[str]:
+        return sorted(k for k, state in self._memory.states.items()
+                      if state.value.expires_ms is not None
+                      and (after is None or k > after))[:limit]
 
     def key_count(self) -> int:
         return len(self._memory.states)

@@ -52,6 +52,11 @@ class Storage(Protocol):
         ``absent_state`` of its bucket's floor (EMPTY_STATE where nothing was collected)."""
         ...
 
+    def peek(self, key: str) -> AcceptorState:
+        """What ``load`` returns, without making ``key`` a recently used one (sweeps and
+        scans: a cache of states in use must not fill with every key they pass)."""
+        ...
+
     def has_row(self, key: str) -> bool:
         """Whether ``key`` has a row (``load`` of a key without one is its floor's state)."""
         ...
@@ -88,6 +93,17 @@ class Storage(Protocol):
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         """Up to ``limit`` keys under ``prefix`` that sort after ``after``, in key order
         (tombstones included): listings and sweeps page through this, never load all."""
+        ...
+
+    def tombstones(self, after: str | None, limit: int) -> list[str]:
+        """``keys`` of the rows that hold no value (tombstones, and rows with only a
+        promise), in key order: the collector's candidates. The listing may be a batch
+        ahead of ``load``: a sweep decides on what ``peek`` returns, not on this."""
+        ...
+
+    def expiring(self, after: str | None, limit: int) -> list[str]:
+        """``keys`` of the rows whose value has a TTL, in key order: the TTL sweeper's
+        candidates (it decides on ``peek``, as above)."""
         ...
 
     def key_count(self) -> int: ...

@@ -42,6 +42,8 @@ class MemoryStorage:
     def load(self, key: str) -> AcceptorState:
         return self.data.get(key, EMPTY_STATE)
 
+    peek = load
+
     async def save(self, key: str, state: AcceptorState) -> None:
         self.data[key] = state
 
@@ -51,6 +53,14 @@ class MemoryStorage:
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         return sorted(k for k in self.data
                       if k.startswith(prefix) and (after is None or k > after))[:limit]
+
+    def tombstones(self, after: str | None, limit: int) -> list[str]:
+        return [k for k in self.keys("", after, len(self.data))
+                if self.data[k].value.data is None][:limit]
+
+    def expiring(self, after: str | None, limit: int) -> list[str]:
+        return [k for k in self.keys("", after, len(self.data))
+                if self.data[k].value.expires_ms is not None][:limit]
 
     def key_count(self) -> int:
         return len(self.data)

@@ -199,6 +199,86 @@ def test_evicted_states_load_from_disk_as_latest(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+def test_peek_reads_like_load_but_leaves_the_cache_to_the_states_in_use(tmp_path: Path) -> None:
+    """Goal: a sweep's reads (``peek``) return what ``load`` would, without caching the keys
+    it passes or evicting the ones in use: one pass over 40 keys leaves the 3 hot ones."""
+    budget = 3 * _charge("k00", _state(1))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=budget)
+        for i in range(40):
+            await s.save(f"k{i:02d}", _state(2))
+        await s.close()
+        s = SqliteStorage(tmp_path, cache_bytes=budget)
+        hot = ["k01", "k02", "k03"]
+        for key in hot:
+            assert s.load(key) == _state(2)
+        assert s.cache_stats()[0] == 3
+        for i in range(40):
+            assert s.peek(f"k{i:02d}") == _state(2)
+        assert s.peek("missing") == EMPTY_STATE
+        assert s.cache_stats()[0] == 3
+        assert list(s._cache) == hot  # none evicted, none moved
+        await s.close()
+    asyncio.run(run())
+
+
+def test_sweep_listings_hold_only_their_rows_and_read_their_index(tmp_path: Path) -> None:
+    """Goal: the collector's and the TTL sweeper's listings name only tombstones and values
+    with a TTL, in key order and after ``after``, each read from its partial index (a
+    sweep no longer pages through every live key), also once rows change kind."""
+    def expiring_state(n: int) -> AcceptorState:
+        return AcceptorState(Ballot(n, 1), Ballot(n, 1), Value(n, b"v", (), 10_000 + n))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        for i in range(30):
+            await s.save(f"live{i:02d}", _state(1))
+        for name in ("t1", "t3", "t2"):
+            await s.save(name, AcceptorState(Ballot(2, 1), Ballot(2, 1), Value(2, None)))
+        for name in ("e2", "e1"):
+            await s.save(name, expiring_state(3))
+        assert s.tombstones(None, 10) == ["t1", "t2", "t3"]
+        assert s.tombstones("t1", 1) == ["t2"]
+        assert s.expiring(None, 10) == ["e1", "e2"]
+        assert s.expiring("e1", 10) == ["e2"]
+        await s.save("t2", _state(3))  # written again: no longer a tombstone
+        await s.save("e1", _state(4))  # its TTL dropped by a plain put
+        await s.save("live05", expiring_state(5))
+        assert s.tombstones(None, 10) == ["t1", "t3"]
+        assert s.expiring(None, 10) == ["e2", "live05"]
+        for where, index in (("data IS NULL", "registers_tombstones"),
+                             ("substr(recent, 1, 1) = '{'", "registers_expiring")):
+            plan = s._reader.execute(f"EXPLAIN QUERY PLAN SELECT key FROM registers WHERE "
+                                     f"{where} AND key > ? ORDER BY key LIMIT ?",
+                                     ("", 5)).fetchall()
+            assert index in str(plan), plan
+        await s.close()
+    asyncio.run(run())
+
+
+def test_a_directory_made_before_the_sweep_indexes_gets_them(tmp_path: Path) -> None:
+    """Goal: a data directory of an earlier release (no partial indexes) is given them at
+    its first open, filled from the rows it already holds."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await s.save("gone", AcceptorState(Ballot(2, 1), Ballot(2, 1), Value(2, None)))
+        await s.save("kept", _state(1))
+        await s.close()
+        conn = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+        conn.execute("DROP INDEX registers_tombstones")
+        conn.execute("DROP INDEX registers_expiring")
+        conn.commit()
+        conn.close()
+        s = SqliteStorage(tmp_path)
+        names = {row[0] for row in s._reader.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"registers_tombstones", "registers_expiring"} <= names
+        assert s.tombstones(None, 10) == ["gone"]
+        await s.close()
+    asyncio.run(run())
+
+
 def test_a_state_too_large_to_cache_replaces_its_cached_predecessor(tmp_path: Path) -> None:
     """Goal: a save whose state does not fit the cache also drops the older cached copy, so
     the next load reads the new state from disk instead of the stale one from memory."""
