@@ -128,6 +128,13 @@ _Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int, int
 _IN_CHUNK = 500
 """Keys per ``key IN (...)`` query, under SQLite's bound-parameter limit."""
 
+_IN_SIZES = (16, 128, _IN_CHUNK)
+"""The only lengths an ``IN (...)`` list takes (padded with NULL, which matches no key). A
+list as long as each batch made one SQL text per batch size, up to 500 of them, and the
+connection's cache of 128 prepared statements kept evicting one to prepare the next: a
+prepare per batch, and statement objects made all through a load and kept after it,
+scattered over the small-object allocator's arenas (docs/gc.md)."""
+
 _ENTRY_BYTES = 400
 """Python objects of one cached state besides its key and data (AcceptorState, two
 Ballots, Value, LRU links), measured with tracemalloc and rounded up."""
@@ -913,8 +920,10 @@ class SqliteStorage:
         wanted = list(dict.fromkeys(keys))
         present = 0
         for i in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[i:i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
+            chunk: list[str | None] = list(wanted[i:i + _IN_CHUNK])
+            size = next(n for n in _IN_SIZES if n >= len(chunk))
+            chunk += [None] * (size - len(chunk))
+            marks = ",".join("?" * size)
             present += self._conn.execute(
                 f"SELECT COUNT(*) FROM registers WHERE key IN ({marks})", chunk).fetchall()[0][0]
         return len(wanted) - present

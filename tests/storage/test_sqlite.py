@@ -293,6 +293,27 @@ def test_a_state_too_large_to_cache_replaces_its_cached_predecessor(tmp_path: Pa
     asyncio.run(run())
 
 
+def test_batches_of_any_size_share_three_key_count_statements(tmp_path: Path) -> None:
+    """Goal: the writer's new-key count uses a few fixed statement texts whatever the batch
+    size, so its statement cache does not churn (a prepare per batch, and statements made
+    all through a load; docs/gc.md); the count stays exact with the NULL padding."""
+    texts: set[str] = set()
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        s._conn.set_trace_callback(
+            lambda sql: texts.add(sql.split(" IN ")[0] + str(sql.count(",")))
+            if "COUNT(*) FROM registers WHERE key IN" in sql else None)
+        total = 0
+        for size in (1, 2, 3, 7, 16, 17, 40, 129, 200):
+            await asyncio.gather(*(s.save(f"b{size}-{i}", _state(1)) for i in range(size)))
+            total += size
+            assert s.key_count() == total
+        await s.close()
+    asyncio.run(run())
+    assert 1 <= len(texts) <= 3, texts
+
+
 def test_key_count_is_exact_across_inserts_updates_and_restarts(tmp_path: Path) -> None:
     """Goal: key_count() counts distinct keys without holding them: updates do not count,
     a batch with the same new key twice counts it once, and a restart counts again."""
