@@ -351,15 +351,17 @@ class SqliteStorage:
         self._observer = observer
         self._batch_max = batch_max
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._wcur = self._conn.cursor()
+        """The writer's one cursor (see ``_rcur``)."""
         self._incremental = self._auto_vacuum()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+        self._wcur.execute("PRAGMA journal_mode=WAL")
+        self._wcur.execute("PRAGMA synchronous=FULL")
+        self._wcur.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         self._conn.executescript(_SCHEMA)
-        present = {row[1] for row in self._conn.execute("PRAGMA table_info(registers)")}
+        present = {row[1] for row in self._wcur.execute("PRAGMA table_info(registers)")}
         for column in _FAST_COLUMNS:
             if column not in present:
-                self._conn.execute(
+                self._wcur.execute(
                     f"ALTER TABLE registers ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         self._conn.executescript(_SWEEP_INDEXES)
         # The loop's own connection: point reads on a cache miss, listings, the count.
@@ -367,11 +369,16 @@ class SqliteStorage:
         # read transaction stays open and each read sees the latest commit.
         self._reader = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
+        self._rcur = self._reader.cursor()
+        """The loop's one cursor: ``Connection.execute`` makes a cursor per statement and
+        keeps a weak reference to each in a list it prunes only every 200 cursors, so a
+        load left a few hundred of them alive, made all through it and scattered over the
+        small-object allocator's arenas (docs/gc.md); a cursor of our own makes none."""
         # Exact without holding the keys: counted once here (the key index, not the
         # values), then moved by the rows each committed batch inserted.
-        self._count: int = self._reader.execute("SELECT COUNT(*) FROM registers").fetchall()[0][0]
+        self._count: int = self._rcur.execute("SELECT COUNT(*) FROM registers").fetchall()[0][0]
         self._meta: dict[str, str] = dict(
-            self._reader.execute("SELECT name, value FROM meta").fetchall())
+            self._rcur.execute("SELECT name, value FROM meta").fetchall())
         # Floors stay on disk, read when needed (``_disk_floor``). Each is checked once
         # here, so a damaged one stops the start as it did when they were all loaded; a
         # table of an earlier release's 65,536 buckets is first folded into ours.
@@ -393,7 +400,7 @@ class SqliteStorage:
         self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
         self._pending: list[_Write] = []  # submitted this turn of the loop, not handed over
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._page_size: int = self._reader.execute("PRAGMA page_size").fetchall()[0][0]
+        self._page_size: int = self._rcur.execute("PRAGMA page_size").fetchall()[0][0]
         self._vacuum_high = max(1, vacuum_threshold_bytes)
         self._vacuum_step_pages = max(1, vacuum_step_pages)
         self._vacuum_step_pause_s = vacuum_step_pause_s
@@ -416,7 +423,7 @@ class SqliteStorage:
         if state is not None:
             self._cache.move_to_end(key)
             return state
-        rows = self._reader.execute(
+        rows = self._rcur.execute(
             f"SELECT {_COLUMNS} FROM registers WHERE key = ?", (key,)).fetchall()
         if not rows:
             # not cached: misses would crowd out the states in use
@@ -435,7 +442,7 @@ class SqliteStorage:
         state = self._cache.get(key)
         if state is not None:
             return state
-        rows = self._reader.execute(
+        rows = self._rcur.execute(
             f"SELECT {_COLUMNS} FROM registers WHERE key = ?", (key,)).fetchall()
         if not rows:
             return absent_state(self._disk_floor(key))
@@ -446,7 +453,7 @@ class SqliteStorage:
         there, possibly one batch ahead of what the loop has applied, which for a floor
         only means a higher one (floors only go up). A read that found no row may have
         seen a collection not yet applied here, so its floor is never older than the row."""
-        rows = self._reader.execute(
+        rows = self._rcur.execute(
             f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
             (floor_bucket(key),)).fetchall()
         return _floor_from_row(rows[0])[1] if rows else NO_FLOOR
@@ -456,7 +463,7 @@ class SqliteStorage:
             self._apply_done()
         if key in self._cache:
             return True
-        return bool(self._reader.execute(
+        return bool(self._rcur.execute(
             "SELECT 1 FROM registers WHERE key = ?", (key,)).fetchall())
 
     def floor(self, key: str) -> Floor:
@@ -467,7 +474,7 @@ class SqliteStorage:
     def floor_page(self, after: int, limit: int) -> list[tuple[int, Floor]]:
         if self._done:
             self._apply_done()
-        return [_floor_from_row(row) for row in self._reader.execute(
+        return [_floor_from_row(row) for row in self._rcur.execute(
             f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket > ? ORDER BY bucket "
             "LIMIT ?", (after, limit)).fetchall()]
 
@@ -476,12 +483,12 @@ class SqliteStorage:
 
     def floors_raised(self) -> int:
         """Buckets with a floor (for tests and the status page)."""
-        return int(self._reader.execute("SELECT COUNT(*) FROM gc_floors").fetchall()[0][0])
+        return int(self._rcur.execute("SELECT COUNT(*) FROM gc_floors").fetchall()[0][0])
 
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         # SQLite's BINARY order is UTF-8 byte order, which is Python's code point order.
         start = prefix if after is None or after < prefix else after
-        rows = self._reader.execute(
+        rows = self._rcur.execute(
             "SELECT key FROM registers WHERE key >= ? ORDER BY key LIMIT ?",
             (start, limit + 1)).fetchall()
         out: list[str] = []
@@ -504,7 +511,7 @@ class SqliteStorage:
     def _indexed_page(self, where: str, after: str | None, limit: int) -> list[str]:
         """Keys after ``after`` whose row matches ``where``: the exact condition of one
         of ``_SWEEP_INDEXES``, so SQLite reads that index alone."""
-        return [key for (key,) in self._reader.execute(
+        return [key for (key,) in self._rcur.execute(
             f"SELECT key FROM registers WHERE {where} AND key > ? ORDER BY key LIMIT ?",
             ("" if after is None else after, limit)).fetchall()]
 
@@ -533,7 +540,7 @@ class SqliteStorage:
                     except OSError:  # gone meanwhile (e.g. -shm at close)
                         continue
         vfs = os.statvfs(self.data_dir)
-        free_pages = self._reader.execute("PRAGMA freelist_count").fetchall()[0][0]
+        free_pages = self._rcur.execute("PRAGMA freelist_count").fetchall()[0][0]
         return DiskUsage(data_dir_bytes=data_bytes,
                          volume_free_bytes=vfs.f_bavail * vfs.f_frsize,
                          volume_size_bytes=vfs.f_blocks * vfs.f_frsize,
@@ -548,7 +555,7 @@ class SqliteStorage:
         number of rows. Reads pages of ``page`` rows, never all at once."""
         rows_seen, after = 0, ""
         while True:
-            rows = self._reader.execute(
+            rows = self._rcur.execute(
                 f"SELECT {_COLUMNS} FROM registers WHERE key > ? ORDER BY key LIMIT ?",
                 (after, page)).fetchall()
             for row in rows:
@@ -663,28 +670,28 @@ class SqliteStorage:
         error: BaseException | None = None
         inserted = removed = 0
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._wcur.execute("BEGIN IMMEDIATE")
             rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
             collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
             if not collected:
                 if rows:
                     inserted = self._new_keys([r[0] for r in rows])
-                    self._conn.executemany(_UPSERT, rows)
+                    self._wcur.executemany(_UPSERT, rows)
             else:
                 inserted, removed = self._write_in_order(batch, rows, collected)
             metas = [(w.key, w.meta) for w in batch if w.meta is not None]
             if metas:
-                self._conn.executemany(
+                self._wcur.executemany(
                     "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
             for w in batch:
                 for bucket, given in w.buckets or ():
                     self._raise_floor(bucket, given)
-            self._conn.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
+            self._wcur.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
         except BaseException as exc:  # reported to every waiter, never swallowed
             error = exc
             log.error("storage commit failed: %s", exc)
             with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+                self._wcur.execute("ROLLBACK")
         elapsed = time.perf_counter() - started
         if self._observer is not None and error is None:
             self._observer(len(batch), elapsed)
@@ -710,9 +717,9 @@ class SqliteStorage:
         neither count are CorruptRecord."""
         # Read inside the transaction: a floor written between the read and the DELETE
         # (another process on the same directory) would otherwise go down.
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._wcur.execute("BEGIN IMMEDIATE")
         try:
-            rows = self._conn.execute(f"SELECT {_FLOOR_COLUMNS} FROM gc_floors").fetchall()
+            rows = self._wcur.execute(f"SELECT {_FLOOR_COLUMNS} FROM gc_floors").fetchall()
             legacy: list[tuple[int, Floor]] = []
             current: list[tuple[int, Floor]] = []
             for row in rows:
@@ -721,17 +728,17 @@ class SqliteStorage:
                 except CorruptRecord:
                     legacy.append(_floor_from_row(row, LEGACY_FLOOR_BUCKETS))
             if not legacy:
-                self._conn.execute("COMMIT")
+                self._wcur.execute("COMMIT")
                 return
             folded = coarsen_floors([*legacy, *current], LEGACY_FLOOR_BUCKETS)
-            self._conn.execute("DELETE FROM gc_floors")
-            self._conn.executemany(
+            self._wcur.execute("DELETE FROM gc_floors")
+            self._wcur.executemany(
                 f"INSERT INTO gc_floors({_FLOOR_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                 [_floor_row(bucket, floor) for bucket, floor in folded])
-            self._conn.execute("COMMIT")
+            self._wcur.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+                self._wcur.execute("ROLLBACK")
             raise
         log.info("folded the floors of %d of %d buckets into %d of %d (docs/gc.md)",
                  len(legacy), LEGACY_FLOOR_BUCKETS, len(folded), FLOOR_BUCKETS)
@@ -740,10 +747,10 @@ class SqliteStorage:
         """Ask for ``auto_vacuum=INCREMENTAL`` if the file is new (it only takes before
         the first table, and before WAL mode writes the header); whether it is in force.
         Files made before keep NONE: docs/storage.md says why they are not converted."""
-        if self._conn.execute("PRAGMA page_count").fetchall()[0][0] == 0:
-            self._conn.execute(f"PRAGMA auto_vacuum={_AUTO_VACUUM_INCREMENTAL}")
-        mode: int = self._conn.execute("PRAGMA auto_vacuum").fetchall()[0][0]
-        if mode != _AUTO_VACUUM_INCREMENTAL and self._conn.execute(
+        if self._wcur.execute("PRAGMA page_count").fetchall()[0][0] == 0:
+            self._wcur.execute(f"PRAGMA auto_vacuum={_AUTO_VACUUM_INCREMENTAL}")
+        mode: int = self._wcur.execute("PRAGMA auto_vacuum").fetchall()[0][0]
+        if mode != _AUTO_VACUUM_INCREMENTAL and self._wcur.execute(
                 "PRAGMA page_count").fetchall()[0][0] > 0:
             log.info("%s was created without auto_vacuum=INCREMENTAL: pages freed inside it "
                      "are reused but not returned to the volume (docs/storage.md, "
@@ -772,7 +779,7 @@ class SqliteStorage:
             # executescript would COMMIT it, making durable what its waiters were told had
             # failed (and what the cache does not hold). Throw it away instead, or skip.
             try:
-                self._conn.execute("ROLLBACK")
+                self._wcur.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.error("storage: cannot roll back a failed batch (%s); no vacuum", exc)
                 return
@@ -785,8 +792,8 @@ class SqliteStorage:
         if not self._incremental:
             return
         try:
-            free = self._conn.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
-            pages = self._conn.execute("PRAGMA page_count").fetchall()[0][0]
+            free = self._wcur.execute("PRAGMA freelist_count").fetchall()[0][0] * self._page_size
+            pages = self._wcur.execute("PRAGMA page_count").fetchall()[0][0]
             used = pages * self._page_size - free
             # Idle, everything over the slack goes back, however little: below the
             # start threshold (1 MiB at least), a node whose keys were all deleted kept
@@ -809,7 +816,7 @@ class SqliteStorage:
             # their size (up to journal_size_limit) after the database file has shrunk.
             # It waits for no writer (this thread is the only one) and for readers only
             # through the busy timeout; busy, it leaves the WAL as PASSIVE would.
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+            busy = self._wcur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
             log.info("returned free pages of %s: %d bytes now%s", self.path,
                      self.path.stat().st_size, " (WAL busy, not truncated)" if busy else "")
         except (sqlite3.Error, OSError) as exc:  # e.g. a full disk: try again later
@@ -824,7 +831,7 @@ class SqliteStorage:
         would stall every request). Once per burst of collections."""
         self._removed_since_release = 0
         try:
-            self._conn.execute("PRAGMA shrink_memory").fetchall()
+            self._wcur.execute("PRAGMA shrink_memory").fetchall()
         except sqlite3.Error as exc:
             log.warning("storage: shrink_memory failed: %s", exc)
         loop = self._loop
@@ -838,7 +845,7 @@ class SqliteStorage:
         """On the loop (``_release_memory``): the reader's page cache only."""
         if not self._closed:
             with contextlib.suppress(sqlite3.Error):
-                self._reader.execute("PRAGMA shrink_memory").fetchall()
+                self._rcur.execute("PRAGMA shrink_memory").fetchall()
 
     def _truncate_idle_wal(self) -> None:
         """Writer thread, nothing committed since the last look: empty a large WAL
@@ -848,7 +855,7 @@ class SqliteStorage:
         try:
             if not wal.exists() or wal.stat().st_size < IDLE_WAL_TRUNCATE_BYTES:
                 return
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+            busy = self._wcur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
             log.debug("truncated the idle WAL of %s%s", self.path, " (busy)" if busy else "")
         except (sqlite3.Error, OSError) as exc:
             log.warning("truncating the idle WAL of %s failed: %s", self.path, exc)
@@ -895,23 +902,23 @@ class SqliteStorage:
                 pending.append(next(it))
             elif w.floor is not None:  # a collection: row and floor in one commit
                 if pending:
-                    self._conn.executemany(_UPSERT, pending)
+                    self._wcur.executemany(_UPSERT, pending)
                     pending = []
-                self._conn.execute("DELETE FROM registers WHERE key = ?", (w.key,))
+                self._wcur.execute("DELETE FROM registers WHERE key = ?", (w.key,))
                 self._raise_floor(floor_bucket(w.key), w.floor)
         if pending:
-            self._conn.executemany(_UPSERT, pending)
+            self._wcur.executemany(_UPSERT, pending)
         present_after = len(collected) - self._new_keys(collected)
         return inserted, present_before - present_after
 
     def _raise_floor(self, bucket: int, floor: Floor) -> None:
         """Make ``bucket``'s floor at least ``floor`` (inside the write transaction)."""
         assert 0 <= bucket < FLOOR_BUCKETS, bucket
-        for row in self._conn.execute(  # another key's collection may
+        for row in self._wcur.execute(  # another key's collection may
                 f"SELECT {_FLOOR_COLUMNS} FROM gc_floors WHERE bucket = ?",
                 (bucket,)).fetchall():  # have raised it meanwhile
             floor = floor.merged(_floor_from_row(row)[1])
-        self._conn.execute(
+        self._wcur.execute(
             f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
             "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
 
@@ -924,7 +931,7 @@ class SqliteStorage:
             size = next(n for n in _IN_SIZES if n >= len(chunk))
             chunk += [None] * (size - len(chunk))
             marks = ",".join("?" * size)
-            present += self._conn.execute(
+            present += self._wcur.execute(
                 f"SELECT COUNT(*) FROM registers WHERE key IN ({marks})", chunk).fetchall()[0][0]
         return len(wanted) - present
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
 import time
@@ -312,6 +313,28 @@ def test_batches_of_any_size_share_three_key_count_statements(tmp_path: Path) ->
         await s.close()
     asyncio.run(run())
     assert 1 <= len(texts) <= 3, texts
+
+
+def test_reads_and_commits_make_no_cursor_per_statement(tmp_path: Path) -> None:
+    """Goal: the loop's reads and the writer's commits use one cursor each. A cursor per
+    statement (``Connection.execute``) leaves a weak reference in the connection's list,
+    pruned only every 200 cursors: a few hundred objects made all through a load and kept
+    after it (docs/gc.md)."""
+    def weakrefs_held(conn: sqlite3.Connection) -> int:
+        return sum(len(r) for r in gc.get_referents(conn) if isinstance(r, list))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        for i in range(150):
+            await s.save(f"k{i}", _state(1))
+            assert s.load(f"k{i}") == _state(1)
+            s.peek(f"k{i}")
+            s.has_row(f"k{i}")
+        s.tombstones(None, 10)
+        assert weakrefs_held(s._reader) <= 2
+        assert weakrefs_held(s._conn) <= 4
+        await s.close()
+    asyncio.run(run())
 
 
 def test_key_count_is_exact_across_inserts_updates_and_restarts(tmp_path: Path) -> None:
@@ -682,11 +705,11 @@ def _st(n: int, data: bytes) -> AcceptorState:
     return AcceptorState(Ballot(n, 1), Ballot(n, 1), Value(n, data))
 
 
-class _FlakyConn:
-    """The writer's connection, with COMMIT and ROLLBACK failing on demand (a disk error
-    that leaves the transaction open)."""
+class _FlakyCursor:
+    """The writer's cursor, with COMMIT and ROLLBACK failing on demand (a disk error that
+    leaves the transaction open)."""
 
-    def __init__(self, real: sqlite3.Connection) -> None:
+    def __init__(self, real: sqlite3.Cursor) -> None:
         self.real = real
         self.fail_commit_and_rollback = False
 
@@ -712,8 +735,8 @@ def test_a_failed_batch_is_not_committed_later_by_the_vacuum_step(tmp_path: Path
         await asyncio.gather(*(s.save(f"k{j}", _st(2, b"y")) for j in range(50)))
         assert s.disk_usage().freelist_bytes > 100_000
         assert s.load("k0").ballot_promised == Ballot(2, 1)  # cached
-        flaky = _FlakyConn(s._conn)
-        s._conn = flaky  # type: ignore[assignment]
+        flaky = _FlakyCursor(s._wcur)
+        s._wcur = flaky  # type: ignore[assignment]
         flaky.fail_commit_and_rollback = True
         with pytest.raises(RuntimeError, match="storage commit failed"):
             await s.save("k0", _st(9, b"never acknowledged"))
@@ -723,7 +746,7 @@ def test_a_failed_batch_is_not_committed_later_by_the_vacuum_step(tmp_path: Path
         row = disk.execute("SELECT * FROM registers WHERE key='k0'").fetchall()
         cached = s.load("k0")
         assert cached.ballot_promised == Ballot(2, 1)  # the failed save left the cache alone
-        s._conn = flaky.real  # type: ignore[assignment]
+        s._wcur = flaky.real  # type: ignore[assignment]
         await s.close()
         assert b"never acknowledged" not in repr(row).encode(), \
             "a batch reported failed became durable (committed by the vacuum step)"
