@@ -17,7 +17,8 @@ within a tolerance (10 %) of what the same node held empty.
 3. Waits (bounded by ``--wait-seconds``) until no node's database holds a row (but the
    acceptor-set record's, which is never collected), then until the directories stop
    shrinking (the storage returns free pages between batches; bounded by
-   ``--settle-seconds``). RSS and bytes again: "after".
+   ``--settle-seconds``), and at least until the nodes' memory of forwarded writes (a
+   minute) has run out since the last request. RSS and bytes again: "after".
 
 Prints a table per node (empty / full / after, after/empty; warm, after/warm) and writes
 ``reports/bench-gc.json``. Everything is real and every process is stopped by PID; the
@@ -46,7 +47,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -56,6 +57,7 @@ from paxoskv.bench_compare import _loadavg, _sigterm_as_exit, nan_to_none
 from paxoskv.bench_preload import dir_bytes, proc_status
 from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.memdebug import ENV as MEMORY_DUMP_ENV
+from paxoskv.node import FORWARD_MEMORY_S
 
 __all__ = ["NodeFigures", "Sample", "format_table", "main", "parse_args", "to_json"]
 
@@ -445,6 +447,23 @@ def wait_collected(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]]
     return result
 
 
+WINDOWS_S: Final = FORWARD_MEMORY_S + 5.0
+"""The longest a node remembers anything of a client request by design: the ids of the
+writes it ran for another node (``FORWARD_MEMORY_S``), forgotten between heartbeats."""
+
+
+def _wait_windows(loaded_at: float) -> None:
+    """Sleep until ``WINDOWS_S`` after the last client request: "after" measures a node
+    that has nothing of the load left to forget, not one inside a window it keeps on
+    purpose (with 10,000 keys the ids of the last minute of forwarded deletes were about
+    600 strings and their times, still held when the directories had settled)."""
+    left = loaded_at + WINDOWS_S - time.monotonic()
+    if left > 0:
+        _log(f"waiting {left:.0f}s more: the nodes remember forwarded writes for "
+             f"{FORWARD_MEMORY_S:.0f}s")
+        time.sleep(left)
+
+
 def _warm_up(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]],
              dirs: Sequence[Path], args: argparse.Namespace) -> list[Sample] | None:
     """``--warmup`` keys (after the run's own) written, deleted and collected, then the
@@ -497,9 +516,11 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"full: RSS MB {[round(s.rss / 1e6, 1) for s in full]}, data dir MB "
                  f"{[round(s.dir_bytes / 1e6, 2) for s in full]}; waiting for collection "
                  f"(grace {args.grace:g}s, at most {args.wait_seconds:.0f}s)")
+            loaded_at = time.monotonic()
             collection = wait_collected(urls, procs, dirs, args.wait_seconds,
                                         args.settle_seconds)
             if collection.complete:
+                _wait_windows(loaded_at)
                 for f, s in zip(figures, _sample(procs, dirs), strict=True):
                     f.after = s
     finally:

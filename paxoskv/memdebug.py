@@ -13,7 +13,8 @@ installed otherwise, and nothing of this runs on a request's path). Then:
   the largest allocation sites; with ``PAXOSKV_DEBUG_MEMORY_SNAPSHOT=1`` also the
   tracemalloc snapshot itself (``.snapshot``, for diffing two of them); with
   ``PAXOSKV_DEBUG_MEMORY_COLLECT=1``, then runs ``gc.collect()`` and appends what the
-  allocator holds after it.
+  allocator holds after it; with ``PAXOSKV_DEBUG_MEMORY_CENSUS=1``, which small objects
+  sit in the 1 MiB address windows that the first report had none in (``census``).
 
 ``python -m paxoskv.memdebug A.snapshot B.snapshot`` prints what grew from A to B.
 """
@@ -147,6 +148,10 @@ def dump(directory: Path, label: str = "") -> Path:
         f.write("\n--- sys._debugmallocstats ---\n")
     with _stderr_to(path):
         sys._debugmallocstats()
+    if os.environ.get(CENSUS_ENV):
+        with open(path, "a") as f:
+            f.write("\n--- census of small objects by address ---\n"
+                    + "\n".join(census_lines()) + "\n")
     if os.environ.get(COLLECT_ENV):
         # What a full collection would give back on top (it changes the process, so it
         # comes after everything above was written).
@@ -158,6 +163,55 @@ def dump(directory: Path, label: str = "") -> Path:
         with _stderr_to(path):
             sys._debugmallocstats()
     return path
+
+
+CENSUS_ENV = "PAXOSKV_DEBUG_MEMORY_CENSUS"
+_first_windows: set[int] | None = None
+
+
+def census() -> dict[int, collections.Counter[str]]:
+    """Small objects (up to 512 bytes: those CPython's own allocator serves) that the
+    cyclic collector tracks, and the objects they refer to directly ("str in dict"),
+    counted by type per 1 MiB window of their address: which objects keep which of the
+    allocator's arenas (1 MiB each) in use. Objects that nothing tracked refers to are not
+    seen."""
+    objects = gc.get_objects()
+    seen: set[int] = {id(objects)}
+    out: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for obj in objects:
+        if obj is seen or obj is out or obj is _first_windows:
+            continue  # the census's own
+        owner = type(obj).__name__
+        for x in (obj, *gc.get_referents(obj)):
+            address = id(x)
+            if address in seen:
+                continue
+            seen.add(address)
+            if sys.getsizeof(x) <= 512:
+                name = type(x).__name__
+                out[address >> 20][name if x is obj else f"{name} in {owner}"] += 1
+    return out
+
+
+def census_lines() -> list[str]:
+    """The census of the windows that the process's first call did not find objects in
+    (its first report is the node's empty state): what holds the arenas made since."""
+    global _first_windows
+    found = census()
+    if _first_windows is None:
+        _first_windows = set(found)
+        return [f"census: {len(found)} windows with small objects (the baseline)"]
+    new = {w: c for w, c in found.items() if w not in _first_windows}
+    total: collections.Counter[str] = collections.Counter()
+    for counts in new.values():
+        total.update(counts)
+    lines = [f"census: {len(found)} windows with small objects, {len(new)} not in the "
+             f"first report, with {sum(total.values()):,} objects:"]
+    lines += [f"  {name:<48} {count:>8,}" for name, count in total.most_common(40)]
+    lines.append("per window:")
+    lines += [f"  {w:#x}: {sum(c.values()):,} (" + ", ".join(
+        f"{n} {k}" for k, n in c.most_common(5)) + ")" for w, c in sorted(new.items())]
+    return lines
 
 
 def _rss_line() -> str:

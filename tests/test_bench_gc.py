@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from paxoskv import bench_gc
 from paxoskv.bench_gc import (
     Collection,
     NodeFigures,
@@ -157,3 +158,17 @@ def test_key_rows_leaves_out_the_acceptor_set_record(tmp_path: Path) -> None:
     conn.close()
     assert key_rows(db) == 1
     assert key_rows(tmp_path / "missing.sqlite3") == -1
+
+
+def test_after_waits_out_the_forwarded_write_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: "after" is sampled no sooner than the nodes' memory of forwarded writes runs
+    out since the last request (what a node keeps on purpose for a minute is not what a
+    deletion leaves behind), and no later than needed."""
+    slept: list[float] = []
+    monkeypatch.setattr(bench_gc.time, "sleep", slept.append)
+    now = bench_gc.time.monotonic()
+    bench_gc._wait_windows(now - bench_gc.WINDOWS_S - 1)
+    assert slept == []
+    bench_gc._wait_windows(now)
+    assert len(slept) == 1
+    assert bench_gc.FORWARD_MEMORY_S < slept[0] <= bench_gc.WINDOWS_S

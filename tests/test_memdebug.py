@@ -66,3 +66,21 @@ def test_jemalloc_totals_only_where_jemalloc_is_the_malloc(tmp_path: Path) -> No
             "assert s is not None and 0 < s['allocated'] <= s['active'] <= s['resident'], s")
     env = {"LD_PRELOAD": str(JEMALLOC), "PYTHONMALLOC": "malloc", "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_census_names_the_objects_in_arenas_made_since_the_first_report(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: the census (PAXOSKV_DEBUG_MEMORY_CENSUS) reports objects that sit in address
+    windows the first report had none in, named with what holds them: how docs/gc.md found
+    which objects keep the arenas of a load."""
+    from paxoskv import memdebug
+
+    monkeypatch.setattr(memdebug, "_first_windows", None)
+    assert memdebug.census_lines()[0].endswith("(the baseline)")
+    kept = [(i, str(i)) for i in range(300_000)]  # several MB of new small objects
+    lines = memdebug.census_lines()
+    assert "not in the first report" in lines[0]
+    counts = {line.split()[0] + " " + " ".join(line.split()[1:-1]): line.split()[-1]
+              for line in lines[1:] if line.startswith("  ") and not line.startswith("  0x")}
+    assert int(counts["tuple in list"].replace(",", "")) > 100_000, lines[:10]
+    assert kept
