@@ -172,9 +172,9 @@ _first_windows: set[int] | None = None
 def census() -> dict[int, collections.Counter[str]]:
     """Small objects (up to 512 bytes: those CPython's own allocator serves) that the
     cyclic collector tracks, and the objects they refer to directly ("str in dict"),
-    counted by type per 1 MiB window of their address: which objects keep which of the
-    allocator's arenas (1 MiB each) in use. Objects that nothing tracked refers to are not
-    seen."""
+    counted by type per 1 MiB window of their address: which objects keep the allocator's
+    arenas (1 MiB each, page-aligned only, so one window may overlap two) in use. Objects
+    that nothing tracked refers to are not seen."""
     objects = gc.get_objects()
     seen: set[int] = {id(objects)}
     out: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -187,10 +187,24 @@ def census() -> dict[int, collections.Counter[str]]:
             if address in seen:
                 continue
             seen.add(address)
-            if sys.getsizeof(x) <= 512:
+            if _object_bytes(x) <= 512:
                 name = type(x).__name__
                 out[address >> 20][name if x is obj else f"{name} in {owner}"] += 1
     return out
+
+
+def _object_bytes(x: object) -> int:
+    """The bytes of the object itself, without what a container allocates apart (a dict's
+    table, a list's items), which ``sys.getsizeof`` adds: a large dict's head sits in an
+    arena all the same."""
+    kind = type(x)
+    size = kind.__basicsize__
+    if kind.__itemsize__:
+        try:
+            size += kind.__itemsize__ * len(x)  # type: ignore[arg-type]
+        except TypeError:
+            return sys.getsizeof(x)
+    return size
 
 
 def census_lines() -> list[str]:

@@ -100,9 +100,9 @@ CREATE INDEX IF NOT EXISTS registers_expiring ON registers(key)
 and values with a TTL (their expiry rides in ``recent``'s object form, ``_recent_text``).
 Without them each sweep paged through every key and decoded each row on the event loop:
 with 30,000 live keys and no tombstone, the collector's sweep took over half of a node's
-samples during a write load. Each index holds only the rows it names, so a key space
-of live values without TTLs costs them nothing; a directory made before builds them at
-its first open (one scan of the table)."""
+samples during a write load. Each index holds only the rows it names: live values
+without TTLs have no entry (a write still evaluates both conditions on the row it
+replaces). A directory made before builds them at its first open (one scan of the table)."""
 
 _FLOOR_COLUMNS = "bucket, b_counter, b_node, b_inc, b_fast, version, crc"
 
@@ -357,13 +357,17 @@ class SqliteStorage:
         self._wcur.execute("PRAGMA journal_mode=WAL")
         self._wcur.execute("PRAGMA synchronous=FULL")
         self._wcur.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-        self._conn.executescript(_SCHEMA)
+        self._wcur.executescript(_SCHEMA)
         present = {row[1] for row in self._wcur.execute("PRAGMA table_info(registers)")}
         for column in _FAST_COLUMNS:
             if column not in present:
                 self._wcur.execute(
                     f"ALTER TABLE registers ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-        self._conn.executescript(_SWEEP_INDEXES)
+        indexes = {row[0] for row in self._wcur.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
+        if not {"registers_tombstones", "registers_expiring"} <= indexes:
+            log.info("building the sweep indexes of %s (once: one scan of its rows)", self.path)
+        self._wcur.executescript(_SWEEP_INDEXES)
         # The loop's own connection: point reads on a cache miss, listings, the count.
         # Every statement on it runs to completion (fetchall), so no
         # read transaction stays open and each read sees the latest commit.
@@ -808,7 +812,7 @@ class SqliteStorage:
                 self._trimming = True
                 # executescript steps the pragma to its end; execute() would run one step,
                 # which frees a single page.
-                self._conn.executescript(f"PRAGMA incremental_vacuum({self._vacuum_step_pages})")
+                self._wcur.executescript(f"PRAGMA incremental_vacuum({self._vacuum_step_pages})")
                 self._maintain_at = time.monotonic() + self._vacuum_step_pause_s
                 return
             self._trimming = False

@@ -224,9 +224,10 @@ def test_sweeps_resume_after_a_full_batch_instead_of_rereading_from_the_first_ke
     loaded and decoded on the event loop, and client deletes fell to 10-20/s.
 
     Method: batches of 20 pins and 20 collections over 400 tombstone rows saved directly;
-    ``storage.load`` counted. Pinning all of them (a sweep per batch, until one says no
+    reads counted. Pinning all of them (a sweep per batch, until one says no
     more are due) must load at most 4n rows (before: 21 passes of n); after the grace,
-    sweeps until none says more must collect every one of them."""
+    sweeps until none says more must collect every one of them. The sweep reads through
+    ``peek`` and the pins' queries through ``load``: both are counted."""
     from paxoskv.core.acceptor import AcceptorState
 
     monkeypatch.setattr(tombstones, "GC_PIN_KEYS", 20)
@@ -244,7 +245,15 @@ def test_sweeps_resume_after_a_full_batch_instead_of_rereading_from_the_first_ke
             loads += 1
             return real_load(key)
 
+        real_peek = storage.peek
+
+        def counting_peek(key: str) -> AcceptorState:
+            nonlocal loads
+            loads += 1
+            return real_peek(key)
+
         storage.load = counting  # type: ignore[method-assign]
+        storage.peek = counting_peek  # type: ignore[method-assign]
         collector = node.collector
         for _ in range(10 * n):
             if not await collector.sweep():
