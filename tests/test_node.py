@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import pytest
+from dictstorage import SweepListings
 
 from paxoskv.config import NodeConfig, PeerSpec
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
@@ -29,7 +30,7 @@ from paxoskv.transport.base import PeerNotReached, PeerUnreachable, Refusal
 from paxoskv.transport.codec import Sender
 
 
-class _Storage:
+class _Storage(SweepListings):
     def __init__(self, meta: dict[str, str] | None = None) -> None:
         self.meta = dict(meta or {})
         self.data: dict[str, AcceptorState] = {}
@@ -54,14 +55,6 @@ class _Storage:
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         return sorted(k for k in self.data if k.startswith(prefix)
                       and (after is None or k > after))[:limit]
-
-    def tombstones(self, after: str | None, limit: int) -> list[str]:
-        return [k for k in self.keys("", after, len(self.data))
-                if self.data[k].value.data is None][:limit]
-
-    def expiring(self, after: str | None, limit: int) -> list[str]:
-        return [k for k in self.keys("", after, len(self.data))
-                if self.data[k].value.expires_ms is not None][:limit]
 
     def key_count(self) -> int:
         return len(self.data)

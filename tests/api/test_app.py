@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from dictstorage import SweepListings
 
 from paxoskv.api.app import NODE, make_app
 from paxoskv.api.guard import GuardLimits
@@ -34,7 +35,7 @@ from paxoskv.node import Node, NodeConfig, PeerSpec
 from paxoskv.storage.base import NodeIdentity
 
 
-class MemoryStorage:
+class MemoryStorage(SweepListings):
     def __init__(self) -> None:
         self.data: dict[str, AcceptorState] = {}
         self.meta: dict[str, str] = {"verified": "1"}
@@ -53,14 +54,6 @@ class MemoryStorage:
     def keys(self, prefix: str, after: str | None, limit: int) -> list[str]:
         return sorted(k for k in self.data
                       if k.startswith(prefix) and (after is None or k > after))[:limit]
-
-    def tombstones(self, after: str | None, limit: int) -> list[str]:
-        return [k for k in self.keys("", after, len(self.data))
-                if self.data[k].value.data is None][:limit]
-
-    def expiring(self, after: str | None, limit: int) -> list[str]:
-        return [k for k in self.keys("", after, len(self.data))
-                if self.data[k].value.expires_ms is not None][:limit]
 
     def key_count(self) -> int:
         return len(self.data)
