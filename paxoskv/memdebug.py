@@ -179,8 +179,8 @@ def census() -> dict[int, collections.Counter[str]]:
     seen: set[int] = {id(objects)}
     out: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for obj in objects:
-        if obj is seen or obj is out or obj is _first_windows:
-            continue  # the census's own
+        if obj is _first_windows:
+            continue  # the census's own (``seen`` and ``out`` are made after the list)
         owner = type(obj).__name__
         for x in (obj, *gc.get_referents(obj)):
             address = id(x)

@@ -91,18 +91,19 @@ CREATE TABLE IF NOT EXISTS gc_floors (
 """``gc_floors`` (docs/gc.md) came with tombstone collection: a directory made before gets it
 empty at its first open (CREATE TABLE IF NOT EXISTS), which is what it holds anyway."""
 
-_SWEEP_INDEXES = """
-CREATE INDEX IF NOT EXISTS registers_tombstones ON registers(key) WHERE data IS NULL;
-CREATE INDEX IF NOT EXISTS registers_expiring ON registers(key)
-  WHERE substr(recent, 1, 1) = '{';
-"""
+_TOMBSTONES_WHERE = "data IS NULL"
+_EXPIRING_WHERE = "substr(recent, 1, 1) = '{'"
+_SWEEP_INDEXES = {"registers_tombstones": _TOMBSTONES_WHERE,
+                  "registers_expiring": _EXPIRING_WHERE}
 """Partial indexes of the rows each background sweep looks for: tombstones (the collector)
 and values with a TTL (their expiry rides in ``recent``'s object form, ``_recent_text``).
 Without them each sweep paged through every key and decoded each row on the event loop:
 with 30,000 live keys and no tombstone, the collector's sweep took over half of a node's
 samples during a write load. Each index holds only the rows it names: live values
 without TTLs have no entry (a write still evaluates both conditions on the row it
-replaces). A directory made before builds them at its first open (one scan of the table)."""
+replaces). A directory made before builds them at its first open (one scan of the table).
+A listing must use the very condition of its index (``_indexed_page``), or SQLite would
+not read that index."""
 
 _FLOOR_COLUMNS = "bucket, b_counter, b_node, b_inc, b_fast, version, crc"
 
@@ -365,9 +366,11 @@ class SqliteStorage:
                     f"ALTER TABLE registers ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         indexes = {row[0] for row in self._wcur.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
-        if not {"registers_tombstones", "registers_expiring"} <= indexes:
+        if not _SWEEP_INDEXES.keys() <= indexes:
             log.info("building the sweep indexes of %s (once: one scan of its rows)", self.path)
-        self._wcur.executescript(_SWEEP_INDEXES)
+        for name, where in _SWEEP_INDEXES.items():
+            self._wcur.execute(
+                f"CREATE INDEX IF NOT EXISTS {name} ON registers(key) WHERE {where}")
         # The loop's own connection: point reads on a cache miss, listings, the count.
         # Every statement on it runs to completion (fetchall), so no
         # read transaction stays open and each read sees the latest commit.
@@ -427,30 +430,31 @@ class SqliteStorage:
         if state is not None:
             self._cache.move_to_end(key)
             return state
-        rows = self._rcur.execute(
-            f"SELECT {_COLUMNS} FROM registers WHERE key = ?", (key,)).fetchall()
-        if not rows:
-            # not cached: misses would crowd out the states in use
-            return absent_state(self._disk_floor(key))
-        _, state = _from_row(rows[0])
-        self._remember(key, state)
+        state, has_row = self._read_disk(key)
+        if has_row:  # a key without a row is not cached: misses would crowd out the
+            self._remember(key, state)  # states in use
         return state
 
     def peek(self, key: str) -> AcceptorState:
         """``load`` for a sweep: a miss is read from the disk but not cached, and a hit
-        keeps its place in the LRU. A sweep pages through every key; through ``load`` it
-        evicted the states in use for keys it only looks at, and each pass re-created
-        them as small objects spread over the allocator's arenas (docs/gc.md)."""
+        keeps its place in the LRU. Through ``load``, the rows a sweep only looks at
+        evicted the states in use, and were re-created as small objects spread over the
+        allocator's arenas (docs/gc.md)."""
         if self._done:
             self._apply_done()
         state = self._cache.get(key)
         if state is not None:
             return state
+        return self._read_disk(key)[0]
+
+    def _read_disk(self, key: str) -> tuple[AcceptorState, bool]:
+        """``key``'s state as the disk has it (its floor's state without a row), and
+        whether it has a row."""
         rows = self._rcur.execute(
             f"SELECT {_COLUMNS} FROM registers WHERE key = ?", (key,)).fetchall()
         if not rows:
-            return absent_state(self._disk_floor(key))
-        return _from_row(rows[0])[1]
+            return absent_state(self._disk_floor(key)), False
+        return _from_row(rows[0])[1], True
 
     def _disk_floor(self, key: str) -> Floor:
         """The floor of ``key``'s bucket, read from the disk: only committed floors are
@@ -507,10 +511,10 @@ class SqliteStorage:
         return out
 
     def tombstones(self, after: str | None, limit: int) -> list[str]:
-        return self._indexed_page("data IS NULL", after, limit)
+        return self._indexed_page(_TOMBSTONES_WHERE, after, limit)
 
     def expiring(self, after: str | None, limit: int) -> list[str]:
-        return self._indexed_page("substr(recent, 1, 1) = '{'", after, limit)
+        return self._indexed_page(_EXPIRING_WHERE, after, limit)
 
     def _indexed_page(self, where: str, after: str | None, limit: int) -> list[str]:
         """Keys after ``after`` whose row matches ``where``: the exact condition of one
