@@ -1,7 +1,7 @@
 """Range reads, range deletes, backup and restore on real three-node clusters of
 ``paxoskv serve`` processes, through the real clients and the real CLI.
 
-Method: 10,000 keys are written once for the module, concurrently (AsyncClient, 64 in
+Method: 5,000 keys are written once for the module, concurrently (AsyncClient, 64 in
 flight); a range read pages through them from a different node each page while keys ahead
 of and behind its cursor are deleted between pages. Backup and restore run as ``paxoskv``
 subprocesses, from that cluster into a fresh one.
@@ -26,10 +26,15 @@ from paxoskv.client import AsyncClient, Client, Retry, UnknownOutcome
 
 pytestmark = pytest.mark.integration
 
+KEYS = 5_000
+"""Keys of the module's load: 50 pages of 100 for the range read, and a restore long
+enough to retry under load. With 10,000 this module alone took four and a half minutes of
+``make test`` (the restore writes each key with its Idempotency-Key record, three rounds)."""
+
 
 async def _write(urls: list[str], values: dict[str, bytes]) -> None:
     """Plain puts, without Idempotency-Keys: a key's record costs two rounds more than the
-    write itself (the 10,000-key load took 48 s with them), and the setup needs none. A put
+    write itself (a 10,000-key load took 48 s with them), and the setup needs none. A put
     whose answer was lost is sent again: a blind put of the same value leaves the same value."""
     async with AsyncClient(endpoints=urls, retry=Retry(idempotency_keys=False)) as client:
         sem = asyncio.Semaphore(64)
@@ -47,7 +52,7 @@ async def _write(urls: list[str], values: dict[str, bytes]) -> None:
 
 
 class Loaded:
-    """A cluster holding ``values`` (10,000 keys under ``app/``); a test that deletes some
+    """A cluster holding ``values`` (``KEYS`` keys under ``app/``); a test that deletes some
     removes them from ``values``, so the tests of this module run in any order."""
 
     def __init__(self, cluster: Cluster, values: dict[str, bytes]) -> None:
@@ -56,9 +61,9 @@ class Loaded:
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
-    """One load of 10,000 keys for both tests (the load is most of their time)."""
+    """One load of ``KEYS`` keys for both tests."""
     rng = random.Random(7)
-    values = {f"app/{i:05d}": rng.randbytes(rng.randrange(0, 300)) for i in range(10_000)}
+    values = {f"app/{i:05d}": rng.randbytes(rng.randrange(0, 300)) for i in range(KEYS)}
     cluster = Cluster(3, tmp_path_factory.mktemp("loaded"))
     cluster.start()
     try:
@@ -179,7 +184,7 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(loaded: Loaded,
         res = paxoskv("delete-prefix", "--url", fresh.urls()[1], "--prefix", "app/")
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout) == {"prefix": "app/", "deleted": len(loaded.values)}
-        # past 10,000 fresh tombstones a page may stop early: follow the cursor to the end
+        # a page may stop early past many fresh tombstones: follow the cursor to the end
         items: list[dict[str, object]] = []
         cursor: list[str] = []
         for _ in range(200):
@@ -196,7 +201,7 @@ def test_cli_backup_restore_into_a_fresh_cluster_and_refusals(loaded: Loaded,
         fresh.stop()
 
 
-def test_range_read_pages_through_10000_keys_with_deletes_between_pages(
+def test_range_read_pages_through_5000_keys_with_deletes_between_pages(
         loaded: Loaded) -> None:
     started = time.monotonic()
     pages, deleted = asyncio.run(_page_through_with_deletes(loaded, "app/"))
