@@ -9,7 +9,8 @@ another node, continues from the record. Nothing of a change lives only in this 
 - Install: every acceptor of both configs is sent a query under the new config; an
   acceptor adopts it durably before it answers (the node's epoch fence, ``Node._fence``).
   Done once the acks fence the previous config (``fence_satisfied``) and every acceptor the
-  new config adds has acked.
+  new config adds has acked (with groups, out of a stable config: every member), and those
+  have the merged bucket floors of the fenced acceptors (``floors_for``).
 - Catch-up: keys are listed, paged, from the previous config's accept set (a set of
   answers that large meets every accept quorum it had) and each gets an identity round
   under the mid config, a bounded number at once.
@@ -128,6 +129,10 @@ class Reconfigurer:
         self._node = node
         self.progress = DriverProgress()
         self._task: asyncio.Task[None] | None = None
+        self.floors_to_every_member = True
+        """With groups, the install out of a stable config raises the merged floors on
+        every member (``floors_for``). False is the ``group-floors-to-added-only`` mutant
+        (tests/sim/test_reconf_node.py)."""
 
     @property
     def running(self) -> bool:
@@ -278,11 +283,11 @@ class Reconfigurer:
 
     async def install(self, config: Config, previous: Config) -> None:
         """Have the acceptors hold ``config`` until it fences ``previous`` and every
-        acceptor it adds holds it."""
+        acceptor ``floors_for`` names holds it, then raise the merged floors there."""
         node = self._node
         await node.adopt_config(config)
         targets = sorted(config.members | previous.members)
-        added = config.members - previous.members
+        floored = self.floors_for(config, previous)
         acked: set[int] = set()
         # Of ``acked``, those that answered the query: not in a rejoin, so their floors
         # are whole (a rejoining acceptor lists none while it copies its peers').
@@ -297,16 +302,32 @@ class Reconfigurer:
                     acked.add(a)
                 if held == "voting":
                     voting.add(a)
-            sources = sorted(voting & previous.members)
-            if fence_satisfied(previous, acked) and added <= acked and (sources or not added):
-                if added:
-                    await self._give_floors(sources, sorted(added))
+            sources = voting & previous.members
+            # With groups a collected key's floor is on its group only: the sources must
+            # meet every group, which the fence's own condition says of them.
+            if fence_satisfied(previous, acked) and floored <= acked and (
+                    not floored or (fence_satisfied(previous, sources) if previous.grouped
+                                    else bool(sources))):
+                if floored:
+                    await self._give_floors(sorted(sources), sorted(floored))
                 log.info("epoch %d installed on %s", config.epoch, sorted(acked))
                 return
             if loop.time() >= give_up:
                 raise ChangeFailed(f"install of epoch {config.epoch}: only {sorted(acked)} "
                                    "hold it")
             await asyncio.sleep(INSTALL_RETRY_S)
+
+    def floors_for(self, config: Config, previous: Config) -> frozenset[int]:
+        """The acceptors an install of ``config`` raises the merged floors on: those it adds
+        (they hold none), and with groups, out of a stable config, every member. There each
+        collection raised its key's floor on the key's group only, and this change (mid
+        config, then end) or a later one may bring any member into that key's group
+        without its floor; two such members would then read a collected key as never
+        written, version 0 (docs/groups.md, "Floors and tombstone collection"). Collections
+        run only under a stable config, so the install out of it is the one to give them."""
+        if previous.grouped and previous.is_stable and self.floors_to_every_member:
+            return config.members
+        return config.members - previous.members
 
     async def _give_floors(self, sources: list[int], targets: list[int]) -> None:
         """The bucket floors of ``sources`` (acceptors that hold the new epoch, so no

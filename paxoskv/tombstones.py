@@ -18,6 +18,11 @@ than the grace (``identity.judge_rebuild_copy``): counted from the sweeper's own
 sight, the grace could run out while another acceptor still held the old value (it was
 down or cut off), and a copy of it taken then would bring the key back.
 
+"Every acceptor" is every acceptor of the key's group with ``--replication-factor``
+(``ConfigView.for_key``; collection runs only under a stable config, where a key has one
+group). Floors are then raised on that group only; the install that starts the next
+acceptor-set change hands them to every member (``reconfigure.Reconfigurer.install``).
+
 An acceptor that missed step 2 keeps a tombstone row at ``b``; the next sweep collects it.
 What the rounds decide lives in ``core/``; this module only drives them, in bounded pages
 and batches. Split from ``node.py`` like ``recovery.py``; the node owns one ``Collector``.
@@ -140,12 +145,11 @@ class Collector:
         """Collection runs on acceptors with a grace above 0, and not with --fast-paxos on:
         an acceptor rebuilt after a collection has no floor for the collected key, and a
         fast round (which needs no promise) built on its empty state could be accepted
-        there and then picked by a recovery round (docs/gc.md, "Not guaranteed"). Nor with
-        --replication-factor yet: collection per group, and the floors an install must then
-        give every member, are not built (docs/groups.md); tombstones are kept."""
+        there and then picked by a recovery round (docs/gc.md, "Not guaranteed"). With
+        --replication-factor each key is collected on its group (docs/groups.md, "Floors
+        and tombstone collection")."""
         config = self._node.config
-        return config.tombstone_grace_s > 0 and config.is_acceptor and not config.fast_paxos \
-            and config.replication_factor is None
+        return config.tombstone_grace_s > 0 and config.is_acceptor and not config.fast_paxos
 
     @property
     def pending(self) -> int:
@@ -275,10 +279,10 @@ class Collector:
 
     async def pin(self, key: str, ballot: Ballot, view: ConfigView | None = None
                   ) -> bool | None:
-        """Start ``key``'s grace if every acceptor now holds its tombstone at ``ballot`` (or
-        no row): one query to each, no promise, nothing written. None if some acceptor
-        did not answer. ``view``: the config of the sweep's ``Node.collection_allowed``
-        (default: the one held now)."""
+        """Start ``key``'s grace if every acceptor of its group (of the set, without groups)
+        now holds its tombstone at ``ballot`` (or no row): one query to each, no promise,
+        nothing written. None if some acceptor did not answer. ``view``: the config of
+        the sweep's ``Node.collection_allowed`` (default: the one held now)."""
         node = self._node
         loop = asyncio.get_running_loop()
         reports: dict[int, QueryReply] = {}
@@ -292,10 +296,10 @@ class Collector:
                 reports[acceptor_id] = reply
             return Wait()
 
-        view = view if view is not None else node.view
+        kv = (view if view is not None else node.view).for_key(key)
         await node._broadcast(Query(key), on_reply, loop.time() + node.config.phase_timeout_s,
-                              view)
-        if set(reports) < view.prepare.acceptors:
+                              kv)
+        if set(reports) < kv.prepare.acceptors:
             return None
         noted = self._pending.get(key)  # again: the sweep may have moved on meanwhile
         if noted is None or noted.ballot != ballot or not held_since_pin(
@@ -325,6 +329,7 @@ class Collector:
             self.progress.paused_by_change += 1
             return False
         loop = asyncio.get_running_loop()
+        view = view.for_key(key)  # with groups, the key's group (one: the config is stable)
         quorum = view.prepare
         config = quorum.everyone() if node.proposer_rules.gc_everyone else quorum
         seen = Ballot.ZERO

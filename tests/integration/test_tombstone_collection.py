@@ -1,5 +1,7 @@
 """Tombstone collection on real processes (docs/gc.md): three ``paxoskv serve`` nodes on
-loopback with a one-second grace. Every wait is bounded; processes are stopped by PID."""
+loopback with a one-second grace, and five with ``--replication-factor 3`` (each key
+collected on its group; docs/groups.md). Every wait is bounded; processes are stopped by
+PID."""
 
 from __future__ import annotations
 
@@ -14,20 +16,34 @@ from procs import Cluster
 
 from paxoskv.client import HttpClient as Client
 from paxoskv.core.idempotency import record_key
+from paxoskv.core.reconfig import group
 
 pytestmark = pytest.mark.integration
 
 KEYS = [f"gc/key{i}" for i in range(12)]
 
 
-@pytest.fixture
-def gc_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(3, tmp_path, extra=["--tombstone-grace", "1"])
+R = 3
+
+
+@pytest.fixture(params=[None, R], ids=["every-acceptor", "replication-factor-3"])
+def gc_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """Three nodes, every key on each; or five with R = 3 (``_holders``)."""
+    if request.param is None:
+        c = Cluster(3, tmp_path, extra=["--tombstone-grace", "1"])
+    else:
+        c = Cluster(5, tmp_path, extra=["--tombstone-grace", "1",
+                                        "--replication-factor", str(request.param)])
     c.start()
     try:
         yield c
     finally:
         c.stop()
+
+
+def _holders(cluster: Cluster, key: str) -> frozenset[int]:
+    """The nodes that store ``key``: all three, or its group of three of the five."""
+    return group(key, frozenset(cluster.nodes), None if len(cluster.nodes) == 3 else R)
 
 
 def _rows(cluster: Cluster, node_id: int, keys: list[str]) -> set[str]:
@@ -45,7 +61,7 @@ def _rows(cluster: Cluster, node_id: int, keys: list[str]) -> set[str]:
 
 def test_deleted_keys_are_collected_everywhere_and_come_back_above_their_versions(
         gc_cluster: Cluster) -> None:
-    """Goal: after the grace, a deleted key's row is gone from every node's storage, the
+    """Goal: after the grace, a deleted key's row is gone from every node storing it, the
     rows of live keys stay, and a key written again takes a version above every version it
     had, with If-Match refusing the versions of before.
 
@@ -65,7 +81,8 @@ def test_deleted_keys_are_collected_everywhere_and_come_back_above_their_version
         assert r.status in (200, 204), r
     rows_now = {i: _rows(gc_cluster, i, KEYS) for i in gc_cluster.nodes}
     if time.monotonic() - deleted_at < 0.9:  # not before the grace (unless this box is slow)
-        assert all(rows == set(KEYS) for rows in rows_now.values()), rows_now
+        assert rows_now == {i: {k for k in KEYS if i in _holders(gc_cluster, k)}
+                            for i in gc_cluster.nodes}, rows_now
 
     deadline = time.monotonic() + 40.0
     left: dict[int, set[str]] = {}
@@ -76,7 +93,8 @@ def test_deleted_keys_are_collected_everywhere_and_come_back_above_their_version
         time.sleep(0.1)
     assert not any(left.values()), f"rows left after 40 s: {left}"
     for node_id in gc_cluster.nodes:
-        assert _rows(gc_cluster, node_id, ["gc/live"]) == {"gc/live"}
+        live = {"gc/live"} if node_id in _holders(gc_cluster, "gc/live") else set()
+        assert _rows(gc_cluster, node_id, ["gc/live"]) == live
 
     collected = 0
     for node in gc_cluster.nodes.values():
@@ -88,7 +106,7 @@ def test_deleted_keys_are_collected_everywhere_and_come_back_above_their_version
         assert b"paxoskv_tombstones_pending " in body
         code, body = node.get("/v1/status")
         assert json.loads(body)["tombstone_collection"]["grace_seconds"] == 1.0
-    assert collected == 3 * len(KEYS)  # every row on every node, once
+    assert collected == 3 * len(KEYS)  # every row on every node holding it, once
 
     key = KEYS[0]
     c2 = Client(gc_cluster.nodes[2].url)
