@@ -319,14 +319,17 @@ class Reconfigurer:
 
     def floors_for(self, config: Config, previous: Config) -> frozenset[int]:
         """The acceptors an install of ``config`` raises the merged floors on: those it adds
-        (they hold none), and with groups, out of a stable config, every member. There each
-        collection raised its key's floor on the key's group only, and this change (mid
-        config, then end) or a later one may bring any member into that key's group
-        without its floor; two such members would then read a collected key as never
-        written, version 0 (docs/groups.md, "Floors and tombstone collection"). Collections
-        run only under a stable config, so the install out of it is the one to give them."""
+        (they hold none), and with groups, out of a stable config, every member that stays
+        (``config.accept_set``, the change's target). There each collection raised its
+        key's floor on the key's group only, and this change or a later one may bring any
+        staying member into that key's group without its floor; two such members would
+        then read a collected key as never written, version 0 (docs/groups.md, "Floors and
+        tombstone collection"). An acceptor being removed is only on the prepare side, in
+        the groups it was already in, and leaves: it needs none, and it may be down.
+        Collections run only under a stable config, so the install out of it is the one to
+        give them."""
         if previous.grouped and previous.is_stable and self.floors_to_every_member:
-            return config.members
+            return config.accept_set
         return config.members - previous.members
 
     async def _give_floors(self, sources: list[int], targets: list[int]) -> None:
