@@ -89,6 +89,7 @@ from paxoskv.core.reconfig import (
     admit,
     collection_allowed,
     drops_all_rows,
+    group,
     joins_group,
     key_quorums,
 )
@@ -496,7 +497,7 @@ class ConfigView:
             return self
         kq = key_quorums(self.config, key)
         if kq.prepare == kq.accept:
-            return ConfigView(self.config, kq.prepare, kq.prepare)  # ``is``: one group
+            return ConfigView(self.config, kq.prepare, kq.prepare)  # ``is``: one quorum system
         return ConfigView(self.config, kq.prepare, kq.accept)
 
     def every_group_reachable(self, up: frozenset[int]) -> bool:
@@ -1506,8 +1507,8 @@ class Node:
         view = self._view
         if view.config.grouped:
             kv = view.for_key(key)
-            group = kv.prepare.acceptors | kv.accept.acceptors
-            inside = [pid for pid in candidates if pid in group]
+            holders = kv.prepare.acceptors | kv.accept.acceptors
+            inside = [pid for pid in candidates if pid in holders]
             if inside:
                 candidates = inside
         return max(candidates, key=lambda pid: (_rendezvous(raw, pid), pid))
@@ -1670,7 +1671,7 @@ class Node:
                 # (504); a prepare fails cleanly (503, nothing written).
                 prepared = None
             fast = (self._fast_base(key, live) if attempt == 0 and prepared is None
-                    and view.prepare is view.accept else None)
+                    and view.prepare is view.accept and not view.prepare.parts else None)
             nxt: Ballot | None = None
             if fast is not None:
                 ballot = fast.ballot.successor()
@@ -1688,7 +1689,8 @@ class Node:
                                                 next_ballot=nxt, prepared=prepared,
                                                 items=[w.item for w in live], fast=fast,
                                                 clock_ms=self.clock_ms)
-            else:  # a change in progress: prepares to the old set, accepts to the new
+            else:  # a change in progress (whole sets without groups): prepares to the old
+                # set, accepts to the new
                 rnd = self.proposer_rules.round(key, ballot, live[0].item.change, view.prepare,
                                                 next_ballot=nxt, prepared=prepared,
                                                 items=[w.item for w in live], fast=None,
@@ -1914,8 +1916,10 @@ class Node:
                 if more and entries:
                     last = entries[-1][0]
                     horizon = last if horizon is None else min(horizon, last)
-                if view.config.grouped:
-                    entries = [e for e in entries if a in view.for_key(e[0]).prepare.acceptors]
+                if view.config.grouped:  # the key's group on the prepare side: mid-change
+                    cfg = view.config  # its old group, whose majorities hold what was chosen
+                    entries = [e for e in entries
+                               if a in group(e[0], cfg.prepare_set, cfg.replication)]
                 for key, ballot, is_live in entries:
                     vote = 1 if is_live else -1
                     if key not in best or best[key][0] < ballot:

@@ -132,7 +132,7 @@ class Reconfigurer:
         self.floors_to_every_member = True
         """With groups, the install out of a stable config raises the merged floors on
         every member (``floors_for``). False is the ``group-floors-to-added-only`` mutant
-        (tests/sim/test_reconf_node.py)."""
+        (tests/sim/test_gc_groups.py)."""
 
     @property
     def running(self) -> bool:

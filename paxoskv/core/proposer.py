@@ -202,6 +202,7 @@ class ProposerRound:
         self.config = config
         self.accept_config = accept_config or config
         assert fast is None or self.accept_config is config
+        assert fast is None or not config.parts, "a joint quorum (mid-change) is never fast"
         self.next_ballot = next_ballot
         self.prepared = prepared
         self.fast = fast
@@ -249,7 +250,7 @@ class ProposerRound:
         *prepare* quorum (accept replies may come from acceptors outside the prepare set)."""
         config = self.config
         if self.accept_config is config:
-            return len(self._promised_next) >= config.quorum
+            return config.met(self._promised_next)
         return config.is_quorum(self._promised_next)
 
     def on_reply(self, acceptor_id: int, reply: Reply) -> RoundStep:
@@ -259,13 +260,14 @@ class ProposerRound:
         match reply:
             case Promise(ballot=b) if b == self.ballot and self.phase is Phase.PREPARE:
                 self._promises[acceptor_id] = reply
-                if len(self._promises) >= self.config.quorum:
+                if self.config.met(self._promises):
                     return self._promised()
             case Accepted(ballot=b, next=n) if b == self.ballot and self.phase is Phase.ACCEPT:
                 self._accepted.add(acceptor_id)
                 if n is not None and n == self.next_ballot:
                     self._promised_next.add(acceptor_id)
-                if len(self._accepted) >= self._needed:
+                if len(self._accepted) >= self._needed and (
+                        not self.accept_config.parts or self.accept_config.met(self._accepted)):
                     assert self.accept is not None
                     self.phase = Phase.DONE
                     return Committed(self.outcome or Outcome("read", self.accept.value))
@@ -289,10 +291,12 @@ class ProposerRound:
         self._refused.add(acceptor_id)
         accepting = self.phase is Phase.ACCEPT
         answered = self._accepted if accepting else self._promises.keys()
-        members = (self.accept_config if accepting else self.config).acceptors
-        still_possible = len(members) - len(self._refused - set(answered))
+        config = self.accept_config if accepting else self.config
+        lost = self._refused - set(answered)
+        still_possible = len(config.acceptors) - len(lost)
         needed = self._needed if self.phase is Phase.ACCEPT else self.config.quorum
-        if still_possible < needed:
+        if still_possible < needed or (config.parts and
+                                       not config.is_quorum(config.acceptors - lost)):
             return self.on_timeout()
         return Wait()
 
@@ -426,6 +430,7 @@ class QueryRound:
     """
 
     def __init__(self, key: str, config: QuorumConfig) -> None:
+        assert not config.parts, "one-round-trip reads count plain quorums (stable configs)"
         self.key = key
         self.config = config
         self._replies: dict[int, QueryReply] = {}

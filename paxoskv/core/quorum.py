@@ -5,7 +5,7 @@ Quorums come from the configured acceptor set, never from whoever answered disco
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 __all__ = ["QuorumConfig", "fast_quorum", "majority"]
@@ -28,16 +28,42 @@ def fast_quorum(acceptor_count: int, classic_quorum: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class QuorumConfig:
+    """``quorum`` of ``acceptors`` make a quorum; with ``parts`` (a joint quorum), a set
+    that holds at least ``n`` of each part's ``s`` does, whatever its size."""
+
     acceptors: frozenset[int]
     quorum: int
     fast_override: int = 0
     """0: the fast quorum follows from the classic one (``fast_quorum``); otherwise this
     size (only the simulator's ``fast-quorum-too-small`` mutant sets it)."""
+    parts: tuple[tuple[frozenset[int], int], ...] = ()
+    """Empty: a plain threshold. Otherwise (``joint``) every part's threshold must be met;
+    ``acceptors`` is their union and ``quorum`` the largest part threshold, a lower bound
+    on a quorum's size for the callers that only need one. Used with acceptor groups,
+    mid-change, where a key's old and new groups differ (docs/groups.md)."""
 
     def __post_init__(self) -> None:
         assert len(self.acceptors) >= 1
         assert 1 <= self.quorum <= len(self.acceptors)
         assert 0 <= self.fast_override <= len(self.acceptors)
+        if self.parts:  # (not on the hot path: plain thresholds skip both)
+            assert frozenset().union(*(s for s, _ in self.parts)) == self.acceptors
+            assert all(1 <= n <= len(s) for s, n in self.parts)
+
+    @staticmethod
+    def joint(*parts: QuorumConfig) -> QuorumConfig:
+        """A quorum of each of ``parts`` at once (each a plain threshold)."""
+        assert parts and all(not p.parts for p in parts)
+        union = frozenset().union(*(p.acceptors for p in parts))
+        return QuorumConfig(union, max(p.quorum for p in parts),
+                            parts=tuple((p.acceptors, p.quorum) for p in parts))
+
+    def met(self, ids: Collection[int]) -> bool:
+        """``is_quorum`` for ``ids`` already filtered to ``acceptors`` (a round's answers):
+        without parts a count, which is all a plain threshold needs."""
+        if not self.parts:
+            return len(ids) >= self.quorum
+        return self.is_quorum(ids)
 
     @property
     def fast(self) -> int:
@@ -50,13 +76,17 @@ class QuorumConfig:
         return QuorumConfig(members, majority(len(members)))
 
     def is_quorum(self, ids: Iterable[int]) -> bool:
+        if self.parts:
+            held = frozenset(ids)
+            return all(len(s & held) >= n for s, n in self.parts)
         return len(self.acceptors.intersection(ids)) >= self.quorum
 
     def can_still_reach(self, answered_or_pending: int) -> bool:
         return answered_or_pending >= self.quorum
 
     def everyone(self) -> QuorumConfig:
-        """Every acceptor must answer (repair compares all copies of a key)."""
+        """Every acceptor must answer (repair compares all copies of a key); every part's
+        threshold is then met too."""
         return QuorumConfig(self.acceptors, len(self.acceptors), self.fast)
 
     def confirmations_needed(self, node_id: int) -> int:

@@ -10,6 +10,7 @@ argument.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "key_quorums",
     "key_quorums_intersect",
     "quorums_intersect",
+    "quorums_meet",
 ]
 
 CONFIG_KEY: Final = "\x00paxoskv/config"
@@ -142,8 +144,9 @@ def group(key: str, members: Iterable[int], r: int | None) -> frozenset[int]:
 
 @dataclass(frozen=True, slots=True)
 class KeyQuorums:
-    """One key's quorums under a config: prepares go to ``prepare.acceptors`` and need
-    ``prepare.quorum`` promises, accepts likewise with ``accept``."""
+    """One key's quorums under a config: prepares go to ``prepare.acceptors`` and need a
+    quorum of ``prepare`` (``QuorumConfig.is_quorum``: a count, or a joint quorum), accepts
+    likewise with ``accept``; one object for both when they are equal."""
 
     prepare: QuorumConfig
     accept: QuorumConfig
@@ -158,13 +161,15 @@ def key_quorums(cfg: Config, key: str, *, mid_majorities: bool = False) -> KeyQu
     Without groups (``not cfg.grouped``, or ``CONFIG_KEY``) the config's own sets and
     quorums, for every key. With groups, ``GP = group(key, prepare_set)`` and
     ``GA = group(key, accept_set)``; at rest they are one group and both quorums are its
-    majority. Mid-change they may differ by one swap, and plain majorities of R on each
-    side no longer meet the neighbouring configs' quorums (R = 3: {a,b,c} -> {a,b,x}, the
-    prepare quorum {b,c} misses the accept quorum {a,x} of the end config). So the prepare
-    quorum grows until it meets every majority of GA, and the accept quorum until it meets
-    every majority of GP: ``qp = max(maj|GP|, |GP u GA| - maj|GA| + 1)`` and symmetrically,
-    which is plain ``maj`` when the groups are equal and ``maj(R + 1)`` across a swap
-    (docs/groups.md). ``mid_majorities`` is the ``group-mid-majorities`` mutant."""
+    majority. Mid-change they may differ by one swap ({a,b,y} -> {a,b,z}), and plain
+    majorities of each side no longer meet (the prepare quorum {b,y} misses the accept
+    quorum {a,z}). Both phases then take a **joint quorum**: a majority of GP and a
+    majority of GA at once, asked of GP u GA. Every such set meets every majority of GP
+    (so a mid round sees what the old config chose, and the catch-up finds it), every
+    majority of GA (so the end config sees what mid chose), and every other joint quorum.
+    It needs neither y nor z: {a, b} is one, so an acceptor that is down can be removed.
+    ``mid_majorities`` is the ``group-mid-majorities`` mutant (a plain majority of GP for
+    prepares, of GA for accepts)."""
     if not cfg.grouped or key == CONFIG_KEY:
         whole = _WHOLE.get(cfg)
         if whole is None:
@@ -176,31 +181,49 @@ def key_quorums(cfg: Config, key: str, *, mid_majorities: bool = False) -> KeyQu
         return whole
     gp = group(key, cfg.prepare_set, cfg.replication)
     ga = group(key, cfg.accept_set, cfg.replication)
-    mp, ma = majority(len(gp)), majority(len(ga))
+    old = QuorumConfig.of(gp)
+    if gp == ga:
+        return KeyQuorums(old, old)
+    new = QuorumConfig.of(ga)
     if mid_majorities:
-        return KeyQuorums(QuorumConfig(gp, mp), QuorumConfig(ga, ma))
-    u = len(gp | ga)
-    qp, qa = max(mp, u - ma + 1), max(ma, u - mp + 1)
-    assert qp <= len(gp) and qa <= len(ga), "groups more than one swap apart"
-    return KeyQuorums(QuorumConfig(gp, qp), QuorumConfig(ga, qa))
+        return KeyQuorums(old, new)
+    both = QuorumConfig.joint(old, new)
+    return KeyQuorums(both, both)
+
+
+@functools.lru_cache(maxsize=4096)
+def quorums_meet(prepare: QuorumConfig, accept: QuorumConfig) -> bool:
+    """Whether every quorum of ``prepare`` meets every quorum of ``accept``. Plain
+    thresholds: the arithmetic of ``quorums_intersect``. Joint ones (a few acceptors, as
+    a key's groups are): by trying every set of ``prepare``'s acceptors that is a quorum
+    against the acceptors left outside it."""
+    if not prepare.parts and not accept.parts:
+        return prepare.quorum + accept.quorum > len(prepare.acceptors | accept.acceptors)
+    members = sorted(prepare.acceptors)
+    assert len(members) <= 16, "exhaustive check: small sets only"
+    for mask in range(1 << len(members)):
+        chosen = frozenset(m for i, m in enumerate(members) if mask >> i & 1)
+        if prepare.is_quorum(chosen) and accept.is_quorum(accept.acceptors - chosen):
+            return False
+    return True
 
 
 def key_quorums_intersect(prepares: KeyQuorums, accepts: KeyQuorums) -> bool:
     """Whether every prepare quorum of ``prepares`` meets every accept quorum of
-    ``accepts`` (the arithmetic of ``quorums_intersect``, on one key's groups)."""
-    p, a = prepares.prepare, accepts.accept
-    return p.quorum + a.quorum > len(p.acceptors | a.acceptors)
+    ``accepts`` (``quorums_meet`` on one key's quorums)."""
+    return quorums_meet(prepares.prepare, accepts.accept)
 
 
 def joins_group(cfg: Config, acceptor_id: int, key: str) -> bool:
-    """Whether ``cfg`` brings ``acceptor_id`` into ``key``'s group: it is in the accept
-    side and not in the prepare side (the mid config of a change that adds it to the key's
-    group; without groups, of a change that adds it to the set). A row of such a key that
-    it holds is from before it left the group (or the set) and must be dropped before it
-    votes under ``cfg``: its ballot may exceed any the group used since (docs/groups.md,
-    "Stale rows")."""
-    kq = key_quorums(cfg, key)
-    return acceptor_id in kq.accept.acceptors and acceptor_id not in kq.prepare.acceptors
+    """Whether ``cfg`` brings ``acceptor_id`` into ``key``'s group: it is in the group of
+    the accept side and not in that of the prepare side (the mid config of a change that
+    adds it to the key's group; without groups, of a change that adds it to the set). A
+    row of such a key that it holds is from before it left the group (or the set) and must
+    be dropped before it votes under ``cfg``: its ballot may exceed any the group used
+    since (docs/groups.md, "Stale rows")."""
+    r = cfg.replication if cfg.grouped else None
+    return acceptor_id in group(key, cfg.accept_set, r) \
+        and acceptor_id not in group(key, cfg.prepare_set, r)
 
 
 def drops_all_rows(held: Config, adopted: Config) -> bool:
@@ -358,7 +381,8 @@ class WriteRecord:
 class Install:
     """Send ``config`` to every acceptor of ``config.members | previous.members``; done
     once ``fence_satisfied(previous, acks)`` and every acceptor new in ``config`` acked
-    (it gets the bucket floors with it)."""
+    (it gets the bucket floors with it; with groups, out of a stable config, every
+    acceptor of ``config.accept_set``: docs/groups.md)."""
 
     config: Config
     previous: Config

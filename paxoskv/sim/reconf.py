@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +35,7 @@ from paxoskv.core.acceptor import (
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Accept, Accepted, Collect, Collected, Nack, Prepare, Promise
 from paxoskv.core.proposer import Prepared, choose_value
+from paxoskv.core.quorum import QuorumConfig
 from paxoskv.core.reconfig import (
     CONFIG_KEY,
     CatchUp,
@@ -306,10 +307,12 @@ class _Proposer:
         self.counter += 1
         return Ballot(self.counter, self.id, self.incarnation)
 
-    async def phase(self, cfg: Config, targets: frozenset[int], needed: int,
+    async def phase(self, cfg: Config, quorum: QuorumConfig,
                     msg: Request) -> tuple[dict[int, Response], Ballot]:
-        """Send ``msg`` to ``targets``; return the positive replies (once ``needed`` came,
-        or on a timeout, or when too many refused) and the highest ballot refusing us."""
+        """Send ``msg`` to ``quorum``'s acceptors; return the positive replies (once they
+        are a quorum, or on a timeout, or when the refusals leave none possible) and the
+        highest ballot refusing us."""
+        targets = quorum.acceptors
         rid = self.sim.next_rid()
         queue: asyncio.Queue[tuple[int, Response]] = asyncio.Queue()
         self.inbox[rid] = queue
@@ -321,7 +324,7 @@ class _Proposer:
         refused: set[int] = set()
         seen = Ballot.ZERO
         try:
-            while len(oks) < needed and len(targets) - len(refused) >= needed:
+            while not quorum.met(oks) and quorum.is_quorum(targets - refused):
                 remaining = end - loop.time()
                 if remaining <= 0:
                     break
@@ -369,9 +372,8 @@ class _Proposer:
                 if cached is not None:
                     self.sim.faults["phase1_cache_dropped_by_epoch"] += 1
                 ballot = self.new_ballot()
-                promises, seen = await self.phase(cfg, kq.prepare.acceptors,
-                                                  kq.prepare.quorum, Prepare(key, ballot))
-                if len(promises) < kq.prepare.quorum:
+                promises, seen = await self.phase(cfg, kq.prepare, Prepare(key, ballot))
+                if not kq.prepare.met(promises):
                     self.counter = max(self.counter, seen.counter)
                     await asyncio.sleep(self.sim.rng.uniform(0, 0.03))
                     continue
@@ -379,9 +381,8 @@ class _Proposer:
                 base = choose_value(ps, kq.prepare)
             new, outcome = apply_change(base, change)
             nxt = self.new_ballot()
-            accepted, seen = await self.phase(cfg, kq.accept.acceptors, kq.accept.quorum,
-                                              Accept(key, ballot, new, nxt))
-            if len(accepted) >= kq.accept.quorum:
+            accepted, seen = await self.phase(cfg, kq.accept, Accept(key, ballot, new, nxt))
+            if kq.accept.met(accepted):
                 promised = {a for a, r in accepted.items()
                             if isinstance(r, Accepted) and r.next == nxt}
                 if kq.prepare.is_quorum(promised):
@@ -392,6 +393,12 @@ class _Proposer:
             self.counter = max(self.counter, seen.counter)
             await asyncio.sleep(self.sim.rng.uniform(0, 0.03))
         raise _Failed
+
+
+def _everyone(acceptors: Iterable[int]) -> QuorumConfig:
+    """A phase that needs every one of ``acceptors``."""
+    members = frozenset(acceptors)
+    return QuorumConfig(members, len(members))
 
 
 class _Sim:
@@ -498,7 +505,7 @@ class _Sim:
         listed: set[str] = set()
         one_group = self.options.mutant == "group-fence-as-if-one-group"
         while not fence_satisfied(action.previous, acked, as_one_group=one_group):
-            replies, _ = await self.driver.phase(action.config, targets, len(targets),
+            replies, _ = await self.driver.phase(action.config, _everyone(targets),
                                                  InstallReq(action.config))
             for a, r in replies.items():
                 if isinstance(r, InstallAck) and r.epoch == action.config.epoch and a in old:
@@ -510,11 +517,11 @@ class _Sim:
         joined: set[int] = set()
         if action.previous.grouped and action.previous.is_stable:
             # With groups a collection raised floors on the key's group only, and any
-            # member may join some key's group in this change: all of them get the floors
-            # (docs/groups.md, "Floors").
-            new = action.config.members
+            # member the change keeps may join some key's group: all of them get the floors;
+            # the one it removes needs none and may be down (docs/groups.md, "Floors").
+            new = action.config.accept_set
         while not new <= joined:
-            replies, _ = await self.driver.phase(action.config, frozenset(new), len(new),
+            replies, _ = await self.driver.phase(action.config, _everyone(new),
                                                  InstallReq(action.config, given))
             joined |= {a for a, r in replies.items()
                        if isinstance(r, InstallAck) and r.epoch == action.config.epoch}
@@ -636,19 +643,18 @@ class _Sim:
             kq = key_quorums(cfg, key)
             group_p, group_a = kq.prepare.acceptors, kq.accept.acceptors
             ballot = c.new_ballot()
-            promises, _ = await c.phase(cfg, group_p, len(group_p), Prepare(key, ballot))
+            promises, _ = await c.phase(cfg, _everyone(group_p), Prepare(key, ballot))
             if len(promises) < len(group_p):
                 continue
             value = choose_value([p for p in promises.values() if isinstance(p, Promise)],
                                  kq.prepare)
             if value.exists or value.version == 0:
                 continue
-            accepted, _ = await c.phase(cfg, group_a, len(group_a), Accept(key, ballot, value))
+            accepted, _ = await c.phase(cfg, _everyone(group_a), Accept(key, ballot, value))
             if len(accepted) < len(group_a):
                 continue
             self.faults["gc_collect_sent"] += 1
-            await c.phase(cfg, group_p | group_a, len(group_p | group_a),
-                          Collect(key, ballot, value.version))
+            await c.phase(cfg, _everyone(group_p | group_a), Collect(key, ballot, value.version))
 
     # ------------------------------------------------------------ faults and clients
 

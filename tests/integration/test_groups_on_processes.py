@@ -140,7 +140,7 @@ def _change_killing(nodes: dict[int, ServerProcess], target: list[int], victim: 
 def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
         tmp_path: Path) -> None:
     """Goal: adding a sixth acceptor with R = 3 moves keys between groups through the
-    change procedure (grown mid quorums, group fence, catch-up), and removing it again
+    change procedure (joint mid quorums, group fence, catch-up), and removing it again
     moves them back (the acceptors a key returns to drop the rows they kept of it), while
     clients write and read, through kill -9 of an acceptor during each change.
 
@@ -208,3 +208,53 @@ def test_grow_five_to_six_and_back_with_replication_factor_three_under_load(
     assert ok_writes >= 50, workload.counts
     assert moved >= 3
     assert load.finals["unreadable"] == 0
+
+
+def test_remove_a_dead_acceptor_with_replication_factor_three_under_load(
+        tmp_path: Path) -> None:
+    """Goal: with R = 3 of 5, an acceptor that died for good (kill -9, never restarted) is
+    removed by the change procedure while clients write and read: the keys whose group held
+    it are caught up through joint quorums of their old and new groups, which the four live
+    acceptors form (docs/groups.md, "The rule").
+
+    Method: five processes, --replication-factor 3; the chaos workload over 30 keys through
+    nodes 1-4; after 3 s node 5 is killed -9 and stays down; POST {1..4} to node 1 and wait
+    until the record is STABLE there; final reads of every key from nodes 1-4. Linearizable,
+    every acknowledged write read back; status then shows four acceptors. Before joint
+    quorums the change never finished (the mid prepare of a moving key needed all three of
+    its old group)."""
+    live = (1, 2, 3, 4)
+    c = Cluster(len(NODES), tmp_path, extra=["--replication-factor", str(R),
+                                             "--repair-interval", "3600"])
+    history = History()
+    workload = Workload({i: c.nodes[i].url for i in live}, history, seed=17,
+                        options=WorkloadOptions(clients=4, keys=30, hot_keys=5,
+                                                think_s_max=0.05))
+    load = BackgroundLoad(workload, live, slices=90, slice_s=1.0)
+    started = time.monotonic()
+    try:
+        c.start()
+        load.start()
+        time.sleep(3.0)
+        c.nodes[5].kill9()
+        code, body = post_change(c.nodes[1], list(live), 50)
+        assert code == 202, body
+        _wait_stable(c.nodes, set(live), 90.0)
+        time.sleep(2.0)
+        load.finish()
+        code, body = c.nodes[2].get("/v1/status")
+        assert code == 200, body
+        status = json.loads(body)
+        assert status["acceptor_config"]["prepare"] == list(live), status["acceptor_config"]
+        assert status["groups"]["acceptors"] == 4 and status["groups"]["grouped"]
+    finally:
+        load.stop()
+        c.stop()
+    ops, ok_writes, checked = load.checked()
+    print(f"dead acceptor removed: {ops} ops, {ok_writes} acknowledged writes, {checked} "
+          f"keys read back, {time.monotonic() - started:.1f}s")
+    assert ok_writes >= 50, workload.counts
+    assert checked >= 10
+    assert load.finals["unreadable"] == 0
+    moved = [k for k in workload.all_keys() if 5 in group(k, NODES, R)]
+    assert moved  # some key's group held the dead acceptor and had to move

@@ -3,12 +3,15 @@ not catch (docs/groups.md, "Simulators"): each drives the simulator's own accept
 (``paxoskv.sim.reconf._Acceptor``, with the mutant switched on or off) by hand, message by
 message, and checks a register property that the real rules keep and the mutant breaks.
 
-Why the seeded simulator misses them: its install step (``_Sim.install``) waits for *every*
-member of a config installed out of a grouped stable one (to hand out bucket floors), so
-old -> mid never leaves an acceptor on the old epoch, and the weaker fence of
+Why the seeded simulator misses them: its install step (``_Sim.install``) waits for every
+acceptor that a config installed out of a grouped stable one keeps or adds (to hand out
+bucket floors), so old -> mid leaves at most the removed acceptor on the old epoch, and
+the weaker fence of
 ``group-fence-as-if-one-group`` never matters there. The node's driver
-(``paxoskv/reconfigure.py``, ``Reconfigurer.install``) waits only for the fence and the
-added acceptors, which the first scenario follows. ``group-keep-stale-rows`` needs a
+(``paxoskv/reconfigure.py``, ``Reconfigurer.install``) does the same at that install (every
+acceptor the change keeps or adds takes the floors), but out of a mid config it waits only
+for the fence and the added acceptors: the first scenario follows such a fence-only
+install. ``group-keep-stale-rows`` needs a
 collected tombstone, an acceptor whose install ack of the change that brings it back into
 the key's group arrives only after the fence held (so its rows are not listed for the
 catch-up), and no write of the key before a read at the next epoch: reachable in the
@@ -56,17 +59,17 @@ def _round(accs: dict[int, _Acceptor], cfg: Config, key: str, ballot: Ballot,
     messages delivered to ``prepare_to`` / ``accept_to`` only (the rest unreachable):
     the value chosen, or None if a quorum did not answer or ``change`` refused."""
     kq = key_quorums(cfg, key)
-    promises = [r for a in sorted(prepare_to)
-                if isinstance(r := accs[a].handle(cfg, Prepare(key, ballot)), Promise)]
-    if len(promises) < kq.prepare.quorum:
+    promises = {a: r for a in sorted(prepare_to)
+                if isinstance(r := accs[a].handle(cfg, Prepare(key, ballot)), Promise)}
+    if not kq.prepare.is_quorum(promises):  # a count, or a joint quorum mid-change
         return None
-    new = change(choose_value(promises, kq.prepare))
+    new = change(choose_value(list(promises.values()), kq.prepare))
     if new is None:
         return None
     targets = kq.accept.acceptors if accept_to is None else accept_to
     oks = [a for a in sorted(targets)
            if isinstance(accs[a].handle(cfg, Accept(key, ballot, new)), Accepted)]
-    return new if len(oks) >= kq.accept.quorum else None
+    return new if kq.accept.is_quorum(oks) else None
 
 
 def _create(data: bytes) -> Callable[[Value], Value | None]:
