@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
+from paxoskv.core.quorum import majority
 from paxoskv.core.reconfig import Config, RecordPhase
 from paxoskv.reconfigure import ChangeFailed
 
@@ -100,9 +101,17 @@ def decide(self_id: int, replicas: int, max_replicas: int, current: frozenset[in
 def below_quorum(config: Config, replicas: int) -> Decision | None:
     """A ``below_quorum`` decision when the StatefulSet's pods (ordinals ``0..replicas-1``)
     leave fewer than a quorum of ``config``'s prepare or accept set: every acceptor-set
-    change needs such a quorum, so starting one would only hang. None otherwise."""
+    change needs such a quorum, so starting one would only hang. With acceptor groups
+    (docs/groups.md) every key's group needs a majority of its R members, and any R members
+    may be some key's group: at most ``R - maj(R)`` of each set may be gone (one of any
+    number for R = 3). None otherwise."""
     def enough(count: int) -> bool:
         running = desired_set(count)
+        if config.grouped:
+            assert config.replication is not None
+            return all(len(side - running) <= g - majority(g) for side in
+                       (config.prepare_set, config.accept_set)
+                       for g in [min(config.replication, len(side))])
         return (len(config.prepare_set & running) >= config.prepare_quorum
                 and len(config.accept_set & running) >= config.accept_quorum)
 
@@ -111,9 +120,12 @@ def below_quorum(config: Config, replicas: int) -> Decision | None:
     least = next(n for n in range(replicas + 1, max(config.members) + 1) if enough(n))
     return Decision("below_quorum", None,
                     f"the StatefulSet has {replicas} replicas, which leaves fewer than a quorum "
-                    f"of the acceptors {sorted(config.members)} a pod, so no acceptor-set change "
-                    f"can complete; scale it back up to at least {least} replicas (then down "
-                    "by less than half of the acceptors at a time)")
+                    f"of the acceptors {sorted(config.members)}"
+                    f"{' (of some key group)' if config.grouped else ''} a pod, so no "
+                    f"acceptor-set change can complete; scale it back up to at least {least} "
+                    "replicas (then down by "
+                    f"{'one' if config.grouped else 'less than half of the acceptors'} "
+                    "at a time)")
 
 
 def api_error_text(exc: BaseException) -> str:

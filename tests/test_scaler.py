@@ -209,6 +209,26 @@ def test_below_quorum_when_the_pods_left_are_no_majority(
         assert f"at least {least} replicas" in d.detail
 
 
+@pytest.mark.parametrize(("members", "r", "replicas", "stuck", "least"), [
+    (range(1, 6), 3, 4, False, None),   # 5 -> 4: one of any group of 3 may go
+    (range(1, 6), 3, 3, True, 4),       # 5 -> 3: a group {x, 4, 5} keeps one of three
+    (range(1, 8), 3, 5, True, 6),       # 7 -> 5 with R = 3: still one at a time
+    (range(1, 8), 5, 5, False, None),   # R = 5: two of any group of 5 may go
+    (range(1, 8), 5, 4, True, 5),
+    (range(1, 4), 3, 2, False, None),   # R = 3 of 3 is no grouping: a majority of 3
+])
+def test_below_quorum_with_groups_counts_each_group(
+        members: range, r: int, replicas: int, stuck: bool, least: int | None) -> None:
+    """Goal: with acceptor groups a scale-down is below quorum once some R members (some
+    key's group, possibly) could keep no majority among the pods left: more than
+    ``R - maj(R)`` of the set gone, whatever N, although a majority of the set is left."""
+    d = below_quorum(Config.stable(3, members, r), replicas)
+    assert (d is not None) is stuck, d
+    if d is not None:
+        assert d.state == "below_quorum" and "(of some key group)" in d.detail
+        assert f"at least {least} replicas" in d.detail and "down by one at a time" in d.detail
+
+
 def test_below_quorum_starts_nothing_and_is_logged_once(
         caplog: pytest.LogCaptureFixture) -> None:
     node = _Node(1, Config.stable(0, {1, 2, 3, 4, 5}), {2})
