@@ -39,6 +39,19 @@ def _rows(nodes: dict[int, ServerProcess]) -> dict[int, set[str]]:
     return rows
 
 
+def _five_grouped_under_load(tmp_path: Path, through: tuple[int, ...], seed: int,
+                             keys: int, slices: int
+                             ) -> tuple[Cluster, Workload, BackgroundLoad]:
+    """Five processes with R = 3 (not started) and the chaos workload's clients over
+    ``keys`` keys through the nodes ``through`` (not started either)."""
+    c = Cluster(len(NODES), tmp_path, extra=["--replication-factor", str(R),
+                                             "--repair-interval", "3600"])
+    workload = Workload({i: c.nodes[i].url for i in through}, History(), seed=seed,
+                        options=WorkloadOptions(clients=4, keys=keys, hot_keys=5,
+                                                think_s_max=0.05))
+    return c, workload, BackgroundLoad(workload, through, slices=slices, slice_s=1.0)
+
+
 def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
     """Goal: with R = 3 of 5, writes and linearizable reads through any node stay correct
     through kill -9 of a node, and each key is stored on its group only.
@@ -49,13 +62,7 @@ def test_five_nodes_replication_factor_three_with_kill9(tmp_path: Path) -> None:
     linearizable and each acknowledged last write read back. Status shows R and the groups.
     Then, from each stopped node's database: every key's rows are on acceptors of its
     group only, and on at least two of them."""
-    c = Cluster(len(NODES), tmp_path, extra=["--replication-factor", str(R),
-                                             "--repair-interval", "3600"])
-    history = History()
-    workload = Workload({i: n.url for i, n in c.nodes.items()}, history, seed=11,
-                        options=WorkloadOptions(clients=4, keys=20, hot_keys=5,
-                                                think_s_max=0.05))
-    load = BackgroundLoad(workload, NODES, slices=40, slice_s=1.0)
+    c, workload, load = _five_grouped_under_load(tmp_path, NODES, seed=11, keys=20, slices=40)
     started = time.monotonic()
     try:
         c.start()
@@ -224,13 +231,7 @@ def test_remove_a_dead_acceptor_with_replication_factor_three_under_load(
     quorums the change never finished (the mid prepare of a moving key needed all three of
     its old group)."""
     live = (1, 2, 3, 4)
-    c = Cluster(len(NODES), tmp_path, extra=["--replication-factor", str(R),
-                                             "--repair-interval", "3600"])
-    history = History()
-    workload = Workload({i: c.nodes[i].url for i in live}, history, seed=17,
-                        options=WorkloadOptions(clients=4, keys=30, hot_keys=5,
-                                                think_s_max=0.05))
-    load = BackgroundLoad(workload, live, slices=90, slice_s=1.0)
+    c, workload, load = _five_grouped_under_load(tmp_path, live, seed=17, keys=30, slices=90)
     started = time.monotonic()
     try:
         c.start()
