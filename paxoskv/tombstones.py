@@ -253,6 +253,9 @@ class Collector:
             self.progress.paused_by_change += 1
             log.info("tombstone collection paused: an acceptor-set change is in progress")
             due, to_pin, full = [], [], False  # the next sweep after the interval
+        if view is not None and view.config.grouped:
+            to_pin, due = self._without_down_groups(view, to_pin), \
+                self._without_down_groups(view, due)
         stopped = False
         for first in range(0, len(to_pin), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):
@@ -276,6 +279,20 @@ class Collector:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
         return not stopped and full
+
+    def _without_down_groups(self, view: ConfigView, keys: list[tuple[str, Ballot]]
+                             ) -> list[tuple[str, Ballot]]:
+        """With groups, ``keys`` less those whose group has an acceptor this node sees down:
+        they wait for it (their entries stay for a later sweep), as every key does without
+        groups, but they no longer stop the sweep's other pins. A pin that gets no answer
+        stops the rest of its sweep (each would wait for the same acceptor), and with
+        groups most batches hold some key of a down acceptor's group, so one acceptor down
+        held back the tombstones of every group."""
+        usable = self._node.membership.usable
+        down = frozenset(a for a in view.config.members if not usable(a))
+        if not down:
+            return keys
+        return [kb for kb in keys if not view.for_key(kb[0]).prepare.acceptors & down]
 
     async def pin(self, key: str, ballot: Ballot, view: ConfigView | None = None
                   ) -> bool | None:
