@@ -9,8 +9,9 @@ another node, continues from the record. Nothing of a change lives only in this 
 - Install: every acceptor of both configs is sent a query under the new config; an
   acceptor adopts it durably before it answers (the node's epoch fence, ``Node._fence``).
   Done once the acks fence the previous config (``fence_satisfied``) and every acceptor the
-  new config adds has acked (with groups, out of a stable config: every member), and those
-  have the merged bucket floors of the fenced acceptors (``floors_for``).
+  new config adds has acked (with groups, out of a stable config: every acceptor it keeps
+  or adds), and those have the merged bucket floors of the fenced acceptors
+  (``floors_for``).
 - Catch-up: keys are listed, paged, from the previous config's accept set (a set of
   answers that large meets every accept quorum it had) and each gets an identity round
   under the mid config, a bounded number at once.
@@ -131,7 +132,8 @@ class Reconfigurer:
         self._task: asyncio.Task[None] | None = None
         self.floors_to_every_member = True
         """With groups, the install out of a stable config raises the merged floors on
-        every member (``floors_for``). False is the ``group-floors-to-added-only`` mutant
+        every acceptor it keeps or adds (``floors_for``). False is the
+        ``group-floors-to-added-only`` mutant
         (tests/sim/test_gc_groups.py)."""
 
     @property

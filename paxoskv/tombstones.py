@@ -21,7 +21,8 @@ down or cut off), and a copy of it taken then would bring the key back.
 "Every acceptor" is every acceptor of the key's group with ``--replication-factor``
 (``ConfigView.for_key``; collection runs only under a stable config, where a key has one
 group). Floors are then raised on that group only; the install that starts the next
-acceptor-set change hands them to every member (``reconfigure.Reconfigurer.install``).
+acceptor-set change hands them to every acceptor it keeps or adds
+(``reconfigure.Reconfigurer.floors_for``).
 
 An acceptor that missed step 2 keeps a tombstone row at ``b``; the next sweep collects it.
 What the rounds decide lives in ``core/``; this module only drives them, in bounded pages
@@ -254,8 +255,7 @@ class Collector:
             log.info("tombstone collection paused: an acceptor-set change is in progress")
             due, to_pin, full = [], [], False  # the next sweep after the interval
         if view is not None and view.config.grouped:
-            to_pin, due = self._without_down_groups(view, to_pin), \
-                self._without_down_groups(view, due)
+            to_pin, due = self._without_down_groups(view, to_pin, due)
         stopped = False
         for first in range(0, len(to_pin), GC_CONCURRENCY):
             if not (node.machine.may_propose and node.quorum_reachable()):
@@ -280,9 +280,10 @@ class Collector:
                      len(due), self.progress.collected, len(self._pending))
         return not stopped and full
 
-    def _without_down_groups(self, view: ConfigView, keys: list[tuple[str, Ballot]]
-                             ) -> list[tuple[str, Ballot]]:
-        """With groups, ``keys`` less those whose group has an acceptor this node sees down:
+    def _without_down_groups(self, view: ConfigView, *lists: list[tuple[str, Ballot]]
+                             ) -> list[list[tuple[str, Ballot]]]:
+        """With groups, each of ``lists`` less the keys whose group has an acceptor this
+        node sees down:
         they wait for it (their entries stay for a later sweep), as every key does without
         groups, but they no longer stop the sweep's other pins. A pin that gets no answer
         stops the rest of its sweep (each would wait for the same acceptor), and with
@@ -291,8 +292,9 @@ class Collector:
         usable = self._node.membership.usable
         down = frozenset(a for a in view.config.members if not usable(a))
         if not down:
-            return keys
-        return [kb for kb in keys if not view.for_key(kb[0]).prepare.acceptors & down]
+            return list(lists)
+        return [[kb for kb in keys if not view.for_key(kb[0]).prepare.acceptors & down]
+                for keys in lists]
 
     async def pin(self, key: str, ballot: Ballot, view: ConfigView | None = None
                   ) -> bool | None:
