@@ -90,6 +90,7 @@ from paxoskv.core.reconfig import (
     collection_allowed,
     drops_all_rows,
     group,
+    groups_keep_majorities,
     joins_group,
     key_quorums,
 )
@@ -505,9 +506,7 @@ class ConfigView:
         keeps a quorum among ``up``: at most ``R - maj(R)`` of the set down (R = 3: one)."""
         r = self.config.replication
         assert r is not None
-        side = self.config.prepare_set
-        g = min(r, len(side))
-        return len(side - up) <= g - majority(g)
+        return groups_keep_majorities(self.config.prepare_set, r, up)
 
     def every_group_met(self, answered: frozenset[int]) -> bool:
         """With groups, whether ``answered`` meets every accept quorum of every possible

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from paxoskv.core.errors import NoQuorum, Overloaded, UnknownOutcome
-from paxoskv.core.quorum import majority
-from paxoskv.core.reconfig import Config, RecordPhase
+from paxoskv.core.reconfig import Config, RecordPhase, groups_keep_majorities
 from paxoskv.reconfigure import ChangeFailed
 
 if TYPE_CHECKING:
@@ -109,9 +108,8 @@ def below_quorum(config: Config, replicas: int) -> Decision | None:
         running = desired_set(count)
         if config.grouped:
             assert config.replication is not None
-            return all(len(side - running) <= g - majority(g) for side in
-                       (config.prepare_set, config.accept_set)
-                       for g in [min(config.replication, len(side))])
+            return all(groups_keep_majorities(side, config.replication, running)
+                       for side in (config.prepare_set, config.accept_set))
         return (len(config.prepare_set & running) >= config.prepare_quorum
                 and len(config.accept_set & running) >= config.accept_quorum)
 

@@ -39,6 +39,7 @@ __all__ = [
     "drops_all_rows",
     "fence_satisfied",
     "group",
+    "groups_keep_majorities",
     "joins_group",
     "key_quorums",
     "key_quorums_intersect",
@@ -140,6 +141,14 @@ def group(key: str, members: Iterable[int], r: int | None) -> frozenset[int]:
     kb = key.encode("utf-8", "surrogatepass")
     ranked = sorted(s, key=lambda a: (_score(kb, a), a), reverse=True)
     return frozenset(ranked[:r])
+
+
+def groups_keep_majorities(side: frozenset[int], r: int, up: Iterable[int]) -> bool:
+    """Whether every possible group of ``side`` (any ``r`` of its members, or all of them
+    when fewer) keeps a majority among ``up``: at most ``R - maj(R)`` of ``side`` missing
+    (one for R = 3, whatever its size)."""
+    g = min(r, len(side))
+    return len(side - frozenset(up)) <= g - majority(g)
 
 
 @dataclass(frozen=True, slots=True)
