@@ -18,16 +18,50 @@ __all__ = ["Cluster", "ServerProcess", "free_ports"]
 SECRET = "test-peer-secret"
 
 
+# Ports handed out come from below the kernel's ephemeral range (32768-60999 by default on
+# Linux), so no outgoing connection and no bind to port 0 elsewhere can take one between the
+# moment it is picked and the moment a server binds it. The range is cut into slices, one
+# per pytest-xdist worker (others by process id), and each process walks its own slice, so
+# two workers never pick the same port and one process does not hand a port out twice
+# until it has gone round its slice.
+_PORT_LOW, _PORT_HIGH = 10_000, 32_000
+_SLICES = 16
+_SLICE = (_PORT_HIGH - _PORT_LOW) // _SLICES
+_next_port: int | None = None
+
+
+def _slice_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return int(worker[2:]) % _SLICES
+    return os.getpid() % _SLICES
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+    """``count`` distinct loopback ports that were free a moment ago and that no other
+    caller of this function in another test worker can be given."""
+    global _next_port
+    low = _PORT_LOW + _slice_index() * _SLICE
+    if _next_port is None:  # start somewhere in the slice so back-to-back runs differ
+        _next_port = low + (os.getpid() * 7919) % _SLICE
+    ports: list[int] = []
+    for _ in range(_SLICE):
+        port = _next_port
+        _next_port = low + (port - low + 1) % _SLICE
+        if _bindable(port):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise OSError(f"no {count} free ports left in {low}-{low + _SLICE - 1}")
 
 
 class ServerProcess:
