@@ -132,8 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
          "once) each token may make on this node unless its token-file entry has its own "
          "rate; beyond it 429 with Retry-After (default: no limit)")
     _add(s, "--max-value-bytes", "largest value accepted", 1024 * 1024, type=int)
-    _add(s, "--cache-bytes", "memory for recently used key states (values live on disk; "
-         "0: no cache)", 64 * 1024 * 1024, type=int)
+    _add(s, "--cache-bytes", "memory mapped for recently used key states (values live on "
+         "disk; 0: no cache)", 64 * 1024 * 1024, type=int)
     _add(s, "--request-timeout", "seconds before a client call ends as 503/504", 5.0,
          type=float)
     _add(s, "--phase-timeout", "seconds one Paxos phase waits for a quorum", 1.0, type=float)

@@ -16,9 +16,10 @@ import contextlib
 import dataclasses
 import logging
 import random
+import struct
 import uuid
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -26,7 +27,6 @@ from typing import Any, Final, Literal, TypeVar
 import orjson
 
 from paxoskv import __version__
-from paxoskv.compact import compacted
 from paxoskv.config import ALL_ROLES, NodeConfig, PeerSpec, Role
 from paxoskv.core import acceptor as acceptor_rules
 from paxoskv.core.ballot import Ballot
@@ -99,9 +99,11 @@ from paxoskv.limits import KEYS_PAGE_MAX
 from paxoskv.loopref import LoopRef
 from paxoskv.membership import Membership, PeerHealth
 from paxoskv.metrics import Metrics
+from paxoskv.packedmap import PackedMap
 from paxoskv.reconfigure import ChangeFailed, Reconfigurer
 from paxoskv.recovery import Recovery
 from paxoskv.storage.base import NodeIdentity, Storage
+from paxoskv.storage.statecache import decode_parts, encode_parts
 from paxoskv.tombstones import Collector
 from paxoskv.transport.base import KeyEntry, KeyPage, PeerNotReached, PeerUnreachable, Transport
 from paxoskv.transport.codec import Sender
@@ -245,39 +247,50 @@ FORWARD_MEMORY_MAX: Final = 200_000
 """...and at most this many (about 40 s of forwards at 5,000 a second)."""
 
 
+_SEEN_AT: Final = struct.Struct("<d")
+
+
 class _SeenIds:
-    """Ids seen in the last ``window_s`` (at most ``count_max`` of them)."""
+    """Ids seen in the last ``window_s`` (at most ``count_max`` of them), in a
+    ``PackedMap``: a minute of forwarded writes is tens of thousands of ids, which as
+    small objects kept the allocator's arenas they spread over (docs/gc.md)."""
 
     def __init__(self, window_s: float, count_max: int) -> None:
         self._window_s, self._count_max = window_s, count_max
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._peak = 0
+        self._seen = PackedMap(compact=False)  # expired oldest first: kept in order
 
     def admit(self, rid: str, now: float) -> bool:
         """Record ``rid``; False if it was already seen within the window."""
-        while self._seen and (len(self._seen) >= self._count_max
-                              or next(iter(self._seen.values())) < now - self._window_s):
-            self._seen.popitem(last=False)
+        self._forget(now, self._count_max - 1)
         if rid in self._seen:
             return False
-        self._seen[rid] = now
-        self._peak = max(self._peak, len(self._seen))
+        self._seen.put(rid, _SEEN_AT.pack(now))
         return True
 
     def expire(self, now: float) -> None:
         """Forget ids older than the window without waiting for the next ``admit``: a
         node whose forwarded writes stopped kept up to ``count_max`` of them (many MB)."""
-        while self._seen and next(iter(self._seen.values())) < now - self._window_s:
-            self._seen.popitem(last=False)
-        self._seen, self._peak = compacted(self._seen, self._peak)
+        self._forget(now, self._count_max)
+
+    def _forget(self, now: float, keep_max: int) -> None:
+        seen = self._seen
+        while (oldest := seen.oldest()) is not None and (
+                len(seen) > keep_max or _SEEN_AT.unpack(oldest[1])[0] < now - self._window_s):
+            seen.pop(oldest[0])
 
     def __len__(self) -> int:
         return len(self._seen)
 
 
+_PREPARED_HEAD: Final = struct.Struct("<dq")
+"""A phase-1 skip entry's record: when it was made (loop time), its config epoch; then its
+ballot (twice) and value (``encode_parts``)."""
+
+
 class _PreparedKeys:
-    """Keys whose next ballot a quorum has promised us, newest last, bounded in bytes (a
-    ``Prepared`` holds the key's value, which may be large) and in age.
+    """Keys whose next ballot a quorum has promised us, oldest first, bounded in bytes (a
+    ``Prepared`` holds the key's value, which may be large) and in age; packed in a
+    ``PackedMap``, since one is made per write (docs/gc.md).
 
     An entry lives at most ``lifetime_s`` (the message lifetime): an acceptor that lost
     its state, or came back on an old copy, has no row, so no promise and no floor, for
@@ -287,70 +300,41 @@ class _PreparedKeys:
     can reach it."""
 
     def __init__(self, bytes_max: int, lifetime_s: float) -> None:
-        self._bytes_max = bytes_max
         self._lifetime_s = lifetime_s
-        self._bytes = 0
-        self._entries: OrderedDict[str, Prepared] = OrderedDict()
-        self._made: dict[str, float] = {}
-        """When each entry was made, in the same (oldest first) order as ``_entries``."""
-        self._peak = 0
-        self._epochs: dict[str, int] = {}
-        """The config epoch each entry was promised under, for entries above epoch 0 (a
-        cluster that never reconfigures keeps this empty)."""
+        self._entries = PackedMap(bytes_max, compact=False)  # expired oldest first
         self.dropped_by_epoch = 0
         """Entries thrown away because the config changed since they were made."""
-
-    @staticmethod
-    def _cost(key: str, prepared: Prepared) -> int:
-        return 200 + len(key) + len(prepared.value.data or b"")
 
     def pop(self, key: str, now: float, epoch: int = 0) -> Prepared | None:
         """The entry of ``key`` (removed), unless it is older than the lifetime or was
         made under another config epoch than ``epoch``: a promise is one from a prepare
         quorum of the config it was made under, and counts only there
         (docs/reconfiguration.md, phase-1 skip)."""
-        prepared = self._entries.pop(key, None)
-        made = self._made.pop(key, now)
-        made_epoch = self._epochs.pop(key, 0) if self._epochs else 0
-        if prepared is not None:
-            self._bytes -= self._cost(key, prepared)
-            if now - made > self._lifetime_s:
-                return None
-            if made_epoch != epoch:
-                self.dropped_by_epoch += 1
-                return None
-        return prepared
+        raw = self._entries.take(key)
+        if raw is None:
+            return None
+        made, made_epoch = _PREPARED_HEAD.unpack_from(raw)
+        if now - made > self._lifetime_s:
+            return None
+        if made_epoch != epoch:
+            self.dropped_by_epoch += 1
+            return None
+        ballot, _, value = decode_parts(raw, _PREPARED_HEAD.size)
+        return Prepared(ballot, value)
 
     def put(self, key: str, prepared: Prepared, now: float, epoch: int = 0) -> None:
-        self.pop(key, now, epoch)
-        cost = self._cost(key, prepared)
-        if cost > self._bytes_max:
-            return
-        self._entries[key] = prepared
-        self._made[key] = now
-        if epoch:
-            self._epochs[key] = epoch
-        self._bytes += cost
-        self._peak = max(self._peak, len(self._entries))
-        while self._bytes > self._bytes_max:
-            old_key, old = self._entries.popitem(last=False)
-            self._made.pop(old_key, None)
-            self._epochs.pop(old_key, None)
-            self._bytes -= self._cost(old_key, old)
+        """Entries are kept in the order they were put, so ``now`` must not go back."""
+        self._entries.put(key, _PREPARED_HEAD.pack(now, epoch) + encode_parts(
+            prepared.ballot, prepared.ballot, prepared.value))
 
     def expire(self, now: float) -> None:
         """Drop entries past their lifetime, which ``pop`` would refuse anyway: without
         this, a node whose writes stopped kept its last keys' entries (and their values,
         up to ``bytes_max``) for ever, also of keys deleted and collected since."""
-        for _ in range(len(self._made)):
-            key, made = next(iter(self._made.items()))
-            if now - made <= self._lifetime_s:
-                break
-            self.pop(key, now)
-        entries, peak = compacted(self._entries, self._peak)
-        if entries is not self._entries:  # same keys, same order: copied together
-            self._made = dict(self._made)
-        self._entries, self._peak = entries, peak
+        entries = self._entries
+        while (oldest := entries.oldest()) is not None and \
+                now - _PREPARED_HEAD.unpack_from(oldest[1])[0] > self._lifetime_s:
+            entries.pop(oldest[0])
 
     def __len__(self) -> int:
         return len(self._entries)

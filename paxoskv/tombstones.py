@@ -34,12 +34,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Iterable
+import math
+import struct
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from paxoskv.compact import compacted
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.messages import Collect, Collected, Query, QueryReply, Reply
 from paxoskv.core.proposer import (
@@ -52,6 +52,7 @@ from paxoskv.core.proposer import (
 )
 from paxoskv.core.reconfig import CONFIG_KEY
 from paxoskv.core.register import Read
+from paxoskv.packedmap import PackedMap
 
 if TYPE_CHECKING:
     from paxoskv.node import ConfigView, Node
@@ -98,6 +99,49 @@ class _Noted:
     did not find (the row went, removed by another node's collection) is dropped."""
 
 
+_NOTED: Final = struct.Struct("<4qdq")
+"""A ``_Noted`` packed: ballot, pinned_at (NaN: None), seen."""
+
+
+class _PendingTable:
+    """``_Noted`` by key, packed in a ``PackedMap``: up to ``GC_PENDING_MAX`` tombstones
+    wait out their grace here, and as small objects they kept the allocator's arenas
+    they had spread over once collected (docs/gc.md). Each read is a copy: a change
+    counts once written back (``table[key] = noted``), which is done in place."""
+
+    def __init__(self) -> None:
+        self._map = PackedMap()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get(self, key: str) -> _Noted | None:
+        raw = self._map.get(key)
+        return None if raw is None else self._decode(raw)
+
+    def __setitem__(self, key: str, noted: _Noted) -> None:
+        b = noted.ballot
+        self._map.update(key, _NOTED.pack(
+            b.counter, b.node_id, b.incarnation, b.fast,
+            math.nan if noted.pinned_at is None else noted.pinned_at, noted.seen))
+
+    def pop(self, key: str, default: None = None) -> None:
+        self._map.pop(key)
+
+    def __delitem__(self, key: str) -> None:
+        self._map.pop(key)
+
+    def items(self) -> Iterator[tuple[str, _Noted]]:
+        """A snapshot, oldest first."""
+        return iter([(key, self._decode(raw)) for key, raw in self._map.items()])
+
+    @staticmethod
+    def _decode(raw: bytes) -> _Noted:
+        counter, node_id, incarnation, fast, pinned_at, seen = _NOTED.unpack(raw)
+        return _Noted(Ballot(counter, node_id, incarnation, fast),
+                      None if math.isnan(pinned_at) else pinned_at, seen)
+
+
 @dataclass(slots=True)
 class GcProgress:
     sweeps: int = 0
@@ -129,9 +173,8 @@ class Collector:
     def __init__(self, node: Node) -> None:
         self._node = node
         self.progress = GcProgress()
-        self._pending: OrderedDict[str, _Noted] = OrderedDict()
+        self._pending = _PendingTable()
         """Tombstones seen, with their pin once taken."""
-        self._pending_peak = 0
         self._passes = 0
         """Passes from the first key begun (marks the entries each one finds,
         ``_Noted.seen``). A pass can span several sweeps: see ``_cursor``."""
@@ -211,8 +254,9 @@ class Collector:
                     # ballot here, see ``collect``): it needs a new pin.
                     if noted is None and len(self._pending) >= GC_PENDING_MAX:
                         continue
-                    noted = self._pending[key] = _Noted(state.ballot_accepted)
+                    noted = _Noted(state.ballot_accepted)
                 noted.seen = self._passes
+                self._pending[key] = noted
                 if noted.pinned_at is None:
                     if len(to_pin) < GC_PIN_KEYS:
                         to_pin.append((key, noted.ballot))
@@ -246,7 +290,6 @@ class Collector:
                 continue
             after = page[-1]
         node.metrics.tombstones_pending(len(self._pending))
-        self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
         view = await node.collection_allowed() if due or to_pin else None
         if (due or to_pin) and view is None:
             # Pins and collections both count "every acceptor" of one config: none while
@@ -274,7 +317,6 @@ class Collector:
                           for key, ballot in due[first:first + GC_CONCURRENCY])
         self.progress.sweeps += 1
         node.metrics.tombstones_pending(len(self._pending))
-        self._pending, self._pending_peak = compacted(self._pending, self._pending_peak)
         if due:
             log.info("tombstone collection: %d due, %d collected so far, %d pending",
                      len(due), self.progress.collected, len(self._pending))
@@ -308,6 +350,7 @@ class Collector:
         noted = self._pending.get(key)
         if not node.proposer_rules.gc_pins and noted is not None:
             noted.pinned_at = loop.time()  # the mutant: the grace from the first sight
+            self._pending[key] = noted
             return True
 
         def on_reply(acceptor_id: int, reply: Reply) -> Wait:
@@ -325,6 +368,7 @@ class Collector:
                 ((r.ballot_accepted, r.value) for r in reports.values()), ballot):
             return False  # someone lags, or the key changed: the next sweep retries
         noted.pinned_at = loop.time()  # after the last answer: each held it by then
+        self._pending[key] = noted
         self.progress.pins += 1
         return True
 

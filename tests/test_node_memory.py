@@ -9,12 +9,12 @@ entries, and the tables that held them, for as long as it ran.
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.proposer import Prepared
 from paxoskv.core.register import Value
 from paxoskv.node import _PreparedKeys, _SeenIds
+from paxoskv.packedmap import SEGMENT_BYTES
 from tests.test_node import _node
 
 
@@ -27,27 +27,29 @@ def test_prepared_keys_past_their_lifetime_are_dropped_and_the_table_shrinks() -
     prepared = _PreparedKeys(bytes_max=1 << 30, lifetime_s=2.0)
     _fill(prepared, 5000, at=0.0)
     prepared.put("fresh", Prepared(Ballot(3, 1, 1), Value(1, b"f")), 1.5)
-    table = sys.getsizeof(prepared._entries)
+    table = prepared._entries.table_bytes
+    assert prepared._entries.mapped_bytes > 500_000
     prepared.expire(1.9)
     assert len(prepared) == 5001  # none has outlived its lifetime yet
     prepared.expire(2.5)
     assert len(prepared) == 1
     assert prepared.pop("fresh", 2.5) is not None
-    assert prepared._bytes == 0
-    assert sys.getsizeof(prepared._entries) < table // 20
-    assert list(prepared._made) == list(prepared._entries)
+    assert len(prepared) == 0
+    assert prepared._entries.table_bytes < table // 20
+    assert prepared._entries.mapped_bytes <= SEGMENT_BYTES  # at most the emptied newest
 
 
 def test_forwarded_ids_past_their_window_are_forgotten_without_a_new_one() -> None:
     seen = _SeenIds(window_s=60.0, count_max=200_000)
     for i in range(5000):
         assert seen.admit(f"r{i}", float(i) / 1000)
-    table = sys.getsizeof(seen._seen)
+    table = seen._seen.table_bytes
     seen.expire(61.0)
     assert len(seen) == 4000  # those seen after second 1 are still in the window
     seen.expire(70.0)
     assert len(seen) == 0
-    assert sys.getsizeof(seen._seen) < table // 20
+    assert seen._seen.table_bytes < table // 20
+    assert seen._seen.mapped_bytes <= SEGMENT_BYTES
     assert seen.admit("r1", 70.0)  # forgotten: admitted again
 
 

@@ -48,7 +48,6 @@ from pathlib import Path
 
 import orjson
 
-from paxoskv.compact import compacted
 from paxoskv.core.acceptor import (
     FLOOR_BUCKETS,
     LEGACY_FLOOR_BUCKETS,
@@ -63,6 +62,7 @@ from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
 from paxoskv.limits import STORAGE_BATCH_MAX, STORAGE_CACHE_BYTES
 from paxoskv.storage.base import CommitObserver, DiskUsage
+from paxoskv.storage.statecache import StateCache
 
 __all__ = ["CorruptRecord", "SqliteStorage"]
 
@@ -136,13 +136,6 @@ connection's cache of 128 prepared statements kept evicting one to prepare the n
 prepare per batch, and statement objects made all through a load and kept after it,
 scattered over the small-object allocator's arenas (docs/gc.md)."""
 
-_ENTRY_BYTES = 400
-"""Python objects of one cached state besides its key and data (AcceptorState, two
-Ballots, Value, LRU links), measured with tracemalloc and rounded up."""
-
-_RECENT_ENTRY_BYTES = 160
-"""One remembered (request id, version) pair of ``Value.recent``, measured likewise."""
-
 VACUUM_THRESHOLD_BYTES = 8 << 20
 """Free pages inside the file above which the writer starts returning them; it stops at
 half this, so the next writes still find free pages to reuse instead of growing the file,
@@ -183,14 +176,6 @@ _WAL_SIZE_LIMIT = 64 << 20
 checkpoint, instead of keeping the size of the largest batch ever written."""
 
 _AUTO_VACUUM_INCREMENTAL = 2
-
-
-def _charge(key: str, state: AcceptorState) -> int:
-    """What a cached state is counted as against ``cache_bytes``: an estimate of its
-    Python objects, so the bound holds for 100-byte and 1 MiB values alike."""
-    v = state.value
-    return (_ENTRY_BYTES + len(key) + len(v.data or b"")
-            + _RECENT_ENTRY_BYTES * len(v.recent))
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -334,8 +319,8 @@ class _Done:
 class SqliteStorage:
     """Implements ``paxoskv.storage.base.Storage``.
 
-    ``cache_bytes`` bounds the LRU of recently used states (estimated Python object
-    bytes, ``_charge``); 0 turns it off and every ``load()`` reads the disk. The
+    ``cache_bytes`` bounds the memory of the cache of recently used states
+    (``StateCache``); 0 turns it off and every ``load()`` reads the disk. The
     ``vacuum_*`` and ``maintain_interval_s`` arguments exist for tests (module constants).
     """
 
@@ -390,12 +375,7 @@ class SqliteStorage:
         # here, so a damaged one stops the start as it did when they were all loaded; a
         # table of an earlier release's 65,536 buckets is first folded into ours.
         self._migrate_floors()
-        self._cache: collections.OrderedDict[str, AcceptorState] = collections.OrderedDict()
-        self._cache_bytes_max = max(0, cache_bytes)
-        self._cache_bytes = 0
-        self._cache_peak = 0
-        """Most entries the cache's table held since it was last compacted (``compacted``):
-        collections empty it without the table shrinking."""
+        self._cache = StateCache(max(0, cache_bytes))
         # Ended batches, writer to loop; the writer waits until _applied counts each one
         # before it begins the next.
         self._done: collections.deque[_Done] = collections.deque()
@@ -428,7 +408,6 @@ class SqliteStorage:
             self._apply_done()  # its loop went away): apply it before reading
         state = self._cache.get(key)
         if state is not None:
-            self._cache.move_to_end(key)
             return state
         state, has_row = self._read_disk(key)
         if has_row:  # a key without a row is not cached: misses would crowd out the
@@ -436,10 +415,8 @@ class SqliteStorage:
         return state
 
     def peek(self, key: str) -> AcceptorState:
-        """``load`` for a sweep: a miss is read from the disk but not cached, and a hit
-        keeps its place in the LRU. Through ``load``, the rows a sweep only looks at
-        evicted the states in use, and were re-created as small objects spread over the
-        allocator's arenas (docs/gc.md)."""
+        """``load`` for a sweep: a miss is read from the disk but not cached: through
+        ``load``, the rows a sweep only looks at evicted the states in use."""
         if self._done:
             self._apply_done()
         state = self._cache.get(key)
@@ -555,8 +532,8 @@ class SqliteStorage:
                          freelist_bytes=free_pages * self._page_size)
 
     def cache_stats(self) -> tuple[int, int]:
-        """(states cached, their estimated bytes)."""
-        return len(self._cache), self._cache_bytes
+        """(states cached, bytes of memory mapped for them)."""
+        return len(self._cache), self._cache.mapped_bytes
 
     def verify(self, page: int = 1000) -> int:
         """Read every row back and check its checksum (CorruptRecord if one fails); the
@@ -574,20 +551,9 @@ class SqliteStorage:
             after = rows[-1][0]
 
     def _remember(self, key: str, state: AcceptorState) -> None:
-        old = self._cache.pop(key, None)
-        if old is not None:
-            self._cache_bytes -= _charge(key, old)
-        cost = _charge(key, state)
-        if cost > self._cache_bytes_max:
-            return  # too large to cache: the stale copy is gone, the disk answers
-        self._cache[key] = state
-        self._cache_bytes += cost
-        if len(self._cache) > self._cache_peak:
-            self._cache_peak = len(self._cache)
-        while self._cache_bytes > self._cache_bytes_max:
-            # Only committed states are cached, so dropping one loses nothing.
-            evicted_key, evicted = self._cache.popitem(last=False)
-            self._cache_bytes -= _charge(evicted_key, evicted)
+        # Only committed states are cached, so one evicted loses nothing; one too large to
+        # cache still drops its stale copy, and the disk answers.
+        self._cache.put(key, state)
 
     # ---------------------------------------------------------------- writes
 
@@ -947,7 +913,6 @@ class SqliteStorage:
         """On the loop, in commit order: put what each ended batch made durable into the
         cache, meta and count, then wake its waiters (also those no longer waiting: a
         cancelled save may still have committed)."""
-        removed = False
         while self._done:
             done = self._done.popleft()
             if done.error is None:
@@ -958,10 +923,7 @@ class SqliteStorage:
                     elif w.meta is not None:
                         self._meta[w.key] = w.meta
                     elif w.floor is not None:
-                        old = self._cache.pop(w.key, None)
-                        if old is not None:
-                            self._cache_bytes -= _charge(w.key, old)
-                            removed = True
+                        self._cache.pop(w.key)
             with self._applied_cond:
                 self._applied += 1
                 self._applied_cond.notify()
@@ -972,8 +934,6 @@ class SqliteStorage:
                     w.future.set_result(None)
                 else:
                     w.future.set_exception(RuntimeError(f"storage commit failed: {done.error}"))
-        if removed:
-            self._cache, self._cache_peak = compacted(self._cache, self._cache_peak)
 
     async def close(self) -> None:
         if self._closed:

@@ -120,14 +120,12 @@ def test_the_loop_sweeps_again_at_once_while_batches_come_back_full(
 def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
         tmp_path: Path) -> None:
     """Goal: the collector's table of pending tombstones, which held every tombstone this
-    node sweeps, is rebuilt small once they are collected (a dict never shrinks its table
-    on its own: 100,000 tombstones left several MB behind).
+    node sweeps, is rebuilt small and its segments unmapped once they are collected (a
+    dict never shrinks its table on its own: 100,000 tombstones left several MB behind).
 
     Method: 3,000 tombstone rows saved directly; the first sweeps note them all; a stand-in
     ``collect`` removes each row (``SqliteStorage.collect``) the way a real collection
     ends, so the sweeps only have to page through them."""
-    import sys
-
     from paxoskv.core.acceptor import Floor
     from paxoskv.core.ballot import Ballot
 
@@ -147,7 +145,7 @@ def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
             more = await collector.sweep()
             if len(collector._pending) > noted:
                 noted = len(collector._pending)
-                full = sys.getsizeof(collector._pending)
+                full = collector._pending._map.table_bytes
             if not more:
                 break
         await asyncio.sleep(0.02)
@@ -155,7 +153,10 @@ def test_the_pending_table_shrinks_once_its_tombstones_are_collected(
             if not await collector.sweep():
                 break
         left = storage.key_count()
-        table = sys.getsizeof(collector._pending)
+        table = collector._pending._map.table_bytes
+        # What stays mapped is at most the newest segment, emptied (its pages given back).
+        assert all(seg.used == 0 for seg in collector._pending._map._segments.values())
+        assert len(collector._pending._map._segments) <= 1
         await storage.close()
         return noted, left, table * 1000 // full
 

@@ -17,7 +17,7 @@ from paxoskv.core.ballot import Ballot
 from paxoskv.core.register import Value
 from paxoskv.node import META_INITIAL_ACCEPTORS, open_identity
 from paxoskv.storage import sqlite as sqlite_module
-from paxoskv.storage.sqlite import CorruptRecord, SqliteStorage, _charge
+from paxoskv.storage.sqlite import CorruptRecord, SqliteStorage
 
 STATE = AcceptorState(Ballot(3, 1, 2), Ballot(2, 1, 2), Value(4, b"\x00data"))
 
@@ -177,22 +177,25 @@ def _state(n: int, data: bytes = b"x" * 100) -> AcceptorState:
 def test_evicted_states_load_from_disk_as_latest(tmp_path: Path) -> None:
     """Goal: memory is bounded by cache_bytes, not the number of keys, and a state evicted
     from the cache comes back from disk as the latest one saved, also after updates."""
-    budget = 3 * _charge("k00", _state(1))
+    budget = 3 * 4096  # three segments of the smallest size; each state takes one
 
     async def run() -> None:
         s = SqliteStorage(tmp_path, cache_bytes=budget)
         for version in (1, 2, 3):
             for i in range(40):
-                await s.save(f"k{i:02d}", _state(version))
+                await s.save(f"k{i:02d}", _state(version, b"v" * 3000))
                 entries, used = s.cache_stats()
                 assert entries <= 3 and used <= budget
         for i in range(40):
-            assert s.load(f"k{i:02d}") == _state(3)
-        assert s.load("k05") == _state(3)  # twice: once from disk, once from the cache
+            assert s.load(f"k{i:02d}") == _state(3, b"v" * 3000)
+        assert "k05" not in s._cache
+        assert s.load("k05") == _state(3, b"v" * 3000)  # from disk, then from the cache:
+        assert "k05" in s._cache
+        assert s.load("k05") == _state(3, b"v" * 3000)
         assert s.verify() == 40
         await s.close()
         off = SqliteStorage(tmp_path, cache_bytes=0)
-        assert off.load("k07") == _state(3)
+        assert off.load("k07") == _state(3, b"v" * 3000)
         await off.save("k07", _state(4))
         assert off.load("k07") == _state(4)
         assert off.cache_stats() == (0, 0)
@@ -203,7 +206,7 @@ def test_evicted_states_load_from_disk_as_latest(tmp_path: Path) -> None:
 def test_peek_reads_like_load_but_leaves_the_cache_to_the_states_in_use(tmp_path: Path) -> None:
     """Goal: a sweep's reads (``peek``) return what ``load`` would, without caching the keys
     it passes or evicting the ones in use: one pass over 40 keys leaves the 3 hot ones."""
-    budget = 3 * _charge("k00", _state(1))
+    budget = 3 * 4096
 
     async def run() -> None:
         s = SqliteStorage(tmp_path, cache_bytes=budget)
@@ -219,7 +222,7 @@ def test_peek_reads_like_load_but_leaves_the_cache_to_the_states_in_use(tmp_path
             assert s.peek(f"k{i:02d}") == _state(2)
         assert s.peek("missing") == EMPTY_STATE
         assert s.cache_stats()[0] == 3
-        assert list(s._cache) == hot  # none evicted, none moved
+        assert s._cache.keys() == hot  # none evicted, none moved
         await s.close()
     asyncio.run(run())
 
@@ -284,12 +287,12 @@ def test_a_state_too_large_to_cache_replaces_its_cached_predecessor(tmp_path: Pa
     """Goal: a save whose state does not fit the cache also drops the older cached copy, so
     the next load reads the new state from disk instead of the stale one from memory."""
     async def run() -> None:
-        s = SqliteStorage(tmp_path, cache_bytes=2000)
+        s = SqliteStorage(tmp_path, cache_bytes=8192)
         await s.save("k", _state(1, b"small"))
         assert s.cache_stats()[0] == 1
-        await s.save("k", _state(2, b"x" * 5000))
-        assert s.cache_stats() == (0, 0)
-        assert s.load("k") == _state(2, b"x" * 5000)
+        await s.save("k", _state(2, b"x" * 9000))
+        assert s.cache_stats()[0] == 0
+        assert s.load("k") == _state(2, b"x" * 9000)
         await s.close()
     asyncio.run(run())
 
@@ -411,7 +414,6 @@ def test_the_disk_is_never_more_than_one_batch_ahead_of_the_cache(tmp_path: Path
         s = SqliteStorage(tmp_path, cache_bytes=10_000)
         await s.save("k", _state(1))
         s._cache.clear()
-        s._cache_bytes = 0
         first = asyncio.ensure_future(s.save("k", _state(2)))
         await asyncio.sleep(0)  # the save is submitted; its turn of the loop ends...
         await asyncio.sleep(0)  # ...and hands it over: the writer takes batch 1 alone
@@ -795,13 +797,13 @@ def test_collect_removes_the_row_and_raises_the_floor_durably(tmp_path: Path) ->
 def test_collected_keys_leave_no_memory_behind(tmp_path: Path) -> None:
     """Goal: once every key is collected the storage holds about what it held empty: the
     bucket floors stay on disk (read when needed), and the cache's table, which held every
-    key, is rebuilt small. Before, each raised floor was kept in a dict (about 230 bytes a
-    bucket, 12 MB after 100,000 keys) and the emptied cache kept its table.
+    key, is rebuilt small and its segments unmapped. Before, each raised floor was kept in
+    a dict (about 230 bytes a bucket, 12 MB after 100,000 keys) and the emptied cache kept
+    its table.
 
     Method: 20,000 keys saved and then collected (every one of the buckets raised) with the
-    floors' memory traced; the cache's table size (``sys.getsizeof``) before and after.
+    floors' memory traced; the cache's table and segments mapped before and after.
     The floors still answer, from the disk, after a reopen too."""
-    import sys
     import tracemalloc
 
     from paxoskv.core.acceptor import FLOOR_BUCKETS, Floor, absent_state
@@ -811,10 +813,10 @@ def test_collected_keys_leave_no_memory_behind(tmp_path: Path) -> None:
 
     async def run() -> tuple[int, int, int, int]:
         s = SqliteStorage(tmp_path)
-        empty_table = sys.getsizeof(s._cache)
+        empty_table = s._cache.table_bytes + s._cache.mapped_bytes
         for i in range(0, len(keys), 5000):
             await asyncio.gather(*(s.save(k, _st(1, b"v")) for k in keys[i:i + 5000]))
-        full_table = sys.getsizeof(s._cache)
+        full_table = s._cache.table_bytes + s._cache.mapped_bytes
         async def collect_all() -> None:
             for i in range(0, len(keys), 5000):
                 await asyncio.gather(*(s.collect(k, floor) for k in keys[i:i + 5000]))
@@ -828,7 +830,7 @@ def test_collected_keys_leave_no_memory_behind(tmp_path: Path) -> None:
         assert s.load(keys[7]) == absent_state(floor)
         assert s.floors_raised() == FLOOR_BUCKETS
         assert s.floor_page(-1, 3)[0][1] == floor
-        table = sys.getsizeof(s._cache)
+        table = s._cache.table_bytes + s._cache.mapped_bytes
         await s.close()
         return empty_table, full_table, table, grown
 
@@ -836,7 +838,7 @@ def test_collected_keys_leave_no_memory_behind(tmp_path: Path) -> None:
     print(f"cache table {empty_table} bytes empty, {full_table} full, {table} after; "
           f"{grown} bytes traced growth over the collections")
     assert full_table > 500_000
-    assert table < 100_000  # at most COMPACT_MIN entries' table is left (42 KB)
+    assert table < 2 * 1024 * 1024  # the newest segment (emptied) and the least table
     assert grown < 1_000_000  # floors in memory: about 4 MB
     s2 = SqliteStorage(tmp_path)
     try:
