@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 __all__ = ["SEGMENT_BYTES", "PackedMap", "encode_key"]
@@ -195,6 +195,21 @@ class PackedMap:
                for _, key, value in self._records(seg)]
         return iter(out)
 
+    def keys_where(self, keep: Callable[[bytes], bool]) -> list[str]:
+        """The keys whose value ``keep`` is true of, oldest write first. Only those keys
+        become objects: ``items`` makes one per entry, a burst of small objects as large
+        as the map that, on a busy node, left allocator arenas behind (docs/gc.md)."""
+        out = []
+        for seg in list(self._segments.values()):
+            mem, off = seg.mem, seg.first
+            while off < seg.used:
+                size, klen, dead = _HEAD.unpack_from(mem, off)
+                start = off + _HEAD.size
+                if not dead and keep(mem[start + klen:off + size]):
+                    out.append(mem[start:start + klen].decode("utf-8", "surrogatepass"))
+                off += size
+        return out
+
     def keys(self) -> list[str]:
         return [key for key, _ in self.items()]
 
@@ -236,15 +251,23 @@ class PackedMap:
         of ``key`` is gone too."""
         kb = encode_key(key)
         h = hash(key)
-        self._remove(kb, h)
+        slot = self._find(kb, h) if self._count else -1
+        if slot >= 0:  # the old record dies; its slot is reused (nothing below rebuilds
+            positions = self._table.positions  # the table, and eviction only deletes)
+            old = positions[slot]
+            positions[slot] = _DELETED
+            self._count -= 1
+            self._dead(old)
         if len(kb) > KEY_BYTES_MAX:
             return False
-        record = b"".join((_HEAD.pack(_HEAD.size + len(kb) + len(value), len(kb), 0),
-                           kb, value))
-        pos = self._append(record)
+        pos = self._append(b"".join((_HEAD.pack(_HEAD.size + len(kb) + len(value), len(kb),
+                                                0), kb, value)))
         if not pos:
             return False
-        self._insert(h, pos)
+        if slot >= 0:
+            self._table.positions[slot] = pos
+        else:
+            self._insert(h, pos)
         return True
 
     def update(self, key: str, value: bytes) -> bool:

@@ -131,6 +131,12 @@ class _PendingTable:
     def __delitem__(self, key: str) -> None:
         self._map.pop(key)
 
+    def unseen(self, passes: int) -> list[str]:
+        """Keys whose entry was last seen by another pass than ``passes``."""
+        seen_at = _NOTED.size - 8
+        return self._map.keys_where(
+            lambda raw: int.from_bytes(raw[seen_at:], "little", signed=True) != passes)
+
     def items(self) -> Iterator[tuple[str, _Noted]]:
         """A snapshot, oldest first."""
         return iter([(key, self._decode(raw)) for key, raw in self._map.items()])
@@ -279,7 +285,7 @@ class Collector:
                 # An entry made between this pass's sweeps is either of a key it had
                 # already passed, marked then (``collect`` keeps the mark), or of a key
                 # found later, marked then.
-                for key in [k for k, n in self._pending.items() if n.seen != self._passes]:
+                for key in self._pending.unseen(self._passes):
                     del self._pending[key]
                 self._cursor = None
                 if start is None or wrapped:

@@ -128,3 +128,12 @@ def test_an_update_of_the_same_length_stays_in_place() -> None:
     assert m.update("a", b"567")  # another length: written anew, now the newest
     assert list(m.items()) == [("b", b"12"), ("a", b"567")]
     assert m.update("c", b"") and m.get("c") == b""
+
+
+def test_keys_where_picks_by_value_without_moving_anything() -> None:
+    m = PackedMap()
+    for i in range(10):
+        m.put(f"k{i}", bytes([i % 3]))
+    m.pop("k3")
+    assert m.keys_where(lambda v: v == b"\x00") == ["k0", "k6", "k9"]
+    assert len(m) == 9
