@@ -137,3 +137,9 @@ def test_keys_where_picks_by_value_without_moving_anything() -> None:
     m.pop("k3")
     assert m.keys_where(lambda v: v == b"\x00") == ["k0", "k6", "k9"]
     assert len(m) == 9
+
+
+def test_keys_of_any_length() -> None:
+    m = PackedMap()
+    long_key = "k" * 70_000
+    assert m.put(long_key, b"v") and m.get(long_key) == b"v" and m.keys() == [long_key]

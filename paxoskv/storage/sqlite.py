@@ -6,7 +6,8 @@ serves every request that arrived while the previous one was running (group comm
 single writer thread owns the connection; the event loop never waits for a commit.
 docs/storage.md has the measurements behind the choice (SQLite against LMDB).
 
-Values live on disk; memory holds a bounded LRU of recently used states (``cache_bytes``),
+Values live on disk; memory holds a bounded cache of recently used states (``cache_bytes``,
+``StateCache``: packed, oldest write evicted first),
 so a node's footprint does not grow with the number of keys. A miss is a point read by
 primary key through a read connection of the event loop's own (WAL lets it read while the
 writer commits): tens of microseconds, so ``load()`` stays synchronous.

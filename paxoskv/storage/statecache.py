@@ -23,7 +23,7 @@ __all__ = ["StateCache", "decode_parts", "decode_state", "encode_parts", "encode
 # bytes (-1: absent), recent entries; then the data, then each recent entry as
 # (id bytes, version) + id.
 _STATE: Final = struct.Struct("<11qH")
-_RECENT: Final = struct.Struct("<Hq")
+_RECENT: Final = struct.Struct("<Iq")
 
 # Decoding makes objects from fields that were a valid object when encoded: their
 # ``__init__`` checks are skipped (they cost half of a decode).

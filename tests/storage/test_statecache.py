@@ -21,6 +21,7 @@ _VALUES = [
     Value(4, b"\x00" * 1000, (("r1", 4), ("\udc80id", 3)), None),
     Value(2**62, None, (("x" * 64, 2**62),), 1_700_000_000_000),
     Value(9, b"v", (), 0),
+    Value(5, b"w", (("i" * 70_000, 5),)),  # a peer's id need not fit 16 bits
 ]
 
 
@@ -44,6 +45,13 @@ def test_the_cache_answers_with_the_latest_state_or_nothing() -> None:
     assert len(cache) == 1 and "k" in cache
     assert cache.pop("k") and cache.get("k") is None and "k" not in cache
     assert not cache.pop("k")
+
+
+def test_a_budget_under_a_page_still_caches_what_fits() -> None:
+    cache = StateCache(1000)
+    state = AcceptorState(Ballot(1, 1), Ballot(1, 1), Value(1, b"v"))
+    cache.put("k", state)
+    assert cache.get("k") == state and cache.mapped_bytes <= 1000
 
 
 def test_a_budget_of_nothing_caches_nothing() -> None:
