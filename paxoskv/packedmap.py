@@ -141,33 +141,29 @@ class PackedMap:
         return (self._table.mask + 1) * 16
 
     def get(self, key: str) -> bytes | None:
-        if not self._count:
-            return None
-        kb = encode_key(key)
-        slot = self._find(kb, hash(key))
-        if slot < 0:
-            return None
-        pos = self._table.positions[slot]
-        mem = self._segments[pos >> _POS_BITS].mem
-        off = pos & _OFFSET_MASK
-        size, klen = _HEAD.unpack_from(mem, off)[:2]
-        return mem[off + _HEAD.size + klen:off + size]
+        found = self._lookup(key)
+        return None if found is None else found[1]
 
     def take(self, key: str) -> bytes | None:
         """``get`` and ``pop`` in one lookup."""
+        found = self._lookup(key)
+        if found is None:
+            return None
+        self._remove_at(found[0])
+        return found[1]
+
+    def _lookup(self, key: str) -> tuple[int, bytes] | None:
+        """(slot, value) of ``key``'s entry, or None."""
         if not self._count:
             return None
-        kb = encode_key(key)
-        slot = self._find(kb, hash(key))
+        slot = self._find(encode_key(key), hash(key))
         if slot < 0:
             return None
         pos = self._table.positions[slot]
         mem = self._segments[pos >> _POS_BITS].mem
         off = pos & _OFFSET_MASK
         size, klen = _HEAD.unpack_from(mem, off)[:2]
-        value = mem[off + _HEAD.size + klen:off + size]
-        self._remove_at(slot)
-        return value
+        return slot, mem[off + _HEAD.size + klen:off + size]
 
     def __contains__(self, key: str) -> bool:
         return bool(self._count) and self._find(encode_key(key), hash(key)) >= 0
