@@ -1,6 +1,7 @@
 """``python -m paxoskv.bench_profile``: where a node's CPU goes under load, from py-spy.
 
-Starts a 3-node cluster on 127.0.0.1 (the same one ``make bench-compare`` starts), drives
+Starts a 3-node cluster on 127.0.0.1 (the same one ``make bench-compare`` starts),
+pre-loads its keys as bench-compare does (so a put overwrites, as there), drives
 one workload at the first node with ``wrk`` (the same Lua scripts), samples every node
 with ``py-spy record`` for the measured seconds, and prints per node the CPU it used per
 request and the functions that take the most samples: by themselves ("self") and with
@@ -14,6 +15,7 @@ py-spy reads the processes' memory, so it needs the right to trace them (root, o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import re
 import shutil
@@ -24,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from paxoskv.bench import start_cluster, stop_cluster
-from paxoskv.bench_compare import _proc_cpu_s, lua_script, parse_wrk_output
+from paxoskv.bench_compare import _preload, _proc_cpu_s, lua_script, parse_wrk_output
 
 __all__ = ["main", "summarize"]
 
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         procs, urls = start_cluster(base / "cluster", 3)
         spies: list[subprocess.Popen[bytes]] = []
         try:
+            asyncio.run(_preload("paxoskv", urls, args.keys, b"x" * 100))
             wrk = ["wrk", "-t", "2", "-c", str(args.connections), "--timeout", "10s",
                    "-s", str(script), urls[0]]
             subprocess.run([*wrk[:5], "-d", f"{args.warmup}s", *wrk[5:]], check=True,

@@ -138,6 +138,9 @@ def _build_parser() -> argparse.ArgumentParser:
          type=float)
     _add(s, "--phase-timeout", "seconds one Paxos phase waits for a quorum", 1.0, type=float)
     _add(s, "--peer-timeout", "seconds one peer HTTP request may take", 2.0, type=float)
+    _add(s, "--phase1-skip-lifetime", "seconds a key's next ballot stays prepared for a "
+         "one-round-trip write after its last one; a rejoin's fence outlasts it", 60.0,
+         type=float)
     _add(s, "--peer-transport", "how batches travel to peers: one WebSocket per peer, or "
          "one HTTP POST each", "channel", choices=["channel", "http"])
     _add(s, "--heartbeat-interval", "seconds between heartbeats to each peer", 0.5, type=float)
@@ -421,6 +424,7 @@ def _serve(args: argparse.Namespace) -> int:
             heartbeat_timeout_s=max(args.heartbeat_interval * 2, 0.2),
             repair_interval_s=args.repair_interval, repair_keys_per_second=args.repair_rate,
             peer_timeout_s=args.peer_timeout, rejoin=args.rejoin,
+            phase1_skip_lifetime_s=args.phase1_skip_lifetime,
             tombstone_grace_s=args.tombstone_grace,
             forward_writes=args.forward_writes == "on",
             fast_paxos=args.fast_paxos == "on",

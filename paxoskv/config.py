@@ -40,6 +40,10 @@ class NodeConfig:
     phase_timeout_s: float = 1.0
     peer_timeout_s: float = 2.0
     """One peer HTTP request (the transport's own timeout)."""
+    phase1_skip_lifetime_s: float = 60.0
+    """How long a proposer keeps a key's next ballot, promised by a quorum piggybacked on
+    its last accept, for a phase-1-skip write (one round trip). A rejoining acceptor's
+    fence outlasts it (``rejoin_fence_s``)."""
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 1.0
     peer_down_after: int = 3
@@ -92,6 +96,8 @@ class NodeConfig:
             raise ValueError("the cluster has no acceptor")
         if self.phase_timeout_s > self.request_timeout_s:
             raise ValueError("phase timeout must not exceed the request timeout")
+        if not 0 < self.phase1_skip_lifetime_s < float("inf"):
+            raise ValueError("--phase1-skip-lifetime must be a positive number of seconds")
         if self.tombstone_grace_s < 0:
             raise ValueError("tombstone grace must not be negative")
         if self.rejoin_after_quorum_loss and not self.rejoin:
@@ -130,6 +136,17 @@ class NodeConfig:
         receiver once its time-to-live has passed (plus one transit, bounded by the peer
         timeout). A rejoining acceptor's fence waits out twice the largest of these."""
         return self.request_timeout_s + self.peer_timeout_s
+
+    @property
+    def rejoin_fence_s(self) -> float:
+        """How long an acceptor that lost its state answers nothing (README: rejoin): until
+        every round that could hold a promise of the lost state has ended. That is a round
+        in flight at the loss (a message lifetime, from the first message to the last one's
+        arrival, ``message_lifetime_s``), or one started later on a ballot some proposer
+        had cached before the loss (the cached ballot's lifetime, then a message lifetime):
+        a proposer may send a phase-1-skip accept without asking this acceptor first."""
+        return self.message_lifetime_s + max(self.message_lifetime_s,
+                                             self.phase1_skip_lifetime_s)
 
     @property
     def down_after_s(self) -> float:

@@ -76,6 +76,9 @@ class PeerHealth:
     """Which check refused it: only that check, passing again, lifts the refusal."""
     lifetime_s: float | None = None
     """The longest a message of its can live (its request plus peer timeout)."""
+    fence_s: float | None = None
+    """The rejoin fence its settings need (``NodeConfig.rejoin_fence_s``); None from a
+    release that did not announce one (twice ``lifetime_s`` covered it there)."""
     epochs: bool = False
     """Its hellos say it runs a release with acceptor-set epochs (docs/reconfiguration.md)."""
     epoch: int = 0
@@ -219,6 +222,7 @@ class Membership:
             "rejoin": self.machine.rejoining,
             "refused": self.machine.permanent or self.machine.mode is Mode.AMNESIA,
             "lifetime_s": self.config.message_lifetime_s,
+            "fence_s": self.config.rejoin_fence_s,
             "version": __version__,
             "watchers": self._node.watchers_flag(),
             "epochs": True,
@@ -406,6 +410,9 @@ class Membership:
         lifetime = info.get("lifetime_s")
         if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
             health.lifetime_s = float(lifetime)
+        fence = info.get("fence_s")
+        if isinstance(fence, int | float) and 0 < fence < 86400:
+            health.fence_s = float(fence)
         self.metrics.peer(str(pid), True, health.rtt_s)
         return info
 

@@ -179,6 +179,9 @@ class IdentityRules:
     judge_rebuild_copy: Callable[[bool, int | None, int, float], str | None] = (
         judge_rebuild_copy)
     """Whether a rebuild after a quorum loss may trust this data directory's rows."""
+    fence_outlasts_cached_ballots: bool = True
+    """A rejoin's fence lasts until every phase-1-skip ballot cached before the loss has
+    expired (``NodeConfig.rejoin_fence_s``), not only every message in flight."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,12 +295,13 @@ class _PreparedKeys:
     ``Prepared`` holds the key's value, which may be large) and in age; packed in a
     ``PackedMap``, since one is made per write (docs/gc.md).
 
-    An entry lives at most ``lifetime_s`` (the message lifetime): an acceptor that lost
-    its state, or came back on an old copy, has no row, so no promise and no floor, for
-    a key whose tombstone the others collected meanwhile (docs/gc.md). It accepts nothing
-    until its fence (twice the message lifetime) is over, and by then every entry made
-    before it restarted has expired: no accept built on a value older than the collection
-    can reach it."""
+    An entry lives at most ``lifetime_s`` (``--phase1-skip-lifetime``): an acceptor that
+    lost its state, or came back on an old copy, has lost the promises it made, and has no
+    row, so no promise and no floor, for a key whose tombstone the others collected
+    meanwhile (docs/gc.md). It accepts nothing until its fence (this lifetime plus a
+    message lifetime, ``NodeConfig.rejoin_fence_s``) is over, and by then every entry made
+    before it restarted has expired, with the accepts built on it: none can reach it with
+    a ballot it had refused before, or a value older than a collection."""
 
     def __init__(self, bytes_max: int, lifetime_s: float) -> None:
         self._lifetime_s = lifetime_s
@@ -634,7 +638,7 @@ class Node:
         self.clock_ms = clock_ms or system_clock_ms
         """The wall clock TTLs count on (Unix ms; the simulator skews one per node)."""
         self._prepared = _PreparedKeys(config.limits.prepared_bytes_max,
-                                       config.message_lifetime_s)
+                                       config.phase1_skip_lifetime_s)
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()

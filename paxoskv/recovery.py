@@ -84,8 +84,15 @@ class Recovery:
         self.repair_progress["sweeps"] += 1
 
     def fence_s(self) -> float:
-        lifetimes = [h.lifetime_s for h in self._node.peer_health.values() if h.lifetime_s]
-        return 2 * max([self.config.message_lifetime_s, *lifetimes])
+        """The longest fence any member's settings need: its own, those announced in
+        hellos, and twice the message lifetime of a member that announced only that."""
+        health = self._node.peer_health.values()
+        lifetimes = [h.lifetime_s for h in health if h.lifetime_s]
+        fence = 2 * max([self.config.message_lifetime_s, *lifetimes])
+        if not self._node.identity_rules.fence_outlasts_cached_ballots:
+            return fence
+        return max([fence, self.config.rejoin_fence_s,
+                    *(h.fence_s for h in health if h.fence_s)])
 
     async def rejoin(self) -> None:
         """Bring back an acceptor whose state was lost or rolled back (README: rejoin).

@@ -88,10 +88,15 @@ SCRIPTED_MUTANTS: Final[dict[str, str]] = {
     "gc-grace-from-first-sight": "a tombstone's grace counts from when the collector first "
                                  "saw its own row, not from when every acceptor held it: a "
                                  "young copy of a lagging acceptor brings the key back",
+    "fence-before-cached-ballots-expire": "a rejoining acceptor's fence lasts twice the "
+                                          "message lifetime, shorter than a phase-1-skip "
+                                          "ballot's life: a proposer's ballot cached before "
+                                          "the loss is accepted over a lost promise",
 }
 """Mutants only a scripted scenario reaches (a rebuild from old copies after a majority
-loss, which the random runs never do): tests/sim/test_gc_floor_loss.py catches each; they
-are not among ``MUTANTS``, whose random-seed budget could not."""
+loss, a rejoin beside a proposer cut off since before it, which the random runs never do):
+tests/sim/test_gc_floor_loss.py and tests/sim/test_rejoin_fence.py catch them; they are
+not among ``MUTANTS``, whose random-seed budget could not."""
 
 FAST_MUTANTS: Final = frozenset({"fast-quorum-too-small", "fast-read-as-classic"})
 TTL_MUTANTS: Final = frozenset({"ttl-delete-without-compare", "ttl-read-without-delete"})
@@ -250,5 +255,6 @@ IDENTITY_MUTANT_RULES: Final[dict[str, IdentityRules]] = {
     "no-config-check": IdentityRules(check_membership=False),
     "no-duplicate-check": IdentityRules(judge_hello=_judge_no_duplicate_check),
     "rebuild-ignores-copy-age": IdentityRules(judge_rebuild_copy=_trust_any_copy),
+    "fence-before-cached-ballots-expire": IdentityRules(fence_outlasts_cached_ballots=False),
 }
 """The identity mutants, each one rule swapped through the `IdentityRules` seam."""

@@ -97,9 +97,14 @@ _READY_S_MAX: Final = 30.0
 _NORMAL_STABLE_S: Final = 3.0
 """The operator takes a node back as healthy after it stayed normal this long."""
 
-_REJOIN_STUCK_S: Final = 25.0
+SKIP_LIFETIME_S: Final = 10.0
+"""The nodes' phase-1-skip lifetime: longer than a message lifetime (7 s), so a rejoin's
+fence must outlast a cached ballot, not only the messages in flight."""
+
+_REJOIN_STUCK_S: Final = 28.0
 """In the liveness phase, a node still rejoining this long after the heal (or after its
-last such restart) is restarted by the operator (see `_Simulation.operate`)."""
+last such restart) is restarted by the operator (see `_Simulation.operate`): the fence
+(17 s with the defaults) and some time to catch up."""
 
 SHADOW_HOST_BASE: Final = 1000
 """A duplicate_id shadow of node ``i`` is network host ``SHADOW_HOST_BASE + i``."""
@@ -349,6 +354,7 @@ class _Simulation:
                                      repair_interval_s=self._repair_interval_s(options),
                                      fast_paxos=options.fast_paxos,
                                      tombstone_grace_s=options.tombstone_grace_s,
+                                     phase1_skip_lifetime_s=SKIP_LIFETIME_S,
                                      forward_writes=not options.fast_paxos,
                                      ttl_sweep_interval_s=SWEEP_INTERVAL_S if options.ttl
                                      else 0.0,
@@ -492,7 +498,12 @@ class _Simulation:
         if node_id not in self.stale_storage:
             self.state_checker.on_restart(node_id, storage)
         if rejoin or node_id in self.rolled_back:
-            self.state_checker.fence(node_id, loop.time() + 2 * config.message_lifetime_s)
+            # The fence the node's rules give it (a mutant's shorter one too): what it
+            # lets through must then be caught by its effects.
+            fence = config.rejoin_fence_s if \
+                self.identity_rules.fence_outlasts_cached_ballots \
+                else 2 * config.message_lifetime_s
+            self.state_checker.fence(node_id, loop.time() + fence)
         # A refused rebuild raises RebuildRefused here, as the server exits: nothing runs.
         check_rebuild_copy(storage, config, self.clocks[node_id](), self.identity_rules)
         identity = await open_identity(storage, CLUSTER_ID, node_id)

@@ -120,16 +120,15 @@ def test_a_cached_ballot_cannot_rewrite_a_collected_key_on_a_rebuilt_acceptor(
     cannot bring the key back through an acceptor that lost its disk (no row, no floor).
 
     Method: node 1 sets k (caching its next ballot), node 2 deletes k and collects it on all
-    three, node 3 loses its disk and rejoins, node 2 stops, and node 1 sends
-    ``If-Match: 1`` (a CAS on the version before the delete). The cached ballot expires
-    after the message lifetime, shorter than the rejoin's fence, so the CAS runs a full
-    round and is rejected (the key is absent). A rejoin that copies its peers' bucket
-    floors (``IdentityRules.rejoin_copies_floors``) refuses that accept on its own, since
-    node 3 then promises at k's floor: the CAS, whose accept left, is then reported as an
-    unknown outcome (the collected key remembers no request), and k stays absent. With
-    neither (the cache kept for ever, no floors
-    copied), the accept is taken by node 3, and the next round picks it up: the CAS on a
-    deleted key succeeds."""
+    three, node 3 loses its disk and rejoins, node 2 stops, and node 1 sends ``If-Match: 1``
+    (a CAS on the version before the delete). The cached ballot expires after its lifetime
+    (``--phase1-skip-lifetime``), which the rejoin's fence outlasts, so the CAS runs a full
+    round and is rejected (the key is absent). A rejoin that copies its peers' bucket floors
+    (``IdentityRules.rejoin_copies_floors``) refuses that accept on its own, since node 3
+    then promises at k's floor: the CAS, whose accept left, is then reported as an unknown
+    outcome (the collected key remembers no request), and k stays absent. With neither (the
+    cache kept for ever, no floors copied), the accept is taken by node 3, and the next
+    round picks it up: the CAS on a deleted key succeeds."""
     kind = run_virtual(_lost_disk_scenario(None if expires else 1e9, copy_floors))
     if expires:
         assert kind == "rejected", kind
