@@ -449,7 +449,8 @@ def wait_collected(urls: Sequence[str], procs: Sequence[subprocess.Popen[bytes]]
 
 WINDOWS_S: Final = FORWARD_MEMORY_S + 5.0
 """The longest a node remembers anything of a client request by design: the ids of the
-writes it ran for another node (``FORWARD_MEMORY_S``), forgotten between heartbeats."""
+writes it ran for another node (``FORWARD_MEMORY_S``), forgotten between heartbeats. The
+phase-1-skip entries (``--phase1-skip-lifetime``, 60 s by default) go within it too."""
 
 
 def _wait_windows(loaded_at: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from paxoskv.limits import Limits
 
@@ -18,6 +18,10 @@ __all__ = ["ALL_ROLES", "NodeConfig", "PeerSpec", "Role"]
 Role = Literal["proposer", "acceptor", "learner"]
 ALL_ROLES: frozenset[Role] = frozenset({"proposer", "acceptor", "learner"})
 
+
+PHASE1_SKIP_LIFETIME_S_MAX: Final = 3600.0
+"""A cached next ballot lives at most an hour: a rejoining acceptor waits that long (plus a
+message lifetime) before it answers anything."""
 
 @dataclass(frozen=True, slots=True)
 class PeerSpec:
@@ -96,8 +100,9 @@ class NodeConfig:
             raise ValueError("the cluster has no acceptor")
         if self.phase_timeout_s > self.request_timeout_s:
             raise ValueError("phase timeout must not exceed the request timeout")
-        if not 0 < self.phase1_skip_lifetime_s < float("inf"):
-            raise ValueError("--phase1-skip-lifetime must be a positive number of seconds")
+        if not 0 < self.phase1_skip_lifetime_s <= PHASE1_SKIP_LIFETIME_S_MAX:
+            raise ValueError("--phase1-skip-lifetime must be a positive number of seconds, "
+                             f"at most {PHASE1_SKIP_LIFETIME_S_MAX:.0f}")
         if self.tombstone_grace_s < 0:
             raise ValueError("tombstone grace must not be negative")
         if self.rejoin_after_quorum_loss and not self.rejoin:
@@ -134,7 +139,8 @@ class NodeConfig:
         """How long a peer message of ours can still be acted on after it was created: a
         round never outlives the request timeout, and a message in flight is dropped by its
         receiver once its time-to-live has passed (plus one transit, bounded by the peer
-        timeout). A rejoining acceptor's fence waits out twice the largest of these."""
+        timeout). A rejoining acceptor's fence waits out at least twice the largest of these
+        (``rejoin_fence_s``)."""
         return self.request_timeout_s + self.peer_timeout_s
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -410,9 +411,9 @@ class Membership:
         lifetime = info.get("lifetime_s")
         if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
             health.lifetime_s = float(lifetime)
-        fence = info.get("fence_s")
-        if isinstance(fence, int | float) and 0 < fence < 86400:
-            health.fence_s = float(fence)
+        fence = info.get("fence_s")  # absent: a release from before it was announced
+        health.fence_s = float(fence) if isinstance(fence, int | float) and fence > 0 \
+            and math.isfinite(fence) else None
         self.metrics.peer(str(pid), True, health.rtt_s)
         return info
 

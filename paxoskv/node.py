@@ -295,16 +295,18 @@ class _PreparedKeys:
     ``Prepared`` holds the key's value, which may be large) and in age; packed in a
     ``PackedMap``, since one is made per write (docs/gc.md).
 
-    An entry lives at most ``lifetime_s`` (``--phase1-skip-lifetime``): an acceptor that
-    lost its state, or came back on an old copy, has lost the promises it made, and has no
-    row, so no promise and no floor, for a key whose tombstone the others collected
-    meanwhile (docs/gc.md). It accepts nothing until its fence (this lifetime plus a
-    message lifetime, ``NodeConfig.rejoin_fence_s``) is over, and by then every entry made
-    before it restarted has expired, with the accepts built on it: none can reach it with
-    a ballot it had refused before, or a value older than a collection."""
+    An entry lives at most ``lifetime_s`` from when its accept was sent
+    (``Node.skip_lifetime_s``): an acceptor that lost its state, or came back on an old
+    copy, has lost the promises it made, and has no row, so no promise and no floor, for a
+    key whose tombstone the others collected meanwhile (docs/gc.md). It accepts nothing
+    until its fence (this lifetime plus a message lifetime, ``NodeConfig.rejoin_fence_s``)
+    is over, and by then every entry made before it restarted has expired, with the
+    accepts built on it: none can reach it with a ballot it had refused before, or a value
+    older than a collection."""
 
     def __init__(self, bytes_max: int, lifetime_s: float) -> None:
-        self._lifetime_s = lifetime_s
+        self.lifetime_s = lifetime_s
+        """Set from the peers' announced fences between heartbeats (``expire``'s caller)."""
         self._entries = PackedMap(bytes_max, compact=False)  # expired oldest first
         self.dropped_by_epoch = 0
         """Entries thrown away because the config changed since they were made."""
@@ -318,7 +320,7 @@ class _PreparedKeys:
         if raw is None:
             return None
         made, made_epoch = _PREPARED_HEAD.unpack_from(raw)
-        if now - made > self._lifetime_s:
+        if now - made > self.lifetime_s:
             return None
         if made_epoch != epoch:
             self.dropped_by_epoch += 1
@@ -337,7 +339,7 @@ class _PreparedKeys:
         up to ``bytes_max``) for ever, also of keys deleted and collected since."""
         entries = self._entries
         while (oldest := entries.oldest()) is not None and \
-                now - _PREPARED_HEAD.unpack_from(oldest[1])[0] > self._lifetime_s:
+                now - _PREPARED_HEAD.unpack_from(oldest[1])[0] > self.lifetime_s:
             entries.pop(oldest[0])
 
     def __len__(self) -> int:
@@ -637,8 +639,11 @@ class Node:
         self.proposer_rules = proposer_rules or ProposerRules()
         self.clock_ms = clock_ms or system_clock_ms
         """The wall clock TTLs count on (Unix ms; the simulator skews one per node)."""
+        # One message lifetime until the peers' hellos say their fences cover more
+        # (``skip_lifetime_s``, set between heartbeats).
         self._prepared = _PreparedKeys(config.limits.prepared_bytes_max,
-                                       config.phase1_skip_lifetime_s)
+                                       min(config.phase1_skip_lifetime_s,
+                                           config.message_lifetime_s))
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
@@ -1702,9 +1707,10 @@ class Node:
                         w.done.set_exception(UnknownOutcome(
                             "our unconfirmed write may have been applied, and the key has "
                             "since seen too many writes to tell"))
+            accept_sent = loop.time()
             if isinstance(step, SendAccept):
                 rnd.note_accept_sent()
-                started = loop.time()
+                started = accept_sent
                 phase_deadline = min(deadline, started + self.config.phase_timeout_s)
                 step = await self._broadcast(step.accept, rnd.on_reply, phase_deadline, view)
                 self.metrics.phase("accept", loop.time() - started)
@@ -1722,7 +1728,10 @@ class Node:
             assert step is not None and not isinstance(step, Prepare)
             kept = self.proposer_rules.prepared_after(rnd, step)
             if kept is not None:
-                self._prepared.put(key, kept, loop.time(), view.epoch)
+                # Aged from when the accept left, before any acceptor promised the ballot
+                # (not from when the quorum answered): its life ends no later than the
+                # fence of an acceptor that lost the promise counts on.
+                self._prepared.put(key, kept, accept_sent, view.epoch)
             if isinstance(step, Committed):
                 self.metrics.round("accept", "ok")
                 self.metrics.key_round(len(live))
@@ -1946,10 +1955,24 @@ class Node:
             self.expire_memory()
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
+    def skip_lifetime_s(self) -> float:
+        """How long a cached next ballot may be used now: ``--phase1-skip-lifetime``, cut
+        down to what the shortest rejoin fence among the peers covers (a fence must outlast
+        a cached ballot's use by a message lifetime, ``NodeConfig.rejoin_fence_s``). A peer
+        that has not said hello yet, or runs a release that does not announce its fence, is
+        taken to fence for twice the message lifetime (its own, or ours): during a rolling
+        upgrade from such a release, or with members that differ in the flag, the ballots
+        cached here live no longer than that peer's fence covers."""
+        ours = self.config.message_lifetime_s
+        fences = [h.fence_s if h.fence_s else 2 * (h.lifetime_s or ours)
+                  for h in self.peer_health.values()]
+        return max(0.0, min([self.config.phase1_skip_lifetime_s, *(f - ours for f in fences)]))
+
     def expire_memory(self) -> None:
         """Forget per-key and per-request entries past their lifetime (between heartbeats:
         each call is cheap, O(entries expired), plus an occasional compacting copy)."""
         now = asyncio.get_running_loop().time()
+        self._prepared.lifetime_s = self.skip_lifetime_s()
         self._prepared.expire(now)
         self._forwards_seen.expire(now)
 

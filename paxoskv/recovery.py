@@ -98,7 +98,8 @@ class Recovery:
         """Bring back an acceptor whose state was lost or rolled back (README: rejoin).
 
         1. Fence: answer nothing until every round that could hold a promise of the lost
-           state has ended (twice the longest message lifetime any member announced), and
+           state has ended, and every next ballot a proposer cached before the loss has
+           expired (the longest fence any member announced, ``fence_s``), and
            until peers have accepted this process (with an incarnation above any they saw).
         2. Catch up: answer accepts only while an identity round runs on every key the
            surviving acceptors list (page by page, keys already caught up skipped), so this

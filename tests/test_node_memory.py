@@ -73,3 +73,51 @@ def test_the_heartbeat_loop_expires_them() -> None:
         return len(node._prepared), len(node._forwards_seen)
 
     assert asyncio.run(main()) == (0, 0)
+
+
+def test_cached_ballots_live_only_as_long_as_every_peer_s_fence_covers() -> None:
+    """Goal: a cached next ballot may be used for ``--phase1-skip-lifetime`` (60 s) only
+    while every peer announces a rejoin fence that outlasts it by a message lifetime
+    (7 s). A peer not heard yet, or one on a release that announces no fence (a rolling
+    upgrade: it fences for twice its message lifetime), or one whose flag is shorter,
+    cuts it down to what that peer's fence covers."""
+    node, _, _ = _node()
+    peers = node.peer_health
+    assert set(peers) == {2, 3}
+    assert node.skip_lifetime_s() == 7.0  # nothing heard: twice our message lifetime
+    assert node._prepared.lifetime_s == 7.0  # and so before the first heartbeat
+    for h in peers.values():
+        h.lifetime_s, h.fence_s = 7.0, 67.0
+    assert node.skip_lifetime_s() == 60.0
+    peers[3].fence_s = None  # an older release: 2 x 7 s
+    assert node.skip_lifetime_s() == 7.0
+    peers[3].fence_s, peers[3].lifetime_s = None, 20.0  # older, with longer timeouts
+    assert node.skip_lifetime_s() == 33.0
+    peers[3].fence_s = 17.0  # a member with --phase1-skip-lifetime 10
+    assert node.skip_lifetime_s() == 10.0
+
+    async def heartbeat_sets_it() -> float:
+        node.expire_memory()
+        return node._prepared.lifetime_s
+
+    assert asyncio.run(heartbeat_sets_it()) == 10.0
+
+
+def test_peers_announce_their_fences_in_hellos() -> None:
+    """Goal: the fence a peer's hello announces reaches ``skip_lifetime_s``; a hello
+    without one (an older release) is taken for twice its message lifetime, also after a
+    hello that had one."""
+    async def run() -> list[float]:
+        seen = []
+        for extra in ({"lifetime_s": 7.0, "fence_s": 67.0}, {"lifetime_s": 7.0}):
+            node, _, transport = _node(**extra)
+            await node.start()
+            await node.heartbeat_once()
+            seen.append(node.skip_lifetime_s())
+            transport.extra = {"lifetime_s": 7.0}  # the same peers, downgraded
+            await node.heartbeat_once()
+            seen.append(node.skip_lifetime_s())
+            await node.stop()
+        return seen
+
+    assert asyncio.run(run()) == [60.0, 7.0, 7.0, 7.0]

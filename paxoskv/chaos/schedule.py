@@ -36,8 +36,9 @@ paused node's rounds in flight then resume late, after the others moved on."""
 GAP_S: Final = (1.0, 3.0)
 
 DISK_LOSS_HOLD_S: Final = 14.0
-"""Schedule estimate of one disk loss: the rejoining node waits out its fence (2 x the
-request plus peer timeout: 10 s with the flags of paxoskv.chaos.processes) before it catches
+"""Schedule estimate of one disk loss: the rejoining node waits out its fence (the request
+plus peer timeout, past the longer of that and the phase-1-skip lifetime: 10 s with the
+flags of paxoskv.chaos.processes) before it catches
 up; the runner waits for the catch-up inside the episode (bounded), so this only keeps the
 schedule's clock honest."""
 

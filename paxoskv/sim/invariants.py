@@ -15,7 +15,7 @@ client. This checker sees the acceptors' answers as they leave (TigerBeetle's
    ballot the accept names (docs/design.md invariant 9).
 4. An acceptor whose state was lost or rolled back (a new data directory, or an old copy
    put back, while it had acknowledged promises the state no longer holds) promises
-   nothing within a fence (twice the message lifetime) of each of its restarts until the
+   nothing within a fence (``NodeConfig.rejoin_fence_s``) of each of its restarts until the
    simulated operator's recovery is over (docs/design.md invariants 4 and 6: a rejoin must wait out
    every round its lost promises could still take part in).
 

@@ -87,7 +87,9 @@ async def _lost_disk_scenario(prepared_lifetime_s: float | None, copy_floors: bo
     n1, n2 = sim.hosts[1].node, sim.hosts[2].node
     assert n1 is not None and n2 is not None
     if prepared_lifetime_s is not None:
-        n1._prepared._lifetime_s = prepared_lifetime_s
+        lifetime = prepared_lifetime_s  # set again at every heartbeat: pinned here
+        n1.skip_lifetime_s = lambda: lifetime  # type: ignore[method-assign]
+        n1._prepared.lifetime_s = lifetime
     # Node 1 writes k and keeps its next ballot prepared (phase-1 skip); node 2 deletes k
     # and collects it everywhere.
     await n1.execute("k", Set(b"old"), forward=False)

@@ -20,9 +20,9 @@ _SKIP_LIFETIME_S = 300.0
 """Far longer than a message lifetime (7 s): the gap the fence has to cover."""
 
 
-async def _scenario(rules: IdentityRules) -> tuple[str, str, bytes | None]:
-    """Node 3's mode when the stale compare-and-set is sent, that change's outcome, and
-    what a read finds after."""
+async def _scenario(rules: IdentityRules) -> tuple[str, str, bytes | None, float]:
+    """Node 3's mode when the stale compare-and-set is sent, that change's outcome, what a
+    read finds after, and how long node 3 fenced."""
     sim = _Simulation(11, SimOptions(ops=0, network=QUIET, mismatched_config_probability=0.0))
     sim.identity_rules = rules
     sim.config = {i: dataclasses.replace(c, repair_interval_s=1e6,
@@ -53,12 +53,17 @@ async def _scenario(rules: IdentityRules) -> tuple[str, str, bytes | None]:
     await sim.crash(3)
     await sim.boot(3, rejoin=True)
     loop = asyncio.get_running_loop()
+    rejoined_at = loop.time()
     until = loop.time() + 30.0  # past a fence of twice the message lifetime (14 s)
     while (node3 := sim.hosts[3].node) is None or node3.acceptor_mode != "catching_up":
         if loop.time() > until:
             break
         await asyncio.sleep(0.05)
     mode = node3.acceptor_mode if node3 is not None else "down"
+    # The ballot is still cached, and may be used: every peer announced a fence that
+    # covers the 300 s (``Node.skip_lifetime_s``).
+    assert n1._prepared._entries.get("k") is not None
+    assert n1.skip_lifetime_s() == _SKIP_LIFETIME_S
     # Node 1 still holds its cached ballot: a compare-and-set on version 1 is built on "a"
     # and sent without a prepare. Acceptor 2 refuses it (it promised "b"'s round);
     # acceptor 3, its promise lost, must not take it, or 1 and 3 make a quorum.
@@ -67,9 +72,11 @@ async def _scenario(rules: IdentityRules) -> tuple[str, str, bytes | None]:
     except (NoQuorum, UnknownOutcome) as exc:
         kind = type(exc).__name__
     after = await n1.execute("k", Read(), forward=False)
+    await wait_mode(sim, 3, ("catching_up", "normal"), 2 * _SKIP_LIFETIME_S)
+    fenced_s = loop.time() - rejoined_at
     for i in sim.ids:
         await sim.crash(i)
-    return mode, kind, after.value.data
+    return mode, kind, after.value.data, fenced_s
 
 
 def test_the_fence_outlasts_a_ballot_cached_before_the_loss() -> None:
@@ -77,10 +84,11 @@ def test_the_fence_outlasts_a_ballot_cached_before_the_loss() -> None:
     holds node 3 until node 1's cached ballot has expired, so the accept built on it is
     answered by acceptor 1 alone; the retry's full round finds version 2, the
     compare-and-set on version 1 is rejected, and "b" stays the value."""
-    mode, kind, after = run_virtual(_scenario(IdentityRules()))
+    mode, kind, after, fenced_s = run_virtual(_scenario(IdentityRules()))
     assert mode == "fencing"
     assert kind == "rejected"
     assert after == b"b"
+    assert _SKIP_LIFETIME_S + 7.0 <= fenced_s < _SKIP_LIFETIME_S + 7.0 + 5.0
 
 
 def test_mutant_fence_before_cached_ballots_expire_is_caught() -> None:
@@ -89,7 +97,8 @@ def test_mutant_fence_before_cached_ballots_expire_is_caught() -> None:
     compare-and-set on version 1 is applied by acceptors 1 and 3 although version 2 ("b",
     acknowledged) was chosen, the lost update the fence is there to prevent."""
     assert "fence-before-cached-ballots-expire" in SCRIPTED_MUTANTS
-    mode, kind, _after = run_virtual(_scenario(
+    mode, kind, _after, fenced_s = run_virtual(_scenario(
         IDENTITY_MUTANT_RULES["fence-before-cached-ballots-expire"]))
     assert mode == "catching_up"
     assert kind == "applied"
+    assert fenced_s < 30.0
