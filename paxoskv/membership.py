@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from paxoskv import __version__
+from paxoskv.config import PHASE1_SKIP_LIFETIME_S_MAX
 from paxoskv.core.identity import META_REFUSED as _META_REFUSED
 from paxoskv.core.identity import META_REJOIN as _META_REJOIN
 from paxoskv.core.identity import META_VERIFIED as _META_VERIFIED
@@ -56,6 +56,9 @@ RefusalKind = Literal["membership", "process"]
 
 MEMBERSHIP_DIFFERS: Final = "membership differs (acceptor set, roles or cluster id)"
 
+FENCE_S_MAX: Final = PHASE1_SKIP_LIFETIME_S_MAX + 3600.0
+"""The longest rejoin fence a hello may announce (the flag's cap plus the longest message
+lifetime a hello may announce); a larger one is ignored, not waited out."""
 QUIET_MIN_S: Final = 1.0
 QUIET_MAX_S: Final = 5.0
 """Between hellos to a silent acceptor that the held config does not name (a StatefulSet
@@ -78,8 +81,9 @@ class PeerHealth:
     lifetime_s: float | None = None
     """The longest a message of its can live (its request plus peer timeout)."""
     fence_s: float | None = None
-    """The rejoin fence its settings need (``NodeConfig.rejoin_fence_s``); None from a
-    release that did not announce one (twice ``lifetime_s`` covered it there)."""
+    """The rejoin fence its settings need (``NodeConfig.rejoin_fence_s``), from its last
+    answered hello; None from a release that did not announce one (twice ``lifetime_s``
+    covered it there)."""
     epochs: bool = False
     """Its hellos say it runs a release with acceptor-set epochs (docs/reconfiguration.md)."""
     epoch: int = 0
@@ -412,8 +416,8 @@ class Membership:
         if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
             health.lifetime_s = float(lifetime)
         fence = info.get("fence_s")  # absent: a release from before it was announced
-        health.fence_s = float(fence) if isinstance(fence, int | float) and fence > 0 \
-            and math.isfinite(fence) else None
+        health.fence_s = float(fence) if isinstance(fence, int | float) \
+            and 0 < fence <= FENCE_S_MAX else None
         self.metrics.peer(str(pid), True, health.rtt_s)
         return info
 

@@ -329,7 +329,9 @@ class _PreparedKeys:
         return Prepared(ballot, value)
 
     def put(self, key: str, prepared: Prepared, now: float, epoch: int = 0) -> None:
-        """Entries are kept in the order they were put, so ``now`` must not go back."""
+        """Entries are kept in the order they were put; ``now`` (when the accept left) may
+        go back by up to a phase timeout, which only keeps an expired entry a little longer
+        in memory (``pop`` checks the age)."""
         self._entries.put(key, _PREPARED_HEAD.pack(now, epoch) + encode_parts(
             prepared.ballot, prepared.ballot, prepared.value))
 
@@ -1957,15 +1959,23 @@ class Node:
 
     def skip_lifetime_s(self) -> float:
         """How long a cached next ballot may be used now: ``--phase1-skip-lifetime``, cut
-        down to what the shortest rejoin fence among the peers covers (a fence must outlast
-        a cached ballot's use by a message lifetime, ``NodeConfig.rejoin_fence_s``). A peer
-        that has not said hello yet, or runs a release that does not announce its fence, is
-        taken to fence for twice the message lifetime (its own, or ours): during a rolling
-        upgrade from such a release, or with members that differ in the flag, the ballots
-        cached here live no longer than that peer's fence covers."""
+        down to what the shortest rejoin fence among the other acceptors of the config held
+        covers (a fence must outlast a cached ballot's use by a message lifetime,
+        ``NodeConfig.rejoin_fence_s``; entries of another epoch are never used). An
+        acceptor whose last heartbeat did not get the fence it announces (not heard yet,
+        unreachable, or on a release that announces none) is taken to fence for twice the
+        shorter message lifetime, its or ours: during a rolling upgrade from such a
+        release, an outage, or with members that differ in the flag, the ballots cached
+        here live no longer than that acceptor's fence covers. Spare ordinals that are no
+        acceptor of the config do not count."""
         ours = self.config.message_lifetime_s
-        fences = [h.fence_s if h.fence_s else 2 * (h.lifetime_s or ours)
-                  for h in self.peer_health.values()]
+        fences = []
+        for pid in self._view.config.members - {self.config.node_id}:
+            h = self.peer_health.get(pid)
+            if h is not None and h.up and not h.misses and h.fence_s:
+                fences.append(h.fence_s)
+            else:
+                fences.append(2 * min(ours, (h.lifetime_s if h else None) or ours))
         return max(0.0, min([self.config.phase1_skip_lifetime_s, *(f - ours for f in fences)]))
 
     def expire_memory(self) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 
+from paxoskv.config import NodeConfig, PeerSpec
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.proposer import Prepared
 from paxoskv.core.register import Value
-from paxoskv.node import _PreparedKeys, _SeenIds
+from paxoskv.node import Node, _PreparedKeys, _SeenIds
 from paxoskv.packedmap import SEGMENT_BYTES
-from tests.test_node import _node
+from paxoskv.storage.base import NodeIdentity
+from tests.test_node import PEERS, _node, _Storage, _Transport
 
 
 def _fill(prepared: _PreparedKeys, n: int, at: float) -> None:
@@ -77,10 +79,10 @@ def test_the_heartbeat_loop_expires_them() -> None:
 
 def test_cached_ballots_live_only_as_long_as_every_peer_s_fence_covers() -> None:
     """Goal: a cached next ballot may be used for ``--phase1-skip-lifetime`` (60 s) only
-    while every peer announces a rejoin fence that outlasts it by a message lifetime
-    (7 s). A peer not heard yet, or one on a release that announces no fence (a rolling
-    upgrade: it fences for twice its message lifetime), or one whose flag is shorter,
-    cuts it down to what that peer's fence covers."""
+    while every other acceptor answered its last heartbeat with a rejoin fence that
+    outlasts it by a message lifetime (7 s). One not heard yet or unanswered, one on a
+    release that announces no fence (a rolling upgrade: it fences for twice its message
+    lifetime), or one whose flag is shorter, cuts it down to what that fence covers."""
     node, _, _ = _node()
     peers = node.peer_health
     assert set(peers) == {2, 3}
@@ -88,11 +90,17 @@ def test_cached_ballots_live_only_as_long_as_every_peer_s_fence_covers() -> None
     assert node._prepared.lifetime_s == 7.0  # and so before the first heartbeat
     for h in peers.values():
         h.lifetime_s, h.fence_s = 7.0, 67.0
+    assert node.skip_lifetime_s() == 7.0  # announced, but no heartbeat answered since
+    for h in peers.values():
+        h.up = True
     assert node.skip_lifetime_s() == 60.0
+    peers[3].misses = 1  # its last heartbeat went unanswered: it may be rejoining by now
+    assert node.skip_lifetime_s() == 7.0
+    peers[3].misses = 0
     peers[3].fence_s = None  # an older release: 2 x 7 s
     assert node.skip_lifetime_s() == 7.0
-    peers[3].fence_s, peers[3].lifetime_s = None, 20.0  # older, with longer timeouts
-    assert node.skip_lifetime_s() == 33.0
+    peers[3].fence_s, peers[3].lifetime_s = None, 3.0  # older, with shorter timeouts
+    assert node.skip_lifetime_s() == 0.0  # (2 x 3 s covers no ballot of 7 s messages)
     peers[3].fence_s = 17.0  # a member with --phase1-skip-lifetime 10
     assert node.skip_lifetime_s() == 10.0
 
@@ -121,3 +129,18 @@ def test_peers_announce_their_fences_in_hellos() -> None:
         return seen
 
     assert asyncio.run(run()) == [60.0, 7.0, 7.0, 7.0]
+
+
+def test_spare_ordinals_that_are_no_acceptor_do_not_cut_the_lifetime() -> None:
+    """Goal: a peer the config held does not name (a spare StatefulSet ordinal with no
+    pod, ``initial: false``) never answers a heartbeat, and never takes an accept of
+    this epoch either: it leaves the lifetime alone."""
+    peers = {**PEERS, 4: PeerSpec(4, "http://127.0.0.1:7004", initial=False)}
+    config = NodeConfig(1, peers, cluster_id="c")
+    transport = _Transport(config.fingerprint())
+    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), _Storage(None), transport)
+    assert set(node.peer_health) == {2, 3, 4}
+    for pid in (2, 3):
+        h = node.peer_health[pid]
+        h.up, h.lifetime_s, h.fence_s = True, 7.0, 67.0
+    assert node.skip_lifetime_s() == 60.0
