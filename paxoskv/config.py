@@ -23,6 +23,7 @@ PHASE1_SKIP_LIFETIME_S_MAX: Final = 3600.0
 """A cached next ballot lives at most an hour: a rejoining acceptor waits that long (plus a
 message lifetime) before it answers anything."""
 
+
 @dataclass(frozen=True, slots=True)
 class PeerSpec:
     node_id: int

@@ -56,9 +56,11 @@ RefusalKind = Literal["membership", "process"]
 
 MEMBERSHIP_DIFFERS: Final = "membership differs (acceptor set, roles or cluster id)"
 
-FENCE_S_MAX: Final = PHASE1_SKIP_LIFETIME_S_MAX + 3600.0
+LIFETIME_S_MAX: Final = 3600.0
+"""The longest message lifetime a hello may announce; a longer one is ignored."""
+FENCE_S_MAX: Final = PHASE1_SKIP_LIFETIME_S_MAX + LIFETIME_S_MAX
 """The longest rejoin fence a hello may announce (the flag's cap plus the longest message
-lifetime a hello may announce); a larger one is ignored, not waited out."""
+lifetime); a larger one is ignored, not waited out."""
 QUIET_MIN_S: Final = 1.0
 QUIET_MAX_S: Final = 5.0
 """Between hellos to a silent acceptor that the held config does not name (a StatefulSet
@@ -413,7 +415,7 @@ class Membership:
         health.epochs = info.get("epochs") is True
         health.epoch, health.epoch_asked_at = (0 if cfg is None else cfg.epoch), started
         lifetime = info.get("lifetime_s")
-        if isinstance(lifetime, int | float) and 0 < lifetime < 3600:
+        if isinstance(lifetime, int | float) and 0 < lifetime < LIFETIME_S_MAX:
             health.lifetime_s = float(lifetime)
         fence = info.get("fence_s")  # absent: a release from before it was announced
         health.fence_s = float(fence) if isinstance(fence, int | float) \

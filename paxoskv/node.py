@@ -641,15 +641,14 @@ class Node:
         self.proposer_rules = proposer_rules or ProposerRules()
         self.clock_ms = clock_ms or system_clock_ms
         """The wall clock TTLs count on (Unix ms; the simulator skews one per node)."""
-        # One message lifetime until the peers' hellos say their fences cover more
-        # (``skip_lifetime_s``, set between heartbeats).
-        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max,
-                                       min(config.phase1_skip_lifetime_s,
-                                           config.message_lifetime_s))
+        # Its lifetime is ``skip_lifetime_s``, set once the membership exists (below) and
+        # again between heartbeats.
+        self._prepared = _PreparedKeys(config.limits.prepared_bytes_max, 0.0)
         self._forwards_seen = _SeenIds(FORWARD_MEMORY_S, FORWARD_MEMORY_MAX)
         self.boot_id = boot_id or self.rng.randbytes(8).hex()
         self.fingerprint = config.fingerprint()
         self.membership = Membership(self)
+        self._prepared.lifetime_s = self.skip_lifetime_s()  # no hello yet: a message lifetime
         self._counter = 0
         self._loop = LoopRef()
         self._acceptor_locks = _KeyedLocks()

@@ -20,15 +20,24 @@ from paxoskv.core.register import Read
 from paxoskv.transport.codec import FLOOR_PAGE_MAX
 
 if TYPE_CHECKING:
-    from paxoskv.node import Node
+    from paxoskv.config import NodeConfig
+    from paxoskv.node import IdentityRules, Node
 
-__all__ = ["REJOIN_PAGE_KEYS", "REPAIR_PAGE_KEYS", "Recovery"]
+__all__ = ["REJOIN_PAGE_KEYS", "REPAIR_PAGE_KEYS", "Recovery", "own_fence_s"]
 
 log = logging.getLogger("paxoskv.node")
 """The node's logger, as before the split: the simulator and log filters name it."""
 
 REJOIN_PAGE_KEYS: Final = 500
 REPAIR_PAGE_KEYS: Final = 500
+
+
+def own_fence_s(config: NodeConfig, rules: IdentityRules) -> float:
+    """The fence this node's own settings need (``NodeConfig.rejoin_fence_s``); under the
+    mutant that ignores cached ballots, twice the message lifetime."""
+    if rules.fence_outlasts_cached_ballots:
+        return config.rejoin_fence_s
+    return 2 * config.message_lifetime_s
 
 
 class Recovery:
@@ -87,12 +96,12 @@ class Recovery:
         """The longest fence any member's settings need: its own, those announced in
         hellos, and twice the message lifetime of a member that announced only that."""
         health = self._node.peer_health.values()
-        lifetimes = [h.lifetime_s for h in health if h.lifetime_s]
-        fence = 2 * max([self.config.message_lifetime_s, *lifetimes])
-        if not self._node.identity_rules.fence_outlasts_cached_ballots:
+        rules = self._node.identity_rules
+        fence = max([own_fence_s(self.config, rules),
+                     *(2 * h.lifetime_s for h in health if h.lifetime_s)])
+        if not rules.fence_outlasts_cached_ballots:
             return fence
-        return max([fence, self.config.rejoin_fence_s,
-                    *(h.fence_s for h in health if h.fence_s)])
+        return max([fence, *(h.fence_s for h in health if h.fence_s)])
 
     async def rejoin(self) -> None:
         """Bring back an acceptor whose state was lost or rolled back (README: rejoin).

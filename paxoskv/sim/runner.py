@@ -63,6 +63,7 @@ from paxoskv.node import (
 )
 from paxoskv.node import Node as RealNode
 from paxoskv.reconfigure import ChangeFailed, Superseded
+from paxoskv.recovery import own_fence_s
 from paxoskv.sim.invariants import StateChecker
 from paxoskv.sim.loop import run_virtual
 from paxoskv.sim.mutants import (
@@ -500,10 +501,8 @@ class _Simulation:
         if rejoin or node_id in self.rolled_back:
             # The fence the node's rules give it (a mutant's shorter one too): what it
             # lets through must then be caught by its effects.
-            fence = config.rejoin_fence_s if \
-                self.identity_rules.fence_outlasts_cached_ballots \
-                else 2 * config.message_lifetime_s
-            self.state_checker.fence(node_id, loop.time() + fence)
+            self.state_checker.fence(
+                node_id, loop.time() + own_fence_s(config, self.identity_rules))
         # A refused rebuild raises RebuildRefused here, as the server exits: nothing runs.
         check_rebuild_copy(storage, config, self.clocks[node_id](), self.identity_rules)
         identity = await open_identity(storage, CLUSTER_ID, node_id)
