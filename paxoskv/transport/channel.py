@@ -1,7 +1,7 @@
 """Peer transport over one persistent WebSocket per peer (the peer channel).
 
 Batching is `HttpTransport`'s (a bounded queue per peer, batches capped by count and bytes,
-expired messages dropped, up to ``inflight_max`` frames in flight, the rest coalescing
+expired messages dropped, a lane's limit of frames in flight, the rest coalescing
 behind them); only the carriage differs: each batch is one binary WebSocket message on a
 socket this node keeps open to the peer, tagged with a request id, and the peer answers by
 that id, so many frames share the socket and no HTTP request is built per batch. Hello and

@@ -1,10 +1,11 @@
 """Peer transport over aiohttp: pooled keep-alive sessions, batching, shared-secret auth.
 
 Messages to one peer are coalesced: those queued in one turn of the event loop leave
-together at its end, and while ``inflight_max`` requests to that peer are on the wire, new
+together at its end, and while a lane's limit of requests to that peer is on the wire
+(``_Peer``: one for prepares and accepts, ``inflight_max`` for the other lanes), new
 messages queue and the next request carries all of them (up to ``batch_messages_max``).
 Under load many keys' prepares and accepts share one request; when idle a message leaves
-at the end of the turn that sent it, so batching costs no measurable latency.
+at the end of the turn that sent it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import aiohttp
 import orjson
 
 from paxoskv.core.acceptor import Floor
-from paxoskv.core.messages import Forward, PeerProtocolError, Reply, Request
+from paxoskv.core.messages import Forward, Learn, PeerProtocolError, Query, Reply, Request
 from paxoskv.core.reconfig import Config
 from paxoskv.limits import HEADER_BYTES_MAX, Limits
 from paxoskv.loopref import LoopRef
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 FROM_HEADER = "X-Paxoskv-From"
 
 QUEUE_MESSAGES_MAX = 8192
+DURABLE_INFLIGHT_MAX = 1
+"""Frames of prepares and accepts on the wire to one peer at once (``_Peer``)."""
 """Messages waiting for one peer; beyond it a send fails at once (the peer is too slow)."""
 
 
@@ -54,31 +57,46 @@ of one config only."""
 
 
 class _Lane:
-    """Messages waiting for one peer, and the frames of theirs on the wire."""
+    """Messages waiting for one peer, and the frames of theirs on the wire (at most
+    ``inflight_max``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inflight_max: int) -> None:
         self.queue: deque[_Queued] = deque()
         self.inflight = 0
+        self.inflight_max = inflight_max
         self.flush_due = False
         """A flush is scheduled for the end of this turn of the event loop."""
 
 
 class _Peer:
-    """A peer's two lanes: acceptor messages (answered after one fsync), and forwarded
-    writes (answered after a whole round), so a frame's replies never wait for a round."""
+    """A peer's three lanes, so that a frame's replies never wait for slower messages than
+    its own: ``durable``, messages answered once a step is durable (prepares, accepts,
+    collections: one fsync); ``prompt``, those answered at once (queries, learns); and
+    ``forward``, forwarded writes (answered after a whole round).
 
-    def __init__(self, url: str) -> None:
+    The durable lane has ``durable_inflight_max`` frames on the wire, by default one. What
+    queues behind that frame leaves when its answer comes back. The peer's group commit
+    was busy with that frame's fsync until then, so the wait costs little, and each frame
+    carries more messages: fewer writes and wake-ups at both ends, fewer commits at the
+    peer. Measured: put at 128 connections to one of three nodes, about 15 % more
+    throughput for 15 % less CPU per write (README, "Against etcd").
+    """
+
+    def __init__(self, url: str, inflight_max: int, durable_inflight_max: int) -> None:
         self.url = url.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
-        self.acceptor = _Lane()
-        self.forward = _Lane()
+        self.durable = _Lane(durable_inflight_max)
+        self.prompt = _Lane(inflight_max)
+        self.forward = _Lane(inflight_max)
 
     def lane(self, msg: Request) -> _Lane:
-        return self.forward if isinstance(msg, Forward) else self.acceptor
+        if isinstance(msg, Forward):
+            return self.forward
+        return self.prompt if isinstance(msg, Query | Learn) else self.durable
 
     @property
-    def lanes(self) -> tuple[_Lane, _Lane]:
-        return self.acceptor, self.forward
+    def lanes(self) -> tuple[_Lane, _Lane, _Lane]:
+        return self.durable, self.prompt, self.forward
 
 
 class HttpTransport:
@@ -87,12 +105,14 @@ class HttpTransport:
     def __init__(self, node_id: int, peer_urls: dict[int, str], secret: str,
                  timeout_s: float = 2.0, limits: Limits | None = None,
                  metrics: Metrics | None = None, inflight_max: int = 4,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 durable_inflight_max: int = DURABLE_INFLIGHT_MAX) -> None:
         self.node_id = node_id
         self._ssl: ssl.SSLContext | bool = ssl_context or True
         """For https:// peers: the cluster CA to verify them and our certificate (mutual
         TLS); True: the system's CAs."""
-        self._peers = {pid: _Peer(url) for pid, url in peer_urls.items() if pid != node_id}
+        self._peers = {pid: _Peer(url, inflight_max, durable_inflight_max)
+                       for pid, url in peer_urls.items() if pid != node_id}
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(1.0, timeout_s))
         self._limits = limits or Limits()
@@ -115,7 +135,7 @@ class HttpTransport:
         if p.session is None:
             # No DNS cache: a restarted StatefulSet pod comes back under its name with a new
             # IP, and aiohttp's default 10 s cache kept peers dialling the old one.
-            connector = aiohttp.TCPConnector(limit=2 * self._inflight_max + 4,
+            connector = aiohttp.TCPConnector(limit=sum(lane.inflight_max for lane in p.lanes) + 4,
                                              keepalive_timeout=30, use_dns_cache=False,
                                              ssl=self._ssl)
             p.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
@@ -201,7 +221,7 @@ class HttpTransport:
         return batch, config
 
     def _pump(self, p: _Peer, lane: _Lane) -> None:
-        while lane.queue and lane.inflight < self._inflight_max:
+        while lane.queue and lane.inflight < lane.inflight_max:
             batch, config = self._take_batch(lane)
             if not batch:
                 continue

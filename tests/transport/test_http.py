@@ -12,7 +12,7 @@ from aiohttp import web
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
-from paxoskv.core.messages import Forward, Forwarded, Prepare, Query, QueryReply
+from paxoskv.core.messages import Forward, Forwarded, Prepare, Promise, Query, QueryReply
 from paxoskv.core.register import Set, Value
 from paxoskv.transport.base import PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import Sender, check_peer_auth, decode_frame, encode_replies
@@ -136,3 +136,49 @@ def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
     asyncio.run(run())
     assert {"Forward"} in frames
     assert all(f == {"Forward"} or "Forward" not in f for f in frames)
+
+
+def test_prepares_and_accepts_travel_one_frame_at_a_time_and_queries_do_not_wait() -> None:
+    """Goal: a peer's durable lane (steps answered after an fsync) has one frame on the
+    wire: prepares sent one by one while it is out leave together in the next frame, once
+    its answer is back; queries, in a lane of their own, are answered meanwhile. With
+    ``durable_inflight_max=4`` each of those prepares would leave in a frame of its own,
+    at once."""
+    frames: list[tuple[float, list[str]]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        _, items = decode_frame(await request.read(), ttl_ms_max=10_000)
+        msgs = [m for m, _ in items]
+        frames.append((asyncio.get_running_loop().time(), [m.key for m in msgs]))
+        replies: list[Any] = []
+        for m in msgs:
+            if isinstance(m, Prepare):
+                await asyncio.sleep(0.3)  # the peer's fsync
+                replies.append(Promise(m.key, m.ballot, Ballot.ZERO, Value(0, None)))
+            else:
+                replies.append(QueryReply(m.key, Ballot(1, 1), Value(1, b"v")))
+        return web.Response(body=encode_replies(replies), content_type="application/json")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        async with _peer(handler, inflight_max=4) as t:
+            first = asyncio.ensure_future(t.send(2, Prepare("p0", Ballot(1, 1)), _deadline()))
+            later = []
+            for i in range(1, 5):
+                await asyncio.sleep(0.02)  # one turn of the loop or more apart
+                later.append(asyncio.ensure_future(
+                    t.send(2, Prepare(f"p{i}", Ballot(1, 1)), _deadline())))
+            started = loop.time()
+            queries = await asyncio.gather(*(t.send(2, Query(f"q{i}"), _deadline())
+                                             for i in range(3)))
+            assert loop.time() - started < 0.2, "a query waited behind a prepare's frame"
+            assert all(isinstance(q, QueryReply) for q in queries)
+            answered = await first
+            first_back = loop.time()
+            assert isinstance(answered, Promise)
+            assert all(isinstance(p, Promise) for p in await asyncio.gather(*later))
+            prepares = [(at, keys) for at, keys in frames if keys[0].startswith("p")]
+            assert [keys for _, keys in prepares] == [["p0"], ["p1", "p2", "p3", "p4"]]
+            assert prepares[1][0] >= first_back - 0.05
+
+    asyncio.run(run())
