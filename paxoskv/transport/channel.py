@@ -34,7 +34,7 @@ from paxoskv.transport.codec import (
     channel_request,
     parse_channel_reply,
 )
-from paxoskv.transport.http import HttpTransport, _Peer, not_acted_on
+from paxoskv.transport.http import DURABLE_INFLIGHT_MAX, HttpTransport, _Peer, not_acted_on
 from paxoskv.transport.server import CHANNEL_HEARTBEAT_S
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "ChannelTransport"]
@@ -80,9 +80,11 @@ class ChannelTransport(HttpTransport):
                  timeout_s: float = 2.0, limits: Limits | None = None,
                  metrics: Metrics | None = None, inflight_max: int = 4,
                  heartbeat_s: float = CHANNEL_HEARTBEAT_S,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 durable_inflight_max: int = DURABLE_INFLIGHT_MAX) -> None:
         super().__init__(node_id, peer_urls, secret, timeout_s=timeout_s, limits=limits,
-                         metrics=metrics, inflight_max=inflight_max, ssl_context=ssl_context)
+                         metrics=metrics, inflight_max=inflight_max, ssl_context=ssl_context,
+                         durable_inflight_max=durable_inflight_max)
         self._timeout_s = timeout_s
         self._heartbeat_s = heartbeat_s
         self._links: dict[int, _Link] = {id(p): _Link() for p in self._peers.values()}
@@ -204,6 +206,7 @@ class ChannelTransport(HttpTransport):
             await sock.session.close()
 
     async def close(self) -> None:
+        self._closed = True  # the frames failed below start no new ones (nor a new dial)
         for p in self._peers.values():
             sock = self._links[id(p)].socket
             if sock is not None:

@@ -2,7 +2,7 @@
 
 Messages to one peer are coalesced: those queued in one turn of the event loop leave
 together at its end, and while a lane's limit of requests to that peer is on the wire
-(``_Peer``: one for prepares and accepts, ``inflight_max`` for the other lanes), new
+(``_Peer``: by default one for prepares and accepts, ``inflight_max`` for the other lanes), new
 messages queue and the next request carries all of them (up to ``batch_messages_max``).
 Under load many keys' prepares and accepts share one request; when idle a message leaves
 at the end of the turn that sent it.
@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 FROM_HEADER = "X-Paxoskv-From"
 
 QUEUE_MESSAGES_MAX = 8192
-DURABLE_INFLIGHT_MAX = 1
-"""Frames of prepares and accepts on the wire to one peer at once (``_Peer``)."""
 """Messages waiting for one peer; beyond it a send fails at once (the peer is too slow)."""
+DURABLE_INFLIGHT_MAX = 1
+"""Frames of prepares and accepts on the wire to one peer at once, unless what waits
+fills a frame by itself (``_Peer``)."""
 
 
 _Queued = tuple[Request, float, asyncio.Future[Reply], Config | None]
@@ -78,7 +79,9 @@ class _Peer:
     queues behind that frame leaves when its answer comes back. The peer's group commit
     was busy with that frame's fsync until then, so the wait costs little, and each frame
     carries more messages: fewer writes and wake-ups at both ends, fewer commits at the
-    peer. Measured against 4 frames (README, "Against etcd"): put with clients on every
+    peer. Messages that fill a frame by themselves (by count or bytes: large values, or
+    hundreds of rounds at once) do not wait: up to ``inflight_max`` frames then.
+    Measured against 4 frames (README, "Against etcd"): put with clients on every
     node, 6-25 % more throughput and 5-20 % less CPU per write; with every client on one
     node, within the noise.
     """
@@ -119,6 +122,7 @@ class HttpTransport:
         self._limits = limits or Limits()
         self._metrics = metrics or Metrics()
         self._inflight_max = inflight_max
+        self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: Sender | None = None
         self._closing: set[asyncio.Future[None]] = set()
@@ -173,6 +177,8 @@ class HttpTransport:
         reply (or PeerUnreachable); PeerNotReached is raised at once when it cannot even
         be queued. ``config``: the acceptor-set config the message is sent under (its
         frame's header says so); None is epoch 0."""
+        if self._closed:
+            raise PeerNotReached("transport closed")
         p = self._peer(peer)
         lane = p.lane(msg)
         if len(lane.queue) >= QUEUE_MESSAGES_MAX:
@@ -221,8 +227,22 @@ class HttpTransport:
             size += cost
         return batch, config
 
+    def _fills_frame(self, lane: _Lane) -> bool:
+        """Whether the messages waiting in ``lane`` would fill a frame by themselves."""
+        if len(lane.queue) >= self._limits.batch_messages_max:
+            return True
+        size, bytes_max = 0, self._limits.frame_bytes_max // 2
+        for msg, _, _, _ in lane.queue:
+            size += _wire_size(msg)
+            if size > bytes_max:
+                return True
+        return False
+
     def _pump(self, p: _Peer, lane: _Lane) -> None:
-        while lane.queue and lane.inflight < lane.inflight_max:
+        if self._closed:
+            return  # close() fails what still waits
+        while lane.queue and (lane.inflight < lane.inflight_max or (
+                lane.inflight < self._inflight_max and self._fills_frame(lane))):
             batch, config = self._take_batch(lane)
             if not batch:
                 continue
@@ -256,6 +276,13 @@ class HttpTransport:
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(err)
+        except asyncio.CancelledError:
+            # close(): the frame may have reached the peer, so "unreachable", not "not
+            # reached"; its callers are answered rather than left waiting.
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(PeerUnreachable("transport closed"))
+            raise
         finally:
             lane.inflight -= 1
             self._pump(p, lane)
@@ -322,7 +349,9 @@ class HttpTransport:
 
     async def close(self) -> None:
         # Let retired sessions finish closing (cancelling them left "Unclosed client
-        # session" warnings); cancel only batches still on the wire.
+        # session" warnings); cancel only batches still on the wire. Nothing is sent
+        # after this begins: a cancelled batch must not start the next one (``_pump``).
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

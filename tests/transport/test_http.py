@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,11 +13,23 @@ from aiohttp import web
 
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
-from paxoskv.core.messages import Forward, Forwarded, Prepare, Promise, Query, QueryReply
+from paxoskv.core.messages import (
+    Accept,
+    Collect,
+    Forward,
+    Forwarded,
+    Learn,
+    Prepare,
+    Promise,
+    Query,
+    QueryReply,
+    Request,
+)
 from paxoskv.core.register import Set, Value
+from paxoskv.limits import Limits
 from paxoskv.transport.base import PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import Sender, check_peer_auth, decode_frame, encode_replies
-from paxoskv.transport.http import HttpTransport
+from paxoskv.transport.http import HttpTransport, _Peer
 
 SENDER = Sender(1, PeerRecord("d1", 1, "b1"), "fp")
 
@@ -138,6 +151,44 @@ def test_forwarded_writes_travel_in_frames_of_their_own() -> None:
     assert all(f == {"Forward"} or "Forward" not in f for f in frames)
 
 
+def test_each_message_type_travels_in_the_lane_of_its_answer() -> None:
+    """Goal: steps answered once durable share the one-frame lane; those answered at once,
+    and forwarded writes (answered after a round), never wait in a frame behind them. A
+    new message type must be placed here on purpose."""
+    peer = _Peer("http://p", inflight_max=4, durable_inflight_max=1)
+    b = Ballot(1, 1)
+    placed = {
+        Prepare("k", b): peer.durable,
+        Accept("k", b, Value(1, b"v")): peer.durable,
+        Collect("k", b, 1): peer.durable,
+        Query("k"): peer.prompt,
+        Learn("k", 1, True, True, b"v"): peer.prompt,
+        Forward("k", Set(b"x"), "r", "b"): peer.forward,
+    }
+    assert {type(m) for m in placed} == set(typing.get_args(Request))
+    for msg, lane in placed.items():
+        assert peer.lane(msg) is lane, type(msg).__name__
+    assert (peer.durable.inflight_max, peer.prompt.inflight_max,
+            peer.forward.inflight_max) == (1, 4, 4)
+
+
+def _promising_peer(frames: list[tuple[float, list[str]]]
+                    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A peer that answers a frame's prepares after one 0.3 s "fsync" (the whole frame's,
+    as a group commit) and its queries at once."""
+    async def handler(request: web.Request) -> web.Response:
+        _, items = decode_frame(await request.read(), ttl_ms_max=10_000)
+        msgs = [m for m, _ in items]
+        frames.append((asyncio.get_running_loop().time(), [m.key for m in msgs]))
+        if any(isinstance(m, Prepare) for m in msgs):
+            await asyncio.sleep(0.3)
+        replies: list[Any] = [
+            Promise(m.key, m.ballot, Ballot.ZERO, Value(0, None)) if isinstance(m, Prepare)
+            else QueryReply(m.key, Ballot(1, 1), Value(1, b"v")) for m in msgs]
+        return web.Response(body=encode_replies(replies), content_type="application/json")
+    return handler
+
+
 def test_prepares_and_accepts_travel_one_frame_at_a_time_and_queries_do_not_wait() -> None:
     """Goal: a peer's durable lane (steps answered after an fsync) has one frame on the
     wire: prepares sent one by one while it is out leave together in the next frame, once
@@ -146,22 +197,9 @@ def test_prepares_and_accepts_travel_one_frame_at_a_time_and_queries_do_not_wait
     at once."""
     frames: list[tuple[float, list[str]]] = []
 
-    async def handler(request: web.Request) -> web.Response:
-        _, items = decode_frame(await request.read(), ttl_ms_max=10_000)
-        msgs = [m for m, _ in items]
-        frames.append((asyncio.get_running_loop().time(), [m.key for m in msgs]))
-        replies: list[Any] = []
-        for m in msgs:
-            if isinstance(m, Prepare):
-                await asyncio.sleep(0.3)  # the peer's fsync
-                replies.append(Promise(m.key, m.ballot, Ballot.ZERO, Value(0, None)))
-            else:
-                replies.append(QueryReply(m.key, Ballot(1, 1), Value(1, b"v")))
-        return web.Response(body=encode_replies(replies), content_type="application/json")
-
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        async with _peer(handler, inflight_max=4) as t:
+        async with _peer(_promising_peer(frames), inflight_max=4) as t:
             first = asyncio.ensure_future(t.send(2, Prepare("p0", Ballot(1, 1)), _deadline()))
             later = []
             for i in range(1, 5):
@@ -171,14 +209,62 @@ def test_prepares_and_accepts_travel_one_frame_at_a_time_and_queries_do_not_wait
             started = loop.time()
             queries = await asyncio.gather(*(t.send(2, Query(f"q{i}"), _deadline())
                                              for i in range(3)))
-            assert loop.time() - started < 0.2, "a query waited behind a prepare's frame"
+            assert loop.time() - started < 0.25, "a query waited behind a prepare's frame"
             assert all(isinstance(q, QueryReply) for q in queries)
-            answered = await first
-            first_back = loop.time()
-            assert isinstance(answered, Promise)
+            assert isinstance(await first, Promise)
             assert all(isinstance(p, Promise) for p in await asyncio.gather(*later))
-            prepares = [(at, keys) for at, keys in frames if keys[0].startswith("p")]
-            assert [keys for _, keys in prepares] == [["p0"], ["p1", "p2", "p3", "p4"]]
-            assert prepares[1][0] >= first_back - 0.05
+            prepares = [keys for _, keys in frames if keys[0].startswith("p")]
+            assert prepares == [["p0"], ["p1", "p2", "p3", "p4"]]
+
+    asyncio.run(run())
+
+
+def test_prepares_that_fill_a_frame_do_not_wait_for_the_one_out() -> None:
+    """Goal: the one-frame limit never leaves a full frame waiting (many rounds at once, or
+    large values): with frames of at most 2 messages, 6 prepares queued behind one frame
+    leave at once, in up to ``inflight_max`` frames."""
+    frames: list[tuple[float, list[str]]] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        async with _peer(_promising_peer(frames), inflight_max=4) as t:
+            t._limits = Limits(batch_messages_max=2)
+            first = asyncio.ensure_future(t.send(2, Prepare("p0", Ballot(1, 1)), _deadline()))
+            await asyncio.sleep(0.05)
+            sent = loop.time()
+            rest = await asyncio.gather(*(t.send(2, Prepare(f"p{i}", Ballot(1, 1)),
+                                                 _deadline()) for i in range(1, 7)))
+            assert all(isinstance(p, Promise) for p in rest)
+            assert isinstance(await first, Promise)
+            starts = {keys[0]: at for at, keys in frames}
+            # p1..p4 filled two frames and left while p0's was out; p5, p6 (one frame,
+            # not full) waited for an answer.
+            assert starts["p1"] - sent < 0.15 and starts["p3"] - sent < 0.15
+            assert sorted(len(keys) for _, keys in frames) == [1, 2, 2, 2]
+
+    asyncio.run(run())
+
+
+def test_close_sends_nothing_more_and_answers_every_caller() -> None:
+    """Goal: once close() begins, a message queued behind a frame on the wire is failed,
+    not sent (a cancelled frame must not start the next one), and the frame's own caller
+    is answered too."""
+    frames: list[tuple[float, list[str]]] = []
+
+    async def run() -> None:
+        async with _peer(_promising_peer(frames), inflight_max=4) as t:
+            out = asyncio.ensure_future(t.send(2, Prepare("p0", Ballot(1, 1)), _deadline()))
+            await asyncio.sleep(0.05)
+            queued = asyncio.ensure_future(t.send(2, Prepare("p1", Ballot(1, 1)), _deadline()))
+            await asyncio.sleep(0.01)
+            await t.close()
+            with pytest.raises(PeerUnreachable, match="transport closed"):
+                await queued
+            with pytest.raises(PeerUnreachable, match="transport closed"):
+                await out
+            await asyncio.sleep(0.5)  # long enough for a frame started by mistake to land
+            with pytest.raises(PeerNotReached, match="transport closed"):
+                await t.send(2, Prepare("p2", Ballot(1, 1)), _deadline())
+        assert [keys for _, keys in frames] == [["p0"]]
 
     asyncio.run(run())
