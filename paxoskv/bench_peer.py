@@ -38,7 +38,7 @@ from paxoskv.core.messages import Accept, Accepted, QueryReply, Reply, Request
 from paxoskv.core.reconfig import Config
 from paxoskv.core.register import Value
 from paxoskv.transport import http
-from paxoskv.transport.base import KeyPage
+from paxoskv.transport.base import KeyPage, PeerUnreachable
 from paxoskv.transport.channel import ChannelTransport
 from paxoskv.transport.codec import (
     Sender,
@@ -55,6 +55,12 @@ _LENGTH = struct.Struct("<I")
 """The ``raw`` floor's framing: each frame preceded by its length."""
 
 
+def _answer(msg: Request) -> Reply:
+    if isinstance(msg, Accept):
+        return Accepted(msg.key, msg.ballot)
+    return QueryReply(msg.key, Ballot.ZERO, Value(0, None))
+
+
 class _Acceptor:
     """Answers at once: the benchmark measures the transport, not storage."""
 
@@ -64,13 +70,11 @@ class _Acceptor:
         return None
 
     async def handle(self, msg: Request, deadline: float) -> Reply:
-        if isinstance(msg, Accept):
-            return Accepted(msg.key, msg.ballot)
-        return QueryReply(msg.key, Ballot.ZERO, Value(0, None))
+        return _answer(msg)
 
     def handle_soon(self, msg: Request, deadline: float, config: Config | None = None
-                    ) -> Awaitable[Reply]:
-        return self.handle(msg, deadline)
+                    ) -> Reply:
+        return _answer(msg)  # as a node answers what needs no fsync: no task, no future
 
     async def on_hello(self, info: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -83,12 +87,6 @@ class _Acceptor:
 
     async def install_floors(self, floors: list[tuple[int, Floor]]) -> bool:
         return False
-
-
-def _answer(msg: Request) -> Reply:
-    if isinstance(msg, Accept):
-        return Accepted(msg.key, msg.ballot)
-    return QueryReply(msg.key, Ballot.ZERO, Value(0, None))
 
 
 class _Frames(asyncio.Protocol):
@@ -149,10 +147,22 @@ class _RawSender(_Frames):
 
     def _flush(self) -> None:
         queued, self._queued = self._queued, []
+        if not queued:
+            return  # failed meanwhile (connection_lost)
         body = encode_frame(self._sender, [(msg, 10_000) for msg, _ in queued])
         self._waiting.append([fut for _, fut in queued])
         assert self.transport is not None
         self.transport.write(_LENGTH.pack(len(body)) + body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The peer went away: every caller still waiting is told, none hangs."""
+        lost = PeerUnreachable(f"raw connection lost: {exc}")
+        for futures in [*self._waiting, [fut for _, fut in self._queued]]:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(lost)
+        self._waiting.clear()
+        self._queued.clear()
 
     def on_frame(self, frame: bytes) -> None:
         futures = self._waiting.popleft()
@@ -179,10 +189,17 @@ async def _serve(port: int, kind: str) -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a process's threads so far, from the scheduler's nanosecond counts
+    (``/proc/<pid>/task/*/schedstat``: ``stat``'s 10 ms ticks are too coarse for a short
+    run)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return total / 1e9
 
 
 async def _drive(kind: str, port: int, server_pid: int, messages: int, concurrency: int,
@@ -204,7 +221,7 @@ async def _drive(kind: str, port: int, server_pid: int, messages: int, concurren
             encode_frame, binary=kind != "http-json")
         t = cls(1, {2: f"http://127.0.0.1:{port}"}, SECRET, timeout_s=10.0)
         t.set_sender(sender)
-        send = functools.partial(t.send, 2)
+        send = functools.partial(t.send_soon, 2)  # as a node's rounds send
 
     async def worker(w: int, count: int) -> None:
         for i in range(count):
@@ -217,9 +234,9 @@ async def _drive(kind: str, port: int, server_pid: int, messages: int, concurren
     try:
         await run(max(concurrency, messages // 10))  # warm-up: connections, caches
         sent = (messages // concurrency) * concurrency
-        own0, peer0, wall0 = time.process_time(), _cpu_s(server_pid), time.monotonic()
+        own0, peer0, wall0 = _cpu_s(os.getpid()), _cpu_s(server_pid), time.monotonic()
         await run(messages)
-        own1, peer1, wall1 = time.process_time(), _cpu_s(server_pid), time.monotonic()
+        own1, peer1, wall1 = _cpu_s(os.getpid()), _cpu_s(server_pid), time.monotonic()
     finally:
         if t is not None:
             await t.close()
@@ -259,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.transports.split(","):
         if kind not in TRANSPORTS:
             ap.error(f"unknown transport {kind!r}: choose from {', '.join(TRANSPORTS)}")
-    if args.messages < 1 or args.concurrency < 1 or args.value_bytes < 0 or args.rounds < 1:
-        ap.error("--messages, --concurrency and --rounds must be at least 1, "
-                 "--value-bytes at least 0")
+    if args.concurrency < 1 or args.messages < args.concurrency or args.value_bytes < 0 \
+            or args.rounds < 1:
+        ap.error("--concurrency and --rounds must be at least 1, --messages at least "
+                 "--concurrency, --value-bytes at least 0")
     factory = _loop_factory(args.event_loop)
     if args.serve:
         with asyncio.Runner(loop_factory=factory) as runner:

@@ -1,10 +1,15 @@
 """paxoskv/bench_peer.py: the raw floor's framing, and a short real run of two transports."""
 
+import asyncio
 import re
 
 import pytest
 
-from paxoskv.bench_peer import _LENGTH, _Frames, main
+from paxoskv.bench_peer import _LENGTH, _Frames, _RawSender, main
+from paxoskv.core.identity import PeerRecord
+from paxoskv.core.messages import Query
+from paxoskv.transport.base import PeerUnreachable
+from paxoskv.transport.codec import Sender
 
 
 class _Collect(_Frames):
@@ -43,9 +48,36 @@ def test_a_short_run_reports_each_transport(capsys: pytest.CaptureFixture[str]) 
         assert len(figures) == 4 and all(x > 0 for x in figures), row
 
 
-def test_an_unknown_transport_is_refused_before_anything_starts(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_lost_raw_connection_fails_every_waiting_caller() -> None:
+    """Goal: the floor's sender never leaves a caller waiting for ever (a run would hang):
+    those with a frame out and those still queued are all failed."""
+    async def run() -> None:
+        proto = _RawSender(Sender(1, PeerRecord("b", 1, "b"), "fp"))
+        proto.connection_made(_Sink())
+        sent = proto.send(Query("a"), 0.0)
+        await asyncio.sleep(0)  # its frame leaves
+        queued = proto.send(Query("b"), 0.0)
+        proto.connection_lost(ConnectionResetError("gone"))
+        for fut in (sent, queued):
+            with pytest.raises(PeerUnreachable, match="gone"):
+                await fut
+        await asyncio.sleep(0)  # the flush scheduled for "b" finds nothing to send
+
+    asyncio.run(run())
+
+
+class _Sink(asyncio.Transport):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--transports", "raw,carrier-pigeon"], "unknown transport 'carrier-pigeon'"),
+    (["--messages", "3", "--concurrency", "4"], "--messages at least --concurrency"),
+])
+def test_bad_arguments_are_refused_before_anything_starts(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--transports", "raw,carrier-pigeon"])
+        main(argv)
     assert exc.value.code == 2
-    assert "unknown transport 'carrier-pigeon'" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
