@@ -31,6 +31,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from paxoskv.chaos.processes import free_ports
+from paxoskv.cli import loop_factory
 from paxoskv.core.acceptor import Floor
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.identity import PeerRecord
@@ -251,19 +252,11 @@ async def _drive(kind: str, port: int, server_pid: int, messages: int, concurren
 TRANSPORTS = ("http-json", "http", "channel", "raw")
 
 
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if name == "asyncio":
-        return None
-    import uvloop
-
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m paxoskv.bench_peer",
                                  description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--transports", default="http-json,http,channel,raw",
-                    help="comma-separated: http-json, http, channel, raw (the floor)")
+                    help=f"comma-separated: {', '.join(TRANSPORTS)} (raw: the floor)")
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--value-bytes", type=int, default=128)
@@ -280,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             or args.rounds < 1:
         ap.error("--concurrency and --rounds must be at least 1, --messages at least "
                  "--concurrency, --value-bytes at least 0")
-    factory = _loop_factory(args.event_loop)
+    factory = loop_factory(args.event_loop)
     if args.serve:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(_serve(args.serve, args.serve_kind))

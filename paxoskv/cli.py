@@ -447,7 +447,7 @@ def _serve(args: argparse.Namespace) -> int:
                                  dns_timeout_s=args.dns_timeout if args.statefulset else None,
                                  scaler=scaler))
 
-    with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
         runner.run(main())
     return 0
 
@@ -539,7 +539,7 @@ def _token_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop runs the same asyncio code on libuv; its sockets, timers and futures cost
     less CPU per peer message and per client request than the standard loop's."""
     if name == "asyncio":

@@ -205,7 +205,7 @@ class HttpTransport:
         now = self._loop.get().time()
         batch: list[tuple[Request, int, asyncio.Future[Reply]]] = []
         size = 0
-        bytes_max = self._limits.frame_bytes_max // 2
+        bytes_max = self._batch_bytes_max
         config: Config | None = None
         while lane.queue and len(batch) < self._limits.batch_messages_max:
             msg, deadline, fut, cfg = lane.queue[0]
@@ -227,11 +227,17 @@ class HttpTransport:
             size += cost
         return batch, config
 
+    @property
+    def _batch_bytes_max(self) -> int:
+        """Bytes of messages one frame carries at most (half a frame: room for the header
+        and the replies' growth), for ``_take_batch`` and ``_fills_frame`` alike."""
+        return self._limits.frame_bytes_max // 2
+
     def _fills_frame(self, lane: _Lane) -> bool:
         """Whether the messages waiting in ``lane`` would fill a frame by themselves."""
         if len(lane.queue) >= self._limits.batch_messages_max:
             return True
-        size, bytes_max = 0, self._limits.frame_bytes_max // 2
+        size, bytes_max = 0, self._batch_bytes_max
         for msg, _, _, _ in lane.queue:
             size += _wire_size(msg)
             if size > bytes_max:
