@@ -124,6 +124,18 @@ _UPSERT = (
     "version=excluded.version, data=excluded.data, recent=excluded.recent, crc=excluded.crc, "
     "bp_fast=excluded.bp_fast, ba_fast=excluded.ba_fast"
 )
+_UPDATE = (
+    "UPDATE registers SET bp_counter=?, bp_node=?, bp_inc=?, ba_counter=?, ba_node=?, "
+    "ba_inc=?, version=?, data=?, recent=?, crc=?, bp_fast=?, ba_fast=? WHERE key=?"
+)
+"""``_UPSERT`` for a row that exists, its parameters a row's with the key moved last
+(``_write_rows``)."""
+_INSERT_NEW = (
+    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(key) DO NOTHING"
+)
+"""A row for a key that has none; only a clash on the key is passed over (any other
+constraint still fails the batch)."""
 
 _Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int, int, int]
 
@@ -230,18 +242,22 @@ def _parse_recent(text: str) -> tuple[tuple[tuple[str, int], ...], int | None]:
     return tuple((str(rid), int(v)) for rid, v in raw), expires
 
 
-def _crc(key: str, state: AcceptorState) -> int:
+def _crc(key: str, state: AcceptorState, recent: str | None = None) -> int:
+    """``recent``: the value's ``_recent_text``, when the caller has it already."""
     bp, ba, v = state.ballot_promised, state.ballot_accepted, state.value
+    if recent is None:
+        recent = _recent_text(v)
     head = (f"{key}\0{bp}\0{ba}\0{v.version}\0{'-' if v.data is None else len(v.data)}"
-            f"\0{_recent_text(v)}")
+            f"\0{recent}")
     return zlib.crc32(v.data or b"", zlib.crc32(head.encode()))
 
 
 def _to_row(key: str, state: AcceptorState) -> _Row:
-    bp, ba = state.ballot_promised, state.ballot_accepted
+    bp, ba, value = state.ballot_promised, state.ballot_accepted, state.value
+    recent = _recent_text(value)
     return (key, bp.counter, bp.node_id, bp.incarnation, ba.counter, ba.node_id,
-            ba.incarnation, state.value.version, state.value.data,
-            _recent_text(state.value), _crc(key, state), bp.fast, ba.fast)
+            ba.incarnation, value.version, value.data, recent, _crc(key, state, recent),
+            bp.fast, ba.fast)
 
 
 def _from_row(row: _Row) -> tuple[str, AcceptorState]:
@@ -650,8 +666,7 @@ class SqliteStorage:
             collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
             if not collected:
                 if rows:
-                    inserted = self._new_keys([r[0] for r in rows])
-                    self._wcur.executemany(_UPSERT, rows)
+                    inserted = self._write_rows(rows)
             else:
                 inserted, removed = self._write_in_order(batch, rows, collected)
             metas = [(w.key, w.meta) for w in batch if w.meta is not None]
@@ -896,6 +911,19 @@ class SqliteStorage:
         self._wcur.execute(
             f"INSERT OR REPLACE INTO gc_floors({_FLOOR_COLUMNS}) "
             "VALUES (?,?,?,?,?,?,?)", _floor_row(bucket, floor))
+
+    def _write_rows(self, rows: list[_Row]) -> int:
+        """Store ``rows`` (of a key written twice, the last), inside the write transaction;
+        returns how many keys got a row they had not. An UPDATE first, whose row count
+        says whether any key is new: a steady load only overwrites, and counting new keys
+        beforehand cost a SELECT per batch (about a tenth of the writer's CPU per batch)."""
+        if len(rows) > 1:
+            rows = list({row[0]: row for row in rows}.values())
+        self._wcur.executemany(_UPDATE, [row[1:] + row[:1] for row in rows])
+        if self._wcur.rowcount == len(rows):
+            return 0
+        self._wcur.executemany(_INSERT_NEW, rows)
+        return int(self._wcur.rowcount)
 
     def _new_keys(self, keys: list[str]) -> int:
         """How many distinct ``keys`` have no row yet (inside the write transaction)."""

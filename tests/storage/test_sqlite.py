@@ -298,9 +298,11 @@ def test_a_state_too_large_to_cache_replaces_its_cached_predecessor(tmp_path: Pa
 
 
 def test_batches_of_any_size_share_three_key_count_statements(tmp_path: Path) -> None:
-    """Goal: the writer's new-key count uses a few fixed statement texts whatever the batch
-    size, so its statement cache does not churn (a prepare per batch, and statements made
-    all through a load; docs/gc.md); the count stays exact with the NULL padding."""
+    """Goal: the new-key count of a batch that also collects keys uses a few fixed
+    statement texts whatever the batch size, so the writer's statement cache does not
+    churn (a prepare per batch, and statements made all through a load; docs/gc.md); the
+    count stays exact with the NULL padding."""
+    from paxoskv.core.acceptor import Floor
     texts: set[str] = set()
 
     async def run() -> None:
@@ -310,12 +312,45 @@ def test_batches_of_any_size_share_three_key_count_statements(tmp_path: Path) ->
             if "COUNT(*) FROM registers WHERE key IN" in sql else None)
         total = 0
         for size in (1, 2, 3, 7, 16, 17, 40, 129, 200):
-            await asyncio.gather(*(s.save(f"b{size}-{i}", _state(1)) for i in range(size)))
+            await asyncio.gather(*(s.save(f"b{size}-{i}", _state(1)) for i in range(size)),
+                                 s.collect(f"gone-{size}", Floor(Ballot(2, 1), 1)))
             total += size
             assert s.key_count() == total
         await s.close()
     asyncio.run(run())
     assert 1 <= len(texts) <= 3, texts
+
+
+def test_a_steady_batch_counts_new_keys_without_a_select(tmp_path: Path) -> None:
+    """Goal: a batch of saves counts the keys it adds from its own writes (an UPDATE's row
+    count, then inserts for the rest), with no SELECT on the way; the count stays exact
+    for batches of new keys, old keys, both, and one key saved twice, whose later state
+    is the one kept."""
+    selects: list[str] = []
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        s._conn.set_trace_callback(
+            lambda sql: selects.append(sql) if sql.startswith("SELECT") else None)
+        await asyncio.gather(*(s.save(f"k{i}", _state(1)) for i in range(5)))
+        assert s.key_count() == 5
+        await asyncio.gather(*(s.save(f"k{i}", _state(2)) for i in range(5)))
+        assert s.key_count() == 5
+        await asyncio.gather(*(s.save(f"k{i}", _state(3)) for i in range(3, 8)))
+        assert s.key_count() == 8
+        await asyncio.gather(s.save("twice", _state(4)), s.save("k0", _state(4)),
+                             s.save("twice", _state(5)))
+        assert s.key_count() == 9
+        assert s.load("twice") == _state(5)
+        assert s.load("k0") == _state(4)
+        assert s.load("k7") == _state(3)
+        await s.close()
+        reopened = SqliteStorage(tmp_path, cache_bytes=0)
+        assert reopened.key_count() == 9
+        assert reopened.load("twice") == _state(5)
+        await reopened.close()
+    asyncio.run(run())
+    assert not selects, selects
 
 
 def test_reads_and_commits_make_no_cursor_per_statement(tmp_path: Path) -> None:
