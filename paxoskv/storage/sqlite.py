@@ -36,6 +36,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -124,18 +125,32 @@ _UPSERT = (
     "version=excluded.version, data=excluded.data, recent=excluded.recent, crc=excluded.crc, "
     "bp_fast=excluded.bp_fast, ba_fast=excluded.ba_fast"
 )
-_UPDATE = (
-    "UPDATE registers SET bp_counter=?, bp_node=?, bp_inc=?, ba_counter=?, ba_node=?, "
-    "ba_inc=?, version=?, data=?, recent=?, crc=?, bp_fast=?, ba_fast=? WHERE key=?"
-)
-"""``_UPSERT`` for a row that exists, its parameters a row's with the key moved last
-(``_write_rows``)."""
-_INSERT_NEW = (
-    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT(key) DO NOTHING"
-)
-"""A row for a key that has none; only a clash on the key is passed over (any other
-constraint still fails the batch)."""
+_ROWS_PER_STATEMENT = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""The row counts a batch's write statements are made for (a batch is padded up to the
+next one, and split by the last): a few fixed texts in the statement cache, and at most
+256 * 13 parameters in one statement."""
+
+
+@functools.cache
+def _update_rows(size: int) -> str:
+    """Overwrite the rows of up to ``size`` keys in one statement; a padding row (a NULL
+    key) matches none."""
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * size)
+    columns = [c.strip() for c in _COLUMNS.split(",")]
+    assert columns[0] == "key"
+    sets = ", ".join(f"{c}=v.column{i}" for i, c in enumerate(columns, 1) if i > 1)
+    return (f"UPDATE registers SET {sets} FROM (VALUES {values}) AS v "
+            "WHERE registers.key = v.column1")
+
+
+@functools.cache
+def _insert_rows(size: int) -> str:
+    """A row for each of up to ``size`` keys that have none, in one statement. Only a
+    clash on the key is passed over (any other constraint still fails the batch); padding
+    rows are left out."""
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * size)
+    return (f"INSERT INTO registers ({_COLUMNS}) SELECT * FROM (VALUES {values}) "
+            "WHERE column1 IS NOT NULL ON CONFLICT(key) DO NOTHING")
 
 _Row = tuple[str, int, int, int, int, int, int, int, bytes | None, str, int, int, int]
 
@@ -914,16 +929,27 @@ class SqliteStorage:
 
     def _write_rows(self, rows: list[_Row]) -> int:
         """Store ``rows`` (of a key written twice, the last), inside the write transaction;
-        returns how many keys got a row they had not. An UPDATE first, whose row count
-        says whether any key is new: a steady load only overwrites, and counting new keys
-        beforehand cost a SELECT per batch (about a tenth of the writer's CPU per batch)."""
+        returns how many keys got a row they had not.
+
+        Few statements, whatever the batch's size: the sqlite3 module lets go of the GIL
+        around each step of a statement, a row each for ``executemany``, and while the
+        event loop is busy each time can cost the writer a wait for it. An UPDATE of them
+        all first, whose row count says whether any key is new (a steady load only
+        overwrites); only then an INSERT of those without a row."""
         if len(rows) > 1:
             rows = list({row[0]: row for row in rows}.values())
-        self._wcur.executemany(_UPDATE, [row[1:] + row[:1] for row in rows])
-        if self._wcur.rowcount == len(rows):
-            return 0
-        self._wcur.executemany(_INSERT_NEW, rows)
-        return int(self._wcur.rowcount)
+        inserted = 0
+        most = _ROWS_PER_STATEMENT[-1]
+        for i in range(0, len(rows), most):
+            chunk = rows[i:i + most]
+            size = next(n for n in _ROWS_PER_STATEMENT if n >= len(chunk))
+            params = [field for row in chunk for field in row]
+            params += [None] * (len(rows[0]) * (size - len(chunk)))
+            self._wcur.execute(_update_rows(size), params)
+            if self._wcur.rowcount != len(chunk):
+                self._wcur.execute(_insert_rows(size), params)
+                inserted += self._wcur.rowcount
+        return inserted
 
     def _new_keys(self, keys: list[str]) -> int:
         """How many distinct ``keys`` have no row yet (inside the write transaction)."""

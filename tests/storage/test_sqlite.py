@@ -353,6 +353,47 @@ def test_a_steady_batch_counts_new_keys_without_a_select(tmp_path: Path) -> None
     assert not selects, selects
 
 
+def test_a_large_batch_is_written_in_a_few_statements_of_fixed_texts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: a batch is written in a few statements whatever its size (each statement step
+    lets go of the GIL, and a row each cost the writer a wait for a busy event loop), of
+    a few fixed texts (padded rows: no statement cache churn); a batch larger than one
+    statement's rows, of old and new keys, keeps the count exact, stores every key's last
+    state and no padding row."""
+    writes: list[str] = []
+    sizes: set[int] = set()
+    for name in ("_update_rows", "_insert_rows"):
+        made = getattr(sqlite_module, name)
+        monkeypatch.setattr(sqlite_module, name,
+                            lambda size, made=made: sizes.add(size) or made(size))
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        await asyncio.gather(*(s.save(f"k{i:03}", _state(1)) for i in range(150)))
+        s._conn.set_trace_callback(
+            lambda sql: writes.append(sql) if sql.startswith(("UPDATE", "INSERT")) else None)
+        # 300 keys, half of them already stored, and every key twice: one batch of 600
+        await asyncio.gather(*(s.save(f"k{i:03}", _state(n)) for n in (2, 3)
+                               for i in range(300)))
+        assert s.key_count() == 300
+        assert s.load("k000") == s.load("k299") == _state(3)
+        for size in (1, 3, 5, 17, 33):
+            await asyncio.gather(*(s.save(f"n{size}-{i}", _state(4)) for i in range(size)))
+        assert s.key_count() == 300 + 1 + 3 + 5 + 17 + 33
+        assert s.keys("", None, 1000)[0] == "k000"  # no row of a NULL key
+        await s.close()
+        reopened = SqliteStorage(tmp_path, cache_bytes=0)
+        assert reopened.key_count() == 359
+        assert reopened.load("k150") == _state(3)
+        await reopened.close()
+    asyncio.run(run())
+    # The 600 saves reach the writer as batches of at most 512 (512 and 88): 300 keys in
+    # chunks of 256 and 44, then 88; at most an UPDATE and an INSERT each. Then the five
+    # batches of new keys, two statements each. (A statement per row made it 600 and more.)
+    assert len(writes) <= 6 + 2 * 5, [w[:60] for w in writes]
+    assert sizes <= {1, 2, 4, 8, 16, 32, 64, 128, 256}, sizes
+
+
 def test_reads_and_commits_make_no_cursor_per_statement(tmp_path: Path) -> None:
     """Goal: the loop's reads and the writer's commits use one cursor each. A cursor per
     statement (``Connection.execute``) leaves a weak reference in the connection's list,
