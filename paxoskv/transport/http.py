@@ -51,10 +51,10 @@ DURABLE_INFLIGHT_MAX = 1
 fills a frame by itself (``_Peer``)."""
 
 
-_Queued = tuple[Request, float, asyncio.Future[Reply], Config | None]
-"""A message waiting to be sent: its deadline, its reply's future, and the config it is sent
-under (None: epoch 0). A frame carries one config in its header, so a batch holds messages
-of one config only."""
+_Queued = tuple[Request, float, asyncio.Future[Reply], Config | None, int]
+"""A message waiting to be sent: its deadline, its reply's future, the config it is sent
+under (None: epoch 0), and its size (``_wire_size``). A frame carries one config in its
+header, so a batch holds messages of one config only."""
 
 
 class _Lane:
@@ -63,6 +63,9 @@ class _Lane:
 
     def __init__(self, inflight_max: int) -> None:
         self.queue: deque[_Queued] = deque()
+        self.queued_bytes = 0
+        """The sum of the queued messages' sizes, kept as they come and go, so that
+        whether they fill a frame is known without going through them."""
         self.inflight = 0
         self.inflight_max = inflight_max
         self.flush_due = False
@@ -185,7 +188,9 @@ class HttpTransport:
             raise PeerNotReached(f"{len(lane.queue)} messages already queued for peer {peer}")
         loop = self._loop.get()
         fut: asyncio.Future[Reply] = loop.create_future()
-        lane.queue.append((msg, deadline, fut, config))
+        size = _wire_size(msg)
+        lane.queue.append((msg, deadline, fut, config, size))
+        lane.queued_bytes += size
         if not lane.flush_due:
             # Frames leave once this turn of the loop is over, so every message queued in
             # it (the accepts of many keys' rounds woken together) shares one frame, where
@@ -208,10 +213,11 @@ class HttpTransport:
         bytes_max = self._batch_bytes_max
         config: Config | None = None
         while lane.queue and len(batch) < self._limits.batch_messages_max:
-            msg, deadline, fut, cfg = lane.queue[0]
+            msg, deadline, fut, cfg, cost = lane.queue[0]
             ttl_ms = int((deadline - now) * 1000)
             if fut.done() or ttl_ms <= 0:
                 lane.queue.popleft()
+                lane.queued_bytes -= cost
                 if not fut.done():
                     fut.set_exception(PeerNotReached("message expired before it was sent"))
                 continue
@@ -219,10 +225,10 @@ class HttpTransport:
                 config = cfg
             elif cfg is not config:
                 break  # the next frame's, under its own header
-            cost = _wire_size(msg)
             if batch and size + cost > bytes_max:
                 break
             lane.queue.popleft()
+            lane.queued_bytes -= cost
             batch.append((msg, ttl_ms, fut))
             size += cost
         return batch, config
@@ -235,14 +241,8 @@ class HttpTransport:
 
     def _fills_frame(self, lane: _Lane) -> bool:
         """Whether the messages waiting in ``lane`` would fill a frame by themselves."""
-        if len(lane.queue) >= self._limits.batch_messages_max:
-            return True
-        size, bytes_max = 0, self._batch_bytes_max
-        for msg, _, _, _ in lane.queue:
-            size += _wire_size(msg)
-            if size > bytes_max:
-                return True
-        return False
+        return (len(lane.queue) >= self._limits.batch_messages_max
+                or lane.queued_bytes > self._batch_bytes_max)
 
     def _pump(self, p: _Peer, lane: _Lane) -> None:
         if self._closed:
@@ -366,10 +366,11 @@ class HttpTransport:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for p in self._peers.values():
             for lane in p.lanes:
-                for _, _, fut, _ in lane.queue:
+                for _, _, fut, _, _ in lane.queue:
                     if not fut.done():
                         fut.set_exception(PeerUnreachable("transport closed"))
                 lane.queue.clear()
+                lane.queued_bytes = 0
             if p.session is not None:
                 await p.session.close()
                 p.session = None

@@ -29,7 +29,7 @@ from paxoskv.core.register import Set, Value
 from paxoskv.limits import Limits
 from paxoskv.transport.base import PeerNotReached, PeerUnreachable
 from paxoskv.transport.codec import Sender, check_peer_auth, decode_frame, encode_replies
-from paxoskv.transport.http import HttpTransport, _Peer
+from paxoskv.transport.http import HttpTransport, _Peer, _wire_size
 
 SENDER = Sender(1, PeerRecord("d1", 1, "b1"), "fp")
 
@@ -241,6 +241,41 @@ def test_prepares_that_fill_a_frame_do_not_wait_for_the_one_out() -> None:
             # not full) waited for an answer.
             assert starts["p1"] - sent < 0.15 and starts["p3"] - sent < 0.15
             assert sorted(len(keys) for _, keys in frames) == [1, 2, 2, 2]
+
+    asyncio.run(run())
+
+
+def test_waiting_bytes_are_counted_as_messages_come_and_go(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Goal: a lane keeps the bytes of the messages waiting in it as they are queued,
+    sent and dropped as expired, so whether they fill a frame is known without going
+    through them: prepares whose bytes fill a frame leave at once behind the one out, and
+    once all is answered the lane holds no bytes."""
+    monkeypatch.setattr(HttpTransport, "_batch_bytes_max", property(lambda self: 2000))
+    frames: list[tuple[float, list[str]]] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        async with _peer(_promising_peer(frames), inflight_max=4) as t:
+            lane = t._peers[2].durable
+            first = asyncio.ensure_future(t.send(2, Prepare("p0", Ballot(1, 1)), _deadline()))
+            await asyncio.sleep(0.05)  # p0's frame is out for 0.3 s
+            doomed = Prepare("x0", Ballot(1, 1))
+            expired = asyncio.ensure_future(t.send(2, doomed, loop.time() + 0.01))
+            await asyncio.sleep(0.02)
+            assert lane.queued_bytes == _wire_size(doomed)
+            sent = loop.time()
+            # four more of about 513 bytes: with the expired one, more than 2000 bytes
+            rest = await asyncio.gather(*(t.send(2, Prepare(f"p{i}", Ballot(1, 1)),
+                                                 _deadline()) for i in range(1, 5)))
+            assert all(isinstance(p, Promise) for p in rest)
+            assert isinstance(await first, Promise)
+            with pytest.raises(PeerNotReached, match="expired"):
+                await expired
+            starts = {keys[0]: at for at, keys in frames}
+            assert starts["p1"] - sent < 0.15, "a frame's worth of bytes waited"
+            assert [keys for _, keys in frames] == [["p0"], ["p1", "p2", "p3"], ["p4"]]
+            assert lane.queued_bytes == 0 and not lane.queue
 
     asyncio.run(run())
 
