@@ -41,6 +41,7 @@ _TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 class Result:
     batches: int
     saves: int
+    """Writes the committed batches held (the writer's own count)."""
     writer_cpu_us: float
     """The storage writer thread's CPU per committed batch."""
     loop_cpu_us: float
@@ -73,10 +74,11 @@ def _spin(us: float) -> None:
 
 async def measure(directory: Path, *, keys: int, batch: int, writers: int, batches: int,
                   value_bytes: int, work_us: float, gap_every: int, gap_us: float) -> Result:
-    commits = [0]
+    commits = [0, 0]  # batches, writes
 
-    def count(_size: int, _seconds: float) -> None:  # the writer thread's, per commit
+    def count(size: int, _seconds: float) -> None:  # the writer thread's, per commit
         commits[0] += 1
+        commits[1] += size
 
     storage = SqliteStorage(directory, observer=count)
     try:
@@ -99,8 +101,7 @@ async def measure(directory: Path, *, keys: int, batch: int, writers: int, batch
         if work_us > 0:
             loop.call_soon(work)
             await asyncio.sleep(0.05)
-        writer_id = next(t.native_id for t in threading.enumerate()
-                         if t.name == "paxoskv-storage" and t.native_id is not None)
+        writer_id = storage.writer_thread_id()  # (not by name: other storages may live)
         loop_id = threading.get_native_id()
 
         async def client(first: int) -> None:
@@ -109,13 +110,13 @@ async def measure(directory: Path, *, keys: int, batch: int, writers: int, batch
                                                     _state(n + 2, value_bytes))
                                        for i in range(batch)))
 
-        ended0, callbacks0 = commits[0], busy["callbacks"]
+        (ended0, saved0), callbacks0 = commits, busy["callbacks"]
         w0, l0, t0 = _thread_cpu_s(writer_id), _thread_cpu_s(loop_id), time.perf_counter()
         await asyncio.gather(*(client(k) for k in range(writers)))
         w1, l1, t1 = _thread_cpu_s(writer_id), _thread_cpu_s(loop_id), time.perf_counter()
         busy["stop"] = True
         ended = commits[0] - ended0
-        return Result(ended, batches * batch, (w1 - w0) * 1e6 / ended,
+        return Result(ended, commits[1] - saved0, (w1 - w0) * 1e6 / ended,
                       (l1 - l0) * 1e6 / ended, (t1 - t0) * 1e6 / ended,
                       busy["callbacks"] - callbacks0)
     finally:

@@ -11,8 +11,8 @@ from paxoskv import bench_writer
 
 
 def test_a_short_run_counts_every_batch_and_both_threads(tmp_path: Path) -> None:
-    """Goal: every save is committed and counted in the batches the writer ended, and the
-    CPU of the writer thread and of the busy loop is read (neither is zero)."""
+    """Goal: the writer's commits hold every save (its own count, not the driver's), and
+    the CPU of the writer thread and of the busy loop is read (neither is zero)."""
     r = asyncio.run(bench_writer.measure(tmp_path, keys=200, batch=4, writers=2,
                                          batches=40, value_bytes=10, work_us=20,
                                          gap_every=10, gap_us=100))

@@ -45,7 +45,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -129,6 +129,42 @@ _ROWS_PER_STATEMENT = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 """The row counts a batch's write statements are made for (a batch is padded up to the
 next one, and split by the last): a few fixed texts in the statement cache, and at most
 256 * 13 parameters in one statement."""
+_STATEMENT_DATA_BYTES = 1 << 20
+"""A statement ends once its rows' values reach this many bytes: the sqlite3 module copies
+every bound value, and SQLite copies the rows once more (``MATERIALIZE``), so 256 values
+of 1 MiB would briefly cost over 500 MiB."""
+_ROWS_FROM_VALUES = sqlite3.sqlite_version_info >= (3, 33, 0)
+"""``UPDATE ... FROM`` came in SQLite 3.33 (Debian 12 has 3.40). With an older library
+(RHEL 8: 3.26) the writer steps once per row (``executemany``): the same rows, more
+waits for the GIL on a busy node."""
+
+
+_UPDATE = (
+    "UPDATE registers SET bp_counter=?, bp_node=?, bp_inc=?, ba_counter=?, ba_node=?, "
+    "ba_inc=?, version=?, data=?, recent=?, crc=?, bp_fast=?, ba_fast=? WHERE key=?"
+)
+"""One row's UPDATE, its parameters a row's with the key moved last (``_write_rows``
+without ``_ROWS_FROM_VALUES``)."""
+_INSERT_NEW = (
+    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(key) DO NOTHING"
+)
+
+
+def _chunks(rows: list[_Row]) -> Iterator[list[_Row]]:
+    """``rows`` in runs of at most ``_ROWS_PER_STATEMENT[-1]`` rows, each ending once its
+    values reach ``_STATEMENT_DATA_BYTES`` (a large value is a run of its own)."""
+    chunk: list[_Row] = []
+    size = 0
+    for row in rows:
+        chunk.append(row)
+        data = row[8]
+        size += len(data) if data is not None else 0
+        if len(chunk) == _ROWS_PER_STATEMENT[-1] or size >= _STATEMENT_DATA_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 @functools.cache
@@ -531,6 +567,12 @@ class SqliteStorage:
         return [key for (key,) in self._rcur.execute(
             f"SELECT key FROM registers WHERE {where} AND key > ? ORDER BY key LIMIT ?",
             ("" if after is None else after, limit)).fetchall()]
+
+    def writer_thread_id(self) -> int:
+        """The writer thread's native id (for per-thread CPU in benchmarks)."""
+        native_id = self._thread.native_id
+        assert native_id is not None, "the writer thread starts in __init__"
+        return native_id
 
     def key_count(self) -> int:
         if self._done:
@@ -938,18 +980,24 @@ class SqliteStorage:
         overwrites); only then an INSERT of those without a row."""
         if len(rows) > 1:
             rows = list({row[0]: row for row in rows}.values())
-        inserted = 0
-        most = _ROWS_PER_STATEMENT[-1]
-        for i in range(0, len(rows), most):
-            chunk = rows[i:i + most]
-            size = next(n for n in _ROWS_PER_STATEMENT if n >= len(chunk))
-            params = [field for row in chunk for field in row]
-            params += [None] * (len(rows[0]) * (size - len(chunk)))
-            self._wcur.execute(_update_rows(size), params)
-            if self._wcur.rowcount != len(chunk):
-                self._wcur.execute(_insert_rows(size), params)
-                inserted += self._wcur.rowcount
-        return inserted
+        if not _ROWS_FROM_VALUES:
+            self._wcur.executemany(_UPDATE, [row[1:] + row[:1] for row in rows])
+            if self._wcur.rowcount == len(rows):
+                return 0
+            self._wcur.executemany(_INSERT_NEW, rows)
+            return int(self._wcur.rowcount)
+        return sum(self._write_chunk(chunk) for chunk in _chunks(rows))
+
+    def _write_chunk(self, chunk: list[_Row]) -> int:
+        """``_write_rows`` for at most one statement's rows (``_chunks``)."""
+        size = next(n for n in _ROWS_PER_STATEMENT if n >= len(chunk))
+        params = [field for row in chunk for field in row]
+        params += [None] * (len(chunk[0]) * (size - len(chunk)))
+        self._wcur.execute(_update_rows(size), params)
+        if self._wcur.rowcount == len(chunk):
+            return 0
+        self._wcur.execute(_insert_rows(size), params)
+        return int(self._wcur.rowcount)
 
     def _new_keys(self, keys: list[str]) -> int:
         """How many distinct ``keys`` have no row yet (inside the write transaction)."""

@@ -321,12 +321,18 @@ def test_batches_of_any_size_share_three_key_count_statements(tmp_path: Path) ->
     assert 1 <= len(texts) <= 3, texts
 
 
-def test_a_steady_batch_counts_new_keys_without_a_select(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rows_from_values", [True, False],
+                         ids=["update-from-values", "sqlite-before-3.33"])
+def test_a_steady_batch_counts_new_keys_without_a_select(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows_from_values: bool) -> None:
     """Goal: a batch of saves counts the keys it adds from its own writes (an UPDATE's row
-    count, then inserts for the rest), with no SELECT on the way; the count stays exact
-    for batches of new keys, old keys, both, and one key saved twice, whose later state
-    is the one kept."""
+    count, then inserts for the rest), with no SELECT on the way, and a batch of keys that
+    all have rows runs no INSERT; the count stays exact for batches of new keys, old keys,
+    both, and one key saved twice, whose later state is the one kept. Also with the
+    statement per row used with SQLite before 3.33."""
+    monkeypatch.setattr(sqlite_module, "_ROWS_FROM_VALUES", rows_from_values)
     selects: list[str] = []
+    statements: list[str] = []
 
     async def run() -> None:
         s = SqliteStorage(tmp_path, cache_bytes=0)
@@ -334,8 +340,13 @@ def test_a_steady_batch_counts_new_keys_without_a_select(tmp_path: Path) -> None
             lambda sql: selects.append(sql) if sql.startswith("SELECT") else None)
         await asyncio.gather(*(s.save(f"k{i}", _state(1)) for i in range(5)))
         assert s.key_count() == 5
+        s._conn.set_trace_callback(lambda sql: statements.append(sql.split(" ")[0]))
         await asyncio.gather(*(s.save(f"k{i}", _state(2)) for i in range(5)))
+        s._conn.set_trace_callback(
+            lambda sql: selects.append(sql) if sql.startswith("SELECT") else None)
         assert s.key_count() == 5
+        assert "INSERT" not in statements, statements
+        assert statements.count("UPDATE") == (1 if rows_from_values else 5), statements
         await asyncio.gather(*(s.save(f"k{i}", _state(3)) for i in range(3, 8)))
         assert s.key_count() == 8
         await asyncio.gather(s.save("twice", _state(4)), s.save("k0", _state(4)),
@@ -380,7 +391,6 @@ def test_a_large_batch_is_written_in_a_few_statements_of_fixed_texts(
         for size in (1, 3, 5, 17, 33):
             await asyncio.gather(*(s.save(f"n{size}-{i}", _state(4)) for i in range(size)))
         assert s.key_count() == 300 + 1 + 3 + 5 + 17 + 33
-        assert s.keys("", None, 1000)[0] == "k000"  # no row of a NULL key
         await s.close()
         reopened = SqliteStorage(tmp_path, cache_bytes=0)
         assert reopened.key_count() == 359
@@ -388,10 +398,36 @@ def test_a_large_batch_is_written_in_a_few_statements_of_fixed_texts(
         await reopened.close()
     asyncio.run(run())
     # The 600 saves reach the writer as batches of at most 512 (512 and 88): 300 keys in
-    # chunks of 256 and 44, then 88; at most an UPDATE and an INSERT each. Then the five
-    # batches of new keys, two statements each. (A statement per row made it 600 and more.)
-    assert len(writes) <= 6 + 2 * 5, [w[:60] for w in writes]
+    # chunks of 256 (half of them new: an UPDATE and an INSERT) and 44 (all new: both),
+    # then 88 keys that all have rows by then (an UPDATE alone). Then the five batches of
+    # new keys, two statements each. (A statement per row made it 600 and more.)
+    assert len(writes) == 4 + 1 + 2 * 5, [w[:60] for w in writes]
     assert sizes <= {1, 2, 4, 8, 16, 32, 64, 128, 256}, sizes
+
+
+def test_a_statement_ends_once_its_values_reach_a_mebibyte(tmp_path: Path) -> None:
+    """Goal: large values do not pile up in one statement (the sqlite3 module and SQLite
+    each copy a statement's values): a run of rows ends once its values reach 1 MiB, so
+    three values of 600 KiB go in two statements, and all three are stored."""
+    big = 600 * 1024
+    rows = [sqlite_module._to_row(f"b{i}", _state(1, bytes([i]) * big)) for i in range(3)]
+    assert [len(c) for c in sqlite_module._chunks(rows)] == [2, 1]
+    small = [sqlite_module._to_row(f"s{i}", _state(1)) for i in range(600)]
+    assert [len(c) for c in sqlite_module._chunks(small)] == [256, 256, 88]
+    updates: list[str] = []
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        await asyncio.gather(*(s.save(f"b{i}", _state(1)) for i in range(3)))
+        s._conn.set_trace_callback(
+            lambda sql: updates.append(sql) if sql.startswith("UPDATE") else None)
+        await asyncio.gather(*(s.save(f"b{i}", _state(2, bytes([i]) * big))
+                               for i in range(3)))
+        assert len(updates) == 2
+        assert [s.load(f"b{i}") for i in range(3)] == [
+            _state(2, bytes([i]) * big) for i in range(3)]
+        await s.close()
+    asyncio.run(run())
 
 
 def test_reads_and_commits_make_no_cursor_per_statement(tmp_path: Path) -> None:
