@@ -568,12 +568,6 @@ class SqliteStorage:
             f"SELECT key FROM registers WHERE {where} AND key > ? ORDER BY key LIMIT ?",
             ("" if after is None else after, limit)).fetchall()]
 
-    def writer_thread_id(self) -> int:
-        """The writer thread's native id (for per-thread CPU in benchmarks)."""
-        native_id = self._thread.native_id
-        assert native_id is not None, "the writer thread starts in __init__"
-        return native_id
-
     def key_count(self) -> int:
         if self._done:
             self._apply_done()
