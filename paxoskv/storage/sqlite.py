@@ -139,16 +139,13 @@ _ROWS_FROM_VALUES = sqlite3.sqlite_version_info >= (3, 33, 0)
 waits for the GIL on a busy node."""
 
 
-_UPDATE = (
-    "UPDATE registers SET bp_counter=?, bp_node=?, bp_inc=?, ba_counter=?, ba_node=?, "
-    "ba_inc=?, version=?, data=?, recent=?, crc=?, bp_fast=?, ba_fast=? WHERE key=?"
-)
+assert _COLUMNS.startswith("key,")
+_STATE_COLUMNS = [c.strip() for c in _COLUMNS.split(",")][1:]
+"""A row's columns after its key."""
+_UPDATE = (f"UPDATE registers SET {', '.join(f'{c}=?' for c in _STATE_COLUMNS)} "
+           "WHERE key=?")
 """One row's UPDATE, its parameters a row's with the key moved last (``_write_rows``
 without ``_ROWS_FROM_VALUES``)."""
-_INSERT_NEW = (
-    f"INSERT INTO registers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT(key) DO NOTHING"
-)
 
 
 def _chunks(rows: list[_Row]) -> Iterator[list[_Row]]:
@@ -172,9 +169,7 @@ def _update_rows(size: int) -> str:
     """Overwrite the rows of up to ``size`` keys in one statement; a padding row (a NULL
     key) matches none."""
     values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * size)
-    columns = [c.strip() for c in _COLUMNS.split(",")]
-    assert columns[0] == "key"
-    sets = ", ".join(f"{c}=v.column{i}" for i, c in enumerate(columns, 1) if i > 1)
+    sets = ", ".join(f"{c}=v.column{i}" for i, c in enumerate(_STATE_COLUMNS, 2))
     return (f"UPDATE registers SET {sets} FROM (VALUES {values}) AS v "
             "WHERE registers.key = v.column1")
 
@@ -978,7 +973,7 @@ class SqliteStorage:
             self._wcur.executemany(_UPDATE, [row[1:] + row[:1] for row in rows])
             if self._wcur.rowcount == len(rows):
                 return 0
-            self._wcur.executemany(_INSERT_NEW, rows)
+            self._wcur.executemany(_insert_rows(1), rows)
             return int(self._wcur.rowcount)
         return sum(self._write_chunk(chunk) for chunk in _chunks(rows))
 
