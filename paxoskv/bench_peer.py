@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import struct
@@ -30,6 +31,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from paxoskv.bench import thread_cpu_s
 from paxoskv.chaos.processes import free_ports
 from paxoskv.cli import loop_factory
 from paxoskv.core.acceptor import Floor
@@ -193,14 +195,11 @@ def _cpu_s(pid: int) -> float:
     """CPU seconds of a process's threads so far, from the scheduler's nanosecond counts
     (``/proc/<pid>/task/*/schedstat``: ``stat``'s 10 ms ticks are too coarse for a short
     run)."""
-    total = 0
+    total = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:  # the thread ended meanwhile
-            pass
-    return total / 1e9
+        with contextlib.suppress(FileNotFoundError):  # the thread ended meanwhile
+            total += thread_cpu_s(tid, pid)
+    return total
 
 
 async def _drive(kind: str, port: int, server_pid: int, messages: int, concurrency: int,

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from paxoskv.bench import thread_cpu_s
 from paxoskv.cli import loop_factory
 from paxoskv.core.acceptor import AcceptorState
 from paxoskv.core.ballot import Ballot
@@ -33,9 +34,6 @@ from paxoskv.core.register import Value
 from paxoskv.storage.sqlite import SqliteStorage
 
 __all__ = ["Result", "main", "measure"]
-
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
 
 @dataclass(frozen=True)
 class Result:
@@ -48,17 +46,6 @@ class Result:
     """The event loop thread's CPU per committed batch (its busy work included)."""
     wall_us: float
     work_callbacks: int
-
-
-def _thread_cpu_s(native_id: int) -> float:
-    """A thread's CPU seconds from its schedstat (ns), or from stat's ticks without it."""
-    try:
-        with open(f"/proc/self/task/{native_id}/schedstat") as f:
-            return int(f.read().split()[0]) / 1e9
-    except (FileNotFoundError, ValueError, IndexError):
-        with open(f"/proc/self/task/{native_id}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 def _state(n: int, value_bytes: int) -> AcceptorState:
@@ -114,9 +101,9 @@ async def measure(directory: Path, *, keys: int, batch: int, writers: int, batch
                                        for i in range(batch)))
 
         (ended0, saved0), callbacks0 = commits, busy["callbacks"]
-        w0, l0, t0 = _thread_cpu_s(writer_id), _thread_cpu_s(loop_id), time.perf_counter()
+        w0, l0, t0 = thread_cpu_s(writer_id), thread_cpu_s(loop_id), time.perf_counter()
         await asyncio.gather(*(client(k) for k in range(writers)))
-        w1, l1, t1 = _thread_cpu_s(writer_id), _thread_cpu_s(loop_id), time.perf_counter()
+        w1, l1, t1 = thread_cpu_s(writer_id), thread_cpu_s(loop_id), time.perf_counter()
         busy["stop"] = True
         ended = commits[0] - ended0
         return Result(ended, commits[1] - saved0, (w1 - w0) * 1e6 / ended,
@@ -157,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-writer: {args.keys} keys, {args.writers} x {args.batch} saves at once, "
               f"{args.batches} rounds, loop {args.event_loop}, busy {args.work_us:g} us "
               f"callbacks, a {args.gap_us:g} us pause every {args.gap_every}", flush=True)
-        runner = asyncio.Runner(loop_factory=loop_factory(args.event_loop))
-        with runner:
+        with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
             r = runner.run(measure(Path(tmp), keys=args.keys, batch=args.batch,
                                    writers=args.writers, batches=args.batches,
                                    value_bytes=args.value_bytes, work_us=args.work_us,
