@@ -4,7 +4,9 @@ One invocation starts a 3-member etcd cluster (Debian's ``etcd-server`` 3.4, fsy
 defaults) and a 3-node paxoskv cluster (production flags, fsync on) on 127.0.0.1, pre-loads
 the same keys into both, and runs the same workloads against each with ``wrk`` and one Lua
 script per workload (etcd through its v3 HTTP/JSON gateway). Cells alternate etcd, paxoskv
-so slow drifts in the machine's load hit both alike.
+so slow drifts in the machine's load hit both alike. With ``--rounds N`` each cell is
+measured N times, the first system alternating, and its row is the round with the median
+ratio: one 5 s measurement moved by a quarter from run to run on the 2-core test machine.
 
 Every cell counts its answers in wrk's Lua ``response`` callback: a status outside the
 workload's expected set (2xx; for CAS also paxoskv's 412) and every socket error or
@@ -46,8 +48,8 @@ import aiohttp
 from paxoskv.bench import start_cluster, stop_cluster, wait_until_up
 from paxoskv.chaos.processes import free_ports
 
-__all__ = ["KEY_FORMAT", "Cell", "Side", "format_table", "key_name", "main", "merge_quantiles",
-           "nan_to_none", "parse_wrk_output"]
+__all__ = ["KEY_FORMAT", "Cell", "Round", "Side", "cell_from_rounds", "format_table", "key_name",
+           "main", "merge_quantiles", "nan_to_none", "parse_wrk_output"]
 
 QUANTILES = 2000
 WORKLOADS = ("put", "get-lin", "get-stale", "mix-90r", "mix-50r", "cas-hot")
@@ -351,19 +353,56 @@ def side_from_runs(runs: Sequence[WrkRun], cas: bool) -> Side:
                 seconds=seconds)
 
 
+def _ratio(etcd: Side, paxoskv: Side) -> float:
+    if etcd.skipped or paxoskv.skipped or not etcd.rps:
+        return math.nan
+    return paxoskv.rps / etcd.rps
+
+
 @dataclass
-class Cell:
-    workload: str
-    connections: int
-    target: str  # "one" or "all"
+class Round:
+    """One measurement of a cell: etcd's run and paxoskv's, back to back."""
     etcd: Side
     paxoskv: Side
 
     @property
     def ratio(self) -> float:
-        if self.etcd.skipped or self.paxoskv.skipped or not self.etcd.rps:
-            return math.nan
-        return self.paxoskv.rps / self.etcd.rps
+        return _ratio(self.etcd, self.paxoskv)
+
+
+@dataclass
+class Cell:
+    """A cell's figures: those of its median round (by ratio; of an even count, the lower
+    of the two middle ones), so every figure of a row comes from one measurement. Every
+    round is kept in ``rounds``."""
+    workload: str
+    connections: int
+    target: str  # "one" or "all"
+    etcd: Side
+    paxoskv: Side
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return _ratio(self.etcd, self.paxoskv)
+
+    @property
+    def ratio_range(self) -> tuple[float, float] | None:
+        """Lowest and highest ratio of the rounds (None below two measured rounds)."""
+        ratios = [r.ratio for r in self.rounds if not math.isnan(r.ratio)]
+        return (min(ratios), max(ratios)) if len(ratios) > 1 else None
+
+
+def cell_from_rounds(workload: str, connections: int, target: str, rounds: Sequence[Round]
+                     ) -> Cell:
+    """The cell whose row is the median round (ties: the earlier round)."""
+    assert rounds, "a cell has at least one round"
+    ranked = sorted(range(len(rounds)),
+                    key=lambda i: (math.isnan(rounds[i].ratio), rounds[i].ratio, i))
+    measured = sum(1 for r in rounds if not math.isnan(r.ratio))
+    middle = ranked[(measured - 1) // 2] if measured else 0
+    pick = rounds[middle]
+    return Cell(workload, connections, target, pick.etcd, pick.paxoskv, list(rounds))
 
 
 def _f(x: float, width: int, prec: int = 1) -> str:
@@ -390,6 +429,10 @@ def format_table(cells: Sequence[Cell]) -> str:
             f"{_f(p.rps, 9, 0)} {_f(p.p50_ms, 7, 2)} {_f(p.p99_ms, 7, 2)} "
             f"{_f(p.p999_ms, 7, 2)} {_errs(p):>6} | {_f(c.ratio, 6, 2)}x")
         tag = f"{c.workload} c={c.connections} {c.target}"
+        spread = c.ratio_range
+        if spread is not None:
+            notes.append(f"{tag}: {len(c.rounds)} rounds, px/etcd {spread[0]:.2f}x-"
+                         f"{spread[1]:.2f}x; the row is the median round")
         for name, s in (("etcd", e), ("paxoskv", p)):
             if s.skipped:
                 notes.append(f"{tag}: {name} skipped ({s.skipped})")
@@ -430,7 +473,12 @@ def nan_to_none(x: Any) -> Any:
 
 
 def to_json(cells: Sequence[Cell], meta: dict[str, Any]) -> str:
-    rows = [dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio) for c in cells]
+    rows = []
+    for c in cells:
+        row = dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio)
+        row["rounds"] = [dict(asdict(r), ratio_rps_paxoskv_over_etcd=r.ratio)
+                         for r in c.rounds]
+        rows.append(row)
     return json.dumps(nan_to_none({"meta": meta, "cells": rows}), indent=2)
 
 
@@ -599,10 +647,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", default="16,128", help="comma-separated")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     ap.add_argument("--targets", default="one,all", help="comma-separated: one, all")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measurements per cell, etcd and paxoskv back to back in each, "
+                         "the first system alternating; the table shows each cell's "
+                         "median round by ratio and the range of the ratios (default 1)")
     ap.add_argument("--no-etcd-cas", action="store_true",
                     help="skip etcd's CAS cells (txn on mod_revision)")
     ap.add_argument("--json", default="reports/bench-compare.json", help="JSON output path")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     for tool in ("etcd", "wrk"):
         if shutil.which(tool) is None:
             print(f"bench-compare: {tool} not found; `make bench-compare` installs it "
@@ -615,8 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in args.targets.split(",") if t in ("one", "all")]
     value = b"v" * args.value_bytes
     n_cells = len(workloads) * len(conn_list) * len(targets)
-    est = n_cells * 2 * (args.seconds + args.warmup + 0.5)
-    print(f"bench-compare: {n_cells} cells x 2 systems, about {est / 60:.1f} min of load "
+    est = n_cells * args.rounds * 2 * (args.seconds + args.warmup + 0.5)
+    print(f"bench-compare: {n_cells} cells x {args.rounds} round(s) x 2 systems, about "
+          f"{est / 60:.1f} min of load "
           f"plus pre-loading {args.keys} keys; load average {_loadavg()}", flush=True)
 
     base = Path(tempfile.mkdtemp(prefix="paxoskv-bench-compare-"))
@@ -649,21 +704,25 @@ def main(argv: list[str] | None = None) -> int:
                 for c in conn_list:
                     for t in targets:
                         i += 1
-                        sides: dict[str, Side] = {}
-                        for system, urls, pids in (("etcd", etcd_urls, etcd_pids),
-                                                   ("paxoskv", px_urls, px_pids)):
-                            if system == "etcd" and w == "cas-hot" and args.no_etcd_cas:
-                                sides[system] = Side(skipped="--no-etcd-cas")
-                                continue
-                            sides[system] = run_wrk(procs, scripts, system, w, urls, c, t,
-                                                    args.seconds, args.warmup, pids)
-                        cell = Cell(w, c, t, sides["etcd"], sides["paxoskv"])
-                        cells.append(cell)
-                        es, ps = cell.etcd, cell.paxoskv
-                        print(f"bench-compare: [{i}/{n_cells}] {w} c={c} {t}: etcd "
-                              f"{es.rps:.0f} r/s ({es.errors} err), paxoskv {ps.rps:.0f} r/s "
-                              f"({ps.errors} err), {time.monotonic() - started:.0f} s in",
-                              flush=True)
+                        rounds: list[Round] = []
+                        for r in range(args.rounds):
+                            sides: dict[str, Side] = {}
+                            order = [("etcd", etcd_urls, etcd_pids),
+                                     ("paxoskv", px_urls, px_pids)]
+                            for system, urls, pids in order[::-1] if r % 2 else order:
+                                if system == "etcd" and w == "cas-hot" and args.no_etcd_cas:
+                                    sides[system] = Side(skipped="--no-etcd-cas")
+                                    continue
+                                sides[system] = run_wrk(procs, scripts, system, w, urls, c,
+                                                        t, args.seconds, args.warmup, pids)
+                            rounds.append(Round(sides["etcd"], sides["paxoskv"]))
+                            es, ps = sides["etcd"], sides["paxoskv"]
+                            of = f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""
+                            print(f"bench-compare: [{i}/{n_cells}]{of} {w} c={c} {t}: etcd "
+                                  f"{es.rps:.0f} r/s ({es.errors} err), paxoskv "
+                                  f"{ps.rps:.0f} r/s ({ps.errors} err), "
+                                  f"{time.monotonic() - started:.0f} s in", flush=True)
+                        cells.append(cell_from_rounds(w, c, t, rounds))
     except KeyboardInterrupt:
         print("bench-compare: interrupted; stopping everything it started", file=sys.stderr)
         return 130
@@ -673,12 +732,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": _loadavg(),
             "seconds": args.seconds, "warmup": args.warmup, "keys": args.keys,
             "value_bytes": args.value_bytes, "etcd": _etcd_version(),
-            "wall_s": round(time.monotonic() - started, 1),
+            "wall_s": round(time.monotonic() - started, 1), "rounds": args.rounds,
             "wrk_threads": "2 per process aimed at one member; 1 per process x 3 for all"}
     print()
     print(f"3 etcd members vs 3 paxoskv nodes on 127.0.0.1, {args.keys} keys of "
           f"{args.value_bytes} bytes, {args.seconds:g} s per cell after {args.warmup:g} s "
-          f"warm-up; {os.cpu_count()} cores shared by servers and wrk; load average "
+          f"warm-up, {args.rounds} round(s) per cell; {os.cpu_count()} cores shared by "
+          f"servers and wrk; load average "
           f"{load_before} before, {meta['loadavg_after']} after")
     print(format_table(cells))
     out = Path(args.json)

@@ -11,8 +11,10 @@ from paxoskv.bench_compare import (
     QUANTILES,
     WORKLOADS,
     Cell,
+    Round,
     Side,
     WrkRun,
+    cell_from_rounds,
     format_table,
     lua_script,
     merge_quantiles,
@@ -117,3 +119,37 @@ def test_lua_script_sets_the_workload(system: str, workload: str) -> None:
     assert ("STALE = true" in script) == (workload == "get-stale")
     assert ("/v3/kv/" in script) == (system == "etcd")
     assert "function done(" in script and "function response(" in script
+
+
+def side(rps: float) -> Side:
+    return Side(rps=rps, p50_ms=1.0, p99_ms=2.0, p999_ms=3.0, requests_ok=int(rps * 5),
+                seconds=5.0)
+
+
+def test_a_cell_of_rounds_is_its_median_round_by_ratio() -> None:
+    rounds = [Round(side(1000), side(400)), Round(side(900), side(630)),
+              Round(side(1100), side(550))]  # ratios 0.4, 0.7, 0.5
+    cell = cell_from_rounds("put", 16, "one", rounds)
+    assert cell.etcd.rps == 1100 and cell.paxoskv.rps == 550  # one round's figures, together
+    assert cell.ratio == 0.5
+    assert cell.ratio_range == (0.4, 0.7)
+    text = format_table([cell])
+    assert "0.50x" in text and "3 rounds, px/etcd 0.40x-0.70x" in text
+    data = json.loads(to_json([cell], {}))["cells"][0]
+    assert [r["ratio_rps_paxoskv_over_etcd"] for r in data["rounds"]] == [0.4, 0.7, 0.5]
+
+
+def test_an_even_count_of_rounds_takes_the_lower_middle() -> None:
+    rounds = [Round(side(1000), side(600)), Round(side(1000), side(500))]
+    cell = cell_from_rounds("put", 16, "one", rounds)
+    assert cell.ratio == 0.5  # the conservative one of the two middles
+
+
+def test_skipped_rounds_rank_last_and_one_round_has_no_range() -> None:
+    skipped = Round(Side(skipped="--no-etcd-cas"), side(200))
+    assert cell_from_rounds("cas-hot", 16, "one", [skipped]).ratio_range is None
+    assert math.isnan(cell_from_rounds("cas-hot", 16, "one", [skipped]).ratio)
+    mixed = cell_from_rounds("put", 16, "one", [skipped, Round(side(1000), side(300))])
+    assert mixed.ratio == 0.3 and mixed.ratio_range is None
+    assert "rounds" not in format_table([cell_from_rounds("put", 16, "one", [
+        Round(side(1000), side(300))])])
