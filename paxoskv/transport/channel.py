@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -156,6 +158,11 @@ class ChannelTransport(HttpTransport):
             if isinstance(exc, aiohttp.WSServerHandshakeError):
                 raise PeerNotReached(f"peer channel refused: HTTP {exc.status}") from None
             raise PeerNotReached(f"peer channel: {type(exc).__name__}: {exc}") from None
+        except BaseException:
+            # Cancelled mid-dial (the node stopping): the session closes in the
+            # background, and ``close`` waits for it (else "Unclosed client session").
+            self._close_later(session.close())
+            raise
         link.backoff_s = BACKOFF_MIN_S
         sock = _Socket(session, ws)
         link.socket = sock
@@ -194,9 +201,12 @@ class ChannelTransport(HttpTransport):
             if not answer.done():
                 answer.set_exception(err)
         sock.pending.clear()
-        closing = asyncio.ensure_future(self._shut(sock))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        self._close_later(self._shut(sock))
+
+    def _close_later(self, closing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     @staticmethod
     async def _shut(sock: _Socket) -> None:

@@ -383,3 +383,42 @@ def test_one_frame_on_a_closing_socket_leaves_no_unretrieved_answer() -> None:
         await asyncio.sleep(0)
     asyncio.run(main())
     assert not reported, [str(c.get("exception") or c.get("message")) for c in reported]
+
+
+def test_a_dial_cut_short_by_close_leaves_no_unclosed_session() -> None:
+    """Goal: a node stopping while it dials a peer that accepted the connection but has
+    not answered the upgrade closes the dial's session: no "Unclosed client session"."""
+    async def run() -> None:
+        complaints: list[str] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: complaints.append(ctx["message"]))
+        held: list[asyncio.StreamWriter] = []
+
+        async def mute(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            held.append(w)  # reads the upgrade request, never answers it
+            with contextlib.suppress(ConnectionError):
+                while await r.read(65536):
+                    pass
+
+        front = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = front.sockets[0].getsockname()[1]
+        t = ChannelTransport(1, {2: f"http://127.0.0.1:{port}"}, "s", timeout_s=10.0)
+        t.set_sender(SENDER)
+        sending = asyncio.ensure_future(t.send(2, Query("a"), _deadline(20)))
+        for _ in range(200):  # until the upgrade request has reached the mute peer
+            if held:
+                break
+            await asyncio.sleep(0.01)
+        assert held, "the dial never reached the peer"
+        await t.close()
+        with pytest.raises(PeerUnreachable):
+            await sending
+        for w in held:
+            w.close()
+        front.close()
+        await front.wait_closed()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [c for c in complaints if "Unclosed" in c], complaints
+
+    _run(run)
