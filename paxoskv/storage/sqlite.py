@@ -3,6 +3,8 @@
 Why SQLite: it ships with Python, survives power loss when its WAL is fsync'd at commit
 (``synchronous=FULL``), and one transaction can carry many keys' changes, so one fsync
 serves every request that arrived while the previous one was running (group commit). A
+batch that only overwrites is one statement with no transaction around it
+(``_overwrite_rows``). A
 single writer thread owns the connection; the event loop never waits for a commit.
 docs/storage.md has the measurements behind the choice (SQLite against LMDB).
 
@@ -371,12 +373,14 @@ class _Write:
 class _Done:
     """A batch whose transaction has ended, on its way from the writer to the loop."""
 
-    __slots__ = ("batch", "error", "inserted", "removed")
+    __slots__ = ("batch", "error", "inserted", "removed", "unsure")
 
     def __init__(self, batch: list[_Write], error: BaseException | None, inserted: int,
-                 removed: int = 0) -> None:
+                 removed: int = 0, unsure: bool = False) -> None:
         self.batch, self.error, self.inserted = batch, error, inserted
         self.removed = removed
+        self.unsure = unsure
+        """A failed batch that may have left some of its states on disk (``_overwrite``)."""
 
 
 class SqliteStorage:
@@ -457,6 +461,7 @@ class SqliteStorage:
         self._maintain_interval_s = maintain_interval_s
         self._maintain_at = time.monotonic() + maintain_interval_s  # writer thread only
         self._trimming = False  # writer thread only
+        self._expect_new_keys = True  # writer thread only: see _overwrite_rows
         self._removed_since_release = 0  # writer thread only
         self.memory_releases = 0
         """Times the idle writer released memory after collections (``_release_memory``)."""
@@ -698,7 +703,8 @@ class SqliteStorage:
         return batch, None
 
     def _commit(self, batch: list[_Write]) -> None:
-        """One write transaction for ``batch``, then its report to the loop."""
+        """``batch`` on disk (one statement, or one transaction: ``_overwrite_rows``),
+        then its report to the loop."""
         # The loop must have applied the batch before this one (module doc: the disk is
         # at most one batch ahead of the cache). Waiting here, not right after that
         # commit, lets the loop apply it while this batch gathers: usually no wait.
@@ -706,23 +712,16 @@ class SqliteStorage:
         started = time.perf_counter()
         error: BaseException | None = None
         inserted = removed = 0
+        overwrite: list[_Row] | None = None
         try:
-            self._wcur.execute("BEGIN IMMEDIATE")
             rows = [_to_row(w.key, w.state) for w in batch if w.state is not None]
-            collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
-            if not collected:
-                if rows:
-                    inserted = self._write_rows(rows)
+            overwrite = self._overwrite_rows(batch, rows)
+            if overwrite is not None:
+                inserted = self._write_chunk(overwrite)  # no BEGIN/COMMIT: see _overwrite_rows
             else:
-                inserted, removed = self._write_in_order(batch, rows, collected)
-            metas = [(w.key, w.meta) for w in batch if w.meta is not None]
-            if metas:
-                self._wcur.executemany(
-                    "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
-            for w in batch:
-                for bucket, given in w.buckets or ():
-                    self._raise_floor(bucket, given)
-            self._wcur.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
+                inserted, removed = self._write_transaction(batch, rows)
+            if rows:
+                self._expect_new_keys = inserted > 0
         except BaseException as exc:  # reported to every waiter, never swallowed
             error = exc
             log.error("storage commit failed: %s", exc)
@@ -733,10 +732,56 @@ class SqliteStorage:
             self._observer(len(batch), elapsed)
         if error is None:
             self._removed_since_release += removed
-        self._done.append(_Done(batch, error, inserted, removed))
+        self._done.append(_Done(batch, error, inserted, removed,
+                                unsure=error is not None and overwrite is not None))
         self._ended += 1
         self._ended_at = time.monotonic()
         self._report()
+
+    def _overwrite_rows(self, batch: list[_Write], rows: list[_Row]) -> list[_Row] | None:
+        """The rows of a batch that can go in one statement with no transaction around it
+        (autocommit: the statement is its own transaction, and its one step does the
+        commit and the fsync), or None for ``_write_transaction``.
+
+        Why: each statement step gives up the GIL, and on a busy node every time costs the
+        writer a wait for the event loop; BEGIN and COMMIT were two of the three steps of
+        a steady batch. Only a batch of saves alone, whose rows fit one statement, and
+        only while batches find their keys already stored: one whose UPDATE misses keys
+        inserts them in a second statement, a second transaction and fsync, so after such
+        a batch the next ones take ``_write_transaction`` until one adds no key. If the
+        INSERT fails, the UPDATE's states stay on disk though the batch failed; the
+        loop then drops the batch's keys from the cache (``_Done.unsure``), and reads go
+        to the disk."""
+        if not _ROWS_FROM_VALUES or self._expect_new_keys or len(rows) != len(batch):
+            return None
+        for w in batch:
+            if w.buckets:
+                return None
+        if len(rows) > 1:
+            rows = list({row[0]: row for row in rows}.values())
+        chunks = list(_chunks(rows))
+        return chunks[0] if len(chunks) == 1 else None
+
+    def _write_transaction(self, batch: list[_Write], rows: list[_Row]) -> tuple[int, int]:
+        """``batch`` in one write transaction (its caller rolls back on failure); returns
+        (keys that got a row, keys that lost theirs)."""
+        inserted = removed = 0
+        self._wcur.execute("BEGIN IMMEDIATE")
+        collected = list(dict.fromkeys(w.key for w in batch if w.floor is not None))
+        if not collected:
+            if rows:
+                inserted = self._write_rows(rows)
+        else:
+            inserted, removed = self._write_in_order(batch, rows, collected)
+        metas = [(w.key, w.meta) for w in batch if w.meta is not None]
+        if metas:
+            self._wcur.executemany(
+                "INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", metas)
+        for w in batch:
+            for bucket, given in w.buckets or ():
+                self._raise_floor(bucket, given)
+        self._wcur.execute("COMMIT")  # synchronous=FULL: fsync of the WAL
+        return inserted, removed
 
     def _report(self) -> None:
         """Have the loop apply the batch just ended (``_apply_done``)."""
@@ -1016,6 +1061,9 @@ class SqliteStorage:
                         self._meta[w.key] = w.meta
                     elif w.floor is not None:
                         self._cache.pop(w.key)
+            elif done.unsure:  # the disk may hold some of its states: reads go there
+                for w in done.batch:
+                    self._cache.pop(w.key)
             with self._applied_cond:
                 self._applied += 1
                 self._applied_cond.notify()

@@ -364,6 +364,83 @@ def test_a_steady_batch_counts_new_keys_without_a_select(
     assert not selects, selects
 
 
+def test_a_batch_of_overwrites_is_one_statement_and_one_transaction(tmp_path: Path) -> None:
+    """Goal: once batches find their keys stored, a batch of saves is one UPDATE with no
+    BEGIN or COMMIT around it (each is a step that gives up the GIL); a batch that adds
+    keys makes the next ones transactions until one adds none; states and the count are
+    those of the transactional path, also after a reopen."""
+    statements: list[str] = []
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        s._conn.set_trace_callback(lambda sql: statements.append(sql.split(" ")[0]))
+        await asyncio.gather(*(s.save(f"k{i}", _state(1)) for i in range(4)))
+        assert statements == ["BEGIN", "UPDATE", "INSERT", "COMMIT"], statements
+        statements.clear()
+        await asyncio.gather(*(s.save(f"k{i}", _state(2)) for i in range(4)))
+        assert statements == ["BEGIN", "UPDATE", "COMMIT"], statements  # it added no key
+        statements.clear()
+        await asyncio.gather(*(s.save(f"k{i}", _state(3)) for i in range(4)))
+        assert statements == ["UPDATE"], statements
+        statements.clear()
+        await asyncio.gather(*(s.save(f"k{i}", _state(4)) for i in range(2, 6)))
+        assert statements == ["UPDATE", "INSERT"], statements  # two keys were new
+        assert s.key_count() == 6
+        statements.clear()
+        await asyncio.gather(*(s.save(f"k{i}", _state(5)) for i in range(6)))
+        assert statements == ["BEGIN", "UPDATE", "COMMIT"], statements
+        assert [s.load(f"k{i}").value.version for i in range(6)] == [5] * 6
+        await s.close()
+        reopened = SqliteStorage(tmp_path, cache_bytes=0)
+        assert reopened.key_count() == 6
+        assert reopened.load("k5") == _state(5)
+        await reopened.close()
+    asyncio.run(run())
+
+
+class _FailingInsert:
+    """The writer's cursor, with every INSERT failing (a disk error)."""
+
+    def __init__(self, real: sqlite3.Cursor) -> None:
+        self.real = real
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.startswith("INSERT"):
+            raise sqlite3.OperationalError("disk I/O error (INSERT)")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_an_overwrite_whose_insert_fails_leaves_reads_to_the_disk(tmp_path: Path) -> None:
+    """Goal: a batch of saves taken as overwrites, whose UPDATE committed some states and
+    whose INSERT for a new key then failed, is reported failed to every waiter, and the
+    states the UPDATE made durable are what reads return from then on (from the disk:
+    the cache must not keep the older ones), with the count unchanged. An acceptor told
+    its save failed may still hold the state, as after a reply lost on the way."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await asyncio.gather(*(s.save(f"k{i}", _state(1)) for i in range(3)))
+        await asyncio.gather(*(s.save(f"k{i}", _state(2)) for i in range(3)))
+        assert s.load("k0") == _state(2)  # cached
+        assert not s._expect_new_keys  # the next batch of saves is an overwrite
+        s._wcur = _FailingInsert(s._wcur)  # type: ignore[assignment]
+        results = await asyncio.gather(s.save("k0", _state(3)), s.save("new", _state(3)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results), results
+        assert s.load("k0") == _state(3), "the cache hid the state the UPDATE committed"
+        assert not s.has_row("new")
+        assert s.key_count() == 3
+        s._wcur = s._wcur.real  # type: ignore[attr-defined]
+        await s.close()
+        reopened = SqliteStorage(tmp_path)
+        assert reopened.load("k0") == _state(3)
+        assert reopened.key_count() == 3
+        await reopened.close()
+    asyncio.run(run())
+
+
 def test_a_large_batch_is_written_in_a_few_statements_of_fixed_texts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Goal: a batch is written in a few statements whatever its size (each statement step
@@ -852,6 +929,7 @@ def test_a_failed_batch_is_not_committed_later_by_the_vacuum_step(tmp_path: Path
         flaky = _FlakyCursor(s._wcur)
         s._wcur = flaky  # type: ignore[assignment]
         flaky.fail_commit_and_rollback = True
+        s._expect_new_keys = True  # a transaction (an overwrite alone has no COMMIT)
         with pytest.raises(RuntimeError, match="storage commit failed"):
             await s.save("k0", _st(9, b"never acknowledged"))
         s._vacuum_high = 4096  # trimming is due now
