@@ -2,10 +2,10 @@
 
 Why SQLite: it ships with Python, survives power loss when its WAL is fsync'd at commit
 (``synchronous=FULL``), and one transaction can carry many keys' changes, so one fsync
-serves every request that arrived while the previous one was running (group commit). A
-batch that only overwrites is one statement with no transaction around it
-(``_overwrite_rows``). A
-single writer thread owns the connection; the event loop never waits for a commit.
+serves every request that arrived while the previous one was running (group commit).
+A batch that only overwrites is one statement with no transaction around it
+(``_overwrite_rows``). A single writer thread owns the connection; the event loop never
+waits for a commit.
 docs/storage.md has the measurements behind the choice (SQLite against LMDB).
 
 Values live on disk; memory holds a bounded cache of recently used states (``cache_bytes``,
@@ -215,6 +215,11 @@ VACUUM_STEP_PAUSE_S = 0.05
 """Between two steps, so trimming a large free list (20 MiB/s) leaves the disk's bandwidth
 to the acceptor's commits."""
 
+OVERWRITE_AFTER_BATCHES = 8
+"""Batches of saves in a row that added no key before a batch of saves goes without a
+transaction (``_overwrite_rows``): a load that adds keys now and then pays the second
+statement and fsync at most once every this many batches."""
+
 MAINTAIN_INTERVAL_S = 10.0
 """How often the writer looks at the free list when it is not trimming."""
 IDLE_WAL_TRUNCATE_BYTES = 32 << 10
@@ -380,7 +385,8 @@ class _Done:
         self.batch, self.error, self.inserted = batch, error, inserted
         self.removed = removed
         self.unsure = unsure
-        """A failed batch that may have left some of its states on disk (``_overwrite``)."""
+        """A failed batch that may have left some of its states on disk
+        (``_overwrite_rows``)."""
 
 
 class SqliteStorage:
@@ -461,7 +467,7 @@ class SqliteStorage:
         self._maintain_interval_s = maintain_interval_s
         self._maintain_at = time.monotonic() + maintain_interval_s  # writer thread only
         self._trimming = False  # writer thread only
-        self._expect_new_keys = True  # writer thread only: see _overwrite_rows
+        self._batches_without_new_keys = 0  # writer thread only: see _overwrite_rows
         self._removed_since_release = 0  # writer thread only
         self.memory_releases = 0
         """Times the idle writer released memory after collections (``_release_memory``)."""
@@ -718,13 +724,18 @@ class SqliteStorage:
             overwrite = self._overwrite_rows(batch, rows)
             if overwrite is not None:
                 inserted = self._write_chunk(overwrite)  # no BEGIN/COMMIT: see _overwrite_rows
+                if self._conn.in_transaction:  # never acknowledge what is not committed
+                    raise sqlite3.OperationalError("an overwrite ran inside a transaction")
             else:
                 inserted, removed = self._write_transaction(batch, rows)
             if rows:
-                self._expect_new_keys = inserted > 0
+                self._batches_without_new_keys = 0 if inserted else \
+                    self._batches_without_new_keys + 1
         except BaseException as exc:  # reported to every waiter, never swallowed
             error = exc
-            log.error("storage commit failed: %s", exc)
+            log.error("storage commit failed: %s%s", exc, "" if overwrite is None else
+                      " (an overwrite: its UPDATE may have committed; its keys are read "
+                      "from disk again)")
             with contextlib.suppress(sqlite3.Error):
                 self._wcur.execute("ROLLBACK")
         elapsed = time.perf_counter() - started
@@ -746,21 +757,23 @@ class SqliteStorage:
         Why: each statement step gives up the GIL, and on a busy node every time costs the
         writer a wait for the event loop; BEGIN and COMMIT were two of the three steps of
         a steady batch. Only a batch of saves alone, whose rows fit one statement, and
-        only while batches find their keys already stored: one whose UPDATE misses keys
-        inserts them in a second statement, a second transaction and fsync, so after such
-        a batch the next ones take ``_write_transaction`` until one adds no key. If the
+        only once ``OVERWRITE_AFTER_BATCHES`` batches of saves in a row added no key: one
+        whose UPDATE misses keys inserts them in a second statement, a second transaction
+        and fsync, and the count starts again. If the
         INSERT fails, the UPDATE's states stay on disk though the batch failed; the
         loop then drops the batch's keys from the cache (``_Done.unsure``), and reads go
         to the disk."""
-        if not _ROWS_FROM_VALUES or self._expect_new_keys or len(rows) != len(batch):
+        if (not _ROWS_FROM_VALUES or self._batches_without_new_keys < OVERWRITE_AFTER_BATCHES
+                or len(rows) != len(batch) or len(rows) > _ROWS_PER_STATEMENT[-1]
+                or self._conn.in_transaction):
+            # (A transaction left open by a failed COMMIT and ROLLBACK would take the
+            # UPDATE in: acknowledged, never committed. _maintain ends it.)
             return None
-        for w in batch:
-            if w.buckets:
-                return None
         if len(rows) > 1:
             rows = list({row[0]: row for row in rows}.values())
-        chunks = list(_chunks(rows))
-        return chunks[0] if len(chunks) == 1 else None
+        chunks = _chunks(rows)
+        first = next(chunks)
+        return first if next(chunks, None) is None else None
 
     def _write_transaction(self, batch: list[_Write], rows: list[_Row]) -> tuple[int, int]:
         """``batch`` in one write transaction (its caller rolls back on failure); returns

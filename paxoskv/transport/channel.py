@@ -158,7 +158,7 @@ class ChannelTransport(HttpTransport):
             if isinstance(exc, aiohttp.WSServerHandshakeError):
                 raise PeerNotReached(f"peer channel refused: HTTP {exc.status}") from None
             raise PeerNotReached(f"peer channel: {type(exc).__name__}: {exc}") from None
-        except BaseException:
+        except (asyncio.CancelledError, Exception):
             # Cancelled mid-dial (the node stopping): the session closes in the
             # background, and ``close`` waits for it (else "Unclosed client session").
             self._close_later(session.close())

@@ -364,11 +364,13 @@ def test_a_steady_batch_counts_new_keys_without_a_select(
     assert not selects, selects
 
 
-def test_a_batch_of_overwrites_is_one_statement_and_one_transaction(tmp_path: Path) -> None:
+def test_a_batch_of_overwrites_is_one_statement_and_one_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Goal: once batches find their keys stored, a batch of saves is one UPDATE with no
     BEGIN or COMMIT around it (each is a step that gives up the GIL); a batch that adds
-    keys makes the next ones transactions until one adds none; states and the count are
-    those of the transactional path, also after a reopen."""
+    keys makes the next ones transactions until enough add none (here 1); states and the
+    count are those of the transactional path, also after a reopen."""
+    monkeypatch.setattr(sqlite_module, "OVERWRITE_AFTER_BATCHES", 1)
     statements: list[str] = []
 
     async def run() -> None:
@@ -398,6 +400,61 @@ def test_a_batch_of_overwrites_is_one_statement_and_one_transaction(tmp_path: Pa
     asyncio.run(run())
 
 
+def test_overwrites_wait_for_enough_batches_without_new_keys(tmp_path: Path) -> None:
+    """Goal: a load that adds a key now and then pays the overwrite's second statement and
+    fsync at most once every ``OVERWRITE_AFTER_BATCHES`` batches: until that many batches
+    of saves in a row added no key, batches are transactions."""
+    statements: list[str] = []
+    quiet = sqlite_module.OVERWRITE_AFTER_BATCHES
+
+    async def run() -> None:
+        s = SqliteStorage(tmp_path, cache_bytes=0)
+        await s.save("k", _state(1))
+        s._conn.set_trace_callback(lambda sql: statements.append(sql.split(" ")[0]))
+        for n in range(quiet):
+            await s.save("k", _state(2 + n))
+        assert statements.count("BEGIN") == quiet, statements
+        statements.clear()
+        await s.save("k", _state(50))
+        assert statements == ["UPDATE"], statements
+        statements.clear()
+        await asyncio.gather(s.save("k", _state(51)), s.save("new", _state(1)))
+        assert statements == ["UPDATE", "INSERT"], statements
+        statements.clear()
+        await s.save("k", _state(52))
+        assert statements[0] == "BEGIN", statements
+        assert s.key_count() == 2
+        await s.close()
+    asyncio.run(run())
+
+
+def test_a_transaction_left_open_never_takes_an_overwrite_in(tmp_path: Path) -> None:
+    """Goal: after a batch whose COMMIT and ROLLBACK both failed (its transaction left
+    open), a batch of saves is never acknowledged unless committed: an UPDATE alone run
+    inside that transaction would be (found by review: a save acknowledged, then gone
+    after a reopen)."""
+    async def run() -> None:
+        s = SqliteStorage(tmp_path)
+        await asyncio.gather(*(s.save(f"k{i}", _st(1, b"one")) for i in range(2)))
+        s._batches_without_new_keys = sqlite_module.OVERWRITE_AFTER_BATCHES
+        flaky = _FlakyCursor(s._wcur)
+        s._wcur = flaky  # type: ignore[assignment]
+        flaky.fail_commit_and_rollback = True
+        with pytest.raises(RuntimeError, match="storage commit failed"):
+            await s.set_meta("m", "x")  # a transaction: left open
+        assert s._conn.in_transaction
+        assert s._batches_without_new_keys >= sqlite_module.OVERWRITE_AFTER_BATCHES
+        answer = await asyncio.gather(s.save("k1", _st(4, b"four")), return_exceptions=True)
+        other = sqlite3.connect(tmp_path / "paxoskv.sqlite3")
+        on_disk = other.execute("SELECT version FROM registers WHERE key='k1'").fetchall()
+        other.close()
+        if not isinstance(answer[0], BaseException):
+            assert on_disk == [(4,)], "a save was acknowledged and is not committed"
+        s._wcur = flaky.real  # type: ignore[assignment]
+        await s.close()
+    asyncio.run(run())
+
+
 class _FailingInsert:
     """The writer's cursor, with every INSERT failing (a disk error)."""
 
@@ -424,7 +481,7 @@ def test_an_overwrite_whose_insert_fails_leaves_reads_to_the_disk(tmp_path: Path
         await asyncio.gather(*(s.save(f"k{i}", _state(1)) for i in range(3)))
         await asyncio.gather(*(s.save(f"k{i}", _state(2)) for i in range(3)))
         assert s.load("k0") == _state(2)  # cached
-        assert not s._expect_new_keys  # the next batch of saves is an overwrite
+        s._batches_without_new_keys = sqlite_module.OVERWRITE_AFTER_BATCHES  # (an overwrite)
         s._wcur = _FailingInsert(s._wcur)  # type: ignore[assignment]
         results = await asyncio.gather(s.save("k0", _state(3)), s.save("new", _state(3)),
                                        return_exceptions=True)
@@ -929,7 +986,7 @@ def test_a_failed_batch_is_not_committed_later_by_the_vacuum_step(tmp_path: Path
         flaky = _FlakyCursor(s._wcur)
         s._wcur = flaky  # type: ignore[assignment]
         flaky.fail_commit_and_rollback = True
-        s._expect_new_keys = True  # a transaction (an overwrite alone has no COMMIT)
+        s._batches_without_new_keys = 0  # a transaction (an overwrite alone has no COMMIT)
         with pytest.raises(RuntimeError, match="storage commit failed"):
             await s.save("k0", _st(9, b"never acknowledged"))
         s._vacuum_high = 4096  # trimming is due now
