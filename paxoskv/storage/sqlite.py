@@ -166,6 +166,11 @@ def _chunks(rows: list[_Row]) -> Iterator[list[_Row]]:
         yield chunk
 
 
+def _last_per_key(rows: list[_Row]) -> list[_Row]:
+    """``rows`` with one row per key, its last (a key saved twice in a batch)."""
+    return list({row[0]: row for row in rows}.values()) if len(rows) > 1 else rows
+
+
 @functools.cache
 def _update_rows(size: int) -> str:
     """Overwrite the rows of up to ``size`` keys in one statement; a padding row (a NULL
@@ -769,9 +774,7 @@ class SqliteStorage:
             # (A transaction left open by a failed COMMIT and ROLLBACK would take the
             # UPDATE in: acknowledged, never committed. _maintain ends it.)
             return None
-        if len(rows) > 1:
-            rows = list({row[0]: row for row in rows}.values())
-        chunks = _chunks(rows)
+        chunks = _chunks(_last_per_key(rows))
         first = next(chunks)
         return first if next(chunks, None) is None else None
 
@@ -1025,8 +1028,7 @@ class SqliteStorage:
         event loop is busy each time can cost the writer a wait for it. An UPDATE of them
         all first, whose row count says whether any key is new (a steady load only
         overwrites); only then an INSERT of those without a row."""
-        if len(rows) > 1:
-            rows = list({row[0]: row for row in rows}.values())
+        rows = _last_per_key(rows)
         if not _ROWS_FROM_VALUES:
             self._wcur.executemany(_UPDATE, [row[1:] + row[:1] for row in rows])
             if self._wcur.rowcount == len(rows):

@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
@@ -202,11 +200,6 @@ class ChannelTransport(HttpTransport):
                 answer.set_exception(err)
         sock.pending.clear()
         self._close_later(self._shut(sock))
-
-    def _close_later(self, closing: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(closing)
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
     @staticmethod
     async def _shut(sock: _Socket) -> None:

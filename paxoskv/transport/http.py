@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import ssl
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -155,10 +156,14 @@ class HttpTransport:
         timeout (seen as a 16 s loss of quorum in the e2e rolling upgrade)."""
         if p.session is not None:
             # Closing aborts requests still on it: they go to the same failing peer.
-            closing = asyncio.ensure_future(p.session.close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            self._close_later(p.session.close())
             p.session = None
+
+    def _close_later(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run ``closing`` in the background; ``close`` waits for it."""
+        task = asyncio.ensure_future(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
