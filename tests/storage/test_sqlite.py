@@ -498,6 +498,61 @@ def test_an_overwrite_whose_insert_fails_leaves_reads_to_the_disk(tmp_path: Path
     asyncio.run(run())
 
 
+_CRASH_BETWEEN_STATEMENTS = """
+import asyncio, os, sys
+from pathlib import Path
+from paxoskv.core.acceptor import AcceptorState
+from paxoskv.core.ballot import Ballot
+from paxoskv.core.register import Value
+from paxoskv.storage import sqlite as sqlite_module
+
+def state(n):
+    return AcceptorState(Ballot(n, 1), Ballot(n, 1), Value(n, b"x" * 100))
+
+class Crash:
+    def __init__(self, real):
+        self.real = real
+    def execute(self, sql, *args):
+        if sql.startswith("INSERT"):
+            os._exit(3)  # the UPDATE has committed; the INSERT never runs
+        return self.real.execute(sql, *args)
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+async def run():
+    s = sqlite_module.SqliteStorage(Path(sys.argv[1]))
+    await asyncio.gather(*(s.save(f"k{i}", state(1)) for i in range(2)))
+    s._batches_without_new_keys = sqlite_module.OVERWRITE_AFTER_BATCHES
+    s._wcur = Crash(s._wcur)
+    await asyncio.gather(s.save("k0", state(2)), s.save("new", state(2)))
+    os._exit(0)  # not reached: the writer exits the process first
+
+asyncio.run(run())
+"""
+
+
+def test_a_crash_between_an_overwrites_two_statements_keeps_the_update_only(
+        tmp_path: Path) -> None:
+    """Goal: a process that dies after an overwrite's UPDATE committed and before its
+    INSERT ran reopens with the UPDATE's state (durable, never acknowledged: an accept
+    whose reply was lost), without the new key, and with an exact key count."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _CRASH_BETWEEN_STATEMENTS, str(tmp_path)],
+                          timeout=60, capture_output=True)
+    assert done.returncode == 3, done.stderr.decode()
+
+    async def run() -> None:
+        reopened = SqliteStorage(tmp_path)
+        assert reopened.load("k0") == _state(2)
+        assert reopened.load("k1") == _state(1)
+        assert not reopened.has_row("new")
+        assert reopened.key_count() == 2
+        assert reopened.verify() == 2
+        await reopened.close()
+    asyncio.run(run())
+
+
 def test_a_large_batch_is_written_in_a_few_statements_of_fixed_texts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Goal: a batch is written in a few statements whatever its size (each statement step
