@@ -333,6 +333,22 @@ class Side:
     server_cpu_s: float = 0.0
     seconds: float = 0.0
     skipped: str | None = None
+    requested_s: float = 0.0
+    """The load's requested length (wrk's ``-d``); 0: not known."""
+
+    @property
+    def stalled(self) -> bool:
+        """Whether wrk ran far longer than asked (``STALL_FACTOR``)."""
+        return self.requested_s > 0 and self.seconds > STALL_FACTOR * self.requested_s + 1
+
+
+STALL_FACTOR = 1.5
+"""wrk stops on time whatever the servers do (a request still open then is not counted),
+so a run longer than this times the asked length, plus a second, means wrk itself did not
+run for a while: the machine paused (one 5 s round here took 32.8 s, with every request
+in flight counted as timed out and the servers' CPU that of a normal round). Such a round
+measures the pause, not the system: it is named in the notes and left out of the median
+and the range."""
 
 
 def side_from_runs(runs: Sequence[WrkRun], cas: bool) -> Side:
@@ -369,6 +385,11 @@ class Round:
     def ratio(self) -> float:
         return _ratio(self.etcd, self.paxoskv)
 
+    @property
+    def counted(self) -> bool:
+        """Measured on both sides, and by a load generator that ran on time."""
+        return not (math.isnan(self.ratio) or self.etcd.stalled or self.paxoskv.stalled)
+
 
 @dataclass
 class Cell:
@@ -389,17 +410,18 @@ class Cell:
     @property
     def ratio_range(self) -> tuple[float, float] | None:
         """Lowest and highest ratio of the rounds (None below two measured rounds)."""
-        ratios = [r.ratio for r in self.rounds if not math.isnan(r.ratio)]
+        ratios = [r.ratio for r in self.rounds if r.counted]
         return (min(ratios), max(ratios)) if len(ratios) > 1 else None
 
 
 def cell_from_rounds(workload: str, connections: int, target: str, rounds: Sequence[Round]
                      ) -> Cell:
-    """The cell whose row is the median round (ties: the earlier round)."""
+    """The cell whose row is the median round of those counted (``Round.counted``; ties:
+    the earlier round); with none counted, the first round."""
     assert rounds, "a cell has at least one round"
     ranked = sorted(range(len(rounds)),
-                    key=lambda i: (math.isnan(rounds[i].ratio), rounds[i].ratio, i))
-    measured = sum(1 for r in rounds if not math.isnan(r.ratio))
+                    key=lambda i: (not rounds[i].counted, rounds[i].ratio, i))
+    measured = sum(1 for r in rounds if r.counted)
     middle = ranked[(measured - 1) // 2] if measured else 0
     pick = rounds[middle]
     return Cell(workload, connections, target, pick.etcd, pick.paxoskv, list(rounds))
@@ -433,6 +455,12 @@ def format_table(cells: Sequence[Cell]) -> str:
         if spread is not None:
             notes.append(f"{tag}: {len(c.rounds)} rounds, px/etcd {spread[0]:.2f}x-"
                          f"{spread[1]:.2f}x; the row is the median round")
+        for k, r in enumerate(c.rounds, 1):
+            for name, s in (("etcd", r.etcd), ("paxoskv", r.paxoskv)):
+                if s.stalled:
+                    notes.append(f"{tag}: round {k} STALLED: {name}'s wrk ran {s.seconds:.1f} s "
+                                 f"for {s.requested_s:g} s (the machine paused); left out "
+                                 "of the median and the range")
         for name, s in (("etcd", e), ("paxoskv", p)):
             if s.skipped:
                 notes.append(f"{tag}: {name} skipped ({s.skipped})")
@@ -610,6 +638,7 @@ def run_wrk(procs: Procs, scripts: dict[str, Path], system: str, workload: str,
     srv0 = sum(_proc_cpu_s(pid) for pid in server_pids)
     runs = launch(seconds)
     side = side_from_runs(runs, cas=workload == "cas-hot")
+    side.requested_s = max(1, math.ceil(seconds))
     side.wrk_cpu_s = _children_cpu_s() - cpu0
     side.server_cpu_s = sum(_proc_cpu_s(pid) for pid in server_pids) - srv0
     return side
@@ -721,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"bench-compare: [{i}/{n_cells}]{of} {w} c={c} {t}: etcd "
                                   f"{es.rps:.0f} r/s ({es.errors} err), paxoskv "
                                   f"{ps.rps:.0f} r/s ({ps.errors} err), "
+                                  f"{'STALLED, ' if es.stalled or ps.stalled else ''}"
                                   f"{time.monotonic() - started:.0f} s in", flush=True)
                         cells.append(cell_from_rounds(w, c, t, rounds))
     except KeyboardInterrupt:

@@ -153,3 +153,31 @@ def test_skipped_rounds_rank_last_and_one_round_has_no_range() -> None:
     assert mixed.ratio == 0.3 and mixed.ratio_range is None
     assert "rounds" not in format_table([cell_from_rounds("put", 16, "one", [
         Round(side(1000), side(300))])])
+
+
+def test_a_round_whose_load_generator_stalled_is_named_and_not_counted() -> None:
+    """Goal: a round in which wrk ran far longer than asked (the machine paused: the
+    servers cannot make wrk late) never becomes a cell's row or widens its range.
+
+    Method: three rounds of 5 s, the second with paxoskv's wrk at 32.8 s (as seen once
+    here, 241 r/s): the row is the median of the other two and the note names the round."""
+    def timed(rps: float, seconds: float) -> Side:
+        s = side(rps)
+        s.seconds, s.requested_s = seconds, 5.0
+        return s
+    rounds = [Round(timed(1000, 5.0), timed(500, 5.0)),
+              Round(timed(1000, 5.0), timed(241, 32.8)),
+              Round(timed(1000, 5.0), timed(550, 5.1))]
+    assert [r.counted for r in rounds] == [True, False, True]
+    cell = cell_from_rounds("put", 128, "all", rounds)
+    assert cell.ratio == 0.5 and cell.ratio_range == (0.5, 0.55)
+    text = format_table([cell])
+    assert "round 2 STALLED: paxoskv's wrk ran 32.8 s for 5 s" in text
+    assert not timed(500, 8.5).stalled and timed(500, 8.6).stalled
+    assert not side(500).stalled  # length not known: never judged
+    etcd_paused = [Round(timed(1000, 5.0), timed(500, 5.0)),
+                   Round(timed(1000, 5.0), timed(600, 5.0)),
+                   Round(timed(200, 30.0), timed(500, 5.0))]  # 0.5, 0.6, and 2.5 stalled
+    cell = cell_from_rounds("put", 16, "one", etcd_paused)
+    assert cell.ratio == 0.5 and cell.ratio_range == (0.5, 0.6)
+    assert "round 3 STALLED: etcd's wrk ran 30.0 s" in format_table([cell])
