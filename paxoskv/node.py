@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import random
 import struct
 import uuid
@@ -245,10 +244,10 @@ def _rendezvous(key: bytes, node_id: int) -> int:
 
 
 READ_WIDEN_AFTER_S: Final = 0.05
-"""How long a linearizable read waits for its first wave (a quorum: of three acceptors,
-its own and one peer that is up) to settle it before asking the other acceptors as well,
-whose answers then count alongside the first wave's late ones. Under load a peer's answer
-can take longer than this: the read then costs what it did before (every acceptor asked)."""
+"""How long a linearizable read waits for its first wave (a quorum: its own acceptor and
+one peer of three) before asking the other acceptors as well; a peer seen down is never in
+the first wave. Under load a peer's answer can take longer than this: the read is then
+correct and as costly as before (every acceptor asked), not wrong."""
 
 
 FORWARD_MEMORY_S: Final = 60.0
@@ -1227,17 +1226,12 @@ class Node:
     async def _broadcast(self, msg: Prepare | Accept | Query | Collect,
                          on_reply: Callable[[int, Reply], Any],
                          deadline: float, view: ConfigView | None = None,
-                         first: frozenset[int] | None = None, widen_at: float = math.inf,
-                         on_widen: Callable[[], Any] | None = None) -> Any:
+                         only: frozenset[int] | None = None) -> Any:
         """Send ``msg`` to every acceptor of its phase in ``view`` (default: the config held
-        now), under that config; feed replies until one returns non-Wait (that step), or
-        return None once every acceptor answered or ``deadline`` passed. A ``Stale``
+        now), under that config (``only``: to those of them alone); feed replies until one
+        returns non-Wait (that step), or return None once every acceptor asked answered or
+        ``deadline`` passed. A ``Stale``
         refusal teaches this node the newer config and counts as a refusal.
-
-        With ``first``, only those of the acceptors are sent to at once; the rest once all of
-        these answered without a decision, or at ``widen_at``, whichever comes first (the
-        first ones' answers still count). ``on_widen`` is called then: a non-Wait step from it
-        decides instead (only a mutant's does).
 
         Sends still in flight once the decision is made are left to finish (accepts that
         land late still help the lagging acceptor) but are no longer waited for. Replies
@@ -1253,11 +1247,8 @@ class Node:
             view = self._view
         wire = view.wire
         targets = view.accept.acceptors if isinstance(msg, Accept) else view.prepare.acceptors
-        later: list[int] = []
-        if first is not None:
-            later = sorted(targets - first)
-            targets = targets & first
-        widened = False
+        if only is not None:
+            targets = targets & only
 
         def feed(acceptor_id: int, reply: Reply) -> None:
             nonlocal outstanding
@@ -1275,10 +1266,7 @@ class Node:
             if not isinstance(step, Wait):
                 decided.set_result(step)
             elif outstanding == 0:
-                if later and not widened:
-                    widen()
-                else:
-                    decided.set_result(None)
+                decided.set_result(None)
 
         def fail(exc: BaseException) -> None:
             if not decided.done():
@@ -1321,10 +1309,7 @@ class Node:
             feed(*task.result())
 
         send_soon = getattr(self.transport, "send_soon", None)
-
-        def send(a: int) -> tuple[int, Reply] | None:
-            """Send to ``a``: its answer if known at once, else None (a callback feeds it)."""
-            nonlocal outstanding
+        for a in sorted(targets):
             outstanding += 1
             if a == self.config.node_id:
                 try:
@@ -1343,14 +1328,15 @@ class Node:
                 except AssertionError:
                     raise
                 except Exception as exc:
-                    return a, _local_failure(msg.key, exc)
+                    ready.append((a, _local_failure(msg.key, exc)))
+                    continue
                 if isinstance(local, REPLY_TYPES):
-                    return a, local
+                    ready.append((a, local))
                 else:  # the save's future, or the task of a message queued for its key
                     assert isinstance(local, asyncio.Future)
                     local.add_done_callback(on_answer(a, local_failure))
             elif not self.membership.usable(a):
-                return a, Unavailable(msg.key, "peer down or refused")
+                ready.append((a, Unavailable(msg.key, "peer down or refused")))
             elif send_soon is None:  # a transport without it (tests): a task per send
                 self._spawn(self._ask(a, msg, deadline, wire)).add_done_callback(on_task)
             else:
@@ -1359,26 +1345,9 @@ class Node:
                         send_soon(a, msg, deadline) if wire is None
                         else send_soon(a, msg, deadline, wire))
                 except PeerUnreachable as exc:
-                    return a, _unreachable(msg.key, exc)
+                    ready.append((a, _unreachable(msg.key, exc)))
+                    continue
                 sent.add_done_callback(on_answer(a, remote_failure))
-            return None
-
-        def widen() -> None:
-            nonlocal widened
-            if widened or decided.done():
-                return
-            widened = True
-            step = Wait() if on_widen is None else on_widen()
-            if not isinstance(step, Wait):
-                decided.set_result(step)
-                return
-            for answer in [send(a) for a in later]:
-                if answer is not None:
-                    feed(*answer)
-
-        for a in sorted(targets):
-            if (answer := send(a)) is not None:
-                ready.append(answer)
         for acceptor_id, reply in ready:
             feed(acceptor_id, reply)
         if decided.done():
@@ -1388,13 +1357,10 @@ class Node:
             return None
         timer = loop.call_at(deadline, lambda: None if decided.done() else
                              decided.set_result(None))
-        hedge = loop.call_at(widen_at, widen) if later and widen_at < deadline else None
         try:
             return await decided
         finally:
             timer.cancel()
-            if hedge is not None:
-                hedge.cancel()
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.config.retry_backoff_s_max,
@@ -1876,17 +1842,18 @@ class Node:
             rnd = self.proposer_rules.query_round(key, view.prepare)
             loop = self._loop.get()
             started = loop.time()
-            first = None
-            if not self.config.fast_paxos:  # (a fast ballot is chosen by every acceptor)
-                first = rnd.first_wave(self._query_order(key, view.prepare.acceptors))
-
-            def widened() -> Any:
-                self.metrics.round("query", "widened")
-                return rnd.undecided(self.config.node_id)
-
-            step = await self._broadcast(rnd.query(), rnd.on_reply,
-                                         started + self.config.phase_timeout_s, view,
-                                         first, started + READ_WIDEN_AFTER_S, widened)
+            deadline = started + self.config.phase_timeout_s
+            query = rnd.query()
+            first = rnd.first_wave(self._query_order(key, view.prepare.acceptors))
+            step = await self._broadcast(query, rnd.on_reply,
+                                         min(deadline, started + READ_WIDEN_AFTER_S), view,
+                                         first)
+            if step is None:  # the first wave left it undecided: ask the others too
+                step = rnd.undecided(self.config.node_id)
+                rest = rnd.unanswered()
+                if isinstance(step, Wait) and rest and loop.time() < deadline:
+                    self.metrics.round("query", "widened")
+                    step = await self._broadcast(query, rnd.on_reply, deadline, view, rest)
             self.metrics.phase("query", loop.time() - started)
         finally:
             self._inflight -= 1
@@ -1904,9 +1871,8 @@ class Node:
 
     def _query_order(self, key: str, acceptors: frozenset[int]) -> list[int]:
         """Whom a read asks first (``QueryRound.first_wave``): this node's acceptor (no
-        message) if it answers queries, then its peers that are up, from one picked by the
-        key (so each peer serves its share of the keys, its cache warm for them), then the
-        peers seen down."""
+        message), then its peers that are up, from one picked by the key (so each peer
+        serves its share of the keys, its cache warm for them), then the rest."""
         me, health = self.config.node_id, self.peer_health
         up = sorted(a for a in acceptors if a != me and a in health and health[a].up
                     and self.membership.usable(a))
@@ -1914,11 +1880,7 @@ class Node:
             at = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(up)
             up = up[at:] + up[:at]
         down = sorted(a for a in acceptors if a != me and a not in up)
-        if me not in acceptors:
-            return [*up, *down]
-        if not self._serves("query") or self._retired:  # it would only refuse
-            return [*up, *down, me]
-        return [me, *up, *down]
+        return [me, *up, *down] if me in acceptors else [*up, *down]
 
     def read_local(self, key: str) -> Outcome:
         """Stale read of this node's acceptor state (``?consistency=stale``); a value

@@ -70,10 +70,9 @@ MUTANTS: Final[dict[str, str]] = {
                              "two values of one fast ballot was chosen",
     "fast-read-as-classic": "a one-round-trip read takes a classic quorum of identical "
                             "reports at a fast ballot for a chosen value",
-    "read-own-on-disagreement": "a one-round-trip read that its first wave (its own "
-                                "acceptor and one peer) leaves undecided, by reports at odds "
-                                "or a slow peer, answers with its own acceptor's report, "
-                                "not asking the other acceptors or running a round",
+    "read-own-on-disagreement": "a one-round-trip read whose first wave (its own acceptor "
+                                "and one peer) disagrees answers with its own acceptor's "
+                                "report, not asking the other acceptors or running a round",
     "ttl-delete-without-compare": "the TTL sweeper deletes a key its local (maybe stale) "
                                   "copy shows expired unconditionally, not by a compare on "
                                   "the version it saw",

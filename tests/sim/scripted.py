@@ -71,7 +71,7 @@ def run_seeds(seeds: range, options: SimOptions, jobs: int) -> tuple[Counter[str
 
 
 def first_caught(options: SimOptions, caught: Callable[[Summary], bool], hint: int | None,
-                 jobs: int, budget: int = DEFAULT_SEEDS) -> Summary | None:
+                 jobs: int) -> Summary | None:
     """The first run of the default seed budget that ``caught`` accepts, or None.
 
     ``hint`` (the seed that caught the mutant when last measured) runs first, then the rest
@@ -79,7 +79,7 @@ def first_caught(options: SimOptions, caught: Callable[[Summary], bool], hint: i
     budget catches the mutant, but without running every seed below the hint again: that
     scan was most of ``make test``'s time for mutants caught late (no-fsync at seed 53). A
     hint that stops catching costs one run, then the scan goes on as before."""
-    seeds = list(range(budget))
+    seeds = list(range(DEFAULT_SEEDS))
     if hint is not None and hint in seeds:
         seeds.remove(hint)
         seeds.insert(0, hint)
