@@ -243,13 +243,6 @@ def _rendezvous(key: bytes, node_id: int) -> int:
     return x ^ (x >> 31)
 
 
-READ_WIDEN_AFTER_S: Final = 0.05
-"""How long a linearizable read waits for its first wave (a quorum: its own acceptor and
-one peer of three) before asking the other acceptors as well; a peer seen down is never in
-the first wave. Under load a peer's answer can take longer than this: the read is then
-correct and as costly as before (every acceptor asked), not wrong."""
-
-
 FORWARD_MEMORY_S: Final = 60.0
 """How long a node remembers the request ids of forwarded writes it ran (far above any
 message's lifetime, the time a duplicate can still arrive)."""
@@ -1225,12 +1218,10 @@ class Node:
 
     async def _broadcast(self, msg: Prepare | Accept | Query | Collect,
                          on_reply: Callable[[int, Reply], Any],
-                         deadline: float, view: ConfigView | None = None,
-                         only: frozenset[int] | None = None) -> Any:
+                         deadline: float, view: ConfigView | None = None) -> Any:
         """Send ``msg`` to every acceptor of its phase in ``view`` (default: the config held
-        now), under that config (``only``: to those of them alone); feed replies until one
-        returns non-Wait (that step), or return None once every acceptor asked answered or
-        ``deadline`` passed. A ``Stale``
+        now), under that config; feed replies until one returns non-Wait (that step), or
+        return None once every acceptor answered or ``deadline`` passed. A ``Stale``
         refusal teaches this node the newer config and counts as a refusal.
 
         Sends still in flight once the decision is made are left to finish (accepts that
@@ -1247,8 +1238,6 @@ class Node:
             view = self._view
         wire = view.wire
         targets = view.accept.acceptors if isinstance(msg, Accept) else view.prepare.acceptors
-        if only is not None:
-            targets = targets & only
 
         def feed(acceptor_id: int, reply: Reply) -> None:
             nonlocal outstanding
@@ -1842,18 +1831,8 @@ class Node:
             rnd = self.proposer_rules.query_round(key, view.prepare)
             loop = self._loop.get()
             started = loop.time()
-            deadline = started + self.config.phase_timeout_s
-            query = rnd.query()
-            first = rnd.first_wave(self._query_order(key, view.prepare.acceptors))
-            step = await self._broadcast(query, rnd.on_reply,
-                                         min(deadline, started + READ_WIDEN_AFTER_S), view,
-                                         first)
-            if step is None:  # the first wave left it undecided: ask the others too
-                step = rnd.undecided(self.config.node_id)
-                rest = rnd.unanswered()
-                if isinstance(step, Wait) and rest and loop.time() < deadline:
-                    self.metrics.round("query", "widened")
-                    step = await self._broadcast(query, rnd.on_reply, deadline, view, rest)
+            step = await self._broadcast(rnd.query(), rnd.on_reply,
+                                         started + self.config.phase_timeout_s, view)
             self.metrics.phase("query", loop.time() - started)
         finally:
             self._inflight -= 1
@@ -1868,19 +1847,6 @@ class Node:
         # expired value before anyone is told it is absent (docs/ttl.md).
         self.metrics.round("query", "fallback")
         return await self.execute(key, Read())
-
-    def _query_order(self, key: str, acceptors: frozenset[int]) -> list[int]:
-        """Whom a read asks first (``QueryRound.first_wave``): this node's acceptor (no
-        message), then its peers that are up, from one picked by the key (so each peer
-        serves its share of the keys, its cache warm for them), then the rest."""
-        me, health = self.config.node_id, self.peer_health
-        up = sorted(a for a in acceptors if a != me and a in health and health[a].up
-                    and self.membership.usable(a))
-        if up:
-            at = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(up)
-            up = up[at:] + up[:at]
-        down = sorted(a for a in acceptors if a != me and a not in up)
-        return [me, *up, *down] if me in acceptors else [*up, *down]
 
     def read_local(self, key: str) -> Outcome:
         """Stale read of this node's acceptor state (``?consistency=stale``); a value

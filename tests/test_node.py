@@ -20,20 +20,11 @@ from paxoskv.config import NodeConfig, PeerSpec
 from paxoskv.core.acceptor import EMPTY_STATE, AcceptorState
 from paxoskv.core.ballot import Ballot
 from paxoskv.core.errors import NoQuorum, UnknownOutcome
-from paxoskv.core.identity import Mode, PeerRecord
-from paxoskv.core.messages import (
-    Accept,
-    Accepted,
-    Forward,
-    Forwarded,
-    Prepare,
-    Query,
-    QueryReply,
-    Unavailable,
-)
+from paxoskv.core.identity import PeerRecord
+from paxoskv.core.messages import Accept, Accepted, Forward, Forwarded, Prepare, Unavailable
 from paxoskv.core.proposer import ProposerRound
 from paxoskv.core.register import Set, Value
-from paxoskv.node import READ_WIDEN_AFTER_S, Node, ProposerRules
+from paxoskv.node import Node, ProposerRules
 from paxoskv.storage.base import NodeIdentity
 from paxoskv.transport.base import PeerNotReached, PeerUnreachable, Refusal
 from paxoskv.transport.codec import Sender
@@ -850,99 +841,3 @@ def test_only_a_normal_acceptor_records_that_its_directory_is_current(
         assert storage.meta.get("alive_at") == ("1234567" if recorded else None), \
             node.acceptor_mode
     asyncio.run(run())
-
-
-# ---------------------------------------------------------------- thrifty linearizable reads
-
-class _QueryTransport(_Transport):
-    """Answers queries from a scripted state per peer (None: no answer until the deadline),
-    and records which peers were asked."""
-
-    def __init__(self, fingerprint: str, states: dict[int, AcceptorState | None]) -> None:
-        super().__init__(fingerprint)
-        self.states = states
-        self.asked: list[int] = []
-
-    async def send(self, peer: int, msg: Any, deadline: float) -> Any:
-        assert isinstance(msg, Query), msg
-        self.asked.append(peer)
-        state = self.states[peer]
-        if state is None:
-            await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
-            raise PeerUnreachable("no answer")
-        return QueryReply(msg.key, state.ballot_accepted, state.value)
-
-
-def _reading_node(local: AcceptorState, peers: dict[int, AcceptorState | None]
-                  ) -> tuple[Node, _QueryTransport]:
-    config = NodeConfig(1, PEERS, cluster_id="c")
-    storage = _Storage(None)
-    storage.data["k"] = local
-    transport = _QueryTransport(config.fingerprint(), peers)
-    node = Node(config, NodeIdentity("c", 1, "d1", 2, False), storage, transport)
-    node.membership.machine.identity = "verified"
-    node.membership.machine.mode = Mode.NORMAL
-    for pid in (2, 3):
-        node.peer_health[pid].up = True
-        node.membership._records[pid] = PeerRecord(f"d{pid}", 1, f"boot{pid}")
-    return node, transport
-
-
-OLD = AcceptorState(Ballot(3, 2, 1), Ballot(3, 2, 1), Value(1, b"old"))
-NEW = AcceptorState(Ballot(4, 2, 1), Ballot(4, 2, 1), Value(2, b"new"))
-
-
-def test_a_read_whose_first_wave_agrees_asks_one_peer() -> None:
-    """Goal: a linearizable read asks its own acceptor and one peer; when the two agree
-    (a quorum of three), the third acceptor is never asked."""
-    async def main() -> None:
-        node, transport = _reading_node(NEW, {2: NEW, 3: NEW})
-        outcome = await node.read("k")
-        assert outcome.value == NEW.value
-        assert len(transport.asked) == 1, transport.asked
-    asyncio.run(main())
-
-
-def test_a_read_whose_first_wave_disagrees_asks_the_rest() -> None:
-    """Goal: a lagging own acceptor never answers a read: with its report and the first
-    peer's at odds, the other peer is asked, and the quorum that agrees answers.
-
-    Method: the local acceptor holds an older value than both peers; whichever peer is
-    asked first, the read widens to the other and returns the newer value in one
-    round trip (no full round: nothing is written)."""
-    async def main() -> None:
-        node, transport = _reading_node(OLD, {2: NEW, 3: NEW})
-        outcome = await node.read("k")
-        assert outcome.value == NEW.value
-        assert sorted(transport.asked) == [2, 3]
-        assert node.storage.load("k") == OLD  # answered by the query, not a round
-    asyncio.run(main())
-
-
-def test_a_read_widens_when_its_first_peer_is_slow() -> None:
-    """Goal: a first-wave peer that does not answer delays a read by READ_WIDEN_AFTER_S, not
-    by the phase timeout: the other peer is asked then, and the quorum of it and the own
-    acceptor answers."""
-    async def main() -> float:
-        node, transport = _reading_node(NEW, {2: NEW, 3: NEW})
-        first = node._query_order("k", frozenset({1, 2, 3}))[1]
-        transport.states[first] = None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        outcome = await node.read("k")
-        assert outcome.value == NEW.value
-        assert transport.asked[0] == first and 5 - first in transport.asked
-        return loop.time() - started
-    elapsed = asyncio.run(main())
-    assert READ_WIDEN_AFTER_S <= elapsed < READ_WIDEN_AFTER_S + 0.5, elapsed
-
-
-def test_a_read_asks_a_peer_seen_down_only_last() -> None:
-    """Goal: the first wave skips a peer the failure detector sees down, so a read costs
-    no wait for it; reads of different keys spread over the peers that are up."""
-    node, _ = _reading_node(NEW, {2: NEW, 3: NEW})
-    firsts = {node._query_order(f"k{i}", frozenset({1, 2, 3}))[1] for i in range(50)}
-    assert firsts == {2, 3}
-    node.peer_health[2].up = False
-    assert {node._query_order(f"k{i}", frozenset({1, 2, 3}))[1] for i in range(50)} == {3}
-    assert node._query_order("k", frozenset({1, 2, 3})) == [1, 3, 2]

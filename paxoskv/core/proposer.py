@@ -427,12 +427,6 @@ class QueryRound:
     does not make one chosen: it takes a fast quorum reporting the same ballot and the same
     value (docs/design.md invariant 9). Otherwise the caller falls back to a full identity
     round, which also repairs the key.
-
-    Thrifty: the caller asks a first wave of a quorum (``first_wave``), and the other
-    acceptors only if those leave the read undecided (``undecided``, ``unanswered``). Which
-    acceptors report, and when, never changes what their reports prove, so this is the
-    rule above with the reports a quorum that agrees (the common case) makes unneeded
-    never requested.
     """
 
     def __init__(self, key: str, config: QuorumConfig) -> None:
@@ -445,22 +439,6 @@ class QueryRound:
 
     def query(self) -> Query:
         return Query(self.key)
-
-    def first_wave(self, order: Sequence[int]) -> frozenset[int]:
-        """The acceptors to ask first: the first quorum of ``order`` (the caller's
-        preference: its own acceptor, then the peers it sees up)."""
-        members = self.config.acceptors
-        return frozenset([a for a in order if a in members][:self.config.quorum])
-
-    def undecided(self, own_id: int) -> Committed | Wait:
-        """The step once the first wave has answered, or the wait for it ran out, with the
-        read undecided (reports that disagree, a refusal, a slow acceptor): Wait, that is,
-        ask ``unanswered`` too; never an answer from reports that are not a quorum's."""
-        return Wait()
-
-    def unanswered(self) -> frozenset[int]:
-        """Acceptors that have neither reported nor refused (a slow one is asked again)."""
-        return frozenset(self.config.acceptors - self._replies.keys() - self._refused)
 
     def needed(self, ballot: Ballot) -> int:
         """Identical reports that make the value at ``ballot`` chosen."""

@@ -26,7 +26,6 @@ from paxoskv.core.identity import (
 from paxoskv.core.messages import Accept, Accepted, Collect, Prepare, Promise
 from paxoskv.core.proposer import (
     Abort,
-    Committed,
     Prepared,
     ProposerRound,
     QueryRound,
@@ -34,11 +33,10 @@ from paxoskv.core.proposer import (
     RoundStep,
     SendAccept,
     Unknown,
-    Wait,
     prepared_after,
 )
 from paxoskv.core.reconfig import Config, EpochVerdict
-from paxoskv.core.register import Outcome, Value, apply_change
+from paxoskv.core.register import Value, apply_change
 from paxoskv.node import AcceptorRules, IdentityRules, ProposerRules
 
 __all__ = [
@@ -70,9 +68,6 @@ MUTANTS: Final[dict[str, str]] = {
                              "two values of one fast ballot was chosen",
     "fast-read-as-classic": "a one-round-trip read takes a classic quorum of identical "
                             "reports at a fast ballot for a chosen value",
-    "read-own-on-disagreement": "a one-round-trip read whose first wave (its own acceptor "
-                                "and one peer) disagrees answers with its own acceptor's "
-                                "report, not asking the other acceptors or running a round",
     "ttl-delete-without-compare": "the TTL sweeper deletes a key its local (maybe stale) "
                                   "copy shows expired unconditionally, not by a compare on "
                                   "the version it saw",
@@ -239,25 +234,12 @@ class _FastReadAsClassic(QueryRound):
         return self.config.quorum
 
 
-class _ReadOwnOnDisagreement(QueryRound):
-    """Broken rule: a thrifty read left undecided by its first wave trusts this node's own
-    acceptor, which may have missed the newest chosen value (a stale read)."""
-
-    def undecided(self, own_id: int) -> Committed | Wait:
-        own = self._replies.get(own_id)
-        if own is None:
-            return Wait()
-        self.done = True
-        return Committed(Outcome("read", own.value))
-
-
 PROPOSER_MUTANT_RULES: Final[dict[str, ProposerRules]] = {
     "stale-piggyback-ballot": ProposerRules(prepared_after=_prepared_after_refusal),
     "batch-from-base": ProposerRules(round=_BatchFromBase),
     "forward-lost-is-failed": ProposerRules(after_lost_forward=RequestProgress),
     "forward-runs-twice": ProposerRules(remember_forwards=False),
     "fast-read-as-classic": ProposerRules(query_round=_FastReadAsClassic),
-    "read-own-on-disagreement": ProposerRules(query_round=_ReadOwnOnDisagreement),
     "ttl-read-without-delete": ProposerRules(read_deletes_expired=False),
     "gc-before-all-accepted": ProposerRules(gc_everyone=False),
     "gc-grace-from-first-sight": ProposerRules(gc_pins=False),

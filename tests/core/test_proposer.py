@@ -157,32 +157,6 @@ def test_query_round_falls_back_when_acceptors_disagree() -> None:
     assert q.disagreed()
 
 
-def test_query_round_first_wave_is_a_quorum_in_the_callers_order() -> None:
-    """Goal: a thrifty read asks a quorum first, the caller's own acceptor leading, and
-    ignores ids that are not acceptors of the key."""
-    q = QueryRound("k", Q3)
-    assert q.first_wave([1, 3, 2]) == frozenset({1, 3})
-    assert q.first_wave([9, 2, 3, 1]) == frozenset({2, 3})
-
-
-def test_query_round_left_undecided_by_its_first_wave_asks_the_rest() -> None:
-    """Goal: reports that disagree (a lagging acceptor) never answer a read: the round
-    waits, names the acceptors not yet heard (a silent one too), and the third report
-    decides it."""
-    q = QueryRound("k", Q3)
-    old, new = Value(1, b"old"), Value(2, b"new")
-    assert q.on_reply(1, QueryReply("k", Ballot(3, 1, 1), old)) == Wait()
-    assert q.on_reply(2, QueryReply("k", Ballot(4, 1, 1), new)) == Wait()
-    assert q.undecided(1) == Wait()
-    assert q.unanswered() == frozenset({3})
-    assert q.on_reply(3, QueryReply("k", Ballot(4, 1, 1), new)) == Committed(
-        Outcome("read", new))
-    refused = QueryRound("k", Q3)
-    refused.on_reply(1, QueryReply("k", Ballot(3, 1, 1), old))
-    refused.on_reply(2, Unavailable("k", "down"))
-    assert refused.unanswered() == frozenset({3})
-
-
 def test_identity_round_of_a_read_records_no_request() -> None:
     """Goal: reads change nothing, not even the remembered request ids."""
     rnd = ProposerRound("k", B, Read(), Q3, "r1", sent_from_version=5)

@@ -56,7 +56,6 @@ DETECTOR = {
     "forward-runs-twice": "checker",
     "fast-quorum-too-small": "checker",
     "fast-read-as-classic": "checker",
-    "read-own-on-disagreement": "checker",
     "ttl-delete-without-compare": "state checker",
     "ttl-read-without-delete": "state checker",
     "gc-without-fence": "checker",
