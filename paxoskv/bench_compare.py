@@ -343,12 +343,13 @@ class Side:
 
 
 STALL_FACTOR = 1.5
-"""wrk stops on time whatever the servers do (a request still open then is not counted),
-so a run longer than this times the asked length, plus a second, means wrk itself did not
-run for a while: the machine paused (one 5 s round here took 32.8 s, with every request
-in flight counted as timed out and the servers' CPU that of a normal round). Such a round
-measures the pause, not the system: it is named in the notes and left out of the median
-and the range."""
+"""wrk stops on time whatever the servers do (each thread checks for the end every 100 ms
+and never blocks on a socket), so a run longer than this times the asked length, plus a
+second, means wrk itself did not run for a while: the machine paused (one 5 s round here
+took 32.8 s, with every request in flight counted as timed out and the servers' CPU that
+of a normal round), or its wall clock stepped (wrk times itself by it). Such a round
+measures that, not the system: it is named in the notes and left out of the median and
+the range."""
 
 
 def side_from_runs(runs: Sequence[WrkRun], cas: bool) -> Side:
@@ -386,9 +387,13 @@ class Round:
         return _ratio(self.etcd, self.paxoskv)
 
     @property
+    def stalled(self) -> bool:
+        return self.etcd.stalled or self.paxoskv.stalled
+
+    @property
     def counted(self) -> bool:
         """Measured on both sides, and by a load generator that ran on time."""
-        return not (math.isnan(self.ratio) or self.etcd.stalled or self.paxoskv.stalled)
+        return not (math.isnan(self.ratio) or self.stalled)
 
 
 @dataclass
@@ -408,6 +413,11 @@ class Cell:
         return _ratio(self.etcd, self.paxoskv)
 
     @property
+    def stalled(self) -> bool:
+        """Whether the row's own round stalled (only when every round did)."""
+        return self.etcd.stalled or self.paxoskv.stalled
+
+    @property
     def ratio_range(self) -> tuple[float, float] | None:
         """Lowest and highest ratio of the rounds (None below two measured rounds)."""
         ratios = [r.ratio for r in self.rounds if r.counted]
@@ -417,12 +427,15 @@ class Cell:
 def cell_from_rounds(workload: str, connections: int, target: str, rounds: Sequence[Round]
                      ) -> Cell:
     """The cell whose row is the median round of those counted (``Round.counted``; ties:
-    the earlier round); with none counted, the first round."""
+    the earlier round); with none counted, the first round that did not stall, else the
+    first round."""
     assert rounds, "a cell has at least one round"
     ranked = sorted(range(len(rounds)),
-                    key=lambda i: (not rounds[i].counted, rounds[i].ratio, i))
+                    key=lambda i: (not rounds[i].counted, rounds[i].stalled,
+                                   0.0 if math.isnan(rounds[i].ratio) else rounds[i].ratio,
+                                   i))
     measured = sum(1 for r in rounds if r.counted)
-    middle = ranked[(measured - 1) // 2] if measured else 0
+    middle = ranked[(measured - 1) // 2 if measured else 0]
     pick = rounds[middle]
     return Cell(workload, connections, target, pick.etcd, pick.paxoskv, list(rounds))
 
@@ -445,22 +458,27 @@ def format_table(cells: Sequence[Cell]) -> str:
     notes: list[str] = []
     for c in cells:
         e, p = c.etcd, c.paxoskv
+        ratio = f"{'stall':>7}" if c.stalled else f"{_f(c.ratio, 6, 2)}x"
         lines.append(
             f"{c.workload:10} {c.connections:5d} {c.target:>3} | {_f(e.rps, 9, 0)} "
             f"{_f(e.p50_ms, 7, 2)} {_f(e.p99_ms, 7, 2)} {_f(e.p999_ms, 7, 2)} {_errs(e):>6} | "
             f"{_f(p.rps, 9, 0)} {_f(p.p50_ms, 7, 2)} {_f(p.p99_ms, 7, 2)} "
-            f"{_f(p.p999_ms, 7, 2)} {_errs(p):>6} | {_f(c.ratio, 6, 2)}x")
+            f"{_f(p.p999_ms, 7, 2)} {_errs(p):>6} | {ratio}")
         tag = f"{c.workload} c={c.connections} {c.target}"
         spread = c.ratio_range
+        counted = sum(1 for r in c.rounds if r.counted)
         if spread is not None:
-            notes.append(f"{tag}: {len(c.rounds)} rounds, px/etcd {spread[0]:.2f}x-"
+            of = f" ({counted} counted)" if counted < len(c.rounds) else ""
+            notes.append(f"{tag}: {len(c.rounds)} rounds{of}, px/etcd {spread[0]:.2f}x-"
                          f"{spread[1]:.2f}x; the row is the median round")
         for k, r in enumerate(c.rounds, 1):
             for name, s in (("etcd", r.etcd), ("paxoskv", r.paxoskv)):
                 if s.stalled:
+                    fate = ("left out of the median and the range" if not c.stalled else
+                            "no round ran on time: the row is this one, its figures not "
+                            "the system's")
                     notes.append(f"{tag}: round {k} STALLED: {name}'s wrk ran {s.seconds:.1f} s "
-                                 f"for {s.requested_s:g} s (the machine paused); left out "
-                                 "of the median and the range")
+                                 f"for {s.requested_s:g} s (the machine paused); {fate}")
         for name, s in (("etcd", e), ("paxoskv", p)):
             if s.skipped:
                 notes.append(f"{tag}: {name} skipped ({s.skipped})")
@@ -504,8 +522,9 @@ def to_json(cells: Sequence[Cell], meta: dict[str, Any]) -> str:
     rows = []
     for c in cells:
         row = dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio)
-        row["rounds"] = [dict(asdict(r), ratio_rps_paxoskv_over_etcd=r.ratio)
-                         for r in c.rounds]
+        row["stalled"] = c.stalled
+        row["rounds"] = [dict(asdict(r), ratio_rps_paxoskv_over_etcd=r.ratio,
+                              stalled=r.stalled, counted=r.counted) for r in c.rounds]
         rows.append(row)
     return json.dumps(nan_to_none({"meta": meta, "cells": rows}), indent=2)
 
@@ -622,14 +641,20 @@ def run_wrk(procs: Procs, scripts: dict[str, Path], system: str, workload: str,
             ps.append(procs.add(subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT)))
         outs = []
+        began = time.monotonic()
         for p in ps:
             try:
-                out, _ = p.communicate(timeout=duration + 30)
+                out, _ = p.communicate(timeout=max(
+                    0.0, began + STALL_FACTOR * duration + 30 - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 out, _ = p.communicate()
             procs.procs.remove(p)
-            outs.append(parse_wrk_output(out.decode(errors="replace")))
+            text = out.decode(errors="replace")
+            if MARK in text or p.returncode != -signal.SIGKILL:
+                outs.append(parse_wrk_output(text))
+            else:  # killed 30 s late, before its report: a stall (``Side.stalled``)
+                outs.append(WrkRun(time.monotonic() - began, 0, 0, 0, 0, 0, 0, {}, []))
         return outs
 
     if warmup > 0:

@@ -181,3 +181,25 @@ def test_a_round_whose_load_generator_stalled_is_named_and_not_counted() -> None
     cell = cell_from_rounds("put", 16, "one", etcd_paused)
     assert cell.ratio == 0.5 and cell.ratio_range == (0.5, 0.6)
     assert "round 3 STALLED: etcd's wrk ran 30.0 s" in format_table([cell])
+
+
+def test_a_cell_with_no_round_on_time_says_so_in_its_row() -> None:
+    """Goal: when no round is counted, the row is never a stalled round passed off as a
+    result: a round that ran on time is preferred (a skipped etcd side leaves every ratio
+    unmeasured), and a row that can only be a stalled round reads "stall"."""
+    def timed(rps: float, seconds: float) -> Side:
+        s = side(rps)
+        s.seconds, s.requested_s = seconds, 5.0
+        return s
+    alone = cell_from_rounds("put", 128, "all", [Round(timed(1000, 5.0), timed(241, 32.8))])
+    assert alone.stalled
+    text = format_table([alone])
+    assert "  stall" in text and "0.24x" not in text
+    assert "no round ran on time: the row is this one" in text
+    assert json.loads(to_json([alone], {}))["cells"][0]["stalled"] is True
+    skipped = Side(skipped="--no-etcd-cas")
+    cas = cell_from_rounds("cas-hot", 16, "one", [Round(skipped, timed(241, 32.8)),
+                                                  Round(skipped, timed(900, 5.0))])
+    assert cas.paxoskv.rps == 900 and not cas.stalled
+    rounds = json.loads(to_json([cas], {}))["cells"][0]["rounds"]
+    assert [(r["stalled"], r["counted"]) for r in rounds] == [(True, False), (False, False)]
