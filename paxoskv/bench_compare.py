@@ -624,6 +624,11 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _wrk_seconds(duration: float) -> int:
+    """wrk's ``-d`` for ``duration``: whole seconds, at least one."""
+    return max(1, math.ceil(duration))
+
+
 def run_wrk(procs: Procs, scripts: dict[str, Path], system: str, workload: str,
             urls: list[str], connections: int, target: str, seconds: float,
             warmup: float, server_pids: list[int]) -> Side:
@@ -636,7 +641,7 @@ def run_wrk(procs: Procs, scripts: dict[str, Path], system: str, workload: str,
         ps = []
         for url, c in zip(aims, conns, strict=True):
             cmd = ["wrk", "-t", str(min(threads, c)), "-c", str(c),
-                   "-d", f"{max(1, math.ceil(duration))}s", "--timeout", "10s",
+                   "-d", f"{_wrk_seconds(duration)}s", "--timeout", "10s",
                    "-s", str(script), url]
             ps.append(procs.add(subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT)))
@@ -654,7 +659,9 @@ def run_wrk(procs: Procs, scripts: dict[str, Path], system: str, workload: str,
             if MARK in text or p.returncode != -signal.SIGKILL:
                 outs.append(parse_wrk_output(text))
             else:  # killed 30 s late, before its report: a stall (``Side.stalled``)
-                outs.append(WrkRun(time.monotonic() - began, 0, 0, 0, 0, 0, 0, {}, []))
+                outs.append(WrkRun(duration_s=time.monotonic() - began, requests=0, ok=0,
+                                   bad=0, won=0, conflict=0, socket_errors=0,
+                                   bad_statuses={}, quantiles_ms=[]))
         return outs
 
     if warmup > 0:
@@ -663,7 +670,7 @@ def run_wrk(procs: Procs, scripts: dict[str, Path], system: str, workload: str,
     srv0 = sum(_proc_cpu_s(pid) for pid in server_pids)
     runs = launch(seconds)
     side = side_from_runs(runs, cas=workload == "cas-hot")
-    side.requested_s = max(1, math.ceil(seconds))
+    side.requested_s = _wrk_seconds(seconds)
     side.wrk_cpu_s = _children_cpu_s() - cpu0
     side.server_cpu_s = sum(_proc_cpu_s(pid) for pid in server_pids) - srv0
     return side

@@ -126,6 +126,13 @@ def side(rps: float) -> Side:
                 seconds=5.0)
 
 
+def timed(rps: float, seconds: float) -> Side:
+    """``side(rps)`` of a 5 s load whose wrk ran ``seconds``."""
+    s = side(rps)
+    s.seconds, s.requested_s = seconds, 5.0
+    return s
+
+
 def test_a_cell_of_rounds_is_its_median_round_by_ratio() -> None:
     rounds = [Round(side(1000), side(400)), Round(side(900), side(630)),
               Round(side(1100), side(550))]  # ratios 0.4, 0.7, 0.5
@@ -161,10 +168,6 @@ def test_a_round_whose_load_generator_stalled_is_named_and_not_counted() -> None
 
     Method: three rounds of 5 s, the second with paxoskv's wrk at 32.8 s (as seen once
     here, 241 r/s): the row is the median of the other two and the note names the round."""
-    def timed(rps: float, seconds: float) -> Side:
-        s = side(rps)
-        s.seconds, s.requested_s = seconds, 5.0
-        return s
     rounds = [Round(timed(1000, 5.0), timed(500, 5.0)),
               Round(timed(1000, 5.0), timed(241, 32.8)),
               Round(timed(1000, 5.0), timed(550, 5.1))]
@@ -187,10 +190,6 @@ def test_a_cell_with_no_round_on_time_says_so_in_its_row() -> None:
     """Goal: when no round is counted, the row is never a stalled round passed off as a
     result: a round that ran on time is preferred (a skipped etcd side leaves every ratio
     unmeasured), and a row that can only be a stalled round reads "stall"."""
-    def timed(rps: float, seconds: float) -> Side:
-        s = side(rps)
-        s.seconds, s.requested_s = seconds, 5.0
-        return s
     alone = cell_from_rounds("put", 128, "all", [Round(timed(1000, 5.0), timed(241, 32.8))])
     assert alone.stalled
     text = format_table([alone])
