@@ -341,6 +341,18 @@ class Side:
         """Whether wrk ran far longer than asked (``STALL_FACTOR``)."""
         return self.requested_s > 0 and self.seconds > STALL_FACTOR * self.requested_s + 1
 
+    @property
+    def cpu_us_per_request(self) -> float:
+        """The servers' CPU per counted request, in µs (NaN: not measured).
+
+        Why: throughput moves with the machine's speed from run to run; what each
+        system spends on a request moves much less, so this is the figure to compare
+        across runs. The CPU also covers requests that failed, which are not counted."""
+        requests = self.rps * self.seconds
+        if self.skipped or self.server_cpu_s <= 0 or not requests > 0:
+            return math.nan
+        return self.server_cpu_s / requests * 1e6
+
 
 STALL_FACTOR = 1.5
 """wrk stops on time whatever the servers do (each thread checks for the end every 100 ms
@@ -368,6 +380,12 @@ def side_from_runs(runs: Sequence[WrkRun], cas: bool) -> Side:
                 requests_ok=ok, errors=errors, error_statuses=statuses,
                 cas_won_per_s=(won / seconds if seconds else 0.0) if cas else None,
                 seconds=seconds)
+
+
+def cpu_ratio(etcd: Side, paxoskv: Side) -> float:
+    """paxoskv's server CPU per request over etcd's (NaN unless both measured)."""
+    e, p = etcd.cpu_us_per_request, paxoskv.cpu_us_per_request
+    return p / e if e > 0 and p > 0 else math.nan
 
 
 def _ratio(etcd: Side, paxoskv: Side) -> float:
@@ -444,6 +462,11 @@ def _f(x: float, width: int, prec: int = 1) -> str:
     return f"{'-':>{width}}" if x is None or math.isnan(x) else f"{x:{width}.{prec}f}"
 
 
+def _times(ratio: float) -> str:
+    """A ratio as "0.50x" in 7 columns, or "-" when not measured."""
+    return f"{'-':>7}" if math.isnan(ratio) else f"{ratio:6.2f}x"
+
+
 def _errs(s: Side) -> str:
     if s.skipped:
         return "skip"
@@ -493,17 +516,23 @@ def format_table(cells: Sequence[Cell]) -> str:
     lines.extend(notes)
     lines.append("")
     cpu_head = (f"{'workload':10} {'conns':>5} {'tgt':>3} | {'etcd srv cpu%':>13} "
-                f"{'wrk cpu%':>8} | {'pxkv srv cpu%':>13} {'wrk cpu%':>8}   "
-                "(% of one core over the measured seconds)")
+                f"{'wrk cpu%':>8} {'us/req':>7} | {'pxkv srv cpu%':>13} {'wrk cpu%':>8} "
+                f"{'us/req':>7} | {'px/etcd':>7}")
     lines += [cpu_head, "-" * len(cpu_head)]
     for c in cells:
         def pct(s: Side, v: float) -> float:
             return 100 * v / s.seconds if s.seconds and not s.skipped else math.nan
+        per = cpu_ratio(c.etcd, c.paxoskv)
         lines.append(f"{c.workload:10} {c.connections:5d} {c.target:>3} | "
                      f"{_f(pct(c.etcd, c.etcd.server_cpu_s), 13, 0)} "
-                     f"{_f(pct(c.etcd, c.etcd.wrk_cpu_s), 8, 0)} | "
+                     f"{_f(pct(c.etcd, c.etcd.wrk_cpu_s), 8, 0)} "
+                     f"{_f(c.etcd.cpu_us_per_request, 7, 0)} | "
                      f"{_f(pct(c.paxoskv, c.paxoskv.server_cpu_s), 13, 0)} "
-                     f"{_f(pct(c.paxoskv, c.paxoskv.wrk_cpu_s), 8, 0)}")
+                     f"{_f(pct(c.paxoskv, c.paxoskv.wrk_cpu_s), 8, 0)} "
+                     f"{_f(c.paxoskv.cpu_us_per_request, 7, 0)} | {_times(per)}")
+    lines.append("cpu% = % of one core over the measured seconds; us/req = the servers' CPU "
+                 "per counted request (all members together); px/etcd = paxoskv's us/req "
+                 "over etcd's (lower is better)")
     return "\n".join(lines)
 
 
@@ -518,13 +547,26 @@ def nan_to_none(x: Any) -> Any:
     return x
 
 
+def _add_cpu_per_request(row: dict[str, Any], etcd: Side, paxoskv: Side) -> None:
+    """``cpu_us_per_request`` (a property, which ``asdict`` leaves out) into both sides."""
+    row["etcd"]["cpu_us_per_request"] = etcd.cpu_us_per_request
+    row["paxoskv"]["cpu_us_per_request"] = paxoskv.cpu_us_per_request
+
+
 def to_json(cells: Sequence[Cell], meta: dict[str, Any]) -> str:
     rows = []
     for c in cells:
-        row = dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio)
+        row = dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio,
+                   ratio_cpu_per_request_paxoskv_over_etcd=cpu_ratio(c.etcd, c.paxoskv))
         row["stalled"] = c.stalled
-        row["rounds"] = [dict(asdict(r), ratio_rps_paxoskv_over_etcd=r.ratio,
-                              stalled=r.stalled, counted=r.counted) for r in c.rounds]
+        _add_cpu_per_request(row, c.etcd, c.paxoskv)
+        row["rounds"] = []
+        for r in c.rounds:
+            rrow = dict(asdict(r), ratio_rps_paxoskv_over_etcd=r.ratio,
+                        ratio_cpu_per_request_paxoskv_over_etcd=cpu_ratio(r.etcd, r.paxoskv),
+                        stalled=r.stalled, counted=r.counted)
+            _add_cpu_per_request(rrow, r.etcd, r.paxoskv)
+            row["rounds"].append(rrow)
         rows.append(row)
     return json.dumps(nan_to_none({"meta": meta, "cells": rows}), indent=2)
 

@@ -15,6 +15,7 @@ from paxoskv.bench_compare import (
     Side,
     WrkRun,
     cell_from_rounds,
+    cpu_ratio,
     format_table,
     lua_script,
     merge_quantiles,
@@ -100,6 +101,29 @@ def test_format_table_shows_ratio_errors_and_skips() -> None:
     assert cpu_row.split()[4:6] == ["100", "20"]  # etcd server 5 s / 5 s, wrk 1 s / 5 s
 
 
+def test_cpu_per_request_is_the_servers_cpu_over_counted_requests() -> None:
+    measured = Side(rps=1000.0, seconds=5.0, server_cpu_s=5.0)
+    assert measured.cpu_us_per_request == pytest.approx(1000.0)  # 5 s over 5000 requests
+    assert math.isnan(Side(rps=1000.0, seconds=5.0).cpu_us_per_request)  # no CPU read
+    assert math.isnan(Side(rps=0.0, seconds=5.0, server_cpu_s=5.0).cpu_us_per_request)
+    assert math.isnan(Side(seconds=5.0, server_cpu_s=5.0).cpu_us_per_request)  # rps NaN
+    assert math.isnan(Side(skipped="--no-etcd-cas", seconds=5.0,
+                           server_cpu_s=5.0).cpu_us_per_request)
+
+
+def test_cpu_table_shows_cpu_per_request_and_its_ratio() -> None:
+    etcd = Side(rps=1000.0, seconds=5.0, server_cpu_s=5.0, wrk_cpu_s=1.0)
+    paxoskv = Side(rps=500.0, seconds=5.0, server_cpu_s=5.0, wrk_cpu_s=0.5)
+    assert cpu_ratio(etcd, paxoskv) == pytest.approx(2.0)
+    text = format_table([Cell("put", 16, "one", etcd, paxoskv)])
+    cpu_row = [line for line in text.splitlines() if line.startswith("put")][-1]
+    assert cpu_row.split()[4:] == ["100", "20", "1000", "|", "100", "10", "2000", "|",
+                                   "2.00x"]
+    unmeasured = format_table(cells())  # the put cell's paxoskv side has no CPU figure
+    cpu_row = [line for line in unmeasured.splitlines() if line.startswith("put")][-1]
+    assert cpu_row.split()[6:] == ["1000", "|", "0", "0", "-", "|", "-"]
+
+
 def test_to_json_is_strict_json_with_ratios() -> None:
     data = json.loads(to_json(cells(), {"cpus": 2}))
     assert data["meta"] == {"cpus": 2}
@@ -108,6 +132,9 @@ def test_to_json_is_strict_json_with_ratios() -> None:
     assert first["paxoskv"]["errors"] == 7
     assert second["ratio_rps_paxoskv_over_etcd"] is None
     assert second["etcd"]["rps"] is None
+    assert first["etcd"]["cpu_us_per_request"] == pytest.approx(1000.0)
+    assert first["paxoskv"]["cpu_us_per_request"] is None  # no CPU figure: not measured
+    assert first["ratio_cpu_per_request_paxoskv_over_etcd"] is None
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
