@@ -48,8 +48,9 @@ import aiohttp
 from paxoskv.bench import start_cluster, stop_cluster, wait_until_up
 from paxoskv.chaos.processes import free_ports
 
-__all__ = ["KEY_FORMAT", "Cell", "Round", "Side", "cell_from_rounds", "format_table", "key_name",
-           "main", "merge_quantiles", "nan_to_none", "parse_wrk_output"]
+__all__ = ["KEY_FORMAT", "Cell", "Round", "Side", "cell_from_rounds", "cpu_ratio",
+           "format_table", "key_name", "main", "merge_quantiles", "nan_to_none",
+           "parse_wrk_output", "to_json"]
 
 QUANTILES = 2000
 WORKLOADS = ("put", "get-lin", "get-stale", "mix-90r", "mix-50r", "cas-hot")
@@ -343,17 +344,21 @@ class Side:
 
     @property
     def cpu_us_per_request(self) -> float:
-        """The servers' CPU per counted request, in µs (NaN: not measured).
+        """The servers' CPU per counted request (for CAS, per attempt), in µs; NaN when
+        not measured, or when wrk stalled (the CPU of the whole stalled stretch over the
+        few requests counted in it would say nothing of the system).
 
-        Why: throughput moves with the machine's speed from run to run; what each
-        system spends on a request moves much less, so this is the figure to compare
-        across runs. The CPU also covers requests that failed, which are not counted."""
+        Why: requests per second depend on how much of the shared cores each system got;
+        CPU per request depends on that less (it still moves from run to run). The CPU
+        also covers requests that failed, which are not counted."""
         requests = self.rps * self.seconds
-        if self.skipped or self.server_cpu_s <= 0 or not requests > 0:
+        if self.skipped or self.stalled or self.server_cpu_s <= 0 or not requests > 0:
             return math.nan
         return self.server_cpu_s / requests * 1e6
 
 
+STALL = "stall"
+"""What a row shows for a ratio when its only round stalled."""
 STALL_FACTOR = 1.5
 """wrk stops on time whatever the servers do (each thread checks for the end every 100 ms
 and never blocks on a socket), so a run longer than this times the asked length, plus a
@@ -481,7 +486,7 @@ def format_table(cells: Sequence[Cell]) -> str:
     notes: list[str] = []
     for c in cells:
         e, p = c.etcd, c.paxoskv
-        ratio = f"{'stall':>7}" if c.stalled else f"{_f(c.ratio, 6, 2)}x"
+        ratio = f"{STALL:>7}" if c.stalled else _times(c.ratio)
         lines.append(
             f"{c.workload:10} {c.connections:5d} {c.target:>3} | {_f(e.rps, 9, 0)} "
             f"{_f(e.p50_ms, 7, 2)} {_f(e.p99_ms, 7, 2)} {_f(e.p999_ms, 7, 2)} {_errs(e):>6} | "
@@ -522,17 +527,18 @@ def format_table(cells: Sequence[Cell]) -> str:
     for c in cells:
         def pct(s: Side, v: float) -> float:
             return 100 * v / s.seconds if s.seconds and not s.skipped else math.nan
-        per = cpu_ratio(c.etcd, c.paxoskv)
+        per = f"{STALL:>7}" if c.stalled else _times(cpu_ratio(c.etcd, c.paxoskv))
         lines.append(f"{c.workload:10} {c.connections:5d} {c.target:>3} | "
                      f"{_f(pct(c.etcd, c.etcd.server_cpu_s), 13, 0)} "
                      f"{_f(pct(c.etcd, c.etcd.wrk_cpu_s), 8, 0)} "
                      f"{_f(c.etcd.cpu_us_per_request, 7, 0)} | "
                      f"{_f(pct(c.paxoskv, c.paxoskv.server_cpu_s), 13, 0)} "
                      f"{_f(pct(c.paxoskv, c.paxoskv.wrk_cpu_s), 8, 0)} "
-                     f"{_f(c.paxoskv.cpu_us_per_request, 7, 0)} | {_times(per)}")
+                     f"{_f(c.paxoskv.cpu_us_per_request, 7, 0)} | {per}")
     lines.append("cpu% = % of one core over the measured seconds; us/req = the servers' CPU "
-                 "per counted request (all members together); px/etcd = paxoskv's us/req "
-                 "over etcd's (lower is better)")
+                 "per counted request, all members")
+    lines.append("together (for cas-hot, per attempt); px/etcd = paxoskv's us/req over "
+                 "etcd's (lower is better)")
     return "\n".join(lines)
 
 

@@ -107,8 +107,10 @@ def test_cpu_per_request_is_the_servers_cpu_over_counted_requests() -> None:
     assert math.isnan(Side(rps=1000.0, seconds=5.0).cpu_us_per_request)  # no CPU read
     assert math.isnan(Side(rps=0.0, seconds=5.0, server_cpu_s=5.0).cpu_us_per_request)
     assert math.isnan(Side(seconds=5.0, server_cpu_s=5.0).cpu_us_per_request)  # rps NaN
-    assert math.isnan(Side(skipped="--no-etcd-cas", seconds=5.0,
+    assert math.isnan(Side(skipped="--no-etcd-cas", rps=1000.0, seconds=5.0,
                            server_cpu_s=5.0).cpu_us_per_request)
+    stalled = Side(rps=1000.0, seconds=32.8, server_cpu_s=5.0, requested_s=5.0)
+    assert stalled.stalled and math.isnan(stalled.cpu_us_per_request)
 
 
 def test_cpu_table_shows_cpu_per_request_and_its_ratio() -> None:
@@ -124,8 +126,35 @@ def test_cpu_table_shows_cpu_per_request_and_its_ratio() -> None:
     assert cpu_row.split()[6:] == ["1000", "|", "0", "0", "-", "|", "-"]
 
 
+def test_cpu_table_shows_stall_for_a_stalled_row() -> None:
+    late = Side(rps=100.0, seconds=32.8, server_cpu_s=30.0, requested_s=5.0)
+    on_time = Side(rps=1000.0, seconds=5.0, server_cpu_s=5.0, requested_s=5.0)
+    cell = cell_from_rounds("put", 128, "all", [Round(on_time, late)])
+    cpu_row = [line for line in format_table([cell]).splitlines()
+               if line.startswith("put")][-1]
+    assert cpu_row.split()[-1] == "stall" and cpu_row.split()[-2] == "|"
+
+
+def refuse_nan(name: str) -> object:
+    raise AssertionError(f"{name} in the JSON")
+
+
+def test_to_json_carries_cpu_per_request_for_cells_and_rounds() -> None:
+    etcd = Side(rps=1000.0, seconds=5.0, server_cpu_s=5.0)
+    paxoskv = Side(rps=500.0, seconds=5.0, server_cpu_s=5.0)
+    cell = cell_from_rounds("put", 16, "one", [Round(etcd, paxoskv)])
+    data = json.loads(to_json([cell], {}), parse_constant=refuse_nan)
+    row = data["cells"][0]
+    assert row["etcd"]["cpu_us_per_request"] == pytest.approx(1000.0)
+    assert row["paxoskv"]["cpu_us_per_request"] == pytest.approx(2000.0)
+    assert row["ratio_cpu_per_request_paxoskv_over_etcd"] == pytest.approx(2.0)
+    (only,) = row["rounds"]
+    assert only["paxoskv"]["cpu_us_per_request"] == pytest.approx(2000.0)
+    assert only["ratio_cpu_per_request_paxoskv_over_etcd"] == pytest.approx(2.0)
+
+
 def test_to_json_is_strict_json_with_ratios() -> None:
-    data = json.loads(to_json(cells(), {"cpus": 2}))
+    data = json.loads(to_json(cells(), {"cpus": 2}), parse_constant=refuse_nan)
     assert data["meta"] == {"cpus": 2}
     first, second = data["cells"]
     assert first["ratio_rps_paxoskv_over_etcd"] == 0.5
