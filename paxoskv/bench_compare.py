@@ -467,8 +467,11 @@ def _f(x: float, width: int, prec: int = 1) -> str:
     return f"{'-':>{width}}" if x is None or math.isnan(x) else f"{x:{width}.{prec}f}"
 
 
-def _times(ratio: float) -> str:
-    """A ratio as "0.50x" in 7 columns, or "-" when not measured."""
+def _times(ratio: float, stalled: bool = False) -> str:
+    """A ratio as "0.50x" in 7 columns; "stall" for a row whose only round stalled, "-"
+    when not measured."""
+    if stalled:
+        return f"{STALL:>7}"
     return f"{'-':>7}" if math.isnan(ratio) else f"{ratio:6.2f}x"
 
 
@@ -486,7 +489,7 @@ def format_table(cells: Sequence[Cell]) -> str:
     notes: list[str] = []
     for c in cells:
         e, p = c.etcd, c.paxoskv
-        ratio = f"{STALL:>7}" if c.stalled else _times(c.ratio)
+        ratio = _times(c.ratio, c.stalled)
         lines.append(
             f"{c.workload:10} {c.connections:5d} {c.target:>3} | {_f(e.rps, 9, 0)} "
             f"{_f(e.p50_ms, 7, 2)} {_f(e.p99_ms, 7, 2)} {_f(e.p999_ms, 7, 2)} {_errs(e):>6} | "
@@ -527,7 +530,7 @@ def format_table(cells: Sequence[Cell]) -> str:
     for c in cells:
         def pct(s: Side, v: float) -> float:
             return 100 * v / s.seconds if s.seconds and not s.skipped else math.nan
-        per = f"{STALL:>7}" if c.stalled else _times(cpu_ratio(c.etcd, c.paxoskv))
+        per = _times(cpu_ratio(c.etcd, c.paxoskv), c.stalled)
         lines.append(f"{c.workload:10} {c.connections:5d} {c.target:>3} | "
                      f"{_f(pct(c.etcd, c.etcd.server_cpu_s), 13, 0)} "
                      f"{_f(pct(c.etcd, c.etcd.wrk_cpu_s), 8, 0)} "
@@ -553,26 +556,22 @@ def nan_to_none(x: Any) -> Any:
     return x
 
 
-def _add_cpu_per_request(row: dict[str, Any], etcd: Side, paxoskv: Side) -> None:
-    """``cpu_us_per_request`` (a property, which ``asdict`` leaves out) into both sides."""
-    row["etcd"]["cpu_us_per_request"] = etcd.cpu_us_per_request
-    row["paxoskv"]["cpu_us_per_request"] = paxoskv.cpu_us_per_request
+def _json_row(m: Cell | Round) -> dict[str, Any]:
+    """A cell's or a round's fields, with what ``asdict`` leaves out (the properties):
+    both ratios, ``stalled``, and each side's ``cpu_us_per_request``."""
+    row = dict(asdict(m), ratio_rps_paxoskv_over_etcd=m.ratio,
+               ratio_cpu_per_request_paxoskv_over_etcd=cpu_ratio(m.etcd, m.paxoskv),
+               stalled=m.stalled)
+    for name, side in (("etcd", m.etcd), ("paxoskv", m.paxoskv)):
+        row[name]["cpu_us_per_request"] = side.cpu_us_per_request
+    return row
 
 
 def to_json(cells: Sequence[Cell], meta: dict[str, Any]) -> str:
     rows = []
     for c in cells:
-        row = dict(asdict(c), ratio_rps_paxoskv_over_etcd=c.ratio,
-                   ratio_cpu_per_request_paxoskv_over_etcd=cpu_ratio(c.etcd, c.paxoskv))
-        row["stalled"] = c.stalled
-        _add_cpu_per_request(row, c.etcd, c.paxoskv)
-        row["rounds"] = []
-        for r in c.rounds:
-            rrow = dict(asdict(r), ratio_rps_paxoskv_over_etcd=r.ratio,
-                        ratio_cpu_per_request_paxoskv_over_etcd=cpu_ratio(r.etcd, r.paxoskv),
-                        stalled=r.stalled, counted=r.counted)
-            _add_cpu_per_request(rrow, r.etcd, r.paxoskv)
-            row["rounds"].append(rrow)
+        row = _json_row(c)
+        row["rounds"] = [dict(_json_row(r), counted=r.counted) for r in c.rounds]
         rows.append(row)
     return json.dumps(nan_to_none({"meta": meta, "cells": rows}), indent=2)
 

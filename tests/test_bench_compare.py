@@ -90,6 +90,11 @@ def cells() -> list[Cell]:
                  Side(rps=200.0, cas_won_per_s=50.0, seconds=5.0))]
 
 
+def cpu_row(text: str, workload: str = "put") -> str:
+    """The row of ``workload`` in the CPU table (the second table of ``format_table``)."""
+    return [line for line in text.splitlines() if line.startswith(workload)][-1]
+
+
 def test_format_table_shows_ratio_errors_and_skips() -> None:
     text = format_table(cells())
     row = next(line for line in text.splitlines() if line.startswith("put"))
@@ -97,8 +102,7 @@ def test_format_table_shows_ratio_errors_and_skips() -> None:
     assert "put c=16 one: paxoskv HAD ERRORS: 7" in text
     assert "cas-hot c=128 all: etcd skipped (--no-etcd-cas)" in text
     assert "paxoskv CAS won 50/s of 200 attempts/s" in text
-    cpu_row = [line for line in text.splitlines() if line.startswith("put")][-1]
-    assert cpu_row.split()[4:6] == ["100", "20"]  # etcd server 5 s / 5 s, wrk 1 s / 5 s
+    assert cpu_row(text).split()[4:6] == ["100", "20"]  # etcd server 5 s / 5 s, wrk 1 s / 5 s
 
 
 def test_cpu_per_request_is_the_servers_cpu_over_counted_requests() -> None:
@@ -118,21 +122,17 @@ def test_cpu_table_shows_cpu_per_request_and_its_ratio() -> None:
     paxoskv = Side(rps=500.0, seconds=5.0, server_cpu_s=5.0, wrk_cpu_s=0.5)
     assert cpu_ratio(etcd, paxoskv) == pytest.approx(2.0)
     text = format_table([Cell("put", 16, "one", etcd, paxoskv)])
-    cpu_row = [line for line in text.splitlines() if line.startswith("put")][-1]
-    assert cpu_row.split()[4:] == ["100", "20", "1000", "|", "100", "10", "2000", "|",
-                                   "2.00x"]
+    assert cpu_row(text).split()[4:] == ["100", "20", "1000", "|", "100", "10", "2000", "|",
+                                         "2.00x"]
     unmeasured = format_table(cells())  # the put cell's paxoskv side has no CPU figure
-    cpu_row = [line for line in unmeasured.splitlines() if line.startswith("put")][-1]
-    assert cpu_row.split()[6:] == ["1000", "|", "0", "0", "-", "|", "-"]
+    assert cpu_row(unmeasured).split()[6:] == ["1000", "|", "0", "0", "-", "|", "-"]
 
 
 def test_cpu_table_shows_stall_for_a_stalled_row() -> None:
     late = Side(rps=100.0, seconds=32.8, server_cpu_s=30.0, requested_s=5.0)
     on_time = Side(rps=1000.0, seconds=5.0, server_cpu_s=5.0, requested_s=5.0)
     cell = cell_from_rounds("put", 128, "all", [Round(on_time, late)])
-    cpu_row = [line for line in format_table([cell]).splitlines()
-               if line.startswith("put")][-1]
-    assert cpu_row.split()[-1] == "stall" and cpu_row.split()[-2] == "|"
+    assert cpu_row(format_table([cell])).split()[-2:] == ["|", "stall"]
 
 
 def refuse_nan(name: str) -> object:
